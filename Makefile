@@ -1,0 +1,69 @@
+# Mercato developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+UV_VERSION := 0.13.9
+# uv is installed from PyPI into a project-local tool folder when the machine lacks it.
+UV_HOME := $(CURDIR)/.state/tools/uv
+UV := $(shell command -v uv 2>/dev/null || echo $(UV_HOME)/bin/uv)
+RUN := $(UV) run --frozen
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(UV_HOME)/bin/uv:
+	python3 -m pip install --quiet --disable-pip-version-check --target $(UV_HOME)/lib uv==$(UV_VERSION)
+	mkdir -p $(UV_HOME)/bin && ln -sf $(UV_HOME)/lib/bin/uv $(UV_HOME)/bin/uv
+
+.PHONY: uv
+uv: $(if $(filter $(UV_HOME)/bin/uv,$(UV)),$(UV_HOME)/bin/uv)
+
+.PHONY: sync
+sync: uv ## install the Python workspace (locked) into .venv
+	$(UV) sync --frozen --all-packages
+
+.PHONY: protos
+protos: sync ## regenerate the Python stubs in libs/contracts from protos/
+	$(RUN) python tools/protos.py generate
+
+.PHONY: lint
+lint: sync ## ruff, mypy, buf lint/breaking and the stub regeneration check
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy libs/common/src
+	$(RUN) python tools/protos.py lint
+	$(RUN) python tools/protos.py check
+
+.PHONY: fmt
+fmt: sync ## format and autofix
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+.PHONY: test-unit
+test-unit: sync ## unit tests (no services needed)
+	$(RUN) pytest -q -m "not integration" libs services
+
+.PHONY: stack-up
+stack-up: sync ## start PostgreSQL, Kafka, FerretDB and Redis as local processes
+	$(RUN) python -m mercato_devstack up
+
+.PHONY: stack-down
+stack-down: sync ## stop the local stack (state is kept)
+	$(RUN) python -m mercato_devstack down
+
+.PHONY: stack-status
+stack-status: sync ## show the local stack's components and their health
+	$(RUN) python -m mercato_devstack status
+
+.PHONY: test-integration
+test-integration: stack-up ## integration tests against the real local stack
+	$(RUN) pytest -q -m integration tests/integration libs services
+
+.PHONY: test
+test: lint test-unit test-integration ## everything CI runs
+
+.PHONY: run
+run: ## the whole suite locally (not yet: see README)
+	@echo "make run: the services do not exist yet; 'make stack-up' starts the infrastructure." >&2; exit 1

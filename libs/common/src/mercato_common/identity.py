@@ -1,0 +1,227 @@
+"""Who is calling, and may they call this method.
+
+The gateway verifies the caller's access token and forwards it in the
+``authorization`` metadata; every service verifies it again (no trust in the
+network) with a :class:`TokenVerifier`, usually :class:`JwksTokenVerifier`
+fed by auth's JWKS. Each RPC declares who may call it with the
+``(mercato.api.v1.access)`` method option; :func:`access_policy` reads it from
+the compiled descriptors and :func:`check_access` enforces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import cache
+from typing import Any, Protocol
+
+import jwt
+from google.protobuf import descriptor_pool
+
+from mercato_common.errors import PermissionDenied, Unauthenticated
+
+__all__ = [
+    "AccessPolicy",
+    "Audience",
+    "Identity",
+    "JwksTokenVerifier",
+    "TokenVerifier",
+    "access_policy",
+    "check_access",
+    "current_identity",
+    "require_identity",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A verified caller: a user (``sub``) or a service client (``client_id``)."""
+
+    subject: str
+    scopes: frozenset[str] = frozenset()
+    client_id: str | None = None
+    token_id: str | None = None
+    expires_at: int | None = None
+    # The bearer token as received, so a service may forward it; never logged.
+    token: str = field(default="", repr=False, compare=False)
+
+    def has_scopes(self, required: frozenset[str]) -> bool:
+        return required <= self.scopes
+
+
+_current_identity: ContextVar[Identity | None] = ContextVar("mercato_identity", default=None)
+
+
+def current_identity() -> Identity | None:
+    """The verified caller of the RPC being served, or None for a public call."""
+    return _current_identity.get()
+
+
+def require_identity() -> Identity:
+    identity = _current_identity.get()
+    if identity is None:
+        raise Unauthenticated("a valid access token is required", reason="TOKEN_MISSING")
+    return identity
+
+
+def set_identity(identity: Identity | None) -> Token[Identity | None]:
+    """Bind the caller for the current task (the identity interceptor does this)."""
+    return _current_identity.set(identity)
+
+
+def reset_identity(binding: Token[Identity | None]) -> None:
+    _current_identity.reset(binding)
+
+
+class Audience(Enum):
+    PUBLIC = "public"
+    AUTHENTICATED = "authenticated"
+    SCOPED = "scoped"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicy:
+    audience: Audience
+    scopes: frozenset[str] = frozenset()
+
+
+# No option, or an unspecified audience, means the strictest reading: only
+# callers holding every listed scope, and there are none to hold, so a token
+# with no special scopes still gets PERMISSION_DENIED. Methods must opt in.
+_DENY_ALL = AccessPolicy(Audience.SCOPED, frozenset({"<undeclared>"}))
+
+
+@cache
+def access_policy(full_method: str) -> AccessPolicy:
+    """The access option of ``/package.Service/Method`` from the default descriptor pool."""
+    from mercato.api.v1 import access_pb2  # generated contracts; imported where needed
+
+    service_name, _, method_name = full_method.lstrip("/").partition("/")
+    try:
+        service = descriptor_pool.Default().FindServiceByName(service_name)
+    except KeyError:
+        return _DENY_ALL
+    method = service.methods_by_name.get(method_name)
+    if method is None:
+        return _DENY_ALL
+    options = method.GetOptions()
+    if not options.HasExtension(access_pb2.access):
+        return _DENY_ALL
+    rule = options.Extensions[access_pb2.access]
+    audiences = {
+        access_pb2.AccessRule.AUDIENCE_PUBLIC: Audience.PUBLIC,
+        access_pb2.AccessRule.AUDIENCE_AUTHENTICATED: Audience.AUTHENTICATED,
+        access_pb2.AccessRule.AUDIENCE_SCOPED: Audience.SCOPED,
+    }
+    audience = audiences.get(rule.audience)
+    if audience is None:
+        return _DENY_ALL
+    return AccessPolicy(audience, frozenset(rule.scopes))
+
+
+def check_access(policy: AccessPolicy, identity: Identity | None) -> None:
+    """Raise UNAUTHENTICATED without a needed identity, PERMISSION_DENIED without its scopes."""
+    if policy.audience is Audience.PUBLIC:
+        return
+    if identity is None:
+        raise Unauthenticated("a valid access token is required", reason="TOKEN_MISSING")
+    if policy.audience is Audience.SCOPED and not identity.has_scopes(policy.scopes):
+        missing = sorted(policy.scopes - identity.scopes)
+        raise PermissionDenied(
+            "the access token lacks a required scope",
+            reason="SCOPE_MISSING",
+            metadata={"missing_scopes": " ".join(missing)},
+        )
+
+
+class TokenVerifier(Protocol):
+    async def verify(self, token: str) -> Identity:
+        """Return the identity a token proves, or raise :class:`Unauthenticated`."""
+        ...
+
+
+class JwksTokenVerifier:
+    """Verifies RFC 9068 JWT access tokens against a JWKS fetched on demand.
+
+    Keys are cached; an unknown ``kid`` triggers one refetch (at most every
+    ``min_refresh_seconds``), so rotation needs no restart and a flood of forged
+    ``kid`` values cannot turn into a flood of JWKS fetches.
+    """
+
+    ALGORITHMS = ("EdDSA", "ES256")
+
+    def __init__(
+        self,
+        fetch_jwks: Callable[[], Awaitable[Mapping[str, Any]]],
+        *,
+        issuer: str,
+        audience: str,
+        leeway_seconds: float = 30.0,
+        min_refresh_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch_jwks = fetch_jwks
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway_seconds
+        self._min_refresh = min_refresh_seconds
+        self._clock = clock
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            now = self._clock()
+            if self._fetched_at is not None and now - self._fetched_at < self._min_refresh:
+                return
+            jwks = await self._fetch_jwks()
+            keys: dict[str, jwt.PyJWK] = {}
+            for key in jwt.PyJWKSet.from_dict(dict(jwks)).keys:
+                if key.key_id:
+                    keys[key.key_id] = key
+            self._keys = keys
+            self._fetched_at = now
+
+    async def verify(self, token: str) -> Identity:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise Unauthenticated("the access token is malformed", reason="TOKEN_INVALID") from None
+        if header.get("typ", "").lower() not in ("at+jwt", "application/at+jwt"):
+            raise Unauthenticated("the token is not an access token", reason="TOKEN_INVALID")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or header.get("alg") not in self.ALGORITHMS:
+            raise Unauthenticated("the access token is malformed", reason="TOKEN_INVALID")
+        if kid not in self._keys:
+            await self._refresh()
+        key = self._keys.get(kid)
+        if key is None:
+            raise Unauthenticated("the access token's key is unknown", reason="TOKEN_INVALID")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=list(self.ALGORITHMS),
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "iat", "sub", "iss", "aud", "jti"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthenticated("the access token has expired", reason="TOKEN_EXPIRED") from None
+        except jwt.InvalidTokenError:
+            raise Unauthenticated("the access token is invalid", reason="TOKEN_INVALID") from None
+        scope = claims.get("scope", "")
+        return Identity(
+            subject=str(claims["sub"]),
+            scopes=frozenset(scope.split()) if isinstance(scope, str) else frozenset(),
+            client_id=claims.get("client_id"),
+            token_id=str(claims["jti"]),
+            expires_at=int(claims["exp"]),
+            token=token,
+        )

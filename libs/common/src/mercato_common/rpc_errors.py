@@ -1,0 +1,114 @@
+"""The wire form of domain errors: ``google.rpc.Status`` with details, both ways.
+
+Server side: :func:`to_rpc_status` turns a :class:`MercatoError` into a status
+with exactly one ``ErrorInfo`` and, when fields are at fault, a ``BadRequest``.
+Client side: :func:`error_from_rpc` turns a failed call back into the same
+error kinds, keeping the ``grpc.aio.AioRpcError`` as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from mercato_common.errors import (
+    KIND_CLASSES,
+    ErrorKind,
+    FieldViolation,
+    MercatoError,
+)
+
+__all__ = ["STATUS_CODES", "error_from_rpc", "map_rpc_errors", "to_rpc_status"]
+
+STATUS_CODES: dict[ErrorKind, grpc.StatusCode] = {
+    kind: getattr(grpc.StatusCode, kind.value) for kind in ErrorKind
+}
+# Trailer that carries the serialized google.rpc.Status (the grpc-status convention).
+_DETAILS_KEY = "grpc-status-details-bin"
+_KINDS_BY_CODE = {code: kind for kind, code in STATUS_CODES.items()}
+
+
+def to_rpc_status(error: MercatoError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` a caller receives for ``error``."""
+    code = STATUS_CODES[error.kind]
+    details = []
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=error.error_domain, metadata=error.metadata
+    )
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    details.append(packed)
+    if error.field_violations:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=violation.field, description=violation.description
+                )
+                for violation in error.field_violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        details.append(packed)
+    return status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=error.message, details=details
+    )
+
+
+def error_from_rpc(error: grpc.aio.AioRpcError) -> MercatoError:
+    """The domain error a failed call stands for (kind, reason, domain, field violations)."""
+    kind = _KINDS_BY_CODE.get(error.code(), ErrorKind.INTERNAL)
+    reason: str | None = None
+    domain: str | None = None
+    metadata: dict[str, str] = {}
+    violations: list[FieldViolation] = []
+    status = _status_of(error)
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason, domain, metadata = info.reason or None, info.domain, dict(info.metadata)
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                violations.extend(
+                    FieldViolation(v.field, v.description) for v in bad_request.field_violations
+                )
+    cls = KIND_CLASSES[kind]
+    try:
+        result = cls(
+            error.details() or error.code().name,
+            reason=reason,
+            metadata=metadata,
+            field_violations=violations,
+            domain=domain,
+        )
+    except ValueError:  # a peer sent a reason that is not UPPER_SNAKE_CASE
+        result = cls(error.details() or error.code().name, metadata=metadata, domain=domain)
+    result.__cause__ = error
+    return result
+
+
+def _status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    # grpc_status.rpc_status.from_call reads "grpc-status-details-bin" from the
+    # trailers; an AioRpcError carries them already, so read them directly.
+    for key, value in error.trailing_metadata() or ():
+        if key == _DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status()
+            status.MergeFromString(value)
+            return status
+    return None
+
+
+@asynccontextmanager
+async def map_rpc_errors() -> AsyncIterator[None]:
+    """Raise domain errors instead of ``AioRpcError`` inside the block."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise error_from_rpc(exc) from exc

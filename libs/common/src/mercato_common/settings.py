@@ -1,0 +1,125 @@
+"""Typed settings from environment variables (12-factor).
+
+The environment is read in exactly one place: a service's ``__main__`` passes
+``os.environ`` to :func:`load_settings`. Everything else receives the typed
+settings object. A missing or malformed variable fails at start, listing every
+problem at once, so an operator fixes a deployment in one round trip.
+
+Each field is read from ``<PREFIX><FIELD_NAME_UPPER>``; a field may name a
+different variable with ``Field(validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")``
+for names fixed by a standard. Secrets use :class:`pydantic.SecretStr` so they
+never appear in ``repr``, logs or error messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "BaseServiceSettings",
+    "Settings",
+    "SettingsError",
+    "TlsSettings",
+    "load_settings",
+]
+
+
+class SettingsError(Exception):
+    """The environment does not describe a valid configuration; lists every problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Settings(BaseModel):
+    """Base of every settings model: immutable, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    # Prefix of the variables this model reads, e.g. "MERCATO_CATALOG_".
+    env_prefix: ClassVar[str] = "MERCATO_"
+
+
+class TlsSettings(BaseModel):
+    """Certificate files for TLS or mutual TLS without a mesh."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cert_file: Path
+    key_file: Path
+    # When set, peers must present a certificate signed by this CA (mutual TLS).
+    client_ca_file: Path | None = None
+
+
+class BaseServiceSettings(Settings):
+    """Settings every gRPC service process has."""
+
+    service_name: str = Field(min_length=1)
+    service_version: str = "0.1.0"
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = Field(default=50051, ge=0, le=65535)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # Seconds in-flight calls get to finish after SIGTERM, and the pause after
+    # health turns NOT_SERVING so load balancers stop sending new calls.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    shutdown_drain_seconds: float = Field(default=2.0, ge=0)
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
+        return self
+
+    @property
+    def tls(self) -> TlsSettings | None:
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return TlsSettings(
+            cert_file=self.tls_cert_file,
+            key_file=self.tls_key_file,
+            client_ca_file=self.tls_client_ca_file,
+        )
+
+
+def _variable_name(model: type[Settings], name: str, alias: object) -> str:
+    if isinstance(alias, str):
+        return alias
+    return f"{model.env_prefix}{name.upper()}"
+
+
+S = TypeVar("S", bound="Settings")
+
+
+def load_settings(model: type[S], environ: Mapping[str, str]) -> S:
+    """Build ``model`` from ``environ``; raise :class:`SettingsError` naming every bad variable."""
+    values: dict[str, Any] = {}
+    names: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        variable = _variable_name(model, name, field.validation_alias)
+        names[name] = variable
+        names[variable] = variable
+        if variable in environ:
+            values[name] = environ[variable]
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            location = ".".join(str(part) for part in error["loc"])
+            variable = names.get(location, location or model.env_prefix + "*")
+            kind = "is required" if error["type"] == "missing" else error["msg"]
+            problems.append(f"{variable}: {kind}")
+        raise SettingsError(problems) from None

@@ -1,0 +1,122 @@
+"""Telemetry for one process: traces (OpenTelemetry), metrics (Prometheus), JSON logs.
+
+Call :func:`setup_telemetry` once from a service's ``app.py``. Traces propagate
+with W3C trace context and are exported over OTLP/gRPC only when an endpoint is
+configured. Metrics are served on ``/metrics`` of their own port. Logs are one
+JSON object per line on stdout with ``trace_id`` and ``span_id`` of the current
+span, the service name and version; the field list is in docs/observability.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from prometheus_client import CollectorRegistry, start_http_server
+from pythonjsonlogger.json import JsonFormatter
+
+__all__ = ["JsonLogFormatter", "Telemetry", "configure_logging", "setup_telemetry"]
+
+# Attributes of a LogRecord that the JSON line carries under other names or drops.
+_RENAMED = {"levelname": "level", "name": "logger", "asctime": "time"}
+
+
+class _TraceContextFilter(logging.Filter):
+    """Stamps every record with the current span's ids and the process identity."""
+
+    def __init__(self, service: str, version: str) -> None:
+        super().__init__()
+        self.service = service
+        self.version = version
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = format(context.trace_id, "032x")
+            record.span_id = format(context.span_id, "016x")
+        record.service = self.service
+        record.version = self.version
+        return True
+
+
+class JsonLogFormatter(JsonFormatter):
+    """One JSON object per line: time, level, logger, message, service, version, ids, extras."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields=_RENAMED,
+            datefmt="%Y-%m-%dT%H:%M:%S%z",
+        )
+
+
+def configure_logging(service: str, version: str, level: str = "INFO") -> None:
+    """Route the root logger to stdout as JSON lines stamped with trace ids."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonLogFormatter())
+    handler.addFilter(_TraceContextFilter(service, version))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # aiokafka and grpc are chatty at INFO about routine reconnects.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
+
+
+@dataclass
+class Telemetry:
+    """What :func:`setup_telemetry` started; :meth:`shutdown` flushes and stops it."""
+
+    tracer_provider: TracerProvider
+    metrics_port: int | None
+    _servers: list[Any] = field(default_factory=list)
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()
+        for server, thread in self._servers:
+            server.shutdown()
+            thread.join(timeout=5)
+
+
+def setup_telemetry(
+    *,
+    service: str,
+    version: str,
+    log_level: str = "INFO",
+    otlp_endpoint: str | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",  # noqa: S104 - scraped from other pods
+    registry: CollectorRegistry | None = None,
+    span_exporter: SpanExporter | None = None,
+) -> Telemetry:
+    """Configure logs, the global tracer provider and the metrics endpoint of this process.
+
+    ``metrics_port`` 0 picks a free port (tests); None serves no endpoint.
+    ``span_exporter`` overrides the OTLP exporter (tests use an in-memory one).
+    """
+    configure_logging(service, version, log_level)
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service, "service.version": version})
+    )
+    if span_exporter is None and otlp_endpoint:
+        # Imported lazily: the exporter pulls in grpc channels only when used.
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        span_exporter = OTLPSpanExporter(endpoint=otlp_endpoint)
+    if span_exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(span_exporter))
+    trace.set_tracer_provider(provider)
+    telemetry = Telemetry(tracer_provider=provider, metrics_port=None)
+    if metrics_port is not None:
+        kwargs: dict[str, Any] = {} if registry is None else {"registry": registry}
+        server, thread = start_http_server(metrics_port, addr=metrics_host, **kwargs)
+        telemetry.metrics_port = server.server_port
+        telemetry._servers.append((server, thread))
+    return telemetry
