@@ -113,9 +113,9 @@ def access_policy(full_method: str) -> AccessPolicy:
         return _DENY_ALL
     rule = options.Extensions[access_pb2.access]
     audiences = {
-        access_pb2.AccessRule.AUDIENCE_PUBLIC: Audience.PUBLIC,
-        access_pb2.AccessRule.AUDIENCE_AUTHENTICATED: Audience.AUTHENTICATED,
-        access_pb2.AccessRule.AUDIENCE_SCOPED: Audience.SCOPED,
+        access_pb2.AUDIENCE_PUBLIC: Audience.PUBLIC,
+        access_pb2.AUDIENCE_AUTHENTICATED: Audience.AUTHENTICATED,
+        access_pb2.AUDIENCE_SCOPED: Audience.SCOPED,
     }
     audience = audiences.get(rule.audience)
     if audience is None:

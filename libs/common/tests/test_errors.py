@@ -1,0 +1,83 @@
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from mercato_common.errors import (
+    Aborted,
+    FieldViolation,
+    InvalidArgument,
+    MercatoError,
+    NotFound,
+)
+from mercato_common.rpc_errors import error_from_rpc, to_rpc_status
+
+
+class CatalogError(MercatoError):
+    domain = "catalog.mercato"
+
+
+class ProductNotFound(CatalogError, NotFound):
+    default_reason = "PRODUCT_NOT_FOUND"
+
+
+def _as_rpc_error(error: MercatoError) -> grpc.aio.AioRpcError:
+    status = to_rpc_status(error)
+    code = next(c for c in grpc.StatusCode if c.value[0] == status.code)
+    return grpc.aio.AioRpcError(
+        code,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString())),
+        details=status.message,
+    )
+
+
+def test_status_has_exactly_one_error_info_with_service_domain() -> None:
+    status = to_rpc_status(ProductNotFound("product ABC-1 not found", metadata={"sku": "ABC-1"}))
+    assert status.code == grpc.StatusCode.NOT_FOUND.value[0]
+    infos = [d for d in status.details if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR)]
+    assert len(infos) == 1
+    info = error_details_pb2.ErrorInfo()
+    infos[0].Unpack(info)
+    assert (info.reason, info.domain, dict(info.metadata)) == (
+        "PRODUCT_NOT_FOUND",
+        "catalog.mercato",
+        {"sku": "ABC-1"},
+    )
+
+
+def test_bad_request_names_the_fields() -> None:
+    error = InvalidArgument(
+        "bad order",
+        field_violations=[FieldViolation("lines[0].quantity", "must be greater than 0")],
+    )
+    status = to_rpc_status(error)
+    bad = error_details_pb2.BadRequest()
+    assert any(d.Unpack(bad) for d in status.details if d.Is(bad.DESCRIPTOR))
+    assert bad.field_violations[0].field == "lines[0].quantity"
+
+
+def test_round_trip_keeps_kind_reason_domain_and_violations() -> None:
+    sent = InvalidArgument(
+        "bad", reason="SKU_MALFORMED", field_violations=[FieldViolation("sku", "too long")]
+    )
+    received = error_from_rpc(_as_rpc_error(sent))
+    assert isinstance(received, InvalidArgument)
+    assert received.reason == "SKU_MALFORMED"
+    assert received.field_violations == (FieldViolation("sku", "too long"),)
+    assert isinstance(received.__cause__, grpc.aio.AioRpcError)
+    conflict = error_from_rpc(_as_rpc_error(Aborted("stale etag", reason="ETAG_MISMATCH")))
+    assert isinstance(conflict, Aborted)
+
+
+def test_a_status_without_details_still_maps_to_its_kind() -> None:
+    bare = grpc.aio.AioRpcError(
+        grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(), grpc.aio.Metadata(), details="gone"
+    )
+    error = error_from_rpc(bare)
+    assert isinstance(error, NotFound)
+    assert error.message == "gone"
+
+
+def test_reason_must_be_upper_snake_case() -> None:
+    with pytest.raises(ValueError, match="UPPER_SNAKE_CASE"):
+        NotFound("x", reason="not-found")
