@@ -1,8 +1,13 @@
+import base64
+import hashlib
+import hmac
+import json
 import time
 from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mercato_common.errors import PermissionDenied, Unauthenticated
@@ -137,3 +142,65 @@ def test_access_rules() -> None:
     with pytest.raises(PermissionDenied) as caught:
         check_access(AccessPolicy(Audience.SCOPED, frozenset({"orders:fulfill"})), customer)
     assert caught.value.metadata == {"missing_scopes": "orders:fulfill"}
+
+
+def _forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return ".".join(
+        [b64(json.dumps(header).encode()), b64(json.dumps(claims).encode()), b64(signature)]
+    )
+
+
+def _claims() -> dict[str, Any]:
+    now = int(time.time())
+    return {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "admin",
+        "iat": now,
+        "exp": now + 900,
+        "jti": "forged",
+        "scope": "users:admin",
+    }
+
+
+async def test_rejects_an_unsigned_token_alg_none() -> None:
+    keys = Keys()
+    keys.add("k1")
+    token = _forge({"alg": "none", "typ": "at+jwt", "kid": "k1"}, _claims())
+    with pytest.raises(Unauthenticated):
+        await _verifier(keys).verify(token)
+
+
+async def test_rejects_hs256_signed_with_the_public_key_as_secret() -> None:
+    keys = Keys()
+    keys.add("k1")
+    public_pem = (
+        keys.private["k1"]
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    header = {"alg": "HS256", "typ": "at+jwt", "kid": "k1"}
+    unsigned = _forge(header, _claims()).rsplit(".", 1)[0]
+    mac = hmac.new(public_pem, unsigned.encode(), hashlib.sha256).digest()
+    token = unsigned + "." + base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    with pytest.raises(Unauthenticated):
+        await _verifier(keys).verify(token)
+
+
+async def test_rejects_an_unknown_kid() -> None:
+    keys = Keys()
+    keys.add("k1")
+    stranger = Keys()
+    stranger.add("k9")
+    with pytest.raises(Unauthenticated, match="key is unknown"):
+        await _verifier(keys).verify(stranger.token("k9"))
+
+
+async def test_rejects_a_token_not_yet_valid() -> None:
+    keys = Keys()
+    keys.add("k1")
+    with pytest.raises(Unauthenticated):
+        await _verifier(keys).verify(keys.token("k1", nbf=int(time.time()) + 3600))
