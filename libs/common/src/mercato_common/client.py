@@ -107,7 +107,7 @@ def create_channel(
     )
 
 
-class _CallInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _CallInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
     """Deadline, trace context, extra metadata and a CLIENT span for each call."""
 
     def __init__(

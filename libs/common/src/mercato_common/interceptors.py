@@ -69,36 +69,41 @@ def incoming_deadline() -> float | None:
     return _incoming_deadline.get()
 
 
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = grpc.RpcMethodHandler[Any, Any]
+
+
 def _split(method: str) -> tuple[str, str]:
     service, _, name = method.lstrip("/").partition("/")
     return service, name
 
 
-class _WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary handlers with :meth:`around`, which runs the rest of the chain."""
 
     async def around(
         self,
         method: str,
         request: Any,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         proceed: Callable[[], Awaitable[Any]],
     ) -> Any:
         raise NotImplementedError
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
         if handler.unary_unary is not None:
-            inner = handler.unary_unary
+            # An aio server's behaviours take the aio context (the stubs say sync).
+            inner: Any = handler.unary_unary
 
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary_unary(request: Any, context: Context) -> Any:
                 return await self.around(method, request, context, lambda: inner(request, context))
 
             return grpc.unary_unary_rpc_method_handler(
@@ -146,7 +151,7 @@ class TelemetryInterceptor(_WrappingInterceptor):
         self,
         method: str,
         request: Any,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         proceed: Callable[[], Awaitable[Any]],
     ) -> Any:
         service, name = _split(method)
@@ -218,7 +223,7 @@ class ErrorInterceptor(_WrappingInterceptor):
         self,
         method: str,
         request: Any,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         proceed: Callable[[], Awaitable[Any]],
     ) -> Any:
         try:
@@ -236,7 +241,7 @@ class ErrorInterceptor(_WrappingInterceptor):
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: MercatoError) -> None:
+async def _abort(context: Context, error: MercatoError) -> None:
     status = to_rpc_status(error)
     await context.abort_with_status(
         cast(
@@ -250,9 +255,9 @@ async def _abort(context: grpc.aio.ServicerContext, error: MercatoError) -> None
     )
 
 
-class _RichStatus(grpc.Status):  # type: ignore[misc]
+class _RichStatus(grpc.Status):
     def __init__(
-        self, code: grpc.StatusCode, details: str, trailing_metadata: Sequence[tuple[str, bytes]]
+        self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, bytes], ...]
     ) -> None:
         self.code = code
         self.details = details
@@ -269,7 +274,7 @@ class IdentityInterceptor(_WrappingInterceptor):
         self,
         method: str,
         request: Any,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         proceed: Callable[[], Awaitable[Any]],
     ) -> Any:
         service, _ = _split(method)
@@ -289,7 +294,7 @@ class IdentityInterceptor(_WrappingInterceptor):
             reset_identity(token_binding)
 
 
-def _bearer_token(context: grpc.aio.ServicerContext) -> str | None:
+def _bearer_token(context: Context) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str):
             scheme, _, token = value.partition(" ")
@@ -309,7 +314,7 @@ class ValidationInterceptor(_WrappingInterceptor):
         self,
         method: str,
         request: Any,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         proceed: Callable[[], Awaitable[Any]],
     ) -> Any:
         if isinstance(request, Message):
