@@ -61,6 +61,11 @@ stack-status: sync ## show the local stack's components and their health
 test-integration: stack-up ## integration tests against the real local stack
 	$(RUN) pytest -q -m integration tests/integration libs services
 
+.PHONY: bench
+bench: stack-up ## benchmarks; figures in bench/results/
+	mkdir -p bench/results
+	for script in bench/bench_*.py; do $(RUN) python "$$script"; done
+
 .PHONY: test
 test: lint test-unit test-integration ## everything CI runs
 
