@@ -64,7 +64,7 @@ test-integration: stack-up ## integration tests against the real local stack
 .PHONY: bench
 bench: stack-up ## benchmarks; figures in bench/results/
 	mkdir -p bench/results
-	for script in bench/bench_*.py; do $(RUN) python "$$script"; done
+	for script in $(wildcard bench/bench_*.py); do $(RUN) python "$$script"; done
 
 .PHONY: test
 test: lint test-unit test-integration ## everything CI runs
