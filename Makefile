@@ -32,7 +32,7 @@ protos: sync ## regenerate the Python stubs in libs/contracts from protos/
 lint: sync ## ruff, mypy, buf lint/breaking and the stub regeneration check
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy libs/common/src
+	$(RUN) mypy libs/common/src libs/devstack/src
 	$(RUN) python tools/protos.py lint
 	$(RUN) python tools/protos.py check
 

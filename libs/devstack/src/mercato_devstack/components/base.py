@@ -1,0 +1,186 @@
+"""What every component of the stack can do: prepare, start, wait, stop, kill, report."""
+
+from __future__ import annotations
+
+import abc
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from mercato_devstack import process
+from mercato_devstack.config import HOST, StackConfig
+from mercato_devstack.errors import ComponentError
+
+log = logging.getLogger("mercato_devstack")
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    pid: int | None
+    port: int
+    healthy: bool
+    detail: str
+    log_path: Path
+    rss_kib: int = 0
+
+
+class Component(abc.ABC):
+    """One server of the local stack, run as a detached process with state under .state/."""
+
+    name: ClassVar[str]
+    #: Components that must be up before this one starts.
+    requires: ClassVar[tuple[str, ...]] = ()
+    #: Seconds a graceful stop may take before the process group gets SIGKILL.
+    stop_timeout: ClassVar[float] = 30.0
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+
+    # Layout -----------------------------------------------------------------------------------
+
+    @property
+    def dir(self) -> Path:
+        return self.config.stack_dir / self.name
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / f"{self.name}.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.dir / f"{self.name}.pid"
+
+    @property
+    @abc.abstractmethod
+    def port(self) -> int: ...
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port the component listens on (checked free before start and after stop)."""
+        return (self.port,)
+
+    # Hooks for the subclasses -----------------------------------------------------------------
+
+    def apt_packages(self) -> list[str]:
+        """Debian packages to install because a binary this component needs is missing."""
+        return []
+
+    def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Download/build what the component needs into the cache (idempotent)."""
+
+    @abc.abstractmethod
+    def launch(self) -> None:
+        """Start the server process (not yet running), without waiting for it."""
+
+    @abc.abstractmethod
+    def probe(self) -> str | None:
+        """None when the server answers its protocol correctly, else a reason."""
+
+    def after_ready(self) -> None:  # noqa: B027 - optional hook
+        """Idempotent setup once the server answers (roles, databases...)."""
+
+    def pid(self) -> int | None:
+        return process.read_pidfile(self.pid_path)
+
+    def graceful_stop(self, pid: int) -> None:
+        process.terminate(pid, timeout=self.stop_timeout, sig=signal.SIGTERM)
+
+    # Operations -------------------------------------------------------------------------------
+
+    def fail(self, message: str) -> ComponentError:
+        return ComponentError(
+            self.name, message, log_path=self.log_path, log_tail=process.tail(self.log_path)
+        )
+
+    def start(self) -> None:
+        """Launch the process unless it already runs (then this is a no-op)."""
+        if self.pid() is not None:
+            return
+        for port in self.ports:
+            if process.port_open(port) and not self._port_frees(port):
+                raise self.fail(
+                    f"port {HOST}:{port} is taken by a process this stack did not start; "
+                    "stop it or choose another port (see docs/local-stack.md)"
+                )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        log.info("%s: starting on %s:%s", self.name, HOST, self.port)
+        self.launch()
+
+    @staticmethod
+    def _port_frees(port: int, timeout: float = 5.0) -> bool:
+        """A process that just died may hold its socket for a moment longer."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            if not process.port_open(port):
+                return True
+        return False
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        timeout = self.config.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.pid() is None:
+                # Give a process that just exited a moment to write its last words.
+                time.sleep(0.2)
+                raise self.fail("the process exited before it became ready")
+            reason = self.probe() or ""
+            if not reason:
+                return
+            if time.monotonic() >= deadline:
+                raise self.fail(f"not ready after {timeout:.0f}s: {reason}")
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            tree = process.process_tree(pid)
+            log.info("%s: stopping (pid %d)", self.name, pid)
+            self.graceful_stop(pid)
+            process.terminate(pid, timeout=1)
+            for member in tree:
+                if not process.wait_gone(member, 5):
+                    process.signal_tree(member, signal.SIGKILL)
+                    if not process.wait_gone(member, 5):
+                        raise self.fail(f"process {member} survived SIGKILL")
+        self.pid_path.unlink(missing_ok=True)
+        self.verify_stopped()
+
+    def kill(self) -> None:
+        """SIGKILL the component's process and all its children at once, as a crash would."""
+        pid = self.pid()
+        if pid is None:
+            raise self.fail("kill: not running")
+        tree = process.process_tree(pid)
+        log.info("%s: kill -9 (pid %d and %d more)", self.name, pid, len(tree) - 1)
+        process.signal_tree(pid, signal.SIGKILL)
+        for member in tree:
+            process.wait_gone(member, 10)
+        self.verify_stopped()
+
+    def verify_stopped(self) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            busy = [port for port in self.ports if process.port_open(port)]
+            if not busy:
+                return
+            if time.monotonic() >= deadline:
+                raise self.fail(f"still listening on port(s) {busy} after stop")
+            time.sleep(0.2)
+
+    def status(self) -> ComponentStatus:
+        pid = self.pid()
+        if pid is None:
+            reason = "not running"
+            if any(process.port_open(port) for port in self.ports):
+                reason = "not running (but its port is taken by another process)"
+            return ComponentStatus(self.name, None, self.port, False, reason, self.log_path)
+        problem = self.probe()
+        rss = process.rss_kib(process.process_tree(pid) or [pid])
+        return ComponentStatus(
+            self.name, pid, self.port, problem is None, problem or "ok", self.log_path, rss
+        )

@@ -1,0 +1,178 @@
+"""FerretDB 1.24 (MongoDB wire protocol) on the local PostgreSQL, built once from Go modules."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from mercato_devstack import install, probes, process
+from mercato_devstack.components.base import Component, log
+from mercato_devstack.config import HOST
+
+MODULE = "github.com/FerretDB/FerretDB"
+
+# Fixes applied to a copy of FerretDB's sources at build time, each as
+# (file inside the module, upstream text, replacement). The build fails if the upstream text is
+# not found, e.g. after a version bump: then check whether the fix is still needed.
+PATCHES: tuple[tuple[str, str, str], ...] = (
+    (
+        # v1.24.2 shares one iterator between the accumulators of a $group, so every
+        # accumulator after the first sees no document ({count: {$sum: 1}} after
+        # {total: {$sum: "$price"}} gives 0). MongoDB computes each over the whole group.
+        "internal/handler/common/aggregations/stages/group.go",
+        """\
+		groupIter := iterator.Values(iterator.ForSlice(groupedDocument.documents))
+		defer groupIter.Close()
+
+		for _, accumulation := range g.groupBy {
+			out, err := accumulation.accumulator.Accumulate(groupIter)
+""",
+        """\
+		for _, accumulation := range g.groupBy {
+			// Patched by mercato_devstack: a fresh iterator for each accumulator.
+			groupIter := iterator.Values(iterator.ForSlice(groupedDocument.documents))
+			out, err := accumulation.accumulator.Accumulate(groupIter)
+			groupIter.Close()
+""",
+    ),
+)
+
+
+class FerretDB(Component):
+    name = "ferretdb"
+    requires = ("postgres",)
+
+    @property
+    def port(self) -> int:
+        return self.config.mongo_port
+
+    @property
+    def source_dir(self) -> Path:
+        return self.config.local_dir / "ferretdb"
+
+    @property
+    def binary(self) -> Path:
+        return self.config.cache_dir / "ferretdb" / "ferretdb"
+
+    @property
+    def stamp(self) -> Path:
+        return self.config.cache_dir / "ferretdb" / "ferretdb.sha256"
+
+    def _inputs_digest(self) -> str:
+        sources = install.digest(
+            *(self.source_dir / name for name in ("go.mod", "go.sum", "main.go"))
+        )
+        return hashlib.sha256((sources + repr(PATCHES)).encode()).hexdigest()
+
+    def _staged_source(self, go: str, env: dict[str, str]) -> Path:
+        """A build folder: the committed main plus a patched copy of the FerretDB module.
+
+        Go refuses overlays of files in the module cache, so the staged go.mod replaces the
+        module with the patched copy; the committed go.mod and go.sum stay untouched.
+        """
+        process.run(
+            [go, "mod", "download", MODULE],
+            what="ferretdb: go mod download",
+            env=env,
+            cwd=self.source_dir,
+            timeout=1800,
+        )
+        listed = process.run(
+            [go, "list", "-m", "-f", "{{.Dir}}", MODULE],
+            what="ferretdb: go list",
+            env=env,
+            cwd=self.source_dir,
+        )
+        module_dir = Path(listed.strip())
+        staging = self.binary.parent / "src"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name in ("go.mod", "go.sum", "main.go"):
+            shutil.copy2(self.source_dir / name, staging / name)
+        patched = staging / "ferretdb-module"
+        shutil.copytree(module_dir, patched)
+        for path in (patched, *patched.rglob("*")):
+            path.chmod(path.stat().st_mode | 0o200)
+        for relative, upstream, fixed in PATCHES:
+            target = patched / relative
+            original = target.read_text()
+            if upstream not in original:
+                raise self.fail(f"patch for {relative} no longer applies to {module_dir.name}")
+            target.write_text(original.replace(upstream, fixed, 1))
+        process.run(
+            [go, "mod", "edit", f"-replace={MODULE}=./ferretdb-module"],
+            what="ferretdb: go mod edit",
+            env=env,
+            cwd=staging,
+        )
+        return staging
+
+    def _go(self) -> str | None:
+        return process.which("go", Path("/usr/local/go/bin"))
+
+    def prepare(self) -> None:
+        """Build the Go main once; modules and build cache live under .state/cache/go."""
+        expected = self._inputs_digest()
+        if install.is_fresh(self.stamp, expected, self.binary):
+            return
+        go = self._go()
+        if go is None:
+            raise self.fail(
+                "Go (1.24 or later) is needed once to build FerretDB and was not found; "
+                "Debian's golang package is too old: install Go from go.dev and put it on PATH"
+            )
+        log.info("ferretdb: building %s with Go (first time only)", self.source_dir)
+        cache = self.config.cache_dir / "go"
+        env = {
+            **os.environ,
+            "GOMODCACHE": str(cache / "mod"),
+            "GOCACHE": str(cache / "build"),
+            "GOPATH": str(cache / "path"),
+            # The committed go.sum is the truth; the module cache stays deletable (rm -rf).
+            "GOFLAGS": "-mod=readonly -modcacherw",
+            "GOTOOLCHAIN": "local",
+            "CGO_ENABLED": "0",
+        }
+        self.binary.parent.mkdir(parents=True, exist_ok=True)
+        staging = self._staged_source(go, env)
+        partial = self.binary.with_name("ferretdb.partial")
+        process.run(
+            [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(partial), "."],
+            what="ferretdb: go build",
+            env=env,
+            cwd=staging,
+            timeout=1800,
+        )
+        partial.rename(self.binary)
+        self.stamp.write_text(expected + "\n")
+        # The build cache (~300 MB) only speeds up a rebuild; the module cache is kept so that
+        # a rebuild needs no registry.
+        shutil.rmtree(cache / "build", ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def launch(self) -> None:
+        if not install.is_fresh(self.stamp, self._inputs_digest(), self.binary):
+            raise self.fail(f"FerretDB is not built in {self.binary}: run `up` to build it")
+        env = {
+            **os.environ,
+            # FerretDB's own default is a pool of up to 50 connections that stay open.
+            "FERRETDB_POSTGRESQL_URL": self.config.postgres_dsn("ferretdb")
+            + "?pool_max_conns=20&pool_max_conn_idle_time=60s",
+        }
+        pid = process.spawn(
+            [
+                str(self.binary),
+                f"-listen-addr={HOST}:{self.port}",
+                "-handler=postgresql",
+                "-log-level=info",
+            ],
+            log_path=self.log_path,
+            cwd=self.dir,
+            env=env,
+        )
+        process.write_pidfile(self.pid_path, pid)
+
+    def probe(self) -> str | None:
+        return probes.mongo_ping(HOST, self.port)

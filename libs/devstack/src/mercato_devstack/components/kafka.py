@@ -1,0 +1,212 @@
+"""Apache Kafka 4.1 in KRaft mode, one node, from Maven Central jars on the installed JDK."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shlex
+import shutil
+import uuid
+from pathlib import Path
+
+from mercato_devstack import install, probes, process
+from mercato_devstack.components.base import Component, log
+
+
+def new_cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (as Uuid prints)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
+class Kafka(Component):
+    name = "kafka"
+    stop_timeout = 60.0
+
+    @property
+    def port(self) -> int:
+        return self.config.kafka_port
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.config.kafka_port, self.config.kafka_controller_port)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.config.kafka_bootstrap
+
+    # Inputs and cache -------------------------------------------------------------------------
+
+    @property
+    def pom(self) -> Path:
+        return self.config.local_dir / "kafka" / "pom.xml"
+
+    @property
+    def log4j_config(self) -> Path:
+        return self.config.local_dir / "kafka" / "log4j2.xml"
+
+    @property
+    def lib_dir(self) -> Path:
+        return self.config.cache_dir / "kafka" / "lib"
+
+    @property
+    def lib_stamp(self) -> Path:
+        return self.config.cache_dir / "kafka" / "lib.sha256"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    def _java(self) -> str | None:
+        java_home = os.environ.get("JAVA_HOME")
+        extra = [Path(java_home) / "bin"] if java_home else []
+        return process.which("java", *extra)
+
+    def _jars_fresh(self) -> bool:
+        return install.is_fresh(self.lib_stamp, install.digest(self.pom), self.lib_dir)
+
+    def apt_packages(self) -> list[str]:
+        packages = []
+        if self._java() is None:
+            packages.append("openjdk-17-jre-headless")
+        if not self._jars_fresh() and process.which("mvn") is None:
+            packages.append("maven")
+        return packages
+
+    def prepare(self) -> None:
+        """Resolve the broker's runtime classpath with Maven into the cache, once."""
+        expected = install.digest(self.pom)
+        if install.is_fresh(self.lib_stamp, expected, self.lib_dir):
+            return
+        log.info("kafka: resolving jars with Maven (%s)", self.pom)
+        staging = self.lib_dir.with_name("lib.partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        process.run(
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-Dstyle.color=never",
+                "-f",
+                str(self.pom),
+                f"-Dmaven.repo.local={self.config.cache_dir / 'm2'}",
+                "dependency:copy-dependencies",
+                "-DincludeScope=runtime",
+                f"-DoutputDirectory={staging}",
+            ],
+            what="kafka: mvn dependency:copy-dependencies",
+            timeout=1800,
+        )
+        if not any(staging.glob("kafka_2.13-*.jar")):
+            raise self.fail(f"Maven resolved no kafka_2.13 jar into {staging}")
+        shutil.rmtree(self.lib_dir, ignore_errors=True)
+        staging.rename(self.lib_dir)
+        self.lib_stamp.write_text(expected + "\n")
+
+    # Configuration ----------------------------------------------------------------------------
+
+    def _write_properties(self) -> Path:
+        host = "127.0.0.1"
+        controller = f"{host}:{self.config.kafka_controller_port}"
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{controller}",
+            "listeners": f"PLAINTEXT://{host}:{self.port},CONTROLLER://{controller}",
+            "advertised.listeners": f"PLAINTEXT://{host}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "10",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "10",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # After a kill -9 the restarted broker may only register once the controller has
+            # expired its previous session: keep that short (defaults 9 s / 2 s).
+            "broker.session.timeout.ms": "2000",
+            "broker.heartbeat.interval.ms": "500",
+            # Topics come from deploy/helm/mercato/files/topics.yaml (or a test's fixture).
+            "auto.create.topics.enable": "false",
+            "delete.topic.enable": "true",
+            # Two cores: few threads.
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "num.recovery.threads.per.data.dir": "1",
+            "background.threads": "4",
+        }
+        path = self.dir / "server.properties"
+        path.write_text(
+            "# Written by mercato_devstack on every start; edit the code, not this file.\n"
+            + "".join(f"{key}={value}\n" for key, value in settings.items())
+        )
+        return path
+
+    def _classpath(self) -> list[str]:
+        java = self._java()
+        if java is None:
+            raise self.fail("java not found (install a JDK 17 or set JAVA_HOME)")
+        if not self._jars_fresh():
+            raise self.fail(f"the Kafka jars are not in {self.lib_dir}: run `up` to fetch them")
+        return [java, "-cp", f"{self.lib_dir}/*"]
+
+    def _format_storage(self, properties: Path) -> None:
+        if (self.data_dir / "meta.properties").is_file():
+            return
+        id_file = self.dir / "cluster.id"
+        if not id_file.is_file():
+            id_file.write_text(new_cluster_id() + "\n")
+        cluster_id = id_file.read_text().strip()
+        log.info("kafka: formatting storage %s (cluster %s)", self.data_dir, cluster_id)
+        java, *classpath = self._classpath()
+        process.run(
+            [
+                java,
+                "-Xmx256m",
+                f"-Dlog4j2.configurationFile={self.log4j_config}",
+                *classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(properties),
+                "--ignore-formatted",
+            ],
+            what="kafka: StorageTool format",
+            timeout=120,
+        )
+
+    # Lifecycle --------------------------------------------------------------------------------
+
+    def launch(self) -> None:
+        properties = self._write_properties()
+        self._format_storage(properties)
+        java, *classpath = self._classpath()
+        jvm = [
+            *shlex.split(self.config.kafka_heap_opts),
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.log4j_config}",
+            f"-Dkafka.logs.dir={self.dir}",
+            *shlex.split(os.environ.get("MERCATO_KAFKA_JVM_OPTS", "")),
+        ]
+        pid = process.spawn(
+            [java, *jvm, *classpath, "kafka.Kafka", str(properties)],
+            log_path=self.log_path,
+            cwd=self.dir,
+        )
+        process.write_pidfile(self.pid_path, pid)
+
+    def probe(self) -> str | None:
+        return probes.kafka_ping(self.bootstrap, timeout=5.0)

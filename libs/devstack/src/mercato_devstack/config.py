@@ -1,0 +1,127 @@
+"""Where the stack keeps its state and which ports it uses, read from environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from mercato_devstack.errors import StackError
+
+#: Host every component binds to: loopback only.
+HOST = "127.0.0.1"
+
+#: Login role (a superuser) and password of the local PostgreSQL, for local use only.
+PG_USER = "mercato"
+PG_PASSWORD = "mercato"  # noqa: S105 - a local development server on loopback
+#: Databases created on every `up`: one per owning service, plus FerretDB's storage.
+PG_DATABASES = ("auth", "orders", "ferretdb")
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise StackError(f"{name}={raw!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise StackError(f"{name}={raw!r} is not a port number")
+    return port
+
+
+def find_repo_root(env: Mapping[str, str] | None = None) -> Path:
+    """The repository root: $MERCATO_REPO_ROOT, else the nearest folder with deploy/local."""
+    env = os.environ if env is None else env
+    if env.get("MERCATO_REPO_ROOT"):
+        return Path(env["MERCATO_REPO_ROOT"]).resolve()
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for folder in (start, *start.parents):
+            if (folder / "deploy" / "local").is_dir() and (folder / "pyproject.toml").is_file():
+                return folder
+    raise StackError(
+        "cannot find the mercato repository (a folder with deploy/local); set MERCATO_REPO_ROOT"
+    )
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """Paths and ports of the local stack.
+
+    Every field has an environment variable (see :meth:`from_env`); the defaults keep clear of
+    the usual ports so a system PostgreSQL, Kafka, MongoDB or Redis can run beside the stack.
+    """
+
+    repo_root: Path
+    state_dir: Path
+    pg_port: int = 15432
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    mongo_port: int = 27018
+    redis_port: int = 16379
+    #: Seconds each component gets to become ready.
+    timeout: float = 120.0
+    kafka_heap_opts: str = "-Xms128m -Xmx512m"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StackConfig:
+        env = os.environ if env is None else env
+        root = find_repo_root(env)
+        state = Path(env.get("MERCATO_STATE_DIR") or root / ".state")
+        try:
+            timeout = float(env.get("MERCATO_STACK_TIMEOUT") or cls.timeout)
+        except ValueError:
+            raise StackError("MERCATO_STACK_TIMEOUT must be a number of seconds") from None
+        return cls(
+            repo_root=root,
+            state_dir=state.resolve(),
+            pg_port=_port(env, "MERCATO_PG_PORT", cls.pg_port),
+            kafka_port=_port(env, "MERCATO_KAFKA_PORT", cls.kafka_port),
+            kafka_controller_port=_port(
+                env, "MERCATO_KAFKA_CONTROLLER_PORT", cls.kafka_controller_port
+            ),
+            mongo_port=_port(env, "MERCATO_MONGO_PORT", cls.mongo_port),
+            redis_port=_port(env, "MERCATO_REDIS_PORT", cls.redis_port),
+            timeout=timeout,
+            kafka_heap_opts=env.get("MERCATO_KAFKA_HEAP_OPTS") or cls.kafka_heap_opts,
+        )
+
+    # Layout of the state folder -------------------------------------------------------------
+
+    @property
+    def stack_dir(self) -> Path:
+        """Data, logs and pid files, one sub-folder per component."""
+        return self.state_dir / "stack"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Downloads and builds: kept by `down`, reused by every later `up`."""
+        return self.state_dir / "cache"
+
+    @property
+    def local_dir(self) -> Path:
+        """The committed inputs: Kafka's POM and log4j2 config, FerretDB's Go main."""
+        return self.repo_root / "deploy" / "local"
+
+    @property
+    def topics_file(self) -> Path:
+        return self.repo_root / "deploy" / "helm" / "mercato" / "files" / "topics.yaml"
+
+    # Connection settings ----------------------------------------------------------------------
+
+    def postgres_dsn(self, database: str = "postgres") -> str:
+        return f"postgresql://{PG_USER}:{PG_PASSWORD}@{HOST}:{self.pg_port}/{database}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{HOST}:{self.kafka_port}"
+
+    @property
+    def mongo_uri(self) -> str:
+        return f"mongodb://{HOST}:{self.mongo_port}/"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{HOST}:{self.redis_port}/0"
