@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,9 +177,39 @@ async def ensure_topics(
                 raise StackError(f"cannot create topic {name}: error {code} {message}")
         for name in created:
             log.info("kafka: created topic %s", name)
+        await _wait_until_described(
+            admin, {spec.name: spec.partitions for spec in missing}, request_timeout
+        )
         return created
     finally:
         await admin.close()
+
+
+async def _wait_until_described(
+    admin: Any, partitions: dict[str, int], wait_seconds: float
+) -> None:
+    """Wait until every topic shows all its partitions with a leader.
+
+    CreateTopics returns before the metadata has reached every listener, so a client that
+    describes or produces right away can still see an empty topic.
+    """
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        described = await admin.describe_topics(list(partitions))
+        ready = {
+            topic["topic"]
+            for topic in described
+            if topic.get("error_code", 0) == 0
+            and len(topic.get("partitions", [])) == partitions.get(topic["topic"])
+            and all(p.get("leader", -1) >= 0 for p in topic["partitions"])
+        }
+        if ready >= set(partitions):
+            return
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"topics not ready after {wait_seconds:.0f} s: {sorted(set(partitions) - ready)}"
+            )
+        await asyncio.sleep(0.1)
 
 
 async def delete_topics(
