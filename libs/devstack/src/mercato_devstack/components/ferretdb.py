@@ -157,9 +157,11 @@ class FerretDB(Component):
             raise self.fail(f"FerretDB is not built in {self.binary}: run `up` to build it")
         env = {
             **os.environ,
-            # FerretDB's own default is a pool of up to 50 connections that stay open.
+            # Idle connections close after a minute (FerretDB keeps its default 50 open). The
+            # pool must stay large: one request can hold a connection while it waits for
+            # another, and a small pool (20) deadlocked under a few concurrent test suites.
             "FERRETDB_POSTGRESQL_URL": self.config.postgres_dsn("ferretdb")
-            + "?pool_max_conns=20&pool_max_conn_idle_time=60s",
+            + "?pool_max_conns=80&pool_max_conn_idle_time=60s",
         }
         pid = process.spawn(
             [

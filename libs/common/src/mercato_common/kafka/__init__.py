@@ -1,0 +1,65 @@
+"""Kafka helpers on aiokafka: envelope on the wire, idempotent producer, consumer runner."""
+
+from mercato_common.kafka.backoff import Backoff
+from mercato_common.kafka.consumer import (
+    ConsumedEvent,
+    ConsumerMetrics,
+    ConsumerRunner,
+    DeadLetterPublishError,
+    DeadLetterSink,
+    Handler,
+    HandlerFailedError,
+    PermanentError,
+    dead_letter_headers,
+    redact,
+)
+from mercato_common.kafka.envelope import (
+    CONTENT_TYPE,
+    Envelope,
+    UndecodableMessageError,
+    decode_envelope,
+    envelope_header_map,
+    event_type_name,
+    extract_trace_context,
+    headers_to_map,
+    map_to_headers,
+    new_envelope,
+    trace_context_map,
+    unpack_data,
+)
+from mercato_common.kafka.producer import (
+    DeliveryFuture,
+    EventProducer,
+    KafkaConnection,
+    ProducerNotStartedError,
+)
+
+__all__ = [
+    "CONTENT_TYPE",
+    "Backoff",
+    "ConsumedEvent",
+    "ConsumerMetrics",
+    "ConsumerRunner",
+    "DeadLetterPublishError",
+    "DeadLetterSink",
+    "DeliveryFuture",
+    "Envelope",
+    "EventProducer",
+    "Handler",
+    "HandlerFailedError",
+    "KafkaConnection",
+    "PermanentError",
+    "ProducerNotStartedError",
+    "UndecodableMessageError",
+    "dead_letter_headers",
+    "decode_envelope",
+    "envelope_header_map",
+    "event_type_name",
+    "extract_trace_context",
+    "headers_to_map",
+    "map_to_headers",
+    "new_envelope",
+    "redact",
+    "trace_context_map",
+    "unpack_data",
+]

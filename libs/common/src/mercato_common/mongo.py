@@ -1,0 +1,112 @@
+"""MongoDB helpers: idempotent index creation.
+
+Services declare their indexes as data and call :func:`ensure_indexes` at start. Every index has
+an explicit name, so a changed definition is detected (and reported) instead of silently living
+next to the old one. Stay within what both MongoDB 7 and FerretDB support: plain and compound
+indexes, ``unique``; no TTL, partial, sparse or text indexes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import OperationFailure
+
+__all__ = ["IndexConflictError", "IndexSpec", "ensure_indexes"]
+
+log = logging.getLogger(__name__)
+
+# Server error codes for "an index with this name/keys exists with another definition".
+_CONFLICT_CODES = frozenset({85, 86})
+
+# Options FerretDB rejects or ignores; refused here so code that passes locally runs in prod too.
+_UNPORTABLE_OPTIONS = frozenset(
+    {"expireAfterSeconds", "partialFilterExpression", "sparse", "weights", "default_language"}
+)
+
+
+class IndexConflictError(RuntimeError):
+    """An index exists under the same name (or keys) with a different definition.
+
+    Changing an index is a migration decision (drop, then create, maybe with a new name), never
+    something to do implicitly at start-up.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSpec:
+    """One named index: ``keys`` as ``[(field, 1 | -1), ...]``."""
+
+    name: str
+    keys: tuple[tuple[str, int], ...]
+    unique: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("index name must not be empty")
+        if not self.keys:
+            raise ValueError(f"index {self.name}: keys must not be empty")
+        for key, direction in self.keys:
+            if not key or direction not in (1, -1):
+                raise ValueError(f"index {self.name}: bad key {key!r}: {direction!r}")
+        bad = _UNPORTABLE_OPTIONS.intersection(self.options)
+        if bad:
+            raise ValueError(f"index {self.name}: options not supported by FerretDB: {sorted(bad)}")
+        if "name" in self.options or "unique" in self.options:
+            raise ValueError(f"index {self.name}: pass name/unique as fields, not options")
+
+    @classmethod
+    def of(cls, name: str, *keys: tuple[str, int] | str, unique: bool = False) -> IndexSpec:
+        """``IndexSpec.of("by_sku", "sku", unique=True)``; a bare field name means ascending."""
+        normalized = tuple((k, 1) if isinstance(k, str) else k for k in keys)
+        return cls(name=name, keys=normalized, unique=unique)
+
+    def matches(self, info: Mapping[str, Any]) -> bool:
+        """Whether an entry of ``index_information()`` is this index."""
+        existing = tuple((str(k), int(v)) for k, v in info.get("key", ()))
+        return existing == self.keys and bool(info.get("unique", False)) == self.unique
+
+
+async def ensure_indexes(
+    db: AsyncDatabase[Any], specs: Mapping[str, Sequence[IndexSpec]]
+) -> list[str]:
+    """Create the missing indexes of ``{collection: [IndexSpec, ...]}``; the names created.
+
+    Existing identical indexes are left alone, so this is safe at every start and from several
+    replicas at once. An index with the same name but another definition raises
+    :class:`IndexConflictError`; indexes not in ``specs`` are not touched.
+    """
+    created: list[str] = []
+    for collection_name, indexes in specs.items():
+        names = [spec.name for spec in indexes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{collection_name}: duplicate index names in {names}")
+        collection = db[collection_name]
+        existing: Mapping[str, Any] = await collection.index_information()
+        for spec in indexes:
+            info = existing.get(spec.name)
+            if info is not None:
+                if not spec.matches(info):
+                    raise IndexConflictError(
+                        f"{collection_name}.{spec.name} exists as {dict(info)!r}, "
+                        f"declared as keys={list(spec.keys)!r} unique={spec.unique}"
+                    )
+                continue
+            try:
+                await collection.create_index(
+                    list(spec.keys), name=spec.name, unique=spec.unique, **dict(spec.options)
+                )
+            except OperationFailure as exc:
+                if exc.code in _CONFLICT_CODES:
+                    raise IndexConflictError(
+                        f"{collection_name}.{spec.name}: {exc.details or exc}"
+                    ) from exc
+                raise
+            log.info("created index %s.%s", collection_name, spec.name)
+            created.append(f"{collection_name}.{spec.name}")
+    return created

@@ -1,0 +1,52 @@
+"""The transactional outbox: events written atomically with the state change, relayed to Kafka.
+
+* :mod:`mercato_common.outbox.postgres`: an outbox table written in the caller's transaction and
+  a ``FOR UPDATE SKIP LOCKED`` relay;
+* :mod:`mercato_common.outbox.mongo`: events embedded in the aggregate document's own
+  single-document update, and a lease-based relay.
+
+Both relays mark an event as published only after Kafka acknowledged it: at-least-once, with
+duplicates carrying the same envelope id.
+"""
+
+from mercato_common.outbox._base import (
+    OutboxMessage,
+    OutboxMetrics,
+    OutboxRelay,
+    PublishFailedError,
+    event_headers,
+    publish_messages,
+    settle,
+)
+from mercato_common.outbox.mongo import (
+    MongoOutboxRelay,
+    outbox_event,
+    outbox_fields,
+    outbox_index_specs,
+    with_outbox,
+)
+from mercato_common.outbox.postgres import (
+    PostgresOutboxRelay,
+    enqueue,
+    enqueue_many,
+    outbox_ddl,
+)
+
+__all__ = [
+    "MongoOutboxRelay",
+    "OutboxMessage",
+    "OutboxMetrics",
+    "OutboxRelay",
+    "PostgresOutboxRelay",
+    "PublishFailedError",
+    "enqueue",
+    "enqueue_many",
+    "event_headers",
+    "outbox_ddl",
+    "outbox_event",
+    "outbox_fields",
+    "outbox_index_specs",
+    "publish_messages",
+    "settle",
+    "with_outbox",
+]

@@ -1,0 +1,331 @@
+"""The PostgreSQL transactional outbox: an ``outbox`` table and a relay that publishes it to Kafka.
+
+Writing: in the same transaction as the state change, ``await enqueue(conn, envelope, topic)``.
+The event exists exactly when the change committed; no dual write.
+
+Publishing: :class:`PostgresOutboxRelay` repeatedly, in one transaction, locks the oldest unsent
+rows (``FOR UPDATE SKIP LOCKED``), publishes them with the idempotent producer, waits for every
+acknowledgement, marks the acknowledged rows sent and commits. A row is marked sent only after
+Kafka acknowledged it, so a crash or an outage at any point leaves it unsent and it is published
+again: duplicates are possible, losses are not. Consumers dedupe by the envelope id (= row id).
+
+Ordering: rows are published in ``seq`` order (an identity column: insert order, no ties). Order
+per aggregate holds when the writer locks the aggregate row before enqueueing its event (the
+usual ``SELECT ... FOR UPDATE`` / ``UPDATE`` first), which the service's store does anyway.
+With ``exclusive=True`` (default) replicas take turns batch by batch under a transaction-level
+advisory lock, so per-key order also holds across replicas; ``exclusive=False`` lets them
+publish disjoint batches in parallel (``SKIP LOCKED``) at the cost of per-key order across
+concurrent batches.
+
+The DDL ships as :func:`outbox_ddl`: put its output in the service's migrations (a file such as
+``0002_outbox.sql``), so the schema is versioned with the service's own tables.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Protocol
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from mercato_common.kafka.backoff import Backoff
+from mercato_common.kafka.envelope import Envelope
+from mercato_common.kafka.producer import EventProducer
+from mercato_common.migrations import advisory_lock_key, validate_identifier
+from mercato_common.outbox._base import OutboxMessage, OutboxRelay, event_headers
+
+__all__ = [
+    "Executor",
+    "PostgresOutboxRelay",
+    "enqueue",
+    "enqueue_many",
+    "outbox_ddl",
+]
+
+log = logging.getLogger("mercato_common.outbox")
+
+
+def _base_name(table: str) -> str:
+    return table.rsplit(".", 1)[-1]
+
+
+def outbox_ddl(table: str = "outbox") -> str:
+    """The outbox table, its indexes and the insert notification, as one SQL script.
+
+    * ``seq``: publication order (identity: insert order within the database, no ties);
+    * ``id``: the envelope id (UUID), which consumers use to dedupe;
+    * ``key``: the envelope subject (aggregate id), the Kafka key;
+    * ``payload``: the serialized envelope, the Kafka value;
+    * ``headers``: Kafka headers, including the trace context captured at write time;
+    * ``sent_at``: NULL until Kafka acknowledged the event.
+
+    A statement-level trigger notifies channel ``<table>`` so relays wake up without waiting for
+    their poll interval (they still poll: a notification can be missed).
+    """
+    validate_identifier(table)
+    base = _base_name(table)
+    return f"""\
+CREATE TABLE IF NOT EXISTS {table} (
+    seq         bigint GENERATED ALWAYS AS IDENTITY,
+    id          uuid PRIMARY KEY,
+    topic       text NOT NULL,
+    key         text,
+    type        text NOT NULL,
+    payload     bytea NOT NULL,
+    headers     jsonb NOT NULL DEFAULT '{{}}'::jsonb,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    sent_at     timestamptz
+);
+
+-- The relay's scan: unsent rows in publication order.
+CREATE INDEX IF NOT EXISTS {base}_unsent_idx ON {table} (seq) WHERE sent_at IS NULL;
+-- The cleanup's scan: sent rows by age.
+CREATE INDEX IF NOT EXISTS {base}_sent_at_idx ON {table} (sent_at) WHERE sent_at IS NOT NULL;
+
+CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{table}', '');
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER {base}_notify
+    AFTER INSERT ON {table}
+    FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify();
+"""
+
+
+class Executor(Protocol):
+    """The part of an asyncpg connection that :func:`enqueue` uses."""
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+
+    async def executemany(self, command: str, args: Iterable[Sequence[Any]]) -> None: ...
+
+    def is_in_transaction(self) -> bool: ...
+
+
+def _row(
+    envelope: Envelope, topic: str, headers: Mapping[str, str] | None
+) -> tuple[uuid.UUID, str, str | None, str, bytes, str]:
+    if not topic:
+        raise ValueError("topic must not be empty")
+    return (
+        uuid.UUID(envelope.id),
+        topic,
+        envelope.subject or None,
+        envelope.type,
+        envelope.SerializeToString(),
+        json.dumps(event_headers(envelope, headers), separators=(",", ":")),
+    )
+
+
+def _insert_sql(table: str) -> str:
+    validate_identifier(table)
+    return (
+        f"INSERT INTO {table} (id, topic, key, type, payload, headers) "  # noqa: S608 (validated)
+        # $6::text::jsonb: the JSON text goes in as text, whatever jsonb codec the pool installed.
+        "VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)"
+    )
+
+
+def _require_transaction(conn: Executor) -> None:
+    # Outside a transaction the event would commit on its own: exactly the dual write the outbox
+    # exists to prevent.
+    if not conn.is_in_transaction():
+        raise RuntimeError("enqueue() must run inside the transaction of the state change")
+
+
+async def enqueue(
+    conn: Executor,
+    envelope: Envelope,
+    topic: str,
+    *,
+    table: str = "outbox",
+    headers: Mapping[str, str] | None = None,
+) -> uuid.UUID:
+    """Write ``envelope`` for ``topic`` into the outbox, in the caller's open transaction.
+
+    Captures the current trace context into the stored headers. Returns the event id.
+    """
+    _require_transaction(conn)
+    row = _row(envelope, topic, headers)
+    await conn.execute(_insert_sql(table), *row)
+    return row[0]
+
+
+async def enqueue_many(
+    conn: Executor,
+    events: Iterable[tuple[Envelope, str]],
+    *,
+    table: str = "outbox",
+    headers: Mapping[str, str] | None = None,
+) -> list[uuid.UUID]:
+    """:func:`enqueue` for several ``(envelope, topic)`` pairs, in order, in one round trip."""
+    _require_transaction(conn)
+    rows = [_row(envelope, topic, headers) for envelope, topic in events]
+    if rows:
+        await conn.executemany(_insert_sql(table), rows)
+    return [row[0] for row in rows]
+
+
+class PostgresOutboxRelay(OutboxRelay):
+    """Publishes the outbox table of one database; safe to run in every replica.
+
+    ``pool`` is an asyncpg pool. With ``listen=True`` the relay holds one pool connection for
+    ``LISTEN`` (so size the pool accordingly) and wakes up on inserts; it polls every
+    ``poll_interval`` seconds regardless. Sent rows older than ``retention`` are deleted in
+    bounded batches during housekeeping (every ``housekeeping_interval`` seconds).
+    """
+
+    def __init__(
+        self,
+        pool: Any,
+        producer: EventProducer,
+        *,
+        table: str = "outbox",
+        batch_size: int = 200,
+        poll_interval: float = 1.0,
+        publish_timeout: float = 30.0,
+        backoff: Backoff | None = None,
+        exclusive: bool = True,
+        listen: bool = True,
+        retention: timedelta = timedelta(days=3),
+        cleanup_batch: int = 5_000,
+        housekeeping_interval: float = 15.0,
+        registry: CollectorRegistry = REGISTRY,
+    ) -> None:
+        validate_identifier(table)
+        super().__init__(
+            producer,
+            name=table,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+            publish_timeout=publish_timeout,
+            backoff=backoff,
+            housekeeping_interval=housekeeping_interval,
+            registry=registry,
+        )
+        self._pool = pool
+        self._table = table
+        self._exclusive = exclusive
+        self._listen = listen
+        self._retention = retention
+        self._cleanup_batch = cleanup_batch
+        self._lock_key = advisory_lock_key("mercato_outbox", table)
+        self._listener: Any = None
+        self._select = (
+            f"SELECT id, topic, key, payload, headers::text AS headers FROM {table} "  # noqa: S608
+            "WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
+        )
+        self._mark = f"UPDATE {table} SET sent_at = clock_timestamp() WHERE id = ANY($1::uuid[])"  # noqa: S608
+        self._cleanup = (
+            f"DELETE FROM {table} WHERE id IN ("  # noqa: S608 (validated)
+            f"SELECT id FROM {table} WHERE sent_at IS NOT NULL "
+            "AND sent_at < clock_timestamp() - $1::interval ORDER BY sent_at LIMIT $2)"
+        )
+        self._stats = (
+            "SELECT count(*), "  # noqa: S608 (validated)
+            "COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)::float8 "
+            f"FROM {table} WHERE sent_at IS NULL"
+        )
+
+    async def run_once(self) -> int:
+        async with self._pool.acquire() as conn, conn.transaction():
+            if self._exclusive and not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1)", self._lock_key
+            ):
+                return 0  # another replica is publishing this batch
+            rows = await conn.fetch(self._select, self._batch_size)
+            if not rows:
+                return 0
+            messages = [
+                OutboxMessage(
+                    id=str(row["id"]),
+                    topic=row["topic"],
+                    key=row["key"],
+                    payload=bytes(row["payload"]),
+                    headers=json.loads(row["headers"]),
+                )
+                for row in rows
+            ]
+            done, error = await self._publish(messages)
+            if done:
+                await conn.execute(self._mark, [uuid.UUID(m.id) for m in done])
+        # Counted after the commit: only then are the rows really marked.
+        self._count_published(done)
+        if error is not None:
+            raise error
+        return len(done)
+
+    async def cleanup(self) -> int:
+        """Delete up to ``cleanup_batch`` sent rows older than ``retention``; the number deleted."""
+        async with self._pool.acquire() as conn:
+            status: str = await conn.execute(self._cleanup, self._retention, self._cleanup_batch)
+        return int(status.rsplit(" ", 1)[-1]) if status.startswith("DELETE") else 0
+
+    async def refresh_metrics(self) -> None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(self._stats)
+        self._metrics.backlog.labels(self.name).set(row[0])
+        self._metrics.oldest_unsent_age.labels(self.name).set(row[1])
+
+    async def housekeeping(self) -> None:
+        deleted = await self.cleanup()
+        if deleted:
+            log.info("outbox %s: deleted %d sent events", self.name, deleted)
+        await self.refresh_metrics()
+
+    async def _before_cycle(self) -> None:
+        if not self._listen:
+            return
+        listener = self._listener
+        if listener is not None and _alive(listener):
+            return
+        if listener is not None:
+            self._listener = None
+            await self._release_listener(listener)
+        try:
+            conn = await self._pool.acquire()
+        except Exception as exc:
+            log.warning("outbox %s: no connection for LISTEN, polling only: %r", self.name, exc)
+            return
+        try:
+            await conn.add_listener(self._table, self._on_notify)
+        except Exception as exc:
+            log.warning("outbox %s: LISTEN failed, polling only: %r", self.name, exc)
+            await self._pool.release(conn)
+            return
+        self._listener = conn
+
+    def _on_notify(self, *_args: object) -> None:
+        self.wake()
+
+    async def _release_listener(self, conn: Any) -> None:
+        try:
+            if _alive(conn):
+                await conn.remove_listener(self._table, self._on_notify)
+        except Exception as exc:
+            log.debug("outbox %s: UNLISTEN failed: %r", self.name, exc)
+        try:
+            await self._pool.release(conn)
+        except Exception as exc:
+            log.debug("outbox %s: releasing the LISTEN connection failed: %r", self.name, exc)
+
+    async def _on_stop(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await self._release_listener(listener)
+
+
+def _alive(conn: Any) -> bool:
+    """Whether a pooled connection is still usable (a broken one may refuse even this question)."""
+    try:
+        return not conn.is_closed()
+    except Exception:
+        return False

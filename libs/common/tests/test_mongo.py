@@ -1,0 +1,105 @@
+"""Unit tests of mercato_common.mongo: index specifications and ensure_indexes' decisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pymongo.errors import OperationFailure
+
+from mercato_common.mongo import IndexConflictError, IndexSpec, ensure_indexes
+
+
+def test_index_spec_shorthand() -> None:
+    spec = IndexSpec.of("by_sku", "sku", ("created_at", -1), unique=True)
+    assert spec.keys == (("sku", 1), ("created_at", -1))
+    assert spec.unique
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"name": "", "keys": (("a", 1),)},
+        {"name": "x", "keys": ()},
+        {"name": "x", "keys": (("a", 2),)},
+        {"name": "x", "keys": (("a", 1),), "options": {"expireAfterSeconds": 5}},
+        {"name": "x", "keys": (("a", 1),), "options": {"partialFilterExpression": {}}},
+        {"name": "x", "keys": (("a", 1),), "options": {"unique": True}},
+    ],
+)
+def test_index_spec_rejects_bad_or_unportable_definitions(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011
+        IndexSpec(**kwargs)
+
+
+def test_index_spec_matches_index_information() -> None:
+    spec = IndexSpec.of("by_sku", "sku", unique=True)
+    assert spec.matches({"key": [("sku", 1)], "unique": True, "v": 2})
+    assert not spec.matches({"key": [("sku", 1)], "v": 2})
+    assert not spec.matches({"key": [("sku", -1)], "unique": True})
+    assert IndexSpec.of("n", "a").matches({"key": [("a", 1.0)]})  # servers may send doubles
+
+
+class FakeCollection:
+    def __init__(self, existing: dict[str, Any], fail: OperationFailure | None = None) -> None:
+        self.existing = existing
+        self.created: list[tuple[list[tuple[str, int]], dict[str, Any]]] = []
+        self.fail = fail
+
+    async def index_information(self) -> dict[str, Any]:
+        return self.existing
+
+    async def create_index(self, keys: list[tuple[str, int]], **kwargs: Any) -> str:
+        if self.fail is not None:
+            raise self.fail
+        self.created.append((keys, kwargs))
+        return str(kwargs["name"])
+
+
+class FakeDb:
+    def __init__(self, collections: dict[str, FakeCollection]) -> None:
+        self.collections = collections
+
+    def __getitem__(self, name: str) -> FakeCollection:
+        return self.collections[name]
+
+
+async def test_ensure_indexes_creates_only_missing_ones() -> None:
+    products = FakeCollection(
+        {"_id_": {"key": [("_id", 1)]}, "by_sku": {"key": [("sku", 1)], "unique": True}}
+    )
+    db = FakeDb({"products": products})
+    created = await ensure_indexes(
+        db,  # type: ignore[arg-type]
+        {
+            "products": [
+                IndexSpec.of("by_sku", "sku", unique=True),
+                IndexSpec.of("by_cat", "category"),
+            ]
+        },
+    )
+    assert created == ["products.by_cat"]
+    assert products.created == [([("category", 1)], {"name": "by_cat", "unique": False})]
+
+
+async def test_ensure_indexes_reports_a_changed_definition() -> None:
+    db = FakeDb({"p": FakeCollection({"by_sku": {"key": [("sku", 1)]}})})
+    with pytest.raises(IndexConflictError, match=r"p\.by_sku exists"):
+        await ensure_indexes(db, {"p": [IndexSpec.of("by_sku", "sku", unique=True)]})  # type: ignore[arg-type]
+
+
+async def test_ensure_indexes_maps_server_conflicts() -> None:
+    failure = OperationFailure("Index already exists with a different name", code=85)
+    db = FakeDb({"p": FakeCollection({}, fail=failure)})
+    with pytest.raises(IndexConflictError):
+        await ensure_indexes(db, {"p": [IndexSpec.of("other", "sku")]})  # type: ignore[arg-type]
+    other = OperationFailure("unauthorized", code=13)
+    db = FakeDb({"p": FakeCollection({}, fail=other)})
+    with pytest.raises(OperationFailure):
+        await ensure_indexes(db, {"p": [IndexSpec.of("other", "sku")]})  # type: ignore[arg-type]
+
+
+async def test_ensure_indexes_rejects_duplicate_names() -> None:
+    db = FakeDb({"p": FakeCollection({})})
+    with pytest.raises(ValueError, match="duplicate"):
+        await ensure_indexes(db, {"p": [IndexSpec.of("x", "a"), IndexSpec.of("x", "b")]})  # type: ignore[arg-type]
