@@ -1,0 +1,1 @@
+"""The auth service's rules: pure, no I/O, no gRPC, no driver."""

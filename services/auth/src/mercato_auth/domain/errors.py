@@ -1,0 +1,206 @@
+"""The auth service's errors: one root, each also one of the kinds of ``mercato_common.errors``.
+
+The interceptor in ``libs/common`` maps the kind to the gRPC code and the reason to the single
+``google.rpc.ErrorInfo`` (domain ``auth.mercato``). The OAuth errors carry the RFC 6749 / 7009
+codes upper-cased (``INVALID_GRANT``...), which the gateway renders as
+``{"error": "invalid_grant", ...}``. Messages are shown to callers: never a secret in them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from mercato_common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    MercatoError,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = [
+    "AuthError",
+    "EmailTaken",
+    "InvalidClient",
+    "InvalidCredentials",
+    "InvalidEmail",
+    "InvalidGrant",
+    "InvalidPageToken",
+    "InvalidRoles",
+    "InvalidScope",
+    "LoginThrottled",
+    "OAuthError",
+    "SelfLockout",
+    "SigningKeyUnavailable",
+    "UnsupportedGrantType",
+    "UnsupportedTokenType",
+    "UserDisabled",
+    "UserNotFound",
+    "WeakPassword",
+]
+
+
+class AuthError(MercatoError):
+    """Root of every error the auth service raises on purpose."""
+
+    domain = "auth.mercato"
+
+
+class EmailTaken(AuthError, AlreadyExists):
+    default_reason = "EMAIL_TAKEN"
+
+    def __init__(self) -> None:
+        super().__init__("an account with this email already exists")
+
+
+class UserNotFound(AuthError, NotFound):
+    default_reason = "USER_NOT_FOUND"
+
+    def __init__(self, message: str = "no such user") -> None:
+        super().__init__(message)
+
+
+class WeakPassword(AuthError, InvalidArgument):
+    default_reason = "PASSWORD_POLICY"
+
+    def __init__(self, description: str, *, field: str = "password") -> None:
+        super().__init__(
+            f"the password does not meet the policy: {description}",
+            field_violations=[FieldViolation(field, description)],
+        )
+
+
+class InvalidRoles(AuthError, InvalidArgument):
+    default_reason = "INVALID_ROLES"
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, field_violations=[FieldViolation("user.roles", description)])
+
+
+class InvalidEmail(AuthError, InvalidArgument):
+    default_reason = "INVALID_EMAIL"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "not a valid email address",
+            field_violations=[FieldViolation("email", "not a valid email address")],
+        )
+
+
+class InvalidPageToken(AuthError, InvalidArgument):
+    default_reason = "INVALID_PAGE_TOKEN"
+
+    def __init__(self, description: str = "the page token is invalid") -> None:
+        super().__init__(description, field_violations=[FieldViolation("page_token", description)])
+
+
+class InvalidCredentials(AuthError, Unauthenticated):
+    """Wrong password or unknown email: one error, so accounts cannot be enumerated."""
+
+    default_reason = "INVALID_CREDENTIALS"
+
+    def __init__(self) -> None:
+        super().__init__("the email or the password is wrong")
+
+
+class UserDisabled(AuthError, PermissionDenied):
+    """Only ever raised after the password was verified, so it reveals nothing new."""
+
+    default_reason = "USER_DISABLED"
+
+    def __init__(self) -> None:
+        super().__init__("this account is disabled")
+
+
+class SelfLockout(AuthError, FailedPrecondition):
+    default_reason = "SELF_LOCKOUT"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+class LoginThrottled(AuthError, ResourceExhausted):
+    """Too many failures for an account or a client address; retry after the delay."""
+
+    default_reason = "LOGIN_THROTTLED"
+
+    def __init__(self, retry_after_seconds: int) -> None:
+        self.retry_after_seconds = max(1, int(retry_after_seconds))
+        super().__init__(
+            f"too many failed attempts; retry in {self.retry_after_seconds} seconds",
+            metadata={"retry_after_seconds": str(self.retry_after_seconds)},
+        )
+
+
+class SigningKeyUnavailable(AuthError, Unavailable):
+    default_reason = "SIGNING_KEY_UNAVAILABLE"
+
+    def __init__(self) -> None:
+        super().__init__("no signing key is available; retry shortly")
+
+
+class OAuthError(AuthError):
+    """An RFC 6749 section 5.2 / RFC 7009 error; ``oauth_code`` is the lower-case RFC code."""
+
+    oauth_code = "invalid_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        field_violations: Sequence[FieldViolation] = (),
+    ) -> None:
+        super().__init__(
+            message,
+            reason=self.oauth_code.upper(),
+            metadata=metadata,
+            field_violations=field_violations,
+        )
+
+
+class InvalidGrant(OAuthError, InvalidArgument):
+    """The refresh token is unknown, expired, revoked, reused or issued to another client."""
+
+    oauth_code = "invalid_grant"
+
+    def __init__(self, message: str = "the refresh token is invalid, expired or revoked") -> None:
+        super().__init__(message)
+
+
+class InvalidClient(OAuthError, Unauthenticated):
+    """Client authentication failed (unknown client, wrong secret, disabled client)."""
+
+    oauth_code = "invalid_client"
+
+    def __init__(self) -> None:
+        super().__init__("client authentication failed")
+
+
+class InvalidScope(OAuthError, InvalidArgument):
+    oauth_code = "invalid_scope"
+
+    def __init__(self, unknown: Sequence[str]) -> None:
+        super().__init__(
+            "the requested scope exceeds what may be granted",
+            metadata={"scopes": " ".join(unknown)[:500]},
+        )
+
+
+class UnsupportedGrantType(OAuthError, InvalidArgument):
+    oauth_code = "unsupported_grant_type"
+
+    def __init__(self) -> None:
+        super().__init__("supported grant types: refresh_token, client_credentials")
+
+
+class UnsupportedTokenType(OAuthError, InvalidArgument):
+    oauth_code = "unsupported_token_type"
+
+    def __init__(self) -> None:
+        super().__init__("access tokens are short-lived and cannot be revoked")

@@ -1,0 +1,53 @@
+"""Database access of the auth service: the pool, migrations and the repositories."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from mercato_auth.store.clients import ClientRecord, Clients
+from mercato_auth.store.db import Database, TracedConnection, migrations_dir, run_migrations
+from mercato_auth.store.outbox import Outbox
+from mercato_auth.store.refresh_tokens import RefreshTokens
+from mercato_auth.store.signing_keys import SigningKeys, StoredSigningKey
+from mercato_auth.store.throttle import Throttle
+from mercato_auth.store.users import Users
+
+__all__ = [
+    "AuthStore",
+    "ClientRecord",
+    "Database",
+    "StoredSigningKey",
+    "Tx",
+    "migrations_dir",
+    "run_migrations",
+]
+
+
+class Tx:
+    """The repositories on one connection (inside a transaction when opened by ``write``)."""
+
+    def __init__(self, conn: TracedConnection, events_topic: str) -> None:
+        self.conn = conn
+        self.users = Users(conn)
+        self.clients = Clients(conn)
+        self.refresh_tokens = RefreshTokens(conn)
+        self.signing_keys = SigningKeys(conn)
+        self.throttle = Throttle(conn)
+        self.outbox = Outbox(conn, events_topic)
+
+
+class AuthStore:
+    def __init__(self, database: Database, *, events_topic: str) -> None:
+        self.database = database
+        self._topic = events_topic
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        async with self.database.connection() as conn:
+            yield Tx(conn, self._topic)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        async with self.database.transaction() as conn:
+            yield Tx(conn, self._topic)

@@ -1,0 +1,65 @@
+"""SQL of the ``oauth_clients`` table (service clients)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from mercato_auth.store.db import TracedConnection
+
+__all__ = ["ClientRecord", "Clients"]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    client_id: str
+    secret_hash: str = field(repr=False)
+    scopes: frozenset[str]
+    disabled: bool
+
+
+class Clients:
+    def __init__(self, conn: TracedConnection) -> None:
+        self._conn = conn
+
+    async def get(self, client_id: str) -> ClientRecord | None:
+        row = await self._conn.fetchrow(
+            "oauth_clients.get",
+            "SELECT client_id, secret_hash, scopes, disabled FROM oauth_clients"
+            " WHERE client_id = $1",
+            client_id,
+        )
+        if row is None:
+            return None
+        return ClientRecord(
+            client_id=row["client_id"],
+            secret_hash=row["secret_hash"],
+            scopes=frozenset(row["scopes"]),
+            disabled=row["disabled"],
+        )
+
+    async def upsert(
+        self, client_id: str, secret_hash: str, scopes: Sequence[str], now: datetime
+    ) -> None:
+        await self._conn.execute(
+            "oauth_clients.upsert",
+            "INSERT INTO oauth_clients (client_id, secret_hash, scopes, disabled, create_time,"
+            " update_time) VALUES ($1, $2, $3, false, $4, $4)"
+            " ON CONFLICT (client_id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash,"
+            " scopes = EXCLUDED.scopes, disabled = false, update_time = EXCLUDED.update_time",
+            client_id,
+            secret_hash,
+            list(scopes),
+            now,
+        )
+
+    async def update_scopes(self, client_id: str, scopes: Sequence[str], now: datetime) -> None:
+        await self._conn.execute(
+            "oauth_clients.update_scopes",
+            "UPDATE oauth_clients SET scopes = $2, disabled = false, update_time = $3"
+            " WHERE client_id = $1",
+            client_id,
+            list(scopes),
+            now,
+        )
