@@ -32,7 +32,7 @@ protos: sync ## regenerate the Python stubs in libs/contracts from protos/
 lint: sync ## ruff, mypy, buf lint/breaking and the stub regeneration check
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy libs/common/src libs/devstack/src
+	$(RUN) mypy libs/common/src libs/devstack/src services/auth/src services/catalog/src
 	$(RUN) python tools/protos.py lint
 	$(RUN) python tools/protos.py check
 

@@ -1,0 +1,1 @@
+"""Mercato catalog service: products, categories, search, per-order stock reservations."""

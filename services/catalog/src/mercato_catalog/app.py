@@ -1,0 +1,274 @@
+"""Wiring: the one place that creates clients and connects the catalog's parts.
+
+Parts, started in this order and stopped in reverse by ``run_until_signal``:
+MongoDB (ping, server detection, indexes) → Redis cache client → outbox relays (Kafka) →
+reservation sweeper → gRPC server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from prometheus_client import REGISTRY, CollectorRegistry
+from pymongo import AsyncMongoClient
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from mercato.auth.v1 import auth_pb2, auth_pb2_grpc
+from mercato.catalog.v1 import catalog_pb2_grpc
+from mercato_catalog.api import SERVICE_NAME, CatalogServicer
+from mercato_catalog.cache import CacheMetrics, ProductCache
+from mercato_catalog.settings import CatalogSettings
+from mercato_catalog.store import (
+    INDEXES,
+    CategoryStore,
+    ProductStore,
+    ReservationStore,
+    StoreContext,
+    WriteLocks,
+)
+from mercato_catalog.sweeper import ReservationSweeper
+from mercato_common.client import create_channel
+from mercato_common.identity import JwksTokenVerifier, TokenVerifier
+from mercato_common.kafka.producer import EventProducer, KafkaConnection
+from mercato_common.mongo import ensure_indexes
+from mercato_common.outbox import MongoOutboxRelay
+from mercato_common.runtime import Lifecycle
+from mercato_common.server import GrpcServer
+
+__all__ = ["CatalogApp", "build_app", "is_ferretdb"]
+
+log = logging.getLogger("mercato_catalog.app")
+
+
+async def is_ferretdb(client: AsyncMongoClient[Any]) -> bool:
+    """Whether the server is FerretDB (its buildInfo carries ``ferretdbVersion``)."""
+    info: Mapping[str, Any] = await client.admin.command("buildInfo")
+    return "ferretdbVersion" in info or "ferretdb" in info
+
+
+class MongoPart:
+    """Checks the connection, picks the write-lock mode and creates the indexes."""
+
+    def __init__(self, client: AsyncMongoClient[Any], ctx: StoreContext, mode: str) -> None:
+        self._client = client
+        self._ctx = ctx
+        self._mode = mode
+
+    async def start(self) -> None:
+        await self._client.admin.command("ping")
+        if self._mode == "auto":
+            self._ctx.locks.enabled = await is_ferretdb(self._client)
+        else:
+            self._ctx.locks.enabled = self._mode == "on"
+        created = await ensure_indexes(self._ctx.db, INDEXES)
+        log.info(
+            "mongodb ready",
+            extra={"write_locks": self._ctx.locks.enabled, "indexes_created": created},
+        )
+
+    async def stop(self) -> None:
+        await self._client.close()
+
+
+class RedisPart:
+    """Closes the cache's Redis client on shutdown (Redis may be down at start: no check)."""
+
+    def __init__(self, redis: Redis | None) -> None:
+        self._redis = redis
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+class RelayPart:
+    """Runs the outbox relays (products, reservations) on one idempotent producer."""
+
+    def __init__(self, producer: EventProducer, relays: list[MongoOutboxRelay]) -> None:
+        self._producer = producer
+        self.relays = relays
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        # The relays connect (and reconnect) by themselves: Kafka being down does not stop
+        # the catalog from serving; events wait in the outboxes.
+        self._tasks = [
+            asyncio.create_task(relay.run(), name=f"outbox-{relay.name}") for relay in self.relays
+        ]
+
+    def wake(self) -> None:
+        for relay in self.relays:
+            relay.wake()
+
+    async def stop(self) -> None:
+        for relay in self.relays:
+            await relay.stop(grace=5.0)
+        for task in self._tasks:
+            if not task.done():
+                task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
+        self._tasks = []
+        await self._producer.stop()
+
+
+class ChannelPart:
+    def __init__(self, channel: grpc.aio.Channel | None) -> None:
+        self._channel = channel
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+
+@dataclass
+class CatalogApp:
+    settings: CatalogSettings
+    server: GrpcServer
+    servicer: CatalogServicer
+    ctx: StoreContext
+    products: ProductStore
+    categories: CategoryStore
+    reservations: ReservationStore
+    cache: ProductCache
+    sweeper: ReservationSweeper
+    relays: RelayPart
+    mongo: AsyncMongoClient[Any]
+    redis: Redis | None
+    parts: list[Lifecycle] = field(default_factory=list)
+
+
+def _jwks_from_auth(settings: CatalogSettings) -> tuple[TokenVerifier, grpc.aio.Channel]:
+    channel = create_channel(settings.auth_target, services=["mercato.auth.v1.AuthService"])
+    stub = auth_pb2_grpc.AuthServiceStub(channel)
+
+    async def fetch() -> Mapping[str, Any]:
+        response = await stub.GetJwks(auth_pb2.GetJwksRequest())
+        return MessageToDict(response)
+
+    verifier = JwksTokenVerifier(
+        fetch, issuer=settings.token_issuer, audience=settings.token_audience
+    )
+    return verifier, channel
+
+
+def build_app(
+    settings: CatalogSettings,
+    *,
+    token_verifier: TokenVerifier | None = None,
+    registry: CollectorRegistry = REGISTRY,
+) -> CatalogApp:
+    """Build every part of the catalog from ``settings``; nothing connects until started."""
+    mongo: AsyncMongoClient[Any] = AsyncMongoClient(
+        settings.mongo_uri,
+        tz_aware=True,
+        serverSelectionTimeoutMS=settings.mongo_timeout_ms,
+        connectTimeoutMS=settings.mongo_timeout_ms,
+        appname="mercato-catalog",
+    )
+    ctx = StoreContext(
+        db=mongo[settings.mongo_database],
+        topic=settings.events_topic,
+        locks=WriteLocks(enabled=settings.write_locks == "on"),
+        low_stock_threshold=settings.low_stock_threshold,
+    )
+    redis: Redis | None = None
+    if settings.redis_url:
+        timeout = settings.redis_timeout_ms / 1000
+        redis = Redis.from_url(
+            settings.redis_url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+    cache = ProductCache(
+        redis,
+        prefix=settings.redis_prefix,
+        ttl_seconds=settings.cache_ttl_seconds,
+        breaker_seconds=settings.cache_breaker_seconds,
+        metrics=CacheMetrics(registry),
+    )
+    ctx.on_product_written = cache.invalidate
+    categories = CategoryStore(ctx)
+    products = ProductStore(ctx, categories)
+    reservations = ReservationStore(
+        ctx,
+        products,
+        ttl=timedelta(seconds=settings.reservation_ttl_seconds),
+        return_marker_retention=timedelta(seconds=settings.return_marker_retention_seconds),
+    )
+    producer = EventProducer(
+        KafkaConnection(bootstrap_servers=settings.kafka_bootstrap, client_id="catalog")
+    )
+    relays = RelayPart(
+        producer,
+        [
+            MongoOutboxRelay(
+                collection,
+                producer,
+                poll_interval=settings.outbox_poll_seconds,
+                registry=registry,
+                # FerretDB: the relay's write must not race the catalog's own (store.locks).
+                write_guard=functools.partial(ctx.locks.hold, collection.name),
+            )
+            for collection in (ctx.products, ctx.reservations)
+        ],
+    )
+    sweeper = ReservationSweeper(
+        reservations,
+        interval=settings.sweep_interval_seconds,
+        stuck_after=timedelta(seconds=settings.stuck_after_seconds),
+        orphan_grace=timedelta(seconds=settings.orphan_grace_seconds),
+    )
+    channel: grpc.aio.Channel | None = None
+    if token_verifier is None:
+        token_verifier, channel = _jwks_from_auth(settings)
+    server = GrpcServer(
+        settings, error_domain="catalog.mercato", token_verifier=token_verifier, registry=registry
+    )
+    servicer = CatalogServicer(
+        products=products, categories=categories, reservations=reservations, cache=cache
+    )
+    server.add_service(
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server, servicer, SERVICE_NAME
+    )
+    parts: list[Lifecycle] = [
+        MongoPart(mongo, ctx, settings.write_locks),
+        RedisPart(redis),
+        ChannelPart(channel),
+        relays,
+        sweeper,
+        server,
+    ]
+    return CatalogApp(
+        settings=settings,
+        server=server,
+        servicer=servicer,
+        ctx=ctx,
+        products=products,
+        categories=categories,
+        reservations=reservations,
+        cache=cache,
+        sweeper=sweeper,
+        relays=relays,
+        mongo=mongo,
+        redis=redis,
+        parts=parts,
+    )

@@ -1,0 +1,158 @@
+"""Catalog events: the envelopes written to the outbox.
+
+Events ride in the changed document's own update (``mercato_common.outbox.with_outbox``):
+product events in the product document (subject = SKU), reservation events in the order's
+reservation document (subject = order id). One ``MongoOutboxRelay`` per collection (wired in
+``app.py``) publishes them to ``mercato.catalog.events.v1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mercato.catalog.events.v1 import events_pb2
+from mercato.type.v1 import money_pb2
+from mercato_catalog.domain import Line, Money, Product, ReleaseCause
+from mercato_common.kafka.envelope import Envelope, new_envelope
+
+__all__ = [
+    "DEFAULT_TOPIC",
+    "SOURCE",
+    "product_archived",
+    "product_created",
+    "product_updated",
+    "stock_adjusted",
+    "stock_committed",
+    "stock_low",
+    "stock_released",
+    "stock_reserved",
+]
+
+DEFAULT_TOPIC = "mercato.catalog.events.v1"
+SOURCE = "catalog"
+
+
+def _ts(when: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(when.astimezone(UTC))
+    return ts
+
+
+def _money(money: Money) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=money.currency_code, amount_minor=money.amount_minor)
+
+
+def _lines(lines: Sequence[Line]) -> list[events_pb2.StockLine]:
+    return [events_pb2.StockLine(sku=line.sku, quantity=line.quantity) for line in lines]
+
+
+def _envelope(data: Message, subject: str, when: datetime) -> Envelope:
+    return new_envelope(data, source=SOURCE, subject=subject, time=when)
+
+
+def product_created(product: Product) -> Envelope:
+    data = events_pb2.ProductCreated(
+        sku=product.sku,
+        name=product.name,
+        category_id=product.category_id,
+        price=_money(product.price),
+        attributes=dict(product.attributes),
+        create_time=_ts(product.create_time),
+    )
+    return _envelope(data, product.sku, product.create_time)
+
+
+def product_updated(
+    *,
+    sku: str,
+    changed_fields: Sequence[str],
+    name: str,
+    category_id: str,
+    old_price: Money,
+    new_price: Money,
+    etag: str,
+    when: datetime,
+) -> Envelope:
+    data = events_pb2.ProductUpdated(
+        sku=sku,
+        changed_fields=sorted(changed_fields),
+        name=name,
+        category_id=category_id,
+        old_price=_money(old_price),
+        new_price=_money(new_price),
+        etag=etag,
+        update_time=_ts(when),
+    )
+    return _envelope(data, sku, when)
+
+
+def product_archived(sku: str, when: datetime) -> Envelope:
+    return _envelope(events_pb2.ProductArchived(sku=sku, archive_time=_ts(when)), sku, when)
+
+
+def stock_adjusted(
+    *, sku: str, delta: int, stock_on_hand: int, reason: str, actor_id: str, when: datetime
+) -> Envelope:
+    data = events_pb2.StockAdjusted(
+        sku=sku,
+        delta=delta,
+        stock_on_hand=stock_on_hand,
+        reason=reason,
+        actor_id=actor_id,
+        adjust_time=_ts(when),
+    )
+    return _envelope(data, sku, when)
+
+
+def stock_low(*, sku: str, available: int, threshold: int, when: datetime) -> Envelope:
+    data = events_pb2.StockLow(
+        sku=sku, stock_available=available, threshold=threshold, detect_time=_ts(when)
+    )
+    return _envelope(data, sku, when)
+
+
+def stock_reserved(
+    order_id: str, lines: Sequence[Line], expire_time: datetime, when: datetime
+) -> Envelope:
+    data = events_pb2.StockReserved(
+        order_id=order_id,
+        lines=_lines(lines),
+        expire_time=_ts(expire_time),
+        reserve_time=_ts(when),
+    )
+    return _envelope(data, order_id, when)
+
+
+_CAUSES = {
+    ReleaseCause.REQUESTED: events_pb2.RELEASE_CAUSE_REQUESTED,
+    ReleaseCause.EXPIRED: events_pb2.RELEASE_CAUSE_EXPIRED,
+}
+
+
+def stock_released(
+    order_id: str,
+    lines: Sequence[Line],
+    *,
+    cause: ReleaseCause,
+    was_committed: bool,
+    reason: str,
+    when: datetime,
+) -> Envelope:
+    data = events_pb2.StockReleased(
+        order_id=order_id,
+        lines=_lines(lines),
+        cause=_CAUSES[cause],
+        was_committed=was_committed,
+        reason=reason,
+        release_time=_ts(when),
+    )
+    return _envelope(data, order_id, when)
+
+
+def stock_committed(order_id: str, lines: Sequence[Line], when: datetime) -> Envelope:
+    data = events_pb2.StockCommitted(order_id=order_id, lines=_lines(lines), commit_time=_ts(when))
+    return _envelope(data, order_id, when)

@@ -1,0 +1,90 @@
+"""What the catalog's stores share: collections, clock, locks, index declarations."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from mercato_catalog.store.locks import WriteLocks
+from mercato_common.mongo import IndexSpec
+from mercato_common.outbox import outbox_index_specs
+
+__all__ = ["INDEXES", "ProductWritten", "StoreContext", "as_utc", "utcnow"]
+
+PRODUCTS = "products"
+CATEGORIES = "categories"
+RESERVATIONS = "reservations"
+
+# Every index the catalog needs, created at start by ``ensure_indexes`` (idempotent, named).
+# Plain and compound indexes only (no TTL, partial, sparse or text: FerretDB has none).
+INDEXES: dict[str, list[IndexSpec]] = {
+    PRODUCTS: [
+        # Listing: state filter, keyset on _id (the SKU).
+        IndexSpec.of("state_sku", "state", "_id"),
+        # Category filter (multikey: the category and its ancestors).
+        IndexSpec.of("category_path_sku", "category_path", "_id"),
+        # Price range within one currency.
+        IndexSpec.of("price", "price_currency", "price_minor"),
+        # Orphan-hold reconciliation scans products with reserved stock.
+        IndexSpec.of("stock_reserved", "stock_reserved"),
+        *outbox_index_specs(),
+    ],
+    CATEGORIES: [IndexSpec.of("parent", "parent_id")],
+    RESERVATIONS: [
+        # ListReservations (oldest first, keyset on create_time then _id).
+        IndexSpec.of("create_time_id", "create_time", "_id"),
+        # The sweeper: due expirations and stuck steps.
+        IndexSpec.of("phase_expire", "phase", "expire_time"),
+        IndexSpec.of("phase_update", "phase", "update_time"),
+        IndexSpec.of("cleanup_after", "cleanup_after"),
+        *outbox_index_specs(),
+    ],
+}
+
+ProductWritten = Callable[[str, int], Awaitable[None]]
+
+
+async def _ignore(sku: str, version: int) -> None:
+    return None
+
+
+def utcnow() -> datetime:
+    """Now in UTC, truncated to milliseconds (what BSON dates keep)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def as_utc(value: Any) -> datetime:
+    """A BSON date as read back (naive UTC unless the client is tz-aware) → aware UTC."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"not a date: {value!r}")
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass
+class StoreContext:
+    """The database and the settings the stores need; built by ``app.py``."""
+
+    db: AsyncDatabase[Any]
+    topic: str
+    locks: WriteLocks = field(default_factory=WriteLocks)
+    low_stock_threshold: int = 5
+    # Called after every write of a product document (cache invalidation).
+    on_product_written: ProductWritten = _ignore
+
+    @property
+    def products(self) -> AsyncCollection[Any]:
+        return self.db[PRODUCTS]
+
+    @property
+    def categories(self) -> AsyncCollection[Any]:
+        return self.db[CATEGORIES]
+
+    @property
+    def reservations(self) -> AsyncCollection[Any]:
+        return self.db[RESERVATIONS]

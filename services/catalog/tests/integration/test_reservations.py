@@ -1,0 +1,226 @@
+"""Stock reservations against the real stack, through the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from mercato.catalog.v1 import catalog_pb2
+from mercato_catalog.store import utcnow
+from mercato_common.rpc_errors import error_from_rpc
+
+pytestmark = pytest.mark.integration
+
+
+def _details(error: grpc.aio.AioRpcError) -> tuple[str, list[tuple[str, str]]]:
+    """The ErrorInfo reason and the PreconditionFailure violations (type, subject)."""
+    reason = error_from_rpc(error).reason
+    violations: list[tuple[str, str]] = []
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                if detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+                    failure = error_details_pb2.PreconditionFailure()
+                    detail.Unpack(failure)
+                    violations.extend((v.type, v.subject) for v in failure.violations)
+    return reason, violations
+
+
+async def test_50_concurrent_reservations_against_stock_10(catalog) -> None:
+    await catalog.create_product("HOT-1", stock=10)
+
+    async def one() -> grpc.aio.AioRpcError | None:
+        try:
+            await catalog.reserve(str(uuid.uuid4()), ("HOT-1", 1))
+        except grpc.aio.AioRpcError as error:
+            return error
+        return None
+
+    results = await asyncio.gather(*(one() for _ in range(50)))
+    refused = [error for error in results if error is not None]
+    assert len(results) - len(refused) == 10
+    for error in refused:
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert _details(error) == ("STOCK_UNAVAILABLE", [("OUT_OF_STOCK", "HOT-1")])
+    product = await catalog.get("HOT-1")
+    assert (product.stock_on_hand, product.stock_reserved, product.stock_available) == (10, 10, 0)
+
+
+async def test_retried_reservation_changes_nothing(catalog) -> None:
+    await catalog.create_product("RETRY-1", stock=5)
+    await catalog.create_product("RETRY-2", stock=5)
+    order = str(uuid.uuid4())
+    lines = (("RETRY-1", 2), ("RETRY-2", 1))
+    first = await catalog.reserve(order, *lines)
+    assert first.state == catalog_pb2.RESERVATION_STATE_HELD
+    # Sequential and concurrent retries, lines in another order: the same reservation.
+    again = await asyncio.gather(*(catalog.reserve(order, *reversed(lines)) for _ in range(5)))
+    assert {r.create_time.ToNanoseconds() for r in again} == {first.create_time.ToNanoseconds()}
+    assert (await catalog.get("RETRY-1")).stock_available == 3
+    assert (await catalog.get("RETRY-2")).stock_available == 4
+    # Same order, other lines: refused, nothing more reserved.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await catalog.reserve(order, ("RETRY-1", 3))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert _details(caught.value)[0] == "RESERVATION_MISMATCH"
+    assert (await catalog.get("RETRY-1")).stock_available == 3
+
+
+async def test_third_line_out_of_stock_leaves_the_others_untouched(catalog) -> None:
+    await catalog.create_product("LINE-A", stock=5)
+    await catalog.create_product("LINE-B", stock=5)
+    await catalog.create_product("LINE-C", stock=1)
+    order = str(uuid.uuid4())
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await catalog.reserve(order, ("LINE-A", 2), ("LINE-B", 3), ("LINE-C", 2), ("NOPE-1", 1))
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    reason, violations = _details(caught.value)
+    assert reason == "STOCK_UNAVAILABLE"
+    assert violations == [("OUT_OF_STOCK", "LINE-C"), ("NOT_FOUND", "NOPE-1")]
+    for sku, available in (("LINE-A", 5), ("LINE-B", 5), ("LINE-C", 1)):
+        product = await catalog.get(sku)
+        assert (product.stock_available, product.stock_reserved) == (available, 0)
+    doc = await catalog.app.ctx.products.find_one({"_id": "LINE-A"})
+    assert doc["holds"] == {}
+    # The order is not reserved; once stock arrives a retry succeeds as a new attempt.
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await catalog.stub.GetReservation(
+            catalog_pb2.GetReservationRequest(order_id=order), metadata=catalog.service
+        )
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    await catalog.stub.AdjustStock(
+        catalog_pb2.AdjustStockRequest(sku="LINE-C", delta=1, reason="found one"),
+        metadata=catalog.admin,
+    )
+    held = await catalog.reserve(order, ("LINE-A", 2), ("LINE-B", 3), ("LINE-C", 2))
+    assert held.state == catalog_pb2.RESERVATION_STATE_HELD
+    assert (await catalog.get("LINE-C")).stock_available == 0
+
+
+async def test_expired_reservations_return_their_stock(make_catalog) -> None:
+    catalog = await make_catalog(reservation_ttl_seconds=1.0)
+    await catalog.create_product("EXP-1", stock=3)
+    order = str(uuid.uuid4())
+    held = await catalog.reserve(order, ("EXP-1", 2))
+    assert held.HasField("expire_time")
+    assert (await catalog.get("EXP-1")).stock_available == 1
+    deadline = time.monotonic() + 15
+    while True:
+        reservation = (
+            await catalog.stub.GetReservation(
+                catalog_pb2.GetReservationRequest(order_id=order), metadata=catalog.service
+            )
+        ).reservation
+        if reservation.state == catalog_pb2.RESERVATION_STATE_EXPIRED:
+            break
+        assert time.monotonic() < deadline, "the sweeper did not expire the reservation"
+        await asyncio.sleep(0.2)
+    product = await catalog.get("EXP-1")
+    assert (product.stock_on_hand, product.stock_reserved, product.stock_available) == (3, 0, 3)
+    # Expired: it cannot be committed, and a retried reservation reserves nothing.
+    for call in (
+        catalog.stub.CommitReservation(
+            catalog_pb2.CommitReservationRequest(order_id=order), metadata=catalog.service
+        ),
+        catalog.reserve(order, ("EXP-1", 2)),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert _details(caught.value)[0] == "RESERVATION_CLOSED"
+    assert (await catalog.get("EXP-1")).stock_available == 3
+
+
+async def test_commit_then_release_and_release_before_reserve(catalog) -> None:
+    await catalog.create_product("FLOW-1", stock=10)
+    order = str(uuid.uuid4())
+    await catalog.reserve(order, ("FLOW-1", 4))
+    commit = catalog_pb2.CommitReservationRequest(order_id=order)
+    committed = await catalog.stub.CommitReservation(commit, metadata=catalog.service)
+    assert committed.reservation.state == catalog_pb2.RESERVATION_STATE_COMMITTED
+    again = await catalog.stub.CommitReservation(commit, metadata=catalog.service)
+    assert again.reservation.state == catalog_pb2.RESERVATION_STATE_COMMITTED
+    product = await catalog.get("FLOW-1")
+    assert (product.stock_on_hand, product.stock_reserved, product.stock_available) == (6, 0, 6)
+    # A late retry of the reservation returns the committed one.
+    assert (await catalog.reserve(order, ("FLOW-1", 4))).state == (
+        catalog_pb2.RESERVATION_STATE_COMMITTED
+    )
+    # Cancelled after payment: the units return to stock, once.
+    release = catalog_pb2.ReleaseStockRequest(order_id=order, reason="order cancelled")
+    for _ in range(2):
+        released = await catalog.stub.ReleaseStock(release, metadata=catalog.service)
+        assert released.reservation.state == catalog_pb2.RESERVATION_STATE_RELEASED
+    product = await catalog.get("FLOW-1")
+    assert (product.stock_on_hand, product.stock_available) == (10, 10)
+    # A release that arrives before its reservation closes the order.
+    early = str(uuid.uuid4())
+    await catalog.stub.ReleaseStock(
+        catalog_pb2.ReleaseStockRequest(order_id=early), metadata=catalog.service
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await catalog.reserve(early, ("FLOW-1", 1))
+    assert _details(caught.value)[0] == "RESERVATION_CLOSED"
+    assert (await catalog.get("FLOW-1")).stock_available == 10
+    # Held then released: available again.
+    held = str(uuid.uuid4())
+    await catalog.reserve(held, ("FLOW-1", 3))
+    await catalog.stub.ReleaseStock(
+        catalog_pb2.ReleaseStockRequest(order_id=held), metadata=catalog.service
+    )
+    assert (await catalog.get("FLOW-1")).stock_available == 10
+    listed = await catalog.stub.ListReservations(
+        catalog_pb2.ListReservationsRequest(state=catalog_pb2.RESERVATION_STATE_RELEASED),
+        metadata=catalog.service,
+    )
+    assert {r.order_id for r in listed.reservations} == {order, early, held}
+
+
+async def test_adjust_stock_never_below_reserved_and_request_id_once(catalog) -> None:
+    await catalog.create_product("ADJ-1", stock=5)
+    await catalog.reserve(str(uuid.uuid4()), ("ADJ-1", 4))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await catalog.stub.AdjustStock(
+            catalog_pb2.AdjustStockRequest(sku="ADJ-1", delta=-2, reason="count"),
+            metadata=catalog.admin,
+        )
+    assert _details(caught.value)[0] == "STOCK_UNAVAILABLE"
+    request = catalog_pb2.AdjustStockRequest(
+        sku="ADJ-1", delta=3, reason="delivery 4711", request_id=str(uuid.uuid4())
+    )
+    for _ in range(3):
+        response = await catalog.stub.AdjustStock(request, metadata=catalog.admin)
+    assert response.product.stock_on_hand == 8
+
+
+async def test_sweeper_finishes_abandoned_steps_and_reaps_orphan_holds(make_catalog) -> None:
+    catalog = await make_catalog(stuck_after_seconds=0.1, orphan_grace_seconds=0)
+    app = catalog.app
+    await catalog.create_product("CRASH-1", stock=10)
+    # A caller died half-way through a commit: the saga says COMMITTING, the hold is still there.
+    order = str(uuid.uuid4())
+    await catalog.reserve(order, ("CRASH-1", 3))
+    await app.ctx.reservations.update_one({"_id": order}, {"$set": {"phase": "COMMITTING"}})
+    # A straggler held units for an order whose saga never got them (or moved on).
+    ghost = str(uuid.uuid4())
+    await app.products.hold("CRASH-1", ghost, 2, "dead-attempt")
+    assert (await catalog.get("CRASH-1")).stock_reserved == 5
+    await asyncio.sleep(0.2)
+    await app.sweeper.sweep_once()
+    reservation = (
+        await catalog.stub.GetReservation(
+            catalog_pb2.GetReservationRequest(order_id=order), metadata=catalog.service
+        )
+    ).reservation
+    assert reservation.state == catalog_pb2.RESERVATION_STATE_COMMITTED
+    # Orphan reaping runs every few sweeps; run it now. The legitimate hold was committed.
+    await app.reservations.reap_orphan_holds(utcnow(), 100)
+    assert await app.reservations.reap_orphan_holds(utcnow(), 100) == 0
+    product = await catalog.get("CRASH-1")
+    assert (product.stock_on_hand, product.stock_reserved, product.stock_available) == (7, 0, 7)
