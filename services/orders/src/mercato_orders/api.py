@@ -1,0 +1,148 @@
+# ruff: noqa: N802  (method names are the RPC names of the contract)
+"""The gRPC servicer of ``mercato.orders.v1.OrdersService``: requests → use cases → messages.
+
+Request shapes (protovalidate) and access (the ``(mercato.api.v1.access)`` scopes) are enforced
+by the ``libs/common`` interceptors before a handler runs; the domain checks again what it
+relies on. Ownership is a domain rule: another user's order is NOT_FOUND unless the caller holds
+``orders:admin``. Domain errors become statuses in the common error interceptor, except
+STOCK_UNAVAILABLE, which also carries a ``google.rpc.PreconditionFailure`` naming the refused
+lines (built here: the common mapping writes ErrorInfo and BadRequest only).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2
+
+from mercato.orders.v1 import orders_pb2, orders_pb2_grpc
+from mercato_common.identity import require_identity
+from mercato_common.rpc_errors import STATUS_CODES, to_rpc_status
+from mercato_orders.convert import (
+    money_from_proto,
+    order_to_proto,
+    requested_lines,
+    state_from_proto,
+)
+from mercato_orders.domain.errors import StockUnavailable
+from mercato_orders.domain.rules import ADMIN_SCOPE, Viewer, list_filter, page_size
+from mercato_orders.service import OrdersService
+
+if TYPE_CHECKING:
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+else:
+    Context: TypeAlias = Any
+
+__all__ = ["SERVICE_NAME", "OrdersServicer", "stock_unavailable_status"]
+
+SERVICE_NAME = "mercato.orders.v1.OrdersService"
+
+
+class _Status(grpc.Status):
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, bytes], ...]
+    ) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing
+
+
+def stock_unavailable_status(error: StockUnavailable) -> grpc.Status:
+    """STOCK_UNAVAILABLE with its ErrorInfo and a PreconditionFailure (one violation per line)."""
+    status = to_rpc_status(error)
+    failure = error_details_pb2.PreconditionFailure(
+        violations=[
+            error_details_pb2.PreconditionFailure.Violation(
+                type=s.kind.value, subject=s.sku, description=s.description
+            )
+            for s in error.shortages
+        ]
+    )
+    packed = any_pb2.Any()
+    packed.Pack(failure)
+    status.details.append(packed)
+    return _Status(
+        STATUS_CODES[error.kind],
+        status.message,
+        (("grpc-status-details-bin", status.SerializeToString()),),
+    )
+
+
+def _viewer() -> Viewer:
+    identity = require_identity()
+    return Viewer(identity.subject, admin=ADMIN_SCOPE in identity.scopes)
+
+
+class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
+    def __init__(self, service: OrdersService) -> None:
+        self._service = service
+
+    async def CreateOrder(
+        self, request: orders_pb2.CreateOrderRequest, context: Context
+    ) -> orders_pb2.CreateOrderResponse:
+        try:
+            order = await self._service.create(
+                _viewer(), requested_lines(request.order), request.idempotency_key
+            )
+        except StockUnavailable as error:
+            await context.abort_with_status(stock_unavailable_status(error))
+            raise  # abort_with_status raises; never reached
+        return orders_pb2.CreateOrderResponse(order=order_to_proto(order))
+
+    async def GetOrder(
+        self, request: orders_pb2.GetOrderRequest, context: Context
+    ) -> orders_pb2.GetOrderResponse:
+        order = await self._service.get(_viewer(), request.id.lower())
+        return orders_pb2.GetOrderResponse(order=order_to_proto(order))
+
+    async def ListOrders(
+        self, request: orders_pb2.ListOrdersRequest, context: Context
+    ) -> orders_pb2.ListOrdersResponse:
+        viewer = _viewer()
+        flt = list_filter(
+            viewer,
+            user_id=request.user_id,
+            state=state_from_proto(request.state),
+            created_after=(
+                request.created_after.ToDatetime(tzinfo=UTC)
+                if request.HasField("created_after")
+                else None
+            ),
+            created_before=(
+                request.created_before.ToDatetime(tzinfo=UTC)
+                if request.HasField("created_before")
+                else None
+            ),
+        )
+        orders, token = await self._service.list_orders(
+            viewer, flt, request.page_token, page_size(request.page_size)
+        )
+        return orders_pb2.ListOrdersResponse(
+            orders=[order_to_proto(o) for o in orders], next_page_token=token
+        )
+
+    async def PayOrder(
+        self, request: orders_pb2.PayOrderRequest, context: Context
+    ) -> orders_pb2.PayOrderResponse:
+        order = await self._service.pay(
+            _viewer(), request.id.lower(), request.payment_token, money_from_proto(request.amount)
+        )
+        return orders_pb2.PayOrderResponse(order=order_to_proto(order))
+
+    async def CancelOrder(
+        self, request: orders_pb2.CancelOrderRequest, context: Context
+    ) -> orders_pb2.CancelOrderResponse:
+        order = await self._service.cancel(_viewer(), request.id.lower(), request.reason)
+        return orders_pb2.CancelOrderResponse(order=order_to_proto(order))
+
+    async def FulfillOrder(
+        self, request: orders_pb2.FulfillOrderRequest, context: Context
+    ) -> orders_pb2.FulfillOrderResponse:
+        identity = require_identity()
+        order = await self._service.fulfil(
+            identity.subject, request.id.lower(), request.shipment_reference
+        )
+        return orders_pb2.FulfillOrderResponse(order=order_to_proto(order))

@@ -1,0 +1,199 @@
+"""Wiring: the one place that builds the orders service's objects from its settings.
+
+``build_app`` returns the lifecycle parts in start order: database (pool + migrations), the
+channels to auth and catalog, the service (drains background compensations on stop), the outbox
+relay, the reconciler, the gRPC server. ``mercato_common.runtime.run_until_signal`` starts them
+in that order and stops them in reverse, so the server drains before what it uses goes away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from mercato.auth.v1 import auth_pb2, auth_pb2_grpc
+from mercato.catalog.v1 import catalog_pb2_grpc
+from mercato.orders.v1 import orders_pb2_grpc
+from mercato_common.client import create_channel
+from mercato_common.identity import JwksTokenVerifier, TokenVerifier
+from mercato_common.kafka import EventProducer, KafkaConnection
+from mercato_common.outbox import PostgresOutboxRelay
+from mercato_common.runtime import Lifecycle
+from mercato_common.server import GrpcServer
+from mercato_orders.api import SERVICE_NAME, OrdersServicer
+from mercato_orders.clients import CatalogClient, ServiceTokens, issue_with
+from mercato_orders.domain.payments import PaymentProvider
+from mercato_orders.events import OutboxRelayPart
+from mercato_orders.payments import DevPaymentProvider
+from mercato_orders.reconciler import Reconciler
+from mercato_orders.service import OrdersConfig, OrdersMetrics, OrdersService
+from mercato_orders.settings import OrdersSettings
+from mercato_orders.store import Database, OrdersStore
+
+__all__ = ["ChannelsPart", "OrdersApp", "build_app"]
+
+AUTH_SERVICE = "mercato.auth.v1.AuthService"
+CATALOG_SERVICE = "mercato.catalog.v1.CatalogService"
+
+
+class ChannelsPart:
+    """Closes the client channels on shutdown (they connect lazily: nothing to start)."""
+
+    def __init__(self, *channels: grpc.aio.Channel) -> None:
+        self._channels = channels
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+
+
+@dataclass
+class OrdersApp:
+    settings: OrdersSettings
+    database: Database
+    store: OrdersStore
+    service: OrdersService
+    catalog: CatalogClient
+    tokens: ServiceTokens
+    payments: PaymentProvider
+    server: GrpcServer
+    relay: OutboxRelayPart | None
+    reconciler: Reconciler | None
+    parts: list[Lifecycle] = field(default_factory=list)
+
+
+def build_app(
+    settings: OrdersSettings,
+    *,
+    registry: CollectorRegistry = REGISTRY,
+    token_verifier: TokenVerifier | None = None,
+    payments: PaymentProvider | None = None,
+) -> OrdersApp:
+    """Build every part from ``settings``; nothing connects until started."""
+    database = Database(
+        settings.database_url.get_secret_value(),
+        min_size=settings.database_pool_min_size,
+        max_size=settings.database_pool_max_size,
+        command_timeout=settings.database_command_timeout_seconds,
+        migrate_on_start=settings.migrate_on_start,
+    )
+    store = OrdersStore(database, events_topic=settings.events_topic)
+
+    auth_channel = create_channel(
+        settings.auth_target,
+        services=[AUTH_SERVICE],
+        default_timeout=settings.auth_timeout_seconds,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
+    tokens = ServiceTokens(
+        issue_with(
+            auth,
+            client_id=settings.service_client_id,
+            client_secret=settings.service_client_secret.get_secret_value(),
+            scope=settings.service_token_scope,
+            timeout=settings.auth_timeout_seconds,
+        ),
+        refresh_margin=settings.service_token_refresh_margin_seconds,
+    )
+    if token_verifier is None:
+
+        async def fetch_jwks() -> Mapping[str, Any]:
+            response = await auth.GetJwks(auth_pb2.GetJwksRequest())
+            return MessageToDict(response)
+
+        token_verifier = JwksTokenVerifier(
+            fetch_jwks,
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            leeway_seconds=settings.token_leeway_seconds,
+        )
+    catalog_channel = create_channel(
+        settings.catalog_target,
+        services=[CATALOG_SERVICE],
+        default_timeout=settings.catalog_timeout_seconds,
+        metadata=tokens.metadata,
+        max_message_bytes=settings.max_message_bytes,
+    )
+    catalog = CatalogClient(
+        catalog_pb2_grpc.CatalogServiceStub(catalog_channel),
+        tokens,
+        timeout=settings.catalog_timeout_seconds,
+    )
+    payments = payments if payments is not None else DevPaymentProvider()
+    service = OrdersService(
+        store,
+        catalog,
+        payments,
+        config=OrdersConfig(
+            key_ttl=timedelta(seconds=settings.idempotency_key_ttl_seconds),
+            lease=timedelta(seconds=settings.idempotency_lease_seconds),
+            wait_seconds=settings.idempotency_wait_seconds,
+            compensation_timeout=settings.compensation_timeout_seconds,
+        ),
+        metrics=OrdersMetrics(registry),
+    )
+    server = GrpcServer(
+        settings, error_domain="orders.mercato", token_verifier=token_verifier, registry=registry
+    )
+    server.add_service(
+        orders_pb2_grpc.add_OrdersServiceServicer_to_server, OrdersServicer(service), SERVICE_NAME
+    )
+
+    relay: OutboxRelayPart | None = None
+    if settings.outbox_relay_enabled:
+        producer = EventProducer(
+            KafkaConnection(
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                client_id=settings.kafka_client_id,
+            )
+        )
+
+        def make_relay() -> PostgresOutboxRelay:
+            return PostgresOutboxRelay(
+                database.pool,
+                producer,
+                poll_interval=settings.outbox_poll_interval_seconds,
+                registry=registry,
+            )
+
+        relay = OutboxRelayPart(make_relay, producer)
+    reconciler: Reconciler | None = None
+    if settings.reconcile_enabled:
+        reconciler = Reconciler(
+            service,
+            interval=settings.reconcile_interval_seconds,
+            batch_size=settings.reconcile_batch_size,
+            orphan_grace=timedelta(seconds=settings.reconcile_orphan_grace_seconds),
+            catalog_scan_every=settings.reconcile_catalog_scan_every,
+            reservation_check_after=timedelta(seconds=settings.reservation_check_after_seconds),
+        )
+
+    parts: list[Lifecycle] = [database, ChannelsPart(auth_channel, catalog_channel), service]
+    if relay is not None:
+        parts.append(relay)
+    if reconciler is not None:
+        parts.append(reconciler)
+    parts.append(server)
+    return OrdersApp(
+        settings=settings,
+        database=database,
+        store=store,
+        service=service,
+        catalog=catalog,
+        tokens=tokens,
+        payments=payments,
+        server=server,
+        relay=relay,
+        reconciler=reconciler,
+        parts=parts,
+    )

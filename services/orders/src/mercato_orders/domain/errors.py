@@ -1,0 +1,227 @@
+"""The orders service's errors: one root (:class:`OrdersError`, domain ``orders.mercato``).
+
+Each class also inherits one kind of :mod:`mercato_common.errors`, which the server interceptor
+maps to its gRPC code with one ``google.rpc.ErrorInfo`` (the reason below). The reasons are the
+ones listed at the top of ``protos/mercato/orders/v1/orders.proto``. Messages are shown to
+callers: no internals, no secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from mercato_common.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    MercatoError,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+
+if TYPE_CHECKING:
+    from mercato_orders.domain.model import OrderState
+
+__all__ = [
+    "AmountMismatch",
+    "CatalogUnavailable",
+    "IdempotencyKeyInUse",
+    "IdempotencyKeyReused",
+    "InvalidPageToken",
+    "InvalidRequest",
+    "InvalidStateTransition",
+    "MixedCurrencies",
+    "OrderNotFound",
+    "OrdersError",
+    "OrdersUnavailable",
+    "PaymentDeclined",
+    "PaymentUnavailable",
+    "PermissionRequired",
+    "ReservationExpired",
+    "Shortage",
+    "ShortageKind",
+    "StockUnavailable",
+    "TotalTooLarge",
+]
+
+
+class OrdersError(MercatoError):
+    """Root of every error of the orders service."""
+
+    domain = "orders.mercato"
+
+
+class OrderNotFound(OrdersError, NotFound):
+    """No such order, or not one the caller may see (never a hint that it exists)."""
+
+    default_reason = "ORDER_NOT_FOUND"
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"order {order_id} not found", metadata={"order_id": order_id})
+
+
+class InvalidStateTransition(OrdersError, FailedPrecondition):
+    """The order's state does not allow the requested change; names the current state."""
+
+    default_reason = "INVALID_STATE_TRANSITION"
+
+    def __init__(self, current: OrderState, action: str) -> None:
+        self.current = current
+        super().__init__(
+            f"cannot {action} an order in state {current.value}",
+            metadata={"current_state": current.proto_name},
+        )
+
+
+class ShortageKind(Enum):
+    """Why one line was refused (the PreconditionFailure violation type)."""
+
+    OUT_OF_STOCK = "OUT_OF_STOCK"
+    NOT_FOUND = "NOT_FOUND"
+    ARCHIVED = "ARCHIVED"
+
+
+@dataclass(frozen=True, slots=True)
+class Shortage:
+    sku: str
+    kind: ShortageKind
+    description: str
+
+
+class StockUnavailable(OrdersError, FailedPrecondition):
+    """Catalog refused some lines; nothing was reserved. ``shortages`` names them.
+
+    The API adds a ``google.rpc.PreconditionFailure`` with one violation per refused line.
+    """
+
+    default_reason = "STOCK_UNAVAILABLE"
+
+    def __init__(self, shortages: Sequence[Shortage]) -> None:
+        self.shortages = tuple(shortages)
+        super().__init__(
+            "stock is unavailable for " + ", ".join(s.sku for s in self.shortages),
+            metadata={
+                "skus": ",".join(s.sku for s in self.shortages),
+                "types": ",".join(s.kind.value for s in self.shortages),
+            },
+        )
+
+
+class MixedCurrencies(OrdersError, FailedPrecondition):
+    default_reason = "MIXED_CURRENCIES"
+
+    def __init__(self, currencies: Sequence[str]) -> None:
+        super().__init__(
+            "an order has one currency; the products are priced in " + ", ".join(currencies),
+            metadata={"currencies": ",".join(currencies)},
+        )
+
+
+class TotalTooLarge(OrdersError, FailedPrecondition):
+    default_reason = "TOTAL_TOO_LARGE"
+
+    def __init__(self) -> None:
+        super().__init__("the order total exceeds the largest representable amount")
+
+
+class IdempotencyKeyReused(OrdersError, AlreadyExists):
+    """The key already placed (or is placing) an order from another request."""
+
+    default_reason = "IDEMPOTENCY_KEY_REUSED"
+
+    def __init__(self) -> None:
+        super().__init__("this idempotency key was already used for a different request")
+
+
+class IdempotencyKeyInUse(OrdersError, Aborted):
+    """A request with the same key is still being processed; retry shortly."""
+
+    default_reason = "IDEMPOTENCY_KEY_IN_USE"
+
+    def __init__(self) -> None:
+        super().__init__("a request with this idempotency key is in progress; retry shortly")
+
+
+class PaymentDeclined(OrdersError, FailedPrecondition):
+    default_reason = "PAYMENT_DECLINED"
+
+    def __init__(self, message: str = "the payment was declined") -> None:
+        super().__init__(message)
+
+
+class AmountMismatch(OrdersError, FailedPrecondition):
+    default_reason = "AMOUNT_MISMATCH"
+
+    def __init__(self, expected_currency: str, expected_minor: int) -> None:
+        super().__init__(
+            "the amount does not equal the order's total",
+            metadata={
+                "expected_currency_code": expected_currency,
+                "expected_amount_minor": str(expected_minor),
+            },
+        )
+
+
+class ReservationExpired(OrdersError, FailedPrecondition):
+    """Payment found the stock reservation gone: the payment was voided, the order FAILED."""
+
+    default_reason = "RESERVATION_EXPIRED"
+
+    def __init__(self, current: OrderState) -> None:
+        super().__init__(
+            "the order's stock reservation expired; the payment was voided",
+            metadata={"current_state": current.proto_name},
+        )
+
+
+class PaymentUnavailable(OrdersError, Unavailable):
+    default_reason = "PAYMENT_UNAVAILABLE"
+
+    def __init__(self, message: str = "the payment provider is unavailable; retry later") -> None:
+        super().__init__(message)
+
+
+class CatalogUnavailable(OrdersError, Unavailable):
+    default_reason = "CATALOG_UNAVAILABLE"
+
+    def __init__(self, message: str = "the catalog is unavailable; retry later") -> None:
+        super().__init__(message)
+
+
+class OrdersUnavailable(OrdersError, Unavailable):
+    """The orders database could not be reached."""
+
+    default_reason = "ORDERS_UNAVAILABLE"
+
+    def __init__(self, message: str = "the orders store is unavailable; retry later") -> None:
+        super().__init__(message)
+
+
+class InvalidRequest(OrdersError, InvalidArgument):
+    default_reason = "INVALID_REQUEST"
+
+    def __init__(self, message: str, violations: Sequence[FieldViolation] = ()) -> None:
+        super().__init__(message, field_violations=violations)
+
+
+class InvalidPageToken(OrdersError, InvalidArgument):
+    default_reason = "INVALID_PAGE_TOKEN"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the page token is invalid or belongs to other filters",
+            field_violations=[FieldViolation("page_token", "invalid or for other filters")],
+        )
+
+
+class PermissionRequired(OrdersError, PermissionDenied):
+    default_reason = "SCOPE_MISSING"
+
+    def __init__(self, scope: str, what: str) -> None:
+        super().__init__(f"{what} needs the {scope} scope", metadata={"missing_scopes": scope})

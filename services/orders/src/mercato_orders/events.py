@@ -1,0 +1,172 @@
+"""Order events (placed, paid, cancelled, fulfilled, failed) and the outbox relay part.
+
+Each event is built from the order as changed and written into the ``outbox`` table in the
+transaction of the change; :class:`OutboxRelayPart` publishes them to
+``mercato.orders.events.v1`` with the order id as the envelope subject (the Kafka key). Every
+event carries the order id, the user id and the placement time, so consumers need no other event
+to use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mercato.orders.events.v1 import events_pb2
+from mercato.orders.v1 import orders_pb2
+from mercato.type.v1 import money_pb2
+from mercato_common.kafka import Envelope, EventProducer, new_envelope
+from mercato_common.outbox import PostgresOutboxRelay
+from mercato_orders.domain.model import Money, Order, OrderState
+
+__all__ = [
+    "SOURCE",
+    "OutboxRelayPart",
+    "order_cancelled",
+    "order_failed",
+    "order_fulfilled",
+    "order_paid",
+    "order_placed",
+]
+
+SOURCE = "orders"
+
+_STATES = {
+    OrderState.PENDING: orders_pb2.ORDER_STATE_PENDING,
+    OrderState.CONFIRMED: orders_pb2.ORDER_STATE_CONFIRMED,
+    OrderState.PAID: orders_pb2.ORDER_STATE_PAID,
+    OrderState.FULFILLED: orders_pb2.ORDER_STATE_FULFILLED,
+    OrderState.CANCELLED: orders_pb2.ORDER_STATE_CANCELLED,
+    OrderState.FAILED: orders_pb2.ORDER_STATE_FAILED,
+}
+
+
+def _ts(when: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(when.astimezone(UTC))
+    return ts
+
+
+def _money(money: Money) -> money_pb2.Money:
+    return money_pb2.Money(currency_code=money.currency_code, amount_minor=money.amount_minor)
+
+
+def _lines(order: Order) -> list[events_pb2.OrderLine]:
+    return [
+        events_pb2.OrderLine(
+            sku=line.sku,
+            quantity=line.quantity,
+            unit_price=_money(line.unit_price),
+            line_total=_money(line.line_total),
+        )
+        for line in order.lines
+    ]
+
+
+def _envelope(data: Message, order: Order, when: datetime) -> Envelope:
+    return new_envelope(data, source=SOURCE, subject=order.id, time=when)
+
+
+def _last_change_time(order: Order) -> datetime:
+    return order.history[-1].time if order.history else order.update_time
+
+
+def order_placed(order: Order) -> Envelope:
+    when = _last_change_time(order)
+    data = events_pb2.OrderPlaced(
+        order_id=order.id,
+        user_id=order.user_id,
+        lines=_lines(order),
+        total=_money(order.total),
+        place_time=_ts(order.place_time),
+    )
+    return _envelope(data, order, when)
+
+
+def order_paid(order: Order) -> Envelope:
+    when = _last_change_time(order)
+    data = events_pb2.OrderPaid(
+        order_id=order.id,
+        user_id=order.user_id,
+        amount=_money(order.total),
+        lines=_lines(order),
+        payment_id=order.payment_id,
+        place_time=_ts(order.place_time),
+        pay_time=_ts(when),
+    )
+    return _envelope(data, order, when)
+
+
+def order_cancelled(order: Order, previous: OrderState) -> Envelope:
+    change = order.history[-1]
+    data = events_pb2.OrderCancelled(
+        order_id=order.id,
+        user_id=order.user_id,
+        previous_state=_STATES[previous],
+        total=_money(order.total),
+        reason=change.reason,
+        actor_id=change.actor,
+        place_time=_ts(order.place_time),
+        cancel_time=_ts(change.time),
+    )
+    return _envelope(data, order, change.time)
+
+
+def order_fulfilled(order: Order) -> Envelope:
+    change = order.history[-1]
+    data = events_pb2.OrderFulfilled(
+        order_id=order.id,
+        user_id=order.user_id,
+        shipment_reference=order.shipment_reference,
+        actor_id=change.actor,
+        place_time=_ts(order.place_time),
+        fulfill_time=_ts(change.time),
+    )
+    return _envelope(data, order, change.time)
+
+
+def order_failed(order: Order, previous: OrderState) -> Envelope:
+    change = order.history[-1]
+    data = events_pb2.OrderFailed(
+        order_id=order.id,
+        user_id=order.user_id,
+        previous_state=_STATES[previous],
+        reason=change.reason,
+        place_time=_ts(order.place_time),
+        fail_time=_ts(change.time),
+    )
+    return _envelope(data, order, change.time)
+
+
+class OutboxRelayPart:
+    """Runs the PostgreSQL outbox relay in a task; a lifecycle part (stops before the pool).
+
+    ``make_relay`` is called at start, once the database pool exists.
+    """
+
+    def __init__(
+        self, make_relay: Callable[[], PostgresOutboxRelay], producer: EventProducer
+    ) -> None:
+        self._make_relay = make_relay
+        self.relay: PostgresOutboxRelay | None = None
+        self._producer = producer
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        # The relay connects (and reconnects) the producer itself: a broker that is down at
+        # start delays the events, not the service.
+        self.relay = self._make_relay()
+        self._task = asyncio.create_task(self.relay.run(), name="orders-outbox-relay")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        task, self._task = self._task, None
+        if task is not None and self.relay is not None:
+            await self.relay.stop(grace)
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._producer.stop()

@@ -1,0 +1,106 @@
+"""The orders service's settings, from ``MERCATO_ORDERS_*`` environment variables.
+
+Read once in ``__main__`` with ``load_settings(OrdersSettings, os.environ)``. Secrets (the
+database URL, the service client's secret) are ``SecretStr``: never in ``repr``, logs or errors.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
+
+from mercato_common.settings import BaseServiceSettings
+
+__all__ = ["OrdersSettings"]
+
+DAY = 86_400
+
+
+class OrdersSettings(BaseServiceSettings):
+    env_prefix: ClassVar[str] = "MERCATO_ORDERS_"
+
+    service_name: str = Field(default="orders", min_length=1)
+    grpc_port: int = Field(default=50063, ge=0, le=65535)
+    metrics_port: int = Field(default=9463, ge=0, le=65535)
+
+    # PostgreSQL (asyncpg DSN, may hold a password).
+    database_url: SecretStr
+    database_pool_min_size: int = Field(default=2, ge=1)
+    database_pool_max_size: int = Field(default=10, ge=2)
+    database_command_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Apply pending migrations at start (otherwise run `python -m mercato_orders migrate` first).
+    migrate_on_start: bool = True
+
+    # Kafka and the outbox relay.
+    kafka_bootstrap_servers: str = Field(min_length=1)
+    kafka_client_id: str = "mercato-orders"
+    events_topic: str = Field(default="mercato.orders.events.v1", min_length=1)
+    outbox_relay_enabled: bool = True
+    outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
+
+    # Auth: JWKS for verifying callers, and the client-credentials token for the catalog.
+    auth_target: str = "127.0.0.1:50061"
+    token_issuer: str = Field(default="http://127.0.0.1:8080", min_length=1)
+    token_audience: str = Field(default="mercato", min_length=1)
+    token_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    # The service client registered in auth (auth's SERVICE_CLIENTS or `create-client`).
+    service_client_id: str = Field(default="orders", min_length=1, max_length=128)
+    service_client_secret: SecretStr
+    service_token_scope: str = Field(default="catalog:reserve", min_length=1)
+    # A cached token is renewed this long before it expires.
+    service_token_refresh_margin_seconds: float = Field(default=60.0, ge=0)
+    auth_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Catalog (prices and stock reservations).
+    catalog_target: str = "127.0.0.1:50062"
+    # Deadline of each catalog call (never more than what is left of the caller's deadline).
+    catalog_timeout_seconds: float = Field(default=5.0, gt=0)
+    # Deadline of a compensation (ReleaseStock after a failed create), run outside the caller's
+    # deadline.
+    compensation_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    # Idempotency keys: kept at least this long after the order was placed (>= 24 h).
+    idempotency_key_ttl_seconds: float = Field(default=float(DAY), ge=DAY)
+    # How long one create owns its key; past it, a retry or the reconciler takes the key over
+    # (releasing or reusing the reservation). Must exceed the longest possible create.
+    idempotency_lease_seconds: float = Field(default=30.0, gt=0)
+    # How long a duplicate request waits for the first one before ABORTED IDEMPOTENCY_KEY_IN_USE.
+    idempotency_wait_seconds: float = Field(default=10.0, ge=0)
+
+    # Reconciliation: abandoned creates, owed releases/refunds, orphan reservations in the
+    # catalog, CONFIRMED orders whose reservation lapsed.
+    reconcile_enabled: bool = True
+    reconcile_interval_seconds: float = Field(default=5.0, gt=0)
+    reconcile_batch_size: int = Field(default=100, ge=1, le=1000)
+    # Catalog reservations HELD longer than this with no committed order are released.
+    reconcile_orphan_grace_seconds: float = Field(default=120.0, ge=0)
+    # The catalog scan runs every this many reconciliation rounds.
+    reconcile_catalog_scan_every: int = Field(default=12, ge=1)
+    # CONFIRMED orders older than this get their reservation checked (expired → FAILED). Match
+    # the catalog's RESERVATION_TTL_SECONDS.
+    reservation_check_after_seconds: float = Field(default=900.0, ge=0)
+
+    # Payments: "dev" is the deterministic provider for development and tests.
+    payment_provider: Literal["dev"] = "dev"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.database_pool_min_size > self.database_pool_max_size:
+            raise ValueError("DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE")
+        # While it owns its key a create makes at most one token request, two catalog calls and
+        # the database commit; the lease must outlast that, or a retry could take over a create
+        # that is still running.
+        longest_create = (
+            self.auth_timeout_seconds
+            + 2 * self.catalog_timeout_seconds
+            + self.database_command_timeout_seconds
+        )
+        if self.idempotency_lease_seconds <= longest_create:
+            raise ValueError(
+                "IDEMPOTENCY_LEASE_SECONDS must exceed AUTH_TIMEOUT_SECONDS + 2 x "
+                "CATALOG_TIMEOUT_SECONDS + DATABASE_COMMAND_TIMEOUT_SECONDS"
+            )
+        if self.reconcile_orphan_grace_seconds < self.idempotency_lease_seconds:
+            raise ValueError("RECONCILE_ORPHAN_GRACE_SECONDS must be >= IDEMPOTENCY_LEASE_SECONDS")
+        return self

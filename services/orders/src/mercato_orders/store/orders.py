@@ -1,0 +1,271 @@
+"""Orders and their transitions in PostgreSQL.
+
+An order row is written once when placed and then only through :meth:`Orders.save`, which
+checks the version read under ``SELECT ... FOR UPDATE`` (:meth:`Orders.get` with ``lock``) and
+appends the new history entries; the service writes the change's event into the outbox in the
+same transaction, after the row lock, so events of one order are in order in the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from mercato_orders.domain.model import (
+    Money,
+    Order,
+    OrderLine,
+    OrderState,
+    StateChange,
+)
+from mercato_orders.domain.rules import OrderFilter, PageToken
+from mercato_orders.store.db import TracedConnection
+
+__all__ = ["Orders", "StaleOrderError"]
+
+
+class StaleOrderError(RuntimeError):
+    """The order changed between read and write (a bug: writes lock the row first)."""
+
+
+_SELECT = """
+SELECT id::text AS id, user_id, state, currency_code, total_minor, lines::text AS lines,
+       payment_id, state_reason, shipment_reference, idempotency_key, release_pending,
+       refund_pending, version, create_time, update_time
+FROM orders
+"""
+
+
+def _lines_json(lines: Sequence[OrderLine]) -> str:
+    return json.dumps(
+        [
+            {
+                "sku": line.sku,
+                "quantity": line.quantity,
+                "name": line.product_name,
+                "unit_price_minor": line.unit_price.amount_minor,
+            }
+            for line in lines
+        ],
+        separators=(",", ":"),
+    )
+
+
+def _order(record: Any, history: Sequence[StateChange]) -> Order:
+    currency = record["currency_code"]
+    lines = tuple(
+        OrderLine(
+            sku=item["sku"],
+            quantity=int(item["quantity"]),
+            product_name=item["name"],
+            unit_price=Money(currency, int(item["unit_price_minor"])),
+        )
+        for item in json.loads(record["lines"])
+    )
+    return Order(
+        id=record["id"],
+        user_id=record["user_id"],
+        state=OrderState(record["state"]),
+        lines=lines,
+        total=Money(currency, int(record["total_minor"])),
+        create_time=record["create_time"],
+        update_time=record["update_time"],
+        history=tuple(history),
+        payment_id=record["payment_id"],
+        state_reason=record["state_reason"],
+        shipment_reference=record["shipment_reference"],
+        idempotency_key=record["idempotency_key"],
+        release_pending=record["release_pending"],
+        refund_pending=record["refund_pending"],
+        version=record["version"],
+    )
+
+
+def _change(record: Any) -> StateChange:
+    return StateChange(
+        from_state=OrderState(record["from_state"]) if record["from_state"] else None,
+        to_state=OrderState(record["to_state"]),
+        time=record["time"],
+        actor=record["actor"],
+        reason=record["reason"],
+    )
+
+
+class Orders:
+    def __init__(self, conn: TracedConnection) -> None:
+        self._conn = conn
+
+    async def insert(self, order: Order) -> None:
+        await self._conn.execute(
+            "insert_order",
+            """
+            INSERT INTO orders (id, user_id, state, currency_code, total_minor, lines, payment_id,
+                                state_reason, shipment_reference, idempotency_key,
+                                release_pending, refund_pending, version, create_time,
+                                update_time)
+            VALUES ($1::uuid, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            """,
+            order.id,
+            order.user_id,
+            order.state.value,
+            order.total.currency_code,
+            order.total.amount_minor,
+            _lines_json(order.lines),
+            order.payment_id,
+            order.state_reason,
+            order.shipment_reference,
+            order.idempotency_key,
+            order.release_pending,
+            order.refund_pending,
+            order.version,
+            order.create_time,
+            order.update_time,
+        )
+        await self._insert_history(order.id, order.history, start=0)
+
+    async def _insert_history(
+        self, order_id: str, changes: Sequence[StateChange], *, start: int
+    ) -> None:
+        if not changes:
+            return
+        await self._conn.execute(
+            "insert_order_transitions",
+            """
+            INSERT INTO order_transitions (order_id, seq, from_state, to_state, time, actor, reason)
+            SELECT $1::uuid, s, f, t, ti, a, r
+            FROM unnest($2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
+                        $7::text[]) AS x(s, f, t, ti, a, r)
+            """,
+            order_id,
+            [start + i for i in range(len(changes))],
+            [c.from_state.value if c.from_state else None for c in changes],
+            [c.to_state.value for c in changes],
+            [c.time for c in changes],
+            [c.actor for c in changes],
+            [c.reason for c in changes],
+        )
+
+    async def get(self, order_id: str, *, lock: bool = False) -> Order | None:
+        sql = _SELECT + "WHERE id = $1::uuid" + (" FOR UPDATE" if lock else "")
+        record = await self._conn.fetchrow("get_order", sql, order_id)
+        if record is None:
+            return None
+        history = await self._history([order_id])
+        return _order(record, history.get(order_id, ()))
+
+    async def _history(self, order_ids: list[str]) -> dict[str, list[StateChange]]:
+        records = await self._conn.fetch(
+            "get_order_transitions",
+            "SELECT order_id::text AS order_id, from_state, to_state, time, actor, reason "
+            "FROM order_transitions WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, seq",
+            order_ids,
+        )
+        history: dict[str, list[StateChange]] = defaultdict(list)
+        for record in records:
+            history[record["order_id"]].append(_change(record))
+        return history
+
+    async def save(self, before: Order, after: Order) -> None:
+        """Write ``after`` over ``before`` (read with ``lock``) and its new history entries."""
+        status = await self._conn.execute(
+            "update_order",
+            """
+            UPDATE orders SET state = $3, payment_id = $4, state_reason = $5,
+                shipment_reference = $6, release_pending = $7, refund_pending = $8,
+                version = $9, update_time = $10
+            WHERE id = $1::uuid AND version = $2
+            """,
+            after.id,
+            before.version,
+            after.state.value,
+            after.payment_id,
+            after.state_reason,
+            after.shipment_reference,
+            after.release_pending,
+            after.refund_pending,
+            after.version,
+            after.update_time,
+        )
+        if status != "UPDATE 1":
+            raise StaleOrderError(f"order {after.id} changed concurrently")
+        new = after.history[len(before.history) :]
+        await self._insert_history(after.id, new, start=len(before.history))
+
+    async def list_orders(
+        self, flt: OrderFilter, after: PageToken | None, limit: int
+    ) -> list[Order]:
+        """Up to ``limit`` orders matching ``flt``, newest first, after ``after``."""
+        where: list[str] = []
+        args: list[Any] = []
+
+        def arg(value: Any) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        if flt.user_id is not None:
+            where.append(f"user_id = {arg(flt.user_id)}")
+        if flt.state is not None:
+            where.append(f"state = {arg(flt.state.value)}")
+        if flt.created_after is not None:
+            where.append(f"create_time >= {arg(flt.created_after)}")
+        if flt.created_before is not None:
+            where.append(f"create_time < {arg(flt.created_before)}")
+        if after is not None:
+            where.append(
+                f"(create_time, id) < ({arg(after.create_time)}, {arg(after.order_id)}::uuid)"
+            )
+        sql = _SELECT
+        if where:
+            sql += "WHERE " + " AND ".join(where)
+        sql += f" ORDER BY create_time DESC, id DESC LIMIT {arg(limit)}"
+        records = await self._conn.fetch("list_orders", sql, *args)
+        history = await self._history([r["id"] for r in records]) if records else {}
+        return [_order(r, history.get(r["id"], ())) for r in records]
+
+    async def owed(self, limit: int) -> list[Order]:
+        """Orders owing a stock release or a refund, oldest change first."""
+        records = await self._conn.fetch(
+            "owed_orders",
+            _SELECT + "WHERE release_pending OR refund_pending ORDER BY update_time LIMIT $1",
+            limit,
+        )
+        return [_order(r, ()) for r in records]
+
+    async def settle(self, order_id: str, *, released: bool, refunded: bool) -> None:
+        """Clear what was owed and is now done."""
+        await self._conn.execute(
+            "settle_order",
+            """
+            UPDATE orders SET
+                release_pending = release_pending AND NOT $2,
+                refund_pending = refund_pending AND NOT $3
+            WHERE id = $1::uuid
+            """,
+            order_id,
+            released,
+            refunded,
+        )
+
+    async def states(self, order_ids: list[str]) -> dict[str, OrderState]:
+        records = await self._conn.fetch(
+            "order_states",
+            "SELECT id::text AS id, state FROM orders WHERE id = ANY($1::uuid[])",
+            order_ids,
+        )
+        return {r["id"]: OrderState(r["state"]) for r in records}
+
+    async def confirmed_before(self, when: datetime, limit: int, after: str | None) -> list[Order]:
+        """CONFIRMED orders placed before ``when``, oldest first (by id after ``after``)."""
+        records = await self._conn.fetch(
+            "confirmed_orders",
+            _SELECT
+            + "WHERE state = 'CONFIRMED' AND create_time < $1 "
+            + "AND ($3::uuid IS NULL OR id > $3::uuid) ORDER BY id LIMIT $2",
+            when,
+            limit,
+            after,
+        )
+        return [_order(r, ()) for r in records]

@@ -1,0 +1,128 @@
+"""The deterministic payment provider and the service-token cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mercato_common.errors import ErrorKind
+from mercato_orders.clients import ServiceTokens, TokenGrant
+from mercato_orders.domain.errors import CatalogUnavailable, PaymentDeclined, PaymentUnavailable
+from mercato_orders.domain.model import Money
+from mercato_orders.payments import (
+    TOKEN_DECLINED,
+    TOKEN_OK,
+    TOKEN_UNAVAILABLE,
+    DevPaymentProvider,
+)
+
+EUR = Money("EUR", 1000)
+
+
+async def test_dev_provider_outcomes_by_token() -> None:
+    provider = DevPaymentProvider()
+    charge = await provider.charge(idempotency_key="order:1", amount=EUR, token=TOKEN_OK)
+    assert charge.amount == EUR
+    assert charge.id.startswith("pay_dev_")
+    with pytest.raises(PaymentDeclined) as declined:
+        await provider.charge(idempotency_key="order:2", amount=EUR, token=TOKEN_DECLINED)
+    assert (declined.value.kind, declined.value.reason) == (
+        ErrorKind.FAILED_PRECONDITION,
+        "PAYMENT_DECLINED",
+    )
+    with pytest.raises(PaymentDeclined):
+        await provider.charge(idempotency_key="order:2", amount=EUR, token="tok_anything")
+    with pytest.raises(PaymentUnavailable) as unavailable:
+        await provider.charge(idempotency_key="order:2", amount=EUR, token=TOKEN_UNAVAILABLE)
+    assert unavailable.value.kind is ErrorKind.UNAVAILABLE
+    with pytest.raises(PaymentDeclined):
+        await provider.charge(idempotency_key="order:3", amount=Money("EUR", 0), token=TOKEN_OK)
+    assert len(provider.charges()) == 1
+
+
+async def test_dev_provider_is_idempotent_per_key_until_refunded() -> None:
+    provider = DevPaymentProvider()
+    first, second = await asyncio.gather(
+        provider.charge(idempotency_key="order:1", amount=EUR, token=TOKEN_OK),
+        provider.charge(idempotency_key="order:1", amount=EUR, token=TOKEN_OK),
+    )
+    assert first == second
+    with pytest.raises(PaymentDeclined):
+        await provider.charge(idempotency_key="order:1", amount=Money("EUR", 999), token=TOKEN_OK)
+    await provider.refund(charge_id=first.id, reason="void")
+    await provider.refund(charge_id=first.id, reason="void")  # idempotent
+    assert provider.refunded(first.id)
+    third = await provider.charge(idempotency_key="order:1", amount=EUR, token=TOKEN_OK)
+    assert third.id != first.id
+    # Deterministic ids: the same history gives the same ids.
+    again = DevPaymentProvider()
+    assert (
+        await again.charge(idempotency_key="order:1", amount=EUR, token=TOKEN_OK)
+    ).id == first.id
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_service_token_is_cached_until_shortly_before_expiry() -> None:
+    clock = Clock()
+    issued: list[int] = []
+
+    async def issue() -> TokenGrant:
+        issued.append(1)
+        await asyncio.sleep(0.01)
+        return TokenGrant(f"token-{len(issued)}", 900)
+
+    tokens = ServiceTokens(issue, refresh_margin=60, clock=clock)
+    # A burst of calls asks auth once.
+    assert set(await asyncio.gather(*(tokens.token() for _ in range(20)))) == {"token-1"}
+    clock.now += 839
+    assert await tokens.token() == "token-1"
+    clock.now += 2  # within the margin: renewed
+    assert await tokens.token() == "token-2"
+    assert await tokens.metadata() == (("authorization", "Bearer token-2"),)
+    tokens.invalidate("token-1")  # an old token: ignored
+    assert await tokens.token() == "token-2"
+    tokens.invalidate()
+    assert await tokens.token() == "token-3"
+
+
+async def test_service_token_short_lifetimes_renew_halfway() -> None:
+    clock = Clock()
+
+    async def issue() -> TokenGrant:
+        return TokenGrant("short", 60)
+
+    tokens = ServiceTokens(issue, refresh_margin=300, clock=clock)
+    await tokens.token()
+    clock.now += 29
+    await tokens.token()
+    assert tokens.issued == 1
+    clock.now += 2
+    await tokens.token()
+    assert tokens.issued == 2
+
+
+async def test_service_token_outage_uses_the_cached_token_while_valid() -> None:
+    clock = Clock()
+    fail = False
+
+    async def issue() -> TokenGrant:
+        if fail:
+            raise ConnectionError("auth down")
+        return TokenGrant("cached", 900)
+
+    tokens = ServiceTokens(issue, refresh_margin=60, clock=clock)
+    assert await tokens.token() == "cached"
+    fail = True
+    clock.now += 880  # renewal due, auth down: still valid for 20 s
+    assert await tokens.token() == "cached"
+    clock.now += 20
+    with pytest.raises(CatalogUnavailable):
+        await tokens.token()
