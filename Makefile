@@ -32,7 +32,7 @@ protos: sync ## regenerate the Python stubs in libs/contracts from protos/
 lint: sync ## ruff, mypy, buf lint/breaking and the stub regeneration check
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy libs/common/src libs/devstack/src services/auth/src services/catalog/src
+	$(RUN) mypy libs/common/src libs/devstack/src $(wildcard services/*/src)
 	$(RUN) python tools/protos.py lint
 	$(RUN) python tools/protos.py check
 
@@ -70,5 +70,9 @@ bench: stack-up ## benchmarks; figures in bench/results/
 test: lint test-unit test-integration ## everything CI runs
 
 .PHONY: run
-run: ## the whole suite locally (not yet: see README)
-	@echo "make run: the services do not exist yet; 'make stack-up' starts the infrastructure." >&2; exit 1
+run: sync ## the whole suite locally: stack + services + gateway, until Ctrl-C
+	$(RUN) python -m mercato_devstack run
+
+.PHONY: stop
+stop: sync ## stop what `make run` started
+	$(RUN) python -m mercato_devstack shutdown

@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("up", help="start everything and wait until healthy (idempotent)")
     commands.add_parser("down", help="stop everything, leave no process behind (state kept)")
     commands.add_parser("status", help="show each component; exit 1 if any is unhealthy")
+    commands.add_parser("run", help="the stack plus every service, supervised, until Ctrl-C")
+    commands.add_parser("shutdown", help="stop a running `run` and the stack")
     for verb, text in (
         ("start", "start one component (and what it needs) and wait until ready"),
         ("stop", "stop one component gracefully"),
@@ -62,6 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
     try:
+        if args.command == "run":
+            from mercato_devstack import suite
+
+            return suite.run(os.environ)
+        if args.command == "shutdown":
+            from mercato_devstack import suite
+
+            return suite.shutdown()
         stack = Stack()
         if args.command == "up":
             print_status(stack.up())

@@ -1,0 +1,427 @@
+"""The whole suite on one machine: the local stack plus every service, supervised (`make run`).
+
+Starts the stack (PostgreSQL, Kafka, FerretDB, Redis), then auth, catalog, orders, analytics and
+the gateway as child processes in that order, each once the one before answers its health check.
+A child that exits on its own is restarted with a growing delay. Output goes to
+``.state/run/logs/<service>.log`` and, rendered one line per event, to the console. Once the
+gateway is ready the sample catalog is loaded (idempotently) and the gateway URL is printed.
+SIGINT/SIGTERM (Ctrl-C, or ``python -m mercato_devstack shutdown``) stops the children in reverse
+order, then the stack.
+
+Development secrets (the token key-encryption key, the orders service client's secret) are
+generated once into ``.state/run/secrets.json`` so that a second run reuses the same keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from mercato_devstack.config import find_repo_root
+from mercato_devstack.errors import StackError
+from mercato_devstack.stack import Stack
+
+log = logging.getLogger("mercato_devstack.suite")
+
+DEFAULT_ADMIN_EMAIL = "admin@mercato.local"
+DEFAULT_ADMIN_PASSWORD = "mercato-admin-password"  # noqa: S105 - the documented dev default
+READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 20.0
+# Console lines of these loggers are left to the log files: one line per RPC is too much to read.
+QUIET_LOGGERS = frozenset({"mercato.access", "mercato.gateway.access"})
+
+
+@dataclass
+class Service:
+    name: str
+    module: str
+    env: dict[str, str]
+    grpc_port: int | None = None
+    http_ready_url: str | None = None
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    pumps: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def _secrets(path: Path) -> dict[str, str]:
+    """The development secrets of this checkout, generated on first use."""
+    if path.exists():
+        return dict(json.loads(path.read_text()))
+    values = {
+        "signing_key_kek": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "orders_client_secret": secrets.token_urlsafe(32),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(values, indent=2))
+    path.chmod(0o600)
+    return values
+
+
+def _services(stack: Stack, environ: Mapping[str, str], run_dir: Path) -> list[Service]:
+    dev = _secrets(run_dir / "secrets.json")
+    gateway_port = int(environ.get("MERCATO_GATEWAY_PORT", "8080"))
+    issuer = environ.get("MERCATO_TOKEN_ISSUER", f"http://127.0.0.1:{gateway_port}")
+    kafka = stack.kafka_bootstrap
+    common = {**environ, "PYTHONUNBUFFERED": "1"}
+    admin_email = environ.get("MERCATO_BOOTSTRAP_ADMIN_EMAIL", DEFAULT_ADMIN_EMAIL)
+    admin_password = environ.get("MERCATO_BOOTSTRAP_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD)
+    orders_client = {
+        "client_id": "orders",
+        "secret": dev["orders_client_secret"],
+        "scopes": ["catalog:reserve"],
+    }
+    token = {"TOKEN_ISSUER": issuer, "TOKEN_AUDIENCE": "mercato"}
+
+    def prefixed(prefix: str, values: Mapping[str, str]) -> dict[str, str]:
+        return {f"{prefix}{key}": value for key, value in values.items()}
+
+    return [
+        Service(
+            "auth",
+            "mercato_auth",
+            {
+                **common,
+                **prefixed(
+                    "MERCATO_AUTH_",
+                    {
+                        "DATABASE_URL": stack.postgres_dsn("auth"),
+                        "KAFKA_BOOTSTRAP_SERVERS": kafka,
+                        "SIGNING_KEY_KEK": dev["signing_key_kek"],
+                        "SERVICE_CLIENTS": json.dumps([orders_client]),
+                        **token,
+                    },
+                ),
+                "MERCATO_BOOTSTRAP_ADMIN_EMAIL": admin_email,
+                "MERCATO_BOOTSTRAP_ADMIN_PASSWORD": admin_password,
+            },
+            grpc_port=50061,
+        ),
+        Service(
+            "catalog",
+            "mercato_catalog",
+            {
+                **common,
+                **prefixed(
+                    "MERCATO_CATALOG_",
+                    {
+                        "MONGO_URI": stack.mongo_uri,
+                        "REDIS_URL": stack.redis_url,
+                        "KAFKA_BOOTSTRAP": kafka,
+                        **token,
+                    },
+                ),
+            },
+            grpc_port=50062,
+        ),
+        Service(
+            "orders",
+            "mercato_orders",
+            {
+                **common,
+                **prefixed(
+                    "MERCATO_ORDERS_",
+                    {
+                        "DATABASE_URL": stack.postgres_dsn("orders"),
+                        "KAFKA_BOOTSTRAP_SERVERS": kafka,
+                        "SERVICE_CLIENT_SECRET": dev["orders_client_secret"],
+                        **token,
+                    },
+                ),
+            },
+            grpc_port=50063,
+        ),
+        Service(
+            "analytics",
+            "mercato_analytics",
+            {
+                **common,
+                **prefixed(
+                    "MERCATO_ANALYTICS_",
+                    {"MONGO_URI": stack.mongo_uri, "KAFKA_BOOTSTRAP": kafka, **token},
+                ),
+            },
+            grpc_port=50064,
+        ),
+        Service(
+            "gateway",
+            "mercato_gateway",
+            {
+                **common,
+                **prefixed(
+                    "MERCATO_GATEWAY_",
+                    {"PORT": str(gateway_port), "REDIS_URL": stack.redis_url, **token},
+                ),
+            },
+            http_ready_url=f"http://127.0.0.1:{gateway_port}/readyz",
+        ),
+    ]
+
+
+def render_line(name: str, raw: str) -> str | None:
+    """One console line for one log line of a service, or None to leave it to the log file."""
+    text = raw.rstrip()
+    if not text:
+        return None
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return f"{name:>9} | {text}"
+    if not isinstance(event, dict):
+        return f"{name:>9} | {text}"
+    if event.get("logger") in QUIET_LOGGERS:
+        return None
+    level = str(event.get("level", "")).ljust(7)
+    message = event.get("message", "")
+    return f"{name:>9} | {level} {event.get('logger', '')}: {message}"
+
+
+class Suite:
+    def __init__(self, stack: Stack, environ: Mapping[str, str], console: TextIO) -> None:
+        self.stack = stack
+        self.environ = environ
+        self.console = console
+        self.run_dir = stack.config.state_dir / "run"
+        self.logs = self.run_dir / "logs"
+        self.services = _services(stack, environ, self.run_dir)
+        self.stopping = asyncio.Event()
+
+    # Processes ------------------------------------------------------------------------------
+
+    async def _spawn(self, service: Service) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        service.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            service.module,
+            env=service.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children
+        )
+        service.pumps = [asyncio.create_task(self._pump(service, service.process))]
+
+    async def _pump(self, service: Service, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        with (self.logs / f"{service.name}.log").open("a") as log_file:
+            async for raw in process.stdout:
+                line = raw.decode(errors="replace")
+                log_file.write(line)
+                log_file.flush()
+                rendered = render_line(service.name, line)
+                if rendered is not None:
+                    print(rendered, file=self.console, flush=True)
+
+    async def _ready(self, service: Service) -> bool:
+        if service.grpc_port is not None:
+            return await _grpc_serving(service.grpc_port)
+        assert service.http_ready_url is not None
+        return await asyncio.to_thread(_http_ok, service.http_ready_url)
+
+    async def _wait_ready(self, service: Service) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            process = service.process
+            if process is not None and process.returncode is not None:
+                raise StackError(
+                    f"{service.name} exited with code {process.returncode} while starting: "
+                    f"see {self.logs / (service.name + '.log')}"
+                )
+            if await self._ready(service):
+                return
+            await asyncio.sleep(0.5)
+        raise StackError(
+            f"{service.name} not ready after {READY_TIMEOUT:.0f} s: "
+            f"see {self.logs / (service.name + '.log')}"
+        )
+
+    async def _supervise(self, service: Service) -> None:
+        """Restart ``service`` whenever it exits on its own; a growing delay stops a crash loop."""
+        while not self.stopping.is_set():
+            process = service.process
+            assert process is not None
+            code = await process.wait()
+            for pump in service.pumps:
+                await pump
+            if self.stopping.is_set():
+                return
+            service.restarts += 1
+            delay = min(30.0, 2.0 ** min(service.restarts, 5))
+            log.warning("%s exited with code %s; restarting in %.0f s", service.name, code, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            if self.stopping.is_set():
+                return
+            await self._spawn(service)
+
+    async def _terminate(self, service: Service) -> None:
+        process = service.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("%s did not stop in %.0f s; killing it", service.name, STOP_TIMEOUT)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+    # The run --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.stopping.set)
+        pid_file = self.run_dir / "suite.pid"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(str(os.getpid()))
+        supervisors: list[asyncio.Task[None]] = []
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(self.stack.up)
+            for service in self.services:
+                if self.stopping.is_set():
+                    return
+                log.info("starting %s", service.name)
+                await self._spawn(service)
+                await self._wait_ready(service)
+                supervisors.append(asyncio.create_task(self._supervise(service)))
+            await self._load_sample_catalog()
+            self._print_ready(time.monotonic() - started)
+            await self.stopping.wait()
+        finally:
+            self.stopping.set()
+            log.info("stopping the suite")
+            for service in reversed(self.services):
+                await self._terminate(service)
+            for task in supervisors:
+                task.cancel()
+            await asyncio.gather(*supervisors, return_exceptions=True)
+            await asyncio.to_thread(self.stack.down)
+            pid_file.unlink(missing_ok=True)
+            log.info("suite stopped")
+
+    def _print_ready(self, elapsed: float) -> None:
+        port = self.environ.get("MERCATO_GATEWAY_PORT", "8080")
+        email = self.environ.get("MERCATO_BOOTSTRAP_ADMIN_EMAIL", DEFAULT_ADMIN_EMAIL)
+        password_note = (
+            "(from MERCATO_BOOTSTRAP_ADMIN_PASSWORD)"
+            if "MERCATO_BOOTSTRAP_ADMIN_PASSWORD" in self.environ
+            else DEFAULT_ADMIN_PASSWORD
+        )
+        url = f"http://127.0.0.1:{port}"
+        print(
+            f"""
+mercato is ready in {elapsed:.1f} s: the gateway listens on {url}
+  API description: {url}/openapi.json    docs: {url}/docs
+  admin: {email} / {password_note}
+  logs:  {self.logs}/<service>.log
+
+Try:
+  curl -s -X POST {url}/v1/auth/login -H 'Content-Type: application/json' \\
+       -d '{{"email": "{email}", "password": "<the admin password>"}}'
+  curl -s {url}/v1/products -H "Authorization: Bearer <access_token from the login>"
+
+Ctrl-C (or `make stop`) stops everything.
+""",
+            file=self.console,
+            flush=True,
+        )
+
+    async def _load_sample_catalog(self) -> None:
+        """Create the sample categories and products through catalog's API, as the admin."""
+        from mercato_devstack.sample import load_sample_catalog  # needs the contracts
+
+        path = find_repo_root() / "deploy" / "local" / "sample-catalog.yaml"
+        catalog = yaml.safe_load(path.read_text())
+        created = await load_sample_catalog(
+            catalog,
+            auth_target="127.0.0.1:50061",
+            catalog_target="127.0.0.1:50062",
+            email=self.environ.get("MERCATO_BOOTSTRAP_ADMIN_EMAIL", DEFAULT_ADMIN_EMAIL),
+            password=self.environ.get("MERCATO_BOOTSTRAP_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD),
+        )
+        log.info("sample catalog: %d products created, the rest already there", created)
+
+
+async def _grpc_serving(port: int) -> bool:
+    import grpc  # the workspace's; the stack itself needs no gRPC
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            response = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1
+            )
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback URL
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def run(environ: Mapping[str, str], console: TextIO = sys.stdout) -> int:
+    suite = Suite(Stack(), environ, console)
+    try:
+        asyncio.run(suite.run())
+    except StackError as exc:
+        print(f"make run failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def shutdown() -> int:
+    """Stop a running `make run` (SIGTERM to its supervisor, which stops the stack too).
+
+    Without a running supervisor this just stops the stack.
+    """
+    stack = Stack()
+    pid_file = stack.config.state_dir / "run" / "suite.pid"
+    pid = int(pid_file.read_text()) if pid_file.exists() else None
+    if pid is None or not _alive(pid):
+        stack.down()
+        print("suite stopped")
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT * 6
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            print(f"the suite (pid {pid}) did not stop; see {pid_file.parent / 'logs'}")
+            return 1
+        time.sleep(0.2)
+    print("suite stopped")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+__all__ = ["Suite", "render_line", "run", "shutdown"]
