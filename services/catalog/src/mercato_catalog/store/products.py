@@ -19,6 +19,7 @@ available, hold present or absent, expected version), with its events in the sam
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -186,12 +187,14 @@ class ProductStore:
         return product_from_doc(doc)
 
     async def batch_get(self, skus: Sequence[str]) -> dict[str, Product]:
-        wanted = [str(s) for s in skus]
-        found: dict[str, Product] = {}
-        async for doc in self._ctx.products.find({"_id": {"$in": wanted}}):
-            product = product_from_doc(doc)
-            found[product.sku] = product
-        return found
+        # One indexed lookup per SKU, concurrently: FerretDB answers `{_id: {$in: [...]}}` with a
+        # full collection scan (38 ms for 100 products, against 1 ms for one `_id` lookup), and
+        # on MongoDB a handful of point reads costs no more than the `$in`. At most 100 SKUs.
+        docs = await asyncio.gather(*(self._ctx.products.find_one({"_id": str(s)}) for s in skus))
+        return {
+            product.sku: product
+            for product in (product_from_doc(doc) for doc in docs if doc is not None)
+        }
 
     async def list_page(
         self, flt: ProductFilter, size: int, token: str
