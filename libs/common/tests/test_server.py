@@ -11,7 +11,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
-from mercato_common.errors import MercatoError, NotFound, Unauthenticated
+from mercato_common.errors import InvalidArgument, MercatoError, NotFound, Unauthenticated
 from mercato_common.identity import Identity, current_identity
 from mercato_common.server import GrpcServer
 from mercato_common.settings import BaseServiceSettings
@@ -206,3 +206,23 @@ async def test_metrics_count_calls_by_code(served: Served) -> None:
     handled = server.metrics.handled
     assert handled.labels(SERVICE, "GetProduct", "OK")._value.get() == 1
     assert handled.labels(SERVICE, "GetProduct", "NOT_FOUND")._value.get() == 1
+
+
+async def test_a_rule_that_cannot_be_evaluated_is_invalid_argument() -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from mercato.analytics.v1 import analytics_pb2
+    from mercato_common.interceptors import ValidationInterceptor
+
+    # Far-apart timestamps overflow the duration arithmetic of a CEL rule.
+    request = analytics_pb2.GetSalesSummaryRequest(
+        start_time=Timestamp(seconds=-62135596800),
+        end_time=Timestamp(seconds=253402300799),
+        bucket=analytics_pb2.BUCKET_DAY,
+    )
+
+    async def proceed() -> None:
+        raise AssertionError("the servicer must not run")
+
+    with pytest.raises(InvalidArgument):
+        await ValidationInterceptor().around("/x/Y", request, None, proceed)  # type: ignore[arg-type]

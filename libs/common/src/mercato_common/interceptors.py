@@ -319,7 +319,15 @@ class ValidationInterceptor(_WrappingInterceptor):
         proceed: Callable[[], Awaitable[Any]],
     ) -> Any:
         if isinstance(request, Message):
-            violations = self._validator.collect_violations(request)
+            try:
+                violations = self._validator.collect_violations(request)
+            except protovalidate.EvaluationError:
+                # A rule could not be evaluated on these values (e.g. a duration overflow from
+                # extreme timestamps): the input is out of range, not a server fault.
+                raise InvalidArgument(
+                    "the request has values outside the range its rules can check",
+                    reason="INVALID_REQUEST",
+                ) from None
             if violations:
                 raise InvalidArgument(
                     "the request is invalid",
