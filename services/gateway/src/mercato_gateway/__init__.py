@@ -1,0 +1,1 @@
+"""Mercato API gateway: the only public entry of the suite."""

@@ -1,0 +1,127 @@
+"""``python -m mercato_gateway [serve | openapi]``: run the gateway, or print its OpenAPI document.
+
+The only place that reads the environment. ``serve`` runs uvicorn (uvloop, httptools) until
+SIGTERM/SIGINT; uvicorn stops accepting connections, gives in-flight requests
+``SHUTDOWN_GRACE_SECONDS`` and then runs the application's shutdown (channels, Redis).
+
+With ``WORKERS`` > 1, uvicorn starts that many worker processes, each building its own
+application through :func:`worker_app`; metrics then use prometheus_client's multiprocess mode
+(a temporary directory shared by the workers), served by this supervisor process on the
+metrics port and by every worker on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import uvicorn
+
+from mercato_common.settings import SettingsError, load_settings
+from mercato_common.telemetry import configure_logging, setup_telemetry
+from mercato_gateway.app import build_app, derive_routes
+from mercato_gateway.openapi import build_openapi
+from mercato_gateway.settings import GatewaySettings
+
+_MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,  # the gateway writes its own JSON access log
+        "log_config": None,  # keep the JSON logging configured by setup_telemetry
+        "proxy_headers": False,  # X-Forwarded-For is handled with TRUSTED_PROXY_HOPS
+        "server_header": False,
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds) or None,
+    }
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        options["ssl_certfile"] = str(settings.tls_cert_file)
+        options["ssl_keyfile"] = str(settings.tls_key_file)
+    return options
+
+
+def worker_app() -> Any:
+    """Application factory of a worker process (``WORKERS`` > 1)."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    settings = load_settings(GatewaySettings, os.environ)
+    configure_logging(settings.service_name, settings.service_version, settings.log_level)
+    exposed = CollectorRegistry()
+    multiprocess.MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
+    return build_app(settings, metrics_endpoint_registry=exposed).asgi
+
+
+def _serve(settings: GatewaySettings, environ: Mapping[str, str]) -> int:
+    options = _uvicorn_options(settings)
+    if settings.workers == 1:
+        telemetry = setup_telemetry(
+            service=settings.service_name,
+            version=settings.service_version,
+            log_level=settings.log_level,
+            otlp_endpoint=settings.otlp_endpoint,
+            metrics_port=settings.metrics_port,
+        )
+        try:
+            app = build_app(settings)
+            uvicorn.Server(uvicorn.Config(app.asgi, **options)).run()
+        finally:
+            telemetry.shutdown()
+        return 0
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    with tempfile.TemporaryDirectory(prefix="mercato-gateway-metrics-") as directory:
+        os.environ[_MULTIPROC_ENV] = environ.get(_MULTIPROC_ENV) or directory
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        telemetry = setup_telemetry(
+            service=settings.service_name,
+            version=settings.service_version,
+            log_level=settings.log_level,
+            otlp_endpoint=settings.otlp_endpoint,
+            metrics_port=settings.metrics_port,
+            registry=registry,
+        )
+        try:
+            uvicorn.run(
+                "mercato_gateway.__main__:worker_app",
+                factory=True,
+                workers=settings.workers,
+                **options,
+            )
+        finally:
+            telemetry.shutdown()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args else "serve"
+    if command not in ("serve", "openapi"):
+        print(f"usage: python -m mercato_gateway [serve|openapi], not {command!r}", file=sys.stderr)
+        return 2
+    try:
+        settings = load_settings(GatewaySettings, environ)
+    except SettingsError as error:
+        print(error, file=sys.stderr)
+        return 2
+    if command == "openapi":
+        document = build_openapi(
+            derive_routes(), version=settings.service_version, server_url=settings.public_url
+        )
+        print(json.dumps(document, indent=2))
+        return 0
+    return _serve(settings, environ)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,305 @@
+"""Wiring: the one place that builds the gateway's objects from its settings.
+
+``build_app`` derives the routes from the compiled descriptors, creates the upstream channels,
+the token verifier (JWKS from auth over gRPC), the Redis client and rate limiter, the OpenAPI
+document, and the Starlette application::
+
+    EdgeMiddleware (request id, trace span, security headers, metrics, access log)
+      -> CORSMiddleware (allow-list)
+        -> /healthz, /readyz, /metrics, /openapi.json, /docs
+        -> every derived route (GatewayEndpoint)
+
+Nothing connects until the application's lifespan starts the parts (``GatewayApp.parts``);
+shutdown stops them in reverse order after uvicorn has drained in-flight requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route as StarletteRoute
+
+from mercato_common.identity import JwksTokenVerifier, TokenVerifier
+from mercato_common.runtime import Lifecycle, start_all, stop_all
+from mercato_gateway.auth import Authenticator, jwks_fetcher
+from mercato_gateway.edge import ROUTE_KEY, EdgeMiddleware, HttpMetrics
+from mercato_gateway.openapi import build_openapi, docs_page
+from mercato_gateway.proxy import Deadlines, GatewayEndpoint, Upstreams
+from mercato_gateway.ratelimit import RateLimiter, RateLimitMetrics
+from mercato_gateway.routing import (
+    Route,
+    Router,
+    discover_methods,
+    load_contract_modules,
+    routes_from_methods,
+)
+from mercato_gateway.settings import GatewaySettings
+
+__all__ = ["GatewayApp", "build_app", "derive_routes"]
+
+_log = logging.getLogger("mercato_gateway")
+
+_CORS_HEADERS = (
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+)
+_EXPOSED_HEADERS = (
+    "x-request-id",
+    "retry-after",
+    "ratelimit",
+    "ratelimit-policy",
+    "www-authenticate",
+    "traceresponse",
+)
+
+
+def derive_routes() -> list[Route]:
+    """Every ``google.api.http``-annotated RPC of the generated contracts, as routes."""
+    return routes_from_methods(discover_methods(load_contract_modules()))
+
+
+class RedisPart:
+    def __init__(self, redis: Redis | None) -> None:
+        self._redis = redis
+
+    async def start(self) -> None:
+        return None  # Redis may be down at start: the limiter falls back
+
+    async def stop(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+class Readiness:
+    """``/readyz``: every upstream's health service (and Redis, reported), cached briefly."""
+
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        limiter: RateLimiter | None,
+        *,
+        cache_seconds: float,
+        timeout: float,
+        redis_required: bool,
+    ) -> None:
+        self._upstreams = upstreams
+        self._limiter = limiter
+        self._cache_seconds = cache_seconds
+        self._timeout = timeout
+        self._redis_required = redis_required
+        self._cached: tuple[float, bool, dict[str, str]] | None = None
+        self._lock = asyncio.Lock()
+        self.draining = False
+
+    async def check(self) -> tuple[bool, dict[str, str]]:
+        async with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self._cache_seconds:
+                return self._cached[1], self._cached[2]
+            health = await self._upstreams.health(self._timeout)
+            checks = {key: "ok" if ok else "down" for key, ok in health.items()}
+            ready = all(health.values())
+            if self._limiter is not None:
+                redis_ok = await self._limiter.ping()
+                checks["redis"] = "ok" if redis_ok else "down"
+                if self._redis_required and not redis_ok:
+                    ready = False
+            if self.draining:
+                ready = False
+                checks["gateway"] = "draining"
+            self._cached = (now, ready, checks)
+            return ready, checks
+
+
+@dataclass
+class GatewayApp:
+    settings: GatewaySettings
+    routes: list[Route]
+    router: Router
+    upstreams: Upstreams
+    verifier: TokenVerifier
+    limiter: RateLimiter | None
+    openapi: dict[str, Any]
+    readiness: Readiness
+    asgi: Starlette
+    parts: list[Lifecycle] = field(default_factory=list)
+
+
+def build_app(
+    settings: GatewaySettings,
+    *,
+    token_verifier: TokenVerifier | None = None,
+    registry: CollectorRegistry = REGISTRY,
+    metrics_endpoint_registry: CollectorRegistry | None = None,
+) -> GatewayApp:
+    """Build every part of the gateway; nothing connects until the lifespan starts them.
+
+    ``metrics_endpoint_registry`` is what ``GET /metrics`` exposes (a multiprocess collector
+    with several workers); by default ``registry``.
+    """
+    routes = derive_routes()
+    router = Router(routes)
+    upstreams = Upstreams(settings.upstreams, routes, max_message_bytes=settings.max_message_bytes)
+    if token_verifier is None:
+        token_verifier = JwksTokenVerifier(
+            jwks_fetcher(lambda: upstreams.channel("auth")),
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            leeway_seconds=settings.token_leeway_seconds,
+            min_refresh_seconds=settings.jwks_min_refresh_seconds,
+        )
+    authenticator = Authenticator(token_verifier, realm=settings.auth_realm)
+    redis: Redis | None = None
+    limiter: RateLimiter | None = None
+    if settings.rate_limit_enabled:
+        if settings.redis_url:
+            timeout = settings.redis_timeout_ms / 1000
+            redis = Redis.from_url(
+                settings.redis_url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                health_check_interval=0,
+            )
+        limiter = RateLimiter(
+            redis,
+            policies={"default": settings.rate_limit_default, "strict": settings.rate_limit_strict},
+            prefix=settings.redis_prefix,
+            on_redis_error=settings.rate_limit_on_redis_error,
+            breaker_seconds=settings.redis_breaker_seconds,
+            metrics=RateLimitMetrics(registry),
+        )
+    endpoint = GatewayEndpoint(
+        router,
+        upstreams,
+        authenticator,
+        limiter,
+        deadlines=Deadlines(
+            read=settings.read_deadline_seconds,
+            write=settings.write_deadline_seconds,
+            overrides=settings.deadline_overrides,
+        ),
+        max_body_bytes=settings.max_body_bytes,
+        trusted_proxy_hops=settings.trusted_proxy_hops,
+    )
+    document = build_openapi(
+        routes, version=settings.service_version, server_url=settings.public_url
+    )
+    openapi_body = json.dumps(document, separators=(",", ":")).encode()
+    docs_body = docs_page(document)
+    readiness = Readiness(
+        upstreams,
+        limiter,
+        cache_seconds=settings.readiness_cache_seconds,
+        timeout=settings.readiness_timeout_seconds,
+        redis_required=settings.rate_limit_on_redis_error == "closed",
+    )
+    exposed_registry = metrics_endpoint_registry or registry
+
+    async def healthz(request: Request) -> Response:
+        request.scope[ROUTE_KEY] = "/healthz"
+        return JSONResponse({"status": "ok"}, headers={"cache-control": "no-store"})
+
+    async def readyz(request: Request) -> Response:
+        request.scope[ROUTE_KEY] = "/readyz"
+        ready, checks = await readiness.check()
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+            headers={"cache-control": "no-store"},
+        )
+
+    async def metrics(request: Request) -> Response:
+        request.scope[ROUTE_KEY] = "/metrics"
+        return Response(generate_latest(exposed_registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi(request: Request) -> Response:
+        request.scope[ROUTE_KEY] = "/openapi.json"
+        return Response(
+            openapi_body, media_type="application/json", headers={"cache-control": "no-cache"}
+        )
+
+    async def docs(request: Request) -> Response:
+        request.scope[ROUTE_KEY] = "/docs"
+        return HTMLResponse(
+            docs_body,
+            headers={
+                "content-security-policy": (
+                    "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"
+                ),
+                "cache-control": "no-cache",
+            },
+        )
+
+    parts: list[Lifecycle] = [RedisPart(redis), upstreams]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        started = await start_all(parts)
+        _log.info("gateway started", extra={"routes": len(routes)})
+        try:
+            yield
+        finally:
+            readiness.draining = True
+            await stop_all(started)
+
+    asgi = Starlette(
+        routes=[
+            StarletteRoute("/healthz", healthz, methods=["GET"]),
+            StarletteRoute("/readyz", readyz, methods=["GET"]),
+            StarletteRoute("/metrics", metrics, methods=["GET"]),
+            StarletteRoute("/openapi.json", openapi, methods=["GET"]),
+            StarletteRoute("/docs", docs, methods=["GET"]),
+        ],
+        middleware=[
+            Middleware(
+                EdgeMiddleware,
+                metrics=HttpMetrics(registry),
+                hsts=settings.tls_cert_file is not None,
+            ),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_allow_origins,
+                allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+                allow_headers=_CORS_HEADERS,
+                expose_headers=_EXPOSED_HEADERS,
+                max_age=settings.cors_max_age_seconds,
+            ),
+        ],
+        lifespan=lifespan,
+    )
+    # Every other path (any bytes, newlines included) goes to the derived routes.
+    asgi.router.default = endpoint
+    asgi.router.redirect_slashes = False
+    return GatewayApp(
+        settings=settings,
+        routes=routes,
+        router=router,
+        upstreams=upstreams,
+        verifier=token_verifier,
+        limiter=limiter,
+        openapi=document,
+        readiness=readiness,
+        asgi=asgi,
+        parts=parts,
+    )

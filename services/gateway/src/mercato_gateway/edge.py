@@ -1,0 +1,209 @@
+"""What every HTTP request gets, whatever its route: the outermost ASGI middleware.
+
+Request id (``X-Request-Id`` echoed when well-formed, else generated), a SERVER span whose parent
+is the caller's W3C trace context (``traceparent``/``tracestate``) and whose id goes back in
+``traceresponse``, security headers, RED metrics per route template and status, one JSON
+access-log line, and a generic 500 for anything that escaped the handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import MutableMapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["REQUEST_ID_KEY", "ROUTE_KEY", "EdgeMiddleware", "HttpMetrics"]
+
+_access_log = logging.getLogger("mercato.access")
+_log = logging.getLogger("mercato_gateway.edge")
+
+# Keys of the ASGI scope the handlers fill for the middleware.
+ROUTE_KEY = "mercato.route"
+REQUEST_ID_KEY = "mercato.request_id"
+SUBJECT_KEY = "mercato.subject"
+CLIENT_KEY = "mercato.client"
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+)
+_DEFAULT_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+
+
+class HttpMetrics:
+    """RED metrics of the HTTP server; ``route`` is the template (low cardinality)."""
+
+    BUCKETS = (0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.requests = Counter(
+            "http_server_requests_total",
+            "HTTP requests served, by method, route template and status code.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Time to serve an HTTP request, by method and route template.",
+            ["method", "route"],
+            buckets=self.BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "http_server_requests_in_flight",
+            "HTTP requests being served.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: HttpMetrics, hsts: bool = False) -> None:
+        self.app = app
+        self._metrics = metrics
+        self._hsts = hsts
+        self._tracer = trace.get_tracer("mercato_gateway")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope[REQUEST_ID_KEY] = request_id
+        carrier = {}
+        for name in ("traceparent", "tracestate"):
+            value = _header(scope, name.encode())
+            if value is not None:
+                carrier[name] = value
+        parent = propagate.extract(carrier)
+        method = scope["method"]
+        state: dict[str, Any] = {"status": 500, "started": False, "bytes": 0}
+        self._metrics.in_flight.inc()
+        with self._tracer.start_as_current_span(
+            f"{method} {scope.get('path', '')}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={"http.request.method": method},
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            context = span.get_span_context()
+            trace_response = (
+                f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+                if context.is_valid
+                else None
+            )
+
+            async def send_wrapper(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    state["status"] = message["status"]
+                    state["started"] = True
+                    headers = list(message.get("headers", ()))
+                    names = {key.lower() for key, _ in headers}
+                    headers.append((b"x-request-id", request_id.encode()))
+                    headers.extend(h for h in _SECURITY_HEADERS if h[0] not in names)
+                    if b"content-security-policy" not in names:
+                        headers.append(_DEFAULT_CSP)
+                    if self._hsts:
+                        headers.append((b"strict-transport-security", b"max-age=31536000"))
+                    if trace_response:
+                        headers.append((b"traceresponse", trace_response.encode()))
+                    message = {**message, "headers": headers}
+                elif message["type"] == "http.response.body":
+                    state["bytes"] += len(message.get("body", b""))
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_wrapper)
+            except Exception:
+                _log.exception("unhandled error", extra={"request_id": request_id})
+                if state["started"]:
+                    raise
+                await _internal_error(send_wrapper, request_id)
+            finally:
+                elapsed = time.perf_counter() - started
+                self._metrics.in_flight.dec()
+                route = scope.get(ROUTE_KEY, "unmatched")
+                status = state["status"]
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                self._metrics.requests.labels(method, route, str(status)).inc()
+                self._metrics.duration.labels(method, route).observe(elapsed)
+                _access_log.info(
+                    "http",
+                    extra={
+                        "http_method": method,
+                        "http_route": route,
+                        "http_status": status,
+                        "duration_ms": round(elapsed * 1000, 3),
+                        "response_bytes": state["bytes"],
+                        "request_id": request_id,
+                        "client_address": scope.get(CLIENT_KEY)
+                        or (scope.get("client") or ("", 0))[0],
+                        "subject": scope.get(SUBJECT_KEY),
+                        "user_agent": _header(scope, b"user-agent"),
+                    },
+                )
+
+
+async def _internal_error(send: Send, request_id: str) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "code": 500,
+                "status": "INTERNAL",
+                "message": "internal error",
+                "reason": "INTERNAL",
+                "domain": "gateway.mercato",
+                "metadata": {},
+                "fieldViolations": [],
+                "requestId": request_id,
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def header_map(scope: MutableMapping[str, Any]) -> dict[str, str]:
+    """Request headers, lower-cased names, repeated ones joined with ``, ``."""
+    headers: dict[str, str] = {}
+    for key, value in scope.get("headers", ()):
+        name = key.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {text}" if name in headers else text
+    return headers

@@ -1,0 +1,245 @@
+"""Rate limits shared by every gateway replica: token buckets in Redis, updated by one Lua script.
+
+A bucket per (route class, client): the verified token's subject, else the client address.
+The script reads Redis's own clock (``TIME``), so replicas with skewed clocks share one view; it
+refills the bucket, takes one token if it can, and returns what is left and, when refused, how
+long until a token is back. One round trip, atomic.
+
+When Redis fails (error or timeout) the limiter logs it once per outage, counts it in
+``gateway_rate_limit_redis_errors_total``, skips Redis for ``breaker_seconds``, and meanwhile
+does what ``on_redis_error`` says: ``local`` (default) keeps per-process buckets with the same
+policy (each replica then allows the full rate: the total is N replicas x the limit), ``open``
+allows everything, ``closed`` refuses with 503.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from mercato_gateway.settings import RateLimitPolicy
+
+__all__ = ["BUCKET_SCRIPT", "Decision", "RateLimitMetrics", "RateLimiter"]
+
+_log = logging.getLogger("mercato_gateway.ratelimit")
+
+# KEYS[1]: the bucket. ARGV: rate (tokens/s), burst (capacity), cost.
+# Returns {allowed (0/1), tokens left (string), microseconds until `cost` tokens are back}.
+BUCKET_SCRIPT = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil or ts == nil then
+  tokens = burst
+  ts = now
+end
+local elapsed = now - ts
+if elapsed < 0 then elapsed = 0 end
+tokens = math.min(burst, tokens + elapsed * rate / 1000000)
+local allowed = 0
+local wait = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+else
+  wait = math.ceil((cost - tokens) * 1000000 / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+return {allowed, string.format('%.6f', tokens), wait}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    policy_name: str
+    limit: int
+    remaining: int
+    # Seconds until the bucket is full again (RateLimit "t"), and until one request may pass.
+    reset_seconds: int
+    retry_after: int
+    # "redis", "local" (fallback), "open" (no limit applied), "closed" (refused: Redis down).
+    source: str = "redis"
+
+    def headers(self, window: float) -> dict[str, str]:
+        """IETF httpapi RateLimit headers (draft-ietf-httpapi-ratelimit-headers)."""
+        headers = {
+            "ratelimit-policy": f'"{self.policy_name}";q={self.limit};w={max(1, round(window))}',
+            "ratelimit": f'"{self.policy_name}";r={self.remaining};t={self.reset_seconds}',
+        }
+        if not self.allowed:
+            headers["retry-after"] = str(self.retry_after)
+        return headers
+
+
+class RateLimitMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.decisions = Counter(
+            "gateway_rate_limit_decisions_total",
+            "Rate-limit decisions, by route class, outcome and backend.",
+            ["route_class", "decision", "backend"],
+            registry=registry,
+        )
+        self.redis_errors = Counter(
+            "gateway_rate_limit_redis_errors_total",
+            "Rate-limit calls to Redis that failed (the fallback applied).",
+            registry=registry,
+        )
+        self.degraded = Gauge(
+            "gateway_rate_limit_degraded",
+            "1 while Redis is skipped after a failure and the fallback applies.",
+            registry=registry,
+            multiprocess_mode="max",
+        )
+
+
+class _LocalBuckets:
+    """Per-process token buckets (the fallback), bounded in number (least recently used out)."""
+
+    def __init__(self, clock: Callable[[], float], max_buckets: int = 100_000) -> None:
+        self._clock = clock
+        self._max = max_buckets
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: str, policy: RateLimitPolicy) -> tuple[bool, float, float]:
+        now = self._clock()
+        tokens, stamp = self._buckets.pop(key, (float(policy.burst), now))
+        tokens = min(float(policy.burst), tokens + max(0.0, now - stamp) * policy.rate)
+        wait = 0.0
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / policy.rate
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+        return allowed, tokens, wait
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        redis: Redis | None,
+        *,
+        policies: Mapping[str, RateLimitPolicy],
+        prefix: str,
+        on_redis_error: Literal["local", "open", "closed"] = "local",
+        breaker_seconds: float = 2.0,
+        metrics: RateLimitMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = redis
+        self._script: Any = redis.register_script(BUCKET_SCRIPT) if redis is not None else None
+        self._policies = dict(policies)
+        self._prefix = prefix
+        self._on_error = on_redis_error
+        self._breaker_seconds = breaker_seconds
+        self._metrics = metrics or RateLimitMetrics(CollectorRegistry())
+        self._clock = clock
+        self._local = _LocalBuckets(clock)
+        self._skip_until = 0.0
+        self._degraded = False
+
+    def policy(self, route_class: str) -> RateLimitPolicy:
+        return self._policies.get(route_class) or self._policies["default"]
+
+    def window(self, route_class: str) -> float:
+        policy = self.policy(route_class)
+        return policy.burst / policy.rate
+
+    async def check(self, route_class: str, client_key: str) -> Decision:
+        policy = self.policy(route_class)
+        now = self._clock()
+        if self._script is not None and now >= self._skip_until:
+            try:
+                allowed, left, wait_us = await self._script(
+                    keys=[f"{self._prefix}rl:{route_class}:{client_key}"],
+                    args=[repr(policy.rate), policy.burst, 1],
+                )
+            except (RedisError, OSError, TimeoutError) as error:
+                self._trip(error)
+            else:
+                if self._degraded:
+                    self._degraded = False
+                    self._metrics.degraded.set(0)
+                    _log.warning("rate limiting: Redis is back")
+                return self._decide(
+                    route_class, policy, bool(int(allowed)), float(left), int(wait_us) / 1e6
+                )
+        return self._fallback(route_class, client_key, policy)
+
+    def _trip(self, error: BaseException) -> None:
+        self._metrics.redis_errors.inc()
+        self._skip_until = self._clock() + self._breaker_seconds
+        if not self._degraded:
+            self._degraded = True
+            self._metrics.degraded.set(1)
+            _log.warning(
+                "rate limiting: Redis failed; applying the fallback",
+                extra={"fallback": self._on_error, "error_type": type(error).__name__},
+            )
+
+    def _fallback(self, route_class: str, client_key: str, policy: RateLimitPolicy) -> Decision:
+        if self._on_error == "local" or self._script is None:
+            allowed, left, wait = self._local.take(f"{route_class}:{client_key}", policy)
+            return self._decide(route_class, policy, allowed, left, wait, source="local")
+        allowed = self._on_error == "open"
+        self._metrics.decisions.labels(
+            route_class, "allowed" if allowed else "limited", self._on_error
+        ).inc()
+        return Decision(
+            allowed=allowed,
+            policy_name=route_class,
+            limit=policy.burst,
+            remaining=policy.burst if allowed else 0,
+            reset_seconds=0,
+            retry_after=max(1, math.ceil(self._breaker_seconds)),
+            source=self._on_error,
+        )
+
+    def _decide(
+        self,
+        route_class: str,
+        policy: RateLimitPolicy,
+        allowed: bool,
+        left: float,
+        wait: float,
+        *,
+        source: str = "redis",
+    ) -> Decision:
+        self._metrics.decisions.labels(
+            route_class, "allowed" if allowed else "limited", source
+        ).inc()
+        return Decision(
+            allowed=allowed,
+            policy_name=route_class,
+            limit=policy.burst,
+            remaining=max(0, math.floor(left)),
+            reset_seconds=max(0, math.ceil((policy.burst - left) / policy.rate)),
+            retry_after=max(1, math.ceil(wait)),
+            source=source,
+        )
+
+    async def ping(self) -> bool:
+        if self._redis is None:
+            return False
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError, TimeoutError):
+            return False

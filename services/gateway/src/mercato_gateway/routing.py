@@ -1,0 +1,434 @@
+"""REST routes derived at start from the compiled descriptors.
+
+Every RPC with a ``google.api.http`` annotation becomes a route (its additional bindings too);
+its access rule is the ``(mercato.api.v1.access)`` option. Nothing here names an RPC except
+the two OAuth endpoints whose requests are form-encoded (RFC 6749/7009), which the protos
+document as that exception.
+
+Path templates follow ``google/api/http.proto``::
+
+    Template = "/" Segments [ Verb ] ;
+    Segment  = "*" | "**" | LITERAL | Variable ;
+    Variable = "{" FieldPath [ "=" Segments ] "}" ;
+    Verb     = ":" LITERAL ;
+
+Matching picks, among the routes of the method whose template matches, the most specific one:
+segment by segment a literal beats a variable, which beats ``**`` (so ``GET /v1/users/me`` is
+GetCurrentUser, never GetUser with ``id = "me"``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Literal, cast
+from urllib.parse import unquote
+
+from google.api import (  # type: ignore[import-untyped]
+    annotations_pb2,
+    field_behavior_pb2,
+    http_pb2,
+)
+from google.protobuf import descriptor_pb2, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.message import Message
+
+from mercato_common.identity import AccessPolicy, Audience, access_policy
+
+__all__ = [
+    "FORM_ENCODED_METHODS",
+    "HEADER_FIELDS",
+    "Match",
+    "Route",
+    "RouteError",
+    "Router",
+    "Segment",
+    "discover_methods",
+    "load_contract_modules",
+    "parse_template",
+    "routes_from_methods",
+]
+
+# RFC 6749 (token) and RFC 7009 (revocation): form-encoded requests, RFC-shaped errors.
+FORM_ENCODED_METHODS = frozenset(
+    {"mercato.auth.v1.AuthService/IssueToken", "mercato.auth.v1.AuthService/RevokeToken"}
+)
+# Request fields bound from HTTP headers, wherever an RPC has them: field name -> header.
+HEADER_FIELDS = {"idempotency_key": "idempotency-key"}
+
+_READ_LEVELS = (descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,)
+_IDEMPOTENT_LEVELS = (
+    descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
+    descriptor_pb2.MethodOptions.IDEMPOTENT,
+)
+
+
+class RouteError(ValueError):
+    """A path template or a binding the gateway cannot serve (a contract error, at start)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One path segment: a literal, ``*`` / ``**`` (possibly inside a variable)."""
+
+    kind: Literal["literal", "single", "multi"]
+    literal: str = ""
+    # The field path a variable binds (None for a bare wildcard or a literal).
+    variable: str | None = None
+    # Index of the variable's first segment (variables may span several segments).
+    variable_start: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    segments: tuple[Segment, ...]
+    verb: str
+    variables: tuple[str, ...]
+
+    @property
+    def has_multi(self) -> bool:
+        return any(s.kind == "multi" for s in self.segments)
+
+
+def parse_template(template: str) -> Template:
+    """Parse a ``google.api.http`` path template."""
+    if not template.startswith("/"):
+        raise RouteError(f"template must start with '/': {template!r}")
+    body, verb = template, ""
+    last_close = template.rfind("}")
+    colon = template.rfind(":")
+    if colon > template.rfind("/") and colon > last_close:
+        body, verb = template[:colon], template[colon + 1 :]
+        if not verb:
+            raise RouteError(f"empty verb in {template!r}")
+    segments: list[Segment] = []
+    variables: list[str] = []
+    i = 1
+    text = body
+    while i <= len(text):
+        if i < len(text) and text[i] == "{":
+            end = text.find("}", i)
+            if end < 0:
+                raise RouteError(f"unclosed variable in {template!r}")
+            inner = text[i + 1 : end]
+            name, _, pattern = inner.partition("=")
+            if not name or not all(part.isidentifier() for part in name.split(".")):
+                raise RouteError(f"bad variable {inner!r} in {template!r}")
+            variables.append(name)
+            parts = pattern.split("/") if pattern else ["*"]
+            for index, part in enumerate(parts):
+                if part == "*":
+                    segments.append(Segment("single", variable=name, variable_start=index == 0))
+                elif part == "**":
+                    segments.append(Segment("multi", variable=name, variable_start=index == 0))
+                elif part and "{" not in part:
+                    segments.append(
+                        Segment("literal", part, variable=name, variable_start=index == 0)
+                    )
+                else:
+                    raise RouteError(f"bad variable pattern {pattern!r} in {template!r}")
+            i = end + 1
+        else:
+            end = text.find("/", i)
+            end = len(text) if end < 0 else end
+            part = text[i:end]
+            if part == "*":
+                segments.append(Segment("single"))
+            elif part == "**":
+                segments.append(Segment("multi"))
+            elif part and "{" not in part and "}" not in part:
+                segments.append(Segment("literal", part))
+            else:
+                raise RouteError(f"bad segment {part!r} in {template!r}")
+            i = end
+        if i < len(text):
+            if text[i] != "/":
+                raise RouteError(f"unexpected {text[i]!r} in {template!r}")
+            i += 1
+        else:
+            break
+    if any(s.kind == "multi" for s in segments[:-1]):
+        raise RouteError(f"'**' must be the last segment: {template!r}")
+    return Template(tuple(segments), verb, tuple(variables))
+
+
+def _field_path(descriptor: Descriptor, path: str) -> list[FieldDescriptor]:
+    fields: list[FieldDescriptor] = []
+    current: Descriptor | None = descriptor
+    for name in path.split("."):
+        if current is None:
+            raise RouteError(f"{path!r} descends into a non-message field")
+        found = current.fields_by_name.get(name)
+        if found is None:
+            raise RouteError(f"{descriptor.full_name} has no field {path!r}")
+        fields.append(found)
+        current = found.message_type if found.type == FieldDescriptor.TYPE_MESSAGE else None
+    return fields
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One HTTP binding of one RPC."""
+
+    http_method: str
+    template: str
+    parsed: Template = field(repr=False)
+    method: MethodDescriptor = field(repr=False)
+    body: str
+    response_body: str
+    access: AccessPolicy
+    request_class: type[Message] = field(repr=False)
+    response_class: type[Message] = field(repr=False)
+    # Fields bound from headers: (field name, header name, required).
+    header_fields: tuple[tuple[str, str, bool], ...] = ()
+    form_encoded: bool = False
+    # 0 for the annotation's own pattern, 1.. for its additional bindings.
+    binding_index: int = 0
+
+    @property
+    def request_descriptor(self) -> Descriptor:
+        return cast(Descriptor, self.request_class.DESCRIPTOR)
+
+    @property
+    def response_descriptor(self) -> Descriptor:
+        return cast(Descriptor, self.response_class.DESCRIPTOR)
+
+    @property
+    def full_method(self) -> str:
+        """``mercato.catalog.v1.CatalogService/GetProduct``."""
+        return f"{self.method.containing_service.full_name}/{self.method.name}"
+
+    @property
+    def grpc_path(self) -> str:
+        return "/" + self.full_method
+
+    @property
+    def service_key(self) -> str:
+        """``catalog`` for ``mercato.catalog.v1``: the upstream this route calls."""
+        parts = self.method.containing_service.full_name.split(".")
+        return parts[1] if len(parts) > 2 else parts[0]
+
+    @property
+    def is_read(self) -> bool:
+        return self.method.GetOptions().idempotency_level in _READ_LEVELS
+
+    @property
+    def is_idempotent(self) -> bool:
+        return self.method.GetOptions().idempotency_level in _IDEMPOTENT_LEVELS
+
+    @property
+    def rate_class(self) -> str:
+        """``strict`` for public writes (register, login, token, revoke), else ``default``."""
+        if self.access.audience is Audience.PUBLIC and self.http_method != "GET":
+            return "strict"
+        return "default"
+
+    @property
+    def operation_id(self) -> str:
+        """``CatalogService_GetProduct`` (``_1``, ``_2``... for additional bindings)."""
+        base = f"{self.method.containing_service.name}_{self.method.name}"
+        return base if self.binding_index == 0 else f"{base}_{self.binding_index}"
+
+    @property
+    def bound_fields(self) -> frozenset[str]:
+        """Top-level request fields bound by the path, the body or a header."""
+        names = {variable.split(".")[0] for variable in self.parsed.variables}
+        if self.body and self.body != "*":
+            names.add(self.body)
+        names.update(name for name, _, _ in self.header_fields)
+        return frozenset(names)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    route: Route
+    path_params: dict[str, str]
+
+
+class Router:
+    """Finds the route of a request: most specific matching template of the HTTP method."""
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        self.routes = tuple(routes)
+        self._by_method: dict[str, list[Route]] = {}
+        for route in self.routes:
+            self._by_method.setdefault(route.http_method, []).append(route)
+        seen: dict[tuple[str, str], Route] = {}
+        for route in self.routes:
+            key = (route.http_method, _shape(route.parsed))
+            if key in seen:
+                raise RouteError(
+                    f"{route.full_method} and {seen[key].full_method} bind the same route "
+                    f"{route.http_method} {route.template}"
+                )
+            seen[key] = route
+
+    def match(self, http_method: str, raw_path: str) -> Match | None:
+        """The route of ``http_method raw_path`` (raw: still percent-encoded), or None."""
+        parts = _split(raw_path)
+        if parts is None:
+            return None
+        best: tuple[tuple[int, ...], Route, dict[str, str]] | None = None
+        for route in self._by_method.get(http_method, ()):
+            found = _match(route.parsed, parts)
+            if found is None:
+                continue
+            score, params = found
+            if best is None or score > best[0]:
+                best = (score, route, params)
+        return None if best is None else Match(best[1], best[2])
+
+    def allowed_methods(self, raw_path: str) -> list[str]:
+        """The HTTP methods some route accepts at this path (for 405 and its Allow header)."""
+        parts = _split(raw_path)
+        if parts is None:
+            return []
+        return sorted({r.http_method for r in self.routes if _match(r.parsed, parts) is not None})
+
+
+def _shape(template: Template) -> str:
+    """Two templates with the same shape match the same paths."""
+    kinds = []
+    for segment in template.segments:
+        kinds.append(segment.literal if segment.kind == "literal" else segment.kind)
+    return "/".join(kinds) + (":" + template.verb if template.verb else "")
+
+
+def _split(raw_path: str) -> list[str] | None:
+    if not raw_path.startswith("/"):
+        return None
+    return raw_path[1:].split("/")
+
+
+def _match(template: Template, parts: list[str]) -> tuple[tuple[int, ...], dict[str, str]] | None:
+    if template.verb:
+        last = parts[-1]
+        suffix = ":" + template.verb
+        if not last.endswith(suffix):
+            return None
+        parts = [*parts[:-1], last[: -len(suffix)]]
+    segments = template.segments
+    if template.has_multi:
+        if len(parts) < len(segments) - 1:
+            return None
+    elif len(parts) != len(segments):
+        return None
+    score: list[int] = [1 if template.verb else 0]
+    values: dict[str, list[str]] = {}
+    for index, segment in enumerate(segments):
+        if segment.kind == "multi":
+            taken = parts[index:]
+            score.append(0)
+            if segment.variable is not None:
+                values.setdefault(segment.variable, []).extend(unquote(p) for p in taken)
+            break
+        part = parts[index]
+        if segment.kind == "literal":
+            if unquote(part) != segment.literal:
+                return None
+            score.append(2)
+        else:
+            if not part:
+                return None
+            score.append(1)
+        if segment.variable is not None:
+            values.setdefault(segment.variable, []).append(unquote(part))
+    return tuple(score), {name: "/".join(value) for name, value in values.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Discovery
+
+
+def load_contract_modules(package: str = "mercato") -> list[ModuleType]:
+    """Import every generated ``*_pb2`` module under ``package`` (fills the descriptor pool)."""
+    root = importlib.import_module(package)
+    modules: list[ModuleType] = []
+    for info in pkgutil.walk_packages(root.__path__, prefix=package + "."):
+        if info.name.endswith("_pb2"):
+            modules.append(importlib.import_module(info.name))
+    return modules
+
+
+def discover_methods(modules: Iterable[ModuleType]) -> list[MethodDescriptor]:
+    """Every RPC of the modules' services that carries a ``google.api.http`` annotation."""
+    methods: list[MethodDescriptor] = []
+    for module in modules:
+        file_descriptor: Any = getattr(module, "DESCRIPTOR", None)
+        if file_descriptor is None:
+            continue
+        for service in file_descriptor.services_by_name.values():
+            for method in service.methods:
+                if method.GetOptions().HasExtension(annotations_pb2.http):
+                    methods.append(method)
+    return sorted(methods, key=lambda m: (m.containing_service.full_name, m.index))
+
+
+def _bindings(rule: http_pb2.HttpRule) -> Iterator[tuple[str, str, str, str]]:
+    pattern = rule.WhichOneof("pattern")
+    if pattern is None:
+        raise RouteError("an http rule without a pattern")
+    if pattern == "custom":
+        verb, template = rule.custom.kind.upper(), rule.custom.path
+    else:
+        verb, template = pattern.upper(), getattr(rule, pattern)
+    yield verb, template, rule.body, rule.response_body
+    for extra in rule.additional_bindings:
+        if extra.additional_bindings:
+            raise RouteError("additional bindings must not nest")
+        yield from _bindings(extra)
+
+
+def _required(descriptor: FieldDescriptor) -> bool:
+    behaviors = descriptor.GetOptions().Extensions[field_behavior_pb2.field_behavior]
+    return field_behavior_pb2.REQUIRED in behaviors
+
+
+def routes_from_methods(
+    methods: Iterable[MethodDescriptor], *, form_encoded: frozenset[str] = FORM_ENCODED_METHODS
+) -> list[Route]:
+    """The routes of ``methods``, checked: templates, path fields and bodies must exist."""
+    routes: list[Route] = []
+    for method in methods:
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        request_class = message_factory.GetMessageClass(method.input_type)
+        response_class = message_factory.GetMessageClass(method.output_type)
+        full = f"{method.containing_service.full_name}/{method.name}"
+        for index, (http_method, template, body, response_body) in enumerate(_bindings(rule)):
+            parsed = parse_template(template)
+            for variable in parsed.variables:
+                path = _field_path(method.input_type, variable)
+                leaf = path[-1]
+                if leaf.is_repeated or leaf.type == FieldDescriptor.TYPE_MESSAGE:
+                    raise RouteError(f"{full}: path variable {variable} must be a scalar")
+            if body and body != "*":
+                _field_path(method.input_type, body)
+            if response_body:
+                _field_path(method.output_type, response_body)
+            if http_method == "GET" and body:
+                raise RouteError(f"{full}: GET cannot have a body")
+            headers = tuple(
+                (name, header, _required(method.input_type.fields_by_name[name]))
+                for name, header in HEADER_FIELDS.items()
+                if name in method.input_type.fields_by_name
+            )
+            routes.append(
+                Route(
+                    http_method=http_method,
+                    template=template,
+                    parsed=parsed,
+                    method=method,
+                    body=body,
+                    response_body=response_body,
+                    access=access_policy("/" + full),
+                    request_class=request_class,
+                    response_class=response_class,
+                    header_fields=headers,
+                    form_encoded=full in form_encoded,
+                    binding_index=index,
+                )
+            )
+    return routes

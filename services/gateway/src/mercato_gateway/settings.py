@@ -1,0 +1,130 @@
+"""The gateway's settings, from ``MERCATO_GATEWAY_*`` environment variables.
+
+Read once in ``__main__`` with ``load_settings(GatewaySettings, os.environ)``. The gateway is an
+HTTP server, not a gRPC one, so it extends the plain :class:`Settings` base with its own listener,
+upstream, token, rate-limit and edge settings.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mercato_common.settings import Settings
+
+__all__ = ["GatewaySettings", "RateLimitPolicy"]
+
+
+class RateLimitPolicy(BaseModel):
+    """A token bucket: ``burst`` requests at once, refilled at ``rate`` per second."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rate: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError:
+            raise ValueError("must be JSON") from None
+    return value
+
+
+class GatewaySettings(Settings):
+    env_prefix: ClassVar[str] = "MERCATO_GATEWAY_"
+
+    service_name: str = Field(default="gateway", min_length=1)
+    service_version: str = "0.1.0"
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+
+    # HTTP listener (uvicorn with uvloop and httptools).
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    metrics_port: int = Field(default=9460, ge=0, le=65535)
+    # Worker processes; above 1, metrics use prometheus_client's multiprocess mode.
+    workers: int = Field(default=1, ge=1, le=64)
+    # Seconds in-flight requests get to finish after SIGTERM.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Optional TLS termination (deployments without an ingress).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    # Upstream gRPC services, by the service part of their proto package (mercato.<name>.v1).
+    auth_target: str = "127.0.0.1:50061"
+    catalog_target: str = "127.0.0.1:50062"
+    orders_target: str = "127.0.0.1:50063"
+    analytics_target: str = "127.0.0.1:50064"
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+
+    # Per-request deadlines passed to gRPC: reads (NO_SIDE_EFFECTS), everything else, and
+    # overrides by full method ("mercato.orders.v1.OrdersService/CreateOrder": 20), JSON.
+    read_deadline_seconds: float = Field(default=5.0, gt=0)
+    write_deadline_seconds: float = Field(default=15.0, gt=0)
+    deadline_overrides: dict[str, float] = Field(default_factory=dict)
+
+    # Access tokens, verified against auth's JWKS (GetJwks over gRPC).
+    token_issuer: str = Field(default="http://127.0.0.1:8080", min_length=1)
+    token_audience: str = Field(default="mercato", min_length=1)
+    token_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    jwks_min_refresh_seconds: float = Field(default=30.0, ge=0)
+    auth_realm: str = Field(default="mercato", pattern=r'^[^"\\]+$')
+
+    # Rate limiting: token buckets in Redis (one Lua script, shared by every replica).
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_prefix: str = "mercato:gateway:"
+    redis_timeout_ms: int = Field(default=100, gt=0)
+    rate_limit_enabled: bool = True
+    # "default": every route; "strict": public writes (register, login, token, revoke).
+    rate_limit_default: RateLimitPolicy = RateLimitPolicy(rate=50, burst=100)
+    rate_limit_strict: RateLimitPolicy = RateLimitPolicy(rate=2, burst=10)
+    # When Redis fails: "local" = per-process buckets (default), "open" = no limit,
+    # "closed" = refuse (503). Redis is skipped for `redis_breaker_seconds` after a failure.
+    rate_limit_on_redis_error: Literal["local", "open", "closed"] = "local"
+    redis_breaker_seconds: float = Field(default=2.0, ge=0)
+
+    # Edge behaviour.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    cors_allow_origins: tuple[str, ...] = ()
+    cors_max_age_seconds: int = Field(default=600, ge=0)
+    # Proxies in front of the gateway that append to X-Forwarded-For (0: the peer is the client).
+    trusted_proxy_hops: int = Field(default=0, ge=0, le=10)
+    # Public URL of the gateway, used as the OpenAPI server URL (empty: relative).
+    public_url: str = ""
+    # Seconds a /readyz result is reused (each check calls every upstream's health service).
+    readiness_cache_seconds: float = Field(default=1.0, ge=0)
+    readiness_timeout_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("deadline_overrides", "rate_limit_default", "rate_limit_strict", mode="before")
+    @classmethod
+    def _parse_json(cls, value: Any) -> Any:
+        return _json(value)
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        return self
+
+    @property
+    def upstreams(self) -> dict[str, str]:
+        """gRPC target of each service, keyed by the ``<name>`` of ``mercato.<name>.v1``."""
+        return {
+            "auth": self.auth_target,
+            "catalog": self.catalog_target,
+            "orders": self.orders_target,
+            "analytics": self.analytics_target,
+        }

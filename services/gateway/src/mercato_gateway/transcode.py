@@ -1,0 +1,348 @@
+"""HTTP request -> request message, response message -> JSON: the proto3 JSON mapping.
+
+Path variables, query parameters (lowerCamelCase or proto names, dotted for nested fields,
+repeated by repeating the key, enums by name), the JSON body (``body: "*"`` or one field),
+header-bound fields (``Idempotency-Key``) and, for the OAuth endpoints, form parameters. Unknown
+fields and parameters are refused with a field violation naming them. Responses are proto3 JSON
+(lowerCamelCase or the field's explicit ``json_name``, int64 as strings, enums by name, RFC 3339
+timestamps, fields at their default value omitted).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from mercato_gateway.errors import ApiError, invalid_argument
+from mercato_gateway.routing import Route
+
+__all__ = [
+    "build_request",
+    "json_field_path",
+    "parse_json_body",
+    "render_response",
+]
+
+_WKT_SCALARS = frozenset(
+    {
+        "google.protobuf.Timestamp",
+        "google.protobuf.Duration",
+        "google.protobuf.FieldMask",
+    }
+)
+_WRAPPERS = frozenset(
+    {
+        "google.protobuf.DoubleValue",
+        "google.protobuf.FloatValue",
+        "google.protobuf.Int64Value",
+        "google.protobuf.UInt64Value",
+        "google.protobuf.Int32Value",
+        "google.protobuf.UInt32Value",
+        "google.protobuf.BoolValue",
+        "google.protobuf.StringValue",
+        "google.protobuf.BytesValue",
+    }
+)
+_INTEGER_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT32,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED32,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED32,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def message_of(field: FieldDescriptor) -> Descriptor:
+    """The message type of a message field."""
+    message_type = field.message_type
+    if message_type is None:
+        raise TypeError(f"{field.full_name} is not a message field")
+    return message_type
+
+
+def is_query_scalar(field: FieldDescriptor) -> bool:
+    """Whether a field can be given as one query/path string."""
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        name = message_of(field).full_name
+        return name in _WKT_SCALARS or name in _WRAPPERS
+    return True
+
+
+def _find_field(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
+    for candidate in descriptor.fields:
+        if candidate.json_name == name:
+            return candidate
+    return descriptor.fields_by_name.get(name)
+
+
+def _leaf_value(field: FieldDescriptor, raw: str, location: str) -> Any:
+    """A query/path string as the JSON value json_format expects for ``field``."""
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_MESSAGE and message_of(field).full_name in _WRAPPERS:
+        kind = message_of(field).fields_by_name["value"].type
+    if kind == FieldDescriptor.TYPE_BOOL:
+        lowered = raw.lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        raise invalid_argument(location, "must be true or false")
+    if kind in _INTEGER_TYPES:
+        if not re.fullmatch(r"-?[0-9]+", raw):
+            raise invalid_argument(location, "must be an integer")
+        return raw
+    if kind == FieldDescriptor.TYPE_BYTES:
+        try:
+            base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        except (binascii.Error, ValueError):
+            raise invalid_argument(location, "must be base64") from None
+        return raw
+    return raw
+
+
+def _duplicate_refusing_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ApiError.bad_request(
+                f"duplicate member {key!r} in the JSON body", reason="MALFORMED_JSON"
+            )
+        result[key] = value
+    return result
+
+
+def parse_json_body(body: bytes) -> Any:
+    """The JSON document of a request body; 400 MALFORMED_JSON when it is not JSON."""
+    try:
+        return json.loads(body, object_pairs_hook=_duplicate_refusing_object)
+    except (ValueError, RecursionError):
+        raise ApiError.bad_request(
+            "the request body is not valid JSON", reason="MALFORMED_JSON"
+        ) from None
+
+
+def _set_path(target: dict[str, Any], path: Sequence[str], value: Any, repeated: bool) -> bool:
+    node = target
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            return False
+        node = child
+    leaf = path[-1]
+    if repeated:
+        node.setdefault(leaf, []).append(value)
+        return True
+    if leaf in node:
+        return False
+    node[leaf] = value
+    return True
+
+
+def _resolve(descriptor: Descriptor, dotted: str) -> tuple[list[FieldDescriptor], str] | None:
+    fields: list[FieldDescriptor] = []
+    current: Descriptor | None = descriptor
+    for part in dotted.split("."):
+        if current is None:
+            return None
+        found = _find_field(current, part)
+        if found is None:
+            return None
+        fields.append(found)
+        is_message = found.type == FieldDescriptor.TYPE_MESSAGE and not is_query_scalar(found)
+        current = found.message_type if is_message and not found.is_repeated else None
+    return fields, ".".join(f.json_name for f in fields)
+
+
+def _query_document(
+    route: Route, query: Iterable[tuple[str, str]], bound: frozenset[str]
+) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    descriptor = route.request_descriptor
+    for key, value in query:
+        resolved = _resolve(descriptor, key)
+        if resolved is None:
+            raise invalid_argument(key, "unknown query parameter", reason="UNKNOWN_PARAMETER")
+        fields, json_path = resolved
+        if fields[0].name in bound:
+            raise invalid_argument(
+                json_path, "bound by the path or the body, not a query parameter"
+            )
+        leaf = fields[-1]
+        if any(f.is_repeated for f in fields[:-1]) or (
+            leaf.type == FieldDescriptor.TYPE_MESSAGE and not is_query_scalar(leaf)
+        ):
+            raise invalid_argument(json_path, "cannot be given as a query parameter")
+        if leaf.message_type is not None and leaf.message_type.GetOptions().map_entry:
+            raise invalid_argument(json_path, "cannot be given as a query parameter")
+        converted = _leaf_value(leaf, value, json_path)
+        if not _set_path(document, [f.json_name for f in fields], converted, leaf.is_repeated):
+            raise invalid_argument(json_path, "given more than once")
+    return document
+
+
+def build_request(
+    route: Route,
+    *,
+    path_params: Mapping[str, str],
+    query: Sequence[tuple[str, str]],
+    body: Any,
+    headers: Mapping[str, str],
+) -> Message:
+    """The request message of ``route``; raises :class:`ApiError` (400) naming the field.
+
+    ``body`` is the parsed JSON document (or form parameters as a dict), or None when the
+    request had no body.
+    """
+    message = route.request_class()
+    descriptor = cast(Descriptor, message.DESCRIPTOR)
+    document: dict[str, Any] = {}
+    if route.body == "*":
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise ApiError.bad_request("the request body must be a JSON object")
+        document = dict(body)
+        if query:
+            key = query[0][0]
+            raise invalid_argument(key, "unknown query parameter", reason="UNKNOWN_PARAMETER")
+    else:
+        document = _query_document(route, query, route.bound_fields)
+        if route.body:
+            field = descriptor.fields_by_name[route.body]
+            document[field.json_name] = {} if body is None else body
+        elif body not in (None, {}):
+            raise ApiError.bad_request("this route takes no request body")
+    _parse_into(document, message)
+    for variable, value in path_params.items():
+        _set_scalar(message, variable, value)
+    for name, header, required in route.header_fields:
+        header_value = headers.get(header)
+        field = descriptor.fields_by_name[name]
+        if header_value is None:
+            if required:
+                raise invalid_argument(
+                    field.json_name,
+                    f"the {_header_title(header)} header is required",
+                    reason="HEADER_MISSING",
+                )
+            continue
+        setattr(message, name, header_value)
+    return message
+
+
+def _header_title(header: str) -> str:
+    return "-".join(part.capitalize() for part in header.split("-"))
+
+
+def _set_scalar(message: Message, variable: str, value: str) -> None:
+    parts = variable.split(".")
+    target = message
+    for part in parts[:-1]:
+        target = getattr(target, part)
+    field = cast(Descriptor, target.DESCRIPTOR).fields_by_name[parts[-1]]
+    json_path = json_field_path(cast(Descriptor, message.DESCRIPTOR), variable)
+    document = {field.json_name: _leaf_value(field, value, json_path)}
+    try:
+        json_format.ParseDict(document, target)
+    except json_format.ParseError as error:
+        raise invalid_argument(json_path, _describe(str(error))) from None
+
+
+_AT = re.compile(r' at "?([A-Za-z_][\w.\[\]"\']*?)"?(?:\.\n|\.?$|\n)')
+_NO_FIELD = re.compile(r'has no field named "([^"]+)" at "([^"]+)"')
+_PREFIX = re.compile(r"^(Failed to parse \S+ field: )+")
+_FIELD_CHAIN = re.compile(r"Failed to parse (\S+) field: ")
+
+
+def _describe(text: str) -> str:
+    text = _PREFIX.sub("", text.strip())
+    text = text.split("\n")[0]
+    text = _AT.sub("", text).rstrip(".")
+    return text or "invalid value"
+
+
+def _error_path(root: str, text: str) -> str:
+    """The JSON path a json_format error is about, without the root message's name."""
+    unknown = _NO_FIELD.search(text)
+    found = _AT.findall(text + "\n")
+    if unknown:
+        path = f"{unknown.group(2)}.{unknown.group(1)}"
+    elif found:
+        path = found[-1].rstrip(".")
+    else:
+        chain = _FIELD_CHAIN.findall(text)
+        path = ".".join([root, *chain]) if chain else root
+    if path == root:
+        return ""
+    if path.startswith(root + "."):
+        return path[len(root) + 1 :]
+    return path
+
+
+def _parse_into(document: dict[str, Any], message: Message) -> None:
+    try:
+        json_format.ParseDict(document, message, ignore_unknown_fields=False)
+    except json_format.ParseError as error:
+        text = str(error)
+        path = _error_path(cast(Descriptor, message.DESCRIPTOR).name, text)
+        reason = "UNKNOWN_FIELD" if _NO_FIELD.search(text) else "INVALID_JSON"
+        description = "unknown field" if reason == "UNKNOWN_FIELD" else _describe(text)
+        raise invalid_argument(path or "(body)", description, reason=reason) from None
+    except (TypeError, ValueError, AttributeError, RecursionError):
+        raise ApiError.bad_request("the request body does not fit the message") from None
+
+
+def json_field_path(descriptor: Descriptor, path: str) -> str:
+    """``order.lines[0].unit_price`` -> ``order.lines[0].unitPrice`` (unknown parts kept)."""
+    out: list[str] = []
+    current: Descriptor | None = descriptor
+    for part in path.split("."):
+        name, bracket, rest = part.partition("[")
+        suffix = bracket + rest
+        field = current.fields_by_name.get(name) if current is not None else None
+        if field is None:
+            out.append(part)
+            current = None
+            continue
+        out.append(field.json_name + suffix)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            message_type = message_of(field)
+            if message_type.GetOptions().map_entry:
+                value = message_type.fields_by_name["value"]
+                current = value.message_type if suffix else message_type
+            else:
+                current = message_type
+        else:
+            current = None
+    return ".".join(out)
+
+
+def render_response(route: Route, message: Message) -> bytes:
+    """The JSON body of a successful call (``response_body`` selects one field)."""
+    target: Any = message
+    if route.response_body:
+        target = getattr(message, route.response_body)
+        field = cast(Descriptor, message.DESCRIPTOR).fields_by_name[route.response_body]
+        if field.type != FieldDescriptor.TYPE_MESSAGE or field.is_repeated:
+            wrapper = json_format.MessageToDict(message)
+            return _dumps(wrapper.get(field.json_name))
+    return _dumps(json_format.MessageToDict(target))
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,131 @@
+"""Rate limits: N per second shared by two gateway processes through Redis; Redis down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+
+from .conftest import Suite, free_port
+
+pytestmark = pytest.mark.integration
+
+RATE = 5
+BURST = 5
+
+
+async def _start_gateway(suite: Suite, prefix: str) -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    env = suite.environment(
+        MERCATO_GATEWAY_PORT=str(port),
+        MERCATO_GATEWAY_REDIS_PREFIX=prefix,
+        MERCATO_GATEWAY_RATE_LIMIT_DEFAULT=json.dumps({"rate": RATE, "burst": BURST}),
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mercato_gateway",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def _wait_healthy(
+    http: httpx.AsyncClient, url: str, process: asyncio.subprocess.Process
+) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            assert process.stderr is not None
+            raise AssertionError((await process.stderr.read()).decode()[-2000:])
+        try:
+            if (await http.get(f"{url}/healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"gateway at {url} did not start")
+
+
+async def test_limit_holds_across_two_gateway_processes(suite: Suite) -> None:
+    prefix = f"{suite.redis_prefix}two:{uuid.uuid4().hex[:6]}:"
+    started = [await _start_gateway(suite, prefix) for _ in range(2)]
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            for process, url in started:
+                await _wait_healthy(http, url, process)
+            urls = [url for _, url in started]
+            # Warm both processes' channels so the burst below measures the limiter only.
+            await asyncio.sleep(1.2)  # a fresh bucket for this client
+            begin = time.monotonic()
+            responses = await asyncio.gather(
+                *(http.get(f"{urls[i % 2]}/.well-known/jwks.json") for i in range(6 * BURST))
+            )
+            elapsed = time.monotonic() - begin
+            allowed = [r for r in responses if r.status_code == 200]
+            limited = [r for r in responses if r.status_code == 429]
+            assert len(allowed) + len(limited) == len(responses), [r.text for r in responses]
+            # One shared bucket: at most the burst plus what refilled meanwhile. Two separate
+            # buckets would let through twice the burst.
+            assert BURST <= len(allowed) <= BURST + RATE * elapsed + 1, (len(allowed), elapsed)
+            assert len(allowed) < 2 * BURST
+            served_by = {str(r.url).split("/.well-known")[0] for r in allowed}
+            assert served_by == set(urls)  # both processes served part of the shared budget
+            refused = limited[0]
+            assert int(refused.headers["retry-after"]) >= 1
+            assert refused.headers["ratelimit-policy"] == f'"default";q={BURST};w=1'
+            assert refused.headers["ratelimit"].startswith('"default";r=0;')
+            assert refused.json()["error"]["reason"] == "RATE_LIMITED"
+
+            # A second client (another subject) has its own bucket.
+            token = {"authorization": f"Bearer {suite.tokens.admin}"}
+            other = await http.get(f"{urls[0]}/v1/users/me", headers=token)
+            assert other.status_code == 200, other.text
+    finally:
+        for process, _ in started:
+            process.send_signal(signal.SIGTERM)
+        for process, _ in started:
+            try:
+                await asyncio.wait_for(process.wait(), 15)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+    # Graceful exit: uvicorn drains, runs the shutdown, then re-raises the signal it caught.
+    assert all(process.returncode in (0, -signal.SIGTERM) for process, _ in started), [
+        process.returncode for process, _ in started
+    ]
+
+
+async def test_redis_down_falls_back_to_local_buckets(suite: Suite) -> None:
+    app = await suite.gateway(
+        redis_url="redis://127.0.0.1:1/0",
+        rate_limit_default={"rate": 1, "burst": 3},
+        redis_breaker_seconds=30,
+    )
+    async with suite.client(app) as http:
+        statuses = [(await http.get("/.well-known/jwks.json")).status_code for _ in range(5)]
+        assert statuses == [200, 200, 200, 429, 429]
+        metrics = (await http.get("/metrics")).text
+        assert "gateway_rate_limit_redis_errors_total 1.0" in metrics
+        assert "gateway_rate_limit_degraded 1.0" in metrics
+        assert 'backend="local"' in metrics
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200  # a degraded limiter does not take the gateway out
+        assert ready.json()["checks"]["redis"] == "down"
+
+    closed = await suite.gateway(
+        redis_url="redis://127.0.0.1:1/0", rate_limit_on_redis_error="closed"
+    )
+    async with suite.client(closed) as http:
+        refused = await http.get("/.well-known/jwks.json")
+        assert refused.status_code == 503
+        assert refused.json()["error"]["reason"] == "RATE_LIMITER_UNAVAILABLE"
+        assert (await http.get("/readyz")).status_code == 503
