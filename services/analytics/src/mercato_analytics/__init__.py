@@ -1,0 +1,1 @@
+"""Mercato analytics service: exactly-once event aggregates served over gRPC."""

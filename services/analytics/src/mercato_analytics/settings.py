@@ -1,0 +1,63 @@
+"""Typed settings of analytics, from ``MERCATO_ANALYTICS_*`` environment variables."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from mercato_common.settings import BaseServiceSettings
+
+__all__ = ["AnalyticsSettings"]
+
+
+class AnalyticsSettings(BaseServiceSettings):
+    env_prefix: ClassVar[str] = "MERCATO_ANALYTICS_"
+
+    service_name: str = Field(default="analytics", min_length=1)
+    grpc_port: int = Field(default=50064, ge=0, le=65535)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
+    # MongoDB (FerretDB locally).
+    mongo_uri: str = "mongodb://127.0.0.1:27018/"
+    mongo_database: str = Field(default="analytics", min_length=1)
+    mongo_timeout_ms: int = Field(default=5000, gt=0)
+    # Upper bound of any one database operation (a hung server becomes a retried error).
+    mongo_operation_timeout_ms: int = Field(default=15000, gt=0)
+
+    # Kafka.
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    consumer_group: str = Field(default="mercato.analytics", min_length=1)
+    auth_events_topic: str = Field(default="mercato.auth.events.v1", min_length=1)
+    catalog_events_topic: str = Field(default="mercato.catalog.events.v1", min_length=1)
+    orders_events_topic: str = Field(default="mercato.orders.events.v1", min_length=1)
+    dead_letter_topic: str = Field(default="mercato.analytics.dlq.v1", min_length=1)
+    # False: this process only serves queries (no consumers, no dead-letter producer).
+    consume: bool = True
+    # Consumers of the group run by this process (partitions are spread over them); more than
+    # one overlaps the database round trips of different partitions.
+    consumers: int = Field(default=2, ge=1, le=18)
+    # Attempts per record before it is dead-lettered (database outages do not count: they are
+    # waited out), and the backoff between them.
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_initial_seconds: float = Field(default=0.2, ge=0)
+    retry_max_seconds: float = Field(default=10.0, ge=0)
+    max_poll_records: int = Field(default=200, ge=1)
+    session_timeout_ms: int = Field(default=10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    # How often the consumers' progress (freshness) is written, and the group lag is read for
+    # the metrics (0: only when GetFreshness asks).
+    progress_flush_seconds: float = Field(default=1.0, gt=0)
+    lag_refresh_seconds: float = Field(default=15.0, ge=0)
+    # GetFreshness reuses Kafka positions read less than this long ago.
+    lag_cache_seconds: float = Field(default=1.0, ge=0)
+
+    # Access tokens: verified here against auth's JWKS.
+    auth_target: str = "127.0.0.1:50061"
+    token_issuer: str = "http://127.0.0.1:8080"  # noqa: S105 - a URL, not a secret
+    token_audience: str = "mercato"  # noqa: S105 - not a secret
+
+    @property
+    def topics(self) -> tuple[str, str, str]:
+        """The event topics consumed, auth, catalog, orders."""
+        return (self.auth_events_topic, self.catalog_events_topic, self.orders_events_topic)
