@@ -66,8 +66,12 @@ bench: stack-up ## benchmarks; figures in bench/results/
 	mkdir -p bench/results
 	for script in $(wildcard bench/bench_*.py); do $(RUN) python "$$script"; done
 
+.PHONY: test-deploy
+test-deploy: sync ## Helm chart, manifests and images: render, lint, validate, scan (offline)
+	$(RUN) pytest -q tests/deploy
+
 .PHONY: test
-test: lint test-unit test-integration ## everything CI runs
+test: lint test-unit test-deploy test-integration ## everything CI runs
 
 .PHONY: run
 run: sync ## the whole suite locally: stack + services + gateway, until Ctrl-C

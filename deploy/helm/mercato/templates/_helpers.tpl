@@ -1,0 +1,386 @@
+{{/*
+Names and labels, in the manner of bitnami/common (_names.tpl, _labels.tpl).
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "mercato.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* name-version, for the helm.sh/chart label. */}}
+{{- define "mercato.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name prefix of every resource: fullnameOverride, else <release>-<name> (or the
+release name when it already contains the name). Kept short so suffixes fit in 63 chars. */}}
+{{- define "mercato.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of a component's resources: (dict "root" $ "name" "auth"). */}}
+{{- define "mercato.componentName" -}}
+{{- printf "%s-%s" (include "mercato.fullname" .root) .name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every resource (bitnami common.labels.standard). */}}
+{{- define "mercato.labels" -}}
+app.kubernetes.io/name: {{ include "mercato.name" . }}
+helm.sh/chart: {{ include "mercato.chart" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: mercato
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels (bitnami common.labels.matchLabels). */}}
+{{- define "mercato.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mercato.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* Labels of a component's resources: (dict "root" $ "name" "auth"). */}}
+{{- define "mercato.componentLabels" -}}
+{{ include "mercato.labels" .root }}
+app.kubernetes.io/component: {{ .name }}
+{{- end -}}
+
+{{/* Selector labels of a component's pods: (dict "root" $ "name" "auth"). */}}
+{{- define "mercato.componentSelectorLabels" -}}
+{{ include "mercato.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .name }}
+{{- end -}}
+
+{{/* metadata.annotations of every resource, with extra ones: (dict "root" $ "extra" map);
+indented for `metadata:` of a top-level resource, called as {{- include ... }}. */}}
+{{- define "mercato.annotations" -}}
+{{- $all := merge (deepCopy (default dict .extra)) (deepCopy .root.Values.commonAnnotations) -}}
+{{- if $all }}
+  annotations:
+    {{- toYaml $all | nindent 4 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Components
+*/}}
+
+{{/* Deep merge of two maps where `override` wins, false and 0 included (sprig's
+mergeOverwrite keeps the base's value when the override is false or empty). Lists replace.
+(dict "base" map "override" map) → YAML. */}}
+{{- define "mercato.util.merge" -}}
+{{- $out := deepCopy .base -}}
+{{- range $key, $value := .override -}}
+{{- $current := index $out $key -}}
+{{- if and (kindIs "map" $value) (kindIs "map" $current) -}}
+{{- $_ := set $out $key (include "mercato.util.merge" (dict "base" $current "override" $value) | fromYaml) -}}
+{{- else -}}
+{{- $_ := set $out $key $value -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* A component's values: componentDefaults merged with components.<name>, as YAML.
+(dict "root" $ "name" "auth"). */}}
+{{- define "mercato.component" -}}
+{{- $values := index .root.Values.components .name -}}
+{{- if not $values -}}
+{{- fail (printf "unknown component %q" .name) -}}
+{{- end -}}
+{{- include "mercato.util.merge" (dict "base" .root.Values.componentDefaults "override" $values) -}}
+{{- end -}}
+
+{{/* Names of the enabled components, sorted, as a JSON list. */}}
+{{- define "mercato.enabledComponents" -}}
+{{- $names := list -}}
+{{- range $name := keys .Values.components | sortAlpha -}}
+{{- $c := include "mercato.component" (dict "root" $ "name" $name) | fromYaml -}}
+{{- if $c.enabled -}}
+{{- $names = append $names $name -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $names -}}
+{{- end -}}
+
+{{/* Components that call `name` (the inverse of `calls`), sorted, as a JSON list.
+(dict "root" $ "name" "catalog"). */}}
+{{- define "mercato.callers" -}}
+{{- $callers := list -}}
+{{- $root := .root -}}
+{{- $target := .name -}}
+{{- range $name := include "mercato.enabledComponents" $root | fromJsonArray -}}
+{{- $c := include "mercato.component" (dict "root" $root "name" $name) | fromYaml -}}
+{{- if has $target $c.calls -}}
+{{- $callers = append $callers $name -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $callers -}}
+{{- end -}}
+
+{{/* The image of a component: (dict "root" $ "c" component). */}}
+{{- define "mercato.image" -}}
+{{- $registry := .root.Values.image.registry -}}
+{{- $repository := .c.image.repository -}}
+{{- $tag := .c.image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion | toString -}}
+{{- if eq $tag "latest" -}}
+{{- fail "image tags must be pinned: `latest` is refused" -}}
+{{- end -}}
+{{- $name := ternary (printf "%s/%s" $registry $repository) $repository (ne $registry "") -}}
+{{- if .c.image.digest -}}
+{{- printf "%s:%s@%s" $name $tag .c.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $name $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* In-cluster DNS name of a component's Service: (dict "root" $ "name" "auth"). */}}
+{{- define "mercato.serviceHost" -}}
+{{- printf "%s.%s.svc.%s" (include "mercato.componentName" .) .root.Release.Namespace .root.Values.config.clusterDomain -}}
+{{- end -}}
+
+{{/* gRPC target of a component for its clients: (dict "root" $ "name" "auth"). Without a mesh,
+the headless Service through gRPC's DNS resolver (clients balance round robin over the pods);
+with a mesh, the ClusterIP Service (the proxies balance per request; Linkerd's routes do not
+apply to headless Services). */}}
+{{- define "mercato.grpcTarget" -}}
+{{- $c := include "mercato.component" . | fromYaml -}}
+{{- $name := include "mercato.componentName" . -}}
+{{- if eq .root.Values.mesh.provider "none" -}}
+{{- printf "dns:///%s-headless.%s.svc.%s:%v" $name .root.Release.Namespace .root.Values.config.clusterDomain $c.ports.app -}}
+{{- else -}}
+{{- printf "%s:%v" (include "mercato.serviceHost" .) $c.ports.app -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Datastores
+*/}}
+
+{{/* Kafka bootstrap servers: the chart's Strimzi cluster or the external one. */}}
+{{- define "mercato.kafka.bootstrap" -}}
+{{- if .Values.kafka.strimzi.enabled -}}
+{{- printf "%s-kafka-bootstrap:9092" (include "mercato.kafka.clusterName" .) -}}
+{{- else -}}
+{{- .Values.kafka.bootstrapServers -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mercato.kafka.clusterName" -}}
+{{- printf "%s-kafka" (include "mercato.fullname" .) -}}
+{{- end -}}
+
+{{/* The Strimzi cluster KafkaTopics are declared for ("" = none). */}}
+{{- define "mercato.kafka.topicCluster" -}}
+{{- if .Values.kafka.strimzi.enabled -}}
+{{- include "mercato.kafka.clusterName" . -}}
+{{- else -}}
+{{- .Values.kafka.topics.strimziCluster -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The topic declarations (files/topics.yaml, shared with the local stack), with the
+defaults applied and the replication cap of kafka.topics.maxReplicas, as JSON:
+[{name, partitions, replicas, config, consumers, producers}]. */}}
+{{- define "mercato.topics" -}}
+{{- $doc := .Files.Get "files/topics.yaml" | fromYaml -}}
+{{- if ne (toString $doc.version) "1" -}}
+{{- fail "files/topics.yaml: expected `version: 1`" -}}
+{{- end -}}
+{{- $defaults := $doc.defaults | default dict -}}
+{{- $cap := int .Values.kafka.topics.maxReplicas -}}
+{{- $topics := list -}}
+{{- range $doc.topics -}}
+{{- $replicas := int (.replicas | default $defaults.replicas | default 1) -}}
+{{- if and (gt $cap 0) (gt $replicas $cap) -}}
+{{- $replicas = $cap -}}
+{{- end -}}
+{{- $config := merge (deepCopy (.config | default dict)) (deepCopy ($defaults.config | default dict)) -}}
+{{- if hasKey $config "min.insync.replicas" -}}
+{{- $min := int (index $config "min.insync.replicas") -}}
+{{- if gt $min $replicas -}}
+{{- $_ := set $config "min.insync.replicas" (toString $replicas) -}}
+{{- end -}}
+{{- end -}}
+{{- $topics = append $topics (dict "name" .name "partitions" (int (.partitions | default $defaults.partitions | default 1)) "replicas" $replicas "config" $config "consumers" (.consumers | default list) "producers" (.producers | default list)) -}}
+{{- end -}}
+{{- toJson $topics -}}
+{{- end -}}
+
+{{/* Whether the chart renders the database of a component: (dict "root" $ "c" component). */}}
+{{- define "mercato.database.managed" -}}
+{{- if and (eq .c.database.kind "postgres") .root.Values.cnpg.enabled -}}
+true
+{{- else if and (eq .c.database.kind "mongodb") .root.Values.mongodb.operator.enabled -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Secret and key holding a component's database URL, as JSON {name, key}:
+(dict "root" $ "name" "auth" "c" component). */}}
+{{- define "mercato.database.secret" -}}
+{{- $root := .root -}}
+{{- if and (eq .c.database.kind "postgres") $root.Values.cnpg.enabled -}}
+{{- toJson (dict "name" (printf "%s-db-app" (include "mercato.componentName" .)) "key" "uri") -}}
+{{- else if and (eq .c.database.kind "mongodb") $root.Values.mongodb.operator.enabled -}}
+{{- toJson (dict "name" (printf "%s-mongodb-%s" (include "mercato.fullname" $root) .name) "key" "connectionString.standard") -}}
+{{- else -}}
+{{- toJson (dict "name" .c.database.existingSecret "key" .c.database.existingSecretKey) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Pods
+*/}}
+
+{{/* Plain settings of a component (the ConfigMap), as YAML: (dict "root" $ "name" "auth"). */}}
+{{- define "mercato.config" -}}
+{{- $root := .root -}}
+{{- $c := include "mercato.component" . | fromYaml -}}
+{{- $p := $c.envPrefix -}}
+{{- $env := dict -}}
+{{- if eq $c.kind "grpc" -}}
+{{- $_ := set $env (printf "%sGRPC_HOST" $p) "0.0.0.0" -}}
+{{- $_ := set $env (printf "%sGRPC_PORT" $p) (toString $c.ports.app) -}}
+{{- else -}}
+{{- $_ := set $env (printf "%sHOST" $p) "0.0.0.0" -}}
+{{- $_ := set $env (printf "%sPORT" $p) (toString $c.ports.app) -}}
+{{- end -}}
+{{- $_ := set $env (printf "%sMETRICS_PORT" $p) (toString $c.ports.metrics) -}}
+{{- $_ := set $env (printf "%sLOG_LEVEL" $p) $root.Values.config.logLevel -}}
+{{- $_ := set $env (printf "%sSERVICE_VERSION" $p) (toString $root.Chart.AppVersion) -}}
+{{- $_ := set $env (printf "%sTOKEN_ISSUER" $p) $root.Values.config.tokenIssuer -}}
+{{- $_ := set $env (printf "%sTOKEN_AUDIENCE" $p) $root.Values.config.tokenAudience -}}
+{{- if $root.Values.config.otlpEndpoint -}}
+{{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" $root.Values.config.otlpEndpoint -}}
+{{- end -}}
+{{- range $callee := $c.calls -}}
+{{- $_ := set $env (printf "%s%s_TARGET" $p (upper $callee)) (include "mercato.grpcTarget" (dict "root" $root "name" $callee)) -}}
+{{- end -}}
+{{- if $c.database.nameEnv -}}
+{{- $_ := set $env (printf "%s%s" $p $c.database.nameEnv) $c.database.name -}}
+{{- end -}}
+{{- if $c.kafka.bootstrapEnv -}}
+{{- $_ := set $env (printf "%s%s" $p $c.kafka.bootstrapEnv) (include "mercato.kafka.bootstrap" $root) -}}
+{{- end -}}
+{{- $declared := list -}}
+{{- range include "mercato.topics" $root | fromJsonArray -}}
+{{- $declared = append $declared .name -}}
+{{- end -}}
+{{- range $variable, $topic := $c.kafka.topics -}}
+{{- if not (has $topic $declared) -}}
+{{- fail (printf "components.%s.kafka.topics.%s: topic %q is not declared in files/topics.yaml" $.name $variable $topic) -}}
+{{- end -}}
+{{- $_ := set $env (printf "%s%s" $p $variable) $topic -}}
+{{- end -}}
+{{- if and $c.redis.urlEnv (not $root.Values.redis.existingSecret) $root.Values.redis.url -}}
+{{- $_ := set $env (printf "%s%s" $p $c.redis.urlEnv) $root.Values.redis.url -}}
+{{- end -}}
+{{- if $c.migration.onStartEnv -}}
+{{- $onStart := ternary "true" "false" (or (not $c.migration.enabled) (eq (include "mercato.database.managed" (dict "root" $root "c" $c)) "true")) -}}
+{{- $_ := set $env (printf "%s%s" $p $c.migration.onStartEnv) $onStart -}}
+{{- end -}}
+{{- if include "mercato.tls.enabled" $root -}}
+{{- $_ := set $env (printf "%sTLS_CERT_FILE" $p) "/etc/mercato/tls/tls.crt" -}}
+{{- $_ := set $env (printf "%sTLS_KEY_FILE" $p) "/etc/mercato/tls/tls.key" -}}
+{{- if and $root.Values.tls.mutual (eq $c.kind "grpc") -}}
+{{- $_ := set $env (printf "%sTLS_CLIENT_CA_FILE" $p) "/etc/mercato/tls/ca.crt" -}}
+{{- end -}}
+{{- end -}}
+{{- range $key, $value := $c.env -}}
+{{- $_ := set $env $key (toString $value) -}}
+{{- end -}}
+{{- toYaml $env -}}
+{{- end -}}
+
+{{/* Secret-backed settings of a component, as a list of EnvVar: (dict "root" $ "name" n). */}}
+{{- define "mercato.secretEnv" -}}
+{{- $root := .root -}}
+{{- $c := include "mercato.component" . | fromYaml -}}
+{{- $p := $c.envPrefix -}}
+{{- $vars := list -}}
+{{- if $c.database.urlEnv -}}
+{{- $ref := include "mercato.database.secret" (dict "root" $root "name" .name "c" $c) | fromJson -}}
+{{- $vars = append $vars (dict "name" (printf "%s%s" $p $c.database.urlEnv) "valueFrom" (dict "secretKeyRef" (dict "name" $ref.name "key" $ref.key))) -}}
+{{- end -}}
+{{- if and $c.redis.urlEnv $root.Values.redis.existingSecret -}}
+{{- $vars = append $vars (dict "name" (printf "%s%s" $p $c.redis.urlEnv) "valueFrom" (dict "secretKeyRef" (dict "name" $root.Values.redis.existingSecret "key" $root.Values.redis.existingSecretKey))) -}}
+{{- end -}}
+{{- range $name := keys $c.secretEnv | sortAlpha -}}
+{{- $ref := index $c.secretEnv $name -}}
+{{- $vars = append $vars (dict "name" $name "valueFrom" (dict "secretKeyRef" (dict "name" $ref.secretName "key" $ref.key))) -}}
+{{- end -}}
+{{- toYaml $vars -}}
+{{- end -}}
+
+{{/* Whether services serve TLS themselves (no mesh). */}}
+{{- define "mercato.tls.enabled" -}}
+{{- if .Values.tls.enabled -}}
+{{- if ne .Values.mesh.provider "none" -}}
+{{- fail "tls.enabled is for deployments without a mesh: the mesh encrypts (set mesh.provider none or tls.enabled false)" -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Issuer of the service certificates, as JSON {name, kind}. */}}
+{{- define "mercato.tls.issuer" -}}
+{{- if .Values.tls.issuerRef.name -}}
+{{- toJson (dict "name" .Values.tls.issuerRef.name "kind" .Values.tls.issuerRef.kind) -}}
+{{- else -}}
+{{- toJson (dict "name" (printf "%s-ca" (include "mercato.fullname" .)) "kind" "Issuer") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod security context (Pod Security "restricted"): (dict "c" component). */}}
+{{- define "mercato.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .c.runAsUser }}
+runAsGroup: {{ .c.runAsUser }}
+fsGroup: {{ .c.runAsUser }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Container security context (Pod Security "restricted"): (dict "c" component). */}}
+{{- define "mercato.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .c.runAsUser }}
+runAsGroup: {{ .c.runAsUser }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Pod annotations and labels that put a pod in (or keep it out of) the mesh:
+(dict "root" $ "inject" bool "part" "annotations"|"labels"). */}}
+{{- define "mercato.mesh.podMetadata" -}}
+{{- $provider := .root.Values.mesh.provider -}}
+{{- if eq .part "annotations" -}}
+{{- if eq $provider "linkerd" }}
+linkerd.io/inject: {{ ternary "enabled" "disabled" .inject }}
+{{- else if and (eq $provider "istio") .inject }}
+proxy.istio.io/config: '{"holdApplicationUntilProxyStarts": true}'
+{{- end }}
+{{- else -}}
+{{- if eq $provider "istio" }}
+sidecar.istio.io/inject: {{ ternary "true" "false" .inject | quote }}
+{{- end }}
+{{- end -}}
+{{- end -}}

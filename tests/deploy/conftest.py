@@ -1,0 +1,141 @@
+"""Fixtures of the deployment checks: the pinned Helm, the chart rendered once per values set.
+
+No network and no cluster: Helm is built from its Go module on first use (tools/helm.py, into
+.state/tools), manifests are rendered with `helm template` and checked offline. Everything
+rendered is cached for the session.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "mercato"
+VALUES_SETS = sorted(
+    path.stem.removesuffix("-values") for path in (CHART / "ci").glob("*-values.yaml")
+)
+#: The Kubernetes versions the chart supports (Chart.yaml kubeVersion) and is validated against:
+#: the oldest and the newest whose schemas kubernetes-validate bundles.
+KUBE_OLDEST = "1.30.0"
+KUBE_NEWEST = "1.37.0"
+RELEASE = "shop"
+NAMESPACE = "mercato"
+COMPONENTS = ("auth", "catalog", "orders", "analytics", "gateway")
+
+
+@cache
+def load_module(path: Path, name: str) -> ModuleType:
+    """A Python file outside any package (tools/helm.py, chart files) as a module."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def helm_tool() -> ModuleType:
+    return load_module(ROOT / "tools" / "helm.py", "mercato_tools_helm")
+
+
+@pytest.fixture(scope="session")
+def helm(helm_tool: ModuleType) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the pinned helm (built when missing) with the given arguments."""
+    binary = helm_tool.ensure_helm()
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "HELM_CACHE_HOME": str(ROOT / ".state" / "helm" / "cache"),
+            "HELM_CONFIG_HOME": str(ROOT / ".state" / "helm" / "config"),
+            "HELM_DATA_HOME": str(ROOT / ".state" / "helm" / "data"),
+        }
+        result = subprocess.run(
+            [str(binary), *args], capture_output=True, text=True, env=env, check=False
+        )
+        if check and result.returncode != 0:
+            pytest.fail(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    return run
+
+
+def values_file(name: str) -> Path:
+    return CHART / "ci" / f"{name}-values.yaml"
+
+
+@pytest.fixture(scope="session")
+def render(
+    helm: Callable[..., subprocess.CompletedProcess[str]],
+) -> Callable[..., list[dict[str, Any]]]:
+    """`render(values_set, *extra_args)`: the manifests `helm template` gives, parsed (cached)."""
+    rendered: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+
+    def run(values_set: str, *extra: str) -> list[dict[str, Any]]:
+        key = (values_set, *extra)
+        if key not in rendered:
+            result = helm(
+                "template", RELEASE, str(CHART),
+                "--namespace", NAMESPACE,
+                "--kube-version", KUBE_NEWEST,
+                "-f", str(values_file(values_set)),
+                *extra,
+            )  # fmt: skip
+            documents = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+            rendered[key] = documents
+        return rendered[key]
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def topics_declaration() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "files" / "topics.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def crds_dir() -> Path | None:
+    """The directory of CRD YAML files (MERCATO_CRDS_DIR, default ../shared/crds), or None."""
+    configured = os.environ.get("MERCATO_CRDS_DIR")
+    path = Path(configured) if configured else ROOT.parent / "shared" / "crds"
+    if not path.is_absolute():
+        path = ROOT / path
+    return path if path.is_dir() and any(path.glob("*.yaml")) else None
+
+
+def pod_templates(documents: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind/name, pod spec) of every Deployment and Job."""
+    pods = []
+    for doc in documents:
+        if doc["kind"] in ("Deployment", "Job"):
+            pods.append(
+                (f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"])
+            )
+    return pods
+
+
+def by_kind(documents: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in documents if doc["kind"] == kind}
+
+
+def component_of(doc: dict[str, Any]) -> str:
+    return doc["metadata"]["labels"].get("app.kubernetes.io/component", "")
+
+
+@pytest.fixture(scope="session")
+def helpers() -> ModuleType:
+    """This module, for tests that need its plain functions (importlib import mode)."""
+    import sys
+
+    return sys.modules[__name__]

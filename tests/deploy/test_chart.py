@@ -1,0 +1,481 @@
+"""The chart renders and lints with every values set, and says what it must."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from mercato_devstack.topics import parse_topics
+
+VALUES_SETS = ("default", "istio", "linkerd", "operators", "tls")
+KUBE_VERSIONS = ("1.30.0", "1.37.0")
+
+
+def test_values_sets_are_all_tested(helpers: Any) -> None:
+    assert set(helpers.VALUES_SETS) == set(VALUES_SETS)
+    assert {"default", "linkerd", "istio", "operators"} <= set(VALUES_SETS)
+
+
+@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_lint_strict(helm: Any, helpers: Any, values_set: str, kube: str) -> None:
+    helm(
+        "lint", "--strict", str(helpers.CHART),
+        "--kube-version", kube,
+        "-f", str(helpers.values_file(values_set)),
+    )  # fmt: skip
+
+
+def test_kube_version_below_the_supported_range_is_refused(helm: Any, helpers: Any) -> None:
+    result = helm("template", "x", str(helpers.CHART), "--kube-version", "1.29.0", check=False)
+    assert result.returncode != 0
+    assert "kubeVersion" in result.stderr or "incompatible" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "unknown=1"], "additional properties 'unknown' not allowed"),
+        (["--set", "components.auth.bogus=1"], "additional properties 'bogus' not allowed"),
+        (["--set", "mesh.provider=consul"], "mesh/provider"),
+        (["--set", "image.tag=latest"], "image/tag"),
+        (["--set", "components.auth.image.tag=latest"], "components/auth/image/tag"),
+        (["--set", "tls.enabled=true", "--set", "mesh.provider=istio"], "without a mesh"),
+        (["--set", "keda.enabled=true", "--set", "keda.maxReplicas=7"], "partition count"),
+        (
+            ["--set", "components.auth.kafka.topics.EVENTS_TOPIC=mercato.nope.v1"],
+            "not declared in files/topics.yaml",
+        ),
+        (["--set", "httpRoute.enabled=true"], "parentRefs"),
+    ],
+)
+def test_bad_values_are_refused(helm: Any, helpers: Any, args: list[str], message: str) -> None:
+    result = helm("template", "x", str(helpers.CHART), *args, check=False)
+    assert result.returncode != 0, f"accepted: {args}"
+    assert message in result.stderr
+
+
+def test_every_value_is_documented(helpers: Any) -> None:
+    """Every leaf key of values.yaml has a comment above it (or above its parent block)."""
+    lines = (helpers.CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or stripped.startswith("-"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent > 4 and not line.lstrip().startswith(("requests", "limits")):
+            continue  # inside a documented block (components.<name>.<block>.<key>)
+        previous = lines[index - 1].strip() if index else ""
+        is_block = stripped.endswith(":")
+        if not previous.startswith("#") and not is_block and indent <= 2:
+            undocumented.append(stripped)
+    assert not undocumented, f"values without a comment: {undocumented}"
+
+
+def test_schema_is_strict(helpers: Any) -> None:
+    """Every object of values.schema.json refuses unknown keys (or is a declared free map)."""
+    schema = json.loads((helpers.CHART / "values.schema.json").read_text())
+    loose = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            is_record = node.get("type") == "object" and "properties" in node
+            if is_record and node.get("additionalProperties") is not False:
+                loose.append(path)
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}/{i}")
+
+    walk(schema, "")
+    assert not loose
+
+
+def test_values_yaml_satisfies_the_schema(helpers: Any) -> None:
+    import jsonschema
+
+    schema = json.loads((helpers.CHART / "values.schema.json").read_text())
+    jsonschema.validate(yaml.safe_load((helpers.CHART / "values.yaml").read_text()), schema)
+
+
+EXPECTED_KINDS = {
+    "default": {"Deployment", "Service", "ServiceAccount", "ConfigMap", "HorizontalPodAutoscaler",
+                "PodDisruptionBudget", "NetworkPolicy", "ServiceMonitor", "Job", "Ingress"},
+    "linkerd": {"Server", "AuthorizationPolicy", "MeshTLSAuthentication", "NetworkAuthentication",
+                "HTTPRoute", "GRPCRoute"},
+    "istio": {"PeerAuthentication", "AuthorizationPolicy", "DestinationRule", "VirtualService",
+              "Ingress"},
+    "operators": {"Cluster", "Kafka", "KafkaNodePool", "KafkaTopic", "MongoDBCommunity",
+                  "ScaledObject"},
+    "tls": {"Certificate", "Issuer", "KafkaTopic"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_expected_kinds(render: Any, values_set: str) -> None:
+    kinds = {doc["kind"] for doc in render(values_set)}
+    assert EXPECTED_KINDS[values_set] <= kinds
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_one_of_each_per_component(render: Any, helpers: Any, values_set: str) -> None:
+    docs = render(values_set)
+    kinds = ("Deployment", "ServiceAccount", "ConfigMap", "PodDisruptionBudget", "NetworkPolicy",
+             "ServiceMonitor")  # fmt: skip
+    for kind in kinds:
+        owners = sorted(
+            helpers.component_of(d)
+            for d in docs
+            if d["kind"] == kind and helpers.component_of(d) in helpers.COMPONENTS
+        )
+        assert owners == sorted(helpers.COMPONENTS), kind
+    hpas = sorted(helpers.component_of(d) for d in docs if d["kind"] == "HorizontalPodAutoscaler")
+    keda = values_set == "operators"
+    expected = [c for c in sorted(helpers.COMPONENTS) if not (keda and c == "analytics")]
+    if values_set == "istio":
+        expected.remove("gateway")
+    assert hpas == expected
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_pod_security_restricted(render: Any, helpers: Any, values_set: str) -> None:
+    for name, pod in helpers.pod_templates(render(values_set)):
+        assert pod["automountServiceAccountToken"] is False, name
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True, name
+        assert isinstance(psc["runAsUser"], int), name
+        assert psc["runAsUser"] > 0, name
+        assert psc["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert sc["runAsNonRoot"] is True, name
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault", name
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+            assert "memory" in container["resources"]["limits"], name
+            assert not container["image"].endswith(":latest"), name
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            assert "/tmp" in mounts, name
+            tmp = next(v for v in pod["volumes"] if v["name"] == mounts["/tmp"])
+            assert "emptyDir" in tmp, name
+    for account in helpers.by_kind(render(values_set), "ServiceAccount").values():
+        assert account["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_probes(render: Any, helpers: Any, values_set: str) -> None:
+    deployments = helpers.by_kind(render(values_set), "Deployment")
+    for deployment in deployments.values():
+        component = helpers.component_of(deployment)
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            spec = container[probe]
+            if component == "gateway":
+                expected = "/readyz" if probe == "readinessProbe" else "/healthz"
+                assert spec["httpGet"]["path"] == expected
+            elif values_set == "tls":
+                # kubelet gRPC probes cannot speak TLS: the image's Python asks instead.
+                assert spec["exec"]["command"][1].endswith("grpc_health_probe.py")
+            else:
+                assert spec["grpc"]["port"] == ports["grpc"]
+
+
+def _caller_map(render: Any, helpers: Any, values_set: str) -> dict[str, set[str]]:
+    callers: dict[str, set[str]] = {}
+    for policy in helpers.by_kind(render(values_set), "NetworkPolicy").values():
+        component = helpers.component_of(policy)
+        if component not in helpers.COMPONENTS:
+            continue
+        found = set()
+        for rule in policy["spec"]["ingress"]:
+            for peer in rule.get("from", []):
+                labels = peer.get("podSelector", {}).get("matchLabels", {})
+                if "app.kubernetes.io/component" in labels and "namespaceSelector" not in peer:
+                    found.add(labels["app.kubernetes.io/component"])
+        callers[component] = found
+    return callers
+
+
+EXPECTED_CALLERS = {
+    "auth": {"gateway", "orders", "catalog", "analytics"},  # JWKS for everyone
+    "catalog": {"gateway", "orders"},
+    "orders": {"gateway"},
+    "analytics": {"gateway"},
+    "gateway": set(),
+}
+
+
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_network_policy_admits_only_callers(render: Any, helpers: Any, values_set: str) -> None:
+    assert _caller_map(render, helpers, values_set) == EXPECTED_CALLERS
+    for policy in helpers.by_kind(render(values_set), "NetworkPolicy").values():
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        egress_ports = {
+            p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])
+        }
+        assert 53 in egress_ports
+
+
+def test_network_policy_egress(render: Any, helpers: Any) -> None:
+    policies = {
+        helpers.component_of(p): p
+        for p in helpers.by_kind(render("default"), "NetworkPolicy").values()
+    }
+
+    def ports(component: str) -> set[int]:
+        return {
+            p["port"] for r in policies[component]["spec"]["egress"] for p in r.get("ports", [])
+        }
+
+    assert {5432, 9092, 4317} <= ports("auth")
+    assert 27017 not in ports("auth")
+    assert {27017, 9092, 6379, 50061} <= ports("catalog")
+    assert 5432 not in ports("catalog")
+    assert {5432, 9092, 50061, 50062} <= ports("orders")
+    assert {27017, 9092, 50061} <= ports("analytics")
+    assert {6379, 50061, 50062, 50063, 50064} <= ports("gateway")
+    assert not {5432, 27017, 9092} & ports("gateway")
+
+
+@pytest.mark.parametrize("values_set", ["linkerd", "istio"])
+def test_mesh_sidecars_and_jobs(render: Any, helpers: Any, values_set: str) -> None:
+    docs = render(values_set)
+    for name, pod_doc in (
+        (d["metadata"]["name"], d) for d in docs if d["kind"] in ("Deployment", "Job")
+    ):
+        meta = pod_doc["spec"]["template"]["metadata"]
+        injected = pod_doc["kind"] == "Deployment"
+        if values_set == "linkerd":
+            assert meta["annotations"]["linkerd.io/inject"] == (
+                "enabled" if injected else "disabled"
+            ), name
+        else:
+            assert meta["labels"]["sidecar.istio.io/inject"] == ("true" if injected else "false"), (
+                name
+            )
+
+
+def test_clients_use_headless_services_without_mesh_and_cluster_ip_with_one(
+    render: Any, helpers: Any
+) -> None:
+    plain = helpers.by_kind(render("default"), "ConfigMap")["shop-mercato-orders"]["data"]
+    assert plain["MERCATO_ORDERS_CATALOG_TARGET"] == (
+        "dns:///shop-mercato-catalog-headless.mercato.svc.cluster.local:50062"
+    )
+    meshed = helpers.by_kind(render("istio"), "ConfigMap")["shop-mercato-orders"]["data"]
+    assert (
+        meshed["MERCATO_ORDERS_CATALOG_TARGET"]
+        == "shop-mercato-catalog.mercato.svc.cluster.local:50062"
+    )
+
+
+def _retry_methods_istio(docs: list[dict[str, Any]], helpers: Any) -> dict[str, set[str]]:
+    result: dict[str, set[str]] = {}
+    for vs in helpers.by_kind(docs, "VirtualService").values():
+        for route in vs["spec"]["http"]:
+            if route["retries"]["attempts"] > 0:
+                for match in route["match"]:
+                    result.setdefault(helpers.component_of(vs), set()).add(match["uri"]["exact"])
+            else:
+                assert "match" not in route  # the catch-all, without retries
+    return result
+
+
+def _retry_methods_linkerd(docs: list[dict[str, Any]], helpers: Any) -> dict[str, set[str]]:
+    result: dict[str, set[str]] = {}
+    for route in helpers.by_kind(docs, "GRPCRoute").values():
+        annotations = route["metadata"].get("annotations", {})
+        if "retry.linkerd.io/grpc" in annotations:
+            for rule in route["spec"]["rules"]:
+                for match in rule["matches"]:
+                    method = match["method"]
+                    result.setdefault(helpers.component_of(route), set()).add(
+                        f"/{method['service']}/{method['method']}"
+                    )
+        else:
+            assert all("matches" not in rule for rule in route["spec"]["rules"])
+    return result
+
+
+def _expected_retryable() -> dict[str, set[str]]:
+    from google.protobuf import descriptor_pb2
+
+    from mercato.analytics.v1 import analytics_pb2
+    from mercato.auth.v1 import auth_pb2
+    from mercato.catalog.v1 import catalog_pb2
+    from mercato.orders.v1 import orders_pb2
+
+    safe = {descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS, descriptor_pb2.MethodOptions.IDEMPOTENT}
+    result: dict[str, set[str]] = {}
+    for component, module in (("auth", auth_pb2), ("catalog", catalog_pb2),
+                              ("orders", orders_pb2), ("analytics", analytics_pb2)):  # fmt: skip
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                full = f"/{service.full_name}/{method.name}"
+                if method.GetOptions().idempotency_level in safe and not full.endswith(
+                    "/CreateOrder"
+                ):
+                    result.setdefault(component, set()).add(full)
+    return result
+
+
+@pytest.mark.parametrize("values_set", ["linkerd", "istio"])
+def test_mesh_retries_only_idempotent_methods(render: Any, helpers: Any, values_set: str) -> None:
+    docs = render(values_set)
+    found = (_retry_methods_istio if values_set == "istio" else _retry_methods_linkerd)(
+        docs, helpers
+    )
+    assert found == _expected_retryable()
+    everything = set().union(*found.values())
+    # Never retried by a mesh: payment, and order creation (idempotent by key only; the caller
+    # holding the key retries, see docs/deploy.md).
+    assert "/mercato.orders.v1.OrdersService/PayOrder" not in everything
+    assert "/mercato.orders.v1.OrdersService/CreateOrder" not in everything
+    assert "/mercato.auth.v1.AuthService/Login" not in everything
+
+
+def test_grpc_methods_file_is_current(helm_tool: Any, helpers: Any) -> None:
+    text = helm_tool.render_methods()
+    assert (helpers.CHART / "files" / "grpc-methods.yaml").read_text() == text, (
+        "deploy/helm/mercato/files/grpc-methods.yaml is stale: run `python tools/helm.py methods`"
+    )
+
+
+def test_istio_authorization_allows_only_callers(render: Any, helpers: Any) -> None:
+    for policy in helpers.by_kind(render("istio"), "AuthorizationPolicy").values():
+        component = helpers.component_of(policy)
+        assert policy["spec"]["action"] == "ALLOW"
+        principals = set()
+        for rule in policy["spec"]["rules"]:
+            for source in rule.get("from", []):
+                principals |= set(source["source"]["principals"])
+        expected = {
+            f"cluster.local/ns/mercato/sa/shop-mercato-{c}" for c in EXPECTED_CALLERS[component]
+        }
+        assert principals == expected, component
+    for peer in helpers.by_kind(render("istio"), "PeerAuthentication").values():
+        assert peer["spec"]["mtls"]["mode"] == "STRICT"
+
+
+def test_linkerd_authorization_allows_only_callers(render: Any, helpers: Any) -> None:
+    docs = render("linkerd")
+    meshtls = helpers.by_kind(docs, "MeshTLSAuthentication")
+    for component, callers in EXPECTED_CALLERS.items():
+        if not callers:
+            continue
+        refs = meshtls[f"shop-mercato-{component}-callers"]["spec"]["identityRefs"]
+        assert {r["name"] for r in refs} == {f"shop-mercato-{c}" for c in callers}
+    for server in helpers.by_kind(docs, "Server").values():
+        assert server["spec"]["accessPolicy"] == "deny"
+
+
+def test_topics_come_from_the_declaration(render: Any, topics_declaration: dict[str, Any]) -> None:
+    specs = {
+        spec.name: spec for spec in parse_topics(topics_declaration)
+    }  # the local stack's reader
+    topics = {
+        d["spec"]["topicName"]: d["spec"] for d in render("operators") if d["kind"] == "KafkaTopic"
+    }
+    assert set(topics) == set(specs)
+    for name, spec in topics.items():
+        assert spec["partitions"] == specs[name].partitions
+        assert spec["replicas"] == specs[name].replicas
+        assert spec["config"] == dict(specs[name].config)
+    capped = {d["spec"]["topicName"]: d["spec"] for d in render("tls") if d["kind"] == "KafkaTopic"}
+    assert all(
+        s["replicas"] == 1 and s["config"]["min.insync.replicas"] == "1" for s in capped.values()
+    )
+    job_config = next(
+        d
+        for d in render("default")
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-topics")
+    )
+    declared = json.loads(job_config["data"]["topics.json"])
+    assert {t["name"]: t["partitions"] for t in declared} == {
+        n: s.partitions for n, s in specs.items()
+    }
+
+
+def test_topic_job_plan(helpers: Any) -> None:
+    script = helpers.load_module(helpers.CHART / "files" / "create-topics.py", "create_topics")
+    declared = [
+        {"name": "a", "partitions": 6, "replicas": 3, "config": {"min.insync.replicas": "2"}},
+        {"name": "b", "partitions": 1, "replicas": 3, "config": {}},
+    ]
+    create, warnings = script.plan(declared, {"b": 2}, brokers=1)
+    assert create == [
+        {"name": "a", "partitions": 6, "replicas": 1, "config": {"min.insync.replicas": "1"}}
+    ]
+    assert len(warnings) == 1
+    assert "b" in warnings[0]
+
+
+def test_keda_bounded_by_partitions(
+    render: Any, helpers: Any, topics_declaration: dict[str, Any]
+) -> None:
+    scaled = helpers.by_kind(render("operators"), "ScaledObject")["shop-mercato-analytics"]
+    partitions = [
+        s.partitions for s in parse_topics(topics_declaration) if "analytics" in s.consumers
+    ]
+    assert scaled["spec"]["maxReplicaCount"] <= min(partitions)
+    trigger = scaled["spec"]["triggers"][0]
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["consumerGroup"] == "mercato.analytics"
+
+
+def test_migrations_are_hooks(render: Any, helpers: Any) -> None:
+    jobs = helpers.by_kind(render("default"), "Job")
+    expected = {"auth", "catalog", "orders", "analytics"}
+    migrations = {
+        n.removeprefix("shop-mercato-").removesuffix("-migrate"): j
+        for n, j in jobs.items()
+        if n.endswith("-migrate")
+    }
+    assert set(migrations) == expected
+    for job in migrations.values():
+        annotations = job["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+        assert job["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
+    # With operator-run databases, which do not exist at pre-install, only before upgrades.
+    for job in helpers.by_kind(render("operators"), "Job").values():
+        assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-upgrade"
+    operators = helpers.by_kind(render("operators"), "ConfigMap")
+    assert operators["shop-mercato-auth"]["data"]["MERCATO_AUTH_MIGRATE_ON_START"] == "true"
+    default = helpers.by_kind(render("default"), "ConfigMap")
+    assert default["shop-mercato-auth"]["data"]["MERCATO_AUTH_MIGRATE_ON_START"] == "false"
+
+
+def test_operator_databases_feed_the_services(render: Any, helpers: Any) -> None:
+    docs = render("operators")
+    env = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for d in helpers.by_kind(docs, "Deployment").values()
+        for e in d["spec"]["template"]["spec"]["containers"][0].get("env", [])
+    }
+    assert env["MERCATO_AUTH_DATABASE_URL"] == {"name": "shop-mercato-auth-db-app", "key": "uri"}
+    assert env["MERCATO_CATALOG_MONGO_URI"]["name"] == "shop-mercato-mongodb-catalog"
+    assert set(helpers.by_kind(docs, "Cluster")) == {
+        "shop-mercato-auth-db",
+        "shop-mercato-orders-db",
+    }
+    users = helpers.by_kind(docs, "MongoDBCommunity")["shop-mercato-mongodb"]["spec"]["users"]
+    assert {u["connectionStringSecretName"] for u in users} == {
+        "shop-mercato-mongodb-catalog", "shop-mercato-mongodb-analytics"}  # fmt: skip
+
+
+def test_chart_defaults_alone_lint_and_render(helm: Any, helpers: Any) -> None:
+    """No values file at all: the chart's own defaults are a valid (external datastores) install."""
+    for kube in KUBE_VERSIONS:
+        helm("lint", "--strict", str(helpers.CHART), "--kube-version", kube)
+    result = helm("template", "x", str(helpers.CHART), "--kube-version", KUBE_VERSIONS[-1])
+    kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc}
+    assert {"Deployment", "NetworkPolicy", "Job", "ServiceMonitor"} <= kinds
+    assert "Ingress" not in kinds
