@@ -4,12 +4,15 @@ from google.rpc import error_details_pb2
 
 from mercato_common.errors import (
     Aborted,
+    FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     MercatoError,
     NotFound,
+    PreconditionViolation,
+    ResourceExhausted,
 )
-from mercato_common.rpc_errors import error_from_rpc, to_rpc_status
+from mercato_common.rpc_errors import error_from_rpc, to_grpc_status, to_rpc_status
 
 
 class CatalogError(MercatoError):
@@ -81,3 +84,57 @@ def test_a_status_without_details_still_maps_to_its_kind() -> None:
 def test_reason_must_be_upper_snake_case() -> None:
     with pytest.raises(ValueError, match="UPPER_SNAKE_CASE"):
         NotFound("x", reason="not-found")
+
+
+def test_precondition_failure_lists_the_violations_and_round_trips() -> None:
+    sent = FailedPrecondition(
+        "stock is unavailable",
+        reason="STOCK_UNAVAILABLE",
+        precondition_violations=[
+            PreconditionViolation("OUT_OF_STOCK", "A-1", "1 available"),
+            PreconditionViolation("ARCHIVED", "B-2", "archived"),
+        ],
+    )
+    status = to_rpc_status(sent)
+    failures = [d for d in status.details if d.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR)]
+    assert len(failures) == 1
+    failure = error_details_pb2.PreconditionFailure()
+    failures[0].Unpack(failure)
+    assert [(v.type, v.subject, v.description) for v in failure.violations] == [
+        ("OUT_OF_STOCK", "A-1", "1 available"),
+        ("ARCHIVED", "B-2", "archived"),
+    ]
+    assert not any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+    received = error_from_rpc(_as_rpc_error(sent))
+    assert isinstance(received, FailedPrecondition)
+    assert received.precondition_violations == sent.precondition_violations
+    assert received.retry_after is None
+
+
+def test_retry_info_carries_the_delay_and_round_trips() -> None:
+    sent = ResourceExhausted("slow down", reason="LOGIN_THROTTLED", retry_after=2.5)
+    status = to_rpc_status(sent)
+    retry = error_details_pb2.RetryInfo()
+    assert any(d.Unpack(retry) for d in status.details if d.Is(retry.DESCRIPTOR))
+    assert (retry.retry_delay.seconds, retry.retry_delay.nanos) == (2, 500_000_000)
+    received = error_from_rpc(_as_rpc_error(sent))
+    assert isinstance(received, ResourceExhausted)
+    assert received.retry_after == 2.5
+    assert received.precondition_violations == ()
+
+
+def test_plain_errors_carry_no_extra_details() -> None:
+    error = NotFound("gone")
+    assert (error.precondition_violations, error.retry_after) == ((), None)
+    status = to_rpc_status(error)
+    assert len(status.details) == 1  # the ErrorInfo only
+
+
+def test_grpc_status_puts_the_status_in_the_details_trailer() -> None:
+    error = ResourceExhausted("slow down", retry_after=30)
+    status = to_grpc_status(error)
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert status.details == "slow down"
+    ((key, value),) = status.trailing_metadata
+    assert key == "grpc-status-details-bin"
+    assert value == to_rpc_status(error).SerializeToString()

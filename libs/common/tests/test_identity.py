@@ -10,12 +10,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from mercato.auth.v1 import auth_pb2
 from mercato_common.errors import PermissionDenied, Unauthenticated
 from mercato_common.identity import (
     AccessPolicy,
     Audience,
     Identity,
     JwksTokenVerifier,
+    auth_jwks_fetcher,
     check_access,
 )
 
@@ -204,3 +206,39 @@ async def test_rejects_a_token_not_yet_valid() -> None:
     keys.add("k1")
     with pytest.raises(Unauthenticated):
         await _verifier(keys).verify(keys.token("k1", nbf=int(time.time()) + 3600))
+
+
+class FakeAuthChannel:
+    """Answers GetJwks like auth's channel would; records the method and the deadline."""
+
+    def __init__(self, response: auth_pb2.GetJwksResponse) -> None:
+        self.response = response
+        self.calls: list[tuple[str, float | None]] = []
+
+    def unary_unary(self, method: str, request_serializer: Any, response_deserializer: Any) -> Any:
+        async def call(request: auth_pb2.GetJwksRequest, timeout: float | None = None) -> Any:  # noqa: ASYNC109
+            self.calls.append((method, timeout))
+            assert request_serializer(request) == b""
+            return response_deserializer(self.response.SerializeToString())
+
+        return call
+
+
+async def test_auth_jwks_fetcher_turns_get_jwks_into_a_jwks_dict() -> None:
+    response = auth_pb2.GetJwksResponse(
+        keys=[
+            auth_pb2.JsonWebKey(kty="OKP", use="sig", kid="k1", alg="EdDSA", crv="Ed25519", x="AA")
+        ]
+    )
+    channel = FakeAuthChannel(response)
+    jwks = await auth_jwks_fetcher(channel)()  # type: ignore[arg-type]
+    assert jwks == {
+        "keys": [
+            {"kty": "OKP", "use": "sig", "kid": "k1", "alg": "EdDSA", "crv": "Ed25519", "x": "AA"}
+        ]
+    }
+    assert channel.calls == [("/mercato.auth.v1.AuthService/GetJwks", None)]
+    # A channel made later (at application start) is looked up at each fetch.
+    late = auth_jwks_fetcher(lambda: channel, timeout=3.0)  # type: ignore[arg-type,return-value]
+    await late()
+    assert channel.calls[-1] == ("/mercato.auth.v1.AuthService/GetJwks", 3.0)

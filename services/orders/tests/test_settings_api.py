@@ -11,9 +11,9 @@ from google.rpc import error_details_pb2, status_pb2
 from mercato.orders.events.v1 import events_pb2
 from mercato.orders.v1 import orders_pb2
 from mercato_common.kafka import unpack_data
+from mercato_common.rpc_errors import to_grpc_status
 from mercato_common.settings import SettingsError, load_settings
 from mercato_orders import events
-from mercato_orders.api import stock_unavailable_status
 from mercato_orders.convert import order_to_proto, state_from_proto, state_to_proto
 from mercato_orders.domain.errors import Shortage, ShortageKind, StockUnavailable
 from mercato_orders.domain.model import Money, OrderLine, OrderState
@@ -62,7 +62,7 @@ def test_stock_unavailable_status_names_the_lines() -> None:
             Shortage("B-2", ShortageKind.ARCHIVED, "archived"),
         ]
     )
-    status = stock_unavailable_status(error)
+    status = to_grpc_status(error)
     assert status.code == grpc.StatusCode.FAILED_PRECONDITION
     ((key, value),) = status.trailing_metadata
     assert key == "grpc-status-details-bin"

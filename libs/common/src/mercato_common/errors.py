@@ -6,7 +6,9 @@ below (``class ProductNotFound(CatalogError, NotFound)``). The server
 interceptor maps a kind to its gRPC status code and adds exactly one
 ``google.rpc.ErrorInfo`` (``reason``, ``domain``, ``metadata``) and, for bad
 input, ``google.rpc.BadRequest`` field violations. Clients turn a status back
-into the same kinds (:func:`mercato_common.client.error_from_rpc`).
+into the same kinds (:func:`mercato_common.client.error_from_rpc`). An error may also carry
+``google.rpc.PreconditionFailure`` violations (``precondition_violations``) and a
+``google.rpc.RetryInfo`` delay (``retry_after``, seconds).
 
 Messages are shown to callers: never put secrets or internals in them.
 """
@@ -30,6 +32,7 @@ __all__ = [
     "MercatoError",
     "NotFound",
     "PermissionDenied",
+    "PreconditionViolation",
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
@@ -62,6 +65,18 @@ class FieldViolation:
     description: str
 
 
+@dataclass(frozen=True, slots=True)
+class PreconditionViolation:
+    """One failed precondition (``google.rpc.PreconditionFailure.Violation``).
+
+    ``type`` is a service-specific kind (``OUT_OF_STOCK``), ``subject`` what failed (a SKU).
+    """
+
+    type: str
+    subject: str
+    description: str
+
+
 class MercatoError(Exception):
     """Root of every domain error. Keyword-only details keep call sites readable."""
 
@@ -79,6 +94,8 @@ class MercatoError(Exception):
         metadata: Mapping[str, str] | None = None,
         field_violations: Sequence[FieldViolation] = (),
         domain: str | None = None,
+        precondition_violations: Sequence[PreconditionViolation] = (),
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -88,6 +105,11 @@ class MercatoError(Exception):
         self.metadata: dict[str, str] = dict(metadata or {})
         self.field_violations: tuple[FieldViolation, ...] = tuple(field_violations)
         self.error_domain = domain or self.domain
+        self.precondition_violations: tuple[PreconditionViolation, ...] = tuple(
+            precondition_violations
+        )
+        # Seconds the caller should wait before retrying (google.rpc.RetryInfo), if known.
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"

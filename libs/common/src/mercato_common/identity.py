@@ -19,9 +19,12 @@ from enum import Enum
 from functools import cache
 from typing import Any, Protocol
 
+import grpc
 import jwt
 from google.protobuf import descriptor_pool
+from google.protobuf.json_format import MessageToDict
 
+from mercato.auth.v1 import auth_pb2
 from mercato_common.errors import PermissionDenied, Unauthenticated
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "JwksTokenVerifier",
     "TokenVerifier",
     "access_policy",
+    "auth_jwks_fetcher",
     "check_access",
     "current_identity",
     "require_identity",
@@ -225,3 +229,29 @@ class JwksTokenVerifier:
             expires_at=int(claims["exp"]),
             token=token,
         )
+
+
+_GET_JWKS = "/mercato.auth.v1.AuthService/GetJwks"
+
+
+def auth_jwks_fetcher(
+    channel: grpc.aio.Channel | Callable[[], grpc.aio.Channel], *, timeout: float | None = None
+) -> Callable[[], Awaitable[Mapping[str, Any]]]:
+    """Fetches auth's JWKS over gRPC (``GetJwks``) as a JWKS dict, for :class:`JwksTokenVerifier`.
+
+    ``channel`` is a channel to auth, or a callable returning it at fetch time (for channels
+    created when the application starts, in its event loop). ``timeout`` is the call's deadline
+    in seconds (None: the channel's default).
+    """
+
+    async def fetch() -> Mapping[str, Any]:
+        current = channel() if callable(channel) else channel
+        call = current.unary_unary(
+            _GET_JWKS,
+            request_serializer=auth_pb2.GetJwksRequest.SerializeToString,
+            response_deserializer=auth_pb2.GetJwksResponse.FromString,
+        )
+        response = await call(auth_pb2.GetJwksRequest(), timeout=timeout)
+        return MessageToDict(response)
+
+    return fetch

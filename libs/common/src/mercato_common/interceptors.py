@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import protovalidate
@@ -37,7 +37,7 @@ from mercato_common.identity import (
     reset_identity,
     set_identity,
 )
-from mercato_common.rpc_errors import STATUS_CODES, to_rpc_status
+from mercato_common.rpc_errors import to_grpc_status
 
 __all__ = [
     "ErrorInterceptor",
@@ -243,26 +243,7 @@ class ErrorInterceptor(_WrappingInterceptor):
 
 
 async def _abort(context: Context, error: MercatoError) -> None:
-    status = to_rpc_status(error)
-    await context.abort_with_status(
-        cast(
-            grpc.Status,
-            _RichStatus(
-                STATUS_CODES[error.kind],
-                status.message,
-                (("grpc-status-details-bin", status.SerializeToString()),),
-            ),
-        )
-    )
-
-
-class _RichStatus(grpc.Status):
-    def __init__(
-        self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, bytes], ...]
-    ) -> None:
-        self.code = code
-        self.details = details
-        self.trailing_metadata = trailing_metadata
+    await context.abort_with_status(to_grpc_status(error))
 
 
 class IdentityInterceptor(_WrappingInterceptor):

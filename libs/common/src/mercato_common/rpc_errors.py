@@ -1,7 +1,10 @@
 """The wire form of domain errors: ``google.rpc.Status`` with details, both ways.
 
 Server side: :func:`to_rpc_status` turns a :class:`MercatoError` into a status
-with exactly one ``ErrorInfo`` and, when fields are at fault, a ``BadRequest``.
+with exactly one ``ErrorInfo`` and, when fields are at fault, a ``BadRequest``; a
+``PreconditionFailure`` when the error names failed preconditions and a ``RetryInfo``
+when it says when to retry. :func:`to_grpc_status` is the same status ready for
+``context.abort_with_status``.
 Client side: :func:`error_from_rpc` turns a failed call back into the same
 error kinds, keeping the ``grpc.aio.AioRpcError`` as ``__cause__``.
 """
@@ -10,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import cast
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from mercato_common.errors import (
@@ -20,9 +24,10 @@ from mercato_common.errors import (
     ErrorKind,
     FieldViolation,
     MercatoError,
+    PreconditionViolation,
 )
 
-__all__ = ["STATUS_CODES", "error_from_rpc", "map_rpc_errors", "to_rpc_status"]
+__all__ = ["STATUS_CODES", "error_from_rpc", "map_rpc_errors", "to_grpc_status", "to_rpc_status"]
 
 STATUS_CODES: dict[ErrorKind, grpc.StatusCode] = {
     kind: getattr(grpc.StatusCode, kind.value) for kind in ErrorKind
@@ -54,18 +59,68 @@ def to_rpc_status(error: MercatoError) -> status_pb2.Status:
         packed = any_pb2.Any()
         packed.Pack(bad_request)
         details.append(packed)
+    if error.precondition_violations:
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=violation.type,
+                    subject=violation.subject,
+                    description=violation.description,
+                )
+                for violation in error.precondition_violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(failure)
+        details.append(packed)
+    if error.retry_after is not None:
+        seconds = max(0.0, error.retry_after)
+        whole = int(seconds)
+        retry = error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
+        )
+        packed = any_pb2.Any()
+        packed.Pack(retry)
+        details.append(packed)
     return status_pb2.Status(
         code=getattr(code_pb2, code.name), message=error.message, details=details
     )
 
 
+class _RichStatus(grpc.Status):
+    def __init__(
+        self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, bytes], ...]
+    ) -> None:
+        self.code = code
+        self.details = details
+        self.trailing_metadata = trailing_metadata
+
+
+def to_grpc_status(error: MercatoError) -> grpc.Status:
+    """:func:`to_rpc_status` as a ``grpc.Status`` (code, message, details trailer)."""
+    status = to_rpc_status(error)
+    return cast(
+        grpc.Status,
+        _RichStatus(
+            STATUS_CODES[error.kind],
+            status.message,
+            ((_DETAILS_KEY, status.SerializeToString()),),
+        ),
+    )
+
+
 def error_from_rpc(error: grpc.aio.AioRpcError) -> MercatoError:
-    """The domain error a failed call stands for (kind, reason, domain, field violations)."""
+    """The domain error a failed call stands for.
+
+    Kind, reason, domain, metadata, field violations, precondition violations and retry delay.
+    """
     kind = _KINDS_BY_CODE.get(error.code(), ErrorKind.INTERNAL)
     reason: str | None = None
     domain: str | None = None
     metadata: dict[str, str] = {}
     violations: list[FieldViolation] = []
+    preconditions: list[PreconditionViolation] = []
+    retry_after: float | None = None
     status = _status_of(error)
     if status is not None:
         for detail in status.details:
@@ -79,6 +134,18 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> MercatoError:
                 violations.extend(
                     FieldViolation(v.field, v.description) for v in bad_request.field_violations
                 )
+            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+                failure = error_details_pb2.PreconditionFailure()
+                detail.Unpack(failure)
+                preconditions.extend(
+                    PreconditionViolation(v.type, v.subject, v.description)
+                    for v in failure.violations
+                )
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                delay = retry.retry_delay
+                retry_after = delay.seconds + delay.nanos / 1e9
     cls = KIND_CLASSES[kind]
     try:
         result = cls(
@@ -87,9 +154,17 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> MercatoError:
             metadata=metadata,
             field_violations=violations,
             domain=domain,
+            precondition_violations=preconditions,
+            retry_after=retry_after,
         )
     except ValueError:  # a peer sent a reason that is not UPPER_SNAKE_CASE
-        result = cls(error.details() or error.code().name, metadata=metadata, domain=domain)
+        result = cls(
+            error.details() or error.code().name,
+            metadata=metadata,
+            domain=domain,
+            precondition_violations=preconditions,
+            retry_after=retry_after,
+        )
     result.__cause__ = error
     return result
 

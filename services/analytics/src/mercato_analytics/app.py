@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 from prometheus_client import REGISTRY, CollectorRegistry
 from pymongo import AsyncMongoClient
 
 from mercato.analytics.v1 import analytics_pb2_grpc
-from mercato.auth.v1 import auth_pb2, auth_pb2_grpc
 from mercato_analytics.api import SERVICE_NAME, AnalyticsServicer
 from mercato_analytics.domain import AnalyticsError
 from mercato_analytics.events import (
@@ -34,7 +31,7 @@ from mercato_analytics.lag import KafkaPositions
 from mercato_analytics.settings import AnalyticsSettings
 from mercato_analytics.store import INDEXES, AnalyticsStore
 from mercato_common.client import create_channel
-from mercato_common.identity import JwksTokenVerifier, TokenVerifier
+from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
 from mercato_common.kafka import Backoff, ConsumerRunner, EventProducer, KafkaConnection
 from mercato_common.mongo import ensure_indexes
 from mercato_common.runtime import Lifecycle
@@ -252,14 +249,8 @@ class AnalyticsApp:
 
 def _jwks_from_auth(settings: AnalyticsSettings) -> tuple[TokenVerifier, grpc.aio.Channel]:
     channel = create_channel(settings.auth_target, services=["mercato.auth.v1.AuthService"])
-    stub = auth_pb2_grpc.AuthServiceStub(channel)
-
-    async def fetch() -> Mapping[str, Any]:
-        response = await stub.GetJwks(auth_pb2.GetJwksRequest())
-        return MessageToDict(response)
-
     verifier = JwksTokenVerifier(
-        fetch, issuer=settings.token_issuer, audience=settings.token_audience
+        auth_jwks_fetcher(channel), issuer=settings.token_issuer, audience=settings.token_audience
     )
     return verifier, channel
 

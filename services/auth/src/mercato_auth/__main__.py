@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry
 
 from mercato_auth.app import build_app, build_core
 from mercato_auth.settings import AuthSettings
-from mercato_auth.store import run_migrations
 from mercato_common.runtime import run_until_signal
 from mercato_common.settings import SettingsError, load_settings
 from mercato_common.telemetry import configure_logging, setup_telemetry
@@ -72,7 +71,7 @@ async def _migrate(settings: AuthSettings) -> None:
     await core.database.start()
     try:
         async with core.database.pool.acquire() as conn:
-            applied = await run_migrations(conn)
+            applied = await core.database.run_migrations(conn)
         print(f"applied {len(applied)} migration(s)")
     finally:
         await core.database.stop()

@@ -2,29 +2,24 @@
 
 Request shapes are checked by protovalidate and access by the ``(mercato.api.v1.access)`` option
 (both in the ``libs/common`` interceptors) before a handler runs; domain errors become statuses
-in the error interceptor. Throttling adds a ``google.rpc.RetryInfo`` here (see
-:func:`_retry_info`), which the shared mapping does not produce yet.
+in the error interceptor (throttling's ``google.rpc.RetryInfo`` included: ``LoginThrottled``
+carries ``retry_after``).
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2
-from google.rpc import error_details_pb2
 
 from mercato.auth.v1 import auth_pb2, auth_pb2_grpc
 from mercato_auth.convert import role_from_proto, state_from_proto, timestamp, user_to_proto
-from mercato_auth.domain.errors import InvalidRoles, LoginThrottled
+from mercato_auth.domain.errors import InvalidRoles
 from mercato_auth.domain.scopes import Role
 from mercato_auth.domain.tokens import TOKEN_TYPE, TokenGrant
 from mercato_auth.domain.users import UserFilter
 from mercato_auth.service import AuthService
 from mercato_common.identity import require_identity
-from mercato_common.rpc_errors import STATUS_CODES, to_rpc_status
 
 __all__ = ["SERVICE_NAME", "AuthServicer", "client_address"]
 
@@ -32,46 +27,6 @@ SERVICE_NAME = "mercato.auth.v1.AuthService"
 
 if TYPE_CHECKING:  # the stubs' generics do not exist at run time
     Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
-Handler: TypeAlias = Callable[[Any, _Req, "Context"], Awaitable[_Resp]]
-
-
-class _Status(grpc.Status):
-    def __init__(
-        self, code: grpc.StatusCode, details: str, trailing_metadata: tuple[tuple[str, bytes], ...]
-    ) -> None:
-        self.code = code
-        self.details = details
-        self.trailing_metadata = trailing_metadata
-
-
-def _retry_info(handler: Handler[_Req, _Resp]) -> Handler[_Req, _Resp]:
-    """LOGIN_THROTTLED as the contract says: ErrorInfo plus ``google.rpc.RetryInfo``."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Any, request: _Req, context: Context) -> _Resp:
-        try:
-            return await handler(self, request, context)
-        except LoginThrottled as error:
-            status = to_rpc_status(error)
-            retry = error_details_pb2.RetryInfo(
-                retry_delay=duration_pb2.Duration(seconds=error.retry_after_seconds)
-            )
-            packed = any_pb2.Any()
-            packed.Pack(retry)
-            status.details.append(packed)
-            await context.abort_with_status(
-                _Status(
-                    STATUS_CODES[error.kind],
-                    status.message,
-                    (("grpc-status-details-bin", status.SerializeToString()),),
-                )
-            )
-            raise  # abort_with_status raises; this line is never reached
-
-    return wrapper
 
 
 def client_address(context: Context, *, trust_forwarded_for: bool) -> str:
@@ -175,7 +130,6 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 
     # Tokens ---------------------------------------------------------------------------------
 
-    @_retry_info
     async def Login(  # noqa: N802 (gRPC method names)
         self, request: auth_pb2.LoginRequest, context: Context
     ) -> auth_pb2.LoginResponse:
@@ -184,7 +138,6 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         )
         return auth_pb2.LoginResponse(**_token_response(grant))
 
-    @_retry_info
     async def IssueToken(  # noqa: N802 (gRPC method names)
         self, request: auth_pb2.IssueTokenRequest, context: Context
     ) -> auth_pb2.IssueTokenResponse:
@@ -198,7 +151,6 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         )
         return auth_pb2.IssueTokenResponse(**_token_response(grant))
 
-    @_retry_info
     async def RevokeToken(  # noqa: N802 (gRPC method names)
         self, request: auth_pb2.RevokeTokenRequest, context: Context
     ) -> auth_pb2.RevokeTokenResponse:

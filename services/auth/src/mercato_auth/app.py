@@ -19,14 +19,13 @@ from mercato.auth.v1 import auth_pb2_grpc
 from mercato_auth.api import SERVICE_NAME, AuthServicer
 from mercato_auth.crypto import KeyEncryption, PasswordHashing
 from mercato_auth.domain.errors import AuthError
-from mercato_auth.events import OutboxRelayPart
 from mercato_auth.service import AuthMetrics, AuthService, ThrottlePolicies, TokenSettings
 from mercato_auth.settings import AuthSettings
 from mercato_auth.signing import KeyRing
-from mercato_auth.store import AuthStore, Database
+from mercato_auth.store import TRACER_NAME, AuthStore, Database, migrations_dir
 from mercato_common.identity import JwksTokenVerifier
 from mercato_common.kafka import EventProducer, KafkaConnection
-from mercato_common.outbox import PostgresOutboxRelay
+from mercato_common.outbox import PostgresOutboxRelay, RelayRunner
 from mercato_common.runtime import Lifecycle
 from mercato_common.server import GrpcServer
 
@@ -54,6 +53,8 @@ def build_core(
 ) -> AuthCore:
     database = Database(
         settings.database_url.get_secret_value(),
+        tracer_name=TRACER_NAME,
+        migrations=migrations_dir(),
         min_size=settings.database_pool_min_size,
         max_size=settings.database_pool_max_size,
         command_timeout=settings.database_command_timeout_seconds,
@@ -153,7 +154,7 @@ class AuthApp:
     core: AuthCore
     server: GrpcServer
     verifier: JwksTokenVerifier
-    relay: OutboxRelayPart | None
+    relay: RelayRunner[PostgresOutboxRelay] | None
     parts: list[Lifecycle] = field(default_factory=list)
 
     @property
@@ -179,7 +180,7 @@ def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY)
         AuthServicer(core.service, trust_forwarded_for=settings.trust_forwarded_for),
         SERVICE_NAME,
     )
-    relay: OutboxRelayPart | None = None
+    relay: RelayRunner[PostgresOutboxRelay] | None = None
     if settings.outbox_relay_enabled:
         producer = EventProducer(
             KafkaConnection(
@@ -188,15 +189,18 @@ def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY)
             )
         )
 
-        def make_relay() -> PostgresOutboxRelay:
-            return PostgresOutboxRelay(
-                core.database.pool,
-                producer,
-                poll_interval=settings.outbox_poll_interval_seconds,
-                registry=registry,
-            )
+        def make_relays() -> list[PostgresOutboxRelay]:
+            # Made at start: the relay reads the pool, which exists once the database started.
+            return [
+                PostgresOutboxRelay(
+                    core.database.pool,
+                    producer,
+                    poll_interval=settings.outbox_poll_interval_seconds,
+                    registry=registry,
+                )
+            ]
 
-        relay = OutboxRelayPart(make_relay, producer)
+        relay = RelayRunner(producer, make_relays)
     parts: list[Lifecycle] = [core.database, core.keys, Bootstrap(core.service, settings)]
     if relay is not None:
         parts.append(relay)

@@ -12,9 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
-from google.protobuf import any_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2
 
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from mercato.type.v1 import money_pb2
@@ -30,14 +28,12 @@ from mercato_catalog.domain import (
     ProductState,
     Reservation,
     ReservationState,
-    StockUnavailable,
     check_lines,
     check_sku,
     page_size,
 )
 from mercato_catalog.store import CategoryStore, ProductStore, ReservationStore
 from mercato_common.identity import current_identity
-from mercato_common.rpc_errors import STATUS_CODES, to_rpc_status
 
 if TYPE_CHECKING:
     Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
@@ -126,42 +122,6 @@ def reservation_to_proto(reservation: Reservation) -> catalog_pb2.Reservation:
 
 def _price(message: catalog_pb2.Product) -> Money:
     return Money(message.price.currency_code, int(message.price.amount_minor))
-
-
-class _Status(grpc.Status):
-    def __init__(
-        self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, bytes], ...]
-    ) -> None:
-        self.code = code
-        self.details = details
-        self.trailing_metadata = trailing
-
-
-async def _abort_stock_unavailable(context: Context, error: StockUnavailable) -> None:
-    """STOCK_UNAVAILABLE with its ErrorInfo and a google.rpc.PreconditionFailure.
-
-    The common error interceptor writes ErrorInfo and BadRequest only, so this status is built
-    here (same ErrorInfo) with the extra detail the contract promises.
-    """
-    status = to_rpc_status(error)
-    failure = error_details_pb2.PreconditionFailure(
-        violations=[
-            error_details_pb2.PreconditionFailure.Violation(
-                type=s.kind.value, subject=s.sku, description=s.description
-            )
-            for s in error.shortages
-        ]
-    )
-    packed = any_pb2.Any()
-    packed.Pack(failure)
-    status.details.append(packed)
-    await context.abort_with_status(
-        _Status(
-            STATUS_CODES[error.kind],
-            status.message,
-            (("grpc-status-details-bin", status.SerializeToString()),),
-        )
-    )
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
@@ -259,17 +219,13 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: catalog_pb2.AdjustStockRequest, context: Context
     ) -> catalog_pb2.AdjustStockResponse:
         identity = current_identity()
-        try:
-            product = await self._products.adjust_stock(
-                check_sku(request.sku),
-                int(request.delta),
-                request.reason,
-                request.request_id,
-                identity.subject if identity is not None else "",
-            )
-        except StockUnavailable as error:
-            await _abort_stock_unavailable(context, error)
-            raise
+        product = await self._products.adjust_stock(
+            check_sku(request.sku),
+            int(request.delta),
+            request.reason,
+            request.request_id,
+            identity.subject if identity is not None else "",
+        )
         return catalog_pb2.AdjustStockResponse(product=product_to_proto(product))
 
     async def BatchGetProducts(
@@ -307,11 +263,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: catalog_pb2.ReserveStockRequest, context: Context
     ) -> catalog_pb2.ReserveStockResponse:
         lines = check_lines([Line(line.sku, int(line.quantity)) for line in request.lines])
-        try:
-            reservation = await self._reservations.reserve(request.order_id.lower(), lines)
-        except StockUnavailable as error:
-            await _abort_stock_unavailable(context, error)
-            raise
+        reservation = await self._reservations.reserve(request.order_id.lower(), lines)
         return catalog_pb2.ReserveStockResponse(reservation=reservation_to_proto(reservation))
 
     async def ReleaseStock(

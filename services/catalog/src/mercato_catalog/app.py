@@ -7,7 +7,6 @@ reservation sweeper → gRPC server.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Mapping
@@ -16,14 +15,12 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 from prometheus_client import REGISTRY, CollectorRegistry
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from mercato.auth.v1 import auth_pb2, auth_pb2_grpc
 from mercato.catalog.v1 import catalog_pb2_grpc
 from mercato_catalog.api import SERVICE_NAME, CatalogServicer
 from mercato_catalog.cache import CacheMetrics, ProductCache
@@ -38,10 +35,10 @@ from mercato_catalog.store import (
 )
 from mercato_catalog.sweeper import ReservationSweeper
 from mercato_common.client import create_channel
-from mercato_common.identity import JwksTokenVerifier, TokenVerifier
+from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
 from mercato_common.kafka.producer import EventProducer, KafkaConnection
 from mercato_common.mongo import ensure_indexes
-from mercato_common.outbox import MongoOutboxRelay
+from mercato_common.outbox import MongoOutboxRelay, RelayRunner
 from mercato_common.runtime import Lifecycle
 from mercato_common.server import GrpcServer
 
@@ -94,37 +91,6 @@ class RedisPart:
             await self._redis.aclose()
 
 
-class RelayPart:
-    """Runs the outbox relays (products, reservations) on one idempotent producer."""
-
-    def __init__(self, producer: EventProducer, relays: list[MongoOutboxRelay]) -> None:
-        self._producer = producer
-        self.relays = relays
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        # The relays connect (and reconnect) by themselves: Kafka being down does not stop
-        # the catalog from serving; events wait in the outboxes.
-        self._tasks = [
-            asyncio.create_task(relay.run(), name=f"outbox-{relay.name}") for relay in self.relays
-        ]
-
-    def wake(self) -> None:
-        for relay in self.relays:
-            relay.wake()
-
-    async def stop(self) -> None:
-        for relay in self.relays:
-            await relay.stop(grace=5.0)
-        for task in self._tasks:
-            if not task.done():
-                task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5.0)
-        self._tasks = []
-        await self._producer.stop()
-
-
 class ChannelPart:
     def __init__(self, channel: grpc.aio.Channel | None) -> None:
         self._channel = channel
@@ -148,7 +114,7 @@ class CatalogApp:
     reservations: ReservationStore
     cache: ProductCache
     sweeper: ReservationSweeper
-    relays: RelayPart
+    relays: RelayRunner[MongoOutboxRelay]
     mongo: AsyncMongoClient[Any]
     redis: Redis | None
     parts: list[Lifecycle] = field(default_factory=list)
@@ -156,14 +122,8 @@ class CatalogApp:
 
 def _jwks_from_auth(settings: CatalogSettings) -> tuple[TokenVerifier, grpc.aio.Channel]:
     channel = create_channel(settings.auth_target, services=["mercato.auth.v1.AuthService"])
-    stub = auth_pb2_grpc.AuthServiceStub(channel)
-
-    async def fetch() -> Mapping[str, Any]:
-        response = await stub.GetJwks(auth_pb2.GetJwksRequest())
-        return MessageToDict(response)
-
     verifier = JwksTokenVerifier(
-        fetch, issuer=settings.token_issuer, audience=settings.token_audience
+        auth_jwks_fetcher(channel), issuer=settings.token_issuer, audience=settings.token_audience
     )
     return verifier, channel
 
@@ -217,7 +177,7 @@ def build_app(
     producer = EventProducer(
         KafkaConnection(bootstrap_servers=settings.kafka_bootstrap, client_id="catalog")
     )
-    relays = RelayPart(
+    relays = RelayRunner(
         producer,
         [
             MongoOutboxRelay(
@@ -230,6 +190,7 @@ def build_app(
             )
             for collection in (ctx.products, ctx.reservations)
         ],
+        grace=5.0,
     )
     sweeper = ReservationSweeper(
         reservations,

@@ -27,6 +27,7 @@ from mercato_common.errors import (
     InvalidArgument,
     MercatoError,
     NotFound,
+    PreconditionViolation,
 )
 
 # --- errors ---------------------------------------------------------------------------------
@@ -136,6 +137,9 @@ class StockUnavailable(CatalogError, FailedPrecondition):
                 "skus": ",".join(s.sku for s in self.shortages),
                 "types": ",".join(s.kind.value for s in self.shortages),
             },
+            precondition_violations=[
+                PreconditionViolation(s.kind.value, s.sku, s.description) for s in self.shortages
+            ],
         )
 
 

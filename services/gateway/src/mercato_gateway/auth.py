@@ -19,11 +19,15 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
-from mercato.auth.v1 import auth_pb2
 from mercato_common.errors import Unauthenticated
-from mercato_common.identity import AccessPolicy, Audience, Identity, TokenVerifier
+from mercato_common.identity import (
+    AccessPolicy,
+    Audience,
+    Identity,
+    TokenVerifier,
+    auth_jwks_fetcher,
+)
 from mercato_gateway.errors import GATEWAY_DOMAIN, ApiError
 
 __all__ = [
@@ -39,23 +43,12 @@ _log = logging.getLogger("mercato_gateway.auth")
 def jwks_fetcher(
     channel: grpc.aio.Channel | Callable[[], grpc.aio.Channel], *, timeout: float = 3.0
 ) -> Callable[[], Awaitable[Mapping[str, Any]]]:
-    """Fetches auth's JWKS over gRPC, for :class:`JwksTokenVerifier`.
+    """Fetches auth's JWKS over gRPC, for :class:`JwksTokenVerifier` (3 s deadline by default).
 
     ``channel`` may be a callable returning the channel at fetch time (channels are created
     when the application starts, in its event loop).
     """
-
-    async def fetch() -> Mapping[str, Any]:
-        current = channel() if callable(channel) else channel
-        call = current.unary_unary(
-            "/mercato.auth.v1.AuthService/GetJwks",
-            request_serializer=auth_pb2.GetJwksRequest.SerializeToString,
-            response_deserializer=auth_pb2.GetJwksResponse.FromString,
-        )
-        response = await call(auth_pb2.GetJwksRequest(), timeout=timeout)
-        return MessageToDict(response)
-
-    return fetch
+    return auth_jwks_fetcher(channel, timeout=timeout)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from mercato_common.telemetry import configure_logging, setup_telemetry
 from mercato_orders.app import build_app
 from mercato_orders.reconciler import Reconciler
 from mercato_orders.settings import OrdersSettings
-from mercato_orders.store import Database, run_migrations
+from mercato_orders.store import TRACER_NAME, Database, migrations_dir
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +42,8 @@ async def _serve(settings: OrdersSettings) -> None:
 async def _migrate(settings: OrdersSettings) -> None:
     database = Database(
         settings.database_url.get_secret_value(),
+        tracer_name=TRACER_NAME,
+        migrations=migrations_dir(),
         min_size=1,
         max_size=2,
         command_timeout=settings.database_command_timeout_seconds,
@@ -50,7 +52,7 @@ async def _migrate(settings: OrdersSettings) -> None:
     await database.start()
     try:
         async with database.pool.acquire() as conn:
-            applied = await run_migrations(conn)
+            applied = await database.run_migrations(conn)
         print(f"applied {len(applied)} migration(s)")
     finally:
         await database.stop()

@@ -4,9 +4,8 @@
 Request shapes (protovalidate) and access (the ``(mercato.api.v1.access)`` scopes) are enforced
 by the ``libs/common`` interceptors before a handler runs; the domain checks again what it
 relies on. Ownership is a domain rule: another user's order is NOT_FOUND unless the caller holds
-``orders:admin``. Domain errors become statuses in the common error interceptor, except
-STOCK_UNAVAILABLE, which also carries a ``google.rpc.PreconditionFailure`` naming the refused
-lines (built here: the common mapping writes ErrorInfo and BadRequest only).
+``orders:admin``. Domain errors become statuses in the common error interceptor
+(STOCK_UNAVAILABLE with a ``google.rpc.PreconditionFailure`` naming the refused lines).
 """
 
 from __future__ import annotations
@@ -15,19 +14,15 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2
 
 from mercato.orders.v1 import orders_pb2, orders_pb2_grpc
 from mercato_common.identity import require_identity
-from mercato_common.rpc_errors import STATUS_CODES, to_rpc_status
 from mercato_orders.convert import (
     money_from_proto,
     order_to_proto,
     requested_lines,
     state_from_proto,
 )
-from mercato_orders.domain.errors import StockUnavailable
 from mercato_orders.domain.rules import ADMIN_SCOPE, Viewer, list_filter, page_size
 from mercato_orders.service import OrdersService
 
@@ -36,39 +31,9 @@ if TYPE_CHECKING:
 else:
     Context: TypeAlias = Any
 
-__all__ = ["SERVICE_NAME", "OrdersServicer", "stock_unavailable_status"]
+__all__ = ["SERVICE_NAME", "OrdersServicer"]
 
 SERVICE_NAME = "mercato.orders.v1.OrdersService"
-
-
-class _Status(grpc.Status):
-    def __init__(
-        self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, bytes], ...]
-    ) -> None:
-        self.code = code
-        self.details = details
-        self.trailing_metadata = trailing
-
-
-def stock_unavailable_status(error: StockUnavailable) -> grpc.Status:
-    """STOCK_UNAVAILABLE with its ErrorInfo and a PreconditionFailure (one violation per line)."""
-    status = to_rpc_status(error)
-    failure = error_details_pb2.PreconditionFailure(
-        violations=[
-            error_details_pb2.PreconditionFailure.Violation(
-                type=s.kind.value, subject=s.sku, description=s.description
-            )
-            for s in error.shortages
-        ]
-    )
-    packed = any_pb2.Any()
-    packed.Pack(failure)
-    status.details.append(packed)
-    return _Status(
-        STATUS_CODES[error.kind],
-        status.message,
-        (("grpc-status-details-bin", status.SerializeToString()),),
-    )
 
 
 def _viewer() -> Viewer:
@@ -83,13 +48,9 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
     async def CreateOrder(
         self, request: orders_pb2.CreateOrderRequest, context: Context
     ) -> orders_pb2.CreateOrderResponse:
-        try:
-            order = await self._service.create(
-                _viewer(), requested_lines(request.order), request.idempotency_key
-            )
-        except StockUnavailable as error:
-            await context.abort_with_status(stock_unavailable_status(error))
-            raise  # abort_with_status raises; never reached
+        order = await self._service.create(
+            _viewer(), requested_lines(request.order), request.idempotency_key
+        )
         return orders_pb2.CreateOrderResponse(order=order_to_proto(order))
 
     async def GetOrder(

@@ -8,33 +8,30 @@ in that order and stops them in reverse, so the server drains before what it use
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from mercato.auth.v1 import auth_pb2, auth_pb2_grpc
+from mercato.auth.v1 import auth_pb2_grpc
 from mercato.catalog.v1 import catalog_pb2_grpc
 from mercato.orders.v1 import orders_pb2_grpc
 from mercato_common.client import create_channel
-from mercato_common.identity import JwksTokenVerifier, TokenVerifier
+from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
 from mercato_common.kafka import EventProducer, KafkaConnection
-from mercato_common.outbox import PostgresOutboxRelay
+from mercato_common.outbox import PostgresOutboxRelay, RelayRunner
 from mercato_common.runtime import Lifecycle
 from mercato_common.server import GrpcServer
 from mercato_orders.api import SERVICE_NAME, OrdersServicer
 from mercato_orders.clients import CatalogClient, ServiceTokens, issue_with
+from mercato_orders.domain.errors import OrdersUnavailable
 from mercato_orders.domain.payments import PaymentProvider
-from mercato_orders.events import OutboxRelayPart
 from mercato_orders.payments import DevPaymentProvider
 from mercato_orders.reconciler import Reconciler
 from mercato_orders.service import OrdersConfig, OrdersMetrics, OrdersService
 from mercato_orders.settings import OrdersSettings
-from mercato_orders.store import Database, OrdersStore
+from mercato_orders.store import TRACER_NAME, Database, OrdersStore, migrations_dir
 
 __all__ = ["ChannelsPart", "OrdersApp", "build_app"]
 
@@ -66,7 +63,7 @@ class OrdersApp:
     tokens: ServiceTokens
     payments: PaymentProvider
     server: GrpcServer
-    relay: OutboxRelayPart | None
+    relay: RelayRunner[PostgresOutboxRelay] | None
     reconciler: Reconciler | None
     parts: list[Lifecycle] = field(default_factory=list)
 
@@ -81,10 +78,14 @@ def build_app(
     """Build every part from ``settings``; nothing connects until started."""
     database = Database(
         settings.database_url.get_secret_value(),
+        tracer_name=TRACER_NAME,
+        migrations=migrations_dir(),
         min_size=settings.database_pool_min_size,
         max_size=settings.database_pool_max_size,
         command_timeout=settings.database_command_timeout_seconds,
         migrate_on_start=settings.migrate_on_start,
+        acquire_timeout=settings.database_command_timeout_seconds,
+        unavailable_error=OrdersUnavailable,
     )
     store = OrdersStore(database, events_topic=settings.events_topic)
 
@@ -106,13 +107,8 @@ def build_app(
         refresh_margin=settings.service_token_refresh_margin_seconds,
     )
     if token_verifier is None:
-
-        async def fetch_jwks() -> Mapping[str, Any]:
-            response = await auth.GetJwks(auth_pb2.GetJwksRequest())
-            return MessageToDict(response)
-
         token_verifier = JwksTokenVerifier(
-            fetch_jwks,
+            auth_jwks_fetcher(auth_channel),
             issuer=settings.token_issuer,
             audience=settings.token_audience,
             leeway_seconds=settings.token_leeway_seconds,
@@ -149,7 +145,7 @@ def build_app(
         orders_pb2_grpc.add_OrdersServiceServicer_to_server, OrdersServicer(service), SERVICE_NAME
     )
 
-    relay: OutboxRelayPart | None = None
+    relay: RelayRunner[PostgresOutboxRelay] | None = None
     if settings.outbox_relay_enabled:
         producer = EventProducer(
             KafkaConnection(
@@ -158,15 +154,18 @@ def build_app(
             )
         )
 
-        def make_relay() -> PostgresOutboxRelay:
-            return PostgresOutboxRelay(
-                database.pool,
-                producer,
-                poll_interval=settings.outbox_poll_interval_seconds,
-                registry=registry,
-            )
+        def make_relays() -> list[PostgresOutboxRelay]:
+            # Made at start: the relay reads the pool, which exists once the database started.
+            return [
+                PostgresOutboxRelay(
+                    database.pool,
+                    producer,
+                    poll_interval=settings.outbox_poll_interval_seconds,
+                    registry=registry,
+                )
+            ]
 
-        relay = OutboxRelayPart(make_relay, producer)
+        relay = RelayRunner(producer, make_relays)
     reconciler: Reconciler | None = None
     if settings.reconcile_enabled:
         reconciler = Reconciler(

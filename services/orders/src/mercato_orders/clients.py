@@ -20,9 +20,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, TypeVar
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from google.rpc import error_details_pb2, status_pb2
 
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from mercato_common.errors import ErrorKind, MercatoError
@@ -169,25 +167,13 @@ def _reservation(message: catalog_pb2.Reservation) -> ReservationInfo:
 
 def _shortages(error: MercatoError) -> list[Shortage]:
     """The refused lines of a STOCK_UNAVAILABLE status (its google.rpc.PreconditionFailure)."""
-    cause = error.__cause__
     shortages: list[Shortage] = []
-    if isinstance(cause, grpc.aio.AioRpcError):
-        for key, value in cause.trailing_metadata() or ():
-            if key != "grpc-status-details-bin" or not isinstance(value, bytes):
-                continue
-            status = status_pb2.Status()
-            status.MergeFromString(value)
-            for detail in status.details:
-                if not detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-                    continue
-                failure = error_details_pb2.PreconditionFailure()
-                detail.Unpack(failure)
-                for violation in failure.violations:
-                    try:
-                        kind = ShortageKind(violation.type)
-                    except ValueError:
-                        kind = ShortageKind.OUT_OF_STOCK
-                    shortages.append(Shortage(violation.subject, kind, violation.description))
+    for violation in error.precondition_violations:
+        try:
+            kind = ShortageKind(violation.type)
+        except ValueError:
+            kind = ShortageKind.OUT_OF_STOCK
+        shortages.append(Shortage(violation.subject, kind, violation.description))
     if not shortages:  # fall back to the ErrorInfo metadata
         skus = [s for s in error.metadata.get("skus", "").split(",") if s]
         types = error.metadata.get("types", "").split(",")

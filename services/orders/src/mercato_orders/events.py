@@ -1,7 +1,8 @@
-"""Order events (placed, paid, cancelled, fulfilled, failed) and the outbox relay part.
+"""Order events (placed, paid, cancelled, fulfilled, failed).
 
 Each event is built from the order as changed and written into the ``outbox`` table in the
-transaction of the change; :class:`OutboxRelayPart` publishes them to
+transaction of the change; the outbox relay (``mercato_common.outbox.RelayRunner``, wired in
+``app.py``) publishes them to
 ``mercato.orders.events.v1`` with the order id as the envelope subject (the Kafka key). Every
 event carries the order id, the user id and the placement time, so consumers need no other event
 to use it.
@@ -9,8 +10,6 @@ to use it.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 from google.protobuf.message import Message
@@ -19,13 +18,11 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mercato.orders.events.v1 import events_pb2
 from mercato.orders.v1 import orders_pb2
 from mercato.type.v1 import money_pb2
-from mercato_common.kafka import Envelope, EventProducer, new_envelope
-from mercato_common.outbox import PostgresOutboxRelay
+from mercato_common.kafka import Envelope, new_envelope
 from mercato_orders.domain.model import Money, Order, OrderState
 
 __all__ = [
     "SOURCE",
-    "OutboxRelayPart",
     "order_cancelled",
     "order_failed",
     "order_fulfilled",
@@ -140,33 +137,3 @@ def order_failed(order: Order, previous: OrderState) -> Envelope:
         fail_time=_ts(change.time),
     )
     return _envelope(data, order, change.time)
-
-
-class OutboxRelayPart:
-    """Runs the PostgreSQL outbox relay in a task; a lifecycle part (stops before the pool).
-
-    ``make_relay`` is called at start, once the database pool exists.
-    """
-
-    def __init__(
-        self, make_relay: Callable[[], PostgresOutboxRelay], producer: EventProducer
-    ) -> None:
-        self._make_relay = make_relay
-        self.relay: PostgresOutboxRelay | None = None
-        self._producer = producer
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        # The relay connects (and reconnects) the producer itself: a broker that is down at
-        # start delays the events, not the service.
-        self.relay = self._make_relay()
-        self._task = asyncio.create_task(self.relay.run(), name="orders-outbox-relay")
-
-    async def stop(self, grace: float = 10.0) -> None:
-        task, self._task = self._task, None
-        if task is not None and self.relay is not None:
-            await self.relay.stop(grace)
-            if not task.done():
-                task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await self._producer.stop()

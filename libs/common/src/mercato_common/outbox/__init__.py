@@ -6,7 +6,8 @@
   single-document update, and a lease-based relay.
 
 Both relays mark an event as published only after Kafka acknowledged it: at-least-once, with
-duplicates carrying the same envelope id.
+duplicates carrying the same envelope id. :class:`RelayRunner` runs a service's relays as one
+lifecycle part.
 """
 
 from mercato_common.outbox._base import (
@@ -31,6 +32,7 @@ from mercato_common.outbox.postgres import (
     enqueue_many,
     outbox_ddl,
 )
+from mercato_common.outbox.runner import RelayRunner
 
 __all__ = [
     "MongoOutboxRelay",
@@ -39,6 +41,7 @@ __all__ = [
     "OutboxRelay",
     "PostgresOutboxRelay",
     "PublishFailedError",
+    "RelayRunner",
     "enqueue",
     "enqueue_many",
     "event_headers",

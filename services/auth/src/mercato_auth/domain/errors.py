@@ -134,6 +134,7 @@ class LoginThrottled(AuthError, ResourceExhausted):
         super().__init__(
             f"too many failed attempts; retry in {self.retry_after_seconds} seconds",
             metadata={"retry_after_seconds": str(self.retry_after_seconds)},
+            retry_after=self.retry_after_seconds,
         )
 
 

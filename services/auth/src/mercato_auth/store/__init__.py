@@ -4,24 +4,33 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 from mercato_auth.store.clients import ClientRecord, Clients
-from mercato_auth.store.db import Database, TracedConnection, migrations_dir, run_migrations
 from mercato_auth.store.outbox import Outbox
 from mercato_auth.store.refresh_tokens import RefreshTokens
 from mercato_auth.store.signing_keys import SigningKeys, StoredSigningKey
 from mercato_auth.store.throttle import Throttle
 from mercato_auth.store.users import Users
+from mercato_common.postgres import Database, TracedConnection
 
 __all__ = [
+    "TRACER_NAME",
     "AuthStore",
     "ClientRecord",
     "Database",
     "StoredSigningKey",
     "Tx",
     "migrations_dir",
-    "run_migrations",
 ]
+
+# The tracer (and logger) name of the database spans.
+TRACER_NAME = "mercato_auth.store"
+
+
+def migrations_dir() -> Traversable:
+    return files("mercato_auth.store") / "migrations"
 
 
 class Tx:

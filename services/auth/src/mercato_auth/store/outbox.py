@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mercato_auth.store.db import TracedConnection
 from mercato_common.kafka import Envelope
 from mercato_common.outbox import enqueue
+from mercato_common.postgres import TracedConnection
 
 __all__ = ["Outbox"]
 

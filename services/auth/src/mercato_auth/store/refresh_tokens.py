@@ -7,7 +7,7 @@ from datetime import datetime
 
 from mercato_auth.domain.scopes import format_scope, parse_scope
 from mercato_auth.domain.tokens import RefreshTokenRecord
-from mercato_auth.store.db import TracedConnection
+from mercato_common.postgres import TracedConnection
 
 __all__ = ["RefreshTokens"]
 

@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from mercato_auth.domain.keys import KeyState, SigningKeyInfo
-from mercato_auth.store.db import TracedConnection
 from mercato_common.migrations import advisory_lock_key
+from mercato_common.postgres import TracedConnection
 
 __all__ = ["SigningKeys", "StoredSigningKey"]
 

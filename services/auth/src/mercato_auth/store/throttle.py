@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from mercato_auth.domain.throttle import ThrottleKey, ThrottleState
-from mercato_auth.store.db import TracedConnection
+from mercato_common.postgres import TracedConnection
 
 __all__ = ["Throttle"]
 

@@ -10,7 +10,7 @@ import asyncpg
 from mercato_auth.domain.errors import EmailTaken
 from mercato_auth.domain.scopes import Role
 from mercato_auth.domain.users import PageCursor, User, UserFilter, UserState
-from mercato_auth.store.db import TracedConnection
+from mercato_common.postgres import TracedConnection
 
 __all__ = ["Users"]
 

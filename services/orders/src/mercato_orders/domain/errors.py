@@ -22,6 +22,7 @@ from mercato_common.errors import (
     MercatoError,
     NotFound,
     PermissionDenied,
+    PreconditionViolation,
     Unavailable,
 )
 
@@ -97,7 +98,7 @@ class Shortage:
 class StockUnavailable(OrdersError, FailedPrecondition):
     """Catalog refused some lines; nothing was reserved. ``shortages`` names them.
 
-    The API adds a ``google.rpc.PreconditionFailure`` with one violation per refused line.
+    Its status carries a ``google.rpc.PreconditionFailure`` with one violation per refused line.
     """
 
     default_reason = "STOCK_UNAVAILABLE"
@@ -110,6 +111,9 @@ class StockUnavailable(OrdersError, FailedPrecondition):
                 "skus": ",".join(s.sku for s in self.shortages),
                 "types": ",".join(s.kind.value for s in self.shortages),
             },
+            precondition_violations=[
+                PreconditionViolation(s.kind.value, s.sku, s.description) for s in self.shortages
+            ],
         )
 
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 
 from mercato_common.kafka import Envelope
 from mercato_common.outbox import enqueue
-from mercato_orders.store.db import Database, TracedConnection, migrations_dir, run_migrations
+from mercato_common.postgres import Database, TracedConnection
 from mercato_orders.store.keys import KeyRow, Keys, KeyState, new_token
 from mercato_orders.store.orders import Orders, StaleOrderError
 
 __all__ = [
+    "TRACER_NAME",
     "Database",
     "KeyRow",
     "KeyState",
@@ -21,8 +24,14 @@ __all__ = [
     "Tx",
     "migrations_dir",
     "new_token",
-    "run_migrations",
 ]
+
+# The tracer (and logger) name of the database spans.
+TRACER_NAME = "mercato_orders.store"
+
+
+def migrations_dir() -> Traversable:
+    return files("mercato_orders.store") / "migrations"
 
 
 class Outbox:

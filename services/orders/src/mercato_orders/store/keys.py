@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from mercato_orders.store.db import TracedConnection
+from mercato_common.postgres import TracedConnection
 
 __all__ = ["KeyRow", "KeyState", "Keys"]
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from mercato_common.postgres import TracedConnection
 from mercato_orders.domain.model import (
     Money,
     Order,
@@ -22,7 +23,6 @@ from mercato_orders.domain.model import (
     StateChange,
 )
 from mercato_orders.domain.rules import OrderFilter, PageToken
-from mercato_orders.store.db import TracedConnection
 
 __all__ = ["Orders", "StaleOrderError"]
 

@@ -1,34 +1,33 @@
-"""The PostgreSQL connection pool, migrations, and traced query helpers."""
+"""PostgreSQL plumbing shared by the services that own a PostgreSQL database.
+
+* :class:`TracedConnection` wraps an asyncpg connection: every statement gets a CLIENT span
+  named ``postgresql <name>`` with the statement text (never the values).
+* :class:`Database` is the service's asyncpg pool as a lifecycle part: ``start`` connects and,
+  unless told otherwise, applies the service's migrations (:mod:`mercato_common.migrations`);
+  ``stop`` closes the pool.
+
+A service passes its own tracer name (``"mercato_orders.store"``, also the logger name) and its
+migrations directory (``files("mercato_orders.store") / "migrations"``).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any
 
 import asyncpg
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from mercato_common.migrations import Migration, migrate
-from mercato_orders.domain.errors import OrdersUnavailable
 
-__all__ = [
-    "UNAVAILABLE_ERRORS",
-    "Database",
-    "TracedConnection",
-    "migrations_dir",
-    "run_migrations",
-]
+__all__ = ["UNAVAILABLE_ERRORS", "Database", "TracedConnection", "run_migrations"]
 
-_log = logging.getLogger("mercato_orders.store")
-_tracer = trace.get_tracer("mercato_orders.store")
-
-# Failures that mean "the database cannot be reached right now", not a bug: they become
-# UNAVAILABLE (ORDERS_UNAVAILABLE) instead of INTERNAL.
+# Failures that mean "the database cannot be reached right now", not a bug (see
+# ``Database(unavailable_error=...)``).
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
@@ -39,26 +38,27 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def migrations_dir() -> Traversable:
-    return files("mercato_orders.store") / "migrations"
-
-
-async def run_migrations(conn: Any) -> list[Migration]:
-    applied = await migrate(conn, migrations_dir())
+async def run_migrations(
+    conn: Any, directory: Traversable, *, logger: logging.Logger | None = None
+) -> list[Migration]:
+    """Apply the migrations of ``directory`` on ``conn``; log and return those applied."""
+    log = logger or logging.getLogger(__name__)
+    applied = await migrate(conn, directory)
     for migration in applied:
-        _log.info("applied migration %s", migration.label)
+        log.info("applied migration %s", migration.label)
     return applied
 
 
 class TracedConnection:
     """An asyncpg connection whose queries each get a CLIENT span (statement text, no values)."""
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, tracer: Tracer | None = None) -> None:
         self.raw = conn
+        self._tracer = tracer if tracer is not None else trace.get_tracer(__name__)
 
     @asynccontextmanager
     async def _span(self, name: str, sql: str) -> AsyncIterator[None]:
-        with _tracer.start_as_current_span(
+        with self._tracer.start_as_current_span(
             f"postgresql {name}",
             kind=SpanKind.CLIENT,
             attributes={
@@ -99,22 +99,36 @@ class TracedConnection:
 
 
 class Database:
-    """The service's asyncpg pool (a lifecycle part: ``start`` connects and migrates)."""
+    """The service's asyncpg pool (a lifecycle part: ``start`` connects and migrates).
+
+    ``acquire_timeout`` bounds the wait for a pooled connection (no bound by default).
+    ``unavailable_error``, when given, builds the domain error raised instead of one of
+    :data:`UNAVAILABLE_ERRORS` inside :meth:`connection` / :meth:`transaction`.
+    """
 
     def __init__(
         self,
         dsn: str,
         *,
+        tracer_name: str,
+        migrations: Traversable,
         min_size: int = 2,
         max_size: int = 10,
         command_timeout: float = 10.0,
         migrate_on_start: bool = True,
+        acquire_timeout: float | None = None,
+        unavailable_error: Callable[[], BaseException] | None = None,
     ) -> None:
         self._dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
         self._command_timeout = command_timeout
         self._migrate_on_start = migrate_on_start
+        self._acquire_timeout = acquire_timeout
+        self._unavailable_error = unavailable_error
+        self._migrations = migrations
+        self._tracer = trace.get_tracer(tracer_name)
+        self._log = logging.getLogger(tracer_name)
         self._pool: Any = None
 
     def __repr__(self) -> str:  # the DSN may hold a password
@@ -126,6 +140,10 @@ class Database:
             raise RuntimeError("the database is not started")
         return self._pool
 
+    async def run_migrations(self, conn: Any) -> list[Migration]:
+        """Apply this service's migrations on ``conn``."""
+        return await run_migrations(conn, self._migrations, logger=self._log)
+
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
             dsn=self._dsn,
@@ -135,28 +153,38 @@ class Database:
         )
         if self._migrate_on_start:
             async with self._pool.acquire() as conn:
-                await run_migrations(conn)
+                await self.run_migrations(conn)
 
     async def stop(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
 
+    def _acquire(self) -> Any:
+        if self._acquire_timeout is None:
+            return self.pool.acquire()
+        return self.pool.acquire(timeout=self._acquire_timeout)
+
+    @asynccontextmanager
+    async def _unavailable_as_domain_error(self) -> AsyncIterator[None]:
+        if self._unavailable_error is None:
+            yield
+            return
+        try:
+            yield
+        except UNAVAILABLE_ERRORS as exc:
+            raise self._unavailable_error() from exc
+
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[TracedConnection]:
-        try:
-            async with self.pool.acquire(timeout=self._command_timeout) as conn:
-                yield TracedConnection(conn)
-        except UNAVAILABLE_ERRORS as exc:
-            raise OrdersUnavailable() from exc
+        async with self._unavailable_as_domain_error(), self._acquire() as conn:
+            yield TracedConnection(conn, self._tracer)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[TracedConnection]:
-        try:
-            async with (
-                self.pool.acquire(timeout=self._command_timeout) as conn,
-                conn.transaction(),
-            ):
-                yield TracedConnection(conn)
-        except UNAVAILABLE_ERRORS as exc:
-            raise OrdersUnavailable() from exc
+        async with (
+            self._unavailable_as_domain_error(),
+            self._acquire() as conn,
+            conn.transaction(),
+        ):
+            yield TracedConnection(conn, self._tracer)
