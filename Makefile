@@ -70,8 +70,21 @@ bench: stack-up ## benchmarks; figures in bench/results/
 test-deploy: sync ## Helm chart, manifests and images: render, lint, validate, scan (offline)
 	$(RUN) pytest -q tests/deploy
 
+.PHONY: test-e2e
+test-e2e: stack-up ## end-to-end journeys and fault tests against a private copy of the whole suite
+	$(RUN) pytest -q -m e2e tests/e2e
+
+LOAD_HOST ?= http://127.0.0.1:8080
+LOAD_USERS ?= 20
+LOAD_RATE ?= 5
+LOAD_TIME ?= 30s
+
+.PHONY: load
+load: sync ## Locust load (headless) against a running `make run`
+	$(RUN) locust -f loadtest/locustfile.py --headless -u $(LOAD_USERS) -r $(LOAD_RATE) -t $(LOAD_TIME) --host $(LOAD_HOST)
+
 .PHONY: test
-test: lint test-unit test-deploy test-integration ## everything CI runs
+test: lint test-unit test-deploy test-integration test-e2e ## everything CI runs
 
 .PHONY: run
 run: sync ## the whole suite locally: stack + services + gateway, until Ctrl-C

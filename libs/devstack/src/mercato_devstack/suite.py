@@ -8,6 +8,13 @@ gateway is ready the sample catalog is loaded (idempotently) and the gateway URL
 SIGINT/SIGTERM (Ctrl-C, or ``python -m mercato_devstack shutdown``) stops the children in reverse
 order, then the stack.
 
+Ports: the gateway's HTTP port is ``MERCATO_GATEWAY_PORT`` (8080); the services' gRPC ports are
+``MERCATO_SUITE_PORT_BASE`` + 1..4 (auth, catalog, orders, analytics; base 50060) and the metrics
+ports ``MERCATO_SUITE_METRICS_PORT_BASE`` + 0..4 (gateway, auth, catalog, orders, analytics; base
+9460), so a second suite (the end-to-end tests) can run beside `make run` with its own
+``MERCATO_STATE_DIR`` and stack ports. Every child gets its ports and its upstreams' targets.
+``<state>/run/suite.json`` lists the children (pid, ports, restarts) while the suite runs.
+
 Development secrets (the token key-encryption key, the orders service client's secret) are
 generated once into ``.state/run/secrets.json`` so that a second run reuses the same keys.
 """
@@ -42,6 +49,10 @@ log = logging.getLogger("mercato_devstack.suite")
 DEFAULT_ADMIN_EMAIL = "admin@mercato.local"
 DEFAULT_ADMIN_PASSWORD = "mercato-admin-password"  # noqa: S105 - the documented dev default
 READY_TIMEOUT = 120.0
+DEFAULT_PORT_BASE = 50060
+DEFAULT_METRICS_PORT_BASE = 9460
+#: Offset of each service from the port bases (the gateway has no gRPC port).
+PORT_OFFSETS = {"gateway": 0, "auth": 1, "catalog": 2, "orders": 3, "analytics": 4}
 STOP_TIMEOUT = 20.0
 # Console lines of these loggers are left to the log files: one line per RPC is too much to read.
 QUIET_LOGGERS = frozenset({"mercato.access", "mercato.gateway.access"})
@@ -53,6 +64,7 @@ class Service:
     module: str
     env: dict[str, str]
     grpc_port: int | None = None
+    metrics_port: int | None = None
     http_ready_url: str | None = None
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
@@ -73,9 +85,50 @@ def _secrets(path: Path) -> dict[str, str]:
     return values
 
 
+@dataclass(frozen=True)
+class SuitePorts:
+    """The gateway's HTTP port and the services' gRPC and metrics ports."""
+
+    gateway: int = 8080
+    base: int = DEFAULT_PORT_BASE
+    metrics_base: int = DEFAULT_METRICS_PORT_BASE
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> SuitePorts:
+        def number(name: str, default: int) -> int:
+            raw = environ.get(name) or str(default)
+            try:
+                return int(raw)
+            except ValueError:
+                raise StackError(f"{name}={raw!r} is not a port number") from None
+
+        ports = cls(
+            gateway=number("MERCATO_GATEWAY_PORT", cls.gateway),
+            base=number("MERCATO_SUITE_PORT_BASE", cls.base),
+            metrics_base=number("MERCATO_SUITE_METRICS_PORT_BASE", cls.metrics_base),
+        )
+        for port in (ports.gateway, ports.base + 1, ports.base + 4):
+            if not 0 < port < 65536:
+                raise StackError(f"suite port {port} is out of range")
+        for port in (ports.metrics_base, ports.metrics_base + 4):
+            if not 0 < port < 65536:
+                raise StackError(f"suite metrics port {port} is out of range")
+        return ports
+
+    def grpc(self, service: str) -> int:
+        return self.base + PORT_OFFSETS[service]
+
+    def metrics(self, service: str) -> int:
+        return self.metrics_base + PORT_OFFSETS[service]
+
+    def target(self, service: str) -> str:
+        return f"127.0.0.1:{self.grpc(service)}"
+
+
 def _services(stack: Stack, environ: Mapping[str, str], run_dir: Path) -> list[Service]:
     dev = _secrets(run_dir / "secrets.json")
-    gateway_port = int(environ.get("MERCATO_GATEWAY_PORT", "8080"))
+    ports = SuitePorts.from_env(environ)
+    gateway_port = ports.gateway
     issuer = environ.get("MERCATO_TOKEN_ISSUER", f"http://127.0.0.1:{gateway_port}")
     kafka = stack.kafka_bootstrap
     common = {**environ, "PYTHONUNBUFFERED": "1"}
@@ -91,6 +144,11 @@ def _services(stack: Stack, environ: Mapping[str, str], run_dir: Path) -> list[S
     def prefixed(prefix: str, values: Mapping[str, str]) -> dict[str, str]:
         return {f"{prefix}{key}": value for key, value in values.items()}
 
+    def listen(name: str) -> dict[str, str]:
+        return {"GRPC_PORT": str(ports.grpc(name)), "METRICS_PORT": str(ports.metrics(name))}
+
+    auth_target = {"AUTH_TARGET": ports.target("auth")}
+
     return [
         Service(
             "auth",
@@ -104,13 +162,15 @@ def _services(stack: Stack, environ: Mapping[str, str], run_dir: Path) -> list[S
                         "KAFKA_BOOTSTRAP_SERVERS": kafka,
                         "SIGNING_KEY_KEK": dev["signing_key_kek"],
                         "SERVICE_CLIENTS": json.dumps([orders_client]),
+                        **listen("auth"),
                         **token,
                     },
                 ),
                 "MERCATO_BOOTSTRAP_ADMIN_EMAIL": admin_email,
                 "MERCATO_BOOTSTRAP_ADMIN_PASSWORD": admin_password,
             },
-            grpc_port=50061,
+            grpc_port=ports.grpc("auth"),
+            metrics_port=ports.metrics("auth"),
         ),
         Service(
             "catalog",
@@ -123,11 +183,14 @@ def _services(stack: Stack, environ: Mapping[str, str], run_dir: Path) -> list[S
                         "MONGO_URI": stack.mongo_uri,
                         "REDIS_URL": stack.redis_url,
                         "KAFKA_BOOTSTRAP": kafka,
+                        **listen("catalog"),
+                        **auth_target,
                         **token,
                     },
                 ),
             },
-            grpc_port=50062,
+            grpc_port=ports.grpc("catalog"),
+            metrics_port=ports.metrics("catalog"),
         ),
         Service(
             "orders",
@@ -140,11 +203,15 @@ def _services(stack: Stack, environ: Mapping[str, str], run_dir: Path) -> list[S
                         "DATABASE_URL": stack.postgres_dsn("orders"),
                         "KAFKA_BOOTSTRAP_SERVERS": kafka,
                         "SERVICE_CLIENT_SECRET": dev["orders_client_secret"],
+                        "CATALOG_TARGET": ports.target("catalog"),
+                        **listen("orders"),
+                        **auth_target,
                         **token,
                     },
                 ),
             },
-            grpc_port=50063,
+            grpc_port=ports.grpc("orders"),
+            metrics_port=ports.metrics("orders"),
         ),
         Service(
             "analytics",
@@ -153,10 +220,17 @@ def _services(stack: Stack, environ: Mapping[str, str], run_dir: Path) -> list[S
                 **common,
                 **prefixed(
                     "MERCATO_ANALYTICS_",
-                    {"MONGO_URI": stack.mongo_uri, "KAFKA_BOOTSTRAP": kafka, **token},
+                    {
+                        "MONGO_URI": stack.mongo_uri,
+                        "KAFKA_BOOTSTRAP": kafka,
+                        **listen("analytics"),
+                        **auth_target,
+                        **token,
+                    },
                 ),
             },
-            grpc_port=50064,
+            grpc_port=ports.grpc("analytics"),
+            metrics_port=ports.metrics("analytics"),
         ),
         Service(
             "gateway",
@@ -165,9 +239,19 @@ def _services(stack: Stack, environ: Mapping[str, str], run_dir: Path) -> list[S
                 **common,
                 **prefixed(
                     "MERCATO_GATEWAY_",
-                    {"PORT": str(gateway_port), "REDIS_URL": stack.redis_url, **token},
+                    {
+                        "PORT": str(gateway_port),
+                        "METRICS_PORT": str(ports.metrics("gateway")),
+                        "REDIS_URL": stack.redis_url,
+                        **{
+                            f"{name.upper()}_TARGET": ports.target(name)
+                            for name in ("auth", "catalog", "orders", "analytics")
+                        },
+                        **token,
+                    },
                 ),
             },
+            metrics_port=ports.metrics("gateway"),
             http_ready_url=f"http://127.0.0.1:{gateway_port}/readyz",
         ),
     ]
@@ -198,8 +282,36 @@ class Suite:
         self.console = console
         self.run_dir = stack.config.state_dir / "run"
         self.logs = self.run_dir / "logs"
+        self.ports = SuitePorts.from_env(environ)
         self.services = _services(stack, environ, self.run_dir)
+        self.status_file = self.run_dir / "suite.json"
+        self.ready = False
         self.stopping = asyncio.Event()
+
+    def status(self) -> dict[str, object]:
+        """What ``suite.json`` holds: readiness, the gateway URL and each child's pid and ports."""
+        return {
+            "supervisor_pid": os.getpid(),
+            "ready": self.ready,
+            "gateway_url": f"http://127.0.0.1:{self.ports.gateway}",
+            "services": {
+                service.name: {
+                    "pid": None if service.process is None else service.process.pid,
+                    "running": service.process is not None and service.process.returncode is None,
+                    "grpc_port": service.grpc_port,
+                    "metrics_port": service.metrics_port,
+                    "restarts": service.restarts,
+                    "log": str(self.logs / f"{service.name}.log"),
+                }
+                for service in self.services
+            },
+        }
+
+    def _write_status(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.status_file.with_suffix(".json.tmp")
+        partial.write_text(json.dumps(self.status(), indent=2))
+        partial.replace(self.status_file)
 
     # Processes ------------------------------------------------------------------------------
 
@@ -215,6 +327,7 @@ class Suite:
             start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children
         )
         service.pumps = [asyncio.create_task(self._pump(service, service.process))]
+        self._write_status()
 
     async def _pump(self, service: Service, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -261,6 +374,7 @@ class Suite:
             if self.stopping.is_set():
                 return
             service.restarts += 1
+            self._write_status()
             delay = min(30.0, 2.0 ** min(service.restarts, 5))
             log.warning("%s exited with code %s; restarting in %.0f s", service.name, code, delay)
             with contextlib.suppress(TimeoutError):
@@ -304,6 +418,8 @@ class Suite:
                 await self._wait_ready(service)
                 supervisors.append(asyncio.create_task(self._supervise(service)))
             await self._load_sample_catalog()
+            self.ready = True
+            self._write_status()
             self._print_ready(time.monotonic() - started)
             await self.stopping.wait()
         finally:
@@ -316,10 +432,11 @@ class Suite:
             await asyncio.gather(*supervisors, return_exceptions=True)
             await asyncio.to_thread(self.stack.down)
             pid_file.unlink(missing_ok=True)
+            self.status_file.unlink(missing_ok=True)
             log.info("suite stopped")
 
     def _print_ready(self, elapsed: float) -> None:
-        port = self.environ.get("MERCATO_GATEWAY_PORT", "8080")
+        port = self.ports.gateway
         email = self.environ.get("MERCATO_BOOTSTRAP_ADMIN_EMAIL", DEFAULT_ADMIN_EMAIL)
         password_note = (
             "(from MERCATO_BOOTSTRAP_ADMIN_PASSWORD)"
@@ -353,8 +470,8 @@ Ctrl-C (or `make stop`) stops everything.
         catalog = yaml.safe_load(path.read_text())
         created = await load_sample_catalog(
             catalog,
-            auth_target="127.0.0.1:50061",
-            catalog_target="127.0.0.1:50062",
+            auth_target=self.ports.target("auth"),
+            catalog_target=self.ports.target("catalog"),
             email=self.environ.get("MERCATO_BOOTSTRAP_ADMIN_EMAIL", DEFAULT_ADMIN_EMAIL),
             password=self.environ.get("MERCATO_BOOTSTRAP_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD),
         )
@@ -424,4 +541,4 @@ def _alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["Suite", "render_line", "run", "shutdown"]
+__all__ = ["Suite", "SuitePorts", "render_line", "run", "shutdown"]

@@ -1,0 +1,281 @@
+"""The end-to-end suite: the whole of mercato started once per session, driven over HTTP.
+
+The session fixture ``suite`` starts ``python -m mercato_devstack run`` (the `make run`
+supervisor) in its own process group with the environment of ``suite_env.py`` (its own state
+folder and ports, short repair timings), waits for ``<state>/run/suite.json`` to say ready and for
+the gateway's ``/readyz``, and stops it with SIGTERM at the end. A suite already running on that
+state folder (started by hand) is reused and left running.
+
+Tests talk to the gateway only (``Api``), except the fault tests, which also use the stack's
+fault hooks (``suite.stack``) and the supervised children's pids (``suite.pid(name)``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mercato_devstack.config import StackConfig
+from mercato_devstack.stack import Stack
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from suite_env import link_cache, suite_env
+
+READY_TIMEOUT = 300.0
+STOP_TIMEOUT = 120.0
+ADMIN_EMAIL = os.environ.get("MERCATO_BOOTSTRAP_ADMIN_EMAIL", "admin@mercato.local")
+ADMIN_PASSWORD = os.environ.get("MERCATO_BOOTSTRAP_ADMIN_PASSWORD", "mercato-admin-password")
+PASSWORD = "e2e-correct-horse-battery"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: the whole suite over HTTP (tests/e2e)")
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.5, what: str = "condition"
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            last = predicate()
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached in {timeout:.0f} s (last: {last!r})")
+
+
+@dataclass
+class RunningSuite:
+    env: dict[str, str]
+    state_dir: Path
+    url: str
+    stack: Stack
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    @property
+    def status_file(self) -> Path:
+        return self.state_dir / "run" / "suite.json"
+
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads(self.status_file.read_text()))
+
+    def pid(self, service: str) -> int:
+        pid = self.status()["services"][service]["pid"]
+        assert isinstance(pid, int), f"{service} has no process"
+        return pid
+
+    def kill_service(self, service: str) -> int:
+        """SIGKILL a supervised child (its whole process group); the supervisor restarts it."""
+        pid = self.pid(service)
+        os.killpg(pid, signal.SIGKILL)
+        return pid
+
+    def wait_restarted(self, service: str, old_pid: int, timeout: float = 60.0) -> None:
+        def restarted() -> bool:
+            info = self.status()["services"][service]
+            return bool(info["pid"] != old_pid and info["running"])
+
+        wait_until(restarted, timeout, what=f"{service} restarted")
+        wait_until(lambda: self.ready(), timeout, what="gateway ready")
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def orders_count(self) -> int:
+        """Orders committed in the orders database (read directly, as an operator would)."""
+        import asyncio
+
+        import asyncpg
+
+        async def count() -> int:
+            conn = await asyncpg.connect(self.stack.postgres_dsn("orders"), timeout=5)
+            try:
+                return int(await conn.fetchval("SELECT count(*) FROM orders"))
+            finally:
+                await conn.close()
+
+        return asyncio.run(count())
+
+
+def _running(state_dir: Path) -> dict[str, Any] | None:
+    status_file = state_dir / "run" / "suite.json"
+    try:
+        status = json.loads(status_file.read_text())
+        os.kill(int(status["supervisor_pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return dict(status)
+
+
+@pytest.fixture(scope="session")
+def suite() -> Iterator[RunningSuite]:
+    env = suite_env()
+    state_dir = link_cache(env)
+    stack = Stack(StackConfig.from_env(env))
+    url = f"http://127.0.0.1:{env['MERCATO_GATEWAY_PORT']}"
+    running = _running(state_dir)
+    if running is not None and running.get("ready"):
+        yield RunningSuite(env, state_dir, url, stack)
+        return
+    log_path = state_dir / "run" / "supervisor.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mercato_devstack", "run"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    running_suite = RunningSuite(env, state_dir, url, stack, process, log_path)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the suite exited with {process.returncode}: see {log_path}")
+            status = _running(state_dir)
+            if status is not None and status.get("ready") and running_suite.ready():
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the suite is not ready after {READY_TIMEOUT:.0f} s: {log_path}"
+                )
+            time.sleep(0.5)
+        yield running_suite
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            stack.down()
+
+
+class ApiError(AssertionError):
+    pass
+
+
+@dataclass
+class Api:
+    """A client of the gateway, as one user (``token``) or anonymous."""
+
+    client: httpx.Client
+    token: str | None = None
+    refresh_token: str | None = None
+    email: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = dict(self.headers)
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        headers.update(extra or {})
+        return headers
+
+    def request(
+        self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return self.client.request(method, path, headers=self._headers(headers), **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+    def ok(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code != 200:
+            raise ApiError(
+                f"{response.request.method} {response.request.url.path}: "
+                f"{response.status_code} {response.text[:500]}"
+            )
+        return dict(response.json())
+
+    def login(self, email: str, password: str) -> Api:
+        body = self.ok(self.post("/v1/auth/login", json={"email": email, "password": password}))
+        return Api(self.client, body["access_token"], body.get("refresh_token"), email)
+
+    def register(self, password: str = PASSWORD) -> Api:
+        email = f"e2e-{uuid.uuid4().hex[:12]}@example.com"
+        body = {"email": email, "displayName": "E2E customer", "password": password}
+        self.ok(self.post("/v1/users", json=body))
+        return self.login(email, password)
+
+    def create_order(
+        self, lines: list[tuple[str, int]], key: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        return self.post(
+            "/v1/orders",
+            headers={"Idempotency-Key": key or str(uuid.uuid4())},
+            json={"lines": [{"sku": sku, "quantity": qty} for sku, qty in lines]},
+            **kwargs,
+        )
+
+    def product(self, sku: str) -> dict[str, Any]:
+        return dict(self.ok(self.get(f"/v1/products/{sku}"))["product"])
+
+    def create_product(self, stock: int, price_minor: int = 1000) -> str:
+        """A fresh product with ``stock`` units (admin only): tests never share stock."""
+        sku = f"E2E-{uuid.uuid4().hex[:10].upper()}"
+        product = {
+            "sku": sku,
+            "name": f"E2E product {sku}",
+            "categoryId": "books",
+            "price": {"currencyCode": "EUR", "amountMinor": str(price_minor)},
+        }
+        self.ok(self.post("/v1/products", json=product))
+        adjust = {"delta": stock, "reason": "e2e: initial stock"}
+        self.ok(self.post(f"/v1/products/{sku}:adjustStock", json=adjust))
+        return sku
+
+    def funnel(self) -> dict[str, Any]:
+        """The analytics funnel over all time (zero counts are omitted by proto3 JSON)."""
+        now = dt.datetime.now(dt.UTC)
+        params = {
+            "startTime": "2000-01-01T00:00:00Z",
+            "endTime": (now + dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        return self.ok(self.get("/v1/analytics/funnel", params=params))
+
+
+@pytest.fixture(scope="session")
+def http(suite: RunningSuite) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=suite.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def anonymous(http: httpx.Client) -> Api:
+    return Api(http)
+
+
+@pytest.fixture(scope="session")
+def admin(anonymous: Api) -> Api:
+    return anonymous.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+
+
+@pytest.fixture
+def customer(anonymous: Api) -> Api:
+    return anonymous.register()

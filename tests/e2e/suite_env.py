@@ -1,0 +1,77 @@
+"""The environment of the end-to-end suite: its own state folder, ports and short timings.
+
+Separate from `make run` (state ``.state/e2e``, every port moved by +10000 or so) so the tests can
+run while a developer's suite or another engineer's tests use the default ports. The build cache
+(``.state/cache``: Kafka's jars, FerretDB's binary) is linked in, so nothing is rebuilt.
+
+``python tests/e2e/suite_env.py`` prints the variables as shell ``export`` lines, to start the
+same suite by hand (``eval "$(python tests/e2e/suite_env.py)"; python -m mercato_devstack run``);
+the tests then reuse it and leave it running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+#: Each can be overridden with MERCATO_E2E_<name without MERCATO_> (e.g. MERCATO_E2E_PG_PORT):
+#: the suite never inherits the developer's own MERCATO_PG_PORT & co., whose stack it would hit.
+DEFAULTS: dict[str, str] = {
+    "MERCATO_STATE_DIR": str(REPO_ROOT / ".state" / "e2e"),
+    "MERCATO_PG_PORT": "25432",
+    "MERCATO_KAFKA_PORT": "29092",
+    "MERCATO_KAFKA_CONTROLLER_PORT": "29093",
+    "MERCATO_MONGO_PORT": "37018",
+    "MERCATO_REDIS_PORT": "26379",
+    "MERCATO_GATEWAY_PORT": "18080",
+    "MERCATO_SUITE_PORT_BASE": "51060",
+    "MERCATO_SUITE_METRICS_PORT_BASE": "19460",
+    # Short repair timings so the fault tests see the reconciler and sweeper act within seconds.
+    # The lease must exceed AUTH_TIMEOUT + 2 x CATALOG_TIMEOUT + DATABASE_COMMAND_TIMEOUT.
+    "MERCATO_ORDERS_AUTH_TIMEOUT_SECONDS": "2",
+    "MERCATO_ORDERS_CATALOG_TIMEOUT_SECONDS": "2",
+    "MERCATO_ORDERS_COMPENSATION_TIMEOUT_SECONDS": "2",
+    "MERCATO_ORDERS_DATABASE_COMMAND_TIMEOUT_SECONDS": "3",
+    "MERCATO_ORDERS_IDEMPOTENCY_LEASE_SECONDS": "10",
+    "MERCATO_ORDERS_RECONCILE_INTERVAL_SECONDS": "1",
+    "MERCATO_ORDERS_RECONCILE_ORPHAN_GRACE_SECONDS": "10",
+    "MERCATO_ORDERS_RECONCILE_CATALOG_SCAN_EVERY": "2",
+    "MERCATO_CATALOG_SWEEP_INTERVAL_SECONDS": "1",
+    "MERCATO_CATALOG_ORPHAN_GRACE_SECONDS": "10",
+    "MERCATO_CATALOG_STUCK_AFTER_SECONDS": "5",
+    # Many logins from one address: the public-write limit would throttle the tests themselves.
+    "MERCATO_GATEWAY_RATE_LIMIT_STRICT": json.dumps({"rate": 200, "burst": 400}),
+    "MERCATO_GATEWAY_RATE_LIMIT_DEFAULT": json.dumps({"rate": 500, "burst": 1000}),
+}
+
+
+def suite_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: os.environ) with the e2e values: MERCATO_E2E_* or the defaults."""
+    env = dict(os.environ if base is None else base)
+    for key, value in DEFAULTS.items():
+        env[key] = env.get("MERCATO_E2E_" + key.removeprefix("MERCATO_"), value)
+    env.setdefault("MERCATO_REPO_ROOT", str(REPO_ROOT))
+    return env
+
+
+def link_cache(env: Mapping[str, str]) -> Path:
+    """Link the main checkout's build cache into the e2e state folder (no rebuild, no download)."""
+    state = Path(env["MERCATO_STATE_DIR"])
+    state.mkdir(parents=True, exist_ok=True)
+    shared = REPO_ROOT / ".state" / "cache"
+    cache = state / "cache"
+    if shared.is_dir() and not cache.exists() and cache.resolve() != shared.resolve():
+        cache.symlink_to(shared, target_is_directory=True)
+    return state
+
+
+if __name__ == "__main__":
+    env = suite_env({})
+    link_cache(env)
+    for key in (*DEFAULTS, "MERCATO_REPO_ROOT"):
+        print(f"export {key}={shlex.quote(env[key])}")
