@@ -194,3 +194,34 @@ def test_image_matches_chart(render: Any, helpers: Any, component: str) -> None:
     assert exposed, "EXPOSE"
     assert sorted(int(p) for p in exposed.group(1).split()) == ports
     assert f'"mercato_{component}"' in text  # ENTRYPOINT python -m mercato_<name>
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_tls_without_a_mesh_reaches_the_clients(render: Any, helpers: Any, component: str) -> None:
+    """With `tls.enabled`, a component that calls others trusts the CA of its mounted Secret for
+    its outgoing channels and presents its own certificate; without TLS nothing is set."""
+    prefix = PREFIX[component]
+    assert f"{prefix}TLS_CA_FILE" not in _chart_env(render, helpers, "default", component)
+    env = _chart_env(render, helpers, "tls", component)
+    deployment = helpers.by_kind(render("tls"), "Deployment")[f"shop-mercato-{component}"]
+    mounts = {
+        m["name"]: m["mountPath"]
+        for m in deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    }
+    assert mounts["tls"] == "/etc/mercato/tls"
+    calls = [name[len(prefix) : -len("_TARGET")] for name in env if name.endswith("_TARGET")]
+    if not calls:
+        assert f"{prefix}TLS_CA_FILE" not in env
+        return
+    assert env[f"{prefix}TLS_CA_FILE"] == "/etc/mercato/tls/ca.crt"
+    assert env[f"{prefix}TLS_CERT_FILE"] == "/etc/mercato/tls/tls.crt"
+    assert env[f"{prefix}TLS_KEY_FILE"] == "/etc/mercato/tls/tls.key"
+    model = _settings_model(component)
+    fields = {
+        name: env[_variable_name(model, name, field.validation_alias)]
+        for name, field in model.model_fields.items()
+        if name.startswith("tls_") and _variable_name(model, name, field.validation_alias) in env
+    }
+    client_tls = model.model_construct(**fields).client_tls  # type: ignore[attr-defined]
+    assert client_tls is not None
+    assert str(client_tls.cert_file) == "/etc/mercato/tls/tls.crt"

@@ -298,6 +298,11 @@ Pods
 {{- if and $root.Values.tls.mutual (eq $c.kind "grpc") -}}
 {{- $_ := set $env (printf "%sTLS_CLIENT_CA_FILE" $p) "/etc/mercato/tls/ca.crt" -}}
 {{- end -}}
+{{- /* Outgoing calls: trust the CA (cert-manager's ca.crt in the same Secret) and present the
+component's own certificate as client certificate. */ -}}
+{{- if $c.calls -}}
+{{- $_ := set $env (printf "%sTLS_CA_FILE" $p) "/etc/mercato/tls/ca.crt" -}}
+{{- end -}}
 {{- end -}}
 {{- range $key, $value := $c.env -}}
 {{- $_ := set $env $key (toString $value) -}}

@@ -19,8 +19,11 @@ from typing import Any, ClassVar, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mercato_common.client import ClientTls
+
 __all__ = [
     "BaseServiceSettings",
+    "ServiceTlsSettings",
     "Settings",
     "SettingsError",
     "TlsSettings",
@@ -56,7 +59,36 @@ class TlsSettings(BaseModel):
     client_ca_file: Path | None = None
 
 
-class BaseServiceSettings(Settings):
+class ServiceTlsSettings(Settings):
+    """Certificate files of a process that serves and calls over TLS without a mesh.
+
+    ``tls_cert_file``/``tls_key_file`` are the process's own certificate: served to its
+    callers and, when ``tls_ca_file`` is set, presented as its client certificate on outgoing
+    calls (mutual TLS). ``tls_ca_file`` holds the trust roots for outgoing calls; when it is
+    set every outgoing channel uses TLS (see :attr:`client_tls`).
+    """
+
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_cert_and_key(self) -> Self:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        return self
+
+    @property
+    def client_tls(self) -> ClientTls | None:
+        """TLS for outgoing channels (``create_channel(tls=...)``); None means plaintext."""
+        if self.tls_ca_file is None:
+            return None
+        return ClientTls(
+            ca_file=self.tls_ca_file, cert_file=self.tls_cert_file, key_file=self.tls_key_file
+        )
+
+
+class BaseServiceSettings(ServiceTlsSettings):
     """Settings every gRPC service process has."""
 
     service_name: str = Field(min_length=1)
@@ -71,14 +103,11 @@ class BaseServiceSettings(Settings):
     shutdown_drain_seconds: float = Field(default=2.0, ge=0)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
+    # Mutual TLS when serving: callers must present a certificate signed by this CA.
     tls_client_ca_file: Path | None = None
 
     @model_validator(mode="after")
-    def _tls_pair(self) -> Self:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+    def _tls_client_ca(self) -> Self:
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE")
         return self

@@ -248,7 +248,9 @@ class AnalyticsApp:
 
 
 def _jwks_from_auth(settings: AnalyticsSettings) -> tuple[TokenVerifier, grpc.aio.Channel]:
-    channel = create_channel(settings.auth_target, services=["mercato.auth.v1.AuthService"])
+    channel = create_channel(
+        settings.auth_target, services=["mercato.auth.v1.AuthService"], tls=settings.client_tls
+    )
     verifier = JwksTokenVerifier(
         auth_jwks_fetcher(channel), issuer=settings.token_issuer, audience=settings.token_audience
     )

@@ -121,7 +121,9 @@ class CatalogApp:
 
 
 def _jwks_from_auth(settings: CatalogSettings) -> tuple[TokenVerifier, grpc.aio.Channel]:
-    channel = create_channel(settings.auth_target, services=["mercato.auth.v1.AuthService"])
+    channel = create_channel(
+        settings.auth_target, services=["mercato.auth.v1.AuthService"], tls=settings.client_tls
+    )
     verifier = JwksTokenVerifier(
         auth_jwks_fetcher(channel), issuer=settings.token_issuer, audience=settings.token_audience
     )

@@ -159,7 +159,12 @@ def build_app(
     """
     routes = derive_routes()
     router = Router(routes)
-    upstreams = Upstreams(settings.upstreams, routes, max_message_bytes=settings.max_message_bytes)
+    upstreams = Upstreams(
+        settings.upstreams,
+        routes,
+        tls=settings.client_tls,
+        max_message_bytes=settings.max_message_bytes,
+    )
     if token_verifier is None:
         token_verifier = JwksTokenVerifier(
             jwks_fetcher(lambda: upstreams.channel("auth")),

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mercato_common.client import create_channel
+from mercato_common.client import ClientTls, create_channel
 from mercato_common.identity import Audience, Identity
 from mercato_gateway.auth import Authenticator, parse_basic
 from mercato_gateway.edge import CLIENT_KEY, REQUEST_ID_KEY, ROUTE_KEY, SUBJECT_KEY, header_map
@@ -51,6 +51,7 @@ class Upstreams:
         targets: Mapping[str, str],
         routes: Sequence[Route],
         *,
+        tls: ClientTls | None = None,
         max_message_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         services: dict[str, set[str]] = {}
@@ -63,6 +64,7 @@ class Upstreams:
         self.services = {key: sorted(names) for key, names in services.items()}
         self._targets = dict(targets)
         self._routes = list(routes)
+        self._tls = tls
         self._max_message_bytes = max_message_bytes
         self.channels: dict[str, grpc.aio.Channel] = {}
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable[Any, Any]] = {}
@@ -94,7 +96,10 @@ class Upstreams:
     async def start(self) -> None:
         self.channels = {
             key: create_channel(
-                self._targets[key], services=names, max_message_bytes=self._max_message_bytes
+                self._targets[key],
+                services=names,
+                tls=self._tls,
+                max_message_bytes=self._max_message_bytes,
             )
             for key, names in self.services.items()
         }

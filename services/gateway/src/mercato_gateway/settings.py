@@ -1,19 +1,18 @@
 """The gateway's settings, from ``MERCATO_GATEWAY_*`` environment variables.
 
 Read once in ``__main__`` with ``load_settings(GatewaySettings, os.environ)``. The gateway is an
-HTTP server, not a gRPC one, so it extends the plain :class:`Settings` base with its own listener,
-upstream, token, rate-limit and edge settings.
+HTTP server, not a gRPC one, so it extends :class:`ServiceTlsSettings` (the TLS files shared
+with every service) with its own listener, upstream, token, rate-limit and edge settings.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mercato_common.settings import Settings
+from mercato_common.settings import ServiceTlsSettings
 
 __all__ = ["GatewaySettings", "RateLimitPolicy"]
 
@@ -36,7 +35,7 @@ def _json(value: Any) -> Any:
     return value
 
 
-class GatewaySettings(Settings):
+class GatewaySettings(ServiceTlsSettings):
     env_prefix: ClassVar[str] = "MERCATO_GATEWAY_"
 
     service_name: str = Field(default="gateway", min_length=1)
@@ -52,9 +51,9 @@ class GatewaySettings(Settings):
     workers: int = Field(default=1, ge=1, le=64)
     # Seconds in-flight requests get to finish after SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
-    # Optional TLS termination (deployments without an ingress).
-    tls_cert_file: Path | None = None
-    tls_key_file: Path | None = None
+    # TLS (inherited): TLS_CERT_FILE/TLS_KEY_FILE terminate HTTPS (deployments without an
+    # ingress) and are the client certificate towards upstreams; TLS_CA_FILE turns TLS on for
+    # the upstream gRPC channels.
 
     # Upstream gRPC services, by the service part of their proto package (mercato.<name>.v1).
     auth_target: str = "127.0.0.1:50061"
@@ -112,12 +111,6 @@ class GatewaySettings(Settings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
-
-    @model_validator(mode="after")
-    def _tls_pair(self) -> Self:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
-        return self
 
     @property
     def upstreams(self) -> dict[str, str]:

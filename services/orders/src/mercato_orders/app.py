@@ -93,6 +93,7 @@ def build_app(
         settings.auth_target,
         services=[AUTH_SERVICE],
         default_timeout=settings.auth_timeout_seconds,
+        tls=settings.client_tls,
         max_message_bytes=settings.max_message_bytes,
     )
     auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
@@ -117,6 +118,7 @@ def build_app(
         settings.catalog_target,
         services=[CATALOG_SERVICE],
         default_timeout=settings.catalog_timeout_seconds,
+        tls=settings.client_tls,
         metadata=tokens.metadata,
         max_message_bytes=settings.max_message_bytes,
     )
