@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -173,6 +174,11 @@ async def test_database_maps_unreachable_to_the_given_domain_error() -> None:
         async with database.connection() as traced:
             await traced.fetch("x", "SELECT 1")
     assert pool.timeouts == [3.0, 3.0]
+    # A connection the server dropped mid-operation counts as unreachable too.
+    broken = asyncpg.exceptions.InternalClientError("cannot switch to state 12")
+    with pytest.raises(StoreUnavailable):
+        async with database.connection():
+            raise broken
     # Other errors pass through untouched; without a mapping, so do unreachable ones.
     database._pool = FakePool(FakeConnection())
     with pytest.raises(KeyError):

@@ -35,6 +35,9 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
+    # A pooled connection the server dropped mid-operation (a restart) can fail with "cannot
+    # switch to state ...; another operation is in progress" instead of a connection error.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

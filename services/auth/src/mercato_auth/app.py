@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from mercato.auth.v1 import auth_pb2_grpc
 from mercato_auth.api import SERVICE_NAME, AuthServicer
 from mercato_auth.crypto import KeyEncryption, PasswordHashing
-from mercato_auth.domain.errors import AuthError
+from mercato_auth.domain.errors import AuthError, AuthUnavailable
 from mercato_auth.service import AuthMetrics, AuthService, ThrottlePolicies, TokenSettings
 from mercato_auth.settings import AuthSettings
 from mercato_auth.signing import KeyRing
@@ -58,6 +58,8 @@ def build_core(
         min_size=settings.database_pool_min_size,
         max_size=settings.database_pool_max_size,
         command_timeout=settings.database_command_timeout_seconds,
+        acquire_timeout=settings.database_command_timeout_seconds,
+        unavailable_error=AuthUnavailable,
         migrate_on_start=(
             settings.migrate_on_start if migrate_on_start is None else migrate_on_start
         ),

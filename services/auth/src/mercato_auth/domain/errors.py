@@ -25,6 +25,7 @@ from mercato_common.errors import (
 
 __all__ = [
     "AuthError",
+    "AuthUnavailable",
     "EmailTaken",
     "InvalidClient",
     "InvalidCredentials",
@@ -136,6 +137,15 @@ class LoginThrottled(AuthError, ResourceExhausted):
             metadata={"retry_after_seconds": str(self.retry_after_seconds)},
             retry_after=self.retry_after_seconds,
         )
+
+
+class AuthUnavailable(AuthError, Unavailable):
+    """The auth database cannot be reached right now; the caller may retry."""
+
+    default_reason = "AUTH_UNAVAILABLE"
+
+    def __init__(self) -> None:
+        super().__init__("the auth service's database is unavailable; retry shortly")
 
 
 class SigningKeyUnavailable(AuthError, Unavailable):
