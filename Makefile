@@ -62,13 +62,13 @@ test-integration: stack-up ## integration tests against the real local stack
 	$(RUN) pytest -q -m integration tests/integration libs services
 
 .PHONY: bench
-bench: stack-up ## benchmarks; figures in bench/results/
+bench: sync ## the whole suite benchmarked in one run: bench/results/<UTC date>.json and .md
+	$(RUN) python bench/suite_bench.py
+
+.PHONY: bench-services
+bench-services: stack-up ## per-service micro-benchmarks (in-process servers): bench/results/<name>.json
 	mkdir -p bench/results
 	for script in $(wildcard bench/bench_*.py); do $(RUN) python "$$script"; done
-
-.PHONY: test-deploy
-test-deploy: sync ## Helm chart, manifests and images: render, lint, validate, scan (offline)
-	$(RUN) pytest -q tests/deploy
 
 .PHONY: test-e2e
 test-e2e: stack-up ## end-to-end journeys and fault tests against a private copy of the whole suite

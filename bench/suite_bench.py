@@ -1,0 +1,990 @@
+"""The whole suite, benchmarked in one run: ``python bench/suite_bench.py`` (``make bench``).
+
+Starts a private copy of the suite (``python -m mercato_devstack run``) the way the e2e tests do
+(``tests/e2e/suite_env.py``: its own state folder and stack, build cache linked), on its own
+state folder (``.state/bench``) and ports so it never meets a developer's `make run` or a running
+e2e session, with the services' default timings (the e2e short repair timings are dropped) and
+the gateway's rate limits raised out of the way. Then, against that suite and its stack:
+
+1. the machine's limits: bare ``grpc.aio`` unary calls/s (in-process health-check echo),
+   PostgreSQL single-row commits/s, aiokafka produce and consume messages/s;
+2. ``GET /v1/products/{sku}`` through the gateway vs GetProduct directly over gRPC;
+3. ``POST /v1/orders`` (2 lines) at a fixed concurrency, and the highest offered rate (open loop,
+   latency from the scheduled send time) held with p99 under 100 ms, by a bounded bisection;
+4. order-to-analytics freshness at that rate: from each create response to analytics' ``placed``
+   count (GetFunnel, polled) reaching that order;
+5. resident memory of every process (services from ``<state>/run/suite.json``, stack components
+   from the stack's status; whole process trees) idle and at peak under load, and start-to-ready.
+
+Writes ``bench/results/<UTC date>.json`` and ``.md`` (a Markdown table; every figure with its ratio
+to its limit or peer where one exists). Bounded: about 3-5 minutes including start and stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from mercato.analytics.v1 import analytics_pb2, analytics_pb2_grpc
+from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from mercato_devstack.config import StackConfig
+from mercato_devstack.stack import Stack
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "results"
+# The e2e suite's environment and the gateway bench's raw HTTP/1.1 client, reused as they are.
+sys.path[:0] = [str(REPO_ROOT / "tests" / "e2e"), str(BENCH_DIR)]
+from bench_gateway import RawHttp  # noqa: E402
+from suite_env import DEFAULTS, link_cache, suite_env  # noqa: E402
+
+#: The bench suite's state folder and ports: 22xxx, clear of `make run`, e2e and the kernel's
+#: ephemeral range (32768-60999), where a connect probe can meet a client's own port.
+BENCH_OVERRIDES = {
+    "STATE_DIR": str(REPO_ROOT / ".state" / "bench"),
+    "PG_PORT": "22432",
+    "KAFKA_PORT": "22092",
+    "KAFKA_CONTROLLER_PORT": "22093",
+    "MONGO_PORT": "22018",
+    "REDIS_PORT": "22379",
+    "GATEWAY_PORT": "22080",
+    "SUITE_PORT_BASE": "22060",
+    "SUITE_METRICS_PORT_BASE": "22460",
+    "GATEWAY_RATE_LIMIT_STRICT": json.dumps({"rate": 100000, "burst": 100000}),
+    "GATEWAY_RATE_LIMIT_DEFAULT": json.dumps({"rate": 100000, "burst": 100000}),
+}
+#: e2e settings that are not about isolation: dropped so the services run with their defaults.
+KEPT = {f"MERCATO_{key}" for key in BENCH_OVERRIDES}
+READY_TIMEOUT = 180.0
+STOP_TIMEOUT = 90.0
+ADMIN_EMAIL = os.environ.get("MERCATO_BOOTSTRAP_ADMIN_EMAIL", "admin@mercato.local")
+ADMIN_PASSWORD = os.environ.get("MERCATO_BOOTSTRAP_ADMIN_PASSWORD", "mercato-admin-password")
+P99_TARGET_MS = 100.0
+
+
+def bench_env() -> dict[str, str]:
+    base = dict(os.environ)
+    for key, value in BENCH_OVERRIDES.items():
+        base.setdefault(f"MERCATO_BENCH_{key}", value)
+        base[f"MERCATO_E2E_{key}"] = base[f"MERCATO_BENCH_{key}"]
+    env: dict[str, str] = suite_env(base)
+    for key in DEFAULTS:
+        if key not in KEPT:
+            env.pop(key, None)
+    return env
+
+
+# --- measurement ------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summary(latencies: list[float], errors: int, elapsed: float) -> dict[str, Any]:
+    p50, p99 = pct(latencies, 0.50), pct(latencies, 0.99)
+    return {
+        "ok": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 2),
+        "per_second": round(len(latencies) / elapsed, 1) if elapsed else 0.0,
+        "p50_ms": None if p50 is None else round(p50 * 1000, 2),
+        "p99_ms": None if p99 is None else round(p99 * 1000, 2),
+    }
+
+
+async def closed_loop(
+    make_call: Callable[[int], Callable[[], Awaitable[bool]]],
+    concurrency: int,
+    seconds: float,
+    warmup: float = 1.0,
+) -> dict[str, Any]:
+    """``concurrency`` workers calling back to back: warm-up, then ``seconds`` measured."""
+    calls = [make_call(i) for i in range(concurrency)]
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + seconds
+
+    async def worker(call: Callable[[], Awaitable[bool]]) -> None:
+        nonlocal errors
+        while (t0 := time.perf_counter()) < stop_at:
+            try:
+                ok = await call()
+            except Exception:
+                ok = False
+            if t0 >= measure_from:
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+    await asyncio.gather(*(worker(call) for call in calls))
+    return summary(latencies, errors, max(time.perf_counter(), stop_at) - measure_from)
+
+
+async def open_loop(
+    call: Callable[[], Awaitable[bool]],
+    rate: float,
+    seconds: float,
+    max_in_flight: int = 256,
+    on_success: Callable[[float], None] | None = None,
+) -> dict[str, Any]:
+    """Calls at ``rate``/s for ``seconds``; latency from each call's scheduled time (no
+    coordinated omission). Calls beyond ``max_in_flight`` are dropped and counted as errors."""
+    total = max(1, int(rate * seconds))
+    latencies: list[float] = []
+    errors = 0
+    in_flight = 0
+    start = time.perf_counter() + 0.05
+
+    async def one(scheduled: float) -> None:
+        nonlocal errors, in_flight
+        try:
+            ok = await asyncio.wait_for(call(), 10)
+        except Exception:
+            ok = False
+        in_flight -= 1
+        if ok:
+            latencies.append(time.perf_counter() - scheduled)
+            if on_success is not None:
+                on_success(time.time())
+        else:
+            errors += 1
+
+    tasks = []
+    for i in range(total):
+        scheduled = start + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if in_flight >= max_in_flight:
+            errors += 1
+            continue
+        in_flight += 1
+        tasks.append(asyncio.create_task(one(scheduled)))
+    await asyncio.gather(*tasks)
+    result = summary(latencies, errors, time.perf_counter() - start)
+    result["offered_per_second"] = round(rate, 1)
+    return result
+
+
+# --- memory -----------------------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def _tree(pid: int, tree: dict[int, list[int]]) -> list[int]:
+    members, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        members.append(current)
+        todo.extend(tree.get(current, []))
+    return members
+
+
+def _field_kib(path: str, prefix: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(prefix):
+                return int(line.split()[1])
+    return 0
+
+
+def memory_mib(pid: int, tree: dict[int, list[int]]) -> dict[str, float]:
+    """Resident memory of ``pid`` and its descendants, MiB: RSS (shared pages counted in each
+    process: PostgreSQL's shared buffers once per backend) and PSS (shared pages split)."""
+    members = _tree(pid, tree)
+    rss = sum(_field_kib(f"/proc/{m}/status", "VmRSS:") for m in members)
+    pss = sum(_field_kib(f"/proc/{m}/smaps_rollup", "Pss:") for m in members)
+    return {"rss": round(rss / 1024, 1), "pss": round(pss / 1024, 1)}
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) of each process tree so far, s."""
+    tree, tick = _children(), os.sysconf("SC_CLK_TCK")
+    result = {}
+    for name, pid in pids.items():
+        total = 0
+        for member in _tree(pid, tree):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        result[name] = total / tick
+    return result
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The ``_sum``/``_count`` series of a Prometheus endpoint, by full series name."""
+    series: dict[str, float] = {}
+    with contextlib.suppress(httpx.HTTPError):
+        for line in httpx.get(url, timeout=5).text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if line.startswith("#") or not (
+                name.endswith("_sum")
+                or "_sum{" in name
+                or name.endswith("_count")
+                or "_count{" in name
+            ):
+                continue
+            with contextlib.suppress(ValueError):
+                series[name] = float(value)
+    return series
+
+
+def server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Mean of every histogram that moved between two scrapes: {series: [count, mean ms]}."""
+    means = {}
+    for name, total in after.items():
+        if "_sum" not in name:
+            continue
+        count_name = name.replace("_sum", "_count", 1)
+        count = after.get(count_name, 0.0) - before.get(count_name, 0.0)
+        if count > 0:
+            mean = (total - before.get(name, 0.0)) / count
+            means[name.replace("_sum", "", 1)] = [int(count), round(mean * 1000, 2)]
+    return means
+
+
+@dataclass
+class Memory:
+    pids: dict[str, int]
+    idle: dict[str, float] = field(default_factory=dict)
+    peak: dict[str, float] = field(default_factory=dict)
+
+    idle_rss: dict[str, float] = field(default_factory=dict)
+    peak_rss: dict[str, float] = field(default_factory=dict)
+
+    def sample(self) -> dict[str, dict[str, float]]:
+        tree = _children()
+        return {name: memory_mib(pid, tree) for name, pid in self.pids.items()}
+
+    def sample_idle(self) -> None:
+        for name, value in self.sample().items():
+            self.idle[name], self.idle_rss[name] = value["pss"], value["rss"]
+
+    def sample_peak(self) -> None:
+        for name, value in self.sample().items():
+            self.peak[name] = max(self.peak.get(name, 0.0), value["pss"])
+            self.peak_rss[name] = max(self.peak_rss.get(name, 0.0), value["rss"])
+
+    @contextlib.asynccontextmanager
+    async def watching(self, interval: float = 0.5) -> Any:
+        async def loop() -> None:
+            while True:
+                await asyncio.to_thread(self.sample_peak)
+                await asyncio.sleep(interval)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+# --- the suite --------------------------------------------------------------------------------
+
+
+@dataclass
+class Suite:
+    env: dict[str, str]
+    state_dir: Path
+    url: str
+    stack: Stack
+    process: subprocess.Popen[bytes]
+    ready_seconds: float
+
+    def status(self) -> dict[str, Any]:
+        return dict(json.loads((self.state_dir / "run" / "suite.json").read_text()))
+
+    def pids(self) -> dict[str, int]:
+        pids = {name: info["pid"] for name, info in self.status()["services"].items()}
+        for component in self.stack.status():
+            if component.pid:
+                pids[component.name] = component.pid
+        return pids
+
+    def grpc_target(self, service: str) -> str:
+        return f"127.0.0.1:{self.status()['services'][service]['grpc_port']}"
+
+
+def _ready(state_dir: Path, url: str) -> bool:
+    try:
+        status = json.loads((state_dir / "run" / "suite.json").read_text())
+        if not status.get("ready"):
+            return False
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except (OSError, ValueError, httpx.HTTPError):
+        return False
+
+
+def start_suite(env: dict[str, str]) -> Suite:
+    state_dir = link_cache(env)
+    url = f"http://127.0.0.1:{env['MERCATO_GATEWAY_PORT']}"
+    pid_file = state_dir / "run" / "suite.pid"
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int(pid_file.read_text()), 0)
+        raise SystemExit(f"a suite already runs on {state_dir}: stop it first")
+    log_path = state_dir / "run" / "supervisor.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mercato_devstack", "run"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    suite = Suite(env, state_dir, url, Stack(StackConfig.from_env(env)), process, 0.0)
+    try:
+        while not _ready(state_dir, url):
+            if process.poll() is not None:
+                raise RuntimeError(f"the suite exited with {process.returncode}: {log_path}")
+            if time.monotonic() - started > READY_TIMEOUT:
+                raise RuntimeError(f"the suite is not ready after {READY_TIMEOUT:.0f} s")
+            time.sleep(0.25)
+    except BaseException:
+        stop_suite(suite)
+        raise
+    suite.ready_seconds = round(time.monotonic() - started, 1)
+    return suite
+
+
+def stop_suite(suite: Suite) -> None:
+    suite.process.send_signal(signal.SIGTERM)
+    try:
+        suite.process.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(suite.process.pid, signal.SIGKILL)
+        suite.process.wait()
+        suite.stack.down()
+
+
+# --- 1. limits --------------------------------------------------------------------------------
+
+
+async def grpc_echo_limit(concurrency: int, seconds: float) -> dict[str, Any]:
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest()
+
+            def make(_: int) -> Callable[[], Awaitable[bool]]:
+                async def call() -> bool:
+                    await stub.Check(request)
+                    return True
+
+                return call
+
+            return await closed_loop(make, concurrency, seconds)
+    finally:
+        await server.stop(None)
+
+
+async def postgres_limit(dsn: str, concurrency: int, seconds: float) -> dict[str, Any]:
+    table = f"bench_commits_{uuid.uuid4().hex[:8]}"
+    pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
+    try:
+        await pool.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, body text)")
+        insert = f"INSERT INTO {table} (body) VALUES ($1)"  # noqa: S608 - our own table name
+
+        def make(_: int) -> Callable[[], Awaitable[bool]]:
+            async def call() -> bool:
+                async with pool.acquire() as conn:  # autocommit: one INSERT, one commit
+                    await conn.execute(insert, "x" * 64)
+                return True
+
+            return call
+
+        return await closed_loop(make, concurrency, seconds)
+    finally:
+        with contextlib.suppress(Exception):
+            await pool.execute(f"DROP TABLE IF EXISTS {table}")
+        await pool.close()
+
+
+async def kafka_limits(bootstrap: str, messages: int, limit_seconds: float) -> dict[str, Any]:
+    """Produce ``messages`` x 512 B (acks=all, idempotent, as the services' producer), then
+    consume them from the start of the topic (3 partitions)."""
+    topic = f"bench.limits.{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=3, replication_factor=1)])
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await producer.start()
+        payload = b"x" * 512
+        try:
+            await (await producer.send(topic, payload))  # metadata, connection
+            started = time.perf_counter()
+            futures = [await producer.send(topic, payload) for _ in range(messages)]
+            await asyncio.wait_for(asyncio.gather(*futures), limit_seconds)
+            produce_seconds = time.perf_counter() - started
+        finally:
+            await producer.stop()
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        try:
+            seen = 0
+            started = time.perf_counter()
+            deadline = started + limit_seconds
+            while seen < messages + 1 and time.perf_counter() < deadline:
+                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                seen += sum(len(records) for records in batches.values())
+            consume_seconds = time.perf_counter() - started
+        finally:
+            await consumer.stop()
+        return {
+            "messages": messages,
+            "message_bytes": len(payload),
+            "produce_per_second": round(messages / produce_seconds, 1),
+            "consumed": seen,
+            "consume_per_second": round(seen / consume_seconds, 1),
+        }
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.delete_topics([topic])
+        await admin.close()
+
+
+# --- the suite's workload ---------------------------------------------------------------------
+
+
+@dataclass
+class Fixture:
+    admin_token: str
+    customer_tokens: list[str]
+    skus: list[str]
+
+
+async def prepare(client: httpx.AsyncClient, products: int, customers: int) -> Fixture:
+    async def ok(response: httpx.Response) -> dict[str, Any]:
+        if response.status_code != 200:
+            raise RuntimeError(
+                f"{response.request.url.path}: {response.status_code} {response.text}"
+            )
+        return dict(response.json())
+
+    async def login(email: str, password: str) -> str:
+        body = {"email": email, "password": password}
+        return str((await ok(await client.post("/v1/auth/login", json=body)))["access_token"])
+
+    admin = await login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    headers = {"Authorization": f"Bearer {admin}"}
+    skus = []
+    for _ in range(products):
+        sku = f"BENCH-{uuid.uuid4().hex[:10].upper()}"
+        product = {
+            "sku": sku,
+            "name": f"Bench product {sku}",
+            "categoryId": "books",
+            "price": {"currencyCode": "EUR", "amountMinor": "1000"},
+        }
+        await ok(await client.post("/v1/products", json=product, headers=headers))
+        adjust = {"delta": 1_000_000, "reason": "bench: initial stock"}
+        await ok(await client.post(f"/v1/products/{sku}:adjustStock", json=adjust, headers=headers))
+        skus.append(sku)
+    tokens = []
+    for _ in range(customers):
+        email, password = f"bench-{uuid.uuid4().hex[:12]}@example.com", "bench-correct-horse-42"
+        body = {"email": email, "displayName": "Bench customer", "password": password}
+        await ok(await client.post("/v1/users", json=body))
+        tokens.append(await login(email, password))
+    return Fixture(admin, tokens, skus)
+
+
+def order_call(
+    client: httpx.AsyncClient, fixture: Fixture, worker: int
+) -> Callable[[], Awaitable[bool]]:
+    token = fixture.customer_tokens[worker % len(fixture.customer_tokens)]
+
+    async def call() -> bool:
+        first, second = random.sample(fixture.skus, 2)
+        response = await client.post(
+            "/v1/orders",
+            headers={"Authorization": f"Bearer {token}", "Idempotency-Key": str(uuid.uuid4())},
+            json={"lines": [{"sku": first, "quantity": 1}, {"sku": second, "quantity": 1}]},
+        )
+        return response.status_code == 200
+
+    return call
+
+
+async def get_product(suite: Suite, fixture: Fixture, concurrency: int, seconds: float) -> Any:
+    token = fixture.customer_tokens[0]
+    sku = fixture.skus[0]
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(suite.grpc_target("catalog")) as channel:
+        stub = catalog_pb2_grpc.CatalogServiceStub(channel)
+        request = catalog_pb2.GetProductRequest(sku=sku)
+
+        def make_grpc(_: int) -> Callable[[], Awaitable[bool]]:
+            async def call() -> bool:
+                await stub.GetProduct(request, metadata=metadata, timeout=10)
+                return True
+
+            return call
+
+        direct = await closed_loop(make_grpc, concurrency, seconds)
+    port = int(suite.env["MERCATO_GATEWAY_PORT"])
+    clients = [
+        RawHttp("127.0.0.1", port, {"Authorization": f"Bearer {token}"}) for _ in range(concurrency)
+    ]
+
+    def make_http(worker: int) -> Callable[[], Awaitable[bool]]:
+        async def call() -> bool:
+            status, _ = await clients[worker].get(f"/v1/products/{sku}")
+            return bool(status == 200)
+
+        return call
+
+    try:
+        gateway = await closed_loop(make_http, concurrency, seconds)
+    finally:
+        for raw in clients:
+            await raw.close()
+    return direct, gateway
+
+
+async def rate_search(
+    call: Callable[[], Awaitable[bool]], ceiling: float, steps: int, seconds: float
+) -> dict[str, Any]:
+    """Bisection over offered rates in (0, ceiling]: a step holds when p99 < 100 ms, no errors
+    and at least 95 % of the offered calls completed."""
+    low, high = 0.0, ceiling
+    tried: list[dict[str, Any]] = []
+    for _ in range(steps):
+        rate = (low + high) / 2 if tried else ceiling * 0.6
+        # At least ~40 orders per step (a p99 of fewer is a maximum), at most 2 x seconds.
+        duration = min(max(seconds, 40 / rate), 2 * seconds)
+        result = await open_loop(call, rate, duration)
+        held = (
+            result["errors"] == 0
+            and result["p99_ms"] is not None
+            and result["p99_ms"] < P99_TARGET_MS
+            and result["ok"] >= 0.95 * int(rate * duration)
+        )
+        result["held"] = held
+        tried.append(result)
+        if held:
+            low = rate
+        else:
+            high = rate
+        await asyncio.sleep(1.0)  # let queues drain between steps
+    best = max((r for r in tried if r["held"]), key=lambda r: r["offered_per_second"], default=None)
+    return {
+        "held_per_second": None if best is None else best["offered_per_second"],
+        "held_step": best,
+        "steps": tried,
+    }
+
+
+async def freshness(
+    suite: Suite,
+    fixture: Fixture,
+    call: Callable[[], Awaitable[bool]],
+    rate: float,
+    seconds: float,
+    poll: float,
+) -> dict[str, Any]:
+    """Orders at ``rate`` for ``seconds``; analytics' ``placed`` count polled every ``poll`` s.
+    The k-th order answered counts as seen when ``placed`` first reaches baseline + k."""
+    metadata = (("authorization", f"Bearer {fixture.admin_token}"),)
+    start_time = Timestamp(seconds=946684800)  # 2000-01-01
+
+    async with grpc.aio.insecure_channel(suite.grpc_target("analytics")) as channel:
+        stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+
+        async def placed() -> int:
+            end = Timestamp()
+            end.FromSeconds(int(time.time()) + 86400)
+            request = analytics_pb2.GetFunnelRequest(start_time=start_time, end_time=end)
+            return int((await stub.GetFunnel(request, metadata=metadata, timeout=5)).placed)
+
+        baseline = await placed()
+        counts: list[tuple[float, float, int]] = []  # (query sent, answer received, placed)
+        answered: list[float] = []
+        done = asyncio.Event()
+
+        async def poller() -> None:
+            while True:
+                sent = time.time()
+                value = await placed()
+                counts.append((sent, time.time(), value - baseline))
+                if done.is_set() and value - baseline >= len(answered):
+                    return
+                await asyncio.sleep(poll)
+
+        poll_task = asyncio.create_task(poller())
+        load = await open_loop(call, rate, seconds, on_success=answered.append)
+        done.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(poll_task), 30)
+        poll_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await poll_task
+        lag = await stub.GetFreshness(
+            analytics_pb2.GetFreshnessRequest(), metadata=metadata, timeout=5
+        )
+    answered.sort()
+    # Upper bound: the answer of the first poll that saw the order; lower bound: the time that
+    # poll was sent (the count is a snapshot taken somewhere in between).
+    delays, lower, index = [], [], 0
+    for k, at in enumerate(answered, start=1):
+        while index < len(counts) and counts[index][2] < k:
+            index += 1
+        if index == len(counts):
+            break
+        lower.append(max(0.0, counts[index][0] - at))
+        delays.append(max(0.0, counts[index][1] - at))
+    p50, p99 = pct(delays, 0.5), pct(delays, 0.99)
+    low50, low99 = pct(lower, 0.5), pct(lower, 0.99)
+    query_ms = [(answer - sent) * 1000 for sent, answer, _ in counts]
+    return {
+        "lower_bound_p50_ms": None if low50 is None else round(low50 * 1000, 1),
+        "lower_bound_p99_ms": None if low99 is None else round(low99 * 1000, 1),
+        "poll_query_mean_ms": round(statistics.fmean(query_ms), 1) if query_ms else None,
+        "offered_per_second": round(rate, 1),
+        "orders": load,
+        "counted": len(delays),
+        "answered": len(answered),
+        "poll_interval_ms": poll * 1000,
+        "p50_ms": None if p50 is None else round(p50 * 1000, 1),
+        "p99_ms": None if p99 is None else round(p99 * 1000, 1),
+        "mean_ms": round(statistics.fmean(delays) * 1000, 1) if delays else None,
+        "total_lag_after": int(lag.total_lag),
+    }
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def ratio(value: float | None, reference: float | None) -> str:
+    if not value or not reference:
+        return "—"
+    quotient = value / reference
+    return f"{quotient:.2f}" if quotient >= 0.1 else f"{quotient:.4f}"
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.1f}"
+    return f"{text}{unit}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m, lim, r = report["machine"], report["limits"], report["results"]
+    echo, pg, kafka = lim["grpc_echo"], lim["postgres_commits"], lim["kafka"]
+    direct, gateway = r["get_product"]["grpc_direct"], r["get_product"]["gateway"]
+    orders, search, fresh = (
+        r["orders"]["fixed_concurrency"],
+        r["orders"]["rate_search"],
+        r["freshness"],
+    )
+    c = report["concurrency"]
+    rows = [
+        ("**Limits**", "", "", ""),
+        (f"bare grpc.aio unary echo (c={c})", fmt(echo["per_second"], "/s"), "", ""),
+        ("  p50 / p99", f"{fmt(echo['p50_ms'])} / {fmt(echo['p99_ms'])} ms", "", ""),
+        (f"PostgreSQL single-row commits (c={c})", fmt(pg["per_second"], "/s"), "", ""),
+        ("aiokafka produce, 512 B, acks=all", fmt(kafka["produce_per_second"], " msg/s"), "", ""),
+        ("aiokafka consume", fmt(kafka["consume_per_second"], " msg/s"), "", ""),
+        ("**GET /v1/products/{sku}**", "", "", ""),
+        (
+            f"direct gRPC GetProduct (c={c})",
+            fmt(direct["per_second"], "/s"),
+            "grpc echo",
+            ratio(direct["per_second"], echo["per_second"]),
+        ),
+        (
+            "  p50 / p99",
+            f"{fmt(direct['p50_ms'])} / {fmt(direct['p99_ms'])} ms",
+            "grpc echo",
+            f"{ratio(direct['p50_ms'], echo['p50_ms'])} / "
+            f"{ratio(direct['p99_ms'], echo['p99_ms'])}",
+        ),
+        (
+            f"via the gateway (c={c})",
+            fmt(gateway["per_second"], "/s"),
+            "direct gRPC",
+            ratio(gateway["per_second"], direct["per_second"]),
+        ),
+        (
+            "  p50 / p99",
+            f"{fmt(gateway['p50_ms'])} / {fmt(gateway['p99_ms'])} ms",
+            "direct gRPC",
+            f"{ratio(gateway['p50_ms'], direct['p50_ms'])} / "
+            f"{ratio(gateway['p99_ms'], direct['p99_ms'])}",
+        ),
+        (f"**POST /v1/orders (2 lines of {report['products']} SKUs)**", "", "", ""),
+        (
+            f"closed loop (c={c})",
+            fmt(orders["per_second"], " orders/s"),
+            "PG commits",
+            ratio(orders["per_second"], pg["per_second"]),
+        ),
+        ("  p50 / p99", f"{fmt(orders['p50_ms'])} / {fmt(orders['p99_ms'])} ms", "", ""),
+        (
+            "highest rate held, p99 < 100 ms",
+            fmt(search["held_per_second"], " orders/s"),
+            "closed loop",
+            ratio(search["held_per_second"], orders["per_second"]),
+        ),
+        ("**Order → analytics freshness**", "", "", ""),
+        (
+            f"at {fmt(fresh['offered_per_second'], ' orders/s')} p50 / p99",
+            f"{fmt(fresh['p50_ms'])} / {fmt(fresh['p99_ms'])} ms",
+            f"poll {fresh['poll_interval_ms']:.0f} ms",
+            f"{ratio(fresh['p50_ms'], fresh['poll_interval_ms'])} / "
+            f"{ratio(fresh['p99_ms'], fresh['poll_interval_ms'])}",
+        ),
+        (
+            "  (bounds: poll sent / answered)",
+            f"{fmt(fresh.get('lower_bound_p50_ms'))} to {fmt(fresh['p50_ms'])} / "
+            f"{fmt(fresh.get('lower_bound_p99_ms'))} to {fmt(fresh['p99_ms'])} ms",
+            "",
+            "",
+        ),
+        (
+            "  orders during it: p50 / p99",
+            f"{fmt(fresh['orders']['p50_ms'])} / {fmt(fresh['orders']['p99_ms'])} ms",
+            "100 ms target",
+            ratio(fresh["orders"]["p99_ms"], P99_TARGET_MS),
+        ),
+        ("**Memory, RSS of each process tree** idle / peak under load", "", "", ""),
+    ]
+    memory = report["memory"]
+    for name, idle in memory["idle_rss_mib"].items():
+        peak = memory["peak_rss_mib"].get(name)
+        pss = f"{fmt(memory['idle_mib'].get(name))} / {fmt(memory['peak_mib'].get(name))}"
+        rows.append(
+            (f"  {name}", f"{fmt(idle)} / {fmt(peak)} MiB (PSS {pss})", "idle", ratio(peak, idle))
+        )
+    idle_total, peak_total = sum(memory["idle_mib"].values()), sum(memory["peak_mib"].values())
+    rows.append(
+        (
+            "  total (PSS: shared pages counted once)",
+            f"{fmt(idle_total)} / {fmt(peak_total)} MiB",
+            "idle",
+            ratio(peak_total, idle_total),
+        )
+    )
+    cores = orders.get("cpu_cores_used", {})
+    if cores:
+        busy = ", ".join(f"{k} {v:.2f}" for k, v in cores.items() if v is not None)
+        rows.append((f"CPU cores used during POST /v1/orders (c={c})", busy, "", ""))
+    means = []
+    for service_means in orders.get("server_side_mean_ms", {}).values():
+        for series, (_, mean) in service_means.items():
+            if 'grpc_method="' in series:
+                means.append((series.split('grpc_method="')[1].split('"')[0], mean))
+            elif 'route="' in series:
+                means.append(("gateway " + series.split('route="')[1].split('"')[0], mean))
+    if means:
+        text = ", ".join(f"{name} {mean:.1f}" for name, mean in means)
+        rows.append(("server-side mean ms during it", text, "", ""))
+    rows.append(
+        (
+            "**Start → ready** (stack + services + sample catalog)",
+            fmt(report["ready_seconds"], " s"),
+            "",
+            "",
+        )
+    )
+    lines = [
+        f"# mercato bench, {report['time']}",
+        "",
+        f"Machine: {m['platform']}, {m['cpus']} CPUs, {m['memory_mib']:,} MiB, Python "
+        f"{m['python']}; load average before / after the run {m['loadavg_before']} / "
+        f"{m.get('loadavg_after', '?')}. "
+        "Load generator, suite and stack share the machine.",
+        "",
+        "| Figure | Value | Reference | Ratio |",
+        "|---|---|---|---|",
+        *(f"| {a} | {b} | {c_} | {d} |" for a, b, c_, d in rows),
+        "",
+        "Not measured: the grpc-gateway (Go) peer of item 6.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+async def run(suite: Suite, args: argparse.Namespace, report: dict[str, Any]) -> None:
+    c, seconds = args.concurrency, args.seconds
+    memory = Memory(suite.pids())
+    await asyncio.sleep(2.0)
+    await asyncio.to_thread(memory.sample_idle)
+    report["memory"] = {
+        "idle_mib": memory.idle,
+        "peak_mib": memory.peak,
+        "idle_rss_mib": memory.idle_rss,
+        "peak_rss_mib": memory.peak_rss,
+        "note": "*_mib: PSS of the process tree; *_rss_mib: VmRSS summed over the tree",
+    }
+
+    print("limits: grpc echo, postgres, kafka", flush=True)
+    limits = report["limits"]
+    limits["grpc_echo"] = await grpc_echo_limit(c, seconds)
+    limits["postgres_commits"] = await postgres_limit(suite.stack.postgres_dsn(), c, seconds)
+    limits["kafka"] = await kafka_limits(suite.stack.kafka_bootstrap, args.kafka_messages, 30)
+
+    async with httpx.AsyncClient(
+        base_url=suite.url,
+        timeout=15,
+        limits=httpx.Limits(max_connections=300, max_keepalive_connections=300),
+    ) as client:
+        fixture = await prepare(client, products=args.products, customers=8)
+        results = report["results"]
+        async with memory.watching():
+            print("GET /v1/products/{sku}: direct gRPC, gateway", flush=True)
+            direct, gateway = await get_product(suite, fixture, c, seconds)
+            results["get_product"] = {"grpc_direct": direct, "gateway": gateway}
+
+            print("POST /v1/orders: fixed concurrency", flush=True)
+            metrics = {
+                name: f"http://127.0.0.1:{info['metrics_port']}/metrics"
+                for name, info in suite.status()["services"].items()
+                if info.get("metrics_port")
+            }
+            scraped = {name: await asyncio.to_thread(scrape, url) for name, url in metrics.items()}
+            cpu_before, wall = cpu_seconds(memory.pids), time.perf_counter()
+            own_cpu = time.process_time()
+            fixed = await closed_loop(lambda w: order_call(client, fixture, w), c, seconds)
+            cpu_after, wall = cpu_seconds(memory.pids), time.perf_counter() - wall
+            fixed["cpu_cores_used"] = {
+                name: round((cpu_after[name] - cpu_before[name]) / wall, 2) for name in cpu_after
+            }
+            fixed["cpu_cores_used"]["bench client"] = round(
+                (time.process_time() - own_cpu) / wall, 2
+            )
+            fixed["server_side_mean_ms"] = {
+                name: server_means(scraped[name], await asyncio.to_thread(scrape, url))
+                for name, url in metrics.items()
+            }
+            results["orders"] = {"fixed_concurrency": fixed}
+
+            print("POST /v1/orders: rate search", flush=True)
+            calls = [order_call(client, fixture, w) for w in range(8)]
+
+            async def spread() -> bool:
+                return await random.choice(calls)()
+
+            ceiling = max(5.0, fixed["per_second"] * 1.2)
+            search = await rate_search(spread, ceiling, args.steps, args.step_seconds)
+            results["orders"]["rate_search"] = search
+
+            rate = search["held_per_second"] or max(2.0, fixed["per_second"] * 0.25)
+            print(f"freshness at {rate:.0f} orders/s", flush=True)
+            results["freshness"] = await freshness(
+                suite, fixture, spread, rate, args.seconds * 1.5, args.poll
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=6.0, help="per closed-loop case")
+    parser.add_argument("--steps", type=int, default=5, help="rate search steps")
+    parser.add_argument("--step-seconds", type=float, default=6.0)
+    parser.add_argument("--poll", type=float, default=0.05, help="analytics poll interval, s")
+    parser.add_argument("--kafka-messages", type=int, default=20000)
+    parser.add_argument(
+        "--products",
+        type=int,
+        default=64,
+        help="SKUs the orders draw their 2 lines from (fewer: hotter product documents)",
+    )
+    args = parser.parse_args()
+
+    now = datetime.now(UTC)
+    report: dict[str, Any] = {
+        "benchmark": "mercato suite (make bench)",
+        "time": now.isoformat(timespec="seconds"),
+        "concurrency": args.concurrency,
+        "products": args.products,
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "memory_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20,
+            "loadavg_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        },
+        "limits": {},
+        "results": {},
+        "not_measured": ["grpc-gateway (Go) peer, issue 11 make bench item 6"],
+    }
+    env = bench_env()
+    print(f"starting a private suite on {env['MERCATO_STATE_DIR']}", flush=True)
+    suite = start_suite(env)
+    report["ready_seconds"] = suite.ready_seconds
+    print(f"ready in {suite.ready_seconds} s", flush=True)
+    try:
+        asyncio.run(asyncio.wait_for(run(suite, args, report), 300))
+    finally:
+        print("stopping the suite", flush=True)
+        stop_suite(suite)
+    report["machine"]["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / now.strftime("%Y-%m-%d")
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown(report)
+    stem.with_suffix(".md").write_text(table)
+    print(table)
+    print(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    main()
