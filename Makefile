@@ -70,6 +70,10 @@ bench-services: stack-up ## per-service micro-benchmarks (in-process servers): b
 	mkdir -p bench/results
 	for script in $(wildcard bench/bench_*.py); do $(RUN) python "$$script"; done
 
+.PHONY: test-deploy
+test-deploy: sync ## Helm chart, manifests and images: render, lint, validate, scan (offline)
+	$(RUN) pytest -q tests/deploy
+
 .PHONY: test-e2e
 test-e2e: stack-up ## end-to-end journeys and fault tests against a private copy of the whole suite
 	$(RUN) pytest -q -m e2e tests/e2e
