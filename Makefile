@@ -11,7 +11,7 @@ RUN := $(UV) run --frozen
 
 .PHONY: help
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
 $(UV_HOME)/bin/uv:
 	python3 -m pip install --quiet --disable-pip-version-check --target $(UV_HOME)/lib uv==$(UV_VERSION)
