@@ -147,7 +147,7 @@ async def run(
                 grpc_port=0,
                 mongo_uri=backends.mongo_uri,
                 mongo_database=db_name,
-                kafka_bootstrap=backends.kafka_bootstrap,
+                kafka_bootstrap_servers=backends.kafka_bootstrap,
                 auth_events_topic=names["auth"],
                 catalog_events_topic=names["catalog"],
                 orders_events_topic=names["orders"],

@@ -123,7 +123,7 @@ async def run(requests: int, concurrency: int) -> dict[str, Any]:
                 "mongo_database": db_name,
                 "redis_url": backends.redis_url,
                 "redis_prefix": redis_prefix,
-                "kafka_bootstrap": backends.kafka_bootstrap,
+                "kafka_bootstrap_servers": backends.kafka_bootstrap,
                 "events_topic": topic,
                 "shutdown_drain_seconds": 0,
                 "shutdown_grace_seconds": 1,

@@ -172,7 +172,7 @@ async def run(requests: int, concurrency: int, products: int) -> dict[str, Any]:
                     mongo_database=mongo_db,
                     redis_url=backends.redis_url,
                     redis_prefix=redis_prefix,
-                    kafka_bootstrap=backends.kafka_bootstrap,
+                    kafka_bootstrap_servers=backends.kafka_bootstrap,
                     events_topic=catalog_topic,
                     shutdown_drain_seconds=0,
                     auth_target=auth_target,

@@ -182,7 +182,7 @@ def _services(stack: Stack, environ: Mapping[str, str], run_dir: Path) -> list[S
                     {
                         "MONGO_URI": stack.mongo_uri,
                         "REDIS_URL": stack.redis_url,
-                        "KAFKA_BOOTSTRAP": kafka,
+                        "KAFKA_BOOTSTRAP_SERVERS": kafka,
                         **listen("catalog"),
                         **auth_target,
                         **token,
@@ -222,7 +222,7 @@ def _services(stack: Stack, environ: Mapping[str, str], run_dir: Path) -> list[S
                     "MERCATO_ANALYTICS_",
                     {
                         "MONGO_URI": stack.mongo_uri,
-                        "KAFKA_BOOTSTRAP": kafka,
+                        "KAFKA_BOOTSTRAP_SERVERS": kafka,
                         **listen("analytics"),
                         **auth_target,
                         **token,

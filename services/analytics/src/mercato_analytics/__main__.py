@@ -45,7 +45,7 @@ async def _rebuild(settings: AnalyticsSettings, database: str | None, force: boo
     try:
         report = await rebuild(
             connection=KafkaConnection(
-                bootstrap_servers=settings.kafka_bootstrap, client_id="analytics-rebuild"
+                bootstrap_servers=settings.kafka_bootstrap_servers, client_id="analytics-rebuild"
             ),
             store=store,
             topics=settings.topics,

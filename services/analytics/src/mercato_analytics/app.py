@@ -267,7 +267,9 @@ def build_app(
     mongo = mongo_client(settings)
     store = AnalyticsStore(mongo[settings.mongo_database])
     metrics = AnalyticsMetrics(registry)
-    connection = KafkaConnection(bootstrap_servers=settings.kafka_bootstrap, client_id="analytics")
+    connection = KafkaConnection(
+        bootstrap_servers=settings.kafka_bootstrap_servers, client_id="analytics"
+    )
     positions = KafkaPositions(
         connection,
         group_id=settings.consumer_group,

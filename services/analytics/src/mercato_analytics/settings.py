@@ -26,7 +26,7 @@ class AnalyticsSettings(BaseServiceSettings):
     mongo_operation_timeout_ms: int = Field(default=15000, gt=0)
 
     # Kafka.
-    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_bootstrap_servers: str = "127.0.0.1:19092"
     consumer_group: str = Field(default="mercato.analytics", min_length=1)
     auth_events_topic: str = Field(default="mercato.auth.events.v1", min_length=1)
     catalog_events_topic: str = Field(default="mercato.catalog.events.v1", min_length=1)

@@ -177,7 +177,7 @@ def build_app(
         return_marker_retention=timedelta(seconds=settings.return_marker_retention_seconds),
     )
     producer = EventProducer(
-        KafkaConnection(bootstrap_servers=settings.kafka_bootstrap, client_id="catalog")
+        KafkaConnection(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="catalog")
     )
     relays = RelayRunner(
         producer,

@@ -34,7 +34,7 @@ class CatalogSettings(BaseServiceSettings):
     cache_breaker_seconds: float = Field(default=2.0, ge=0)
 
     # Kafka (outbox relay).
-    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_bootstrap_servers: str = "127.0.0.1:19092"
     events_topic: str = Field(default="mercato.catalog.events.v1", min_length=1)
     outbox_poll_seconds: float = Field(default=0.5, gt=0)
 

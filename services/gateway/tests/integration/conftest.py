@@ -377,7 +377,7 @@ async def suite(backends: Backends) -> AsyncIterator[Suite]:
                 mongo_database=mongo_db,
                 redis_url=backends.redis_url,
                 redis_prefix=redis_prefix + "catalog:",
-                kafka_bootstrap=backends.kafka_bootstrap,
+                kafka_bootstrap_servers=backends.kafka_bootstrap,
                 events_topic=topic,
                 shutdown_drain_seconds=0,
                 shutdown_grace_seconds=1,

@@ -381,7 +381,7 @@ async def catalog(
         mongo_database=mongo_db_name,
         redis_url=redis_url,
         redis_prefix=redis_prefix,
-        kafka_bootstrap=kafka_bootstrap,
+        kafka_bootstrap_servers=kafka_bootstrap,
         events_topic=topic,
         outbox_poll_seconds=0.2,
         shutdown_drain_seconds=0,
