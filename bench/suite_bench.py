@@ -29,9 +29,7 @@ import json
 import os
 import platform
 import random
-import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -51,34 +49,37 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mercato.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
-from mercato_devstack.config import StackConfig
-from mercato_devstack.stack import Stack
+from mercato_devstack.private_suite import (
+    PrivateSuite,
+    isolated_env,
+    start_private_suite,
+    stop_private_suite,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results"
-# The e2e suite's environment and the gateway bench's raw HTTP/1.1 client, reused as they are.
-sys.path[:0] = [str(REPO_ROOT / "tests" / "e2e"), str(BENCH_DIR)]
+# The gateway bench's raw HTTP/1.1 client, reused as it is.
+sys.path.insert(0, str(BENCH_DIR))
 from bench_gateway import RawHttp  # noqa: E402
-from suite_env import DEFAULTS, link_cache, suite_env  # noqa: E402
 
 #: The bench suite's state folder and ports: 22xxx, clear of `make run`, e2e and the kernel's
-#: ephemeral range (32768-60999), where a connect probe can meet a client's own port.
-BENCH_OVERRIDES = {
-    "STATE_DIR": str(REPO_ROOT / ".state" / "bench"),
-    "PG_PORT": "22432",
-    "KAFKA_PORT": "22092",
-    "KAFKA_CONTROLLER_PORT": "22093",
-    "MONGO_PORT": "22018",
-    "REDIS_PORT": "22379",
-    "GATEWAY_PORT": "22080",
-    "SUITE_PORT_BASE": "22060",
-    "SUITE_METRICS_PORT_BASE": "22460",
-    "GATEWAY_RATE_LIMIT_STRICT": json.dumps({"rate": 100000, "burst": 100000}),
-    "GATEWAY_RATE_LIMIT_DEFAULT": json.dumps({"rate": 100000, "burst": 100000}),
+#: ephemeral range (32768-60999), where a connect probe can meet a client's own port. Each can be
+#: overridden with MERCATO_BENCH_<name without MERCATO_>. Nothing else is set: the services run
+#: with their defaults, except rate limits raised out of the measurement's way.
+BENCH_DEFAULTS = {
+    "MERCATO_STATE_DIR": str(REPO_ROOT / ".state" / "bench"),
+    "MERCATO_PG_PORT": "22432",
+    "MERCATO_KAFKA_PORT": "22092",
+    "MERCATO_KAFKA_CONTROLLER_PORT": "22093",
+    "MERCATO_MONGO_PORT": "22018",
+    "MERCATO_REDIS_PORT": "22379",
+    "MERCATO_GATEWAY_PORT": "22080",
+    "MERCATO_SUITE_PORT_BASE": "22060",
+    "MERCATO_SUITE_METRICS_PORT_BASE": "22460",
+    "MERCATO_GATEWAY_RATE_LIMIT_STRICT": json.dumps({"rate": 100000, "burst": 100000}),
+    "MERCATO_GATEWAY_RATE_LIMIT_DEFAULT": json.dumps({"rate": 100000, "burst": 100000}),
 }
-#: e2e settings that are not about isolation: dropped so the services run with their defaults.
-KEPT = {f"MERCATO_{key}" for key in BENCH_OVERRIDES}
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 90.0
 ADMIN_EMAIL = os.environ.get("MERCATO_BOOTSTRAP_ADMIN_EMAIL", "admin@mercato.local")
@@ -87,15 +88,8 @@ P99_TARGET_MS = 100.0
 
 
 def bench_env() -> dict[str, str]:
-    base = dict(os.environ)
-    for key, value in BENCH_OVERRIDES.items():
-        base.setdefault(f"MERCATO_BENCH_{key}", value)
-        base[f"MERCATO_E2E_{key}"] = base[f"MERCATO_BENCH_{key}"]
-    env: dict[str, str] = suite_env(base)
-    for key in DEFAULTS:
-        if key not in KEPT:
-            env.pop(key, None)
-    return env
+    base = {**os.environ, "MERCATO_REPO_ROOT": str(REPO_ROOT)}
+    return isolated_env(BENCH_DEFAULTS, override_prefix="MERCATO_BENCH_", base=base)
 
 
 # --- measurement ------------------------------------------------------------------------------
@@ -325,82 +319,6 @@ class Memory:
 # --- the suite --------------------------------------------------------------------------------
 
 
-@dataclass
-class Suite:
-    env: dict[str, str]
-    state_dir: Path
-    url: str
-    stack: Stack
-    process: subprocess.Popen[bytes]
-    ready_seconds: float
-
-    def status(self) -> dict[str, Any]:
-        return dict(json.loads((self.state_dir / "run" / "suite.json").read_text()))
-
-    def pids(self) -> dict[str, int]:
-        pids = {name: info["pid"] for name, info in self.status()["services"].items()}
-        for component in self.stack.status():
-            if component.pid:
-                pids[component.name] = component.pid
-        return pids
-
-    def grpc_target(self, service: str) -> str:
-        return f"127.0.0.1:{self.status()['services'][service]['grpc_port']}"
-
-
-def _ready(state_dir: Path, url: str) -> bool:
-    try:
-        status = json.loads((state_dir / "run" / "suite.json").read_text())
-        if not status.get("ready"):
-            return False
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except (OSError, ValueError, httpx.HTTPError):
-        return False
-
-
-def start_suite(env: dict[str, str]) -> Suite:
-    state_dir = link_cache(env)
-    url = f"http://127.0.0.1:{env['MERCATO_GATEWAY_PORT']}"
-    pid_file = state_dir / "run" / "suite.pid"
-    with contextlib.suppress(OSError, ValueError):
-        os.kill(int(pid_file.read_text()), 0)
-        raise SystemExit(f"a suite already runs on {state_dir}: stop it first")
-    log_path = state_dir / "run" / "supervisor.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mercato_devstack", "run"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    suite = Suite(env, state_dir, url, Stack(StackConfig.from_env(env)), process, 0.0)
-    try:
-        while not _ready(state_dir, url):
-            if process.poll() is not None:
-                raise RuntimeError(f"the suite exited with {process.returncode}: {log_path}")
-            if time.monotonic() - started > READY_TIMEOUT:
-                raise RuntimeError(f"the suite is not ready after {READY_TIMEOUT:.0f} s")
-            time.sleep(0.25)
-    except BaseException:
-        stop_suite(suite)
-        raise
-    suite.ready_seconds = round(time.monotonic() - started, 1)
-    return suite
-
-
-def stop_suite(suite: Suite) -> None:
-    suite.process.send_signal(signal.SIGTERM)
-    try:
-        suite.process.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(suite.process.pid, signal.SIGKILL)
-        suite.process.wait()
-        suite.stack.down()
-
-
 # --- 1. limits --------------------------------------------------------------------------------
 
 
@@ -559,7 +477,9 @@ def order_call(
     return call
 
 
-async def get_product(suite: Suite, fixture: Fixture, concurrency: int, seconds: float) -> Any:
+async def get_product(
+    suite: PrivateSuite, fixture: Fixture, concurrency: int, seconds: float
+) -> Any:
     token = fixture.customer_tokens[0]
     sku = fixture.skus[0]
     metadata = (("authorization", f"Bearer {token}"),)
@@ -629,7 +549,7 @@ async def rate_search(
 
 
 async def freshness(
-    suite: Suite,
+    suite: PrivateSuite,
     fixture: Fixture,
     call: Callable[[], Awaitable[bool]],
     rate: float,
@@ -862,7 +782,7 @@ def markdown(report: dict[str, Any]) -> str:
 # --- main -------------------------------------------------------------------------------------
 
 
-async def run(suite: Suite, args: argparse.Namespace, report: dict[str, Any]) -> None:
+async def run(suite: PrivateSuite, args: argparse.Namespace, report: dict[str, Any]) -> None:
     c, seconds = args.concurrency, args.seconds
     memory = Memory(suite.pids())
     await asyncio.sleep(2.0)
@@ -968,14 +888,14 @@ def main() -> None:
     }
     env = bench_env()
     print(f"starting a private suite on {env['MERCATO_STATE_DIR']}", flush=True)
-    suite = start_suite(env)
+    suite = start_private_suite(env, ready_timeout=READY_TIMEOUT)
     report["ready_seconds"] = suite.ready_seconds
     print(f"ready in {suite.ready_seconds} s", flush=True)
     try:
         asyncio.run(asyncio.wait_for(run(suite, args, report), 300))
     finally:
         print("stopping the suite", flush=True)
-        stop_suite(suite)
+        stop_private_suite(suite, stop_timeout=STOP_TIMEOUT)
     report["machine"]["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / now.strftime("%Y-%m-%d")

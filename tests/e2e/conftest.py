@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import signal
-import subprocess
 import sys
 import time
 import uuid
@@ -29,11 +27,14 @@ from typing import Any
 import httpx
 import pytest
 
-from mercato_devstack.config import StackConfig
-from mercato_devstack.stack import Stack
+from mercato_devstack.private_suite import (
+    PrivateSuite,
+    start_private_suite,
+    stop_private_suite,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from suite_env import link_cache, suite_env
+from suite_env import suite_env
 
 READY_TIMEOUT = 300.0
 STOP_TIMEOUT = 120.0
@@ -61,26 +62,8 @@ def wait_until(
     raise AssertionError(f"{what} not reached in {timeout:.0f} s (last: {last!r})")
 
 
-@dataclass
-class RunningSuite:
-    env: dict[str, str]
-    state_dir: Path
-    url: str
-    stack: Stack
-    process: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
-
-    @property
-    def status_file(self) -> Path:
-        return self.state_dir / "run" / "suite.json"
-
-    def status(self) -> dict[str, Any]:
-        return dict(json.loads(self.status_file.read_text()))
-
-    def pid(self, service: str) -> int:
-        pid = self.status()["services"][service]["pid"]
-        assert isinstance(pid, int), f"{service} has no process"
-        return pid
+class RunningSuite(PrivateSuite):
+    """The private suite, plus what the fault tests do to it."""
 
     def kill_service(self, service: str) -> int:
         """SIGKILL a supervised child (its whole process group); the supervisor restarts it."""
@@ -95,12 +78,6 @@ class RunningSuite:
 
         wait_until(restarted, timeout, what=f"{service} restarted")
         wait_until(lambda: self.ready(), timeout, what="gateway ready")
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def orders_count(self) -> int:
         """Orders committed in the orders database (read directly, as an operator would)."""
@@ -118,59 +95,15 @@ class RunningSuite:
         return asyncio.run(count())
 
 
-def _running(state_dir: Path) -> dict[str, Any] | None:
-    status_file = state_dir / "run" / "suite.json"
-    try:
-        status = json.loads(status_file.read_text())
-        os.kill(int(status["supervisor_pid"]), 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    return dict(status)
-
-
 @pytest.fixture(scope="session")
 def suite() -> Iterator[RunningSuite]:
-    env = suite_env()
-    state_dir = link_cache(env)
-    stack = Stack(StackConfig.from_env(env))
-    url = f"http://127.0.0.1:{env['MERCATO_GATEWAY_PORT']}"
-    running = _running(state_dir)
-    if running is not None and running.get("ready"):
-        yield RunningSuite(env, state_dir, url, stack)
-        return
-    log_path = state_dir / "run" / "supervisor.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mercato_devstack", "run"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    running_suite = RunningSuite(env, state_dir, url, stack, process, log_path)
+    """The whole suite, started once (or a ready one started by hand, left running)."""
+    private = start_private_suite(suite_env(), ready_timeout=READY_TIMEOUT, reuse=True)
+    running = RunningSuite(**vars(private))
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the suite exited with {process.returncode}: see {log_path}")
-            status = _running(state_dir)
-            if status is not None and status.get("ready") and running_suite.ready():
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the suite is not ready after {READY_TIMEOUT:.0f} s: {log_path}"
-                )
-            time.sleep(0.5)
-        yield running_suite
+        yield running
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            stack.down()
+        stop_private_suite(running, stop_timeout=STOP_TIMEOUT)
 
 
 class ApiError(AssertionError):

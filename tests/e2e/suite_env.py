@@ -17,6 +17,8 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
+from mercato_devstack.private_suite import isolated_env, link_cache
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 #: Each can be overridden with MERCATO_E2E_<name without MERCATO_> (e.g. MERCATO_E2E_PG_PORT):
@@ -53,21 +55,8 @@ DEFAULTS: dict[str, str] = {
 def suite_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """``base`` (default: os.environ) with the e2e values: MERCATO_E2E_* or the defaults."""
     env = dict(os.environ if base is None else base)
-    for key, value in DEFAULTS.items():
-        env[key] = env.get("MERCATO_E2E_" + key.removeprefix("MERCATO_"), value)
     env.setdefault("MERCATO_REPO_ROOT", str(REPO_ROOT))
-    return env
-
-
-def link_cache(env: Mapping[str, str]) -> Path:
-    """Link the main checkout's build cache into the e2e state folder (no rebuild, no download)."""
-    state = Path(env["MERCATO_STATE_DIR"])
-    state.mkdir(parents=True, exist_ok=True)
-    shared = REPO_ROOT / ".state" / "cache"
-    cache = state / "cache"
-    if shared.is_dir() and not cache.exists() and cache.resolve() != shared.resolve():
-        cache.symlink_to(shared, target_is_directory=True)
-    return state
+    return isolated_env(DEFAULTS, override_prefix="MERCATO_E2E_", base=env)
 
 
 if __name__ == "__main__":

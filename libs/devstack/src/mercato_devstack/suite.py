@@ -344,7 +344,7 @@ class Suite:
         if service.grpc_port is not None:
             return await _grpc_serving(service.grpc_port)
         assert service.http_ready_url is not None
-        return await asyncio.to_thread(_http_ok, service.http_ready_url)
+        return await asyncio.to_thread(http_ok, service.http_ready_url)
 
     async def _wait_ready(self, service: Service) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -492,7 +492,7 @@ async def _grpc_serving(port: int) -> bool:
     return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback URL
             return bool(response.status == 200)
