@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from mercato_common.runtime import run_until_signal, start_all
+from mercato_common.runtime import CloseOnStop, run_until_signal, start_all
 
 
 class Part:
@@ -37,3 +37,17 @@ async def test_a_failed_start_stops_what_already_started() -> None:
     with pytest.raises(RuntimeError, match="relay cannot start"):
         await start_all([Part("store", log), Part("relay", log, fail=True), Part("server", log)])
     assert log == ["start store", "stop store"]
+
+
+async def test_close_on_stop_closes_only_at_stop_and_skips_none() -> None:
+    log: list[str] = []
+
+    async def close() -> None:
+        log.append("closed")
+
+    part = CloseOnStop(close)
+    await part.start()
+    assert log == []
+    await part.stop()
+    assert log == ["closed"]
+    await CloseOnStop(None).stop()  # nothing to close

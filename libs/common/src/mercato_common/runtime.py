@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["Lifecycle", "run_until_signal", "start_all", "stop_all"]
+__all__ = ["CloseOnStop", "Lifecycle", "run_until_signal", "start_all", "stop_all"]
 
 _log = logging.getLogger("mercato.runtime")
 
@@ -23,6 +23,24 @@ class Lifecycle(Protocol):
     async def start(self) -> Any: ...
 
     async def stop(self) -> Any: ...
+
+
+class CloseOnStop:
+    """A part that only closes a client on stop (a channel, a Redis client); None is skipped.
+
+    Nothing happens at start: such clients connect lazily, and a dependency that is down at
+    start must not keep the service from starting.
+    """
+
+    def __init__(self, close: Callable[[], Awaitable[Any]] | None) -> None:
+        self._close = close
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        if self._close is not None:
+            await self._close()
 
 
 async def start_all(parts: Sequence[Lifecycle]) -> list[Lifecycle]:

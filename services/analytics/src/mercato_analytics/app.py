@@ -34,7 +34,7 @@ from mercato_common.client import create_channel
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
 from mercato_common.kafka import Backoff, ConsumerRunner, EventProducer, KafkaConnection
 from mercato_common.mongo import ensure_indexes
-from mercato_common.runtime import Lifecycle
+from mercato_common.runtime import CloseOnStop, Lifecycle
 from mercato_common.server import GrpcServer
 
 __all__ = ["AnalyticsApp", "ConsumerPart", "build_app", "mongo_client"]
@@ -67,18 +67,6 @@ class MongoPart:
 
     async def stop(self) -> None:
         await self._client.close()
-
-
-class ChannelPart:
-    def __init__(self, channel: grpc.aio.Channel | None) -> None:
-        self._channel = channel
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
 
 
 class LagMonitor:
@@ -297,7 +285,11 @@ def build_app(
     server.add_service(
         analytics_pb2_grpc.add_AnalyticsServiceServicer_to_server, servicer, SERVICE_NAME
     )
-    parts: list[Lifecycle] = [MongoPart(mongo, store), ChannelPart(channel), lag]
+    parts: list[Lifecycle] = [
+        MongoPart(mongo, store),
+        CloseOnStop(channel.close if channel is not None else None),
+        lag,
+    ]
     if consumers is not None:
         parts.append(consumers)
     parts.append(server)

@@ -39,7 +39,7 @@ from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_
 from mercato_common.kafka.producer import EventProducer, KafkaConnection
 from mercato_common.mongo import ensure_indexes
 from mercato_common.outbox import MongoOutboxRelay, RelayRunner
-from mercato_common.runtime import Lifecycle
+from mercato_common.runtime import CloseOnStop, Lifecycle
 from mercato_common.server import GrpcServer
 
 __all__ = ["CatalogApp", "build_app", "is_ferretdb"]
@@ -75,32 +75,6 @@ class MongoPart:
 
     async def stop(self) -> None:
         await self._client.close()
-
-
-class RedisPart:
-    """Closes the cache's Redis client on shutdown (Redis may be down at start: no check)."""
-
-    def __init__(self, redis: Redis | None) -> None:
-        self._redis = redis
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
-
-
-class ChannelPart:
-    def __init__(self, channel: grpc.aio.Channel | None) -> None:
-        self._channel = channel
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
 
 
 @dataclass
@@ -214,8 +188,8 @@ def build_app(
     )
     parts: list[Lifecycle] = [
         MongoPart(mongo, ctx, settings.write_locks),
-        RedisPart(redis),
-        ChannelPart(channel),
+        CloseOnStop(redis.aclose if redis is not None else None),
+        CloseOnStop(channel.close if channel is not None else None),
         relays,
         sweeper,
         server,

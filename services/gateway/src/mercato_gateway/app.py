@@ -36,7 +36,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route as StarletteRoute
 
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier
-from mercato_common.runtime import Lifecycle, start_all, stop_all
+from mercato_common.runtime import CloseOnStop, Lifecycle, start_all, stop_all
 from mercato_gateway.auth import Authenticator, jwks_fetcher
 from mercato_gateway.edge import ROUTE_KEY, EdgeMiddleware, HttpMetrics
 from mercato_gateway.openapi import build_openapi, docs_page
@@ -76,18 +76,6 @@ _EXPOSED_HEADERS = (
 def derive_routes() -> list[Route]:
     """Every ``google.api.http``-annotated RPC of the generated contracts, as routes."""
     return routes_from_methods(discover_methods(load_contract_modules()))
-
-
-class RedisPart:
-    def __init__(self, redis: Redis | None) -> None:
-        self._redis = redis
-
-    async def start(self) -> None:
-        return None  # Redis may be down at start: the limiter falls back
-
-    async def stop(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
 
 
 class Readiness:
@@ -256,7 +244,11 @@ def build_app(
             },
         )
 
-    parts: list[Lifecycle] = [RedisPart(redis), upstreams]
+    parts: list[Lifecycle] = [
+        # Redis may be down at start: the limiter falls back, so only close it on stop.
+        CloseOnStop(redis.aclose if redis is not None else None),
+        upstreams,
+    ]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
