@@ -34,6 +34,7 @@ from mercato_devstack.private_suite import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from otlp_receiver import OtlpReceiver
 from suite_env import suite_env
 
 READY_TIMEOUT = 300.0
@@ -96,7 +97,19 @@ class RunningSuite(PrivateSuite):
 
 
 @pytest.fixture(scope="session")
-def suite() -> Iterator[RunningSuite]:
+def otlp() -> Iterator[OtlpReceiver]:
+    """The OTLP trace receiver every process of the suite exports to (see suite_env.py)."""
+    endpoint = suite_env()["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    receiver = OtlpReceiver()
+    receiver.start(endpoint.removeprefix("http://"))
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def suite(otlp: OtlpReceiver) -> Iterator[RunningSuite]:
     """The whole suite, started once (or a ready one started by hand, left running)."""
     private = start_private_suite(suite_env(), ready_timeout=READY_TIMEOUT, reuse=True)
     running = RunningSuite(**vars(private))

@@ -21,7 +21,8 @@ from mercato_devstack.private_suite import isolated_env, link_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-#: Each can be overridden with MERCATO_E2E_<name without MERCATO_> (e.g. MERCATO_E2E_PG_PORT):
+#: Each can be overridden with MERCATO_E2E_<name without MERCATO_> (e.g. MERCATO_E2E_PG_PORT,
+#: MERCATO_E2E_OTEL_EXPORTER_OTLP_ENDPOINT):
 #: the suite never inherits the developer's own MERCATO_PG_PORT & co., whose stack it would hit.
 DEFAULTS: dict[str, str] = {
     "MERCATO_STATE_DIR": str(REPO_ROOT / ".state" / "e2e"),
@@ -33,6 +34,10 @@ DEFAULTS: dict[str, str] = {
     "MERCATO_GATEWAY_PORT": "18080",
     "MERCATO_SUITE_PORT_BASE": "51060",
     "MERCATO_SUITE_METRICS_PORT_BASE": "19460",
+    # Every process exports its spans to the tests' OTLP receiver (otlp_receiver.py), flushed
+    # every 200 ms so a test sees a trace soon after the request.
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:14317",
+    "OTEL_BSP_SCHEDULE_DELAY": "200",
     # Short repair timings so the fault tests see the reconciler and sweeper act within seconds.
     # The lease must exceed AUTH_TIMEOUT + 2 x CATALOG_TIMEOUT + DATABASE_COMMAND_TIMEOUT.
     "MERCATO_ORDERS_AUTH_TIMEOUT_SECONDS": "2",

@@ -35,6 +35,7 @@ from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_
 from mercato_common.kafka import Backoff, ConsumerRunner, EventProducer, KafkaConnection
 from mercato_common.mongo import ensure_indexes
 from mercato_common.runtime import CloseOnStop, Lifecycle
+from mercato_common.saturation import MongoPoolMonitor, SaturationMetrics
 from mercato_common.server import GrpcServer
 
 __all__ = ["AnalyticsApp", "ConsumerPart", "build_app", "mongo_client"]
@@ -42,9 +43,12 @@ __all__ = ["AnalyticsApp", "ConsumerPart", "build_app", "mongo_client"]
 log = logging.getLogger("mercato_analytics.app")
 
 
-def mongo_client(settings: AnalyticsSettings) -> AsyncMongoClient[Any]:
+def mongo_client(
+    settings: AnalyticsSettings, pool_monitor: MongoPoolMonitor | None = None
+) -> AsyncMongoClient[Any]:
     return AsyncMongoClient(
         settings.mongo_uri,
+        event_listeners=[pool_monitor] if pool_monitor is not None else [],
         tz_aware=True,
         serverSelectionTimeoutMS=settings.mongo_timeout_ms,
         connectTimeoutMS=settings.mongo_timeout_ms,
@@ -252,7 +256,10 @@ def build_app(
     registry: CollectorRegistry = REGISTRY,
 ) -> AnalyticsApp:
     """Build every part of analytics from ``settings``; nothing connects until started."""
-    mongo = mongo_client(settings)
+    saturation = SaturationMetrics(registry)
+    pool_monitor = MongoPoolMonitor()
+    mongo = mongo_client(settings, pool_monitor)
+    saturation.watch_mongo("mongodb", pool_monitor, mongo.options.pool_options.max_pool_size)
     store = AnalyticsStore(mongo[settings.mongo_database])
     metrics = AnalyticsMetrics(registry)
     connection = KafkaConnection(
@@ -291,7 +298,9 @@ def build_app(
         lag,
     ]
     if consumers is not None:
+        saturation.watch_producer(consumers.producer)
         parts.append(consumers)
+    parts.append(saturation)
     parts.append(server)
     return AnalyticsApp(
         settings=settings,

@@ -27,6 +27,7 @@ from mercato_common.identity import JwksTokenVerifier
 from mercato_common.kafka import EventProducer, KafkaConnection
 from mercato_common.outbox import PostgresOutboxRelay, RelayRunner
 from mercato_common.runtime import Lifecycle
+from mercato_common.saturation import SaturationMetrics
 from mercato_common.server import GrpcServer
 
 __all__ = ["AuthApp", "AuthCore", "Bootstrap", "Housekeeping", "build_app", "build_core"]
@@ -182,6 +183,8 @@ def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY)
         AuthServicer(core.service, trust_forwarded_for=settings.trust_forwarded_for),
         SERVICE_NAME,
     )
+    saturation = SaturationMetrics(registry)
+    saturation.watch_postgres("postgres", lambda: core.database.pool)
     relay: RelayRunner[PostgresOutboxRelay] | None = None
     if settings.outbox_relay_enabled:
         producer = EventProducer(
@@ -203,9 +206,11 @@ def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY)
             ]
 
         relay = RelayRunner(producer, make_relays)
+        saturation.watch_producer(producer)
     parts: list[Lifecycle] = [core.database, core.keys, Bootstrap(core.service, settings)]
     if relay is not None:
         parts.append(relay)
     parts.append(Housekeeping(core.service, settings.housekeeping_interval_seconds))
+    parts.append(saturation)
     parts.append(server)
     return AuthApp(core=core, server=server, verifier=verifier, relay=relay, parts=parts)

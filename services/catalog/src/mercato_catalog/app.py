@@ -40,6 +40,7 @@ from mercato_common.kafka.producer import EventProducer, KafkaConnection
 from mercato_common.mongo import ensure_indexes
 from mercato_common.outbox import MongoOutboxRelay, RelayRunner
 from mercato_common.runtime import CloseOnStop, Lifecycle
+from mercato_common.saturation import MongoPoolMonitor, SaturationMetrics
 from mercato_common.server import GrpcServer
 
 __all__ = ["CatalogApp", "build_app", "is_ferretdb"]
@@ -111,13 +112,17 @@ def build_app(
     registry: CollectorRegistry = REGISTRY,
 ) -> CatalogApp:
     """Build every part of the catalog from ``settings``; nothing connects until started."""
+    saturation = SaturationMetrics(registry)
+    pool_monitor = MongoPoolMonitor()
     mongo: AsyncMongoClient[Any] = AsyncMongoClient(
         settings.mongo_uri,
+        event_listeners=[pool_monitor],
         tz_aware=True,
         serverSelectionTimeoutMS=settings.mongo_timeout_ms,
         connectTimeoutMS=settings.mongo_timeout_ms,
         appname="mercato-catalog",
     )
+    saturation.watch_mongo("mongodb", pool_monitor, mongo.options.pool_options.max_pool_size)
     ctx = StoreContext(
         db=mongo[settings.mongo_database],
         topic=settings.events_topic,
@@ -153,6 +158,7 @@ def build_app(
     producer = EventProducer(
         KafkaConnection(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="catalog")
     )
+    saturation.watch_producer(producer)
     relays = RelayRunner(
         producer,
         [
@@ -192,6 +198,7 @@ def build_app(
         CloseOnStop(channel.close if channel is not None else None),
         relays,
         sweeper,
+        saturation,
         server,
     ]
     return CatalogApp(

@@ -37,6 +37,7 @@ from starlette.routing import Route as StarletteRoute
 
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier
 from mercato_common.runtime import CloseOnStop, Lifecycle, start_all, stop_all
+from mercato_common.saturation import SaturationMetrics
 from mercato_gateway.auth import Authenticator, jwks_fetcher
 from mercato_gateway.edge import ROUTE_KEY, EdgeMiddleware, HttpMetrics
 from mercato_gateway.openapi import build_openapi, docs_page
@@ -245,6 +246,7 @@ def build_app(
         )
 
     parts: list[Lifecycle] = [
+        SaturationMetrics(registry),
         # Redis may be down at start: the limiter falls back, so only close it on stop.
         CloseOnStop(redis.aclose if redis is not None else None),
         upstreams,

@@ -101,7 +101,7 @@ class EdgeMiddleware:
         state: dict[str, Any] = {"status": 500, "started": False, "bytes": 0}
         self._metrics.in_flight.inc()
         with self._tracer.start_as_current_span(
-            f"{method} {scope.get('path', '')}",
+            method,  # renamed to "{method} {route}" once the route is known
             context=parent,
             kind=SpanKind.SERVER,
             attributes={"http.request.method": method},

@@ -22,6 +22,7 @@ from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_
 from mercato_common.kafka import EventProducer, KafkaConnection
 from mercato_common.outbox import PostgresOutboxRelay, RelayRunner
 from mercato_common.runtime import Lifecycle
+from mercato_common.saturation import SaturationMetrics
 from mercato_common.server import GrpcServer
 from mercato_orders.api import SERVICE_NAME, OrdersServicer
 from mercato_orders.clients import CatalogClient, ServiceTokens, issue_with
@@ -88,6 +89,8 @@ def build_app(
         unavailable_error=OrdersUnavailable,
     )
     store = OrdersStore(database, events_topic=settings.events_topic)
+    saturation = SaturationMetrics(registry)
+    saturation.watch_postgres("postgres", lambda: database.pool)
 
     auth_channel = create_channel(
         settings.auth_target,
@@ -168,6 +171,7 @@ def build_app(
             ]
 
         relay = RelayRunner(producer, make_relays)
+        saturation.watch_producer(producer)
     reconciler: Reconciler | None = None
     if settings.reconcile_enabled:
         reconciler = Reconciler(
@@ -184,6 +188,7 @@ def build_app(
         parts.append(relay)
     if reconciler is not None:
         parts.append(reconciler)
+    parts.append(saturation)
     parts.append(server)
     return OrdersApp(
         settings=settings,

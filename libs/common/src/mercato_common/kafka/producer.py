@@ -116,6 +116,8 @@ class EventProducer:
         # Delivery futures handed out per client, so a hard close can fail the ones that the
         # abandoned client will never resolve (their awaiters would otherwise hang forever).
         self._pending: dict[Any, set[DeliveryFuture]] = {}
+        # Kept as a plain count (not summed over _pending) so the metrics thread can read it.
+        self._pending_count = 0
         self._lock = asyncio.Lock()
 
     @property
@@ -125,6 +127,11 @@ class EventProducer:
     @property
     def started(self) -> bool:
         return self._producer is not None
+
+    @property
+    def pending_messages(self) -> int:
+        """Records handed to the client whose acknowledgement (or failure) is still to come."""
+        return self._pending_count
 
     def _new_client(self) -> Any:
         """The aiokafka client; a seam for unit tests."""
@@ -221,8 +228,13 @@ class EventProducer:
         future: DeliveryFuture = await client.send(topic, value, key=key, headers=list(headers))
         pending = self._pending.setdefault(client, set())
         pending.add(future)
+        self._pending_count += 1
+        future.add_done_callback(self._settled)
         future.add_done_callback(pending.discard)
         return future
+
+    def _settled(self, _: DeliveryFuture) -> None:
+        self._pending_count -= 1
 
     async def send_and_wait(
         self,
