@@ -8,7 +8,8 @@ the gateway's rate limits raised out of the way. Then, against that suite and it
 
 1. the machine's limits: bare ``grpc.aio`` unary calls/s (in-process health-check echo),
    PostgreSQL single-row commits/s, aiokafka produce and consume messages/s;
-2. ``GET /v1/products/{sku}`` through the gateway vs GetProduct directly over gRPC;
+2. ``GET /v1/products/{sku}`` through the gateway vs GetProduct directly over gRPC, and through
+   its peer, grpc-gateway (Go; tools/grpc_gateway_peer.py builds it, ``--no-peer`` skips it);
 3. ``POST /v1/orders`` (2 lines) at a fixed concurrency, and the highest offered rate (open loop,
    latency from the scheduled send time) held with p99 under 100 ms, by a bounded bisection;
 4. order-to-analytics freshness at that rate: from each create response to analytics' ``placed``
@@ -62,6 +63,9 @@ RESULTS = BENCH_DIR / "results"
 # The gateway bench's raw HTTP/1.1 client, reused as it is.
 sys.path.insert(0, str(BENCH_DIR))
 from bench_gateway import RawHttp  # noqa: E402
+
+sys.path.insert(0, str(REPO_ROOT / "tools"))
+import grpc_gateway_peer  # noqa: E402 - tools/grpc_gateway_peer.py builds the Go peer
 
 #: The bench suite's state folder and ports: 22xxx, clear of `make run`, e2e and the kernel's
 #: ephemeral range (32768-60999), where a connect probe can meet a client's own port. Each can be
@@ -477,9 +481,115 @@ def order_call(
     return call
 
 
+PEER_READY_TIMEOUT = 15.0
+PEER_STOP_TIMEOUT = 10.0
+
+
+def build_grpc_gateway_peer() -> Path:
+    """The grpc-gateway peer's binary, built when missing or stale; exits when it cannot be."""
+    try:
+        return grpc_gateway_peer.build()
+    except grpc_gateway_peer.PeerError as exc:
+        raise SystemExit(f"grpc-gateway peer: {exc}\n(--no-peer skips it)") from exc
+
+
+def rss_mib(pid: int) -> float:
+    """VmRSS of one process, MiB."""
+    return round(_field_kib(f"/proc/{pid}/status", "VmRSS:") / 1024, 1)
+
+
+async def product_via(port: int, token: str, sku: str) -> dict[str, Any]:
+    """``GET /v1/products/{sku}`` on ``port`` once: the decoded answer; non-200 is an error."""
+    raw = RawHttp("127.0.0.1", port, {"Authorization": f"Bearer {token}"})
+    try:
+        status, body = await raw.get(f"/v1/products/{sku}")
+    finally:
+        await raw.close()
+    if status != 200:
+        raise RuntimeError(f"GET /v1/products/{sku} on port {port}: {status} {body[:300]!r}")
+    return dict(json.loads(body))
+
+
+async def http_get_loop(
+    port: int, token: str, sku: str, c: int, seconds: float, server_pid: int
+) -> dict[str, Any]:
+    """The closed loop over raw keep-alive HTTP/1.1 connections, one per worker, with the CPU
+    the serving process (tree) used meanwhile, warm-up included."""
+    clients = [RawHttp("127.0.0.1", port, {"Authorization": f"Bearer {token}"}) for _ in range(c)]
+    cpu_before, wall = cpu_seconds({"server": server_pid}), time.perf_counter()
+
+    def make_http(worker: int) -> Callable[[], Awaitable[bool]]:
+        async def call() -> bool:
+            status, _ = await clients[worker].get(f"/v1/products/{sku}")
+            return bool(status == 200)
+
+        return call
+
+    try:
+        result = await closed_loop(make_http, c, seconds)
+    finally:
+        for raw in clients:
+            await raw.close()
+    used = cpu_seconds({"server": server_pid})["server"] - cpu_before["server"]
+    result["cpu_cores_used"] = round(used / (time.perf_counter() - wall), 2)
+    return result
+
+
+async def through_grpc_gateway(
+    binary: Path, suite: PrivateSuite, fixture: Fixture, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    """The same loop through grpc-gateway (Go) in front of the same catalog, started for it."""
+    token, sku = fixture.customer_tokens[0], fixture.skus[0]
+    log_path = Path(suite.env["MERCATO_STATE_DIR"]) / "grpc-gateway-peer.log"
+    with log_path.open("ab") as log:
+        peer = await asyncio.create_subprocess_exec(
+            str(binary),
+            "-listen=127.0.0.1:0",
+            f"-backend={suite.grpc_target('catalog')}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+        )
+    try:
+        assert peer.stdout is not None
+        try:
+            line = await asyncio.wait_for(peer.stdout.readline(), PEER_READY_TIMEOUT)
+        except TimeoutError:
+            line = b""
+        address = line.decode().partition("http://")[2].split(",")[0]
+        if not address:
+            raise RuntimeError(f"grpc-gateway peer did not start; see {log_path}")
+        port = int(address.rpartition(":")[2])
+        expected = await product_via(int(suite.env["MERCATO_GATEWAY_PORT"]), token, sku)
+        try:
+            answer = await product_via(port, token, sku)
+        except (RuntimeError, OSError) as exc:
+            raise RuntimeError(f"grpc-gateway peer: {exc}; see {log_path}") from exc
+        # The same product, field by field where it matters; the whole body should match too,
+        # since both render with protobuf's JSON mapping (unset fields omitted).
+        for key in ("sku", "name"):
+            ours, theirs = expected["product"].get(key), answer.get("product", {}).get(key)
+            if ours != theirs:
+                raise RuntimeError(f"grpc-gateway peer: product.{key} {theirs!r} != {ours!r}")
+        idle_rss = rss_mib(peer.pid)
+        result = await http_get_loop(port, token, sku, concurrency, seconds, peer.pid)
+        result["rss_mib"] = {"idle": idle_rss, "after": rss_mib(peer.pid)}
+        result["same_json_as_gateway"] = answer == expected
+        return result
+    finally:
+        if peer.returncode is None:
+            peer.terminate()
+            try:
+                await asyncio.wait_for(peer.wait(), PEER_STOP_TIMEOUT)
+            except TimeoutError:
+                peer.kill()
+                await peer.wait()
+
+
 async def get_product(
-    suite: PrivateSuite, fixture: Fixture, concurrency: int, seconds: float
-) -> Any:
+    suite: PrivateSuite, fixture: Fixture, concurrency: int, seconds: float, peer: Path | None
+) -> dict[str, Any]:
+    """Direct gRPC (the limit), the gateway, and grpc-gateway (the peer) unless ``peer`` is None:
+    the same token, SKU, concurrency and duration."""
     token = fixture.customer_tokens[0]
     sku = fixture.skus[0]
     metadata = (("authorization", f"Bearer {token}"),)
@@ -496,23 +606,13 @@ async def get_product(
 
         direct = await closed_loop(make_grpc, concurrency, seconds)
     port = int(suite.env["MERCATO_GATEWAY_PORT"])
-    clients = [
-        RawHttp("127.0.0.1", port, {"Authorization": f"Bearer {token}"}) for _ in range(concurrency)
-    ]
-
-    def make_http(worker: int) -> Callable[[], Awaitable[bool]]:
-        async def call() -> bool:
-            status, _ = await clients[worker].get(f"/v1/products/{sku}")
-            return bool(status == 200)
-
-        return call
-
-    try:
-        gateway = await closed_loop(make_http, concurrency, seconds)
-    finally:
-        for raw in clients:
-            await raw.close()
-    return direct, gateway
+    gateway = await http_get_loop(port, token, sku, concurrency, seconds, suite.pid("gateway"))
+    results = {"grpc_direct": direct, "gateway": gateway}
+    if peer is not None:
+        results["grpc_gateway"] = await through_grpc_gateway(
+            peer, suite, fixture, concurrency, seconds
+        )
+    return results
 
 
 async def rate_search(
@@ -642,6 +742,85 @@ def fmt(value: float | None, unit: str = "") -> str:
     return f"{text}{unit}"
 
 
+PEER_NOTE = (
+    "grpc-gateway (Go, generated from the same protos) passes the bearer token on to catalog, "
+    "which verifies it in every case; the gateway also verifies it itself, checks its scope and "
+    "applies the Redis rate limit on each request."
+)
+
+
+def cpu_ms_per_request(result: dict[str, Any]) -> float | None:
+    """CPU time of the serving process per request, ms (warm-up: same rate, not counted)."""
+    if not result.get("cpu_cores_used") or not result.get("per_second"):
+        return None
+    return round(1000 * float(result["cpu_cores_used"]) / float(result["per_second"]), 3)
+
+
+def peer_rows(
+    get_product: dict[str, Any], memory: dict[str, Any], c: int
+) -> list[tuple[str, str, str, str]]:
+    """The grpc-gateway (Go) rows: against direct gRPC (its limit) and the gateway (its peer)."""
+    peer = get_product.get("grpc_gateway")
+    if peer is None:
+        return [("via grpc-gateway (Go peer)", "not measured (--no-peer)", "", "")]
+    direct, gateway = get_product["grpc_direct"], get_product["gateway"]
+    rss, gateway_rss = peer["rss_mib"], memory["idle_rss_mib"].get("gateway")
+    gateway_cpu_ms, peer_cpu_ms = cpu_ms_per_request(gateway), cpu_ms_per_request(peer)
+    return [
+        (
+            f"via grpc-gateway, the Go peer (c={c})",
+            fmt(peer["per_second"], "/s"),
+            "direct gRPC",
+            ratio(peer["per_second"], direct["per_second"]),
+        ),
+        (
+            "  p50 / p99",
+            f"{fmt(peer['p50_ms'])} / {fmt(peer['p99_ms'])} ms",
+            "direct gRPC",
+            f"{ratio(peer['p50_ms'], direct['p50_ms'])} / "
+            f"{ratio(peer['p99_ms'], direct['p99_ms'])}",
+        ),
+        (
+            "gateway ÷ grpc-gateway: throughput",
+            f"{fmt(gateway['per_second'])} / {fmt(peer['per_second'])} /s",
+            "grpc-gateway",
+            ratio(gateway["per_second"], peer["per_second"]),
+        ),
+        (
+            "  p50 / p99",
+            f"{fmt(gateway['p50_ms'])} / {fmt(peer['p50_ms'])}, "
+            f"{fmt(gateway['p99_ms'])} / {fmt(peer['p99_ms'])} ms",
+            "grpc-gateway",
+            f"{ratio(gateway['p50_ms'], peer['p50_ms'])} / "
+            f"{ratio(gateway['p99_ms'], peer['p99_ms'])}",
+        ),
+        (
+            "  grpc-gateway RSS idle / after its run",
+            f"{fmt(rss['idle'])} / {fmt(rss['after'])} MiB",
+            "idle",
+            ratio(rss["after"], rss["idle"]),
+        ),
+        (
+            "  gateway ÷ grpc-gateway: idle RSS",
+            f"{fmt(gateway_rss)} / {fmt(rss['idle'])} MiB",
+            "grpc-gateway",
+            ratio(gateway_rss, rss["idle"]),
+        ),
+        (
+            "  gateway ÷ grpc-gateway: CPU cores used",
+            f"{gateway['cpu_cores_used']:.2f} / {peer['cpu_cores_used']:.2f}",
+            "grpc-gateway",
+            ratio(gateway["cpu_cores_used"], peer["cpu_cores_used"]),
+        ),
+        (
+            "  gateway ÷ grpc-gateway: CPU ms per request",
+            f"{gateway_cpu_ms or 0:.2f} / {peer_cpu_ms or 0:.2f} ms",
+            "grpc-gateway",
+            ratio(gateway_cpu_ms, peer_cpu_ms),
+        ),
+    ]
+
+
 def markdown(report: dict[str, Any]) -> str:
     m, lim, r = report["machine"], report["limits"], report["results"]
     echo, pg, kafka = lim["grpc_echo"], lim["postgres_commits"], lim["kafka"]
@@ -652,6 +831,7 @@ def markdown(report: dict[str, Any]) -> str:
         r["freshness"],
     )
     c = report["concurrency"]
+    rows_peer = peer_rows(r["get_product"], report["memory"], c)
     rows = [
         ("**Limits**", "", "", ""),
         (f"bare grpc.aio unary echo (c={c})", fmt(echo["per_second"], "/s"), "", ""),
@@ -686,6 +866,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{ratio(gateway['p50_ms'], direct['p50_ms'])} / "
             f"{ratio(gateway['p99_ms'], direct['p99_ms'])}",
         ),
+        *rows_peer,
         (f"**POST /v1/orders (2 lines of {report['products']} SKUs)**", "", "", ""),
         (
             f"closed loop (c={c})",
@@ -773,7 +954,8 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|",
         *(f"| {a} | {b} | {c_} | {d} |" for a, b, c_, d in rows),
         "",
-        "Not measured: the grpc-gateway (Go) peer of item 6.",
+        *(f"Not measured: {item}." for item in report.get("not_measured", [])),
+        *([PEER_NOTE] if r["get_product"].get("grpc_gateway") else []),
         "",
     ]
     return "\n".join(lines)
@@ -809,9 +991,13 @@ async def run(suite: PrivateSuite, args: argparse.Namespace, report: dict[str, A
         fixture = await prepare(client, products=args.products, customers=8)
         results = report["results"]
         async with memory.watching():
-            print("GET /v1/products/{sku}: direct gRPC, gateway", flush=True)
-            direct, gateway = await get_product(suite, fixture, c, seconds)
-            results["get_product"] = {"grpc_direct": direct, "gateway": gateway}
+            peer = args.peer_binary
+            print(
+                "GET /v1/products/{sku}: direct gRPC, gateway"
+                + ("" if peer is None else ", grpc-gateway peer"),
+                flush=True,
+            )
+            results["get_product"] = await get_product(suite, fixture, c, seconds, peer)
 
             print("POST /v1/orders: fixed concurrency", flush=True)
             metrics = {
@@ -867,7 +1053,14 @@ def main() -> None:
         default=64,
         help="SKUs the orders draw their 2 lines from (fewer: hotter product documents)",
     )
+    parser.add_argument(
+        "--no-peer",
+        action="store_true",
+        help="skip the grpc-gateway (Go) peer of GET /v1/products/{sku} (e.g. no Go toolchain)",
+    )
     args = parser.parse_args()
+    # Built (or found up to date) before the suite starts: a first build takes minutes.
+    args.peer_binary = None if args.no_peer else build_grpc_gateway_peer()
 
     now = datetime.now(UTC)
     report: dict[str, Any] = {
@@ -884,7 +1077,7 @@ def main() -> None:
         },
         "limits": {},
         "results": {},
-        "not_measured": ["grpc-gateway (Go) peer, issue 11 make bench item 6"],
+        "not_measured": ["grpc-gateway (Go) peer: --no-peer"] if args.no_peer else [],
     }
     env = bench_env()
     print(f"starting a private suite on {env['MERCATO_STATE_DIR']}", flush=True)
