@@ -29,12 +29,13 @@ protos: sync ## regenerate the Python stubs in libs/contracts from protos/
 	$(RUN) python tools/protos.py generate
 
 .PHONY: lint
-lint: sync ## ruff, mypy, buf lint/breaking and the stub regeneration check
+lint: sync ## ruff, mypy, buf lint/breaking, stub and dashboard regeneration checks
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy libs/common/src libs/devstack/src $(wildcard services/*/src)
 	$(RUN) python tools/protos.py lint
 	$(RUN) python tools/protos.py check
+	$(RUN) python tools/dashboards.py --check
 
 .PHONY: fmt
 fmt: sync ## format and autofix

@@ -717,3 +717,19 @@ async def test_run_raises_on_fatal_errors_after_closing() -> None:
     assert consumer.stopped
     # The record before the failing one is committed; the failing one is not.
     assert consumer.commits == [{tp: 1}]
+
+
+async def test_revoked_partitions_lose_their_lag_series() -> None:
+    from mercato_common.kafka.consumer import _Listener
+
+    runner = runner_for(lambda event: None)
+    metrics = runner._metrics
+    for partition in (0, 1):
+        metrics.lag.labels("analytics", "orders", str(partition)).set(7)
+    await _Listener(runner).on_partitions_revoked([TopicPartition("orders", 0)])
+    samples = {
+        sample.labels["partition"]: sample.value
+        for family in metrics.lag.collect()
+        for sample in family.samples
+    }
+    assert samples == {"1": 7}

@@ -405,6 +405,17 @@ async def test_relay_loop_retries_and_restarts_the_producer_on_kafka_errors() ->
     assert relay.housekeeping_runs >= 2
 
 
+async def test_relay_loop_keeps_the_gauges_fresh_while_every_batch_fails() -> None:
+    producer = FakeProducer()
+    relay = ScriptedRelay(producer, [KafkaConnectionError("broker down")] * 20)
+    task = asyncio.create_task(relay.run())
+    await asyncio.wait_for(relay.finished.wait(), 5)
+    await relay.stop(grace=5)
+    await asyncio.wait_for(task, 5)
+    # 20 failed batches, then one empty one: the gauges were refreshed during the outage.
+    assert relay.housekeeping_runs >= 20
+
+
 async def test_relay_loop_starts_a_stopped_producer_and_keeps_trying() -> None:
     producer = FakeProducer(started=False, fail_start=True)
     relay = ScriptedRelay(producer, [])

@@ -28,6 +28,7 @@ atomically with its effect. The pattern:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -234,6 +235,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         # Commit what is done on the partitions we lose, so the next owner does not redo it.
         await self._runner._commit(only=set(revoked))
+        self._runner._forget_lag(revoked)
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         return None
@@ -551,6 +553,13 @@ class ConsumerRunner:
             for tp, off in offsets.items():
                 if self._done.get(tp) == off:
                     del self._done[tp]
+
+    def _forget_lag(self, partitions: Sequence[TopicPartition]) -> None:
+        """Drop the lag series of partitions this consumer no longer owns: their new owner
+        reports them, and a frozen value here would add phantom lag to every sum."""
+        for tp in partitions:
+            with contextlib.suppress(KeyError):
+                self._metrics.lag.remove(self.group_id, tp.topic, str(tp.partition))
 
     def _update_lag(self) -> None:
         consumer = self._consumer

@@ -291,6 +291,11 @@ class OutboxRelay(ABC):
                     )
                     if isinstance(exc, PublishFailedError | KafkaError | ProducerNotStartedError):
                         await self._restart_producer()
+                    if loop.time() >= next_housekeeping:
+                        # The backlog and age gauges must keep moving during an outage: they
+                        # are what the stalled-outbox alert watches.
+                        next_housekeeping = loop.time() + self._housekeeping_interval
+                        await self._refresh_metrics_logged()
                     await self._sleep(self._backoff.delay(self.consecutive_failures))
                     continue
                 if loop.time() >= next_housekeeping:
@@ -307,6 +312,12 @@ class OutboxRelay(ABC):
                 await self._on_stop()
             finally:
                 self._stopped.set()
+
+    async def _refresh_metrics_logged(self) -> None:
+        try:
+            await self.refresh_metrics()
+        except Exception as exc:  # the database may be what is down
+            log.warning("outbox %s: refreshing the gauges failed: %r", self.name, exc)
 
     async def _restart_producer(self) -> None:
         try:
