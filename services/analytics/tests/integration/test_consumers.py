@@ -195,7 +195,11 @@ async def test_malformed_messages_are_dead_lettered_and_later_events_apply(harne
 
 async def test_out_of_order_events_give_correct_totals(harness) -> None:
     analytics = await harness.make()
-    placed_at = datetime.now(UTC).replace(second=10, microsecond=0) - timedelta(hours=3)
+    # Yesterday mid-morning: placement, payment and refund all fall on one UTC day, whatever
+    # the time the test runs at.
+    placed_at = (datetime.now(UTC) - timedelta(days=1)).replace(
+        hour=10, minute=0, second=10, microsecond=0
+    )
     paid_at = placed_at + timedelta(minutes=3)
     refunded_at = paid_at + timedelta(hours=1)
     lines = [Line("KETTLE-1", 1, 3000), Line("MUG-1", 2, 500)]
