@@ -242,3 +242,85 @@ async def test_auth_jwks_fetcher_turns_get_jwks_into_a_jwks_dict() -> None:
     late = auth_jwks_fetcher(lambda: channel, timeout=3.0)  # type: ignore[arg-type,return-value]
     await late()
     assert channel.calls[-1] == ("/mercato.auth.v1.AuthService/GetJwks", 3.0)
+
+
+class CountingDecode:
+    """Counts the signature checks the verifier makes (jwt.decode calls)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = jwt.decode
+
+        def decode(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(jwt, "decode", decode)
+
+
+async def test_a_verified_token_is_remembered_until_the_cache_time_passes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = Keys()
+    keys.add("k1")
+    decodes = CountingDecode(monkeypatch)
+    clock = [1000.0]
+    verifier = _verifier(keys, cache_seconds=60, clock=lambda: clock[0])
+    token = keys.token("k1")
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) == first
+    assert decodes.calls == 1
+    clock[0] += 61
+    assert await verifier.verify(token) == first
+    assert decodes.calls == 2
+
+
+async def test_a_remembered_token_is_checked_again_once_expired(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = Keys()
+    keys.add("k1")
+    decodes = CountingDecode(monkeypatch)
+    now = [time.time()]
+    verifier = _verifier(keys, leeway_seconds=0, cache_seconds=3600, wall_clock=lambda: now[0])
+    token = keys.token("k1", exp=int(now[0]) + 5)
+    await verifier.verify(token)
+    await verifier.verify(token)
+    assert decodes.calls == 1
+    now[0] += 6  # past exp by the verifier's clock: the cache must not answer any more
+    await verifier.verify(token)  # (PyJWT's own clock has not moved, so it still accepts)
+    assert decodes.calls == 2
+
+
+async def test_rejected_tokens_are_not_remembered_and_a_withdrawn_key_forgets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = Keys()
+    keys.add("k1")
+    decodes = CountingDecode(monkeypatch)
+    clock = [1000.0]
+    verifier = _verifier(keys, min_refresh_seconds=1, clock=lambda: clock[0])
+    wrong_audience = keys.token("k1", aud="someone-else")
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            await verifier.verify(wrong_audience)
+    assert decodes.calls == 2
+    token = keys.token("k1")
+    await verifier.verify(token)
+    # k1 is withdrawn from the JWKS; the next refetch (triggered by a new kid) forgets k1's
+    # tokens, which then fail as signed by an unknown key.
+    del keys.private["k1"]
+    keys.add("k2")
+    clock[0] += 2
+    await verifier.verify(keys.token("k2"))
+    with pytest.raises(Unauthenticated):
+        await verifier.verify(token)
+
+
+async def test_the_cache_is_bounded() -> None:
+    keys = Keys()
+    keys.add("k1")
+    verifier = _verifier(keys, cache_size=3)
+    for n in range(10):
+        await verifier.verify(keys.token("k1", jti=f"t-{n}"))
+        assert len(verifier._verified) <= 3

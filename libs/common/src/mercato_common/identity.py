@@ -17,7 +17,7 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 import jwt
@@ -26,6 +26,10 @@ from google.protobuf.json_format import MessageToDict
 
 from mercato.auth.v1 import auth_pb2
 from mercato_common.errors import PermissionDenied, Unauthenticated
+
+if TYPE_CHECKING:  # settings and client import the interceptors, which import this module
+    from mercato_common.client import ClientTls
+    from mercato_common.settings import TokenSettings
 
 __all__ = [
     "AccessPolicy",
@@ -38,6 +42,7 @@ __all__ = [
     "check_access",
     "current_identity",
     "require_identity",
+    "verifier_from_auth",
 ]
 
 
@@ -154,6 +159,12 @@ class JwksTokenVerifier:
     Keys are cached; an unknown ``kid`` triggers one refetch (at most every
     ``min_refresh_seconds``), so rotation needs no restart and a flood of forged
     ``kid`` values cannot turn into a flood of JWKS fetches.
+
+    Verified tokens are remembered for ``cache_seconds`` (never past their expiry, at most
+    ``cache_size`` of them): a client sends the same token with every request, and the
+    signature check is the largest single cost of an authenticated call (benchmarked in
+    bench/bench_gateway.py). Only tokens that passed every check are remembered; a refetched
+    key set that lost a key forgets everything.
     """
 
     ALGORITHMS = ("EdDSA", "ES256")
@@ -166,7 +177,10 @@ class JwksTokenVerifier:
         audience: str,
         leeway_seconds: float = 30.0,
         min_refresh_seconds: float = 30.0,
+        cache_seconds: float = 60.0,
+        cache_size: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._fetch_jwks = fetch_jwks
         self._issuer = issuer
@@ -177,6 +191,29 @@ class JwksTokenVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at: float | None = None
         self._lock = asyncio.Lock()
+        self._cache_seconds = cache_seconds
+        self._cache_size = cache_size
+        self._wall_clock = wall_clock
+        # token -> (identity, monotonic time until which it may be answered from here, the
+        # wall-clock time it expires at, leeway included)
+        self._verified: dict[str, tuple[Identity, float, float]] = {}
+
+    @classmethod
+    def from_settings(
+        cls,
+        fetch_jwks: Callable[[], Awaitable[Mapping[str, Any]]],
+        settings: TokenSettings,
+        **options: Any,
+    ) -> JwksTokenVerifier:
+        """A verifier configured by the process's ``TOKEN_*`` settings."""
+        return cls(
+            fetch_jwks,
+            issuer=settings.token_issuer,
+            audience=settings.token_audience,
+            leeway_seconds=settings.token_leeway_seconds,
+            cache_seconds=settings.token_cache_seconds,
+            **options,
+        )
 
     async def _refresh(self) -> None:
         async with self._lock:
@@ -188,10 +225,27 @@ class JwksTokenVerifier:
             for key in jwt.PyJWKSet.from_dict(dict(jwks)).keys:
                 if key.key_id:
                     keys[key.key_id] = key
+            if not keys.keys() >= self._keys.keys():
+                self._verified.clear()  # a withdrawn key: its tokens must be checked again
             self._keys = keys
             self._fetched_at = now
 
     async def verify(self, token: str) -> Identity:
+        cached = self._verified.get(token)
+        if cached is not None:
+            identity, until, expires = cached
+            if self._clock() < until and self._wall_clock() <= expires:
+                return identity
+            del self._verified[token]
+        identity = await self._verify(token)
+        if self._cache_seconds > 0 and identity.expires_at is not None:
+            if len(self._verified) >= self._cache_size:
+                self._verified.clear()  # bounded without bookkeeping; refills from live traffic
+            until = self._clock() + self._cache_seconds
+            self._verified[token] = (identity, until, identity.expires_at + self._leeway)
+        return identity
+
+    async def _verify(self, token: str) -> Identity:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -232,6 +286,17 @@ class JwksTokenVerifier:
 
 
 _GET_JWKS = "/mercato.auth.v1.AuthService/GetJwks"
+
+
+def verifier_from_auth(
+    settings: TokenSettings, *, auth_target: str, tls: ClientTls | None
+) -> tuple[JwksTokenVerifier, grpc.aio.Channel]:
+    """A verifier fetching auth's JWKS over a channel of its own (the caller closes it on stop)."""
+    # Imported here: mercato_common.client imports the interceptors, which import this module.
+    from mercato_common.client import create_channel
+
+    channel = create_channel(auth_target, services=["mercato.auth.v1.AuthService"], tls=tls)
+    return JwksTokenVerifier.from_settings(auth_jwks_fetcher(channel), settings), channel
 
 
 def auth_jwks_fetcher(

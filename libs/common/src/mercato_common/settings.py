@@ -88,7 +88,17 @@ class ServiceTlsSettings(Settings):
         )
 
 
-class BaseServiceSettings(ServiceTlsSettings):
+class TokenSettings(Settings):
+    """How a process verifies access tokens (auth's RFC 9068 JWTs, see JwksTokenVerifier)."""
+
+    token_issuer: str = Field(default="http://127.0.0.1:8080", min_length=1)
+    token_audience: str = Field(default="mercato", min_length=1)
+    token_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    # A verified token is answered from memory this long (0: every call checks the signature).
+    token_cache_seconds: float = Field(default=60.0, ge=0, le=900)
+
+
+class BaseServiceSettings(ServiceTlsSettings, TokenSettings):
     """Settings every gRPC service process has."""
 
     service_name: str = Field(min_length=1)

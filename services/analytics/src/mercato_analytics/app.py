@@ -30,8 +30,7 @@ from mercato_analytics.events import (
 from mercato_analytics.lag import KafkaPositions
 from mercato_analytics.settings import AnalyticsSettings
 from mercato_analytics.store import INDEXES, AnalyticsStore
-from mercato_common.client import create_channel
-from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
+from mercato_common.identity import TokenVerifier, verifier_from_auth
 from mercato_common.kafka import Backoff, ConsumerRunner, EventProducer, KafkaConnection
 from mercato_common.mongo import ensure_indexes
 from mercato_common.runtime import CloseOnStop, Lifecycle
@@ -239,16 +238,6 @@ class AnalyticsApp:
     parts: list[Lifecycle] = field(default_factory=list)
 
 
-def _jwks_from_auth(settings: AnalyticsSettings) -> tuple[TokenVerifier, grpc.aio.Channel]:
-    channel = create_channel(
-        settings.auth_target, services=["mercato.auth.v1.AuthService"], tls=settings.client_tls
-    )
-    verifier = JwksTokenVerifier(
-        auth_jwks_fetcher(channel), issuer=settings.token_issuer, audience=settings.token_audience
-    )
-    return verifier, channel
-
-
 def build_app(
     settings: AnalyticsSettings,
     *,
@@ -281,7 +270,9 @@ def build_app(
     )
     channel: grpc.aio.Channel | None = None
     if token_verifier is None:
-        token_verifier, channel = _jwks_from_auth(settings)
+        token_verifier, channel = verifier_from_auth(
+            settings, auth_target=settings.auth_target, tls=settings.client_tls
+        )
     server = GrpcServer(
         settings,
         error_domain="analytics.mercato",

@@ -54,8 +54,6 @@ class AnalyticsSettings(BaseServiceSettings):
 
     # Access tokens: verified here against auth's JWKS.
     auth_target: str = "127.0.0.1:50061"
-    token_issuer: str = "http://127.0.0.1:8080"  # noqa: S105 - a URL, not a secret
-    token_audience: str = "mercato"  # noqa: S105 - not a secret
 
     @property
     def topics(self) -> tuple[str, str, str]:

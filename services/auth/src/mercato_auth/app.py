@@ -168,12 +168,8 @@ class AuthApp:
 def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY) -> AuthApp:
     core = build_core(settings, registry=registry)
     # Auth verifies its own tokens like every other service, from its own key store (no RPC).
-    verifier = JwksTokenVerifier(
-        core.keys.jwks_document,
-        issuer=settings.token_issuer,
-        audience=settings.token_audience,
-        leeway_seconds=settings.token_leeway_seconds,
-        min_refresh_seconds=1.0,
+    verifier = JwksTokenVerifier.from_settings(
+        core.keys.jwks_document, settings, min_refresh_seconds=1.0
     )
     server = GrpcServer(
         settings, error_domain="auth.mercato", token_verifier=verifier, registry=registry

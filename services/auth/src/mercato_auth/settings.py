@@ -68,15 +68,12 @@ class AuthSettings(BaseServiceSettings):
     outbox_relay_enabled: bool = True
     outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
 
-    # Tokens. Issuer and audience must match what the gateway and the services verify.
-    token_issuer: str = Field(default="http://127.0.0.1:8080", min_length=1)
-    token_audience: str = Field(default="mercato", min_length=1)
+    # Tokens (issuer, audience, leeway: TokenSettings). The issuer and audience must match what
+    # the gateway and the services verify.
     access_token_ttl_seconds: int = Field(default=900, ge=30, le=86_400)
     refresh_token_ttl_seconds: int = Field(default=30 * 86_400, ge=60)
     # client_id of tokens from the password login (the first-party apps behind the gateway).
     first_party_client_id: str = Field(default="mercato-web", min_length=1, max_length=128)
-    # Clock leeway of the verifiers (also auth's own).
-    token_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
 
     # Signing keys.
     signing_algorithm: Literal["EdDSA", "ES256"] = "EdDSA"

@@ -34,8 +34,7 @@ from mercato_catalog.store import (
     WriteLocks,
 )
 from mercato_catalog.sweeper import ReservationSweeper
-from mercato_common.client import create_channel
-from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
+from mercato_common.identity import TokenVerifier, verifier_from_auth
 from mercato_common.kafka.producer import EventProducer, KafkaConnection
 from mercato_common.mongo import ensure_indexes
 from mercato_common.outbox import MongoOutboxRelay, RelayRunner
@@ -93,16 +92,6 @@ class CatalogApp:
     mongo: AsyncMongoClient[Any]
     redis: Redis | None
     parts: list[Lifecycle] = field(default_factory=list)
-
-
-def _jwks_from_auth(settings: CatalogSettings) -> tuple[TokenVerifier, grpc.aio.Channel]:
-    channel = create_channel(
-        settings.auth_target, services=["mercato.auth.v1.AuthService"], tls=settings.client_tls
-    )
-    verifier = JwksTokenVerifier(
-        auth_jwks_fetcher(channel), issuer=settings.token_issuer, audience=settings.token_audience
-    )
-    return verifier, channel
 
 
 def build_app(
@@ -182,7 +171,9 @@ def build_app(
     )
     channel: grpc.aio.Channel | None = None
     if token_verifier is None:
-        token_verifier, channel = _jwks_from_auth(settings)
+        token_verifier, channel = verifier_from_auth(
+            settings, auth_target=settings.auth_target, tls=settings.client_tls
+        )
     server = GrpcServer(
         settings, error_domain="catalog.mercato", token_verifier=token_verifier, registry=registry
     )

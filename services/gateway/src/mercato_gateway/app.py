@@ -155,11 +155,9 @@ def build_app(
         max_message_bytes=settings.max_message_bytes,
     )
     if token_verifier is None:
-        token_verifier = JwksTokenVerifier(
+        token_verifier = JwksTokenVerifier.from_settings(
             jwks_fetcher(lambda: upstreams.channel("auth")),
-            issuer=settings.token_issuer,
-            audience=settings.token_audience,
-            leeway_seconds=settings.token_leeway_seconds,
+            settings,
             min_refresh_seconds=settings.jwks_min_refresh_seconds,
         )
     authenticator = Authenticator(token_verifier, realm=settings.auth_realm)

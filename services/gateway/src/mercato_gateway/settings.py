@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mercato_common.settings import ServiceTlsSettings
+from mercato_common.settings import ServiceTlsSettings, TokenSettings
 
 __all__ = ["GatewaySettings", "RateLimitPolicy"]
 
@@ -35,7 +35,7 @@ def _json(value: Any) -> Any:
     return value
 
 
-class GatewaySettings(ServiceTlsSettings):
+class GatewaySettings(ServiceTlsSettings, TokenSettings):
     env_prefix: ClassVar[str] = "MERCATO_GATEWAY_"
 
     service_name: str = Field(default="gateway", min_length=1)
@@ -69,9 +69,6 @@ class GatewaySettings(ServiceTlsSettings):
     deadline_overrides: dict[str, float] = Field(default_factory=dict)
 
     # Access tokens, verified against auth's JWKS (GetJwks over gRPC).
-    token_issuer: str = Field(default="http://127.0.0.1:8080", min_length=1)
-    token_audience: str = Field(default="mercato", min_length=1)
-    token_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
     jwks_min_refresh_seconds: float = Field(default=30.0, ge=0)
     auth_realm: str = Field(default="mercato", pattern=r'^[^"\\]+$')
 

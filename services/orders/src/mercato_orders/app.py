@@ -111,12 +111,7 @@ def build_app(
         refresh_margin=settings.service_token_refresh_margin_seconds,
     )
     if token_verifier is None:
-        token_verifier = JwksTokenVerifier(
-            auth_jwks_fetcher(auth_channel),
-            issuer=settings.token_issuer,
-            audience=settings.token_audience,
-            leeway_seconds=settings.token_leeway_seconds,
-        )
+        token_verifier = JwksTokenVerifier.from_settings(auth_jwks_fetcher(auth_channel), settings)
     catalog_channel = create_channel(
         settings.catalog_target,
         services=[CATALOG_SERVICE],

@@ -41,9 +41,6 @@ class OrdersSettings(BaseServiceSettings):
 
     # Auth: JWKS for verifying callers, and the client-credentials token for the catalog.
     auth_target: str = "127.0.0.1:50061"
-    token_issuer: str = Field(default="http://127.0.0.1:8080", min_length=1)
-    token_audience: str = Field(default="mercato", min_length=1)
-    token_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
     # The service client registered in auth (auth's SERVICE_CLIENTS or `create-client`).
     service_client_id: str = Field(default="orders", min_length=1, max_length=128)
     service_client_secret: SecretStr
