@@ -24,15 +24,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Each can be overridden with MERCATO_E2E_<name without MERCATO_> (e.g. MERCATO_E2E_PG_PORT,
 #: MERCATO_E2E_OTEL_EXPORTER_OTLP_ENDPOINT):
 #: the suite never inherits the developer's own MERCATO_PG_PORT & co., whose stack it would hit.
+#: Every port is below the kernel's ephemeral range (32768-60999): a listener there can find its
+#: port taken by some client connection's local end and fail to start.
 DEFAULTS: dict[str, str] = {
     "MERCATO_STATE_DIR": str(REPO_ROOT / ".state" / "e2e"),
     "MERCATO_PG_PORT": "25432",
     "MERCATO_KAFKA_PORT": "29092",
     "MERCATO_KAFKA_CONTROLLER_PORT": "29093",
-    "MERCATO_MONGO_PORT": "37018",
+    "MERCATO_MONGO_PORT": "24018",
     "MERCATO_REDIS_PORT": "26379",
     "MERCATO_GATEWAY_PORT": "18080",
-    "MERCATO_SUITE_PORT_BASE": "51060",
+    "MERCATO_SUITE_PORT_BASE": "24060",
     "MERCATO_SUITE_METRICS_PORT_BASE": "19460",
     # Every process exports its spans to the tests' OTLP receiver (otlp_receiver.py), flushed
     # every 200 ms so a test sees a trace soon after the request.
