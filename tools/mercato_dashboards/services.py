@@ -150,7 +150,7 @@ def catalog() -> Dashboard:
         "mercato-catalog",
         "Mercato / Catalog",
         "Products and stock: gRPC rate, errors and latency per method, the Redis product "
-        "cache, the outbox, the consumers of order events and saturation of catalog.",
+        "cache, the outbox and saturation of catalog.",
         [
             grpc_red_row("catalog"),
             Row(
@@ -188,7 +188,6 @@ def catalog() -> Dashboard:
                 ],
             ),
             outbox_row("catalog"),
-            consumer_row("catalog"),
             saturation_row("catalog"),
         ],
     )
@@ -200,8 +199,8 @@ def orders() -> Dashboard:
         "mercato-orders",
         "Mercato / Orders",
         "Orders and their saga: gRPC rate, errors and latency per method, order flow "
-        "(placements, transitions, replays, compensations, reconciler), the outbox, the "
-        "consumers of catalog events and saturation of orders.",
+        "(placements, transitions, replays, compensations, reconciler), the outbox and "
+        "saturation of orders.",
         [
             grpc_red_row("orders"),
             Row(
@@ -261,7 +260,6 @@ def orders() -> Dashboard:
                 ],
             ),
             outbox_row("orders"),
-            consumer_row("orders"),
             saturation_row("orders"),
         ],
     )
