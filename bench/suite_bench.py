@@ -12,11 +12,15 @@ the gateway's rate limits raised out of the way. Then, against that suite and it
    its peer, grpc-gateway (Go; tools/grpc_gateway_peer.py builds it, ``--no-peer`` skips it);
 3. ``POST /v1/orders`` (2 lines) at a fixed concurrency, and the highest offered rate (open loop,
    latency from the scheduled send time) held with p99 under 100 ms, by a bounded bisection;
-4. order-to-analytics freshness at that rate: from each create response to analytics' ``placed``
-   count (GetFunnel, polled) reaching that order;
+4. order-to-analytics freshness at that rate: analytics' own apply-latency histogram (event time
+   to effect applied, read from its /metrics before and after), and from each create response to
+   analytics' ``placed`` count (GetFunnel, polled) reaching that order (bounds, as tight as a
+   poll is quick);
 5. resident memory of every process (services from ``<state>/run/suite.json``, stack components
    from the stack's status; whole process trees) idle and at peak under load, and start-to-ready.
 
+The suite starts from an empty state folder (its databases, topics and logs; the build cache
+stays), so every run measures the same amount of data (``--keep-state`` keeps the last run's).
 Writes ``bench/results/<UTC date>.json`` and ``.md`` (a Markdown table; every figure with its ratio
 to its limit or peer where one exists). Bounded: about 3-5 minutes including start and stop.
 """
@@ -30,6 +34,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import time
@@ -50,9 +55,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from mercato.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
+from mercato_devstack import Stack, StackConfig
 from mercato_devstack.private_suite import (
     PrivateSuite,
     isolated_env,
+    running_status,
     start_private_suite,
     stop_private_suite,
 )
@@ -266,6 +273,45 @@ def scrape(url: str) -> dict[str, float]:
             with contextlib.suppress(ValueError):
                 series[name] = float(value)
     return series
+
+
+ORDER_EVENTS_TOPIC = "mercato.orders.events.v1"
+APPLY_LATENCY = "mercato_analytics_event_apply_latency_seconds_bucket"
+
+
+def scrape_buckets(url: str, name: str, label: str) -> dict[float, float]:
+    """Cumulative bucket counts of histogram ``name`` on the series holding ``label``."""
+    buckets: dict[float, float] = {}
+    with contextlib.suppress(httpx.HTTPError):
+        for line in httpx.get(url, timeout=5).text.splitlines():
+            if not line.startswith(name + "{") or label not in line:
+                continue
+            series, _, value = line.rpartition(" ")
+            bound = series.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(bound)] = buckets.get(float(bound), 0.0) + float(value)
+    return buckets
+
+
+def bucket_quantile(
+    q: float, before: dict[float, float], after: dict[float, float]
+) -> float | None:
+    """The q-quantile of the observations between two scrapes, interpolated linearly inside
+    a bucket as Prometheus's histogram_quantile does (the highest finite bound if it falls in
+    +Inf)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = count - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, count
+    return lower
 
 
 def server_means(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
@@ -659,7 +705,16 @@ async def freshness(
     """Orders at ``rate`` for ``seconds``; analytics' ``placed`` count polled every ``poll`` s.
     The k-th order answered counts as seen when ``placed`` first reaches baseline + k."""
     metadata = (("authorization", f"Bearer {fixture.admin_token}"),)
-    start_time = Timestamp(seconds=946684800)  # 2000-01-01
+    analytics_metrics = (
+        f"http://127.0.0.1:{suite.status()['services']['analytics']['metrics_port']}/metrics"
+    )
+    topic_label = f'topic="{ORDER_EVENTS_TOPIC}"'
+    histogram_before = await asyncio.to_thread(
+        scrape_buckets, analytics_metrics, APPLY_LATENCY, topic_label
+    )
+    # A window from just before this run: the funnel query then reads this run's facts only,
+    # which keeps each poll short (the bounds below are as tight as a poll is quick).
+    start_time = Timestamp(seconds=int(time.time()) - 60)
 
     async with grpc.aio.insecure_channel(suite.grpc_target("analytics")) as channel:
         stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
@@ -695,6 +750,10 @@ async def freshness(
         lag = await stub.GetFreshness(
             analytics_pb2.GetFreshnessRequest(), metadata=metadata, timeout=5
         )
+    histogram_after = await asyncio.to_thread(
+        scrape_buckets, analytics_metrics, APPLY_LATENCY, topic_label
+    )
+    server = {q: bucket_quantile(q, histogram_before, histogram_after) for q in (0.5, 0.99)}
     answered.sort()
     # Upper bound: the answer of the first poll that saw the order; lower bound: the time that
     # poll was sent (the count is a snapshot taken somewhere in between).
@@ -722,6 +781,15 @@ async def freshness(
         "p99_ms": None if p99 is None else round(p99 * 1000, 1),
         "mean_ms": round(statistics.fmean(delays) * 1000, 1) if delays else None,
         "total_lag_after": int(lag.total_lag),
+        "server_side": {
+            "what": "analytics' mercato_analytics_event_apply_latency_seconds for "
+            f"{ORDER_EVENTS_TOPIC} (event time to effect applied), this run's observations",
+            "events": int(
+                histogram_after.get(float("inf"), 0.0) - histogram_before.get(float("inf"), 0.0)
+            ),
+            "p50_ms": None if server[0.5] is None else round(server[0.5] * 1000, 1),
+            "p99_ms": None if server[0.99] is None else round(server[0.99] * 1000, 1),
+        },
     }
 
 
@@ -883,7 +951,15 @@ def markdown(report: dict[str, Any]) -> str:
         ),
         ("**Order → analytics freshness**", "", "", ""),
         (
-            f"at {fmt(fresh['offered_per_second'], ' orders/s')} p50 / p99",
+            f"at {fmt(fresh['offered_per_second'], ' orders/s')}, analytics' apply latency "
+            "(its histogram) p50 / p99",
+            f"{fmt(fresh['server_side']['p50_ms'])} / {fmt(fresh['server_side']['p99_ms'])} ms"
+            f" ({fresh['server_side']['events']} order events)",
+            "",
+            "",
+        ),
+        (
+            "  create answered → seen in GetFunnel p50 / p99",
             f"{fmt(fresh['p50_ms'])} / {fmt(fresh['p99_ms'])} ms",
             f"poll {fresh['poll_interval_ms']:.0f} ms",
             f"{ratio(fresh['p50_ms'], fresh['poll_interval_ms'])} / "
@@ -1039,6 +1115,21 @@ async def run(suite: PrivateSuite, args: argparse.Namespace, report: dict[str, A
             )
 
 
+def reset_state(env: dict[str, str]) -> None:
+    """Empty the bench's state folder but for the linked build cache (no suite may run on it;
+    a stack left over from an interrupted run is stopped first)."""
+    state_dir = Path(env["MERCATO_STATE_DIR"])
+    if running_status(state_dir) is not None:
+        raise SystemExit(f"a suite runs on {state_dir}: stop it first")
+    Stack(StackConfig.from_env(env)).down()
+    if state_dir.is_dir():
+        for entry in state_dir.iterdir():
+            if entry.is_symlink() or entry.is_file():
+                entry.unlink()
+            elif entry.name != "cache":
+                shutil.rmtree(entry)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, default=16)
@@ -1052,6 +1143,11 @@ def main() -> None:
         type=int,
         default=64,
         help="SKUs the orders draw their 2 lines from (fewer: hotter product documents)",
+    )
+    parser.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="start from the last run's state folder instead of an empty one",
     )
     parser.add_argument(
         "--no-peer",
@@ -1080,6 +1176,8 @@ def main() -> None:
         "not_measured": ["grpc-gateway (Go) peer: --no-peer"] if args.no_peer else [],
     }
     env = bench_env()
+    if not args.keep_state:
+        reset_state(env)
     print(f"starting a private suite on {env['MERCATO_STATE_DIR']}", flush=True)
     suite = start_private_suite(env, ready_timeout=READY_TIMEOUT)
     report["ready_seconds"] = suite.ready_seconds
