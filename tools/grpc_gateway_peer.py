@@ -37,14 +37,12 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gotool import GO_CACHE, ROOT, TOOLS, ToolError, find_go, go_env, go_install
+
 import protos  # tools/protos.py: buf and the third-party imports
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "deploy" / "local" / "grpc-gateway-peer"
 SOURCE_FILES = ("go.mod", "go.sum", "main.go")
-STATE = Path(os.environ.get("MERCATO_STATE_DIR", ROOT / ".state"))
-TOOLS = STATE / "tools"
-GO_CACHE = STATE / "cache" / "go"
 STAGING = ROOT / ".build" / "grpc-gateway-peer"
 BINARY = TOOLS / "grpc-gateway-peer" / "grpc-gateway-peer"
 STAMP = BINARY.with_name("inputs.sha256")
@@ -65,8 +63,8 @@ PROTOC_GEN_GO_GRPC_VERSION = "v1.6.2"
 BUILD_RECIPE = "1"
 
 
-class PeerError(Exception):
-    """A failure with a message for the user."""
+#: A failure with a message for the user (the same type as the other Go tools' failures).
+PeerError = ToolError
 
 
 def _run(
@@ -86,27 +84,16 @@ def _run(
 
 
 def _go() -> str:
-    go = shutil.which("go") or shutil.which("go", path="/usr/local/go/bin")
-    if go is None:
-        raise PeerError(
-            "Go is needed to build grpc-gateway (go install, go build) and was not found; "
-            "install Go >= 1.26 from go.dev and put it on PATH"
-        )
-    return go
+    return find_go("the grpc-gateway peer (go install, go build)")
 
 
 def _go_env(*, readonly: bool = True) -> dict[str, str]:
+    # The build cache is kept (rebuilds after a proto change take seconds); the committed
+    # go.sum is the truth, except for `tidy`, which rewrites it.
     flags = "-modcacherw -buildvcs=false"
-    return {
-        **os.environ,
-        "GOMODCACHE": str(GO_CACHE / "mod"),
-        "GOCACHE": str(GO_CACHE / "build"),
-        "GOPATH": str(GO_CACHE / "path"),
-        # The committed go.sum is the truth, except for `tidy`, which rewrites it.
-        "GOFLAGS": f"-mod=readonly {flags}" if readonly else flags,
-        "GOTOOLCHAIN": "local",
-        "CGO_ENABLED": "0",
-    }
+    return go_env(
+        GOCACHE=str(GO_CACHE / "build"), GOFLAGS=f"-mod=readonly {flags}" if readonly else flags
+    )
 
 
 def required_version(module: str) -> str:
@@ -131,19 +118,10 @@ def plugins() -> dict[str, str]:
     }
 
 
-def ensure_plugin(go: str, name: str, package: str) -> Path:
+def ensure_plugin(name: str, package: str) -> Path:
     """The plugin binary, `go install`-ed into .state/tools/<name>-<version>/ when missing."""
     version = package.rpartition("@")[2]
-    target = TOOLS / f"{name}-{version}" / name
-    if target.is_file() and os.access(target, os.X_OK):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"grpc-gateway-peer: go install {package}", file=sys.stderr, flush=True)
-    env = {**_go_env(readonly=False), "GOBIN": str(target.parent)}
-    _run([go, "install", "-trimpath", "-ldflags=-s -w", package], f"go install {name}", env=env)
-    if not target.is_file():
-        raise PeerError(f"go install {package} wrote no {target}")
-    return target
+    return go_install(package, TOOLS / f"{name}-{version}" / name, purpose=name)
 
 
 def inputs_digest() -> str:
@@ -199,14 +177,14 @@ def _template(plugin_paths: dict[str, Path], out: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage(go: str) -> Path:
+def stage() -> Path:
     """A fresh .build/grpc-gateway-peer: the committed sources plus the generated Go code."""
     try:
         buf = protos.buf()
         protos.fetch_deps()
     except protos.ProtosError as exc:
         raise PeerError(f"protos: {exc}") from exc
-    plugin_paths = {name: ensure_plugin(go, name, pkg) for name, pkg in plugins().items()}
+    plugin_paths = {name: ensure_plugin(name, pkg) for name, pkg in plugins().items()}
     shutil.rmtree(STAGING, ignore_errors=True)
     STAGING.mkdir(parents=True)
     for name in SOURCE_FILES:
@@ -236,7 +214,7 @@ def build(*, force: bool = False) -> Path:
     go = _go()
     expected = inputs_digest()
     print("grpc-gateway-peer: building (generate, go build)", file=sys.stderr, flush=True)
-    staging = stage(go)
+    staging = stage()
     BINARY.parent.mkdir(parents=True, exist_ok=True)
     partial = BINARY.with_name(BINARY.name + ".partial")
     _run(
@@ -253,7 +231,7 @@ def build(*, force: bool = False) -> Path:
 def tidy() -> None:
     """Regenerate, run `go mod tidy` on the staged module and copy go.mod/go.sum back."""
     go = _go()
-    staging = stage(go)
+    staging = stage()
     _run([go, "mod", "tidy"], "go mod tidy", cwd=staging, env=_go_env(readonly=False))
     for name in ("go.mod", "go.sum"):
         shutil.copyfile(staging / name, SOURCE / name)

@@ -10,8 +10,8 @@
     python tools/helm.py -- ARGS    run the pinned helm with ARGS
 
 Helm 3 is built from its Go module with the machine's Go toolchain into the git-ignored
-`.state/tools/helm-<version>/helm` (module and build caches under `.state/cache/go/`, the build
-cache removed afterwards). The release ldflags are set so `helm version` tells the truth and the
+`.state/tools/helm-<version>/helm` by `gotool.go_install` (module cache under `.state/cache/go/`,
+a temporary build cache). The release ldflags are set so `helm version` tells the truth and the
 Kubernetes version Helm assumes without `--kube-version` is `KUBE_VERSION` (the tests pass
 `--kube-version` anyway).
 
@@ -24,21 +24,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gotool import ROOT, TOOLS, ToolError, go_install  # tools/gotool.py
+
 HELM_MODULE = "helm.sh/helm/v3"
 HELM_VERSION = "v3.21.4"
 # The Kubernetes version Helm assumes when none is given (Capabilities.KubeVersion).
 KUBE_VERSION = (1, 33)
-STATE = Path(os.environ.get("MERCATO_STATE_DIR", ROOT / ".state"))
-TOOLS = STATE / "tools"
 CHART = ROOT / "deploy" / "helm" / "mercato"
 METHODS_FILE = CHART / "files" / "grpc-methods.yaml"
 
@@ -58,23 +55,12 @@ SERVICES = {
 NEVER_RETRIED_BY_MESH = frozenset({"mercato.orders.v1.OrdersService/CreateOrder"})
 
 
-class ToolError(Exception):
-    """A failure with a message for the user."""
-
-
 def helm_path() -> Path:
     return TOOLS / f"helm-{HELM_VERSION}" / "helm"
 
 
 def ensure_helm() -> Path:
     """The pinned helm binary, built with `go install` when it is not there yet."""
-    target = helm_path()
-    if target.is_file() and os.access(target, os.X_OK):
-        return target
-    go = shutil.which("go")
-    if go is None:
-        raise ToolError("Go is needed to build Helm (go install); install Go >= 1.24")
-    target.parent.mkdir(parents=True, exist_ok=True)
     major, minor = KUBE_VERSION
     ldflags = " ".join(
         [
@@ -84,23 +70,9 @@ def ensure_helm() -> Path:
             f"-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor={minor}",
         ]
     )
-    with tempfile.TemporaryDirectory(prefix="helm-build-", dir=target.parent) as gobin:
-        env = {
-            **os.environ,
-            "GOBIN": gobin,
-            "GOFLAGS": "-modcacherw -buildvcs=false",
-            "GOTOOLCHAIN": "local",
-            "CGO_ENABLED": "0",
-        }
-        command = [go, "install", "-ldflags", ldflags, f"{HELM_MODULE}/cmd/helm@{HELM_VERSION}"]
-        print(f"building helm {HELM_VERSION}: {' '.join(command)}", file=sys.stderr)
-        result = subprocess.run(  # noqa: S603 - fixed tool, no shell
-            command, env=env, capture_output=True, text=True, check=False
-        )
-        if result.returncode != 0:
-            raise ToolError(f"go install of helm failed:\n{result.stderr[-4000:]}")
-        os.replace(Path(gobin) / "helm", target)
-    return target
+    return go_install(
+        f"{HELM_MODULE}/cmd/helm@{HELM_VERSION}", helm_path(), ldflags=ldflags, purpose="Helm"
+    )
 
 
 # gRPC methods ---------------------------------------------------------------------------------

@@ -9,10 +9,10 @@
     python tools/promtool.py -- ARGS    run the pinned promtool with ARGS
 
 promtool is built from Prometheus's Go module with the machine's Go toolchain into the git-ignored
-`.state/tools/promtool-<version>/promtool`. The module cache is `.state/cache/go/mod` (shared with
-the other Go builds of the project, kept so that a rebuild needs no registry); the build cache is a
-temporary directory removed afterwards. The `remove_all_sd` build tag leaves out the cloud service
-discovery plugins, which rule checks and rule tests never use (the binary is half the size).
+`.state/tools/promtool-<version>/promtool` by `gotool.go_install` (module cache
+`.state/cache/go/mod`, shared with the project's other Go builds). The `remove_all_sd` build tag
+leaves out the cloud service discovery plugins, which rule checks and rule tests never use (the
+binary is half the size).
 
 The chart's rule file (deploy/helm/mercato/files/prometheus-rules.yaml) holds two placeholders
 that the chart fills in (templates/prometheusrule.yaml): `__NAMESPACE__` and
@@ -23,23 +23,19 @@ that the chart fills in (templates/prometheusrule.yaml): `__NAMESPACE__` and
 from __future__ import annotations
 
 import argparse
-import fcntl
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gotool import ROOT, TOOLS, ToolError, go_install  # tools/gotool.py
+
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 #: The Go module version of Prometheus 3.16.0 (Prometheus 3.x is published as v0.3xx.y).
 PROMTOOL_VERSION = "v0.316.0"
 PROMETHEUS_RELEASE = "3.16.0"
-STATE = Path(os.environ.get("MERCATO_STATE_DIR", ROOT / ".state"))
-TOOLS = STATE / "tools"
-GO_CACHE = STATE / "cache" / "go"
-BUILD_TIMEOUT_SECONDS = 3600
 CHART_FILES = ROOT / "deploy" / "helm" / "mercato" / "files"
 RULES_FILE = CHART_FILES / "prometheus-rules.yaml"
 #: What the rule unit tests expect in place of the rule file's placeholders.
@@ -49,37 +45,12 @@ TEST_PLACEHOLDERS = {
 }
 
 
-class ToolError(Exception):
-    """A failure with a message for the user."""
-
-
 def promtool_path() -> Path:
     return TOOLS / f"promtool-{PROMTOOL_VERSION}" / "promtool"
 
 
-def _usable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
 def ensure_promtool() -> Path:
     """The pinned promtool binary, built with `go install` when it is not there yet."""
-    target = promtool_path()
-    if _usable(target):
-        return target
-    go = shutil.which("go")
-    if go is None:
-        raise ToolError("Go is needed to build promtool (go install); install Go >= 1.26")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Test sessions started side by side would otherwise each spend minutes on the same build.
-    with open(target.parent / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _usable(target):
-            return target
-        _build(go, target)
-    return target
-
-
-def _build(go: str, target: Path) -> None:
     ldflags = " ".join(
         [
             "-s -w",
@@ -87,41 +58,13 @@ def _build(go: str, target: Path) -> None:
             "-X github.com/prometheus/common/version.Branch=HEAD",
         ]
     )
-    with (
-        tempfile.TemporaryDirectory(prefix="promtool-build-", dir=target.parent) as gobin,
-        tempfile.TemporaryDirectory(prefix="promtool-gocache-", dir=target.parent) as gocache,
-    ):
-        env = {
-            **os.environ,
-            "GOBIN": gobin,
-            "GOMODCACHE": str(GO_CACHE / "mod"),
-            "GOPATH": str(GO_CACHE / "path"),
-            "GOCACHE": gocache,
-            "GOFLAGS": "-modcacherw -buildvcs=false -trimpath",
-            "GOTOOLCHAIN": "local",
-            "CGO_ENABLED": "0",
-        }
-        command = [
-            go, "install",
-            "-tags", "netgo,remove_all_sd",
-            "-ldflags", ldflags,
-            f"{PROMETHEUS_MODULE}/cmd/promtool@{PROMTOOL_VERSION}",
-        ]  # fmt: skip
-        print(f"building promtool {PROMTOOL_VERSION}: {' '.join(command)}", file=sys.stderr)
-        try:
-            result = subprocess.run(  # noqa: S603 - fixed tool, no shell
-                command,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=BUILD_TIMEOUT_SECONDS,
-            )
-        except subprocess.TimeoutExpired as error:
-            raise ToolError(f"go install of promtool took over {error.timeout} s") from error
-        if result.returncode != 0:
-            raise ToolError(f"go install of promtool failed:\n{result.stderr[-4000:]}")
-        os.replace(Path(gobin) / "promtool", target)
+    return go_install(
+        f"{PROMETHEUS_MODULE}/cmd/promtool@{PROMTOOL_VERSION}",
+        promtool_path(),
+        ldflags=ldflags,
+        tags="netgo,remove_all_sd",
+        purpose="promtool",
+    )
 
 
 def fill_placeholders(text: str, values: dict[str, str]) -> str:
