@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -34,8 +33,6 @@ from prometheus_client.registry import Collector
 from pymongo import monitoring
 
 __all__ = ["MongoPoolMonitor", "PendingCounter", "SaturationMetrics"]
-
-_log = logging.getLogger("mercato.saturation")
 
 #: Event loop lag buckets: a healthy loop stays under a few milliseconds; 100 ms and more means
 #: requests wait on something blocking the loop.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -103,25 +102,6 @@ class GrpcServer:
         await asyncio.sleep(self._settings.shutdown_drain_seconds)
         await self._server.stop(self._settings.shutdown_grace_seconds)
         _log.info("gRPC server stopped")
-
-    async def wait_for_termination(self) -> None:
-        await self._server.wait_for_termination()
-
-    async def serve_until_signal(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop gracefully."""
-        loop = asyncio.get_running_loop()
-        stop_requested = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop_requested.set)
-        try:
-            if self.port is None:
-                await self.start()
-            await stop_requested.wait()
-            _log.info("shutdown requested")
-            await self.stop()
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
 
 
 def _server_options(settings: BaseServiceSettings) -> list[tuple[str, int]]:

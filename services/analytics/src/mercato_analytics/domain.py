@@ -26,7 +26,6 @@ from mercato_common.errors import FieldViolation, InvalidArgument, MercatoError,
 
 __all__ = [
     "DEFAULT_TOP_LIMIT",
-    "FACT_KINDS",
     "MAX_TIME",
     "MIN_TIME",
     "AnalyticsError",
@@ -271,7 +270,6 @@ F_UNITS = "units"  # OrderPaid: units of all lines
 F_AFTER_PAYMENT = "after_payment"  # OrderCancelled from PAID
 F_LINES = "lines"  # OrderPaid: [{sku, units, revenue}]
 K_USER_REGISTERED = "UserRegistered"
-FACT_KINDS = frozenset({K_USER_REGISTERED, *(kind.value for kind in OrderEventKind)})
 
 
 def fact_document(event: OrderEvent | UserRegistered) -> dict[str, Any]:

@@ -102,7 +102,6 @@ _TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602,
 _SALES_FIELDS = {"_id": 0, F_KIND: 1, F_TIME: 1, F_CURRENCY: 1, F_AMOUNT: 1, F_UNITS: 1}
 _SALES_FIELDS[F_AFTER_PAYMENT] = 1
 _FUNNEL_FIELDS = {"_id": 0, F_KIND: 1, F_AFTER_PAYMENT: 1}
-_ORDER_KINDS = [kind.value for kind in OrderEventKind]
 
 
 class StoreUnavailable(AnalyticsError, Unavailable):

@@ -13,7 +13,6 @@ from mercato_auth.domain.users import User, UserState
 
 __all__ = [
     "role_from_proto",
-    "role_to_proto",
     "roles_to_proto",
     "state_from_proto",
     "state_to_proto",
@@ -31,10 +30,6 @@ _STATES: dict[UserState, auth_pb2.UserState.ValueType] = {
     UserState.DISABLED: auth_pb2.USER_STATE_DISABLED,
 }
 _STATES_BACK = {value: state for state, value in _STATES.items()}
-
-
-def role_to_proto(role: Role) -> auth_pb2.Role.ValueType:
-    return _ROLES[role]
 
 
 def roles_to_proto(roles: Iterable[Role]) -> list[auth_pb2.Role.ValueType]:

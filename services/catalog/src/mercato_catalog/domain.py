@@ -43,10 +43,6 @@ class ProductNotFound(CatalogError, NotFound):
     default_reason = "PRODUCT_NOT_FOUND"
 
 
-class CategoryNotFound(CatalogError, NotFound):
-    default_reason = "CATEGORY_NOT_FOUND"
-
-
 class CategoryMissing(CatalogError, FailedPrecondition):
     """A write names a category that does not exist."""
 

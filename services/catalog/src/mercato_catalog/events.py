@@ -20,7 +20,6 @@ from mercato_catalog.domain import Line, Money, Product, ReleaseCause
 from mercato_common.kafka.envelope import Envelope, new_envelope
 
 __all__ = [
-    "DEFAULT_TOPIC",
     "SOURCE",
     "product_archived",
     "product_created",
@@ -32,7 +31,6 @@ __all__ = [
     "stock_reserved",
 ]
 
-DEFAULT_TOPIC = "mercato.catalog.events.v1"
 SOURCE = "catalog"
 
 

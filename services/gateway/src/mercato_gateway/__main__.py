@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 
 from mercato_common.settings import SettingsError, load_settings
-from mercato_common.telemetry import configure_logging, setup_telemetry
+from mercato_common.telemetry import setup_telemetry
 from mercato_gateway.app import build_app, derive_routes
 from mercato_gateway.openapi import build_openapi
 from mercato_gateway.settings import GatewaySettings
@@ -54,7 +54,15 @@ def worker_app() -> Any:
     from prometheus_client import CollectorRegistry, multiprocess
 
     settings = load_settings(GatewaySettings, os.environ)
-    configure_logging(settings.service_name, settings.service_version, settings.log_level)
+    # Each worker serves requests, so each needs the tracer provider (spans, trace ids in the
+    # logs); the supervisor serves the metrics endpoint, so none here.
+    setup_telemetry(
+        service=settings.service_name,
+        version=settings.service_version,
+        log_level=settings.log_level,
+        otlp_endpoint=settings.otlp_endpoint,
+        metrics_port=None,
+    )
     exposed = CollectorRegistry()
     multiprocess.MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
     return build_app(settings, metrics_endpoint_registry=exposed).asgi

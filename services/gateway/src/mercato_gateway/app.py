@@ -35,10 +35,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route as StarletteRoute
 
-from mercato_common.identity import JwksTokenVerifier, TokenVerifier
+from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
 from mercato_common.runtime import CloseOnStop, Lifecycle, start_all, stop_all
 from mercato_common.saturation import SaturationMetrics
-from mercato_gateway.auth import Authenticator, jwks_fetcher
+from mercato_gateway.auth import Authenticator
 from mercato_gateway.edge import ROUTE_KEY, EdgeMiddleware, HttpMetrics
 from mercato_gateway.openapi import build_openapi, docs_page
 from mercato_gateway.proxy import Deadlines, GatewayEndpoint, Upstreams
@@ -55,6 +55,9 @@ from mercato_gateway.settings import GatewaySettings
 __all__ = ["GatewayApp", "build_app", "derive_routes"]
 
 _log = logging.getLogger("mercato_gateway")
+
+#: Deadline of a GetJwks call to auth: a slow auth must not hold requests with new kids long.
+JWKS_TIMEOUT_SECONDS = 3.0
 
 _CORS_HEADERS = (
     "authorization",
@@ -156,7 +159,7 @@ def build_app(
     )
     if token_verifier is None:
         token_verifier = JwksTokenVerifier.from_settings(
-            jwks_fetcher(lambda: upstreams.channel("auth")),
+            auth_jwks_fetcher(lambda: upstreams.channel("auth"), timeout=JWKS_TIMEOUT_SECONDS),
             settings,
             min_refresh_seconds=settings.jwks_min_refresh_seconds,
         )

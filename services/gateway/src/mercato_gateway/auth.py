@@ -13,9 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote_plus
 
 import grpc
@@ -26,29 +24,16 @@ from mercato_common.identity import (
     Audience,
     Identity,
     TokenVerifier,
-    auth_jwks_fetcher,
 )
 from mercato_gateway.errors import GATEWAY_DOMAIN, ApiError
 
 __all__ = [
     "Authenticator",
     "BasicCredentials",
-    "jwks_fetcher",
     "parse_basic",
 ]
 
 _log = logging.getLogger("mercato_gateway.auth")
-
-
-def jwks_fetcher(
-    channel: grpc.aio.Channel | Callable[[], grpc.aio.Channel], *, timeout: float = 3.0
-) -> Callable[[], Awaitable[Mapping[str, Any]]]:
-    """Fetches auth's JWKS over gRPC, for :class:`JwksTokenVerifier` (3 s deadline by default).
-
-    ``channel`` may be a callable returning the channel at fetch time (channels are created
-    when the application starts, in its event loop).
-    """
-    return auth_jwks_fetcher(channel, timeout=timeout)
 
 
 @dataclass(frozen=True, slots=True)

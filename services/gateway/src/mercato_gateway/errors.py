@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,7 +261,3 @@ def from_rpc_error(
         retry_after,
         headers,
     )
-
-
-def join_violations(violations: Sequence[tuple[str, str]]) -> str:
-    return "; ".join(f"{name}: {text}" for name, text in violations)

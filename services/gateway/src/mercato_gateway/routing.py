@@ -60,10 +60,6 @@ FORM_ENCODED_METHODS = frozenset(
 HEADER_FIELDS = {"idempotency_key": "idempotency-key"}
 
 _READ_LEVELS = (descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,)
-_IDEMPOTENT_LEVELS = (
-    descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
-    descriptor_pb2.MethodOptions.IDEMPOTENT,
-)
 
 
 class RouteError(ValueError):
@@ -214,10 +210,6 @@ class Route:
     @property
     def is_read(self) -> bool:
         return self.method.GetOptions().idempotency_level in _READ_LEVELS
-
-    @property
-    def is_idempotent(self) -> bool:
-        return self.method.GetOptions().idempotency_level in _IDEMPOTENT_LEVELS
 
     @property
     def rate_class(self) -> str:

@@ -42,7 +42,7 @@ from mercato_catalog.app import build_app as build_catalog
 from mercato_catalog.settings import CatalogSettings
 from mercato_common.client import create_channel
 from mercato_common.errors import NotFound
-from mercato_common.identity import JwksTokenVerifier, current_identity
+from mercato_common.identity import JwksTokenVerifier, auth_jwks_fetcher, current_identity
 from mercato_common.runtime import start_all, stop_all
 from mercato_common.server import GrpcServer
 from mercato_common.settings import BaseServiceSettings
@@ -55,7 +55,6 @@ from mercato_devstack.testing import (
     temporary_topics,
 )
 from mercato_gateway.app import GatewayApp, build_app
-from mercato_gateway.auth import jwks_fetcher
 from mercato_gateway.settings import GatewaySettings
 
 __all__ = ["backends"]
@@ -392,7 +391,9 @@ async def suite(backends: Backends) -> AsyncIterator[Suite]:
 
         jwks_channel = grpc.aio.insecure_channel(auth_target)
         stack.push_async_callback(jwks_channel.close)
-        verifier = JwksTokenVerifier(jwks_fetcher(jwks_channel), issuer=ISSUER, audience=AUDIENCE)
+        verifier = JwksTokenVerifier(
+            auth_jwks_fetcher(jwks_channel, timeout=3.0), issuer=ISSUER, audience=AUDIENCE
+        )
         orders = FakeOrders()
         orders_server = await _grpc(
             "orders",

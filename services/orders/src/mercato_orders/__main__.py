@@ -16,11 +16,10 @@ from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 
-from mercato_common.runtime import run_until_signal, start_all, stop_all
+from mercato_common.runtime import Lifecycle, run_until_signal, start_all, stop_all
 from mercato_common.settings import SettingsError, load_settings
 from mercato_common.telemetry import configure_logging, setup_telemetry
 from mercato_orders.app import build_app
-from mercato_orders.reconciler import Reconciler
 from mercato_orders.settings import OrdersSettings
 from mercato_orders.store import TRACER_NAME, Database, migrations_dir
 
@@ -60,11 +59,10 @@ async def _migrate(settings: OrdersSettings) -> None:
 
 async def _reconcile(settings: OrdersSettings) -> None:
     app = build_app(settings, registry=CollectorRegistry())
-    parts = [app.database, app.parts[1], app.service]
+    parts: list[Lifecycle] = [app.database, app.channels, app.service]
     await start_all(parts)
     try:
-        reconciler = app.reconciler or Reconciler(app.service, interval=1.0)
-        report = await reconciler.run_once(full=True)
+        report = await app.reconciler.run_once(full=True)
         print(report)
     finally:
         await stop_all(parts)

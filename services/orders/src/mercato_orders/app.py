@@ -21,7 +21,7 @@ from mercato_common.client import create_channel
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
 from mercato_common.kafka import EventProducer, KafkaConnection
 from mercato_common.outbox import PostgresOutboxRelay, RelayRunner
-from mercato_common.runtime import Lifecycle
+from mercato_common.runtime import CloseOnStop, Lifecycle
 from mercato_common.saturation import SaturationMetrics
 from mercato_common.server import GrpcServer
 from mercato_orders.api import SERVICE_NAME, OrdersServicer
@@ -34,24 +34,10 @@ from mercato_orders.service import OrdersConfig, OrdersMetrics, OrdersService
 from mercato_orders.settings import OrdersSettings
 from mercato_orders.store import TRACER_NAME, Database, OrdersStore, migrations_dir
 
-__all__ = ["ChannelsPart", "OrdersApp", "build_app"]
+__all__ = ["OrdersApp", "build_app"]
 
 AUTH_SERVICE = "mercato.auth.v1.AuthService"
 CATALOG_SERVICE = "mercato.catalog.v1.CatalogService"
-
-
-class ChannelsPart:
-    """Closes the client channels on shutdown (they connect lazily: nothing to start)."""
-
-    def __init__(self, *channels: grpc.aio.Channel) -> None:
-        self._channels = channels
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        for channel in self._channels:
-            await channel.close()
 
 
 @dataclass
@@ -65,7 +51,11 @@ class OrdersApp:
     payments: PaymentProvider
     server: GrpcServer
     relay: RelayRunner[PostgresOutboxRelay] | None
-    reconciler: Reconciler | None
+    # Built whatever the settings say (the `reconcile` command runs it once); a part of the
+    # running service only with RECONCILE_ENABLED.
+    reconciler: Reconciler
+    # Closes the channels to auth and catalog on stop.
+    channels: CloseOnStop
     parts: list[Lifecycle] = field(default_factory=list)
 
 
@@ -167,21 +157,20 @@ def build_app(
 
         relay = RelayRunner(producer, make_relays)
         saturation.watch_producer(producer)
-    reconciler: Reconciler | None = None
-    if settings.reconcile_enabled:
-        reconciler = Reconciler(
-            service,
-            interval=settings.reconcile_interval_seconds,
-            batch_size=settings.reconcile_batch_size,
-            orphan_grace=timedelta(seconds=settings.reconcile_orphan_grace_seconds),
-            catalog_scan_every=settings.reconcile_catalog_scan_every,
-            reservation_check_after=timedelta(seconds=settings.reservation_check_after_seconds),
-        )
+    reconciler = Reconciler(
+        service,
+        interval=settings.reconcile_interval_seconds,
+        batch_size=settings.reconcile_batch_size,
+        orphan_grace=timedelta(seconds=settings.reconcile_orphan_grace_seconds),
+        catalog_scan_every=settings.reconcile_catalog_scan_every,
+        reservation_check_after=timedelta(seconds=settings.reservation_check_after_seconds),
+    )
+    channels = CloseOnStop(lambda: _close_all(auth_channel, catalog_channel))
 
-    parts: list[Lifecycle] = [database, ChannelsPart(auth_channel, catalog_channel), service]
+    parts: list[Lifecycle] = [database, channels, service]
     if relay is not None:
         parts.append(relay)
-    if reconciler is not None:
+    if settings.reconcile_enabled:
         parts.append(reconciler)
     parts.append(saturation)
     parts.append(server)
@@ -196,5 +185,11 @@ def build_app(
         server=server,
         relay=relay,
         reconciler=reconciler,
+        channels=channels,
         parts=parts,
     )
+
+
+async def _close_all(*channels: grpc.aio.Channel) -> None:
+    for channel in channels:
+        await channel.close()

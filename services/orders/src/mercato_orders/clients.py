@@ -20,11 +20,10 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, TypeVar
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from mercato_common.errors import ErrorKind, MercatoError
 from mercato_common.rpc_errors import map_rpc_errors
+from mercato_orders.convert import timestamp
 from mercato_orders.domain.errors import (
     CatalogUnavailable,
     OrdersError,
@@ -337,8 +336,7 @@ class CatalogClient:
         self, created_before: datetime, page_token: str = "", page_size: int = 100
     ) -> tuple[list[ReservationInfo], str]:
         """A page of HELD reservations created before ``created_before``, oldest first."""
-        before = Timestamp()
-        before.FromDatetime(created_before.astimezone(UTC))
+        before = timestamp(created_before)
         request = catalog_pb2.ListReservationsRequest(
             page_size=page_size,
             page_token=page_token,

@@ -10,16 +10,14 @@ to use it.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from mercato.orders.events.v1 import events_pb2
-from mercato.orders.v1 import orders_pb2
-from mercato.type.v1 import money_pb2
 from mercato_common.kafka import Envelope, new_envelope
-from mercato_orders.domain.model import Money, Order, OrderState
+from mercato_orders.convert import money_to_proto, state_to_proto, timestamp
+from mercato_orders.domain.model import Order, OrderState
 
 __all__ = [
     "SOURCE",
@@ -32,33 +30,14 @@ __all__ = [
 
 SOURCE = "orders"
 
-_STATES = {
-    OrderState.PENDING: orders_pb2.ORDER_STATE_PENDING,
-    OrderState.CONFIRMED: orders_pb2.ORDER_STATE_CONFIRMED,
-    OrderState.PAID: orders_pb2.ORDER_STATE_PAID,
-    OrderState.FULFILLED: orders_pb2.ORDER_STATE_FULFILLED,
-    OrderState.CANCELLED: orders_pb2.ORDER_STATE_CANCELLED,
-    OrderState.FAILED: orders_pb2.ORDER_STATE_FAILED,
-}
-
-
-def _ts(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when.astimezone(UTC))
-    return ts
-
-
-def _money(money: Money) -> money_pb2.Money:
-    return money_pb2.Money(currency_code=money.currency_code, amount_minor=money.amount_minor)
-
 
 def _lines(order: Order) -> list[events_pb2.OrderLine]:
     return [
         events_pb2.OrderLine(
             sku=line.sku,
             quantity=line.quantity,
-            unit_price=_money(line.unit_price),
-            line_total=_money(line.line_total),
+            unit_price=money_to_proto(line.unit_price),
+            line_total=money_to_proto(line.line_total),
         )
         for line in order.lines
     ]
@@ -78,8 +57,8 @@ def order_placed(order: Order) -> Envelope:
         order_id=order.id,
         user_id=order.user_id,
         lines=_lines(order),
-        total=_money(order.total),
-        place_time=_ts(order.place_time),
+        total=money_to_proto(order.total),
+        place_time=timestamp(order.place_time),
     )
     return _envelope(data, order, when)
 
@@ -89,11 +68,11 @@ def order_paid(order: Order) -> Envelope:
     data = events_pb2.OrderPaid(
         order_id=order.id,
         user_id=order.user_id,
-        amount=_money(order.total),
+        amount=money_to_proto(order.total),
         lines=_lines(order),
         payment_id=order.payment_id,
-        place_time=_ts(order.place_time),
-        pay_time=_ts(when),
+        place_time=timestamp(order.place_time),
+        pay_time=timestamp(when),
     )
     return _envelope(data, order, when)
 
@@ -103,12 +82,12 @@ def order_cancelled(order: Order, previous: OrderState) -> Envelope:
     data = events_pb2.OrderCancelled(
         order_id=order.id,
         user_id=order.user_id,
-        previous_state=_STATES[previous],
-        total=_money(order.total),
+        previous_state=state_to_proto(previous),
+        total=money_to_proto(order.total),
         reason=change.reason,
         actor_id=change.actor,
-        place_time=_ts(order.place_time),
-        cancel_time=_ts(change.time),
+        place_time=timestamp(order.place_time),
+        cancel_time=timestamp(change.time),
     )
     return _envelope(data, order, change.time)
 
@@ -120,8 +99,8 @@ def order_fulfilled(order: Order) -> Envelope:
         user_id=order.user_id,
         shipment_reference=order.shipment_reference,
         actor_id=change.actor,
-        place_time=_ts(order.place_time),
-        fulfill_time=_ts(change.time),
+        place_time=timestamp(order.place_time),
+        fulfill_time=timestamp(change.time),
     )
     return _envelope(data, order, change.time)
 
@@ -131,9 +110,9 @@ def order_failed(order: Order, previous: OrderState) -> Envelope:
     data = events_pb2.OrderFailed(
         order_id=order.id,
         user_id=order.user_id,
-        previous_state=_STATES[previous],
+        previous_state=state_to_proto(previous),
         reason=change.reason,
-        place_time=_ts(order.place_time),
-        fail_time=_ts(change.time),
+        place_time=timestamp(order.place_time),
+        fail_time=timestamp(change.time),
     )
     return _envelope(data, order, change.time)

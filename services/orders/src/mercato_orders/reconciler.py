@@ -22,12 +22,11 @@ The catalog's own reservation expiry is the last line of defence behind all of t
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from mercato_common.runtime import Periodic
 from mercato_orders.clients import ReservationState
 from mercato_orders.domain.model import OrderState
 from mercato_orders.service import OrdersService
@@ -70,8 +69,10 @@ class Reconciler:
         self._check_after = reservation_check_after
         self._max_pages = max_scan_pages
         self._rounds = 0
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        # A round in progress gets 10 s to finish at stop before it is cancelled.
+        self._periodic = Periodic(
+            "orders-reconciler", self._round, interval=interval, grace=10.0, logger=log
+        )
 
     async def run_once(self, *, full: bool | None = None) -> ReconcileReport:
         """One round; ``full`` forces (or skips) the catalog scans regardless of the count."""
@@ -184,27 +185,13 @@ class Reconciler:
                     report.lapsed_failed += 1
             after = orders[-1].id
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                report = await self.run_once()
-                if report.any():
-                    log.info("reconciliation", extra=vars(report))
-            except Exception as exc:
-                log.warning("reconciliation round failed: %r", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+    async def _round(self) -> None:
+        report = await self.run_once()
+        if report.any():
+            log.info("reconciliation", extra=vars(report))
 
     async def start(self) -> None:
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="orders-reconciler")
+        await self._periodic.start()
 
     async def stop(self) -> None:
-        self._stopping.set()
-        task, self._task = self._task, None
-        if task is not None:
-            try:
-                await asyncio.wait_for(task, 10)
-            except TimeoutError:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await self._periodic.stop()

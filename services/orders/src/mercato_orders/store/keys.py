@@ -107,15 +107,6 @@ class Keys:
             return None
         return _row(record, inserted=bool(record["inserted"]))
 
-    async def get(self, user_id: str, key: str) -> KeyRow | None:
-        record = await self._conn.fetchrow(
-            "get_idempotency_key",
-            f"SELECT {_COLUMNS} FROM idempotency_keys WHERE user_id = $1 AND key = $2",  # noqa: S608
-            user_id,
-            key,
-        )
-        return None if record is None else _row(record)
-
     async def take_over(
         self, *, user_id: str, key: str, old_owner: str, new_owner: str, lease: timedelta
     ) -> KeyRow | None:
