@@ -8,15 +8,14 @@ request reaches a query as anything but a string or an integer.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
-from mercato.type.v1 import money_pb2
 from mercato_catalog.cache import ProductCache
+from mercato_catalog.convert import money_to_proto, timestamp
 from mercato_catalog.domain import (
     Category,
     Line,
@@ -45,16 +44,6 @@ __all__ = ["CatalogServicer", "product_to_proto", "reservation_to_proto"]
 SERVICE_NAME = "mercato.catalog.v1.CatalogService"
 
 
-def _ts(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when.astimezone(UTC))
-    return ts
-
-
-def _money(money: Money) -> money_pb2.Money:
-    return money_pb2.Money(currency_code=money.currency_code, amount_minor=money.amount_minor)
-
-
 _PRODUCT_STATES = {
     ProductState.ACTIVE: catalog_pb2.PRODUCT_STATE_ACTIVE,
     ProductState.ARCHIVED: catalog_pb2.PRODUCT_STATE_ARCHIVED,
@@ -74,18 +63,18 @@ def product_to_proto(product: Product) -> catalog_pb2.Product:
         name=product.name,
         description=product.description,
         category_id=product.category_id,
-        price=_money(product.price),
+        price=money_to_proto(product.price),
         attributes=dict(product.attributes),
         state=_PRODUCT_STATES[product.state],
         stock_on_hand=product.stock_on_hand,
         stock_reserved=product.stock_reserved,
         stock_available=product.stock_available,
         etag=product.etag,
-        create_time=_ts(product.create_time),
-        update_time=_ts(product.update_time),
+        create_time=timestamp(product.create_time),
+        update_time=timestamp(product.update_time),
     )
     if product.archive_time is not None:
-        message.archive_time.CopyFrom(_ts(product.archive_time))
+        message.archive_time.CopyFrom(timestamp(product.archive_time))
     return message
 
 
@@ -95,7 +84,7 @@ def category_to_proto(category: Category) -> catalog_pb2.Category:
         display_name=category.display_name,
         parent_id=category.parent_id,
         ancestor_ids=list(category.ancestor_ids),
-        create_time=_ts(category.create_time),
+        create_time=timestamp(category.create_time),
     )
 
 
@@ -112,11 +101,11 @@ def reservation_to_proto(reservation: Reservation) -> catalog_pb2.Reservation:
             if state is not None
             else catalog_pb2.RESERVATION_STATE_UNSPECIFIED
         ),
-        create_time=_ts(reservation.create_time),
-        update_time=_ts(reservation.update_time),
+        create_time=timestamp(reservation.create_time),
+        update_time=timestamp(reservation.update_time),
     )
     if state is ReservationState.HELD and reservation.expire_time is not None:
-        message.expire_time.CopyFrom(_ts(reservation.expire_time))
+        message.expire_time.CopyFrom(timestamp(reservation.expire_time))
     return message
 
 

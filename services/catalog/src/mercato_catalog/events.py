@@ -9,13 +9,12 @@ reservation document (subject = order id). One ``MongoOutboxRelay`` per collecti
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from mercato.catalog.events.v1 import events_pb2
-from mercato.type.v1 import money_pb2
+from mercato_catalog.convert import money_to_proto, timestamp
 from mercato_catalog.domain import Line, Money, Product, ReleaseCause
 from mercato_common.kafka.envelope import Envelope, new_envelope
 
@@ -34,16 +33,6 @@ __all__ = [
 SOURCE = "catalog"
 
 
-def _ts(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when.astimezone(UTC))
-    return ts
-
-
-def _money(money: Money) -> money_pb2.Money:
-    return money_pb2.Money(currency_code=money.currency_code, amount_minor=money.amount_minor)
-
-
 def _lines(lines: Sequence[Line]) -> list[events_pb2.StockLine]:
     return [events_pb2.StockLine(sku=line.sku, quantity=line.quantity) for line in lines]
 
@@ -57,9 +46,9 @@ def product_created(product: Product) -> Envelope:
         sku=product.sku,
         name=product.name,
         category_id=product.category_id,
-        price=_money(product.price),
+        price=money_to_proto(product.price),
         attributes=dict(product.attributes),
-        create_time=_ts(product.create_time),
+        create_time=timestamp(product.create_time),
     )
     return _envelope(data, product.sku, product.create_time)
 
@@ -80,16 +69,16 @@ def product_updated(
         changed_fields=sorted(changed_fields),
         name=name,
         category_id=category_id,
-        old_price=_money(old_price),
-        new_price=_money(new_price),
+        old_price=money_to_proto(old_price),
+        new_price=money_to_proto(new_price),
         etag=etag,
-        update_time=_ts(when),
+        update_time=timestamp(when),
     )
     return _envelope(data, sku, when)
 
 
 def product_archived(sku: str, when: datetime) -> Envelope:
-    return _envelope(events_pb2.ProductArchived(sku=sku, archive_time=_ts(when)), sku, when)
+    return _envelope(events_pb2.ProductArchived(sku=sku, archive_time=timestamp(when)), sku, when)
 
 
 def stock_adjusted(
@@ -101,14 +90,14 @@ def stock_adjusted(
         stock_on_hand=stock_on_hand,
         reason=reason,
         actor_id=actor_id,
-        adjust_time=_ts(when),
+        adjust_time=timestamp(when),
     )
     return _envelope(data, sku, when)
 
 
 def stock_low(*, sku: str, available: int, threshold: int, when: datetime) -> Envelope:
     data = events_pb2.StockLow(
-        sku=sku, stock_available=available, threshold=threshold, detect_time=_ts(when)
+        sku=sku, stock_available=available, threshold=threshold, detect_time=timestamp(when)
     )
     return _envelope(data, sku, when)
 
@@ -119,8 +108,8 @@ def stock_reserved(
     data = events_pb2.StockReserved(
         order_id=order_id,
         lines=_lines(lines),
-        expire_time=_ts(expire_time),
-        reserve_time=_ts(when),
+        expire_time=timestamp(expire_time),
+        reserve_time=timestamp(when),
     )
     return _envelope(data, order_id, when)
 
@@ -146,11 +135,13 @@ def stock_released(
         cause=_CAUSES[cause],
         was_committed=was_committed,
         reason=reason,
-        release_time=_ts(when),
+        release_time=timestamp(when),
     )
     return _envelope(data, order_id, when)
 
 
 def stock_committed(order_id: str, lines: Sequence[Line], when: datetime) -> Envelope:
-    data = events_pb2.StockCommitted(order_id=order_id, lines=_lines(lines), commit_time=_ts(when))
+    data = events_pb2.StockCommitted(
+        order_id=order_id, lines=_lines(lines), commit_time=timestamp(when)
+    )
     return _envelope(data, order_id, when)
