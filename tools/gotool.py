@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from mercato_devstack import install
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("MERCATO_STATE_DIR", ROOT / ".state"))
@@ -29,23 +30,17 @@ class ToolError(Exception):
 
 
 def find_go(purpose: str) -> str:
-    go = shutil.which("go")
+    go = install.find_go()
     if go is None:
         raise ToolError(f"Go is needed to build {purpose} (go install); install Go >= 1.26")
     return go
 
 
 def go_env(**overrides: str) -> dict[str, str]:
-    """The environment of every Go build of the project (module cache under .state)."""
-    return {
-        **os.environ,
-        "GOMODCACHE": str(GO_CACHE / "mod"),
-        "GOPATH": str(GO_CACHE / "path"),
-        "GOFLAGS": "-modcacherw -buildvcs=false -trimpath",
-        "GOTOOLCHAIN": "local",
-        "CGO_ENABLED": "0",
-        **overrides,
-    }
+    """The project's Go build environment (mercato_devstack.install.go_env) for a tool."""
+    return install.go_env(
+        GO_CACHE, **{"GOFLAGS": "-modcacherw -buildvcs=false -trimpath", **overrides}
+    )
 
 
 def _usable(path: Path) -> bool:

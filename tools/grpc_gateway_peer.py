@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gotool import GO_CACHE, ROOT, TOOLS, ToolError, find_go, go_env, go_install
 
 import protos  # tools/protos.py: buf and the third-party imports
+from mercato_devstack import install
 
 SOURCE = ROOT / "deploy" / "local" / "grpc-gateway-peer"
 SOURCE_FILES = ("go.mod", "go.sum", "main.go")
@@ -141,11 +142,7 @@ def inputs_digest() -> str:
 
 
 def is_fresh() -> bool:
-    try:
-        recorded = STAMP.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return False
-    return BINARY.is_file() and recorded == inputs_digest()
+    return install.is_fresh(STAMP, inputs_digest(), BINARY)
 
 
 def _files_to_generate(buf: Path, workdir: Path) -> list[str]:

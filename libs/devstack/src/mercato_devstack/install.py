@@ -50,3 +50,23 @@ def is_fresh(stamp: Path, expected: str, *outputs: Path) -> bool:
     except FileNotFoundError:
         return False
     return recorded == expected and all(output.exists() for output in outputs)
+
+
+def find_go() -> str | None:
+    """The machine's Go (also where go.dev's tarball installs it, when not on PATH)."""
+    return process.which("go", Path("/usr/local/go/bin"))
+
+
+def go_env(cache_dir: Path, **overrides: str) -> dict[str, str]:
+    """The environment of every Go build of the project: the machine's Go (no toolchain
+    download), static binaries, and the module cache under ``cache_dir`` (kept, so a rebuild
+    needs no registry; ``rm -rf`` safe thanks to -modcacherw). ``overrides`` win."""
+    return {
+        **os.environ,
+        "GOMODCACHE": str(cache_dir / "mod"),
+        "GOPATH": str(cache_dir / "path"),
+        "GOFLAGS": "-modcacherw",
+        "GOTOOLCHAIN": "local",
+        "CGO_ENABLED": "0",
+        **overrides,
+    }

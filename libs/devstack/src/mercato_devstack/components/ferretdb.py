@@ -109,15 +109,12 @@ class FerretDB(Component):
         )
         return staging
 
-    def _go(self) -> str | None:
-        return process.which("go", Path("/usr/local/go/bin"))
-
     def prepare(self) -> None:
         """Build the Go main once; modules and build cache live under .state/cache/go."""
         expected = self._inputs_digest()
         if install.is_fresh(self.stamp, expected, self.binary):
             return
-        go = self._go()
+        go = install.find_go()
         if go is None:
             raise self.fail(
                 "Go (1.24 or later) is needed once to build FerretDB and was not found; "
@@ -125,16 +122,10 @@ class FerretDB(Component):
             )
         log.info("ferretdb: building %s with Go (first time only)", self.source_dir)
         cache = self.config.cache_dir / "go"
-        env = {
-            **os.environ,
-            "GOMODCACHE": str(cache / "mod"),
-            "GOCACHE": str(cache / "build"),
-            "GOPATH": str(cache / "path"),
-            # The committed go.sum is the truth; the module cache stays deletable (rm -rf).
-            "GOFLAGS": "-mod=readonly -modcacherw",
-            "GOTOOLCHAIN": "local",
-            "CGO_ENABLED": "0",
-        }
+        # The committed go.sum is the truth.
+        env = install.go_env(
+            cache, GOCACHE=str(cache / "build"), GOFLAGS="-mod=readonly -modcacherw"
+        )
         self.binary.parent.mkdir(parents=True, exist_ok=True)
         staging = self._staged_source(go, env)
         partial = self.binary.with_name("ferretdb.partial")
