@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from mercato_common.errors import (
@@ -27,7 +29,15 @@ from mercato_common.errors import (
     PreconditionViolation,
 )
 
-__all__ = ["STATUS_CODES", "error_from_rpc", "map_rpc_errors", "to_grpc_status", "to_rpc_status"]
+__all__ = [
+    "STATUS_CODES",
+    "RpcErrorDetails",
+    "error_from_rpc",
+    "map_rpc_errors",
+    "rpc_error_details",
+    "to_grpc_status",
+    "to_rpc_status",
+]
 
 STATUS_CODES: dict[ErrorKind, grpc.StatusCode] = {
     kind: getattr(grpc.StatusCode, kind.value) for kind in ErrorKind
@@ -109,61 +119,80 @@ def to_grpc_status(error: MercatoError) -> grpc.Status:
     )
 
 
+@dataclass
+class RpcErrorDetails:
+    """What the ``google.rpc.Status`` details of a failed call say (empty when it has none)."""
+
+    has_error_info: bool = False
+    reason: str | None = None
+    domain: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    field_violations: list[FieldViolation] = field(default_factory=list)
+    precondition_violations: list[PreconditionViolation] = field(default_factory=list)
+    retry_after: float | None = None
+
+
+def rpc_error_details(error: grpc.aio.AioRpcError) -> RpcErrorDetails:
+    """The ErrorInfo, BadRequest, PreconditionFailure and RetryInfo of a failed call.
+
+    A malformed details trailer counts as none: the status code still stands.
+    """
+    found = RpcErrorDetails()
+    status = _status_of(error)
+    if status is None:
+        return found
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            found.has_error_info = True
+            found.reason, found.domain = info.reason or None, info.domain
+            found.metadata = dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            found.field_violations.extend(
+                FieldViolation(v.field, v.description) for v in bad_request.field_violations
+            )
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            found.precondition_violations.extend(
+                PreconditionViolation(v.type, v.subject, v.description) for v in failure.violations
+            )
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            delay = retry.retry_delay
+            found.retry_after = delay.seconds + delay.nanos / 1e9
+    return found
+
+
 def error_from_rpc(error: grpc.aio.AioRpcError) -> MercatoError:
     """The domain error a failed call stands for.
 
     Kind, reason, domain, metadata, field violations, precondition violations and retry delay.
     """
     kind = _KINDS_BY_CODE.get(error.code(), ErrorKind.INTERNAL)
-    reason: str | None = None
-    domain: str | None = None
-    metadata: dict[str, str] = {}
-    violations: list[FieldViolation] = []
-    preconditions: list[PreconditionViolation] = []
-    retry_after: float | None = None
-    status = _status_of(error)
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                reason, domain, metadata = info.reason or None, info.domain, dict(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad_request = error_details_pb2.BadRequest()
-                detail.Unpack(bad_request)
-                violations.extend(
-                    FieldViolation(v.field, v.description) for v in bad_request.field_violations
-                )
-            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-                failure = error_details_pb2.PreconditionFailure()
-                detail.Unpack(failure)
-                preconditions.extend(
-                    PreconditionViolation(v.type, v.subject, v.description)
-                    for v in failure.violations
-                )
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry = error_details_pb2.RetryInfo()
-                detail.Unpack(retry)
-                delay = retry.retry_delay
-                retry_after = delay.seconds + delay.nanos / 1e9
+    details = rpc_error_details(error)
     cls = KIND_CLASSES[kind]
     try:
         result = cls(
             error.details() or error.code().name,
-            reason=reason,
-            metadata=metadata,
-            field_violations=violations,
-            domain=domain,
-            precondition_violations=preconditions,
-            retry_after=retry_after,
+            reason=details.reason,
+            metadata=details.metadata,
+            field_violations=details.field_violations,
+            domain=details.domain,
+            precondition_violations=details.precondition_violations,
+            retry_after=details.retry_after,
         )
     except ValueError:  # a peer sent a reason that is not UPPER_SNAKE_CASE
         result = cls(
             error.details() or error.code().name,
-            metadata=metadata,
-            domain=domain,
-            precondition_violations=preconditions,
-            retry_after=retry_after,
+            metadata=details.metadata,
+            domain=details.domain,
+            precondition_violations=details.precondition_violations,
+            retry_after=details.retry_after,
         )
     result.__cause__ = error
     return result
@@ -175,7 +204,10 @@ def _status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
     for key, value in error.trailing_metadata() or ():
         if key == _DETAILS_KEY and isinstance(value, bytes):
             status = status_pb2.Status()
-            status.MergeFromString(value)
+            try:
+                status.MergeFromString(value)
+            except DecodeError:
+                return None
             return status
     return None
 

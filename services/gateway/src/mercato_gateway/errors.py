@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+
+from mercato_common.rpc_errors import rpc_error_details
 
 __all__ = [
     "GATEWAY_DOMAIN",
@@ -77,7 +78,6 @@ OAUTH_ERRORS = frozenset(
         "unsupported_token_type",
     }
 )
-_DETAILS_KEY = "grpc-status-details-bin"
 
 
 @dataclass
@@ -165,18 +165,6 @@ def invalid_argument(
     )
 
 
-def _status_details(error: grpc.aio.AioRpcError) -> status_pb2.Status | None:
-    for key, value in error.trailing_metadata() or ():
-        if key == _DETAILS_KEY and isinstance(value, bytes):
-            status = status_pb2.Status()
-            try:
-                status.MergeFromString(value)
-            except Exception:  # a malformed trailer: ignore the details, keep the code
-                return None
-            return status
-    return None
-
-
 def from_rpc_error(
     error: grpc.aio.AioRpcError,
     *,
@@ -191,41 +179,21 @@ def from_rpc_error(
     http_status = HTTP_STATUS.get(code, 500)
     reason = code.name if code is not None else "UNKNOWN"
     domain = f"{service}.mercato"
-    metadata: dict[str, str] = {}
-    violations: list[tuple[str, str]] = []
-    preconditions: list[dict[str, str]] = []
-    retry_after: int | None = None
-    has_info = False
-    status = _status_details(error)
-    if status is not None:
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
-                has_info = True
-                reason = info.reason or reason
-                domain = info.domain or domain
-                metadata = dict(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad_request = error_details_pb2.BadRequest()
-                detail.Unpack(bad_request)
-                for violation in bad_request.field_violations:
-                    name = violation.field
-                    if field_path is not None and name:
-                        name = field_path(name)
-                    violations.append((name, violation.description))
-            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-                retry = error_details_pb2.RetryInfo()
-                detail.Unpack(retry)
-                delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
-                retry_after = max(1, math.ceil(delay))
-            elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-                failure = error_details_pb2.PreconditionFailure()
-                detail.Unpack(failure)
-                preconditions.extend(
-                    {"type": v.type, "subject": v.subject, "description": v.description}
-                    for v in failure.violations
-                )
+    details = rpc_error_details(error)
+    has_info = details.has_error_info
+    if has_info:
+        reason = details.reason or reason
+        domain = details.domain or domain
+    metadata = details.metadata
+    violations = [
+        (field_path(v.field) if field_path is not None and v.field else v.field, v.description)
+        for v in details.field_violations
+    ]
+    preconditions = [
+        {"type": v.type, "subject": v.subject, "description": v.description}
+        for v in details.precondition_violations
+    ]
+    retry_after = None if details.retry_after is None else max(1, math.ceil(details.retry_after))
     if retry_after is None and "retry_after_seconds" in metadata:
         try:
             retry_after = max(1, math.ceil(float(metadata["retry_after_seconds"])))
