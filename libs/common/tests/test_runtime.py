@@ -1,10 +1,14 @@
 import asyncio
+import itertools
+import logging
 import os
 import signal
+import time
+from collections.abc import Callable
 
 import pytest
 
-from mercato_common.runtime import CloseOnStop, run_until_signal, start_all
+from mercato_common.runtime import CloseOnStop, Periodic, run_until_signal, start_all
 
 
 class Part:
@@ -51,3 +55,130 @@ async def test_close_on_stop_closes_only_at_stop_and_skips_none() -> None:
     await part.stop()
     assert log == ["closed"]
     await CloseOnStop(None).stop()  # nothing to close
+
+
+async def _until(condition: Callable[[], object], within: float = 2.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+async def test_periodic_ticks_repeat_until_stopped() -> None:
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        ticks.append(time.monotonic())
+
+    part = Periodic("ticker", tick, interval=0.02)
+    await part.start()
+    assert part.running
+    await _until(lambda: len(ticks) >= 3)
+    await part.stop()
+    assert not part.running
+    assert all(b - a >= 0.019 for a, b in itertools.pairwise(ticks))
+    count = len(ticks)
+    await asyncio.sleep(0.05)
+    assert len(ticks) == count  # nothing runs after stop
+
+
+async def test_periodic_not_immediate_waits_one_interval_first() -> None:
+    ticks: list[float] = []
+
+    async def tick() -> None:
+        ticks.append(time.monotonic())
+
+    part = Periodic("delayed", tick, interval=0.1, immediate=False)
+    started = time.monotonic()
+    await part.start()
+    await _until(lambda: ticks)
+    await part.stop()
+    assert ticks[0] - started >= 0.09
+
+
+async def test_periodic_logs_a_failed_tick_and_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    calls = 0
+
+    async def tick() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("boom")
+
+    logger = logging.getLogger("test.periodic")
+    part = Periodic("flaky-part", tick, interval=0.01, logger=logger)
+    with caplog.at_level(logging.WARNING, logger="test.periodic"):
+        await part.start()
+        await _until(lambda: calls >= 3)
+        await part.stop()
+    [record] = [r for r in caplog.records if r.name == "test.periodic"]
+    assert record.levelno == logging.WARNING
+    assert "flaky-part" in record.getMessage()
+    assert "boom" in record.getMessage()
+
+
+async def test_periodic_stop_wakes_a_waiting_loop_at_once() -> None:
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+
+    part = Periodic("sleeper", tick, interval=3600, grace=30)
+    await part.start()
+    await _until(lambda: ticks == 1)  # immediate (the default): the first tick runs at start
+    task = part._task
+    assert task is not None
+    started = time.monotonic()
+    await asyncio.wait_for(part.stop(), 1.0)
+    assert time.monotonic() - started < 0.5
+    assert task.done()
+    assert not task.cancelled()  # the loop ended by itself, not by cancel
+    assert ticks == 1
+
+
+async def test_periodic_stop_lets_a_tick_finish_within_the_grace() -> None:
+    finished = asyncio.Event()
+    running = asyncio.Event()
+
+    async def tick() -> None:
+        running.set()
+        await asyncio.sleep(0.05)
+        finished.set()
+
+    part = Periodic("short-tick", tick, interval=3600, grace=5)
+    await part.start()
+    await running.wait()
+    await part.stop()
+    assert finished.is_set()
+
+
+async def test_periodic_stop_cancels_and_awaits_a_tick_past_the_grace() -> None:
+    running = asyncio.Event()
+    log: list[str] = []
+
+    async def tick() -> None:
+        running.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.01)  # cleanup that takes a moment: stop must wait for it
+            log.append("cancelled")
+            raise
+
+    part = Periodic("slow-tick", tick, interval=3600, grace=0.05)
+    await part.start()
+    await running.wait()
+    task = part._task
+    assert task is not None
+    started = time.monotonic()
+    await asyncio.wait_for(part.stop(), 2.0)
+    assert time.monotonic() - started >= 0.05
+    assert log == ["cancelled"]
+    assert task.cancelled()
+    await part.stop()  # stopping again is a no-op
+
+
+def test_periodic_rejects_a_non_positive_interval() -> None:
+    with pytest.raises(ValueError, match="interval"):
+        Periodic("never", CloseOnStop(None).start, interval=0)

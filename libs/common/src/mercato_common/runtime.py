@@ -4,17 +4,22 @@ A service's ``app.py`` builds its parts (stores, clients, the gRPC server, the
 outbox relay, consumers) and hands them to :func:`run_until_signal`, which
 starts each, waits for SIGTERM or SIGINT, and stops them in reverse order so
 the server drains before the stores it uses are closed.
+
+:class:`Periodic` is the part for background work repeated on a timer (a sweeper, a
+reconciler, housekeeping): services build one around their ``tick`` instead of writing the
+task, the wait and the shutdown again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["CloseOnStop", "Lifecycle", "run_until_signal", "start_all", "stop_all"]
+__all__ = ["CloseOnStop", "Lifecycle", "Periodic", "run_until_signal", "start_all", "stop_all"]
 
 _log = logging.getLogger("mercato.runtime")
 
@@ -41,6 +46,77 @@ class CloseOnStop:
     async def stop(self) -> None:
         if self._close is not None:
             await self._close()
+
+
+class Periodic:
+    """A part that runs ``tick`` every ``interval`` seconds in a background task.
+
+    The interval counts from the end of one tick to the start of the next, so ticks never
+    overlap. With ``immediate`` the first tick runs at start, otherwise one interval later. A
+    tick that raises is logged (a warning with the part's ``name``, which also names the task,
+    and the error) and the loop goes on. ``stop`` wakes a waiting loop at once, lets a tick in
+    progress finish for up to ``grace`` seconds, then cancels the task and waits for it to end.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        tick: Callable[[], Awaitable[Any]],
+        *,
+        interval: float,
+        immediate: bool = True,
+        grace: float = 0.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"{name}: interval must be positive, not {interval}")
+        if grace < 0:
+            raise ValueError(f"{name}: grace must not be negative, not {grace}")
+        self.name = name
+        self.interval = interval
+        self.immediate = immediate
+        self.grace = grace
+        self._tick = tick
+        self._log = logger if logger is not None else _log
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if self.grace > 0 and not task.done():
+            await asyncio.wait({task}, timeout=self.grace)
+        task.cancel()  # nothing happens if the loop already ended
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        if not self.immediate:
+            await self._pause()
+        while not self._stopping.is_set():
+            try:
+                await self._tick()
+            except Exception as exc:
+                # A warning, not a traceback: a dependency that is down (the usual cause)
+                # would otherwise print one every interval.
+                self._log.warning("%s failed: %r; retrying in %gs", self.name, exc, self.interval)
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """Wait one interval, or less when ``stop`` is called meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.interval)
 
 
 async def start_all(parts: Sequence[Lifecycle]) -> list[Lifecycle]:

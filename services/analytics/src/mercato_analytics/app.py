@@ -33,7 +33,7 @@ from mercato_analytics.store import INDEXES, AnalyticsStore
 from mercato_common.identity import TokenVerifier, verifier_from_auth
 from mercato_common.kafka import Backoff, ConsumerRunner, EventProducer, KafkaConnection
 from mercato_common.mongo import ensure_indexes
-from mercato_common.runtime import CloseOnStop, Lifecycle
+from mercato_common.runtime import CloseOnStop, Lifecycle, Periodic
 from mercato_common.saturation import MongoPoolMonitor, SaturationMetrics
 from mercato_common.server import GrpcServer
 
@@ -80,30 +80,30 @@ class LagMonitor:
     ) -> None:
         self.positions = positions
         self._metrics = metrics
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
+        # An interval of 0 turns the gauge off; a refresh in progress is cancelled at stop.
+        self._periodic = (
+            Periodic("analytics-lag", self._tick, interval=interval, logger=log)
+            if interval > 0
+            else None
+        )
 
     async def start(self) -> None:
-        if self._interval > 0:
-            self._task = asyncio.create_task(self._loop(), name="analytics-lag")
+        if self._periodic is not None:
+            await self._periodic.start()
 
     async def refresh(self) -> None:
         for topic, partition, committed, end in await self.positions.read():
             self._metrics.lag.labels(topic, str(partition)).set(max(end - committed, 0))
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except AnalyticsError as exc:
-                log.debug("lag refresh failed: %s", exc)
-            await asyncio.sleep(self._interval)
+    async def _tick(self) -> None:
+        try:
+            await self.refresh()
+        except AnalyticsError as exc:  # Kafka unreachable: expected, and GetFreshness says so
+            log.debug("lag refresh failed: %s", exc)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait({self._task}, timeout=5.0)
-            self._task = None
+        if self._periodic is not None:
+            await self._periodic.stop()
         await self.positions.stop()
 
 

@@ -8,7 +8,6 @@ so the server drains before the relay and the pool go away.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,7 +25,7 @@ from mercato_auth.store import TRACER_NAME, AuthStore, Database, migrations_dir
 from mercato_common.identity import JwksTokenVerifier
 from mercato_common.kafka import EventProducer, KafkaConnection
 from mercato_common.outbox import PostgresOutboxRelay, RelayRunner
-from mercato_common.runtime import Lifecycle
+from mercato_common.runtime import Lifecycle, Periodic
 from mercato_common.saturation import SaturationMetrics
 from mercato_common.server import GrpcServer
 
@@ -124,32 +123,18 @@ class Bootstrap:
         return None
 
 
-class Housekeeping:
+class Housekeeping(Periodic):
     """Deletes expired refresh tokens, stale throttle rows and long-retired keys, periodically."""
 
     def __init__(self, service: AuthService, interval: float) -> None:
-        self._service = service
-        self._interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="auth-housekeeping")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            try:
-                await self._service.housekeeping()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                _log.exception("housekeeping failed; retrying later")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        # First run one interval after start; a run in progress is cancelled at stop.
+        super().__init__(
+            "auth-housekeeping",
+            service.housekeeping,
+            interval=interval,
+            immediate=False,
+            logger=_log,
+        )
 
 
 @dataclass

@@ -26,6 +26,7 @@ from mercato_auth.crypto import (
 from mercato_auth.domain.errors import SigningKeyUnavailable
 from mercato_auth.domain.keys import KeyState, publish_until, rotation_due
 from mercato_auth.store import AuthStore, StoredSigningKey, Tx
+from mercato_common.runtime import Periodic
 
 __all__ = ["KeyRing", "RotationResult"]
 
@@ -70,7 +71,14 @@ class KeyRing:
         self._active: SigningKeyMaterial | None = None
         self._loaded_at = 0.0
         self._reload_lock = asyncio.Lock()
-        self._task: asyncio.Task[None] | None = None
+        # Scheduled rotation and reload; start has just loaded the keys, so the first run waits.
+        self._maintenance = Periodic(
+            "signing-key-maintenance",
+            self._maintain,
+            interval=refresh_interval,
+            immediate=False,
+            logger=_log,
+        )
 
     @property
     def algorithm(self) -> SigningAlgorithm:
@@ -81,24 +89,14 @@ class KeyRing:
     async def start(self) -> None:
         await self.ensure()
         await self.reload()
-        self._task = asyncio.create_task(self._run(), name="signing-key-maintenance")
+        await self._maintenance.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._maintenance.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_interval)
-            try:
-                await self.rotate(scheduled=True)
-                await self.reload()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                _log.exception("signing key maintenance failed; retrying later")
+    async def _maintain(self) -> None:
+        await self.rotate(scheduled=True)
+        await self.reload()
 
     # Keys ----------------------------------------------------------------------------------
 

@@ -6,12 +6,11 @@ single-document update, so two sweepers never apply one twice).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 
 from mercato_catalog.store import ReservationStore, utcnow
+from mercato_common.runtime import Periodic
 
 __all__ = ["ReservationSweeper"]
 
@@ -30,14 +29,15 @@ class ReservationSweeper:
         batch: int = 100,
     ) -> None:
         self._reservations = reservations
-        self._interval = interval
         self._stuck_after = stuck_after
         self._orphan_grace = orphan_grace
         self._orphan_every = max(orphan_every, 1)
         self._batch = batch
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
         self._rounds = 0
+        # A sweep in progress gets 10 s to finish at stop before it is cancelled.
+        self._periodic = Periodic(
+            "reservation-sweeper", self._sweep, interval=interval, grace=10.0, logger=log
+        )
 
     async def sweep_once(self) -> dict[str, int]:
         """One pass; the counts of what it did."""
@@ -55,26 +55,13 @@ class ReservationSweeper:
         self._rounds += 1
         return done
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                done = await self.sweep_once()
-                if any(done.values()):
-                    log.info("reservation sweep", extra=done)
-            except Exception as exc:
-                log.warning("reservation sweep failed: %r", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._interval)
+    async def _sweep(self) -> None:
+        done = await self.sweep_once()
+        if any(done.values()):
+            log.info("reservation sweep", extra=done)
 
     async def start(self) -> None:
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="reservation-sweeper")
+        await self._periodic.start()
 
     async def stop(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(self._task, 10)
-            except TimeoutError:
-                self._task.cancel()
-            self._task = None
+        await self._periodic.stop()
