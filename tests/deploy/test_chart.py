@@ -10,16 +10,10 @@ import yaml
 
 from mercato_devstack.topics import parse_topics
 
-VALUES_SETS = ("default", "istio", "linkerd", "operators", "tls")
-KUBE_VERSIONS = ("1.30.0", "1.37.0")
+from .conftest import KUBE_NEWEST, KUBE_OLDEST, VALUES_SETS
 
 
-def test_values_sets_are_all_tested(helpers: Any) -> None:
-    assert set(helpers.VALUES_SETS) == set(VALUES_SETS)
-    assert {"default", "linkerd", "istio", "operators"} <= set(VALUES_SETS)
-
-
-@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+@pytest.mark.parametrize("kube", [KUBE_OLDEST, KUBE_NEWEST])
 @pytest.mark.parametrize("values_set", VALUES_SETS)
 def test_lint_strict(helm: Any, helpers: Any, values_set: str, kube: str) -> None:
     helm(
@@ -305,35 +299,32 @@ def _retry_methods_linkerd(docs: list[dict[str, Any]], helpers: Any) -> dict[str
     return result
 
 
-def _expected_retryable() -> dict[str, set[str]]:
-    from google.protobuf import descriptor_pb2
-
-    from mercato.analytics.v1 import analytics_pb2
-    from mercato.auth.v1 import auth_pb2
-    from mercato.catalog.v1 import catalog_pb2
-    from mercato.orders.v1 import orders_pb2
-
-    safe = {descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS, descriptor_pb2.MethodOptions.IDEMPOTENT}
+def _expected_retryable(helm_tool: Any) -> dict[str, set[str]]:
+    """The methods tools/helm.py lets a mesh retry (files/grpc-methods.yaml, which the mesh
+    templates read), by component: each one safe to repeat by its contract's idempotency_level,
+    every other safe one an exception of NEVER_RETRIED_BY_MESH."""
+    safe = {"NO_SIDE_EFFECTS", "IDEMPOTENT"}
     result: dict[str, set[str]] = {}
-    for component, module in (("auth", auth_pb2), ("catalog", catalog_pb2),
-                              ("orders", orders_pb2), ("analytics", analytics_pb2)):  # fmt: skip
-        for service in module.DESCRIPTOR.services_by_name.values():
-            for method in service.methods:
-                full = f"/{service.full_name}/{method.name}"
-                if method.GetOptions().idempotency_level in safe and not full.endswith(
-                    "/CreateOrder"
-                ):
-                    result.setdefault(component, set()).add(full)
+    for component, methods in helm_tool.grpc_methods().items():
+        for service in methods["services"]:
+            for method in service["retry"]:
+                assert method["idempotency"] in safe, f"{service['name']}/{method['name']}"
+                result.setdefault(component, set()).add(f"/{service['name']}/{method['name']}")
+            for method in service["noRetry"]:
+                full = f"{service['name']}/{method['name']}"
+                assert method["idempotency"] not in safe or full in helm_tool.NEVER_RETRIED_BY_MESH
     return result
 
 
 @pytest.mark.parametrize("values_set", ["linkerd", "istio"])
-def test_mesh_retries_only_idempotent_methods(render: Any, helpers: Any, values_set: str) -> None:
+def test_mesh_retries_only_idempotent_methods(
+    render: Any, helpers: Any, helm_tool: Any, values_set: str
+) -> None:
     docs = render(values_set)
     found = (_retry_methods_istio if values_set == "istio" else _retry_methods_linkerd)(
         docs, helpers
     )
-    assert found == _expected_retryable()
+    assert found == _expected_retryable(helm_tool)
     everything = set().union(*found.values())
     # Never retried by a mesh: payment, and order creation (idempotent by key only; the caller
     # holding the key retries, see docs/deploy.md).
@@ -473,9 +464,9 @@ def test_operator_databases_feed_the_services(render: Any, helpers: Any) -> None
 
 def test_chart_defaults_alone_lint_and_render(helm: Any, helpers: Any) -> None:
     """No values file at all: the chart's own defaults are a valid (external datastores) install."""
-    for kube in KUBE_VERSIONS:
+    for kube in (KUBE_OLDEST, KUBE_NEWEST):
         helm("lint", "--strict", str(helpers.CHART), "--kube-version", kube)
-    result = helm("template", "x", str(helpers.CHART), "--kube-version", KUBE_VERSIONS[-1])
+    result = helm("template", "x", str(helpers.CHART), "--kube-version", KUBE_NEWEST)
     kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc}
     assert {"Deployment", "NetworkPolicy", "Job", "ServiceMonitor"} <= kinds
     assert "Ingress" not in kinds

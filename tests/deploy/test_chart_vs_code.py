@@ -1,30 +1,25 @@
 """The chart against the code: every variable the chart sets is a setting of that service, every
 required setting is set, ports agree everywhere, topics are declared, commands and images exist.
-
-A component whose settings module or entry point does not exist yet is skipped with a message
-(services are written in parallel); once it exists, it is checked.
 """
 
 from __future__ import annotations
 
 import importlib
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mercato_common.settings import Settings, _variable_name
 
-VALUES_SETS = ("default", "istio", "linkerd", "operators", "tls")
-COMPONENTS = ("auth", "catalog", "orders", "analytics", "gateway")
+from .conftest import COMPONENTS, VALUES_SETS
+
 PREFIX = {name: f"MERCATO_{name.upper()}_" for name in COMPONENTS}
 
 
 def _settings_model(component: str) -> type[Settings]:
-    try:
-        module = importlib.import_module(f"mercato_{component}.settings")
-    except ModuleNotFoundError as error:
-        pytest.skip(f"{component}: no settings module yet ({error})")
+    module = importlib.import_module(f"mercato_{component}.settings")
     models = [
         value
         for value in vars(module).values()
@@ -154,11 +149,9 @@ def test_topic_defaults_in_code_are_declared(
             assert field.default in declared, f"{component}.{name}={field.default}"
 
 
-def _main_source(helpers: Any, component: str) -> str:
-    path = helpers.ROOT / "services" / component / "src" / f"mercato_{component}" / "__main__.py"
-    if not path.is_file():
-        pytest.skip(f"{component}: no entry point (__main__.py) yet")
-    return path.read_text()
+def _entry_point(helpers: Any, component: str) -> Path:
+    """The module `python -m mercato_<component>` runs."""
+    return helpers.ROOT / "services" / component / "src" / f"mercato_{component}" / "__main__.py"
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
@@ -167,7 +160,7 @@ def test_migration_command_exists(render: Any, helpers: Any, component: str) -> 
     job = jobs.get(f"shop-mercato-{component}-migrate")
     if job is None:
         pytest.skip(f"{component}: no migration Job")
-    source = _main_source(helpers, component)
+    source = _entry_point(helpers, component).read_text()
     for arg in job["spec"]["template"]["spec"]["containers"][0]["args"]:
         assert re.search(rf"[\"']{re.escape(arg)}[\"']", source), (
             f"{component} has no `{arg}` command"
@@ -177,12 +170,8 @@ def test_migration_command_exists(render: Any, helpers: Any, component: str) -> 
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_image_matches_chart(render: Any, helpers: Any, component: str) -> None:
     """Each runnable service has a Dockerfile whose user, ports and module the chart assumes."""
-    _main_source(helpers, component)
-    dockerfile = helpers.ROOT / "services" / component / "Dockerfile"
-    if not dockerfile.is_file():
-        # The service's own team writes it (issue 9 may only fix hadolint findings in it).
-        pytest.skip(f"services/{component}/Dockerfile is MISSING: the chart has no image for it")
-    text = dockerfile.read_text()
+    assert _entry_point(helpers, component).is_file(), f"{component}: no __main__.py"
+    text = (helpers.ROOT / "services" / component / "Dockerfile").read_text()
     deployment = helpers.by_kind(render("default"), "Deployment")[f"shop-mercato-{component}"]
     pod = deployment["spec"]["template"]["spec"]
     user = pod["securityContext"]["runAsUser"]

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-VALUES_SETS = ("default", "istio", "linkerd", "operators", "tls")
+from .conftest import VALUES_SETS
+
 HERE = Path(__file__).resolve().parent
 
 

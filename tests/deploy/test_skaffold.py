@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
+from .conftest import KUBE_NEWEST
+
 PROFILES = ("dev", "linkerd", "istio", "operators")
 
 
@@ -66,7 +68,9 @@ def test_profiles_render(
 ) -> None:
     args = _set_args(skaffold, profiles)
     chart = str(helpers.CHART)
-    result = helm("template", "mercato", chart, "-n", "mercato", "--kube-version", "1.37.0", *args)
+    result = helm(
+        "template", "mercato", chart, "-n", "mercato", "--kube-version", KUBE_NEWEST, *args
+    )
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     images = {
         c["image"]

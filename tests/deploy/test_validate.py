@@ -16,8 +16,7 @@ import pytest
 import yaml
 from kubernetes_validate import utils as kv_utils
 
-VALUES_SETS = ("default", "istio", "linkerd", "operators", "tls")
-KUBE_VERSIONS = ("1.30.0", "1.37.0")
+from .conftest import KUBE_NEWEST, KUBE_OLDEST, VALUES_SETS
 
 #: API groups whose kinds come from CRDs (everything else must be a built-in kind).
 CRD_GROUPS = {
@@ -49,7 +48,7 @@ def _unique(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return unique
 
 
-@pytest.mark.parametrize("kube", KUBE_VERSIONS)
+@pytest.mark.parametrize("kube", [KUBE_OLDEST, KUBE_NEWEST])
 @pytest.mark.parametrize("values_set", VALUES_SETS)
 def test_builtin_kinds_validate(render: Any, values_set: str, kube: str) -> None:
     problems = []
