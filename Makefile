@@ -29,10 +29,12 @@ protos: sync ## regenerate the Python stubs in libs/contracts from protos/
 	$(RUN) python tools/protos.py generate
 
 .PHONY: lint
-lint: sync ## ruff, mypy, buf lint/breaking, stub and dashboard regeneration checks
+lint: sync ## ruff, mypy, import contracts, dependency floors, buf lint/breaking, stub and dashboard checks
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy libs/common/src libs/devstack/src $(wildcard services/*/src)
+	$(RUN) lint-imports
+	$(RUN) python tools/check_dependencies.py
 	$(RUN) python tools/protos.py lint
 	$(RUN) python tools/protos.py check
 	$(RUN) python tools/dashboards.py --check

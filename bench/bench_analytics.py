@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry
 from mercato.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from mercato_analytics import samples
 from mercato_analytics.app import build_app
-from mercato_analytics.lag import KafkaPositions
+from mercato_analytics.positions import KafkaPositions
 from mercato_analytics.settings import AnalyticsSettings
 from mercato_common.identity import JwksTokenVerifier
 from mercato_common.kafka import Envelope, KafkaConnection, envelope_header_map, map_to_headers

@@ -32,6 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gotool import ROOT, TOOLS, ToolError, go_install  # tools/gotool.py
 
+from mercato_devstack.manifest import load_manifest
+
 HELM_MODULE = "helm.sh/helm/v3"
 HELM_VERSION = "v3.21.4"
 # The Kubernetes version Helm assumes when none is given (Capabilities.KubeVersion).
@@ -39,13 +41,8 @@ KUBE_VERSION = (1, 33)
 CHART = ROOT / "deploy" / "helm" / "mercato"
 METHODS_FILE = CHART / "files" / "grpc-methods.yaml"
 
-#: The gRPC packages of the services, by component name.
-SERVICES = {
-    "auth": "mercato.auth.v1",
-    "catalog": "mercato.catalog.v1",
-    "orders": "mercato.orders.v1",
-    "analytics": "mercato.analytics.v1",
-}
+#: The gRPC packages of the services, by component name (services/services.toml).
+SERVICES = {s.name: s.grpc_package for s in load_manifest().services if s.kind == "grpc"}
 
 #: Methods marked IDEMPOTENT in their contract that a mesh must still not retry. CreateOrder is
 #: idempotent only through its client-supplied idempotency key: a duplicate that arrives while

@@ -7,6 +7,7 @@ rendered is cached for the session.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -19,6 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
+from mercato_common.settings import Settings
+from mercato_devstack.manifest import load_manifest, manifest_path
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "mercato"
 VALUES_SETS = sorted(
@@ -30,7 +34,10 @@ KUBE_OLDEST = "1.30.0"
 KUBE_NEWEST = "1.37.0"
 RELEASE = "shop"
 NAMESPACE = "mercato"
-COMPONENTS = ("auth", "catalog", "orders", "analytics", "gateway")
+#: Every service, as services/services.toml lists them (test_manifest.py checks the chart,
+#: skaffold, the topics and the dashboards against it).
+MANIFEST = load_manifest(manifest_path(ROOT))
+COMPONENTS = MANIFEST.names
 
 
 @cache
@@ -42,6 +49,22 @@ def load_module(path: Path, name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def settings_model(component: str) -> type[Settings]:
+    """The one settings model of a service: the class in its settings.py with its prefix."""
+    prefix = MANIFEST.service(component).env_prefix
+    module = importlib.import_module(f"{MANIFEST.service(component).module}.settings")
+    models = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type)
+        and issubclass(value, Settings)
+        and value.__module__ == module.__name__
+        and value.env_prefix == prefix
+    ]
+    assert len(models) == 1, f"{component}: expected one settings model with prefix {prefix}"
+    return models[0]
 
 
 @pytest.fixture(scope="session")

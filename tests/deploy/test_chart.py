@@ -10,7 +10,7 @@ import yaml
 
 from mercato_devstack.topics import parse_topics
 
-from .conftest import KUBE_NEWEST, KUBE_OLDEST, VALUES_SETS
+from .conftest import KUBE_NEWEST, KUBE_OLDEST, MANIFEST, VALUES_SETS
 
 
 @pytest.mark.parametrize("kube", [KUBE_OLDEST, KUBE_NEWEST])
@@ -198,18 +198,18 @@ def _caller_map(render: Any, helpers: Any, values_set: str) -> dict[str, set[str
     return callers
 
 
-EXPECTED_CALLERS = {
-    "auth": {"gateway", "orders", "catalog", "analytics"},  # JWKS for everyone
-    "catalog": {"gateway", "orders"},
-    "orders": {"gateway"},
-    "analytics": {"gateway"},
-    "gateway": set(),
-}
+#: Who may call each component: the services that list it in `calls` (services/services.toml).
+EXPECTED_CALLERS = {name: set(MANIFEST.callers(name)) for name in MANIFEST.names}
 
 
 @pytest.mark.parametrize("values_set", VALUES_SETS)
 def test_network_policy_admits_only_callers(render: Any, helpers: Any, values_set: str) -> None:
-    assert _caller_map(render, helpers, values_set) == EXPECTED_CALLERS
+    found = _caller_map(render, helpers, values_set)
+    for name, callers in EXPECTED_CALLERS.items():
+        assert found.get(name) == callers, (
+            f"NetworkPolicy of {name} admits {sorted(found.get(name, ()))}; services/services.toml"
+            f" says it is called by {sorted(callers)} (values.yaml components.*.calls)"
+        )
     for policy in helpers.by_kind(render(values_set), "NetworkPolicy").values():
         assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
         egress_ports = {
@@ -424,7 +424,7 @@ def test_keda_bounded_by_partitions(
 
 def test_migrations_are_hooks(render: Any, helpers: Any) -> None:
     jobs = helpers.by_kind(render("default"), "Job")
-    expected = {"auth", "catalog", "orders", "analytics"}
+    expected = {s.name for s in helpers.MANIFEST.services if s.store != "none"}
     migrations = {
         n.removeprefix("shop-mercato-").removesuffix("-migrate"): j
         for n, j in jobs.items()

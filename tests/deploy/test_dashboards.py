@@ -14,16 +14,17 @@ from typing import Any
 import pytest
 import yaml
 
+from .conftest import MANIFEST
+
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / "tools"
 CHART = ROOT / "deploy" / "helm" / "mercato"
 OUTPUT = CHART / "files" / "dashboards"
 RULES = CHART / "files" / "prometheus-rules.yaml"
 FILES = sorted(OUTPUT.glob("*.json"))
-UIDS = (
-    "mercato-overview", "mercato-gateway", "mercato-auth", "mercato-catalog", "mercato-orders",
-    "mercato-analytics", "mercato-events", "mercato-business", "mercato-slos",
-)  # fmt: skip
+#: The suite-wide dashboards, and one per service of services/services.toml.
+SUITE_UIDS = ("mercato-overview", "mercato-events", "mercato-business", "mercato-slos")
+UIDS = (*SUITE_UIDS, *(f"mercato-{name}" for name in MANIFEST.names))
 CONFIGMAP_LIMIT_BYTES = 1024 * 1024
 
 _HISTOGRAMS = (

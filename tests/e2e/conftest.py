@@ -2,9 +2,9 @@
 
 The session fixture ``suite`` starts ``python -m mercato_devstack run`` (the `make run`
 supervisor) in its own process group with the environment of ``suite_env.py`` (its own state
-folder and ports, short repair timings), waits for ``<state>/run/suite.json`` to say ready and for
-the gateway's ``/readyz``, and stops it with SIGTERM at the end. A suite already running on that
-state folder (started by hand) is reused and left running.
+folder and ports, short repair timings), waits for ``<state>/run/suite.json`` to say ready and
+for the gateway's ``/status`` (every upstream SERVING), and stops it with SIGTERM at the end. A
+suite already running on that state folder (started by hand) is reused and left running.
 
 Tests talk to the gateway only (``Api``), except the fault tests, which also use the stack's
 fault hooks (``suite.stack``) and the supervised children's pids (``suite.pid(name)``).
@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
+from mercato_devstack.fixtures import service_manifest  # noqa: F401 - the services started
 from mercato_devstack.private_suite import (
     PrivateSuite,
     start_private_suite,

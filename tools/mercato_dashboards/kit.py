@@ -18,17 +18,20 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models import text as text_models
 
+from mercato_devstack.manifest import load_manifest
+
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
-COMPONENTS = ("gateway", "auth", "catalog", "orders", "analytics")
+#: The suite's components: the services of the service manifest (services/services.toml).
+MANIFEST = load_manifest()
+COMPONENTS = MANIFEST.names
 ALL_COMPONENTS = "|".join(COMPONENTS)
-GRPC_SERVICES = {
-    "auth": "mercato.auth.v1.AuthService",
-    "catalog": "mercato.catalog.v1.CatalogService",
-    "orders": "mercato.orders.v1.OrdersService",
-    "analytics": "mercato.analytics.v1.AnalyticsService",
+GRPC_SERVICES = {s.name: s.grpc_service for s in MANIFEST.services if s.kind == "grpc"}
+#: The database pool of each component with a store (mercato_db_pool_* `pool` label).
+DB_POOLS = {
+    s.name: "mongodb" if s.store == "mongo" else s.store
+    for s in MANIFEST.services
+    if s.store != "none"
 }
-#: The database pool of each component (mercato_db_pool_* `pool` label).
-DB_POOLS = {"auth": "postgres", "orders": "postgres", "catalog": "mongodb", "analytics": "mongodb"}
 #: gRPC codes that mean the server failed (as in mercato_common.interceptors); the others
 #: (NOT_FOUND, INVALID_ARGUMENT, ...) are the caller's doing.
 SERVER_FAULT_CODES = "UNKNOWN|DEADLINE_EXCEEDED|UNIMPLEMENTED|INTERNAL|UNAVAILABLE|DATA_LOSS"

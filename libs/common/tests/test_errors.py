@@ -2,8 +2,10 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
+from mercato_common import errors
 from mercato_common.errors import (
     Aborted,
+    ErrorKind,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
@@ -138,3 +140,58 @@ def test_grpc_status_puts_the_status_in_the_details_trailer() -> None:
     ((key, value),) = status.trailing_metadata
     assert key == "grpc-status-details-bin"
     assert value == to_rpc_status(error).SerializeToString()
+
+
+class OrdersError(MercatoError):
+    domain = "orders.mercato"
+
+
+class OrdersPageToken(OrdersError, errors.InvalidPageToken):
+    default_message = "the page token is invalid or belongs to other filters"
+    violation = "invalid or for other filters"
+
+
+def test_shared_errors_take_the_domain_of_the_service_root() -> None:
+    token = OrdersPageToken()
+    assert (token.kind, token.reason, token.error_domain) == (
+        ErrorKind.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+        "orders.mercato",
+    )
+    assert token.message == "the page token is invalid or belongs to other filters"
+    assert token.field_violations == (FieldViolation("page_token", "invalid or for other filters"),)
+    # Without a violation text of its own, the message describes the field.
+    plain = errors.InvalidPageToken("the filters changed")
+    assert plain.field_violations == (FieldViolation("page_token", "the filters changed"),)
+
+    class BadInput(OrdersError, errors.InvalidRequest):
+        pass
+
+    bad = BadInput("bad lines", [FieldViolation("lines", "1-100 lines")])
+    assert (bad.reason, bad.error_domain, bad.field_violations) == (
+        "INVALID_REQUEST",
+        "orders.mercato",
+        (FieldViolation("lines", "1-100 lines"),),
+    )
+
+    class NotAdmin(OrdersError, errors.ScopeMissing):
+        pass
+
+    denied = NotAdmin("orders:admin", "listing other users' orders")
+    assert (denied.kind, denied.reason, denied.metadata) == (
+        ErrorKind.PERMISSION_DENIED,
+        "SCOPE_MISSING",
+        {"missing_scopes": "orders:admin"},
+    )
+    assert denied.message == "listing other users' orders needs the orders:admin scope"
+
+
+def test_default_message_serves_when_none_is_given() -> None:
+    class Down(OrdersError, errors.StoreUnavailable):
+        default_reason = "ORDERS_UNAVAILABLE"
+        default_message = "the orders store is unavailable; retry later"
+
+    assert Down().message == "the orders store is unavailable; retry later"
+    assert Down("the pool is exhausted").message == "the pool is exhausted"
+    assert Down().kind is ErrorKind.UNAVAILABLE
+    assert NotFound().message == ""  # a kind has no default message of its own

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mercato_analytics.convert import to_domain_event
 from mercato_analytics.domain import (
     BucketSize,
     CurrencyRequired,
@@ -29,7 +30,6 @@ from mercato_analytics.domain import (
     freshness,
     rank_products,
 )
-from mercato_analytics.events import to_domain_event
 from mercato_analytics.samples import simulate
 
 T = datetime(2026, 3, 14, 15, 9, 26, 535000, tzinfo=UTC)

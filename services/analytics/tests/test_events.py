@@ -13,16 +13,18 @@ from prometheus_client import CollectorRegistry
 from mercato.orders.events.v1 import events_pb2 as order_events
 from mercato.type.v1 import money_pb2
 from mercato_analytics import samples
-from mercato_analytics.domain import InvalidEvent, OrderEvent, OrderEventKind, UserRegistered
-from mercato_analytics.events import (
+from mercato_analytics.consume import CountingDeadLetterSink, EventApplier
+from mercato_analytics.convert import to_domain_event
+from mercato_analytics.domain import (
     IGNORED,
-    AnalyticsMetrics,
-    CountingDeadLetterSink,
-    EventApplier,
+    InvalidEvent,
+    OrderEvent,
+    OrderEventKind,
     Progress,
-    to_domain_event,
+    UserRegistered,
     type_label,
 )
+from mercato_analytics.metrics import AnalyticsMetrics
 from mercato_analytics.settings import AnalyticsSettings
 from mercato_analytics.store import ApplyOutcome, StoreUnavailable
 from mercato_common.kafka import (
@@ -281,6 +283,7 @@ def test_settings_from_environment() -> None:
             "MERCATO_ANALYTICS_ORDERS_EVENTS_TOPIC": "x.orders",
             "MERCATO_ANALYTICS_CONSUMERS": "3",
             "MERCATO_ANALYTICS_CONSUME": "false",
+            "MERCATO_ANALYTICS_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
         },
     )
     assert (settings.grpc_port, settings.metrics_port) == (50064, 9464)

@@ -1,90 +1,43 @@
-"""Pure rules of the catalog: queries from typed filters, page tokens, lines, phases."""
+"""Pure rules of the catalog: filters, page tokens, validation, lines, phases, low stock."""
 
 from __future__ import annotations
 
 import base64
 import json
-import re
 
 import pytest
 
-from mercato_catalog.domain import (
-    Category,
+from mercato_catalog.domain.errors import (
     CategoryTooDeep,
     InvalidPageToken,
     InvalidRequest,
-    Line,
-    Money,
-    NewProduct,
-    Phase,
-    ProductChanges,
-    ProductFilter,
-    ProductState,
-    ReservationState,
     Shortage,
     ShortageKind,
     StockUnavailable,
-    category_ancestors,
-    check_lines,
+)
+from mercato_catalog.domain.listing import (
+    ProductFilter,
     decode_page_token,
     encode_page_token,
-    hold_key,
-    low_stock_transition,
     page_size,
+)
+from mercato_catalog.domain.products import (
+    Category,
+    Money,
+    NewProduct,
+    ProductChanges,
+    category_ancestors,
+)
+from mercato_catalog.domain.reservations import (
+    Line,
+    Phase,
+    ReservationState,
+    check_lines,
     phases_of,
-    product_query,
     public_state,
     same_lines,
 )
-
-
-def _walk(value: object) -> list[object]:
-    """Every key and scalar of a query document."""
-    if isinstance(value, dict):
-        out: list[object] = []
-        for key, inner in value.items():
-            out.append(key)
-            out.extend(_walk(inner))
-        return out
-    if isinstance(value, list):
-        return [x for item in value for x in _walk(item)]
-    return [value]
-
-
-def test_query_of_default_filter_lists_active_products() -> None:
-    assert product_query(ProductFilter(), None) == {"state": "ACTIVE"}
-
-
-def test_query_combines_filters_with_typed_values() -> None:
-    flt = ProductFilter(
-        state=ProductState.ARCHIVED,
-        category="kitchen",
-        q="Chef (8 in.)",
-        currency_code="EUR",
-        min_price_minor=100,
-        max_price_minor=900,
-    )
-    query = product_query(flt, "SKU-1")
-    assert query == {
-        "state": "ARCHIVED",
-        "category_path": "kitchen",
-        "name": {"$regex": re.escape("Chef (8 in.)"), "$options": "i"},
-        "price_currency": "EUR",
-        "price_minor": {"$gte": 100, "$lte": 900},
-        "_id": {"$gt": "SKU-1"},
-    }
-
-
-@pytest.mark.parametrize("text", ['{"$gt": ""}', "$where", ".*", "a|b", "(?i)x", "\\", "[^]"])
-def test_search_text_is_a_literal_pattern(text: str) -> None:
-    pattern = product_query(ProductFilter(q=text), None)["name"]["$regex"]
-    assert re.fullmatch(pattern, text)
-    assert re.search(pattern, "something else entirely") is None
-    # The only operators in the query are the ones the code wrote.
-    operators = {
-        x for x in _walk(product_query(ProductFilter(q=text), None)) if str(x).startswith("$")
-    }
-    assert operators <= {"$regex", "$options"}
+from mercato_catalog.domain.stock import low_stock_transition
 
 
 @pytest.mark.parametrize(
@@ -106,11 +59,6 @@ def test_search_text_is_a_literal_pattern(text: str) -> None:
 def test_bad_filters_are_invalid_arguments(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest):
         ProductFilter(**kwargs)  # type: ignore[arg-type]
-
-
-def test_cursor_value_must_be_a_sku() -> None:
-    with pytest.raises(InvalidRequest):
-        product_query(ProductFilter(), {"$gt": ""})  # type: ignore[arg-type]
 
 
 def test_page_tokens_round_trip_and_are_bound_to_filters() -> None:
@@ -199,13 +147,6 @@ def test_lines() -> None:
         Line("A-1", 0)
     with pytest.raises(InvalidRequest):
         Line("A-1", 1001)
-
-
-def test_hold_keys_are_safe_document_keys() -> None:
-    key = hold_key("3f2c1b7e-0000-4000-8000-000000000001")
-    assert key == "o_3f2c1b7e000040008000000000000001"
-    assert "." not in key
-    assert not key.startswith("$")
 
 
 def test_phases_map_to_public_states() -> None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import pytest
+
 from mercato.catalog.events.v1 import events_pb2
 from mercato.catalog.v1 import catalog_pb2
-from mercato_catalog import events
-from mercato_catalog.api import product_to_proto, reservation_to_proto
-from mercato_catalog.domain import Line, Money, Phase, Product, ProductState, Reservation
+from mercato_catalog import publish
+from mercato_catalog.convert import product_to_proto, reservation_to_proto
+from mercato_catalog.domain.products import Money, Product, ProductState
+from mercato_catalog.domain.reservations import Line, Phase, Reservation
 from mercato_catalog.settings import CatalogSettings
 from mercato_catalog.store.locks import WriteLocks
 from mercato_common.kafka.envelope import unpack_data
-from mercato_common.settings import load_settings
+from mercato_common.settings import SettingsError, load_settings
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -74,7 +77,7 @@ async def test_disabled_write_locks_do_not_serialize() -> None:
 
 
 def test_product_updated_envelope() -> None:
-    envelope = events.product_updated(
+    envelope = publish.product_updated(
         sku="SKU-1",
         changed_fields=["price", "name"],
         name="Mug",
@@ -92,7 +95,7 @@ def test_product_updated_envelope() -> None:
 
 
 def test_reservation_events_are_keyed_by_order() -> None:
-    envelope = events.stock_reserved("order-1", [Line("SKU-1", 2)], NOW, NOW)
+    envelope = publish.stock_reserved("order-1", [Line("SKU-1", 2)], NOW, NOW)
     assert envelope.subject == "order-1"
     data = unpack_data(envelope, events_pb2.StockReserved)
     assert [(x.sku, x.quantity) for x in data.lines] == [("SKU-1", 2)]
@@ -116,7 +119,15 @@ def test_reservation_to_proto_shows_expiry_only_while_held() -> None:
 
 
 def test_settings_defaults_and_environment() -> None:
-    settings = load_settings(CatalogSettings, {"MERCATO_CATALOG_RESERVATION_TTL_SECONDS": "30"})
+    with pytest.raises(SettingsError, match="MERCATO_CATALOG_KAFKA_BOOTSTRAP_SERVERS: is required"):
+        load_settings(CatalogSettings, {})
+    settings = load_settings(
+        CatalogSettings,
+        {
+            "MERCATO_CATALOG_RESERVATION_TTL_SECONDS": "30",
+            "MERCATO_CATALOG_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
+        },
+    )
     assert (settings.grpc_port, settings.metrics_port) == (50062, 9462)
     assert settings.service_name == "catalog"
     assert settings.reservation_ttl_seconds == 30.0

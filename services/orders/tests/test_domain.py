@@ -373,8 +373,9 @@ def test_page_tokens_are_bound_to_their_filters() -> None:
             decode_page_token(garbage, flt)
     assert page_size(0) == 20
     assert page_size(100) == 100
+    assert page_size(101) == 100  # AIP-158: an oversize page is coerced, not refused
     with pytest.raises(InvalidRequest):
-        page_size(101)
+        page_size(-1)
 
 
 def test_error_reasons_and_kinds() -> None:

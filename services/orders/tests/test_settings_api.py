@@ -13,7 +13,7 @@ from mercato.orders.v1 import orders_pb2
 from mercato_common.kafka import unpack_data
 from mercato_common.rpc_errors import to_grpc_status
 from mercato_common.settings import SettingsError, load_settings
-from mercato_orders import events
+from mercato_orders import publish
 from mercato_orders.convert import order_to_proto, state_from_proto, state_to_proto
 from mercato_orders.domain.errors import Shortage, ShortageKind, StockUnavailable
 from mercato_orders.domain.model import Money, OrderLine, OrderState
@@ -112,18 +112,18 @@ def test_order_to_proto() -> None:
 
 def test_events_carry_order_user_and_place_time() -> None:
     order = _order()
-    placed = events.order_placed(order)
+    placed = publish.order_placed(order)
     assert (placed.subject, placed.source) == (ORDER_ID, "orders")
     assert placed.type == "mercato.orders.events.v1.OrderPlaced"
     data = unpack_data(placed, events_pb2.OrderPlaced)
     assert (data.order_id, data.user_id, data.total.amount_minor) == (ORDER_ID, "u-1", 2500)
     paid_order = pay(order, payment_id="pay_1", actor="u-1", now=T0)
-    paid = unpack_data(events.order_paid(paid_order), events_pb2.OrderPaid)
+    paid = unpack_data(publish.order_paid(paid_order), events_pb2.OrderPaid)
     assert (paid.payment_id, paid.amount.amount_minor, len(paid.lines)) == ("pay_1", 2500, 1)
     cancelled_order = cancel(paid_order, actor="u-1", reason="late", now=T0)
     assert cancelled_order is not None
     cancelled = unpack_data(
-        events.order_cancelled(cancelled_order, OrderState.PAID), events_pb2.OrderCancelled
+        publish.order_cancelled(cancelled_order, OrderState.PAID), events_pb2.OrderCancelled
     )
     assert cancelled.previous_state == orders_pb2.ORDER_STATE_PAID
     assert (cancelled.reason, cancelled.actor_id) == ("late", "u-1")

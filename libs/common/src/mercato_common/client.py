@@ -14,39 +14,26 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from mercato_common.identity import JwksTokenVerifier, auth_jwks_fetcher
 from mercato_common.interceptors import incoming_deadline
+from mercato_common.tls import ClientTls
 
-__all__ = ["ClientTls", "create_channel", "retry_service_config"]
+if TYPE_CHECKING:
+    from mercato_common.settings import TokenSettings
+
+__all__ = ["ClientTls", "create_channel", "retry_service_config", "verifier_from_auth"]
 
 _RETRYABLE = (
     descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
     descriptor_pb2.MethodOptions.IDEMPOTENT,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class ClientTls:
-    """Trust roots, and a client certificate for mutual TLS."""
-
-    ca_file: Path
-    cert_file: Path | None = None
-    key_file: Path | None = None
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_file.read_bytes(),
-            private_key=self.key_file.read_bytes() if self.key_file else None,
-            certificate_chain=self.cert_file.read_bytes() if self.cert_file else None,
-        )
 
 
 def retry_service_config(
@@ -162,3 +149,11 @@ class _CallInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
                 raise
             span.set_attribute("rpc.grpc.status_code", 0)
             return call
+
+
+def verifier_from_auth(
+    settings: TokenSettings, *, auth_target: str, tls: ClientTls | None
+) -> tuple[JwksTokenVerifier, grpc.aio.Channel]:
+    """A verifier fetching auth's JWKS over a channel of its own (the caller closes it on stop)."""
+    channel = create_channel(auth_target, services=["mercato.auth.v1.AuthService"], tls=tls)
+    return JwksTokenVerifier.from_settings(auth_jwks_fetcher(channel), settings), channel

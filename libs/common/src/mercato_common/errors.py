@@ -10,16 +10,21 @@ into the same kinds (:func:`mercato_common.client.error_from_rpc`). An error may
 ``google.rpc.PreconditionFailure`` violations (``precondition_violations``) and a
 ``google.rpc.RetryInfo`` delay (``retry_after``, seconds).
 
+An error that always says the same declares its ``default_message`` instead of an ``__init__``.
+The errors every service raises alike (:class:`InvalidRequest`, :class:`InvalidPageToken`,
+:class:`ScopeMissing`, :class:`StoreUnavailable`) are declared here once; a service adds only its
+root (``class InvalidPageToken(OrdersError, errors.InvalidPageToken)``), which gives the domain.
+
 Messages are shown to callers: never put secrets or internals in them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import ClassVar
+from typing import Any, ClassVar, Self
 
 __all__ = [
     "Aborted",
@@ -29,11 +34,15 @@ __all__ = [
     "FailedPrecondition",
     "FieldViolation",
     "InvalidArgument",
+    "InvalidPageToken",
+    "InvalidRequest",
     "MercatoError",
     "NotFound",
     "PermissionDenied",
     "PreconditionViolation",
     "ResourceExhausted",
+    "ScopeMissing",
+    "StoreUnavailable",
     "Unauthenticated",
     "Unavailable",
 ]
@@ -85,10 +94,12 @@ class MercatoError(Exception):
     domain: ClassVar[str] = "mercato"
     # Default ErrorInfo reason of the class; an instance may pass its own.
     default_reason: ClassVar[str] = "INTERNAL"
+    # Message of an instance made without one; a class that always says the same sets it.
+    default_message: ClassVar[str] = ""
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
         reason: str | None = None,
         metadata: Mapping[str, str] | None = None,
@@ -97,6 +108,7 @@ class MercatoError(Exception):
         precondition_violations: Sequence[PreconditionViolation] = (),
         retry_after: float | None = None,
     ) -> None:
+        message = message or self.default_message
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
@@ -111,60 +123,116 @@ class MercatoError(Exception):
         # Seconds the caller should wait before retrying (google.rpc.RetryInfo), if known.
         self.retry_after = retry_after
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A kind's default reason is its name (NOT_FOUND), unless the class says otherwise.
+        if "kind" in cls.__dict__ and "default_reason" not in cls.__dict__:
+            cls.default_reason = cls.kind.value
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, reason={self.reason!r})"
 
 
 class InvalidArgument(MercatoError):
+    """The request is wrong whatever the state: a bad field (say which in ``field_violations``)."""
+
     kind = ErrorKind.INVALID_ARGUMENT
-    default_reason = "INVALID_ARGUMENT"
 
 
 class NotFound(MercatoError):
+    """No such resource, or none the caller may see (never a hint that it exists)."""
+
     kind = ErrorKind.NOT_FOUND
-    default_reason = "NOT_FOUND"
 
 
 class AlreadyExists(MercatoError):
     kind = ErrorKind.ALREADY_EXISTS
-    default_reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(MercatoError):
+    """The state does not allow it (an order already paid, stock too low); retrying the same
+    request will not help until the state changes."""
+
     kind = ErrorKind.FAILED_PRECONDITION
-    default_reason = "FAILED_PRECONDITION"
 
 
 class Aborted(MercatoError):
     """A concurrency conflict (stale etag, lost race): the caller may retry from a fresh read."""
 
     kind = ErrorKind.ABORTED
-    default_reason = "ABORTED"
 
 
 class PermissionDenied(MercatoError):
     kind = ErrorKind.PERMISSION_DENIED
-    default_reason = "PERMISSION_DENIED"
 
 
 class Unauthenticated(MercatoError):
+    """No valid credentials: a missing, malformed or expired token, wrong client secret."""
+
     kind = ErrorKind.UNAUTHENTICATED
-    default_reason = "UNAUTHENTICATED"
 
 
 class ResourceExhausted(MercatoError):
     kind = ErrorKind.RESOURCE_EXHAUSTED
-    default_reason = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(MercatoError):
+    """A dependency cannot be reached right now; the same request may succeed later."""
+
     kind = ErrorKind.UNAVAILABLE
-    default_reason = "UNAVAILABLE"
 
 
 class DeadlineExceeded(MercatoError):
     kind = ErrorKind.DEADLINE_EXCEEDED
-    default_reason = "DEADLINE_EXCEEDED"
+
+
+# The errors every service raises alike; a service's own class adds its root (the domain).
+
+
+class InvalidRequest(InvalidArgument):
+    """Bad input: a message and a ``google.rpc.BadRequest`` violation for each bad field."""
+
+    default_reason = "INVALID_REQUEST"
+
+    def __init__(self, message: str, violations: Sequence[FieldViolation] = ()) -> None:
+        super().__init__(message, field_violations=violations)
+
+    @classmethod
+    def for_field(cls, field: str) -> Callable[[str], Self]:
+        """Makes this error about one bad ``field`` from why it is bad (also the message): the
+        ``invalid`` factory of :func:`mercato_common.paging.page_size` and the like."""
+        return lambda description: cls(description, [FieldViolation(field, description)])
+
+
+class InvalidPageToken(InvalidArgument):
+    """A page token that is malformed or not one of this listing and its filters (AIP-158)."""
+
+    default_reason = "INVALID_PAGE_TOKEN"
+    default_message = "the page token is invalid"
+    # Description of the ``page_token`` field violation; the message itself when empty.
+    violation: ClassVar[str] = ""
+
+    def __init__(self, message: str = "") -> None:
+        message = message or self.default_message
+        super().__init__(
+            message, field_violations=[FieldViolation("page_token", self.violation or message)]
+        )
+
+
+class ScopeMissing(PermissionDenied):
+    """The caller's token lacks the scope an action needs (``missing_scopes`` names it)."""
+
+    default_reason = "SCOPE_MISSING"
+
+    def __init__(self, scope: str, what: str) -> None:
+        super().__init__(f"{what} needs the {scope} scope", metadata={"missing_scopes": scope})
+
+
+class StoreUnavailable(Unavailable):
+    """The service's own database cannot be reached; the caller may retry.
+
+    A service names its reason (``ORDERS_UNAVAILABLE``) and message.
+    """
 
 
 KIND_CLASSES: Mapping[ErrorKind, type[MercatoError]] = {

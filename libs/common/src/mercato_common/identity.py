@@ -27,8 +27,7 @@ from google.protobuf.json_format import MessageToDict
 from mercato.auth.v1 import auth_pb2
 from mercato_common.errors import PermissionDenied, Unauthenticated
 
-if TYPE_CHECKING:  # settings and client import the interceptors, which import this module
-    from mercato_common.client import ClientTls
+if TYPE_CHECKING:
     from mercato_common.settings import TokenSettings
 
 __all__ = [
@@ -42,7 +41,6 @@ __all__ = [
     "check_access",
     "current_identity",
     "require_identity",
-    "verifier_from_auth",
 ]
 
 
@@ -286,17 +284,6 @@ class JwksTokenVerifier:
 
 
 _GET_JWKS = "/mercato.auth.v1.AuthService/GetJwks"
-
-
-def verifier_from_auth(
-    settings: TokenSettings, *, auth_target: str, tls: ClientTls | None
-) -> tuple[JwksTokenVerifier, grpc.aio.Channel]:
-    """A verifier fetching auth's JWKS over a channel of its own (the caller closes it on stop)."""
-    # Imported here: mercato_common.client imports the interceptors, which import this module.
-    from mercato_common.client import create_channel
-
-    channel = create_channel(auth_target, services=["mercato.auth.v1.AuthService"], tls=tls)
-    return JwksTokenVerifier.from_settings(auth_jwks_fetcher(channel), settings), channel
 
 
 def auth_jwks_fetcher(

@@ -74,6 +74,10 @@ if TYPE_CHECKING:  # the stubs' generics do not exist at run time
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
 
 
+# Runs the rest of the chain (and the handler) for the call being wrapped.
+Proceed = Callable[[], Awaitable[Any]]
+
+
 def _split(method: str) -> tuple[str, str]:
     service, _, name = method.lstrip("/").partition("/")
     return service, name
@@ -82,13 +86,7 @@ def _split(method: str) -> tuple[str, str]:
 class _WrappingInterceptor(grpc.aio.ServerInterceptor):
     """Wraps unary handlers with :meth:`around`, which runs the rest of the chain."""
 
-    async def around(
-        self,
-        method: str,
-        request: Any,
-        context: Context,
-        proceed: Callable[[], Awaitable[Any]],
-    ) -> Any:
+    async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
         raise NotImplementedError
 
     async def intercept_service(
@@ -152,13 +150,7 @@ class TelemetryInterceptor(_WrappingInterceptor):
         self._metrics = metrics
         self._tracer = trace.get_tracer("mercato_common.grpc")
 
-    async def around(
-        self,
-        method: str,
-        request: Any,
-        context: Context,
-        proceed: Callable[[], Awaitable[Any]],
-    ) -> Any:
+    async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
         service, name = _split(method)
         metadata = context.invocation_metadata() or ()
         carrier = {key: value for key, value in metadata if isinstance(value, str)}
@@ -224,13 +216,7 @@ class ErrorInterceptor(_WrappingInterceptor):
     def __init__(self, domain: str) -> None:
         self._domain = domain
 
-    async def around(
-        self,
-        method: str,
-        request: Any,
-        context: Context,
-        proceed: Callable[[], Awaitable[Any]],
-    ) -> Any:
+    async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
         try:
             return await proceed()
         except grpc.aio.AbortError:
@@ -256,13 +242,7 @@ class IdentityInterceptor(_WrappingInterceptor):
     def __init__(self, verifier: TokenVerifier | None) -> None:
         self._verifier = verifier
 
-    async def around(
-        self,
-        method: str,
-        request: Any,
-        context: Context,
-        proceed: Callable[[], Awaitable[Any]],
-    ) -> Any:
+    async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
         service, _ = _split(method)
         if service in PUBLIC_INFRA_SERVICES:
             return await proceed()
@@ -296,13 +276,7 @@ class ValidationInterceptor(_WrappingInterceptor):
     def __init__(self, validator: protovalidate.Validator | None = None) -> None:
         self._validator = validator or protovalidate.Validator()
 
-    async def around(
-        self,
-        method: str,
-        request: Any,
-        context: Context,
-        proceed: Callable[[], Awaitable[Any]],
-    ) -> Any:
+    async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
         if isinstance(request, Message):
             try:
                 violations = self._validator.collect_violations(request)

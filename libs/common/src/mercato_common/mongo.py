@@ -1,4 +1,4 @@
-"""MongoDB helpers: idempotent index creation.
+"""MongoDB plumbing: the store part every MongoDB service uses, and idempotent index creation.
 
 Services declare their indexes as data and call :func:`ensure_indexes` at start. Every index has
 an explicit name, so a changed definition is detected (and reported) instead of silently living
@@ -9,14 +9,18 @@ indexes, ``unique``; no TTL, partial, sparse or text indexes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
-__all__ = ["IndexConflictError", "IndexSpec", "ensure_indexes"]
+if TYPE_CHECKING:
+    from mercato_common.settings import MongoSettings
+
+__all__ = ["IndexConflictError", "IndexSpec", "MongoStore", "ensure_indexes"]
 
 log = logging.getLogger(__name__)
 
@@ -110,3 +114,53 @@ async def ensure_indexes(
             log.info("created index %s.%s", collection_name, spec.name)
             created.append(f"{collection_name}.{spec.name}")
     return created
+
+
+class MongoStore:
+    """The service's MongoDB client and database as a lifecycle part.
+
+    ``start`` checks the connection (``ping``), runs ``on_connect`` (a service's own detection,
+    such as catalog's write-lock mode) and, unless ``migrate_on_start`` is off, creates the
+    declared indexes; ``stop`` closes the client. :meth:`ping` is the health probe.
+    """
+
+    def __init__(
+        self,
+        settings: MongoSettings,
+        *,
+        appname: str,
+        indexes: Mapping[str, Sequence[IndexSpec]],
+        event_listeners: Sequence[Any] = (),
+        on_connect: Callable[[AsyncMongoClient[Any]], Awaitable[None]] | None = None,
+        migrate_on_start: bool = True,
+    ) -> None:
+        self.client: AsyncMongoClient[Any] = AsyncMongoClient(
+            settings.mongo_uri,
+            event_listeners=list(event_listeners),
+            tz_aware=True,
+            serverSelectionTimeoutMS=settings.mongo_timeout_ms,
+            connectTimeoutMS=settings.mongo_timeout_ms,
+            socketTimeoutMS=settings.mongo_operation_timeout_ms,
+            appname=appname,
+        )
+        self.db: AsyncDatabase[Any] = self.client[settings.mongo_database]
+        self._indexes = indexes
+        self._on_connect = on_connect
+        self._migrate_on_start = migrate_on_start
+
+    async def ping(self) -> None:
+        await self.client.admin.command("ping")
+
+    async def migrate(self) -> list[str]:
+        """Create the missing indexes; the names created."""
+        return await ensure_indexes(self.db, self._indexes)
+
+    async def start(self) -> None:
+        await self.ping()
+        if self._on_connect is not None:
+            await self._on_connect(self.client)
+        created = await self.migrate() if self._migrate_on_start else []
+        log.info("mongodb ready", extra={"indexes_created": created})
+
+    async def stop(self) -> None:
+        await self.client.close()

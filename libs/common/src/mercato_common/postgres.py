@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any
 
@@ -22,9 +23,16 @@ import asyncpg
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from mercato_common.migrations import Migration, migrate
+from mercato_common.migrations import Migration, load_migrations, migrate
 
-__all__ = ["UNAVAILABLE_ERRORS", "Database", "TracedConnection", "run_migrations"]
+__all__ = [
+    "UNAVAILABLE_ERRORS",
+    "Database",
+    "TracedConnection",
+    "outbox_migration",
+    "run_migrations",
+    "service_migrations",
+]
 
 # Failures that mean "the database cannot be reached right now", not a bug (see
 # ``Database(unavailable_error=...)``).
@@ -41,12 +49,37 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-async def run_migrations(
-    conn: Any, directory: Traversable, *, logger: logging.Logger | None = None
+def outbox_migration(version: int) -> Migration:
+    """The outbox table (:mod:`mercato_common.outbox.postgres`) as migration ``version``.
+
+    The SQL lives once, in the kit; a service that publishes events places it in its own history
+    at the version it chose (``Database(outbox_migration=N)``). Its text never changes: a later
+    change of the outbox table is a new migration.
+    """
+    sql = (files("mercato_common.outbox") / "outbox.sql").read_text(encoding="utf-8")
+    return Migration.from_sql(version, "outbox", sql)
+
+
+def service_migrations(
+    directory: Traversable, *, outbox_version: int | None = None
 ) -> list[Migration]:
-    """Apply the migrations of ``directory`` on ``conn``; log and return those applied."""
+    """A service's migrations: the files of ``directory``, plus the kit's outbox at its version."""
+    migrations = load_migrations(directory)
+    if outbox_version is not None:
+        migrations.append(outbox_migration(outbox_version))
+    return sorted(migrations, key=lambda migration: migration.version)
+
+
+async def run_migrations(
+    conn: Any,
+    directory: Traversable,
+    *,
+    outbox_version: int | None = None,
+    logger: logging.Logger | None = None,
+) -> list[Migration]:
+    """Apply a service's migrations on ``conn``; log and return those applied."""
     log = logger or logging.getLogger(__name__)
-    applied = await migrate(conn, directory)
+    applied = await migrate(conn, service_migrations(directory, outbox_version=outbox_version))
     for migration in applied:
         log.info("applied migration %s", migration.label)
     return applied
@@ -107,6 +140,8 @@ class Database:
     ``acquire_timeout`` bounds the wait for a pooled connection (no bound by default).
     ``unavailable_error``, when given, builds the domain error raised instead of one of
     :data:`UNAVAILABLE_ERRORS` inside :meth:`connection` / :meth:`transaction`.
+    ``outbox_migration``, when given, is the version at which the kit's outbox table joins the
+    service's migrations (see :func:`outbox_migration`).
     """
 
     def __init__(
@@ -121,8 +156,10 @@ class Database:
         migrate_on_start: bool = True,
         acquire_timeout: float | None = None,
         unavailable_error: Callable[[], BaseException] | None = None,
+        outbox_migration: int | None = None,
     ) -> None:
         self._dsn = dsn
+        self._outbox_migration = outbox_migration
         self._min_size = min_size
         self._max_size = max_size
         self._command_timeout = command_timeout
@@ -145,7 +182,25 @@ class Database:
 
     async def run_migrations(self, conn: Any) -> list[Migration]:
         """Apply this service's migrations on ``conn``."""
-        return await run_migrations(conn, self._migrations, logger=self._log)
+        return await run_migrations(
+            conn, self._migrations, outbox_version=self._outbox_migration, logger=self._log
+        )
+
+    async def migrate(self) -> list[Migration]:
+        """Apply the pending migrations on a connection of the pool (started or not)."""
+        if self._pool is not None:
+            async with self._pool.acquire() as conn:
+                return await self.run_migrations(conn)
+        conn = await asyncpg.connect(dsn=self._dsn, command_timeout=self._command_timeout)
+        try:
+            return await self.run_migrations(conn)
+        finally:
+            await conn.close()
+
+    async def ping(self) -> None:
+        """One round trip on a pooled connection (the health probe); raises when unreachable."""
+        async with self._acquire() as conn:
+            await conn.fetchval("SELECT 1")
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(

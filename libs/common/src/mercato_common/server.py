@@ -87,11 +87,22 @@ class GrpcServer:
         if self.port == 0:
             raise RuntimeError(f"cannot bind gRPC server to {address}")
         await self._server.start()
-        for name in self._service_names:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.set_serving(True)
         _log.info("gRPC server listening", extra={"address": address, "port": self.port})
         return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report every service (and the server as a whole, ``""``) SERVING or NOT_SERVING.
+
+        Ignored once the graceful stop began: the servicer keeps NOT_SERVING from then on.
+        """
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in (*self._service_names, ""):
+            await self.health.set(name, status)
 
     async def stop(self) -> None:
         """Graceful stop: NOT_SERVING, drain pause, stop with grace. Safe to call twice."""

@@ -17,12 +17,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
-from mercato_common.client import ClientTls
+from mercato_common.tls import ClientTls
 
 __all__ = [
     "BaseServiceSettings",
+    "KafkaSettings",
+    "MongoSettings",
+    "OutboxSettings",
+    "PostgresSettings",
     "ServiceTlsSettings",
     "Settings",
     "SettingsError",
@@ -112,6 +116,10 @@ class BaseServiceSettings(ServiceTlsSettings, TokenSettings):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     shutdown_drain_seconds: float = Field(default=2.0, ge=0)
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # Health: every dependency the service needs is checked this often; one unreachable longer
+    # than the grace turns the gRPC health NOT_SERVING (a single blip does not flap it).
+    health_check_interval_seconds: float = Field(default=2.0, gt=0)
+    health_grace_seconds: float = Field(default=6.0, ge=0)
     otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     # Mutual TLS when serving: callers must present a certificate signed by this CA.
     tls_client_ca_file: Path | None = None
@@ -131,6 +139,53 @@ class BaseServiceSettings(ServiceTlsSettings, TokenSettings):
             key_file=self.tls_key_file,
             client_ca_file=self.tls_client_ca_file,
         )
+
+
+class PostgresSettings(Settings):
+    """The PostgreSQL group: the same variable names in every service that owns a database."""
+
+    # asyncpg DSN; may hold a password.
+    database_url: SecretStr
+    database_pool_min_size: int = Field(default=2, ge=1)
+    database_pool_max_size: int = Field(default=10, ge=2)
+    database_command_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Apply pending migrations at start (otherwise run `python -m mercato_<name> migrate` first).
+    migrate_on_start: bool = True
+
+    @model_validator(mode="after")
+    def _pool_sizes(self) -> Self:
+        if self.database_pool_min_size > self.database_pool_max_size:
+            raise ValueError("DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE")
+        return self
+
+
+class MongoSettings(Settings):
+    """The MongoDB group (FerretDB locally): the same variable names in every service."""
+
+    mongo_uri: str = Field(default="mongodb://127.0.0.1:27018/", min_length=1)
+    mongo_database: str = Field(min_length=1)
+    # Server selection and connection timeout.
+    mongo_timeout_ms: int = Field(default=5000, gt=0)
+    # Upper bound of any one operation (a hung server becomes an error, not a stuck call).
+    mongo_operation_timeout_ms: int = Field(default=15000, gt=0)
+
+
+class KafkaSettings(Settings):
+    """The Kafka group: where the broker is and how this process names itself to it."""
+
+    kafka_bootstrap_servers: str = Field(min_length=1)
+    # Empty: "mercato-<service name>".
+    kafka_client_id: str = ""
+
+
+class OutboxSettings(KafkaSettings):
+    """The outbox group of a service that publishes events: its topic and its relay."""
+
+    events_topic: str = Field(min_length=1)
+    # False: events stay in the outbox (another replica or process relays them).
+    outbox_relay_enabled: bool = True
+    # The relay's fallback poll; new rows also wake it at once where the store can tell it.
+    outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
 
 
 def _variable_name(model: type[Settings], name: str, alias: object) -> str:

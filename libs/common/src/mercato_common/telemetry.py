@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -21,7 +21,14 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from prometheus_client import CollectorRegistry, start_http_server
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["JsonLogFormatter", "Telemetry", "configure_logging", "setup_telemetry"]
+__all__ = [
+    "JsonLogFormatter",
+    "ProcessSettings",
+    "Telemetry",
+    "configure_logging",
+    "setup_telemetry",
+    "telemetry_for",
+]
 
 # Attributes of a LogRecord that the JSON line carries under other names or drops.
 _RENAMED = {"levelname": "level", "name": "logger", "asctime": "time"}
@@ -120,3 +127,36 @@ def setup_telemetry(
         telemetry.metrics_port = server.server_port
         telemetry._servers.append((server, thread))
     return telemetry
+
+
+class ProcessSettings(Protocol):
+    """The settings every process has that say how it reports (services and the gateway)."""
+
+    @property
+    def service_name(self) -> str: ...
+    @property
+    def service_version(self) -> str: ...
+    @property
+    def log_level(self) -> str: ...
+    @property
+    def otlp_endpoint(self) -> str | None: ...
+    @property
+    def metrics_port(self) -> int: ...
+
+
+def telemetry_for(
+    settings: ProcessSettings,
+    *,
+    serve_metrics: bool = True,
+    registry: CollectorRegistry | None = None,
+) -> Telemetry:
+    """:func:`setup_telemetry` from a process's settings; ``serve_metrics`` False serves no
+    metrics endpoint (a worker whose supervisor serves them)."""
+    return setup_telemetry(
+        service=settings.service_name,
+        version=settings.service_version,
+        log_level=settings.log_level,
+        otlp_endpoint=settings.otlp_endpoint,
+        metrics_port=settings.metrics_port if serve_metrics else None,
+        registry=registry,
+    )

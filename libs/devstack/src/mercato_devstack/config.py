@@ -15,8 +15,8 @@ HOST = "127.0.0.1"
 #: Login role (a superuser) and password of the local PostgreSQL, for local use only.
 PG_USER = "mercato"
 PG_PASSWORD = "mercato"  # noqa: S105 - a local development server on loopback
-#: Databases created on every `up`: one per owning service, plus FerretDB's storage.
-PG_DATABASES = ("auth", "orders", "ferretdb")
+#: FerretDB's storage database; `up` also creates one per postgres service of the manifest.
+FERRETDB_DATABASE = "ferretdb"
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:
@@ -104,6 +104,11 @@ class StackConfig:
     def local_dir(self) -> Path:
         """The committed inputs: Kafka's POM and log4j2 config, FerretDB's Go main."""
         return self.repo_root / "deploy" / "local"
+
+    @property
+    def manifest_file(self) -> Path:
+        """The service manifest (services/services.toml)."""
+        return self.repo_root / "services" / "services.toml"
 
     @property
     def topics_file(self) -> Path:

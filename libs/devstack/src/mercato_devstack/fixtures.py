@@ -4,17 +4,21 @@
     from mercato_devstack.fixtures import *  # noqa: F403  (or import the ones you use)
 
 Session-scoped: ``backends``, ``postgres_admin_dsn``, ``kafka_bootstrap``, ``mongo_uri``,
-``redis_url``. Per test: ``postgres_dsn`` (a fresh database), ``kafka_topics`` /
-``topic_prefix``, ``mongo_db_name``, ``redis_prefix``, ``stack_faults`` (fault hooks).
+``redis_url``, ``service_manifest`` (services/services.toml). Per test: ``postgres_dsn`` (a fresh
+database), ``kafka_topics`` / ``topic_prefix``, ``mongo_db_name``, ``redis_prefix``,
+``stack_faults`` (fault hooks).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
 
 import pytest
 import pytest_asyncio
 
+from mercato_devstack.manifest import Manifest, load_manifest
 from mercato_devstack.stack import Stack
 from mercato_devstack.testing import (
     Backends,
@@ -36,9 +40,12 @@ __all__ = [
     "postgres_dsn",
     "redis_prefix",
     "redis_url",
+    "service_manifest",
     "stack_faults",
     "topic_prefix",
 ]
+
+_Isolated = TypeVar("_Isolated")
 
 
 @pytest.fixture(scope="session")
@@ -49,16 +56,35 @@ def backends() -> Iterator[Backends]:
 
 
 @pytest.fixture(scope="session")
+def service_manifest() -> Manifest:
+    """Every service of the suite (services/services.toml), in start order."""
+    return load_manifest()
+
+
+def _per_test(
+    name: str,
+    isolate: Callable[[str], AbstractAsyncContextManager[_Isolated]],
+    server: Callable[[Backends], str],
+    doc: str,
+) -> Any:
+    """A per-test fixture ``name``: ``isolate`` on the session's server, undone after the test.
+
+    The four backends isolate a test the same way (a database, a topic prefix, a key prefix of
+    its own, cleaned up after it); only the helper and the server differ.
+    """
+
+    async def fixture(backends: Backends) -> AsyncIterator[_Isolated]:
+        async with isolate(server(backends)) as isolated:
+            yield isolated
+
+    fixture.__doc__ = doc
+    return pytest_asyncio.fixture(fixture, loop_scope="session", name=name)
+
+
+@pytest.fixture(scope="session")
 def postgres_admin_dsn(backends: Backends) -> str:
     """A role that may create databases; tests should use `postgres_dsn` instead."""
     return backends.postgres_dsn
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def postgres_dsn(backends: Backends) -> AsyncIterator[str]:
-    """DSN of an empty database created for this test and dropped after it."""
-    async with temporary_database(backends.postgres_dsn) as dsn:
-        yield dsn
 
 
 @pytest.fixture(scope="session")
@@ -66,29 +92,9 @@ def kafka_bootstrap(backends: Backends) -> str:
     return backends.kafka_bootstrap
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def kafka_topics(backends: Backends) -> AsyncIterator[TopicFactory]:
-    """Creates topics under a prefix of this test's own; they are deleted after it."""
-    async with temporary_topics(backends.kafka_bootstrap) as factory:
-        yield factory
-
-
-@pytest.fixture
-def topic_prefix(kafka_topics: TopicFactory) -> str:
-    """This test's topic prefix, e.g. `t1a2b3c4d5e6f.` (topics: `kafka_topics.create`)."""
-    return kafka_topics.prefix
-
-
 @pytest.fixture(scope="session")
 def mongo_uri(backends: Backends) -> str:
     return backends.mongo_uri
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def mongo_db_name(backends: Backends) -> AsyncIterator[str]:
-    """A database name of this test's own; the database is dropped after it."""
-    async with temporary_mongo_database(backends.mongo_uri) as name:
-        yield name
 
 
 @pytest.fixture(scope="session")
@@ -96,11 +102,36 @@ def redis_url(backends: Backends) -> str:
     return backends.redis_url
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def redis_prefix(backends: Backends) -> AsyncIterator[str]:
-    """A key prefix of this test's own (`test:<hex>:`); its keys are deleted after it."""
-    async with temporary_redis_prefix(backends.redis_url) as prefix:
-        yield prefix
+postgres_dsn = _per_test(
+    "postgres_dsn",
+    temporary_database,
+    lambda backends: backends.postgres_dsn,
+    "DSN of an empty database created for this test and dropped after it.",
+)
+kafka_topics = _per_test(
+    "kafka_topics",
+    temporary_topics,
+    lambda backends: backends.kafka_bootstrap,
+    "Creates topics under a prefix of this test's own; they are deleted after it.",
+)
+mongo_db_name = _per_test(
+    "mongo_db_name",
+    temporary_mongo_database,
+    lambda backends: backends.mongo_uri,
+    "A database name of this test's own; the database is dropped after it.",
+)
+redis_prefix = _per_test(
+    "redis_prefix",
+    temporary_redis_prefix,
+    lambda backends: backends.redis_url,
+    "A key prefix of this test's own (`test:<hex>:`); its keys are deleted after it.",
+)
+
+
+@pytest.fixture
+def topic_prefix(kafka_topics: TopicFactory) -> str:
+    """This test's topic prefix, e.g. `t1a2b3c4d5e6f.` (topics: `kafka_topics.create`)."""
+    return kafka_topics.prefix
 
 
 @pytest.fixture

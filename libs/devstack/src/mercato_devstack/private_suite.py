@@ -104,7 +104,8 @@ class PrivateSuite:
         return f"127.0.0.1:{self.status()['services'][service]['grpc_port']}"
 
     def ready(self) -> bool:
-        return http_ok(f"{self.url}/readyz")
+        # /status: every upstream SERVING (the gateway's /readyz no longer depends on them).
+        return http_ok(f"{self.url}/status")
 
 
 def start_private_suite(

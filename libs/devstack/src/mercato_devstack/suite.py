@@ -1,22 +1,27 @@
 """The whole suite on one machine: the local stack plus every service, supervised (`make run`).
 
-Starts the stack (PostgreSQL, Kafka, FerretDB, Redis), then auth, catalog, orders, analytics and
-the gateway as child processes in that order, each once the one before answers its health check.
-A child that exits on its own is restarted with a growing delay. Output goes to
-``.state/run/logs/<service>.log`` and, rendered one line per event, to the console. Once the
-gateway is ready the sample catalog is loaded (idempotently) and the gateway URL is printed.
+Starts the stack (PostgreSQL, Kafka, FerretDB, Redis), then every service of the service
+manifest (services/services.toml) as a child process (``python -m <module>``), in the manifest's
+order, each once the one before answers its health check (gRPC health, or ``/readyz`` for the
+HTTP gateway). A child that exits on its own is restarted with a growing delay. Output goes to
+``.state/run/logs/<service>.log`` and, rendered one line per event, to the console. Once every
+service is ready the sample catalog is loaded (idempotently) and the gateway URL is printed.
 SIGINT/SIGTERM (Ctrl-C, or ``python -m mercato_devstack shutdown``) stops the children in reverse
 order, then the stack.
 
-Ports: the gateway's HTTP port is ``MERCATO_GATEWAY_PORT`` (8080); the services' gRPC ports are
-``MERCATO_SUITE_PORT_BASE`` + 1..4 (auth, catalog, orders, analytics; base 50060) and the metrics
-ports ``MERCATO_SUITE_METRICS_PORT_BASE`` + 0..4 (gateway, auth, catalog, orders, analytics; base
-9460), so a second suite (the end-to-end tests) can run beside `make run` with its own
-``MERCATO_STATE_DIR`` and stack ports. Every child gets its ports and its upstreams' targets.
-``<state>/run/suite.json`` lists the children (pid, ports, restarts) while the suite runs.
+Each child gets the settings its manifest entry calls for (as ``MERCATO_<NAME>_*``): its ports,
+its own database (PostgreSQL) or MongoDB URI and database, Redis, Kafka, the targets of the
+services it calls, the token issuer and audience, and, for a service client, its client id and
+secret (auth gets the list of those clients).
 
-Development secrets (the token key-encryption key, the orders service client's secret) are
-generated once into ``.state/run/secrets.json`` so that a second run reuses the same keys.
+Ports: the manifest's, moved so a second suite (the end-to-end tests, the bench) can run beside
+`make run` with its own ``MERCATO_STATE_DIR`` and stack ports: every gRPC port by
+``MERCATO_SUITE_PORT_BASE`` - 50060, every metrics port by ``MERCATO_SUITE_METRICS_PORT_BASE`` -
+9460; the gateway's HTTP port is ``MERCATO_GATEWAY_PORT`` (8080). ``<state>/run/suite.json``
+lists the children (pid, ports, restarts) while the suite runs.
+
+Development secrets (the token key-encryption key, each service client's secret) are generated
+once into ``.state/run/secrets.json`` so that a second run reuses the same keys.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -42,6 +47,7 @@ import yaml
 
 from mercato_devstack.config import find_repo_root
 from mercato_devstack.errors import StackError
+from mercato_devstack.manifest import Manifest, ServiceSpec, load_manifest, manifest_path
 from mercato_devstack.stack import Stack
 
 log = logging.getLogger("mercato_devstack.suite")
@@ -49,10 +55,13 @@ log = logging.getLogger("mercato_devstack.suite")
 DEFAULT_ADMIN_EMAIL = "admin@mercato.local"
 DEFAULT_ADMIN_PASSWORD = "mercato-admin-password"  # noqa: S105 - the documented dev default
 READY_TIMEOUT = 120.0
+#: The bases the manifest's ports are relative to: MERCATO_SUITE_PORT_BASE and
+#: MERCATO_SUITE_METRICS_PORT_BASE move every port by their difference to these.
 DEFAULT_PORT_BASE = 50060
 DEFAULT_METRICS_PORT_BASE = 9460
-#: Offset of each service from the port bases (the gateway has no gRPC port).
-PORT_OFFSETS = {"gateway": 0, "auth": 1, "catalog": 2, "orders": 3, "analytics": 4}
+#: The service that issues access tokens: it gets the signing keys' key-encryption key, the
+#: service clients and the bootstrap admin.
+ISSUER_SERVICE = "auth"
 STOP_TIMEOUT = 20.0
 # Console lines of these loggers are left to the log files: one line per RPC is too much to read.
 QUIET_LOGGERS = frozenset({"mercato.access", "mercato.gateway.access"})
@@ -71,30 +80,45 @@ class Service:
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-def _secrets(path: Path) -> dict[str, str]:
-    """The development secrets of this checkout, generated on first use."""
-    if path.exists():
-        return dict(json.loads(path.read_text()))
-    values = {
-        "signing_key_kek": base64.b64encode(secrets.token_bytes(32)).decode(),
-        "orders_client_secret": secrets.token_urlsafe(32),
+def _client_secret_key(service: ServiceSpec) -> str:
+    return f"{service.name}_client_secret"
+
+
+def _secrets(path: Path, manifest: Manifest) -> dict[str, str]:
+    """The development secrets of this checkout: generated on first use, kept afterwards.
+
+    A secret the file lacks (a service client added to the manifest since) is added to it.
+    """
+    values: dict[str, str] = dict(json.loads(path.read_text())) if path.exists() else {}
+    generators: dict[str, Callable[[], str]] = {
+        "signing_key_kek": lambda: base64.b64encode(secrets.token_bytes(32)).decode(),
+        **{
+            _client_secret_key(service): lambda: secrets.token_urlsafe(32)
+            for service in manifest.services
+            if service.client_scopes
+        },
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, indent=2))
-    path.chmod(0o600)
+    missing = [key for key in generators if key not in values]
+    if missing:
+        values.update({key: generators[key]() for key in missing})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values, indent=2))
+        path.chmod(0o600)
     return values
 
 
 @dataclass(frozen=True)
 class SuitePorts:
-    """The gateway's HTTP port and the services' gRPC and metrics ports."""
+    """Where each service of the manifest listens in this suite (see the module docstring)."""
 
-    gateway: int = 8080
-    base: int = DEFAULT_PORT_BASE
-    metrics_base: int = DEFAULT_METRICS_PORT_BASE
+    manifest: Manifest
+    grpc_shift: int = 0
+    metrics_shift: int = 0
+    #: The HTTP port of each service of kind http, by name.
+    http: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> SuitePorts:
+    def from_env(cls, manifest: Manifest, environ: Mapping[str, str]) -> SuitePorts:
         def number(name: str, default: int) -> int:
             raw = environ.get(name) or str(default)
             try:
@@ -103,157 +127,134 @@ class SuitePorts:
                 raise StackError(f"{name}={raw!r} is not a port number") from None
 
         ports = cls(
-            gateway=number("MERCATO_GATEWAY_PORT", cls.gateway),
-            base=number("MERCATO_SUITE_PORT_BASE", cls.base),
-            metrics_base=number("MERCATO_SUITE_METRICS_PORT_BASE", cls.metrics_base),
+            manifest,
+            grpc_shift=number("MERCATO_SUITE_PORT_BASE", DEFAULT_PORT_BASE) - DEFAULT_PORT_BASE,
+            metrics_shift=number("MERCATO_SUITE_METRICS_PORT_BASE", DEFAULT_METRICS_PORT_BASE)
+            - DEFAULT_METRICS_PORT_BASE,
+            http={
+                service.name: number(f"{service.env_prefix}PORT", service.port)
+                for service in manifest.services
+                if service.kind == "http"
+            },
         )
-        for port in (ports.gateway, ports.base + 1, ports.base + 4):
-            if not 0 < port < 65536:
-                raise StackError(f"suite port {port} is out of range")
-        for port in (ports.metrics_base, ports.metrics_base + 4):
-            if not 0 < port < 65536:
-                raise StackError(f"suite metrics port {port} is out of range")
+        for service in manifest.services:
+            for port in (ports.app(service.name), ports.metrics(service.name)):
+                if not 0 < port < 65536:
+                    raise StackError(f"{service.name}'s suite port {port} is out of range")
         return ports
 
-    def grpc(self, service: str) -> int:
-        return self.base + PORT_OFFSETS[service]
+    def app(self, service: str) -> int:
+        """The gRPC port, or the HTTP port of a service of kind http."""
+        spec = self.manifest.service(service)
+        return self.http[service] if spec.kind == "http" else spec.port + self.grpc_shift
 
     def metrics(self, service: str) -> int:
-        return self.metrics_base + PORT_OFFSETS[service]
+        return self.manifest.service(service).metrics_port + self.metrics_shift
 
     def target(self, service: str) -> str:
-        return f"127.0.0.1:{self.grpc(service)}"
+        return f"127.0.0.1:{self.app(service)}"
 
 
-def _services(stack: Stack, environ: Mapping[str, str], run_dir: Path) -> list[Service]:
-    dev = _secrets(run_dir / "secrets.json")
-    ports = SuitePorts.from_env(environ)
-    gateway_port = ports.gateway
-    issuer = environ.get("MERCATO_TOKEN_ISSUER", f"http://127.0.0.1:{gateway_port}")
-    kafka = stack.kafka_bootstrap
-    common = {**environ, "PYTHONUNBUFFERED": "1"}
-    admin_email = environ.get("MERCATO_BOOTSTRAP_ADMIN_EMAIL", DEFAULT_ADMIN_EMAIL)
-    admin_password = environ.get("MERCATO_BOOTSTRAP_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD)
-    orders_client = {
-        "client_id": "orders",
-        "secret": dev["orders_client_secret"],
-        "scopes": ["catalog:reserve"],
-    }
-    token = {"TOKEN_ISSUER": issuer, "TOKEN_AUDIENCE": "mercato"}
+def _entry(manifest: Manifest) -> ServiceSpec:
+    """The suite's public entry: its one service of kind http (the gateway)."""
+    entries = [service for service in manifest.services if service.kind == "http"]
+    if len(entries) != 1:
+        raise StackError(
+            f"{manifest.source}: the suite needs exactly one service of kind http (its entry), "
+            f"not {len(entries)}"
+        )
+    return entries[0]
 
-    def prefixed(prefix: str, values: Mapping[str, str]) -> dict[str, str]:
-        return {f"{prefix}{key}": value for key, value in values.items()}
 
-    def listen(name: str) -> dict[str, str]:
-        return {"GRPC_PORT": str(ports.grpc(name)), "METRICS_PORT": str(ports.metrics(name))}
+@dataclass(frozen=True)
+class _SuiteSettings:
+    """What every service's settings are built from."""
 
-    auth_target = {"AUTH_TARGET": ports.target("auth")}
+    manifest: Manifest
+    ports: SuitePorts
+    stack: Stack
+    dev: Mapping[str, str]
+    environ: Mapping[str, str]
+    token: Mapping[str, str]
 
+    def service_env(self, service: ServiceSpec) -> dict[str, str]:
+        """The environment of one child: the suite's own plus its ``MERCATO_<NAME>_*``."""
+        values = {**self.token, "METRICS_PORT": str(self.ports.metrics(service.name))}
+        values["GRPC_PORT" if service.kind == "grpc" else "PORT"] = str(
+            self.ports.app(service.name)
+        )
+        if service.store == "postgres":
+            values["DATABASE_URL"] = self.stack.postgres_dsn(service.name)
+        elif service.store == "mongo":
+            values["MONGO_URI"] = self.stack.mongo_uri
+            values["MONGO_DATABASE"] = service.name
+        if service.redis:
+            values["REDIS_URL"] = self.stack.redis_url
+        if service.uses_kafka:
+            values["KAFKA_BOOTSTRAP_SERVERS"] = self.stack.kafka_bootstrap
+        for callee in service.calls:
+            values[f"{callee.upper()}_TARGET"] = self.ports.target(callee)
+        if service.client_scopes:
+            values["SERVICE_CLIENT_ID"] = service.name
+            values["SERVICE_CLIENT_SECRET"] = self.dev[_client_secret_key(service)]
+        env = {**self.environ, "PYTHONUNBUFFERED": "1"}
+        if service.name == ISSUER_SERVICE:
+            values.update(self._issuer_values())
+            env["MERCATO_BOOTSTRAP_ADMIN_EMAIL"] = self.environ.get(
+                "MERCATO_BOOTSTRAP_ADMIN_EMAIL", DEFAULT_ADMIN_EMAIL
+            )
+            env["MERCATO_BOOTSTRAP_ADMIN_PASSWORD"] = self.environ.get(
+                "MERCATO_BOOTSTRAP_ADMIN_PASSWORD", DEFAULT_ADMIN_PASSWORD
+            )
+        env.update({service.env_prefix + key: value for key, value in values.items()})
+        return env
+
+    def _issuer_values(self) -> dict[str, str]:
+        clients = [
+            {
+                "client_id": service.name,
+                "secret": self.dev[_client_secret_key(service)],
+                "scopes": list(service.client_scopes),
+            }
+            for service in self.manifest.services
+            if service.client_scopes
+        ]
+        return {
+            "SIGNING_KEY_KEK": self.dev["signing_key_kek"],
+            "SERVICE_CLIENTS": json.dumps(clients),
+        }
+
+
+def _services(
+    stack: Stack, environ: Mapping[str, str], run_dir: Path, ports: SuitePorts
+) -> list[Service]:
+    """A child process per service of the manifest, in its order."""
+    manifest = ports.manifest
+    issuer = environ.get(
+        "MERCATO_TOKEN_ISSUER", f"http://127.0.0.1:{ports.app(_entry(manifest).name)}"
+    )
+    settings = _SuiteSettings(
+        manifest=manifest,
+        ports=ports,
+        stack=stack,
+        dev=_secrets(run_dir / "secrets.json", manifest),
+        environ=environ,
+        token={"TOKEN_ISSUER": issuer, "TOKEN_AUDIENCE": "mercato"},
+    )
     return [
         Service(
-            "auth",
-            "mercato_auth",
-            {
-                **common,
-                **prefixed(
-                    "MERCATO_AUTH_",
-                    {
-                        "DATABASE_URL": stack.postgres_dsn("auth"),
-                        "KAFKA_BOOTSTRAP_SERVERS": kafka,
-                        "SIGNING_KEY_KEK": dev["signing_key_kek"],
-                        "SERVICE_CLIENTS": json.dumps([orders_client]),
-                        **listen("auth"),
-                        **token,
-                    },
-                ),
-                "MERCATO_BOOTSTRAP_ADMIN_EMAIL": admin_email,
-                "MERCATO_BOOTSTRAP_ADMIN_PASSWORD": admin_password,
-            },
-            grpc_port=ports.grpc("auth"),
-            metrics_port=ports.metrics("auth"),
-        ),
-        Service(
-            "catalog",
-            "mercato_catalog",
-            {
-                **common,
-                **prefixed(
-                    "MERCATO_CATALOG_",
-                    {
-                        "MONGO_URI": stack.mongo_uri,
-                        "REDIS_URL": stack.redis_url,
-                        "KAFKA_BOOTSTRAP_SERVERS": kafka,
-                        **listen("catalog"),
-                        **auth_target,
-                        **token,
-                    },
-                ),
-            },
-            grpc_port=ports.grpc("catalog"),
-            metrics_port=ports.metrics("catalog"),
-        ),
-        Service(
-            "orders",
-            "mercato_orders",
-            {
-                **common,
-                **prefixed(
-                    "MERCATO_ORDERS_",
-                    {
-                        "DATABASE_URL": stack.postgres_dsn("orders"),
-                        "KAFKA_BOOTSTRAP_SERVERS": kafka,
-                        "SERVICE_CLIENT_SECRET": dev["orders_client_secret"],
-                        "CATALOG_TARGET": ports.target("catalog"),
-                        **listen("orders"),
-                        **auth_target,
-                        **token,
-                    },
-                ),
-            },
-            grpc_port=ports.grpc("orders"),
-            metrics_port=ports.metrics("orders"),
-        ),
-        Service(
-            "analytics",
-            "mercato_analytics",
-            {
-                **common,
-                **prefixed(
-                    "MERCATO_ANALYTICS_",
-                    {
-                        "MONGO_URI": stack.mongo_uri,
-                        "KAFKA_BOOTSTRAP_SERVERS": kafka,
-                        **listen("analytics"),
-                        **auth_target,
-                        **token,
-                    },
-                ),
-            },
-            grpc_port=ports.grpc("analytics"),
-            metrics_port=ports.metrics("analytics"),
-        ),
-        Service(
-            "gateway",
-            "mercato_gateway",
-            {
-                **common,
-                **prefixed(
-                    "MERCATO_GATEWAY_",
-                    {
-                        "PORT": str(gateway_port),
-                        "METRICS_PORT": str(ports.metrics("gateway")),
-                        "REDIS_URL": stack.redis_url,
-                        **{
-                            f"{name.upper()}_TARGET": ports.target(name)
-                            for name in ("auth", "catalog", "orders", "analytics")
-                        },
-                        **token,
-                    },
-                ),
-            },
-            metrics_port=ports.metrics("gateway"),
-            http_ready_url=f"http://127.0.0.1:{gateway_port}/readyz",
-        ),
+            service.name,
+            service.module,
+            settings.service_env(service),
+            grpc_port=ports.app(service.name) if service.kind == "grpc" else None,
+            metrics_port=ports.metrics(service.name),
+            http_ready_url=(
+                f"http://127.0.0.1:{ports.app(service.name)}/readyz"
+                if service.kind == "http"
+                else None
+            ),
+        )
+        for service in manifest.services
     ]
 
 
@@ -282,8 +283,10 @@ class Suite:
         self.console = console
         self.run_dir = stack.config.state_dir / "run"
         self.logs = self.run_dir / "logs"
-        self.ports = SuitePorts.from_env(environ)
-        self.services = _services(stack, environ, self.run_dir)
+        self.manifest = load_manifest(manifest_path(stack.config.repo_root))
+        self.entry = _entry(self.manifest)
+        self.ports = SuitePorts.from_env(self.manifest, environ)
+        self.services = _services(stack, environ, self.run_dir, self.ports)
         self.status_file = self.run_dir / "suite.json"
         self.ready = False
         self.stopping = asyncio.Event()
@@ -293,7 +296,7 @@ class Suite:
         return {
             "supervisor_pid": os.getpid(),
             "ready": self.ready,
-            "gateway_url": f"http://127.0.0.1:{self.ports.gateway}",
+            "gateway_url": f"http://127.0.0.1:{self.ports.app(self.entry.name)}",
             "services": {
                 service.name: {
                     "pid": None if service.process is None else service.process.pid,
@@ -436,7 +439,7 @@ class Suite:
             log.info("suite stopped")
 
     def _print_ready(self, elapsed: float) -> None:
-        port = self.ports.gateway
+        port = self.ports.app(self.entry.name)
         email = self.environ.get("MERCATO_BOOTSTRAP_ADMIN_EMAIL", DEFAULT_ADMIN_EMAIL)
         password_note = (
             "(from MERCATO_BOOTSTRAP_ADMIN_PASSWORD)"

@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from mercato.auth.events.v1 import events_pb2 as auth_events
 from mercato.auth.v1 import auth_pb2
 from mercato.catalog.events.v1 import events_pb2 as catalog_events
 from mercato.orders.events.v1 import events_pb2 as order_events
 from mercato.orders.v1 import orders_pb2
-from mercato.type.v1 import money_pb2
+from mercato_analytics.convert import money, timestamp
 from mercato_common.kafka import Envelope, new_envelope
 
 __all__ = [
@@ -39,16 +38,6 @@ __all__ = [
     "stock_reserved",
     "user_registered",
 ]
-
-
-def _ts(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when.astimezone(UTC))
-    return ts
-
-
-def _money(currency: str, amount: int) -> money_pb2.Money:
-    return money_pb2.Money(currency_code=currency, amount_minor=amount)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +56,8 @@ def _order_lines(lines: Sequence[Line], currency: str) -> list[order_events.Orde
         order_events.OrderLine(
             sku=line.sku,
             quantity=line.quantity,
-            unit_price=_money(currency, line.unit_price),
-            line_total=_money(currency, line.total),
+            unit_price=money(currency, line.unit_price),
+            line_total=money(currency, line.total),
         )
         for line in lines
     ]
@@ -85,8 +74,8 @@ def order_placed(
         order_id=order_id,
         user_id=user_id,
         lines=_order_lines(lines, currency),
-        total=_money(currency, sum(line.total for line in lines)),
-        place_time=_ts(place_time),
+        total=money(currency, sum(line.total for line in lines)),
+        place_time=timestamp(place_time),
     )
     return _envelope("orders", order_id, data, place_time)
 
@@ -103,11 +92,11 @@ def order_paid(
     data = order_events.OrderPaid(
         order_id=order_id,
         user_id=user_id,
-        amount=_money(currency, sum(line.total for line in lines)),
+        amount=money(currency, sum(line.total for line in lines)),
         lines=_order_lines(lines, currency),
         payment_id=f"pay-{order_id[:8]}",
-        place_time=_ts(place_time),
-        pay_time=_ts(pay_time),
+        place_time=timestamp(place_time),
+        pay_time=timestamp(pay_time),
     )
     return _envelope("orders", order_id, data, pay_time)
 
@@ -128,11 +117,11 @@ def order_cancelled(
         previous_state=(
             orders_pb2.ORDER_STATE_PAID if after_payment else orders_pb2.ORDER_STATE_CONFIRMED
         ),
-        total=_money(currency, total),
+        total=money(currency, total),
         reason="changed my mind",
         actor_id=user_id,
-        place_time=_ts(place_time),
-        cancel_time=_ts(cancel_time),
+        place_time=timestamp(place_time),
+        cancel_time=timestamp(cancel_time),
     )
     return _envelope("orders", order_id, data, cancel_time)
 
@@ -145,8 +134,8 @@ def order_fulfilled(
         user_id=user_id,
         shipment_reference="TRACK-1",
         actor_id="admin-1",
-        place_time=_ts(place_time),
-        fulfill_time=_ts(fulfill_time),
+        place_time=timestamp(place_time),
+        fulfill_time=timestamp(fulfill_time),
     )
     return _envelope("orders", order_id, data, fulfill_time)
 
@@ -159,15 +148,15 @@ def order_failed(
         user_id=user_id,
         previous_state=orders_pb2.ORDER_STATE_CONFIRMED,
         reason="stock reservation expired",
-        place_time=_ts(place_time),
-        fail_time=_ts(fail_time),
+        place_time=timestamp(place_time),
+        fail_time=timestamp(fail_time),
     )
     return _envelope("orders", order_id, data, fail_time)
 
 
 def user_registered(user_id: str, *, register_time: datetime) -> Envelope:
     data = auth_events.UserRegistered(
-        user_id=user_id, roles=[auth_pb2.ROLE_CUSTOMER], register_time=_ts(register_time)
+        user_id=user_id, roles=[auth_pb2.ROLE_CUSTOMER], register_time=timestamp(register_time)
     )
     return _envelope("auth", user_id, data, register_time)
 
@@ -176,8 +165,8 @@ def stock_reserved(order_id: str, *, lines: Sequence[Line], reserve_time: dateti
     data = catalog_events.StockReserved(
         order_id=order_id,
         lines=[catalog_events.StockLine(sku=line.sku, quantity=line.quantity) for line in lines],
-        expire_time=_ts(reserve_time + timedelta(minutes=15)),
-        reserve_time=_ts(reserve_time),
+        expire_time=timestamp(reserve_time + timedelta(minutes=15)),
+        reserve_time=timestamp(reserve_time),
     )
     return _envelope("catalog", order_id, data, reserve_time)
 
@@ -234,11 +223,15 @@ def simulate(
     base = start or (datetime.now(UTC) - timedelta(hours=2)).replace(second=0, microsecond=0)
     out: list[Published] = []
     expected = Expected()
+
+    def emit(source: str, envelope: Envelope, when: datetime) -> None:
+        out.append(Published(source, envelope))
+        expected.seen(when)
+
     for index in range(users):
         when = base + timedelta(seconds=7 * index)
-        out.append(Published("auth", user_registered(str(uuid.uuid4()), register_time=when)))
+        emit("auth", user_registered(str(uuid.uuid4()), register_time=when), when)
         expected.new_users += 1
-        expected.seen(when)
     for index in range(orders):
         order_id = str(uuid.uuid4())
         user_id = f"user-{rng.randrange(50)}"
@@ -249,103 +242,72 @@ def simulate(
         ]
         total = sum(line.total for line in lines)
         placed_at = base + timedelta(seconds=3 * index, milliseconds=rng.randrange(1000))
-        out.append(
-            Published(
-                "orders",
-                order_placed(
-                    order_id, user_id=user_id, lines=lines, currency=currency, place_time=placed_at
-                ),
-            )
+        emit(
+            "orders",
+            order_placed(
+                order_id, user_id=user_id, lines=lines, currency=currency, place_time=placed_at
+            ),
+            placed_at,
         )
         expected.placed += 1
-        expected.seen(placed_at)
         if catalog_events:
             out.append(
                 Published("catalog", stock_reserved(order_id, lines=lines, reserve_time=placed_at))
             )
+        # Paid (80%), then fulfilled, cancelled with a refund, or left; else cancelled or failed.
+        cancel_at: datetime | None = None
+        after_payment = False
         roll = rng.random()
         if roll < 0.8:
             paid_at = placed_at + timedelta(seconds=rng.randint(5, 400))
-            out.append(
-                Published(
-                    "orders",
-                    order_paid(
-                        order_id,
-                        user_id=user_id,
-                        lines=lines,
-                        currency=currency,
-                        place_time=placed_at,
-                        pay_time=paid_at,
-                    ),
-                )
+            paid = order_paid(
+                order_id,
+                user_id=user_id,
+                lines=lines,
+                currency=currency,
+                place_time=placed_at,
+                pay_time=paid_at,
             )
+            emit("orders", paid, paid_at)
             expected.paid += 1
             expected.revenue[currency] += total
             expected.units[currency] += sum(line.quantity for line in lines)
             for line in lines:
                 expected.sku_units[line.sku] += line.quantity
                 expected.sku_revenue[(line.sku, currency)] += line.total
-            expected.seen(paid_at)
             after = rng.random()
-            if after < 0.6:
+            if after < 0.7:
                 done_at = paid_at + timedelta(seconds=rng.randint(60, 3000))
-                out.append(
-                    Published(
-                        "orders",
-                        order_fulfilled(
-                            order_id, user_id=user_id, place_time=placed_at, fulfill_time=done_at
-                        ),
+                if after < 0.6:
+                    fulfilled = order_fulfilled(
+                        order_id, user_id=user_id, place_time=placed_at, fulfill_time=done_at
                     )
-                )
-                expected.fulfilled += 1
-                expected.seen(done_at)
-            elif after < 0.7:
-                done_at = paid_at + timedelta(seconds=rng.randint(60, 3000))
-                out.append(
-                    Published(
-                        "orders",
-                        order_cancelled(
-                            order_id,
-                            user_id=user_id,
-                            total=total,
-                            currency=currency,
-                            after_payment=True,
-                            place_time=placed_at,
-                            cancel_time=done_at,
-                        ),
-                    )
-                )
-                expected.cancelled += 1
-                expected.cancelled_after_payment += 1
-                expected.refunds[currency] += total
-                expected.seen(done_at)
+                    emit("orders", fulfilled, done_at)
+                    expected.fulfilled += 1
+                else:
+                    cancel_at, after_payment = done_at, True
+                    expected.cancelled_after_payment += 1
+                    expected.refunds[currency] += total
         else:
             done_at = placed_at + timedelta(seconds=rng.randint(30, 900))
             if roll < 0.9:
-                out.append(
-                    Published(
-                        "orders",
-                        order_cancelled(
-                            order_id,
-                            user_id=user_id,
-                            total=total,
-                            currency=currency,
-                            after_payment=False,
-                            place_time=placed_at,
-                            cancel_time=done_at,
-                        ),
-                    )
-                )
-                expected.cancelled += 1
+                cancel_at = done_at
             else:
-                out.append(
-                    Published(
-                        "orders",
-                        order_failed(
-                            order_id, user_id=user_id, place_time=placed_at, fail_time=done_at
-                        ),
-                    )
+                failed = order_failed(
+                    order_id, user_id=user_id, place_time=placed_at, fail_time=done_at
                 )
+                emit("orders", failed, done_at)
                 expected.failed += 1
-            expected.seen(done_at)
+        if cancel_at is not None:
+            cancelled = order_cancelled(
+                order_id,
+                user_id=user_id,
+                total=total,
+                currency=currency,
+                after_payment=after_payment,
+                place_time=placed_at,
+                cancel_time=cancel_at,
+            )
+            emit("orders", cancelled, cancel_at)
+            expected.cancelled += 1
     return out, expected

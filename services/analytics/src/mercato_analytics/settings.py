@@ -6,27 +6,21 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from mercato_common.settings import BaseServiceSettings
+from mercato_common.settings import BaseServiceSettings, KafkaSettings, MongoSettings
 
 __all__ = ["AnalyticsSettings"]
 
 
-class AnalyticsSettings(BaseServiceSettings):
+class AnalyticsSettings(BaseServiceSettings, MongoSettings, KafkaSettings):
     env_prefix: ClassVar[str] = "MERCATO_ANALYTICS_"
 
     service_name: str = Field(default="analytics", min_length=1)
     grpc_port: int = Field(default=50064, ge=0, le=65535)
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
-    # MongoDB (FerretDB locally).
-    mongo_uri: str = "mongodb://127.0.0.1:27018/"
     mongo_database: str = Field(default="analytics", min_length=1)
-    mongo_timeout_ms: int = Field(default=5000, gt=0)
-    # Upper bound of any one database operation (a hung server becomes a retried error).
-    mongo_operation_timeout_ms: int = Field(default=15000, gt=0)
 
     # Kafka.
-    kafka_bootstrap_servers: str = "127.0.0.1:19092"
     consumer_group: str = Field(default="mercato.analytics", min_length=1)
     auth_events_topic: str = Field(default="mercato.auth.events.v1", min_length=1)
     catalog_events_topic: str = Field(default="mercato.catalog.events.v1", min_length=1)

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from mercato.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from mercato_analytics.app import AnalyticsApp, build_app
-from mercato_analytics.lag import KafkaPositions
+from mercato_analytics.positions import KafkaPositions
 from mercato_analytics.samples import Expected, Published
 from mercato_analytics.settings import AnalyticsSettings
 from mercato_common.identity import JwksTokenVerifier

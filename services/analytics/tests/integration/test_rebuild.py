@@ -11,7 +11,8 @@ from pymongo import AsyncMongoClient
 
 from mercato.analytics.v1 import analytics_pb2
 from mercato_analytics import samples
-from mercato_analytics.rebuild import GroupActiveError, rebuild
+from mercato_analytics.commands import rebuild_store
+from mercato_analytics.service import GroupActiveError
 from mercato_analytics.store import AnalyticsStore
 from mercato_devstack.testing import temporary_mongo_database
 
@@ -60,7 +61,7 @@ async def test_rebuild_reproduces_the_live_aggregates(harness, mongo_uri) -> Non
     try:
         # In place is refused while the consumers run.
         with pytest.raises(GroupActiveError):
-            await rebuild(
+            await rebuild_store(
                 connection=connection,
                 store=AnalyticsStore(client[harness.env.database]),
                 topics=topics,
@@ -87,7 +88,7 @@ async def test_rebuild_reproduces_the_live_aggregates(harness, mongo_uri) -> Non
 
         # In place, after the consumers stopped: same facts; the group resumes after it.
         await harness.stop(live)
-        report = await rebuild(
+        report = await rebuild_store(
             connection=connection,
             store=AnalyticsStore(client[harness.env.database]),
             topics=topics,

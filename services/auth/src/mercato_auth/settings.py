@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from mercato_auth.crypto import Argon2Params, parse_kek
 from mercato_auth.domain.scopes import ALL_SCOPES
 from mercato_auth.domain.throttle import ThrottlePolicy
-from mercato_common.settings import BaseServiceSettings
+from mercato_common.settings import BaseServiceSettings, OutboxSettings, PostgresSettings
 
 __all__ = ["AuthSettings", "ServiceClientSeed"]
 
@@ -46,27 +46,13 @@ class ServiceClientSeed(BaseModel):
         return value
 
 
-class AuthSettings(BaseServiceSettings):
+class AuthSettings(BaseServiceSettings, PostgresSettings, OutboxSettings):
     env_prefix = "MERCATO_AUTH_"
 
     service_name: str = Field(default="auth", min_length=1)
     grpc_port: int = Field(default=50061, ge=0, le=65535)
     metrics_port: int = Field(default=9461, ge=0, le=65535)
-
-    # PostgreSQL (asyncpg DSN, may hold a password).
-    database_url: SecretStr
-    database_pool_min_size: int = Field(default=2, ge=1)
-    database_pool_max_size: int = Field(default=10, ge=2)
-    database_command_timeout_seconds: float = Field(default=10.0, gt=0)
-    # Apply pending migrations at start (otherwise run `python -m mercato_auth migrate` first).
-    migrate_on_start: bool = True
-
-    # Kafka and the outbox relay.
-    kafka_bootstrap_servers: str = Field(min_length=1)
-    kafka_client_id: str = "mercato-auth"
-    events_topic: str = "mercato.auth.events.v1"
-    outbox_relay_enabled: bool = True
-    outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    events_topic: str = Field(default="mercato.auth.events.v1", min_length=1)
 
     # Tokens (issuer, audience, leeway: TokenSettings). The issuer and audience must match what
     # the gateway and the services verify.
@@ -145,8 +131,6 @@ class AuthSettings(BaseServiceSettings):
             raise ValueError(
                 "MERCATO_BOOTSTRAP_ADMIN_EMAIL and MERCATO_BOOTSTRAP_ADMIN_PASSWORD go together"
             )
-        if self.database_pool_min_size > self.database_pool_max_size:
-            raise ValueError("DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE")
         if self.argon2_memory_cost_kib < 8 * self.argon2_parallelism:
             raise ValueError("ARGON2_MEMORY_COST_KIB must be at least 8 x ARGON2_PARALLELISM")
         if self.throttle_max_delay_seconds < self.throttle_base_delay_seconds:

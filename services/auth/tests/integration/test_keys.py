@@ -114,7 +114,7 @@ async def test_rotation_keeps_old_tokens_valid_until_they_expire(auth) -> None:
 async def test_scheduled_rotation_happens_once_when_due(make_settings, start_auth) -> None:
     settings = make_settings(signing_key_rotation_days=1)
     async with start_auth(settings) as auth:
-        keys = auth.app.core.keys
+        keys = auth.app.keys
         assert await keys.rotate(scheduled=True) is None  # not due yet
         await auth.fetch("UPDATE signing_keys SET activate_time = now() - interval '2 days'")
         first = await keys.rotate(scheduled=True)

@@ -1,5 +1,5 @@
 # ruff: noqa: N802  (method names are the RPC names of the contract)
-"""The gRPC servicer of mercato.catalog.v1.CatalogService: requests → store calls → messages.
+"""The gRPC servicer of mercato.catalog.v1.CatalogService: request → use case → response.
 
 Request shapes are validated by the protovalidate interceptor before a handler runs; handlers
 convert every field into a typed domain value (the domain checks again), so nothing from a
@@ -14,24 +14,19 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import grpc
 
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
-from mercato_catalog.cache import ProductCache
-from mercato_catalog.convert import money_to_proto, timestamp
-from mercato_catalog.domain import (
-    Category,
-    Line,
-    Money,
-    NewProduct,
-    Product,
-    ProductChanges,
-    ProductFilter,
-    ProductState,
-    Reservation,
-    ReservationState,
-    check_lines,
-    check_sku,
-    page_size,
+from mercato_catalog.convert import (
+    RESERVATION_STATE_FILTER,
+    category_to_proto,
+    money_from_proto,
+    product_to_proto,
+    reservation_to_proto,
 )
-from mercato_catalog.store import CategoryStore, ProductStore, ReservationStore
+from mercato_catalog.domain.listing import ProductFilter, ReservationFilter, page_size
+from mercato_catalog.domain.products import NewProduct, ProductChanges, ProductState, check_sku
+from mercato_catalog.domain.reservations import Line, check_lines
+from mercato_catalog.service.categories import CategoryService
+from mercato_catalog.service.products import ProductService
+from mercato_catalog.service.reservations import ReservationService
 from mercato_common.identity import current_identity
 
 if TYPE_CHECKING:
@@ -39,107 +34,30 @@ if TYPE_CHECKING:
 else:
     Context: TypeAlias = Any
 
-__all__ = ["CatalogServicer", "product_to_proto", "reservation_to_proto"]
+__all__ = ["SERVICE_NAME", "CatalogServicer"]
 
 SERVICE_NAME = "mercato.catalog.v1.CatalogService"
-
-
-_PRODUCT_STATES = {
-    ProductState.ACTIVE: catalog_pb2.PRODUCT_STATE_ACTIVE,
-    ProductState.ARCHIVED: catalog_pb2.PRODUCT_STATE_ARCHIVED,
-}
-_RESERVATION_STATES = {
-    ReservationState.HELD: catalog_pb2.RESERVATION_STATE_HELD,
-    ReservationState.COMMITTED: catalog_pb2.RESERVATION_STATE_COMMITTED,
-    ReservationState.RELEASED: catalog_pb2.RESERVATION_STATE_RELEASED,
-    ReservationState.EXPIRED: catalog_pb2.RESERVATION_STATE_EXPIRED,
-}
-_STATE_FILTER = {value: key for key, value in _RESERVATION_STATES.items()}
-
-
-def product_to_proto(product: Product) -> catalog_pb2.Product:
-    message = catalog_pb2.Product(
-        sku=product.sku,
-        name=product.name,
-        description=product.description,
-        category_id=product.category_id,
-        price=money_to_proto(product.price),
-        attributes=dict(product.attributes),
-        state=_PRODUCT_STATES[product.state],
-        stock_on_hand=product.stock_on_hand,
-        stock_reserved=product.stock_reserved,
-        stock_available=product.stock_available,
-        etag=product.etag,
-        create_time=timestamp(product.create_time),
-        update_time=timestamp(product.update_time),
-    )
-    if product.archive_time is not None:
-        message.archive_time.CopyFrom(timestamp(product.archive_time))
-    return message
-
-
-def category_to_proto(category: Category) -> catalog_pb2.Category:
-    return catalog_pb2.Category(
-        id=category.id,
-        display_name=category.display_name,
-        parent_id=category.parent_id,
-        ancestor_ids=list(category.ancestor_ids),
-        create_time=timestamp(category.create_time),
-    )
-
-
-def reservation_to_proto(reservation: Reservation) -> catalog_pb2.Reservation:
-    state = reservation.state
-    message = catalog_pb2.Reservation(
-        order_id=reservation.order_id,
-        lines=[
-            catalog_pb2.ReservationLine(sku=line.sku, quantity=line.quantity)
-            for line in reservation.lines
-        ],
-        state=(
-            _RESERVATION_STATES[state]
-            if state is not None
-            else catalog_pb2.RESERVATION_STATE_UNSPECIFIED
-        ),
-        create_time=timestamp(reservation.create_time),
-        update_time=timestamp(reservation.update_time),
-    )
-    if state is ReservationState.HELD and reservation.expire_time is not None:
-        message.expire_time.CopyFrom(timestamp(reservation.expire_time))
-    return message
-
-
-def _price(message: catalog_pb2.Product) -> Money:
-    return Money(message.price.currency_code, int(message.price.amount_minor))
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     def __init__(
         self,
         *,
-        products: ProductStore,
-        categories: CategoryStore,
-        reservations: ReservationStore,
-        cache: ProductCache,
+        products: ProductService,
+        categories: CategoryService,
+        reservations: ReservationService,
     ) -> None:
         self._products = products
         self._categories = categories
         self._reservations = reservations
-        self._cache = cache
 
     # --- products ----------------------------------------------------------------------------
 
     async def GetProduct(
         self, request: catalog_pb2.GetProductRequest, context: Context
     ) -> catalog_pb2.GetProductResponse:
-        sku = check_sku(request.sku)
-        cached = await self._cache.get(sku)
-        if cached is not None:
-            return catalog_pb2.GetProductResponse(product=catalog_pb2.Product.FromString(cached))
-        product = await self._products.get(sku)
-        message = product_to_proto(product)
-        await self._cache.fill(sku, product.version, message.SerializeToString())
-        return catalog_pb2.GetProductResponse(product=message)
+        encoded = await self._products.get_encoded(check_sku(request.sku))
+        return catalog_pb2.GetProductResponse(product=catalog_pb2.Product.FromString(encoded))
 
     async def ListProducts(
         self, request: catalog_pb2.ListProductsRequest, context: Context
@@ -177,7 +95,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 name=given.name,
                 description=given.description,
                 category_id=given.category_id,
-                price=_price(given),
+                price=money_from_proto(given.price),
                 attributes=dict(given.attributes),
             )
         )
@@ -192,7 +110,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             name=given.name,
             description=given.description,
             category_id=given.category_id,
-            price=_price(given) if given.HasField("price") else None,
+            price=money_from_proto(given.price) if given.HasField("price") else None,
             attributes=dict(given.attributes),
         )
         product = await self._products.update(check_sku(given.sku), changes, given.etag)
@@ -276,14 +194,16 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def ListReservations(
         self, request: catalog_pb2.ListReservationsRequest, context: Context
     ) -> catalog_pb2.ListReservationsResponse:
-        created_before = (
-            request.created_before.ToDatetime(tzinfo=UTC)
-            if request.HasField("created_before")
-            else None
+        flt = ReservationFilter(
+            state=RESERVATION_STATE_FILTER.get(request.state),
+            created_before=(
+                request.created_before.ToDatetime(tzinfo=UTC)
+                if request.HasField("created_before")
+                else None
+            ),
         )
         reservations, token = await self._reservations.list_page(
-            _STATE_FILTER.get(request.state),
-            created_before,
+            flt,
             page_size(request.page_size, default=100),
             request.page_token,
         )

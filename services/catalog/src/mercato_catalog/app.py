@@ -1,48 +1,55 @@
-"""Wiring: the one place that creates clients and connects the catalog's parts.
+"""The catalog service, declared for the kit (``mercato_common.kit``).
 
-Parts, started in this order and stopped in reverse by ``run_until_signal``:
-MongoDB (ping, server detection, indexes) → Redis cache client → outbox relays (Kafka) →
-reservation sweeper → gRPC server.
+Its parts, in start order: MongoDB (ping, server detection for the write locks, indexes), the
+Redis cache client, the auth channel (JWKS), the outbox relays (products, reservations), the
+reservation sweeper, then what the kit adds to every service (saturation metrics, the gRPC
+server, the health watch).
+
+Layers, each only calling the ones below it: the servicer (``api``) and the sweeper (``jobs``)
+→ the use cases (``service``) → the store, the read cache and the event builders (``store``,
+``cache``, ``publish``) → the rules (``domain``).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import grpc
 from prometheus_client import REGISTRY, CollectorRegistry
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from mercato.catalog.v1 import catalog_pb2_grpc
 from mercato_catalog.api import SERVICE_NAME, CatalogServicer
 from mercato_catalog.cache import CacheMetrics, ProductCache
+from mercato_catalog.convert import encode_product
+from mercato_catalog.jobs import ReservationSweeper
+from mercato_catalog.service.categories import CategoryService
+from mercato_catalog.service.products import ProductService
+from mercato_catalog.service.reservations import ReservationService
+from mercato_catalog.service.stock import StockMovements
+from mercato_catalog.service.upkeep import ReservationUpkeep
 from mercato_catalog.settings import CatalogSettings
 from mercato_catalog.store import (
     INDEXES,
     CategoryStore,
     ProductStore,
     ReservationStore,
+    StockStore,
     StoreContext,
     WriteLocks,
 )
-from mercato_catalog.sweeper import ReservationSweeper
-from mercato_common.identity import TokenVerifier, verifier_from_auth
-from mercato_common.kafka.producer import EventProducer, KafkaConnection
-from mercato_common.mongo import ensure_indexes
+from mercato_common.identity import TokenVerifier
+from mercato_common.kit import Definition, Service
 from mercato_common.outbox import MongoOutboxRelay, RelayRunner
+from mercato_common.redis_client import fail_fast_redis
 from mercato_common.runtime import CloseOnStop, Lifecycle
-from mercato_common.saturation import MongoPoolMonitor, SaturationMetrics
 from mercato_common.server import GrpcServer
 
-__all__ = ["CatalogApp", "build_app", "is_ferretdb"]
+__all__ = ["DEFINITION", "CatalogApp", "build_app", "is_ferretdb"]
 
 log = logging.getLogger("mercato_catalog.app")
 
@@ -53,45 +60,31 @@ async def is_ferretdb(client: AsyncMongoClient[Any]) -> bool:
     return "ferretdbVersion" in info or "ferretdb" in info
 
 
-class MongoPart:
-    """Checks the connection, picks the write-lock mode and creates the indexes."""
-
-    def __init__(self, client: AsyncMongoClient[Any], ctx: StoreContext, mode: str) -> None:
-        self._client = client
-        self._ctx = ctx
-        self._mode = mode
-
-    async def start(self) -> None:
-        await self._client.admin.command("ping")
-        if self._mode == "auto":
-            self._ctx.locks.enabled = await is_ferretdb(self._client)
-        else:
-            self._ctx.locks.enabled = self._mode == "on"
-        created = await ensure_indexes(self._ctx.db, INDEXES)
-        log.info(
-            "mongodb ready",
-            extra={"write_locks": self._ctx.locks.enabled, "indexes_created": created},
-        )
-
-    async def stop(self) -> None:
-        await self._client.close()
-
-
 @dataclass
 class CatalogApp:
-    settings: CatalogSettings
-    server: GrpcServer
+    """The declared service and the objects its tests reach."""
+
+    kit: Service
     servicer: CatalogServicer
     ctx: StoreContext
-    products: ProductStore
-    categories: CategoryStore
-    reservations: ReservationStore
+    products: ProductService
+    categories: CategoryService
+    reservations: ReservationService
+    stock: StockMovements
+    upkeep: ReservationUpkeep
     cache: ProductCache
     sweeper: ReservationSweeper
-    relays: RelayRunner[MongoOutboxRelay]
+    relays: RelayRunner[MongoOutboxRelay] | None
     mongo: AsyncMongoClient[Any]
     redis: Redis | None
-    parts: list[Lifecycle] = field(default_factory=list)
+
+    @property
+    def parts(self) -> list[Lifecycle]:
+        return self.kit.parts
+
+    @property
+    def server(self) -> GrpcServer:
+        return self.kit.server
 
 
 def build_app(
@@ -100,34 +93,22 @@ def build_app(
     token_verifier: TokenVerifier | None = None,
     registry: CollectorRegistry = REGISTRY,
 ) -> CatalogApp:
-    """Build every part of the catalog from ``settings``; nothing connects until started."""
-    saturation = SaturationMetrics(registry)
-    pool_monitor = MongoPoolMonitor()
-    mongo: AsyncMongoClient[Any] = AsyncMongoClient(
-        settings.mongo_uri,
-        event_listeners=[pool_monitor],
-        tz_aware=True,
-        serverSelectionTimeoutMS=settings.mongo_timeout_ms,
-        connectTimeoutMS=settings.mongo_timeout_ms,
-        appname="mercato-catalog",
-    )
-    saturation.watch_mongo("mongodb", pool_monitor, mongo.options.pool_options.max_pool_size)
-    ctx = StoreContext(
-        db=mongo[settings.mongo_database],
-        topic=settings.events_topic,
-        locks=WriteLocks(enabled=settings.write_locks == "on"),
-        low_stock_threshold=settings.low_stock_threshold,
-    )
+    """Declare every part of the catalog from ``settings``; nothing connects until started."""
+    kit = Service(settings, token_verifier=token_verifier, registry=registry)
+    locks = WriteLocks(enabled=settings.write_locks == "on")
+
+    async def choose_write_locks(client: AsyncMongoClient[Any]) -> None:
+        if settings.write_locks == "auto":
+            locks.enabled = await is_ferretdb(client)
+        log.info("write locks %s", "on" if locks.enabled else "off")
+
+    mongo = kit.mongo(settings, indexes=INDEXES, on_connect=choose_write_locks)
+    ctx = StoreContext(db=mongo.db, topic=settings.events_topic, locks=locks)
     redis: Redis | None = None
     if settings.redis_url:
-        timeout = settings.redis_timeout_ms / 1000
-        redis = Redis.from_url(
-            settings.redis_url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        redis = fail_fast_redis(settings.redis_url, timeout_ms=settings.redis_timeout_ms)
+        # Redis may be down at start: the cache falls back, so only close it on stop.
+        kit.part(CloseOnStop(redis.aclose))
     cache = ProductCache(
         redis,
         prefix=settings.redis_prefix,
@@ -135,75 +116,56 @@ def build_app(
         breaker_seconds=settings.cache_breaker_seconds,
         metrics=CacheMetrics(registry),
     )
-    ctx.on_product_written = cache.invalidate
-    categories = CategoryStore(ctx)
-    products = ProductStore(ctx, categories)
-    reservations = ReservationStore(
-        ctx,
-        products,
+    product_store, stock_store, sagas = ProductStore(ctx), StockStore(ctx), ReservationStore(ctx)
+    categories = CategoryService(CategoryStore(ctx))
+    products = ProductService(
+        product_store,
+        categories,
+        cache,
+        encode=encode_product,
+        low_stock_threshold=settings.low_stock_threshold,
+    )
+    stock = StockMovements(stock_store, cache, low_stock_threshold=settings.low_stock_threshold)
+    reservations = ReservationService(
+        sagas,
+        stock,
+        product_store,
         ttl=timedelta(seconds=settings.reservation_ttl_seconds),
         return_marker_retention=timedelta(seconds=settings.return_marker_retention_seconds),
     )
-    producer = EventProducer(
-        KafkaConnection(bootstrap_servers=settings.kafka_bootstrap_servers, client_id="catalog")
-    )
-    saturation.watch_producer(producer)
-    relays = RelayRunner(
-        producer,
-        [
-            MongoOutboxRelay(
-                collection,
-                producer,
-                poll_interval=settings.outbox_poll_seconds,
-                registry=registry,
-                # FerretDB: the relay's write must not race the catalog's own (store.locks).
-                write_guard=functools.partial(ctx.locks.hold, collection.name),
-            )
-            for collection in (ctx.products, ctx.reservations)
-        ],
-        grace=5.0,
-    )
+    upkeep = ReservationUpkeep(sagas, reservations, stock, stock_store)
+    # FerretDB: the relays' writes must not race the catalog's own (store.locks).
+    relays = kit.mongo_outbox([ctx.products, ctx.reservations], settings, write_guard=locks.hold)
     sweeper = ReservationSweeper(
-        reservations,
+        upkeep,
         interval=settings.sweep_interval_seconds,
         stuck_after=timedelta(seconds=settings.stuck_after_seconds),
         orphan_grace=timedelta(seconds=settings.orphan_grace_seconds),
     )
-    channel: grpc.aio.Channel | None = None
-    if token_verifier is None:
-        token_verifier, channel = verifier_from_auth(
-            settings, auth_target=settings.auth_target, tls=settings.client_tls
-        )
-    server = GrpcServer(
-        settings, error_domain="catalog.mercato", token_verifier=token_verifier, registry=registry
-    )
-    servicer = CatalogServicer(
-        products=products, categories=categories, reservations=reservations, cache=cache
-    )
-    server.add_service(
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server, servicer, SERVICE_NAME
-    )
-    parts: list[Lifecycle] = [
-        MongoPart(mongo, ctx, settings.write_locks),
-        CloseOnStop(redis.aclose if redis is not None else None),
-        CloseOnStop(channel.close if channel is not None else None),
-        relays,
-        sweeper,
-        saturation,
-        server,
-    ]
+    kit.job(sweeper)
+    kit.verify_tokens_with_auth(settings.auth_target)
+    servicer = CatalogServicer(products=products, categories=categories, reservations=reservations)
+    kit.serve(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, servicer, SERVICE_NAME)
     return CatalogApp(
-        settings=settings,
-        server=server,
+        kit=kit,
         servicer=servicer,
         ctx=ctx,
         products=products,
         categories=categories,
         reservations=reservations,
+        stock=stock,
+        upkeep=upkeep,
         cache=cache,
         sweeper=sweeper,
         relays=relays,
-        mongo=mongo,
+        mongo=mongo.client,
         redis=redis,
-        parts=parts,
     )
+
+
+DEFINITION: Definition[CatalogSettings, CatalogApp] = Definition(
+    name="catalog",
+    settings=CatalogSettings,
+    build=build_app,
+    description="The catalog service: products, categories, stock and its reservations.",
+)

@@ -6,22 +6,19 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from mercato_common.settings import BaseServiceSettings
+from mercato_common.settings import BaseServiceSettings, MongoSettings, OutboxSettings
 
 __all__ = ["CatalogSettings"]
 
 
-class CatalogSettings(BaseServiceSettings):
+class CatalogSettings(BaseServiceSettings, MongoSettings, OutboxSettings):
     env_prefix: ClassVar[str] = "MERCATO_CATALOG_"
 
     service_name: str = Field(default="catalog", min_length=1)
     grpc_port: int = Field(default=50062, ge=0, le=65535)
     metrics_port: int = Field(default=9462, ge=0, le=65535)
 
-    # MongoDB (FerretDB locally).
-    mongo_uri: str = "mongodb://127.0.0.1:27018/"
     mongo_database: str = Field(default="catalog", min_length=1)
-    mongo_timeout_ms: int = Field(default=5000, gt=0)
     # Per-document write serialization for servers whose single-document updates are not
     # atomic (FerretDB 1.x): "auto" turns it on when the server is FerretDB.
     write_locks: Literal["auto", "on", "off"] = "auto"
@@ -33,10 +30,8 @@ class CatalogSettings(BaseServiceSettings):
     cache_ttl_seconds: float = Field(default=60.0, gt=0)
     cache_breaker_seconds: float = Field(default=2.0, ge=0)
 
-    # Kafka (outbox relay).
-    kafka_bootstrap_servers: str = "127.0.0.1:19092"
     events_topic: str = Field(default="mercato.catalog.events.v1", min_length=1)
-    outbox_poll_seconds: float = Field(default=0.5, gt=0)
+    outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
 
     # Reservations.
     reservation_ttl_seconds: float = Field(default=900.0, gt=0)

@@ -173,7 +173,7 @@ async def make_catalog(
             "redis_prefix": redis_prefix,
             "kafka_bootstrap_servers": kafka_bootstrap,
             "events_topic": topic,
-            "outbox_poll_seconds": 0.1,
+            "outbox_poll_interval_seconds": 0.1,
             "shutdown_drain_seconds": 0,
             "shutdown_grace_seconds": 1,
             "sweep_interval_seconds": 0.2,

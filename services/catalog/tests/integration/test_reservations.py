@@ -209,7 +209,7 @@ async def test_sweeper_finishes_abandoned_steps_and_reaps_orphan_holds(make_cata
     await app.ctx.reservations.update_one({"_id": order}, {"$set": {"phase": "COMMITTING"}})
     # A straggler held units for an order whose saga never got them (or moved on).
     ghost = str(uuid.uuid4())
-    await app.products.hold("CRASH-1", ghost, 2, "dead-attempt")
+    await app.stock.hold("CRASH-1", ghost, 2, "dead-attempt")
     assert (await catalog.get("CRASH-1")).stock_reserved == 5
     await asyncio.sleep(0.2)
     await app.sweeper.sweep_once()
@@ -220,7 +220,7 @@ async def test_sweeper_finishes_abandoned_steps_and_reaps_orphan_holds(make_cata
     ).reservation
     assert reservation.state == catalog_pb2.RESERVATION_STATE_COMMITTED
     # Orphan reaping runs every few sweeps; run it now. The legitimate hold was committed.
-    await app.reservations.reap_orphan_holds(utcnow(), 100)
-    assert await app.reservations.reap_orphan_holds(utcnow(), 100) == 0
+    await app.upkeep.reap_orphan_holds(utcnow(), 100)
+    assert await app.upkeep.reap_orphan_holds(utcnow(), 100) == 0
     product = await catalog.get("CRASH-1")
     assert (product.stock_on_hand, product.stock_reserved, product.stock_available) == (7, 0, 7)

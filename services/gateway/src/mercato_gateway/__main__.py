@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 
 from mercato_common.settings import SettingsError, load_settings
-from mercato_common.telemetry import setup_telemetry
+from mercato_common.telemetry import telemetry_for
 from mercato_gateway.app import build_app, derive_routes
 from mercato_gateway.openapi import build_openapi
 from mercato_gateway.settings import GatewaySettings
@@ -56,13 +56,7 @@ def worker_app() -> Any:
     settings = load_settings(GatewaySettings, os.environ)
     # Each worker serves requests, so each needs the tracer provider (spans, trace ids in the
     # logs); the supervisor serves the metrics endpoint, so none here.
-    setup_telemetry(
-        service=settings.service_name,
-        version=settings.service_version,
-        log_level=settings.log_level,
-        otlp_endpoint=settings.otlp_endpoint,
-        metrics_port=None,
-    )
+    telemetry_for(settings, serve_metrics=False)
     exposed = CollectorRegistry()
     multiprocess.MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
     return build_app(settings, metrics_endpoint_registry=exposed).asgi
@@ -71,13 +65,7 @@ def worker_app() -> Any:
 def _serve(settings: GatewaySettings, environ: Mapping[str, str]) -> int:
     options = _uvicorn_options(settings)
     if settings.workers == 1:
-        telemetry = setup_telemetry(
-            service=settings.service_name,
-            version=settings.service_version,
-            log_level=settings.log_level,
-            otlp_endpoint=settings.otlp_endpoint,
-            metrics_port=settings.metrics_port,
-        )
+        telemetry = telemetry_for(settings)
         try:
             app = build_app(settings)
             uvicorn.Server(uvicorn.Config(app.asgi, **options)).run()
@@ -90,14 +78,7 @@ def _serve(settings: GatewaySettings, environ: Mapping[str, str]) -> int:
         os.environ[_MULTIPROC_ENV] = environ.get(_MULTIPROC_ENV) or directory
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        telemetry = setup_telemetry(
-            service=settings.service_name,
-            version=settings.service_version,
-            log_level=settings.log_level,
-            otlp_endpoint=settings.otlp_endpoint,
-            metrics_port=settings.metrics_port,
-            registry=registry,
-        )
+        telemetry = telemetry_for(settings, registry=registry)
         try:
             uvicorn.run(
                 "mercato_gateway.__main__:worker_app",

@@ -24,10 +24,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Gauge,
+    generate_latest,
+)
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -36,7 +40,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route as StarletteRoute
 
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
-from mercato_common.runtime import CloseOnStop, Lifecycle, start_all, stop_all
+from mercato_common.redis_client import fail_fast_redis
+from mercato_common.runtime import CloseOnStop, Lifecycle, Periodic, start_all, stop_all
 from mercato_common.saturation import SaturationMetrics
 from mercato_gateway.auth import Authenticator
 from mercato_gateway.edge import ROUTE_KEY, EdgeMiddleware, HttpMetrics
@@ -82,45 +87,71 @@ def derive_routes() -> list[Route]:
     return routes_from_methods(discover_methods(load_contract_modules()))
 
 
-class Readiness:
-    """``/readyz``: every upstream's health service (and Redis, reported), cached briefly."""
+class UpstreamStatus:
+    """Each upstream's gRPC health, for ``GET /status`` and ``gateway_upstream_up{upstream}``.
+
+    Checked on demand (cached ``cache_seconds``) and every ``interval`` seconds in the
+    background, so the gauge stays current without traffic. An upstream's state never decides
+    the gateway's own readiness: one sick service must not take every gateway pod out of its
+    Service (its routes answer 503 by themselves).
+    """
 
     def __init__(
         self,
         upstreams: Upstreams,
-        limiter: RateLimiter | None,
         *,
         cache_seconds: float,
         timeout: float,
-        redis_required: bool,
+        interval: float,
+        registry: CollectorRegistry,
     ) -> None:
         self._upstreams = upstreams
-        self._limiter = limiter
         self._cache_seconds = cache_seconds
         self._timeout = timeout
-        self._redis_required = redis_required
-        self._cached: tuple[float, bool, dict[str, str]] | None = None
+        self._cached: tuple[float, dict[str, bool]] | None = None
         self._lock = asyncio.Lock()
-        self.draining = False
+        self._up = Gauge(
+            "gateway_upstream_up",
+            "Whether the upstream service reports SERVING (1) or not (0) to the gateway.",
+            ["upstream"],
+            registry=registry,
+            multiprocess_mode="min",
+        )
+        self.refresher = Periodic("gateway-upstreams", self.check, interval=interval, logger=_log)
 
-    async def check(self) -> tuple[bool, dict[str, str]]:
+    async def check(self) -> dict[str, bool]:
         async with self._lock:
             now = time.monotonic()
             if self._cached is not None and now - self._cached[0] < self._cache_seconds:
-                return self._cached[1], self._cached[2]
+                return self._cached[1]
             health = await self._upstreams.health(self._timeout)
-            checks = {key: "ok" if ok else "down" for key, ok in health.items()}
-            ready = all(health.values())
-            if self._limiter is not None:
-                redis_ok = await self._limiter.ping()
-                checks["redis"] = "ok" if redis_ok else "down"
-                if self._redis_required and not redis_ok:
-                    ready = False
-            if self.draining:
+            for key, ok in health.items():
+                self._up.labels(key).set(1 if ok else 0)
+            self._cached = (now, health)
+            return health
+
+
+class Readiness:
+    """``/readyz``: the gateway's own readiness: not draining, and Redis when it is required
+    (the rate limiter fails closed); upstreams are reported by :class:`UpstreamStatus`."""
+
+    def __init__(self, limiter: RateLimiter | None, *, redis_required: bool) -> None:
+        self._limiter = limiter
+        self._redis_required = redis_required
+        self.draining = False
+
+    async def check(self) -> tuple[bool, dict[str, str]]:
+        ready = True
+        checks: dict[str, str] = {"gateway": "ok"}
+        if self._limiter is not None:
+            redis_ok = await self._limiter.ping()
+            checks["redis"] = "ok" if redis_ok else "down"
+            if self._redis_required and not redis_ok:
                 ready = False
-                checks["gateway"] = "draining"
-            self._cached = (now, ready, checks)
-            return ready, checks
+        if self.draining:
+            ready = False
+            checks["gateway"] = "draining"
+        return ready, checks
 
 
 @dataclass
@@ -133,6 +164,7 @@ class GatewayApp:
     limiter: RateLimiter | None
     openapi: dict[str, Any]
     readiness: Readiness
+    upstream_status: UpstreamStatus
     asgi: Starlette
     parts: list[Lifecycle] = field(default_factory=list)
 
@@ -168,14 +200,7 @@ def build_app(
     limiter: RateLimiter | None = None
     if settings.rate_limit_enabled:
         if settings.redis_url:
-            timeout = settings.redis_timeout_ms / 1000
-            redis = Redis.from_url(
-                settings.redis_url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-                health_check_interval=0,
-            )
+            redis = fail_fast_redis(settings.redis_url, timeout_ms=settings.redis_timeout_ms)
         limiter = RateLimiter(
             redis,
             policies={"default": settings.rate_limit_default, "strict": settings.rate_limit_strict},
@@ -202,12 +227,13 @@ def build_app(
     )
     openapi_body = json.dumps(document, separators=(",", ":")).encode()
     docs_body = docs_page(document)
-    readiness = Readiness(
+    readiness = Readiness(limiter, redis_required=settings.rate_limit_on_redis_error == "closed")
+    upstream_status = UpstreamStatus(
         upstreams,
-        limiter,
         cache_seconds=settings.readiness_cache_seconds,
         timeout=settings.readiness_timeout_seconds,
-        redis_required=settings.rate_limit_on_redis_error == "closed",
+        interval=settings.upstream_check_interval_seconds,
+        registry=registry,
     )
     exposed_registry = metrics_endpoint_registry or registry
 
@@ -221,6 +247,21 @@ def build_app(
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": checks},
             status_code=200 if ready else 503,
+            headers={"cache-control": "no-store"},
+        )
+
+    async def status(request: Request) -> Response:
+        request.scope[ROUTE_KEY] = "/status"
+        health = await upstream_status.check()
+        serving = all(health.values())
+        return JSONResponse(
+            {
+                "status": "ok" if serving else "degraded",
+                "upstreams": {
+                    key: "SERVING" if ok else "NOT_SERVING" for key, ok in health.items()
+                },
+            },
+            status_code=200 if serving else 503,
             headers={"cache-control": "no-store"},
         )
 
@@ -251,6 +292,7 @@ def build_app(
         # Redis may be down at start: the limiter falls back, so only close it on stop.
         CloseOnStop(redis.aclose if redis is not None else None),
         upstreams,
+        upstream_status.refresher,
     ]
 
     @asynccontextmanager
@@ -267,6 +309,7 @@ def build_app(
         routes=[
             StarletteRoute("/healthz", healthz, methods=["GET"]),
             StarletteRoute("/readyz", readyz, methods=["GET"]),
+            StarletteRoute("/status", status, methods=["GET"]),
             StarletteRoute("/metrics", metrics, methods=["GET"]),
             StarletteRoute("/openapi.json", openapi, methods=["GET"]),
             StarletteRoute("/docs", docs, methods=["GET"]),
@@ -300,6 +343,7 @@ def build_app(
         limiter=limiter,
         openapi=document,
         readiness=readiness,
+        upstream_status=upstream_status,
         asgi=asgi,
         parts=parts,
     )

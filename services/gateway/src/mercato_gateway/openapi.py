@@ -471,7 +471,8 @@ _STATUS_TEXT = {
 
 
 def _health_paths() -> dict[str, Any]:
-    status = {
+    """The gateway's own endpoints: liveness, readiness and the upstreams' status."""
+    checks = {
         "type": "object",
         "required": ["status"],
         "properties": {
@@ -479,39 +480,52 @@ def _health_paths() -> dict[str, Any]:
             "checks": {"type": "object", "additionalProperties": {"type": "string"}},
         },
     }
+    upstreams = {
+        "type": "object",
+        "required": ["status", "upstreams"],
+        "properties": {
+            "status": {"type": "string", "enum": ["ok", "degraded"]},
+            "upstreams": {
+                "type": "object",
+                "additionalProperties": {"type": "string", "enum": ["SERVING", "NOT_SERVING"]},
+            },
+        },
+    }
+
+    def operation(name: str, summary: str, schema: dict[str, Any], **answers: str) -> Any:
+        content = {"application/json": {"schema": schema}}
+        return {
+            "get": {
+                "operationId": f"Gateway_{name}",
+                "summary": summary,
+                "tags": ["gateway"],
+                "security": [],
+                "responses": {
+                    code.removeprefix("s"): {"description": description, "content": content}
+                    for code, description in answers.items()
+                },
+            }
+        }
+
     return {
-        "/healthz": {
-            "get": {
-                "operationId": "Gateway_Healthz",
-                "summary": "Liveness: the process serves requests.",
-                "tags": ["gateway"],
-                "security": [],
-                "responses": {
-                    "200": {
-                        "description": "alive",
-                        "content": {"application/json": {"schema": status}},
-                    }
-                },
-            }
-        },
-        "/readyz": {
-            "get": {
-                "operationId": "Gateway_Readyz",
-                "summary": "Readiness: every upstream service answers its health check.",
-                "tags": ["gateway"],
-                "security": [],
-                "responses": {
-                    "200": {
-                        "description": "ready",
-                        "content": {"application/json": {"schema": status}},
-                    },
-                    "503": {
-                        "description": "not ready",
-                        "content": {"application/json": {"schema": status}},
-                    },
-                },
-            }
-        },
+        "/healthz": operation(
+            "Healthz", "Liveness: the process serves requests.", checks, s200="alive"
+        ),
+        "/readyz": operation(
+            "Readyz",
+            "Readiness of the gateway itself (not draining; Redis when the rate limiter fails"
+            " closed). Upstreams do not count: see /status.",
+            checks,
+            s200="ready",
+            s503="not ready",
+        ),
+        "/status": operation(
+            "Status",
+            "Each upstream service's gRPC health as the gateway sees it.",
+            upstreams,
+            s200="every upstream serving",
+            s503="some upstream not serving",
+        ),
     }
 
 

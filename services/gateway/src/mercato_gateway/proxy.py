@@ -10,6 +10,7 @@ context in metadata -> JSON (or the mapped error).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -20,8 +21,9 @@ from urllib.parse import parse_qsl
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from mercato_common.client import ClientTls, create_channel
+from mercato_common.client import create_channel
 from mercato_common.identity import Audience, Identity
+from mercato_common.tls import ClientTls
 from mercato_gateway.auth import Authenticator, parse_basic
 from mercato_gateway.edge import CLIENT_KEY, REQUEST_ID_KEY, ROUTE_KEY, SUBJECT_KEY, header_map
 from mercato_gateway.errors import ApiError, from_rpc_error
@@ -76,22 +78,23 @@ class Upstreams:
         return self.channels[key]
 
     async def health(self, timeout: float) -> dict[str, bool]:  # noqa: ASYNC109 - gRPC deadline
-        """Whether each upstream's health service reports its services SERVING."""
-        results: dict[str, bool] = {}
-        for key, names in self.services.items():
-            stub = health_pb2_grpc.HealthStub(self.channels[key])
-            healthy = True
-            for name in names:
-                try:
-                    response = await stub.Check(
-                        health_pb2.HealthCheckRequest(service=name), timeout=timeout
-                    )
-                except grpc.aio.AioRpcError:
-                    healthy = False
-                    break
-                healthy = healthy and response.status == health_pb2.HealthCheckResponse.SERVING
-            results[key] = healthy
-        return results
+        """Whether each upstream's health service reports its services SERVING (asked at once)."""
+        keys = list(self.services)
+        results = await asyncio.gather(*(self._serving(key, timeout) for key in keys))
+        return dict(zip(keys, results, strict=True))
+
+    async def _serving(self, key: str, timeout: float) -> bool:  # noqa: ASYNC109 - gRPC deadline
+        stub = health_pb2_grpc.HealthStub(self.channels[key])
+        for name in self.services[key]:
+            try:
+                response = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=name), timeout=timeout
+                )
+            except grpc.aio.AioRpcError:
+                return False
+            if response.status != health_pb2.HealthCheckResponse.SERVING:
+                return False
+        return True
 
     async def start(self) -> None:
         self.channels = {

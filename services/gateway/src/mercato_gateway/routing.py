@@ -36,6 +36,7 @@ from google.protobuf import descriptor_pb2, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
 
+import mercato
 from mercato_common.identity import AccessPolicy, Audience, access_policy
 
 __all__ = [
@@ -335,11 +336,11 @@ def _match(template: Template, parts: list[str]) -> tuple[tuple[int, ...], dict[
 # Discovery
 
 
-def load_contract_modules(package: str = "mercato") -> list[ModuleType]:
-    """Import every generated ``*_pb2`` module under ``package`` (fills the descriptor pool)."""
-    root = importlib.import_module(package)
+def load_contract_modules(root: ModuleType = mercato) -> list[ModuleType]:
+    """Import every generated ``*_pb2`` module under the contracts package ``root`` (fills the
+    descriptor pool)."""
     modules: list[ModuleType] = []
-    for info in pkgutil.walk_packages(root.__path__, prefix=package + "."):
+    for info in pkgutil.walk_packages(root.__path__, prefix=root.__name__ + "."):
         if info.name.endswith("_pb2"):
             modules.append(importlib.import_module(info.name))
     return modules

@@ -95,6 +95,9 @@ class GatewaySettings(ServiceTlsSettings, TokenSettings):
     public_url: str = ""
     # Seconds a /readyz result is reused (each check calls every upstream's health service).
     readiness_cache_seconds: float = Field(default=1.0, ge=0)
+    # How often every upstream's health is read for gateway_upstream_up (GET /status reads it
+    # on demand too, cached readiness_cache_seconds).
+    upstream_check_interval_seconds: float = Field(default=10.0, gt=0)
     readiness_timeout_seconds: float = Field(default=1.0, gt=0)
 
     @field_validator("deadline_overrides", "rate_limit_default", "rate_limit_strict", mode="before")

@@ -336,7 +336,7 @@ async def _tokens(auth: AuthApp, target: str) -> Tokens:
         )
     finally:
         await channel.close()
-    key = await auth.core.keys.signing_key()
+    key = await auth.keys.signing_key()
     now = int(time.time())
     claims = jwt.decode(admin.access_token, options={"verify_signature": False})
     expired = key.sign({**claims, "iat": now - 7200, "exp": now - 3600, "jti": uuid.uuid4().hex})

@@ -380,12 +380,17 @@ async def test_health_readiness_metrics_openapi_docs(
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {
-        "auth": "ok",
-        "catalog": "ok",
-        "orders": "ok",
-        "analytics": "ok",
-        "redis": "ok",
+    assert ready.json()["checks"] == {"gateway": "ok", "redis": "ok"}
+    status = await client.get("/status")
+    assert status.status_code == 200, status.text
+    assert status.json() == {
+        "status": "ok",
+        "upstreams": {
+            "auth": "SERVING",
+            "catalog": "SERVING",
+            "orders": "SERVING",
+            "analytics": "SERVING",
+        },
     }
     await client.get("/v1/products/ABC-1", headers=bearer(suite.tokens.admin))
     metrics = (await client.get("/metrics")).text
@@ -401,11 +406,17 @@ async def test_health_readiness_metrics_openapi_docs(
     assert "/v1/products/{sku}:adjustStock" in docs.text
     assert "script" not in docs.text.lower()
 
+    # One sick upstream: reported, but the gateway stays ready (its other routes still serve).
     down = await suite.gateway(analytics_target="127.0.0.1:1", readiness_timeout_seconds=0.3)
     async with suite.client(down) as http:
-        not_ready = await http.get("/readyz")
-    assert not_ready.status_code == 503
-    assert not_ready.json()["checks"]["analytics"] == "down"
+        assert (await http.get("/readyz")).status_code == 200
+        degraded = await http.get("/status")
+        assert degraded.status_code == 503
+        assert degraded.json()["upstreams"]["analytics"] == "NOT_SERVING"
+        assert degraded.json()["upstreams"]["catalog"] == "SERVING"
+        metrics = (await http.get("/metrics")).text
+        assert 'gateway_upstream_up{upstream="analytics"} 0.0' in metrics
+        assert 'gateway_upstream_up{upstream="catalog"} 1.0' in metrics
 
 
 async def test_cors_preflight_and_headers(suite: Suite) -> None:

@@ -1,40 +1,37 @@
-"""Wiring: the one place that builds the orders service's objects from its settings.
+"""The orders service, declared for the kit (``mercato_common.kit``).
 
-``build_app`` returns the lifecycle parts in start order: database (pool + migrations), the
-channels to auth and catalog, the service (drains background compensations on stop), the outbox
-relay, the reconciler, the gRPC server. ``mercato_common.runtime.run_until_signal`` starts them
-in that order and stops them in reverse, so the server drains before what it uses goes away.
+Its parts, in start order: the PostgreSQL store (migrations; the outbox table is migration 2),
+the channels to auth and catalog, the service (it drains background compensations on stop), the
+outbox relay, the reconciler, then what the kit adds to every service (saturation metrics, the
+gRPC server, the health watch).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 
-import grpc
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from mercato.auth.v1 import auth_pb2_grpc
 from mercato.catalog.v1 import catalog_pb2_grpc
 from mercato.orders.v1 import orders_pb2_grpc
-from mercato_common.client import create_channel
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
-from mercato_common.kafka import EventProducer, KafkaConnection
-from mercato_common.outbox import PostgresOutboxRelay, RelayRunner
-from mercato_common.runtime import CloseOnStop, Lifecycle
-from mercato_common.saturation import SaturationMetrics
+from mercato_common.kit import Definition, Service
+from mercato_common.runtime import Lifecycle
 from mercato_common.server import GrpcServer
 from mercato_orders.api import SERVICE_NAME, OrdersServicer
 from mercato_orders.clients import CatalogClient, ServiceTokens, issue_with
+from mercato_orders.commands import COMMANDS
 from mercato_orders.domain.errors import OrdersUnavailable
 from mercato_orders.domain.payments import PaymentProvider
+from mercato_orders.jobs import Reconciler
 from mercato_orders.payments import DevPaymentProvider
-from mercato_orders.reconciler import Reconciler
-from mercato_orders.service import OrdersConfig, OrdersMetrics, OrdersService
+from mercato_orders.service import OrdersConfig, OrdersMetrics, OrdersService, Reconciliation
 from mercato_orders.settings import OrdersSettings
 from mercato_orders.store import TRACER_NAME, Database, OrdersStore, migrations_dir
 
-__all__ = ["OrdersApp", "build_app"]
+__all__ = ["DEFINITION", "OrdersApp", "build_app"]
 
 AUTH_SERVICE = "mercato.auth.v1.AuthService"
 CATALOG_SERVICE = "mercato.catalog.v1.CatalogService"
@@ -42,21 +39,26 @@ CATALOG_SERVICE = "mercato.catalog.v1.CatalogService"
 
 @dataclass
 class OrdersApp:
-    settings: OrdersSettings
+    """The declared service and the objects its commands and tests reach."""
+
+    kit: Service
     database: Database
     store: OrdersStore
     service: OrdersService
     catalog: CatalogClient
     tokens: ServiceTokens
     payments: PaymentProvider
-    server: GrpcServer
-    relay: RelayRunner[PostgresOutboxRelay] | None
-    # Built whatever the settings say (the `reconcile` command runs it once); a part of the
+    # Built whatever the settings say (the `reconcile` command runs it once); a job of the
     # running service only with RECONCILE_ENABLED.
     reconciler: Reconciler
-    # Closes the channels to auth and catalog on stop.
-    channels: CloseOnStop
-    parts: list[Lifecycle] = field(default_factory=list)
+
+    @property
+    def parts(self) -> list[Lifecycle]:
+        return self.kit.parts
+
+    @property
+    def server(self) -> GrpcServer:
+        return self.kit.server
 
 
 def build_app(
@@ -66,33 +68,22 @@ def build_app(
     token_verifier: TokenVerifier | None = None,
     payments: PaymentProvider | None = None,
 ) -> OrdersApp:
-    """Build every part from ``settings``; nothing connects until started."""
-    database = Database(
-        settings.database_url.get_secret_value(),
-        tracer_name=TRACER_NAME,
+    """Declare every part of orders from ``settings``; nothing connects until started."""
+    kit = Service(settings, registry=registry)
+    database = kit.postgres(
+        settings,
         migrations=migrations_dir(),
-        min_size=settings.database_pool_min_size,
-        max_size=settings.database_pool_max_size,
-        command_timeout=settings.database_command_timeout_seconds,
-        migrate_on_start=settings.migrate_on_start,
-        acquire_timeout=settings.database_command_timeout_seconds,
+        tracer_name=TRACER_NAME,
+        outbox_migration=2,
         unavailable_error=OrdersUnavailable,
     )
     store = OrdersStore(database, events_topic=settings.events_topic)
-    saturation = SaturationMetrics(registry)
-    saturation.watch_postgres("postgres", lambda: database.pool)
-
-    auth_channel = create_channel(
-        settings.auth_target,
-        services=[AUTH_SERVICE],
-        default_timeout=settings.auth_timeout_seconds,
-        tls=settings.client_tls,
-        max_message_bytes=settings.max_message_bytes,
+    auth_channel = kit.client(
+        settings.auth_target, services=[AUTH_SERVICE], timeout=settings.auth_timeout_seconds
     )
-    auth = auth_pb2_grpc.AuthServiceStub(auth_channel)
     tokens = ServiceTokens(
         issue_with(
-            auth,
+            auth_pb2_grpc.AuthServiceStub(auth_channel),
             client_id=settings.service_client_id,
             client_secret=settings.service_client_secret.get_secret_value(),
             scope=settings.service_token_scope,
@@ -100,15 +91,14 @@ def build_app(
         ),
         refresh_margin=settings.service_token_refresh_margin_seconds,
     )
-    if token_verifier is None:
-        token_verifier = JwksTokenVerifier.from_settings(auth_jwks_fetcher(auth_channel), settings)
-    catalog_channel = create_channel(
+    kit.verify_tokens(
+        token_verifier or JwksTokenVerifier.from_settings(auth_jwks_fetcher(auth_channel), settings)
+    )
+    catalog_channel = kit.client(
         settings.catalog_target,
         services=[CATALOG_SERVICE],
-        default_timeout=settings.catalog_timeout_seconds,
-        tls=settings.client_tls,
+        timeout=settings.catalog_timeout_seconds,
         metadata=tokens.metadata,
-        max_message_bytes=settings.max_message_bytes,
     )
     catalog = CatalogClient(
         catalog_pb2_grpc.CatalogServiceStub(catalog_channel),
@@ -128,68 +118,39 @@ def build_app(
         ),
         metrics=OrdersMetrics(registry),
     )
-    server = GrpcServer(
-        settings, error_domain="orders.mercato", token_verifier=token_verifier, registry=registry
-    )
-    server.add_service(
-        orders_pb2_grpc.add_OrdersServiceServicer_to_server, OrdersServicer(service), SERVICE_NAME
-    )
-
-    relay: RelayRunner[PostgresOutboxRelay] | None = None
-    if settings.outbox_relay_enabled:
-        producer = EventProducer(
-            KafkaConnection(
-                bootstrap_servers=settings.kafka_bootstrap_servers,
-                client_id=settings.kafka_client_id,
-            )
-        )
-
-        def make_relays() -> list[PostgresOutboxRelay]:
-            # Made at start: the relay reads the pool, which exists once the database started.
-            return [
-                PostgresOutboxRelay(
-                    database.pool,
-                    producer,
-                    poll_interval=settings.outbox_poll_interval_seconds,
-                    registry=registry,
-                )
-            ]
-
-        relay = RelayRunner(producer, make_relays)
-        saturation.watch_producer(producer)
-    reconciler = Reconciler(
+    # A part: it drains the compensations still running in the background at stop.
+    kit.part(service)
+    kit.postgres_outbox(database, settings)
+    reconciliation = Reconciliation(
         service,
-        interval=settings.reconcile_interval_seconds,
+        retry_after=timedelta(seconds=settings.reconcile_interval_seconds),
         batch_size=settings.reconcile_batch_size,
         orphan_grace=timedelta(seconds=settings.reconcile_orphan_grace_seconds),
         catalog_scan_every=settings.reconcile_catalog_scan_every,
         reservation_check_after=timedelta(seconds=settings.reservation_check_after_seconds),
     )
-    channels = CloseOnStop(lambda: _close_all(auth_channel, catalog_channel))
-
-    parts: list[Lifecycle] = [database, channels, service]
-    if relay is not None:
-        parts.append(relay)
+    reconciler = Reconciler(reconciliation, interval=settings.reconcile_interval_seconds)
     if settings.reconcile_enabled:
-        parts.append(reconciler)
-    parts.append(saturation)
-    parts.append(server)
+        kit.job(reconciler)
+    kit.serve(
+        orders_pb2_grpc.add_OrdersServiceServicer_to_server, OrdersServicer(service), SERVICE_NAME
+    )
     return OrdersApp(
-        settings=settings,
+        kit=kit,
         database=database,
         store=store,
         service=service,
         catalog=catalog,
         tokens=tokens,
         payments=payments,
-        server=server,
-        relay=relay,
         reconciler=reconciler,
-        channels=channels,
-        parts=parts,
     )
 
 
-async def _close_all(*channels: grpc.aio.Channel) -> None:
-    for channel in channels:
-        await channel.close()
+DEFINITION: Definition[OrdersSettings, OrdersApp] = Definition(
+    name="orders",
+    settings=OrdersSettings,
+    build=build_app,
+    commands=COMMANDS,
+    description="The orders service: orders, the stock reservation saga, payments.",
+)

@@ -10,34 +10,20 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 
-from mercato_common.settings import BaseServiceSettings
+from mercato_common.settings import BaseServiceSettings, OutboxSettings, PostgresSettings
 
 __all__ = ["OrdersSettings"]
 
 DAY = 86_400
 
 
-class OrdersSettings(BaseServiceSettings):
+class OrdersSettings(BaseServiceSettings, PostgresSettings, OutboxSettings):
     env_prefix: ClassVar[str] = "MERCATO_ORDERS_"
 
     service_name: str = Field(default="orders", min_length=1)
     grpc_port: int = Field(default=50063, ge=0, le=65535)
     metrics_port: int = Field(default=9463, ge=0, le=65535)
-
-    # PostgreSQL (asyncpg DSN, may hold a password).
-    database_url: SecretStr
-    database_pool_min_size: int = Field(default=2, ge=1)
-    database_pool_max_size: int = Field(default=10, ge=2)
-    database_command_timeout_seconds: float = Field(default=10.0, gt=0)
-    # Apply pending migrations at start (otherwise run `python -m mercato_orders migrate` first).
-    migrate_on_start: bool = True
-
-    # Kafka and the outbox relay.
-    kafka_bootstrap_servers: str = Field(min_length=1)
-    kafka_client_id: str = "mercato-orders"
     events_topic: str = Field(default="mercato.orders.events.v1", min_length=1)
-    outbox_relay_enabled: bool = True
-    outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
 
     # Auth: JWKS for verifying callers, and the client-credentials token for the catalog.
     auth_target: str = "127.0.0.1:50061"
@@ -83,8 +69,6 @@ class OrdersSettings(BaseServiceSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
-        if self.database_pool_min_size > self.database_pool_max_size:
-            raise ValueError("DATABASE_POOL_MIN_SIZE must not exceed DATABASE_POOL_MAX_SIZE")
         # While it owns its key a create makes at most one token request, two catalog calls and
         # the database commit; the lease must outlast that, or a retry could take over a create
         # that is still running.

@@ -58,7 +58,7 @@ from mercato_devstack.fixtures import (
 )
 from mercato_devstack.testing import TopicFactory, temporary_database
 from mercato_orders.app import OrdersApp, build_app
-from mercato_orders.reconciler import Reconciler
+from mercato_orders.service import Reconciliation
 from mercato_orders.settings import OrdersSettings
 
 __all__ = [
@@ -383,7 +383,7 @@ async def catalog(
         redis_prefix=redis_prefix,
         kafka_bootstrap_servers=kafka_bootstrap,
         events_topic=topic,
-        outbox_poll_seconds=0.2,
+        outbox_poll_interval_seconds=0.2,
         shutdown_drain_seconds=0,
         shutdown_grace_seconds=1,
         sweep_interval_seconds=0.5,
@@ -503,14 +503,14 @@ class Orders:
         finally:
             await conn.close()
 
-    def reconciler(self, **overrides: Any) -> Reconciler:
+    def reconciler(self, **overrides: Any) -> Reconciliation:
         values: dict[str, Any] = {
-            "interval": 0.2,
+            "retry_after": timedelta(seconds=0.2),
             "orphan_grace": timedelta(0),
             "reservation_check_after": timedelta(0),
         }
         values.update(overrides)
-        return Reconciler(self.app.service, **values)
+        return Reconciliation(self.app.service, **values)
 
 
 def orders_settings(

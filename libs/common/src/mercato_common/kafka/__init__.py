@@ -1,4 +1,5 @@
-"""Kafka helpers on aiokafka: envelope on the wire, idempotent producer, consumer runner."""
+"""Kafka helpers on aiokafka: envelope on the wire, idempotent producer, consumer runner and
+consumer group."""
 
 from mercato_common.kafka.backoff import Backoff
 from mercato_common.kafka.consumer import (
@@ -27,6 +28,7 @@ from mercato_common.kafka.envelope import (
     trace_context_map,
     unpack_data,
 )
+from mercato_common.kafka.group import ConsumerGroup
 from mercato_common.kafka.producer import (
     DeliveryFuture,
     EventProducer,
@@ -38,6 +40,7 @@ __all__ = [
     "CONTENT_TYPE",
     "Backoff",
     "ConsumedEvent",
+    "ConsumerGroup",
     "ConsumerMetrics",
     "ConsumerRunner",
     "DeadLetterPublishError",

@@ -17,17 +17,22 @@ advisory lock, so per-key order also holds across replicas; ``exclusive=False`` 
 publish disjoint batches in parallel (``SKIP LOCKED``) at the cost of per-key order across
 concurrent batches.
 
-The DDL ships as :func:`outbox_ddl`: put its output in the service's migrations (a file such as
-``0002_outbox.sql``), so the schema is versioned with the service's own tables.
+The table ships once, as the migration ``outbox.sql`` beside this module (``outbox_ddl("outbox")``
+as of that migration): a service places it in its own history with
+``Database(outbox_migration=N)`` (:func:`mercato_common.postgres.outbox_migration`), so the schema
+is versioned with the service's own tables. :func:`outbox_ddl` renders the DDL for other table
+names.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
+from importlib.resources import files
 from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -68,36 +73,17 @@ def outbox_ddl(table: str = "outbox") -> str:
     """
     validate_identifier(table)
     base = _base_name(table)
-    return f"""\
-CREATE TABLE IF NOT EXISTS {table} (
-    seq         bigint GENERATED ALWAYS AS IDENTITY,
-    id          uuid PRIMARY KEY,
-    topic       text NOT NULL,
-    key         text,
-    type        text NOT NULL,
-    payload     bytea NOT NULL,
-    headers     jsonb NOT NULL DEFAULT '{{}}'::jsonb,
-    created_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
-    sent_at     timestamptz
-);
-
--- The relay's scan: unsent rows in publication order.
-CREATE INDEX IF NOT EXISTS {base}_unsent_idx ON {table} (seq) WHERE sent_at IS NULL;
--- The cleanup's scan: sent rows by age.
-CREATE INDEX IF NOT EXISTS {base}_sent_at_idx ON {table} (sent_at) WHERE sent_at IS NOT NULL;
-
-CREATE OR REPLACE FUNCTION {table}_notify() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('{table}', '');
-    RETURN NULL;
-END;
-$$;
-
-CREATE OR REPLACE TRIGGER {base}_notify
-    AFTER INSERT ON {table}
-    FOR EACH STATEMENT EXECUTE FUNCTION {table}_notify();
-"""
+    sql = (files("mercato_common.outbox") / "outbox.sql").read_text(encoding="utf-8")
+    # The migration's header comment speaks of that migration only.
+    sql = sql[sql.index("CREATE TABLE") :]
+    for pattern, replacement in (
+        (r"\boutbox_(unsent_idx|sent_at_idx)\b", rf"{base}_\1"),
+        (r"\bTRIGGER outbox_notify\b", f"TRIGGER {base}_notify"),
+        (r"\boutbox_notify\(\)", f"{table}_notify()"),
+        (r"\boutbox\b", table),
+    ):
+        sql = re.sub(pattern, replacement, sql)
+    return sql
 
 
 class Executor(Protocol):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mercato_devstack import install, probes, process
 from mercato_devstack.components.base import Component, log
-from mercato_devstack.config import HOST
+from mercato_devstack.config import FERRETDB_DATABASE, HOST
 
 MODULE = "github.com/FerretDB/FerretDB"
 
@@ -151,7 +151,7 @@ class FerretDB(Component):
             # Idle connections close after a minute (FerretDB keeps its default 50 open). The
             # pool must stay large: one request can hold a connection while it waits for
             # another, and a small pool (20) deadlocked under a few concurrent test suites.
-            "FERRETDB_POSTGRESQL_URL": self.config.postgres_dsn("ferretdb")
+            "FERRETDB_POSTGRESQL_URL": self.config.postgres_dsn(FERRETDB_DATABASE)
             + "?pool_max_conns=80&pool_max_conn_idle_time=60s",
         }
         pid = process.spawn(

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from mercato_devstack import probes, process
 from mercato_devstack.components.base import Component, log
-from mercato_devstack.config import HOST, PG_DATABASES, PG_PASSWORD, PG_USER
+from mercato_devstack.config import FERRETDB_DATABASE, HOST, PG_PASSWORD, PG_USER
 from mercato_devstack.errors import StackError
+from mercato_devstack.manifest import load_manifest
 
 PG_MAJOR = "15"
 #: The bootstrap superuser created by initdb; it gets the same local password as `mercato`.
@@ -204,6 +205,11 @@ class Postgres(Component):
             self._bin("psql"), HOST, self.port, BOOTSTRAP_USER, PG_PASSWORD
         )
 
+    def databases(self) -> tuple[str, ...]:
+        """One database per postgres service of the manifest, plus FerretDB's storage."""
+        manifest = load_manifest(self.config.manifest_file)
+        return (*(service.name for service in manifest.with_store("postgres")), FERRETDB_DATABASE)
+
     def after_ready(self) -> None:
         """Create the `mercato` superuser and the services' databases when missing."""
         script = [
@@ -214,8 +220,8 @@ class Postgres(Component):
             "  END IF;",
             "END $$;",
         ]
-        for db in PG_DATABASES:
-            # Fixed identifiers from config.PG_DATABASES, not input.
+        for db in self.databases():
+            # Service names, which the manifest allows to be lower-case letters and digits only.
             script.append(
                 f"SELECT 'CREATE DATABASE {db} OWNER {PG_USER}' "  # noqa: S608
                 f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{db}') \\gexec"

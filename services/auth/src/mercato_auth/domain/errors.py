@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from mercato_common import errors
 from mercato_common.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidEmail",
     "InvalidGrant",
     "InvalidPageToken",
+    "InvalidRequest",
     "InvalidRoles",
     "InvalidScope",
     "LoginThrottled",
@@ -54,16 +56,12 @@ class AuthError(MercatoError):
 
 class EmailTaken(AuthError, AlreadyExists):
     default_reason = "EMAIL_TAKEN"
-
-    def __init__(self) -> None:
-        super().__init__("an account with this email already exists")
+    default_message = "an account with this email already exists"
 
 
 class UserNotFound(AuthError, NotFound):
     default_reason = "USER_NOT_FOUND"
-
-    def __init__(self, message: str = "no such user") -> None:
-        super().__init__(message)
+    default_message = "no such user"
 
 
 class WeakPassword(AuthError, InvalidArgument):
@@ -93,36 +91,30 @@ class InvalidEmail(AuthError, InvalidArgument):
         )
 
 
-class InvalidPageToken(AuthError, InvalidArgument):
-    default_reason = "INVALID_PAGE_TOKEN"
+class InvalidPageToken(AuthError, errors.InvalidPageToken):
+    """Malformed, or of other filters (the message then says so)."""
 
-    def __init__(self, description: str = "the page token is invalid") -> None:
-        super().__init__(description, field_violations=[FieldViolation("page_token", description)])
+
+class InvalidRequest(AuthError, errors.InvalidRequest):
+    """Bad input the API's request validation did not already refuse."""
 
 
 class InvalidCredentials(AuthError, Unauthenticated):
     """Wrong password or unknown email: one error, so accounts cannot be enumerated."""
 
     default_reason = "INVALID_CREDENTIALS"
-
-    def __init__(self) -> None:
-        super().__init__("the email or the password is wrong")
+    default_message = "the email or the password is wrong"
 
 
 class UserDisabled(AuthError, PermissionDenied):
     """Only ever raised after the password was verified, so it reveals nothing new."""
 
     default_reason = "USER_DISABLED"
-
-    def __init__(self) -> None:
-        super().__init__("this account is disabled")
+    default_message = "this account is disabled"
 
 
 class SelfLockout(AuthError, FailedPrecondition):
     default_reason = "SELF_LOCKOUT"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
 
 
 class LoginThrottled(AuthError, ResourceExhausted):
@@ -139,20 +131,16 @@ class LoginThrottled(AuthError, ResourceExhausted):
         )
 
 
-class AuthUnavailable(AuthError, Unavailable):
+class AuthUnavailable(AuthError, errors.StoreUnavailable):
     """The auth database cannot be reached right now; the caller may retry."""
 
     default_reason = "AUTH_UNAVAILABLE"
-
-    def __init__(self) -> None:
-        super().__init__("the auth service's database is unavailable; retry shortly")
+    default_message = "the auth service's database is unavailable; retry shortly"
 
 
 class SigningKeyUnavailable(AuthError, Unavailable):
     default_reason = "SIGNING_KEY_UNAVAILABLE"
-
-    def __init__(self) -> None:
-        super().__init__("no signing key is available; retry shortly")
+    default_message = "no signing key is available; retry shortly"
 
 
 class OAuthError(AuthError):
@@ -162,7 +150,7 @@ class OAuthError(AuthError):
 
     def __init__(
         self,
-        message: str,
+        message: str = "",
         *,
         metadata: Mapping[str, str] | None = None,
         field_violations: Sequence[FieldViolation] = (),
@@ -179,18 +167,14 @@ class InvalidGrant(OAuthError, InvalidArgument):
     """The refresh token is unknown, expired, revoked, reused or issued to another client."""
 
     oauth_code = "invalid_grant"
-
-    def __init__(self, message: str = "the refresh token is invalid, expired or revoked") -> None:
-        super().__init__(message)
+    default_message = "the refresh token is invalid, expired or revoked"
 
 
 class InvalidClient(OAuthError, Unauthenticated):
     """Client authentication failed (unknown client, wrong secret, disabled client)."""
 
     oauth_code = "invalid_client"
-
-    def __init__(self) -> None:
-        super().__init__("client authentication failed")
+    default_message = "client authentication failed"
 
 
 class InvalidScope(OAuthError, InvalidArgument):
@@ -205,13 +189,9 @@ class InvalidScope(OAuthError, InvalidArgument):
 
 class UnsupportedGrantType(OAuthError, InvalidArgument):
     oauth_code = "unsupported_grant_type"
-
-    def __init__(self) -> None:
-        super().__init__("supported grant types: refresh_token, client_credentials")
+    default_message = "supported grant types: refresh_token, client_credentials"
 
 
 class UnsupportedTokenType(OAuthError, InvalidArgument):
     oauth_code = "unsupported_token_type"
-
-    def __init__(self) -> None:
-        super().__init__("access tokens are short-lived and cannot be revoked")
+    default_message = "access tokens are short-lived and cannot be revoked"

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import Enum
 
-from mercato_auth.domain.errors import InvalidPageToken, InvalidRoles, SelfLockout, WeakPassword
+from mercato_auth.domain.errors import (
+    InvalidPageToken,
+    InvalidRequest,
+    InvalidRoles,
+    SelfLockout,
+    WeakPassword,
+)
 from mercato_auth.domain.scopes import Role, scopes_for_roles, sorted_scopes
+from mercato_common import paging
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -161,34 +165,36 @@ class PageCursor:
     user_id: str
 
 
-def page_size(requested: int) -> int:
-    if requested <= 0:
-        return DEFAULT_PAGE_SIZE
-    return min(requested, MAX_PAGE_SIZE)
+def page_size(size: int) -> int:
+    """0 → the default page size; above the maximum → the maximum (AIP-158)."""
+    bad = InvalidRequest.for_field("page_size")
+    return paging.page_size(size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE, invalid=bad)
+
+
+# The listing a page token belongs to, and the fields of its position. The filters' fingerprint
+# travels in the position (not as the token's fingerprint) so that a token of other filters is
+# told apart from a malformed one: the caller learns to start again from the first page.
+_LISTING = "users"
+_POSITION = {"t": int, "i": str, "f": str}
+_FILTERS_CHANGED = "the filters changed between pages; start from the first page"
 
 
 def encode_page_token(cursor: PageCursor, filters: UserFilter) -> str:
     micros = (cursor.create_time - _EPOCH) // _MICROSECOND
-    body = json.dumps({"t": micros, "i": cursor.user_id, "f": filters.fingerprint()})
-    return base64.urlsafe_b64encode(body.encode()).decode().rstrip("=")
+    return paging.encode_page_token(
+        _LISTING, {"t": micros, "i": cursor.user_id, "f": filters.fingerprint()}
+    )
 
 
 def decode_page_token(token: str, filters: UserFilter) -> PageCursor | None:
     """None for the first page; :class:`InvalidPageToken` for garbage or changed filters."""
-    if not token:
+    at = paging.decode_page_token(token, kind=_LISTING, fields=_POSITION, invalid=InvalidPageToken)
+    if at is None:
         return None
+    if at["f"] != filters.fingerprint():
+        raise InvalidPageToken(_FILTERS_CHANGED)
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        body = json.loads(raw)
-        micros, user_id, fingerprint = body["t"], body["i"], body["f"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        raise InvalidPageToken() from None
-    if not isinstance(micros, int) or not isinstance(user_id, str):
-        raise InvalidPageToken()
-    if fingerprint != filters.fingerprint():
-        raise InvalidPageToken("the filters changed between pages; start from the first page")
-    try:
-        when = _EPOCH + micros * _MICROSECOND
+        when = _EPOCH + at["t"] * _MICROSECOND
     except OverflowError:
         raise InvalidPageToken() from None
-    return PageCursor(create_time=when, user_id=user_id)
+    return PageCursor(create_time=when, user_id=at["i"])

@@ -6,7 +6,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 
-from mercato_auth import events
+from mercato_auth import publish
 from mercato_auth.domain.errors import InvalidEmail, UserNotFound
 from mercato_auth.domain.scopes import ALL_SCOPES, Role, sorted_scopes
 from mercato_auth.domain.users import (
@@ -24,6 +24,7 @@ from mercato_auth.domain.users import (
     plan_update,
 )
 from mercato_auth.service.base import ServiceBase, is_uuid
+from mercato_auth.store import Tx
 from mercato_common.identity import Identity
 
 __all__ = ["Accounts"]
@@ -41,7 +42,7 @@ class Accounts(ServiceBase):
         password_hash = await self._passwords.hash(password)
         async with self._store.write() as tx:
             await tx.users.insert(user, password_hash)
-            await tx.outbox.add(events.user_registered(user))
+            await tx.outbox.add(publish.user_registered(user))
         self._metrics.registrations.inc()
         _log.info("user registered", extra={"user_id": user.id})
         return user
@@ -58,14 +59,17 @@ class Accounts(ServiceBase):
             update_time=now,
         )
 
-    async def get_user(self, user_id: str) -> User:
-        if not is_uuid(user_id):
-            raise UserNotFound()
-        async with self._store.read() as tx:
-            user = await tx.users.get(user_id)
+    @staticmethod
+    async def _user(tx: Tx, user_id: str, *, for_update: bool = False) -> User:
+        """The account; USER_NOT_FOUND for an unknown id, or one that is no user id at all."""
+        user = await tx.users.get(user_id, for_update=for_update) if is_uuid(user_id) else None
         if user is None:
             raise UserNotFound()
         return user
+
+    async def get_user(self, user_id: str) -> User:
+        async with self._store.read() as tx:
+            return await self._user(tx, user_id)
 
     async def current_user(self, identity: Identity) -> User:
         """The token's user; a service client's token has none (NOT_FOUND)."""
@@ -94,12 +98,8 @@ class Accounts(ServiceBase):
         roles: Sequence[Role] | None,
         actor_id: str,
     ) -> User:
-        if not is_uuid(user_id):
-            raise UserNotFound()
         async with self._store.write() as tx:
-            user = await tx.users.get(user_id, for_update=True)
-            if user is None:
-                raise UserNotFound()
+            user = await self._user(tx, user_id, for_update=True)
             now = self._clock()
             update = plan_update(
                 user, display_name=display_name, roles=roles, actor_id=actor_id, now=now
@@ -109,7 +109,7 @@ class Accounts(ServiceBase):
             await tx.users.update(update.user)
             if update.roles_changed:
                 await tx.outbox.add(
-                    events.user_roles_changed(
+                    publish.user_roles_changed(
                         user.id,
                         old_roles=update.old_roles,
                         new_roles=update.user.roles,
@@ -130,12 +130,8 @@ class Accounts(ServiceBase):
 
     async def disable_user(self, user_id: str, *, reason: str, actor_id: str) -> User:
         """Disable the account and revoke every refresh token; idempotent (one event)."""
-        if not is_uuid(user_id):
-            raise UserNotFound()
         async with self._store.write() as tx:
-            user = await tx.users.get(user_id, for_update=True)
-            if user is None:
-                raise UserNotFound()
+            user = await self._user(tx, user_id, for_update=True)
             now = self._clock()
             disabled = plan_disable(user, actor_id=actor_id, now=now)
             if disabled is None:
@@ -143,7 +139,7 @@ class Accounts(ServiceBase):
             await tx.users.update(disabled, reason=reason, actor=actor_id)
             revoked = await tx.refresh_tokens.revoke_user(user.id, now=now, reason="user_disabled")
             await tx.outbox.add(
-                events.user_disabled(user.id, actor_id=actor_id, reason=reason, when=now)
+                publish.user_disabled(user.id, actor_id=actor_id, reason=reason, when=now)
             )
         _log.info(
             "user disabled",
@@ -173,7 +169,7 @@ class Accounts(ServiceBase):
                     password_hash = await self._passwords.hash(password)
                 user = self._new_user(email, display_name, (Role.ADMIN,))
                 await tx.users.insert(user, password_hash)
-                await tx.outbox.add(events.user_registered(user))
+                await tx.outbox.add(publish.user_registered(user))
                 _log.info("admin created", extra={"user_id": user.id})
                 return user, True
             user = found[0]
@@ -185,7 +181,7 @@ class Accounts(ServiceBase):
             ).user
             await tx.users.update(promoted)
             await tx.outbox.add(
-                events.user_roles_changed(
+                publish.user_roles_changed(
                     user.id, old_roles=user.roles, new_roles=promoted.roles, actor_id="", when=now
                 )
             )

@@ -22,7 +22,7 @@ from mercato_auth.domain.throttle import (
     retry_after,
     throttle_key,
 )
-from mercato_auth.signing import KeyRing
+from mercato_auth.service.keys import KeyRing
 from mercato_auth.store import AuthStore
 
 __all__ = [

@@ -28,7 +28,7 @@ from mercato_auth.domain.tokens import (
 )
 from mercato_auth.domain.users import User, normalize_email
 from mercato_auth.service.base import OpenIdConfiguration, ServiceBase, looks_like_access_token
-from mercato_auth.signing import RotationResult
+from mercato_auth.service.keys import RotationResult
 from mercato_auth.store import Tx
 
 __all__ = ["Tokens"]

@@ -1,8 +1,9 @@
-"""What the catalog's stores share: collections, clock, locks, index declarations."""
+"""What the catalog's stores share: collections, clock, locks, index declarations, the outbox
+write."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -11,10 +12,11 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
 from mercato_catalog.store.locks import WriteLocks
+from mercato_common.kafka.envelope import Envelope
 from mercato_common.mongo import IndexSpec
-from mercato_common.outbox import outbox_index_specs
+from mercato_common.outbox import outbox_index_specs, with_outbox
 
-__all__ = ["INDEXES", "ProductWritten", "StoreContext", "as_utc", "utcnow"]
+__all__ = ["INDEXES", "StoreContext", "as_utc", "hold_key", "utcnow"]
 
 PRODUCTS = "products"
 CATEGORIES = "categories"
@@ -46,12 +48,6 @@ INDEXES: dict[str, list[IndexSpec]] = {
     ],
 }
 
-ProductWritten = Callable[[str, int], Awaitable[None]]
-
-
-async def _ignore(sku: str, version: int) -> None:
-    return None
-
 
 def utcnow() -> datetime:
     """Now in UTC, truncated to milliseconds (what BSON dates keep)."""
@@ -66,16 +62,23 @@ def as_utc(value: Any) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def hold_key(order_id: str) -> str:
+    """The key of an order's entry in a product's ``holds``/``returns`` maps.
+
+    Prefixed so that it is never empty, numeric-looking or an operator; order ids are
+    validated UUIDs before they get here.
+    """
+    return "o_" + order_id.replace("-", "")
+
+
 @dataclass
 class StoreContext:
-    """The database and the settings the stores need; built by ``app.py``."""
+    """The database, the events topic and the write locks the stores share; built by
+    ``app.py``."""
 
     db: AsyncDatabase[Any]
     topic: str
     locks: WriteLocks = field(default_factory=WriteLocks)
-    low_stock_threshold: int = 5
-    # Called after every write of a product document (cache invalidation).
-    on_product_written: ProductWritten = _ignore
 
     @property
     def products(self) -> AsyncCollection[Any]:
@@ -88,3 +91,11 @@ class StoreContext:
     @property
     def reservations(self) -> AsyncCollection[Any]:
         return self.db[RESERVATIONS]
+
+    def with_events(
+        self, update: Mapping[str, Any], events: Sequence[Envelope], now: datetime
+    ) -> Mapping[str, Any]:
+        """``update`` plus the outbox entries of ``events`` (the caller's choice), if any."""
+        if not events:
+            return update
+        return with_outbox(update, [(event, self.topic) for event in events], now=now)

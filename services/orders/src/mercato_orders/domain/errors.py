@@ -11,23 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING
 
+from mercato_common import errors
 from mercato_common.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
     MercatoError,
     NotFound,
-    PermissionDenied,
     PreconditionViolation,
     Unavailable,
 )
-
-if TYPE_CHECKING:
-    from mercato_orders.domain.model import OrderState
+from mercato_orders.domain.states import OrderState
 
 __all__ = [
     "AmountMismatch",
@@ -129,34 +124,26 @@ class MixedCurrencies(OrdersError, FailedPrecondition):
 
 class TotalTooLarge(OrdersError, FailedPrecondition):
     default_reason = "TOTAL_TOO_LARGE"
-
-    def __init__(self) -> None:
-        super().__init__("the order total exceeds the largest representable amount")
+    default_message = "the order total exceeds the largest representable amount"
 
 
 class IdempotencyKeyReused(OrdersError, AlreadyExists):
     """The key already placed (or is placing) an order from another request."""
 
     default_reason = "IDEMPOTENCY_KEY_REUSED"
-
-    def __init__(self) -> None:
-        super().__init__("this idempotency key was already used for a different request")
+    default_message = "this idempotency key was already used for a different request"
 
 
 class IdempotencyKeyInUse(OrdersError, Aborted):
     """A request with the same key is still being processed; retry shortly."""
 
     default_reason = "IDEMPOTENCY_KEY_IN_USE"
-
-    def __init__(self) -> None:
-        super().__init__("a request with this idempotency key is in progress; retry shortly")
+    default_message = "a request with this idempotency key is in progress; retry shortly"
 
 
 class PaymentDeclined(OrdersError, FailedPrecondition):
     default_reason = "PAYMENT_DECLINED"
-
-    def __init__(self, message: str = "the payment was declined") -> None:
-        super().__init__(message)
+    default_message = "the payment was declined"
 
 
 class AmountMismatch(OrdersError, FailedPrecondition):
@@ -186,46 +173,29 @@ class ReservationExpired(OrdersError, FailedPrecondition):
 
 class PaymentUnavailable(OrdersError, Unavailable):
     default_reason = "PAYMENT_UNAVAILABLE"
-
-    def __init__(self, message: str = "the payment provider is unavailable; retry later") -> None:
-        super().__init__(message)
+    default_message = "the payment provider is unavailable; retry later"
 
 
 class CatalogUnavailable(OrdersError, Unavailable):
     default_reason = "CATALOG_UNAVAILABLE"
-
-    def __init__(self, message: str = "the catalog is unavailable; retry later") -> None:
-        super().__init__(message)
+    default_message = "the catalog is unavailable; retry later"
 
 
-class OrdersUnavailable(OrdersError, Unavailable):
+class OrdersUnavailable(OrdersError, errors.StoreUnavailable):
     """The orders database could not be reached."""
 
     default_reason = "ORDERS_UNAVAILABLE"
-
-    def __init__(self, message: str = "the orders store is unavailable; retry later") -> None:
-        super().__init__(message)
+    default_message = "the orders store is unavailable; retry later"
 
 
-class InvalidRequest(OrdersError, InvalidArgument):
-    default_reason = "INVALID_REQUEST"
-
-    def __init__(self, message: str, violations: Sequence[FieldViolation] = ()) -> None:
-        super().__init__(message, field_violations=violations)
+class InvalidRequest(OrdersError, errors.InvalidRequest):
+    """Bad input; the field violations name each bad field."""
 
 
-class InvalidPageToken(OrdersError, InvalidArgument):
-    default_reason = "INVALID_PAGE_TOKEN"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "the page token is invalid or belongs to other filters",
-            field_violations=[FieldViolation("page_token", "invalid or for other filters")],
-        )
+class InvalidPageToken(OrdersError, errors.InvalidPageToken):
+    default_message = "the page token is invalid or belongs to other filters"
+    violation = "invalid or for other filters"
 
 
-class PermissionRequired(OrdersError, PermissionDenied):
-    default_reason = "SCOPE_MISSING"
-
-    def __init__(self, scope: str, what: str) -> None:
-        super().__init__(f"{what} needs the {scope} scope", metadata={"missing_scopes": scope})
+class PermissionRequired(OrdersError, errors.ScopeMissing):
+    """An action needs a scope the caller lacks (listing other users' orders: ``orders:admin``)."""

@@ -1,6 +1,6 @@
 """Orders, their lines and money, and the state machine. Pure: no I/O, no gRPC, no driver.
 
-State machine (``TRANSITIONS``)::
+State machine (``TRANSITIONS``, in :mod:`mercato_orders.domain.states`)::
 
     (new) -> PENDING -> CONFIRMED -> PAID -> FULFILLED
              PENDING/CONFIRMED/PAID -> CANCELLED
@@ -19,12 +19,12 @@ fails leaves no order behind.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 
 from mercato_orders.domain.errors import InvalidStateTransition, TotalTooLarge
+from mercato_orders.domain.states import TRANSITIONS, OrderState, can_transition
 
 __all__ = [
     "INT64_MAX",
@@ -44,39 +44,6 @@ __all__ = [
 INT64_MAX = 2**63 - 1
 # Actor of changes made by the service itself (saga, expiry, reconciliation).
 SYSTEM_ACTOR = "system"
-
-
-class OrderState(Enum):
-    PENDING = "PENDING"
-    CONFIRMED = "CONFIRMED"
-    PAID = "PAID"
-    FULFILLED = "FULFILLED"
-    CANCELLED = "CANCELLED"
-    FAILED = "FAILED"
-
-    @property
-    def proto_name(self) -> str:
-        """The ``mercato.orders.v1.OrderState`` value name, e.g. ``ORDER_STATE_PAID``."""
-        return f"ORDER_STATE_{self.value}"
-
-    @property
-    def terminal(self) -> bool:
-        return not TRANSITIONS[self]
-
-
-TRANSITIONS: Mapping[OrderState | None, frozenset[OrderState]] = {
-    None: frozenset({OrderState.PENDING}),
-    OrderState.PENDING: frozenset({OrderState.CONFIRMED, OrderState.CANCELLED, OrderState.FAILED}),
-    OrderState.CONFIRMED: frozenset({OrderState.PAID, OrderState.CANCELLED, OrderState.FAILED}),
-    OrderState.PAID: frozenset({OrderState.FULFILLED, OrderState.CANCELLED}),
-    OrderState.FULFILLED: frozenset(),
-    OrderState.CANCELLED: frozenset(),
-    OrderState.FAILED: frozenset(),
-}
-
-
-def can_transition(current: OrderState | None, target: OrderState) -> bool:
-    return target in TRANSITIONS[current]
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
@@ -22,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from mercato_common import paging
 from mercato_common.errors import FieldViolation
 from mercato_orders.domain.errors import (
     AmountMismatch,
@@ -355,12 +354,10 @@ def list_filter(
     return OrderFilter(owner, state, created_after, created_before)
 
 
-def page_size(requested: int) -> int:
-    if requested < 0 or requested > MAX_PAGE_SIZE:
-        raise InvalidRequest(
-            "page_size is out of range", [FieldViolation("page_size", f"0-{MAX_PAGE_SIZE}")]
-        )
-    return requested or DEFAULT_PAGE_SIZE
+def page_size(size: int) -> int:
+    """0 → the default page size; above the maximum → the maximum (AIP-158)."""
+    bad = InvalidRequest.for_field("page_size")
+    return paging.page_size(size, default=DEFAULT_PAGE_SIZE, maximum=MAX_PAGE_SIZE, invalid=bad)
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,31 +368,32 @@ class PageToken:
     order_id: str
 
 
+# The listing a page token belongs to, and the fields of its position.
+_LISTING = "orders"
+_POSITION = {"t": str, "i": str}
+
+
 def encode_page_token(position: PageToken, flt: OrderFilter) -> str:
-    body = {
-        "t": position.create_time.astimezone(UTC).isoformat(),
-        "i": position.order_id,
-        "f": flt.fingerprint(),
-    }
-    raw = json.dumps(body, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    at = {"t": position.create_time.astimezone(UTC).isoformat(), "i": position.order_id}
+    return paging.encode_page_token(_LISTING, at, flt.fingerprint())
 
 
 def decode_page_token(token: str, flt: OrderFilter) -> PageToken | None:
     """None for the first page; :class:`InvalidPageToken` if malformed or of other filters."""
-    if not token:
+    at = paging.decode_page_token(
+        token,
+        kind=_LISTING,
+        fields=_POSITION,
+        fingerprint=flt.fingerprint(),
+        invalid=InvalidPageToken,
+    )
+    if at is None:
         return None
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        body = json.loads(raw)
-        if not isinstance(body, dict) or body.get("f") != flt.fingerprint():
-            raise InvalidPageToken()
-        when = datetime.fromisoformat(body["t"])
-        order_id = body["i"]
-        if when.tzinfo is None or not isinstance(order_id, str):
-            raise InvalidPageToken()
-        if not USER_ID_PATTERN.fullmatch(order_id):  # order ids are UUIDs too
-            raise InvalidPageToken()
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        when = datetime.fromisoformat(at["t"])
+    except ValueError:
         raise InvalidPageToken() from None
-    return PageToken(when, order_id.lower())
+    # Order ids are UUIDs, like user ids.
+    if when.tzinfo is None or not USER_ID_PATTERN.fullmatch(at["i"]):
+        raise InvalidPageToken()
+    return PageToken(when, at["i"].lower())

@@ -129,18 +129,7 @@ class Keys:
 
     async def fence(self, *, user_id: str, key: str, owner: str, lease: timedelta) -> bool:
         """Extend the lease if ``owner`` still holds the key: nobody can take it over meanwhile."""
-        status = await self._conn.execute(
-            "fence_idempotency_key",
-            """
-            UPDATE idempotency_keys SET lease_until = clock_timestamp() + $4
-            WHERE user_id = $1 AND key = $2 AND owner = $3::uuid AND state = 'PENDING'
-            """,
-            user_id,
-            key,
-            owner,
-            lease,
-        )
-        return status == "UPDATE 1"
+        return await self._lease("fence_idempotency_key", user_id, key, owner, lease)
 
     async def rekey(self, *, user_id: str, key: str, owner: str, order_id: str) -> bool:
         """Point the key at a new order id (its old reservation was closed)."""
@@ -159,8 +148,12 @@ class Keys:
 
     async def abandon(self, *, user_id: str, key: str, owner: str, retry_after: timedelta) -> None:
         """Give the key up with its reservation not released: reconciliation takes it over."""
-        await self._conn.execute(
-            "abandon_idempotency_key",
+        await self._lease("abandon_idempotency_key", user_id, key, owner, retry_after)
+
+    async def _lease(self, name: str, user_id: str, key: str, owner: str, lease: timedelta) -> bool:
+        """Let the lease of a PENDING key ``owner`` holds end ``lease`` from now; False if lost."""
+        status = await self._conn.execute(
+            name,
             """
             UPDATE idempotency_keys SET lease_until = clock_timestamp() + $4
             WHERE user_id = $1 AND key = $2 AND owner = $3::uuid AND state = 'PENDING'
@@ -168,8 +161,9 @@ class Keys:
             user_id,
             key,
             owner,
-            retry_after,
+            lease,
         )
+        return status == "UPDATE 1"
 
     async def forget(self, *, user_id: str, key: str, owner: str) -> bool:
         """Delete a PENDING key that placed and holds nothing (its request may be retried)."""

@@ -1,0 +1,78 @@
+"""The handlers of the consumed events: envelopes → domain events → the ``ApplyEvent`` use case.
+
+:class:`EventApplier` is the consumer group's handler. For each record it maps the payload to a
+domain event (``convert``); a payload that breaks the contract raises :class:`PermanentError`
+(dead-lettered at once, consumption continues). The use case then applies the event's fact
+exactly once, waiting while the database is unreachable, and notes the partition's progress.
+Types that feed no aggregate (catalog events, role changes) are acknowledged and counted as
+``ignored``; types this version does not know are skipped (``unknown``), as the envelope
+contract requires.
+
+:class:`CountingDeadLetterSink` wraps the group's dead-letter producer to count what is parked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mercato_analytics.convert import envelope_time, to_domain_event
+from mercato_analytics.domain import EventOrigin, InvalidEvent, type_label
+from mercato_analytics.metrics import AnalyticsMetrics
+from mercato_analytics.service import ApplyEvent
+from mercato_analytics.store import AnalyticsStore
+from mercato_common.kafka import (
+    ConsumedEvent,
+    DeadLetterSink,
+    PermanentError,
+    headers_to_map,
+)
+from mercato_common.kafka.consumer import H_DLQ_TOPIC
+
+__all__ = ["CountingDeadLetterSink", "EventApplier"]
+
+
+class EventApplier:
+    """The consumer group's handler: one record → its effect, exactly once (see module doc)."""
+
+    def __init__(self, store: AnalyticsStore, **options: Any) -> None:
+        """``options`` are those of :class:`ApplyEvent` (metrics, progress, backoff, clock)."""
+        self._apply = ApplyEvent(store, **options)
+
+    def stop(self) -> None:
+        """Stop waiting for the database (the record in hand stays uncommitted)."""
+        self._apply.stop()
+
+    async def __call__(self, event: ConsumedEvent) -> None:
+        await self.apply_record(event)
+
+    async def apply_record(self, event: ConsumedEvent) -> str:
+        """Apply one record; returns the outcome (applied, duplicate, ignored, unknown)."""
+        envelope = event.envelope
+        try:
+            origin = EventOrigin(
+                event_id=envelope.id,
+                event_type=envelope.type,
+                event_time=envelope_time(envelope),
+                topic=event.topic,
+                partition=event.partition,
+                offset=event.offset,
+            )
+            domain_event = to_domain_event(envelope)
+        except InvalidEvent as exc:
+            raise PermanentError(f"{envelope.type}: {exc}") from exc
+        return await self._apply(origin, domain_event)
+
+
+class CountingDeadLetterSink:
+    """Wraps the dead-letter producer to count what is parked (per source topic and type)."""
+
+    def __init__(self, sink: DeadLetterSink, metrics: AnalyticsMetrics) -> None:
+        self._sink = sink
+        self._metrics = metrics
+
+    async def send_and_wait(self, topic: str, value: bytes, **options: Any) -> Any:
+        result = await self._sink.send_and_wait(topic, value, **options)
+        values = headers_to_map(options.get("headers", ()))
+        self._metrics.dead_letters.labels(values.get(H_DLQ_TOPIC, "")).inc()
+        self._metrics.events.labels(type_label(values.get("ce_type", "")), "failed").inc()
+        return result

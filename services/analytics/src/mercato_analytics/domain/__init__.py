@@ -1,0 +1,106 @@
+"""Analytics rules and types: pure, no I/O, no gRPC, no contracts, no driver.
+
+``errors`` (root :class:`AnalyticsError`, domain ``analytics.mercato``), ``buckets`` (time
+buckets and requested ranges), ``events`` (the consumed events, their contract checks and their
+effect: one fact document), ``aggregates`` (the folds of facts into a sales summary, a funnel and
+a product ranking) and ``freshness`` (consumer progress and lag). The names used across the
+service are re-exported here.
+"""
+
+from mercato_analytics.domain.aggregates import (
+    DEFAULT_TOP_LIMIT,
+    CurrencySales,
+    Funnel,
+    ProductRow,
+    RankBy,
+    SalesBucket,
+    SalesSummary,
+    TopProduct,
+    fold_funnel,
+    fold_sales,
+    product_rows,
+    rank_products,
+)
+from mercato_analytics.domain.buckets import (
+    MAX_TIME,
+    MIN_TIME,
+    BucketSize,
+    bucket_starts,
+    ceil_time,
+    check_range,
+    floor_time,
+)
+from mercato_analytics.domain.errors import (
+    AnalyticsError,
+    CurrencyRequired,
+    InvalidEvent,
+    InvalidRange,
+    KafkaUnavailable,
+    StoreUnavailable,
+)
+from mercato_analytics.domain.events import (
+    IGNORED,
+    DomainEvent,
+    EventOrigin,
+    Ignored,
+    OrderEvent,
+    OrderEventKind,
+    SaleLine,
+    UserRegistered,
+    fact_document,
+    type_label,
+)
+from mercato_analytics.domain.freshness import (
+    Freshness,
+    PartitionLag,
+    PartitionProgress,
+    Position,
+    Progress,
+    ProgressMarks,
+    freshness,
+)
+
+__all__ = [
+    "DEFAULT_TOP_LIMIT",
+    "IGNORED",
+    "MAX_TIME",
+    "MIN_TIME",
+    "AnalyticsError",
+    "BucketSize",
+    "CurrencyRequired",
+    "CurrencySales",
+    "DomainEvent",
+    "EventOrigin",
+    "Freshness",
+    "Funnel",
+    "Ignored",
+    "InvalidEvent",
+    "InvalidRange",
+    "KafkaUnavailable",
+    "OrderEvent",
+    "OrderEventKind",
+    "PartitionLag",
+    "PartitionProgress",
+    "Position",
+    "ProductRow",
+    "Progress",
+    "ProgressMarks",
+    "RankBy",
+    "SaleLine",
+    "SalesBucket",
+    "SalesSummary",
+    "StoreUnavailable",
+    "TopProduct",
+    "UserRegistered",
+    "bucket_starts",
+    "ceil_time",
+    "check_range",
+    "fact_document",
+    "floor_time",
+    "fold_funnel",
+    "fold_sales",
+    "freshness",
+    "product_rows",
+    "rank_products",
+    "type_label",
+]

@@ -1,0 +1,100 @@
+"""Periodic work of analytics, as lifecycle parts built on ``Periodic``.
+
+* :class:`ProgressFlush` writes the consumers' per-partition progress (freshness) every
+  ``interval`` seconds and once more at stop; declare it before the consumer group, so it stops
+  after the consumers and their last progress is written too.
+* :class:`LagMonitor` keeps ``mercato_analytics_consumer_lag`` (group-wide, read from Kafka)
+  current.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from mercato_analytics.domain import AnalyticsError, Progress
+from mercato_analytics.metrics import AnalyticsMetrics
+from mercato_analytics.positions import KafkaPositions
+from mercato_analytics.store import AnalyticsStore
+from mercato_common.runtime import Periodic
+
+__all__ = ["LagMonitor", "ProgressFlush"]
+
+log = logging.getLogger("mercato_analytics.jobs")
+
+
+class ProgressFlush:
+    """Writes what ``progress`` collected; a failed write is put back for the next flush."""
+
+    def __init__(
+        self,
+        progress: Progress,
+        store: AnalyticsStore,
+        metrics: AnalyticsMetrics,
+        *,
+        interval: float,
+    ) -> None:
+        self.progress = progress
+        self._store = store
+        self._metrics = metrics
+        self._periodic = Periodic(
+            "analytics-progress", self.flush, interval=interval, immediate=False, logger=log
+        )
+
+    async def start(self) -> None:
+        await self._periodic.start()
+
+    async def stop(self) -> None:
+        await self._periodic.stop()
+        await self.flush()
+
+    async def flush(self) -> None:
+        marks = self.progress.take()
+        if not marks:
+            return
+        try:
+            await self._store.record_progress(marks)
+        except Exception as exc:
+            self.progress.restore(marks)
+            log.warning("progress flush failed: %r", exc)
+            return
+        newest: dict[str, datetime] = {}
+        for (topic, _), (event_time, _) in marks.items():
+            newest[topic] = max(newest.get(topic, event_time), event_time)
+        for topic, event_time in newest.items():
+            self._metrics.newest_event.labels(topic).set(event_time.timestamp())
+
+
+class LagMonitor:
+    """Keeps ``mercato_analytics_consumer_lag`` (group-wide) current every ``interval`` s."""
+
+    def __init__(
+        self, positions: KafkaPositions, metrics: AnalyticsMetrics, *, interval: float
+    ) -> None:
+        self.positions = positions
+        self._metrics = metrics
+        # An interval of 0 turns the gauge off; a refresh in progress is cancelled at stop.
+        self._periodic = (
+            Periodic("analytics-lag", self._tick, interval=interval, logger=log)
+            if interval > 0
+            else None
+        )
+
+    async def start(self) -> None:
+        if self._periodic is not None:
+            await self._periodic.start()
+
+    async def refresh(self) -> None:
+        for topic, partition, committed, end in await self.positions.read():
+            self._metrics.lag.labels(topic, str(partition)).set(max(end - committed, 0))
+
+    async def _tick(self) -> None:
+        try:
+            await self.refresh()
+        except AnalyticsError as exc:  # Kafka unreachable: expected, and GetFreshness says so
+            log.debug("lag refresh failed: %s", exc)
+
+    async def stop(self) -> None:
+        if self._periodic is not None:
+            await self._periodic.stop()
+        await self.positions.stop()

@@ -1,0 +1,106 @@
+"""Use case: one consumed event's effect, exactly once.
+
+The event's fact goes to the store in one insert keyed by the event id (the idempotency check
+and the effect at once; see ``store``). A database outage is not the event's fault: the use case
+waits it out with backoff instead of failing the record, so an outage never dead-letters good
+events. Every outcome notes the partition's progress (freshness) and is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from mercato_analytics.domain import (
+    DomainEvent,
+    EventOrigin,
+    Ignored,
+    Progress,
+    StoreUnavailable,
+    type_label,
+)
+from mercato_analytics.metrics import AnalyticsMetrics
+from mercato_analytics.store import AnalyticsStore, ApplyOutcome
+from mercato_common.kafka import Backoff
+
+__all__ = ["ApplyEvent"]
+
+log = logging.getLogger("mercato_analytics.apply")
+
+
+class ApplyEvent:
+    """Applies one event (already mapped to the domain) and returns its outcome: ``applied``,
+    ``duplicate``, ``ignored`` (a known type without aggregates) or ``unknown`` (a type this
+    version does not know, skipped as the envelope contract requires)."""
+
+    def __init__(
+        self,
+        store: AnalyticsStore,
+        *,
+        metrics: AnalyticsMetrics,
+        progress: Progress,
+        backoff: Backoff | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self.progress = progress
+        self._backoff = backoff if backoff is not None else Backoff(initial=0.2, maximum=5.0)
+        self._clock = clock
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop waiting for the database (the event in hand stays unapplied)."""
+        self._stopping.set()
+
+    async def __call__(self, origin: EventOrigin, event: DomainEvent | Ignored | None) -> str:
+        if event is None:
+            outcome = "unknown"
+        elif isinstance(event, Ignored):
+            outcome = "ignored"
+        else:
+            result = await self._insert(origin, event)
+            outcome = "applied" if result is ApplyOutcome.APPLIED else "duplicate"
+        now = self._clock()
+        if outcome == "applied":
+            self._metrics.latency.labels(origin.topic).observe(
+                max((now - origin.event_time).total_seconds(), 0.0)
+            )
+        self._metrics.events.labels(type_label(origin.event_type), outcome).inc()
+        self.progress.note(origin.topic, origin.partition, origin.event_time, now)
+        return outcome
+
+    async def _insert(self, origin: EventOrigin, event: DomainEvent) -> ApplyOutcome:
+        attempt = 0
+        while True:
+            try:
+                return await self._store.apply(
+                    event_id=origin.event_id,
+                    event=event,
+                    event_type=origin.event_type,
+                    event_time=origin.event_time,
+                    topic=origin.topic,
+                    partition=origin.partition,
+                    offset=origin.offset,
+                )
+            except StoreUnavailable as exc:
+                # Waiting, not failing: the runner's bounded attempts are for the event's faults.
+                if self._stopping.is_set():
+                    raise
+                attempt += 1
+                self._metrics.store_retries.inc()
+                log.warning(
+                    "store unavailable applying %s[%s]@%s (attempt %d): %s",
+                    origin.topic,
+                    origin.partition,
+                    origin.offset,
+                    attempt,
+                    exc,
+                )
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), self._backoff.delay(attempt))
+                except TimeoutError:
+                    continue
+                raise

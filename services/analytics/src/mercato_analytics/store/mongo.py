@@ -1,0 +1,64 @@
+"""The translation of analytics' MongoDB errors: a transient failure
+(connection, timeout, "not primary", shutdown) becomes :class:`StoreUnavailable`, which the
+consumers wait out and the API answers as UNAVAILABLE."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from bson import Int64
+from pymongo.errors import (
+    ConnectionFailure,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WTimeoutError,
+)
+
+from mercato_analytics.domain import StoreUnavailable
+
+__all__ = ["int64_document", "translated"]
+
+# Server codes of transient conditions (shutdown, failover, interrupted operations).
+_TRANSIENT_CODES = frozenset({6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+
+
+def _transient(exc: PyMongoError) -> bool:
+    if isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError):
+        return True
+    if exc.has_error_label("RetryableWriteError"):
+        return True
+    return isinstance(exc, OperationFailure) and exc.code in _TRANSIENT_CODES
+
+
+@contextlib.asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    """Database errors inside the block: transient ones as :class:`StoreUnavailable`."""
+    try:
+        yield
+    except DuplicateKeyError:
+        raise
+    except PyMongoError as exc:
+        if _transient(exc):
+            raise StoreUnavailable("the analytics database is unavailable") from exc
+        raise
+
+
+def int64_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """Integers as int64 (so sums never wrap in the server), the rest unchanged."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, bool):
+            out[key] = value
+        elif isinstance(value, int):
+            out[key] = Int64(value)
+        elif isinstance(value, list):
+            out[key] = [
+                int64_document(item) if isinstance(item, Mapping) else item for item in value
+            ]
+        else:
+            out[key] = value
+    return out

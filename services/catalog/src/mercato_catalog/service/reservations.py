@@ -1,0 +1,289 @@
+"""The reservation use cases: ReserveStock, CommitReservation, ReleaseStock, the reads, expiry.
+
+An order's reservation is a saga of single-document updates, no transactions (the phases and
+steps are in ``domain.reservations``). ReserveStock reads::
+
+    saga = store.find(order)                       none yet → domain.begin → store.insert
+    for each line: stock.hold(line)                 (each one guarded update of one product)
+    all held      → store.move(domain.hold_all, StockReserved)            → HELD
+    one refused   → store.move(domain.fail) → give the holds back
+                  → store.move(domain.settle)      → FAILED, STOCK_UNAVAILABLE
+
+Every move is guarded by the phase and attempt it was read in, so exactly one caller makes it;
+the step it starts is idempotent per product, so a retry, a concurrent caller or the sweeper
+(``finish``) completes it after a crash. A product hold is legitimate only while its saga is
+RESERVING, HELD or COMMITTING with the same attempt; anything else is an orphan: callers give
+back their own and the sweeper reaps the rest. Returning committed units is guarded by a
+``returns.<order>`` marker on the product, kept for ``return_marker_retention`` after the
+release and then dropped by the sweeper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from mercato_catalog import publish
+from mercato_catalog.domain.errors import (
+    Shortage,
+    ShortageKind,
+    StockUnavailable,
+    reservation_busy,
+    reservation_closed,
+    reservation_mismatch,
+    reservation_not_found,
+)
+from mercato_catalog.domain.listing import ReservationFilter
+from mercato_catalog.domain.reservations import (
+    Line,
+    Phase,
+    ReleaseCause,
+    Reservation,
+    begin,
+    fail,
+    hold_all,
+    released_unreserved,
+    retry,
+    same_lines,
+    settle,
+    start_commit,
+    start_expiry,
+    start_release,
+)
+from mercato_catalog.domain.stock import HoldOutcome, shortage, shortage_of
+from mercato_catalog.service.stock import StockMovements
+from mercato_catalog.store import ProductStore, ReservationStore, utcnow
+from mercato_common.kafka.envelope import Envelope
+
+__all__ = ["ReservationService"]
+
+_LOOP = 6  # bound on re-reads when racing other callers of the same order
+
+
+class ReservationService:
+    def __init__(
+        self,
+        sagas: ReservationStore,
+        stock: StockMovements,
+        products: ProductStore,
+        *,
+        ttl: timedelta,
+        return_marker_retention: timedelta = timedelta(hours=1),
+    ) -> None:
+        self._sagas = sagas
+        self._stock = stock
+        self._products = products
+        self._ttl = ttl
+        self._retention = return_marker_retention
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def get(self, order_id: str) -> Reservation:
+        saga = await self._sagas.find(order_id)
+        if saga is None or saga.state is None:
+            raise reservation_not_found(order_id)
+        return saga
+
+    async def list_page(
+        self, flt: ReservationFilter, size: int, token: str
+    ) -> tuple[list[Reservation], str]:
+        return await self._sagas.list_page(flt, size, token)
+
+    # --- ReserveStock ------------------------------------------------------------------------
+
+    async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation:
+        for _ in range(_LOOP):
+            saga = await self._sagas.find(order_id)
+            if saga is None:
+                saga = begin(order_id, lines, utcnow(), self._ttl)
+                if await self._sagas.insert(saga):
+                    return await self._run_attempt(saga)
+                continue  # a concurrent call for the same order created it: re-read
+            phase = saga.phase
+            if phase.closed:
+                await self.finish(saga)
+                raise reservation_closed(order_id)
+            if phase in (Phase.RESERVING, Phase.HELD, Phase.COMMITTING, Phase.COMMITTED):
+                if not same_lines(saga.lines, lines):
+                    raise reservation_mismatch(order_id)
+                if phase is Phase.RESERVING:
+                    return await self._run_attempt(saga)  # resume the same attempt
+                return await self.finish(saga)
+            if phase is Phase.FAILING:
+                await self.finish(saga)
+                continue
+            # FAILED: nothing is held; try again as a new attempt with these lines.
+            fresh = await self._sagas.move(retry(saga, lines, utcnow(), self._ttl))
+            if fresh is not None:
+                return await self._run_attempt(fresh)
+        raise reservation_busy(order_id)
+
+    async def _run_attempt(self, saga: Reservation) -> Reservation:
+        """Hold every line of the saga's attempt, then HELD (with StockReserved); or, when a line
+        is refused, give back what was held and answer STOCK_UNAVAILABLE."""
+        shortages = await self._hold_lines(saga)
+        now = utcnow()
+        if shortages:
+            failing = await self._sagas.move(fail(saga, shortages, now))
+            if failing is not None:
+                await self.finish(failing)
+                raise StockUnavailable(shortages)
+        else:
+            expire_time = saga.expire_time or now + self._ttl
+            event = publish.stock_reserved(saga.order_id, saga.lines, expire_time, now)
+            held = await self._sagas.move(hold_all(saga, now), [event])
+            if held is not None:
+                return held
+        return await self._after_lost_race(saga)
+
+    async def _hold_lines(self, saga: Reservation) -> list[Shortage]:
+        """Hold the lines in order; at the first refused one stop, and report it with the other
+        lines that could not be held now (without holding them)."""
+        for index, line in enumerate(saga.lines):
+            refusal = await self._hold_line(saga, line)
+            if refusal is not None:
+                rest = saga.lines[index + 1 :]
+                return [shortage(line.sku, refusal), *await self._shortages_of(rest)]
+        return []
+
+    async def _hold_line(self, saga: Reservation, line: Line) -> ShortageKind | None:
+        """Hold one line for the saga's attempt; why not, if it is refused."""
+        order_id, attempt = saga.order_id, saga.attempt
+        result = await self._stock.hold(line.sku, order_id, line.quantity, attempt)
+        if result.outcome is HoldOutcome.CONFLICT:
+            # A hold of an older attempt of this order: an orphan (the saga moved on to this
+            # attempt). Give it back and take ours.
+            if result.other is not None:
+                other = result.other
+                await self._stock.unhold(line.sku, order_id, other.attempt, other.quantity)
+            result = await self._stock.hold(line.sku, order_id, line.quantity, attempt)
+            if result.outcome is HoldOutcome.CONFLICT:
+                raise reservation_busy(order_id)
+        return result.refusal
+
+    async def _shortages_of(self, lines: Sequence[Line]) -> list[Shortage]:
+        found = await self._products.batch_get([line.sku for line in lines])
+        shortages = (shortage_of(line.sku, line.quantity, found.get(line.sku)) for line in lines)
+        return [s for s in shortages if s is not None]
+
+    async def _after_lost_race(self, mine: Reservation) -> Reservation:
+        """Our attempt's final move lost: see who won, and undo our holds if needed."""
+        order_id = mine.order_id
+        current = await self._sagas.find(order_id)
+        if current is None:  # cannot happen: sagas are never deleted
+            raise reservation_busy(order_id)
+        same_attempt = current.attempt == mine.attempt
+        if same_attempt and current.phase in (Phase.HELD, Phase.COMMITTING, Phase.COMMITTED):
+            return current  # a concurrent call of the same attempt completed it
+        if not (same_attempt and current.phase.holds_are_live):
+            # Holds we took after the saga moved on are orphans: give them back now.
+            await self._give_back_holds(mine)
+        if current.phase in (Phase.FAILING, Phase.FAILED) and same_attempt:
+            raise StockUnavailable((await self.finish(current)).shortages)
+        if current.phase.closed:
+            await self.finish(current)
+            raise reservation_closed(order_id)
+        raise reservation_busy(order_id)
+
+    # --- CommitReservation -------------------------------------------------------------------
+
+    async def commit(self, order_id: str) -> Reservation:
+        for _ in range(_LOOP):
+            saga = await self._sagas.find(order_id)
+            if saga is None:
+                raise reservation_not_found(order_id)
+            phase = saga.phase
+            if phase in (Phase.COMMITTED, Phase.COMMITTING):
+                return await self.finish(saga)
+            if phase is Phase.HELD:
+                now = utcnow()
+                if saga.expired(now):
+                    await self.expire(saga)
+                    raise reservation_closed(order_id)
+                committing = await self._sagas.move(start_commit(saga, now))
+                if committing is not None:
+                    return await self.finish(committing)
+                continue
+            if phase is Phase.RESERVING:
+                raise reservation_busy(order_id)
+            await self.finish(saga)
+            raise reservation_closed(order_id)
+        raise reservation_busy(order_id)
+
+    # --- ReleaseStock ------------------------------------------------------------------------
+
+    async def release(self, order_id: str, reason: str) -> Reservation:
+        for _ in range(_LOOP):
+            saga = await self._sagas.find(order_id)
+            if saga is None:
+                # Record the release, so that a ReserveStock arriving later reserves nothing.
+                closed = released_unreserved(order_id, reason, utcnow())
+                if await self._sagas.insert(closed):
+                    return closed
+                continue
+            phase = saga.phase
+            if phase in (Phase.RELEASED, Phase.EXPIRED):
+                return saga
+            if phase in (Phase.RELEASING, Phase.EXPIRING):
+                return await self.finish(saga)
+            if phase in (Phase.COMMITTING, Phase.FAILING):
+                await self.finish(saga)
+                continue
+            moved = await self._sagas.move(start_release(saga, reason, utcnow()))
+            if moved is not None:
+                return await self.finish(moved)
+        raise reservation_busy(order_id)
+
+    # --- steps -------------------------------------------------------------------------------
+
+    async def expire(self, saga: Reservation) -> bool:
+        """Expire a saga past its deadline (False: it moved on meanwhile)."""
+        moved = await self._sagas.move(start_expiry(saga, utcnow()))
+        if moved is None:
+            return False
+        await self.finish(moved)
+        return True
+
+    async def finish(self, saga: Reservation) -> Reservation:
+        """Complete the step a saga is in (after a crash, or when found half-way): move the
+        stock, then settle the saga with its event. A saga in no step is returned as it is."""
+        if not saga.phase.in_step:
+            return saga
+        order_id = saga.order_id
+        if saga.phase is Phase.COMMITTING:
+            for line in saga.lines:
+                await self._stock.sell(line.sku, order_id, saga.attempt, line.quantity)
+        elif saga.returns_sold_units:
+            for line in saga.lines:
+                await self._stock.give_back(line.sku, order_id, line.quantity)
+        else:
+            await self._give_back_holds(saga)
+        now = utcnow()
+        step = settle(saga, now, self._retention)
+        done = await self._sagas.move(step, self._settled_events(saga, step.after.phase, now))
+        if done is None:  # someone else finished it first
+            return await self._sagas.find(order_id) or saga
+        return done
+
+    def _settled_events(self, saga: Reservation, settled: Phase, now: datetime) -> list[Envelope]:
+        """StockCommitted after a commit; StockReleased after a release or expiry of stock
+        that was reserved or sold (a failed attempt, or a release of nothing, is no event)."""
+        if settled is Phase.COMMITTED:
+            return [publish.stock_committed(saga.order_id, saga.lines, now)]
+        if settled is Phase.FAILED or not saga.moved_stock or not saga.lines:
+            return []
+        return [
+            publish.stock_released(
+                saga.order_id,
+                saga.lines,
+                cause=saga.cause or ReleaseCause.REQUESTED,
+                was_committed=saga.was_committed,
+                reason=saga.reason,
+                when=now,
+            )
+        ]
+
+    async def _give_back_holds(self, saga: Reservation) -> None:
+        """Release every hold of the saga's attempt (idempotent per product)."""
+        for line in saga.lines:
+            await self._stock.unhold(line.sku, saga.order_id, saga.attempt, line.quantity)

@@ -1,0 +1,80 @@
+"""The sweeper's use cases: expire reservations past their deadline, finish steps whose caller
+died, drop old return markers, give back orphan holds. Each is safe in every replica at once:
+every write is a guarded single-document update, so no step is applied twice."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from mercato_catalog.domain.reservations import owns
+from mercato_catalog.domain.stock import Hold
+from mercato_catalog.service.reservations import ReservationService
+from mercato_catalog.service.stock import StockMovements
+from mercato_catalog.store import ReservationStore, StockStore
+
+__all__ = ["ReservationUpkeep"]
+
+log = logging.getLogger("mercato_catalog.reservations")
+
+
+class ReservationUpkeep:
+    def __init__(
+        self,
+        sagas: ReservationStore,
+        reservations: ReservationService,
+        stock: StockMovements,
+        stock_store: StockStore,
+    ) -> None:
+        self._sagas = sagas
+        self._reservations = reservations
+        self._stock = stock
+        self._stock_store = stock_store
+
+    async def expire_due(self, now: datetime, limit: int) -> int:
+        """Expire reservations past their deadline that were never committed."""
+        count = 0
+        for saga in await self._sagas.due_for_expiry(now, limit):
+            if await self._reservations.expire(saga):
+                count += 1
+        return count
+
+    async def finish_stuck(self, older_than: datetime, limit: int) -> int:
+        """Complete steps whose caller died half-way."""
+        stuck = await self._sagas.stuck(older_than, limit)
+        for saga in stuck:
+            await self._reservations.finish(saga)
+        return len(stuck)
+
+    async def forget_returns(self, now: datetime, limit: int) -> int:
+        """Drop the ``returns`` markers of releases older than the retention."""
+        due = await self._sagas.due_for_cleanup(now, limit)
+        for saga in due:
+            for line in saga.lines:
+                await self._stock.forget_return(line.sku, saga.order_id)
+            await self._sagas.clear_cleanup(saga.order_id)
+        return len(due)
+
+    async def reap_orphan_holds(self, older_than: datetime, limit: int) -> int:
+        """Give back product holds older than ``older_than`` whose saga does not own them
+        (crashed stragglers)."""
+        reaped = 0
+        after = ""
+        while True:
+            page = await self._stock_store.holds_page(after, limit)
+            for sku, holds in page:
+                for hold in holds:
+                    reaped += await self._reap(sku, hold, older_than)
+            if len(page) < limit:
+                return reaped
+            after = page[-1][0]
+
+    async def _reap(self, sku: str, hold: Hold, older_than: datetime) -> bool:
+        if not hold.older_than(older_than):
+            return False
+        if owns(await self._sagas.find(hold.order_id), hold):
+            return False
+        if not await self._stock.unhold(sku, hold.order_id, hold.attempt, hold.quantity):
+            return False
+        log.warning("reaped an orphan hold", extra={"sku": sku, "order_id": hold.order_id})
+        return True
