@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from mercato_common.kafka import ConsumedEvent, new_envelope, unpack_data
 from mercato_common.kit import Service
-from mercato_common.outbox import enqueue
+from mercato_common.outbox import Outbox
 from mercato_common.postgres import Database
 from mercato_common.runtime import start_all, stop_all
 from mercato_common.settings import BaseServiceSettings, OutboxSettings, PostgresSettings
@@ -74,7 +74,7 @@ class NotesServicer:
                 )
             )
             event = new_envelope(StringValue(value=request.text), source="notes", subject=note_id)
-            await enqueue(tx.raw, event, self._topic)
+            await Outbox(tx, self._topic).add(event)
         return self._contract.Note(id=note_id, text=request.text)
 
 

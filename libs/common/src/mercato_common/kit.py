@@ -33,7 +33,7 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from aiokafka.admin import AIOKafkaAdminClient
@@ -412,11 +412,20 @@ class Service:
             await stop_all(started)
 
 
-class App(Protocol):
-    """What a service's builder returns: its kit :class:`Service` (and what else it likes)."""
+@dataclass
+class App:
+    """What a service's builder returns: its kit :class:`Service`; a service's own app class
+    adds the objects its commands and tests reach."""
+
+    kit: Service
 
     @property
-    def kit(self) -> Service: ...
+    def parts(self) -> list[Lifecycle]:
+        return self.kit.parts
+
+    @property
+    def server(self) -> GrpcServer:
+        return self.kit.server
 
 
 A = TypeVar("A", bound=App)

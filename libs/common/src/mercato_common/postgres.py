@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from importlib.resources.abc import Traversable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 from opentelemetry import trace
@@ -28,6 +28,7 @@ from mercato_common.migrations import Migration, load_migrations, migrate
 __all__ = [
     "UNAVAILABLE_ERRORS",
     "Database",
+    "Store",
     "TracedConnection",
     "outbox_migration",
     "run_migrations",
@@ -170,6 +171,7 @@ class Database:
         self._tracer = trace.get_tracer(tracer_name)
         self._log = logging.getLogger(tracer_name)
         self._pool: Any = None
+        self._probe: Any = None
 
     def __repr__(self) -> str:  # the DSN may hold a password
         return f"Database(pool_size={self._min_size}..{self._max_size})"
@@ -198,9 +200,27 @@ class Database:
             await conn.close()
 
     async def ping(self) -> None:
-        """One round trip on a pooled connection (the health probe); raises when unreachable."""
-        async with self._acquire() as conn:
-            await conn.fetchval("SELECT 1")
+        """One round trip to the server (the health probe); raises when it is unreachable.
+
+        The probe keeps a connection of its own, outside the pool: a pool busy with real work
+        must not read as a database that is down (and take the replica out of its Service).
+        """
+        try:
+            if self._probe is None or self._probe.is_closed():
+                self._probe = await asyncpg.connect(
+                    dsn=self._dsn,
+                    timeout=self._command_timeout,
+                    command_timeout=self._command_timeout,
+                )
+            await self._probe.fetchval("SELECT 1")
+        except BaseException:
+            await self._close_probe()
+            raise
+
+    async def _close_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.terminate()
 
     async def start(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -214,6 +234,7 @@ class Database:
                 await self.run_migrations(conn)
 
     async def stop(self) -> None:
+        await self._close_probe()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -246,3 +267,27 @@ class Database:
             conn.transaction(),
         ):
             yield TracedConnection(conn, self._tracer)
+
+
+Tx = TypeVar("Tx")
+
+
+class Store(Generic[Tx]):
+    """A service's repositories on one connection: :meth:`read` outside a transaction,
+    :meth:`write` inside one. ``tx(conn)`` builds the service's set of repositories (its ``Tx``)
+    on the connection; unreachable-database errors become the service's own (see
+    :class:`Database`)."""
+
+    def __init__(self, database: Database, tx: Callable[[TracedConnection], Tx]) -> None:
+        self.database = database
+        self._tx = tx
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[Tx]:
+        async with self.database.connection() as conn:
+            yield self._tx(conn)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        async with self.database.transaction() as conn:
+            yield self._tx(conn)

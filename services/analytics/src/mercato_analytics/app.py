@@ -29,18 +29,15 @@ from mercato_analytics.settings import AnalyticsSettings
 from mercato_analytics.store import INDEXES, AnalyticsStore
 from mercato_common.identity import TokenVerifier
 from mercato_common.kafka import Backoff, ConsumerGroup, DeadLetterSink
-from mercato_common.kit import Definition, Service
-from mercato_common.runtime import Lifecycle
-from mercato_common.server import GrpcServer
+from mercato_common.kit import App, Definition, Service
 
 __all__ = ["DEFINITION", "AnalyticsApp", "build_app"]
 
 
 @dataclass
-class AnalyticsApp:
+class AnalyticsApp(App):
     """The declared service and the objects its commands and tests reach."""
 
-    kit: Service
     settings: AnalyticsSettings
     servicer: AnalyticsServicer
     store: AnalyticsStore
@@ -50,14 +47,6 @@ class AnalyticsApp:
     progress: ProgressFlush | None
     metrics: AnalyticsMetrics
     mongo: AsyncMongoClient[Any]
-
-    @property
-    def parts(self) -> list[Lifecycle]:
-        return self.kit.parts
-
-    @property
-    def server(self) -> GrpcServer:
-        return self.kit.server
 
 
 def build_app(

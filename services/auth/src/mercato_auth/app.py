@@ -30,9 +30,7 @@ from mercato_auth.service import (
 from mercato_auth.settings import AuthSettings
 from mercato_auth.store import TRACER_NAME, AuthStore, Database, migrations_dir
 from mercato_common.identity import JwksTokenVerifier
-from mercato_common.kit import Definition, Service
-from mercato_common.runtime import Lifecycle
-from mercato_common.server import GrpcServer
+from mercato_common.kit import App, Definition, Service
 
 __all__ = ["DEFINITION", "AuthApp", "Bootstrap", "build_app"]
 
@@ -40,23 +38,14 @@ _log = logging.getLogger("mercato_auth")
 
 
 @dataclass
-class AuthApp:
+class AuthApp(App):
     """The declared service and the objects its commands and tests reach."""
 
-    kit: Service
     database: Database
     store: AuthStore
     keys: KeyRing
     service: AuthService
     verifier: JwksTokenVerifier
-
-    @property
-    def parts(self) -> list[Lifecycle]:
-        return self.kit.parts
-
-    @property
-    def server(self) -> GrpcServer:
-        return self.kit.server
 
 
 class Bootstrap:

@@ -43,11 +43,10 @@ from mercato_catalog.store import (
     WriteLocks,
 )
 from mercato_common.identity import TokenVerifier
-from mercato_common.kit import Definition, Service
+from mercato_common.kit import App, Definition, Service
 from mercato_common.outbox import MongoOutboxRelay, RelayRunner
 from mercato_common.redis_client import fail_fast_redis
-from mercato_common.runtime import CloseOnStop, Lifecycle
-from mercato_common.server import GrpcServer
+from mercato_common.runtime import CloseOnStop
 
 __all__ = ["DEFINITION", "CatalogApp", "build_app", "is_ferretdb"]
 
@@ -61,10 +60,9 @@ async def is_ferretdb(client: AsyncMongoClient[Any]) -> bool:
 
 
 @dataclass
-class CatalogApp:
+class CatalogApp(App):
     """The declared service and the objects its tests reach."""
 
-    kit: Service
     servicer: CatalogServicer
     ctx: StoreContext
     products: ProductService
@@ -77,14 +75,6 @@ class CatalogApp:
     relays: RelayRunner[MongoOutboxRelay] | None
     mongo: AsyncMongoClient[Any]
     redis: Redis | None
-
-    @property
-    def parts(self) -> list[Lifecycle]:
-        return self.kit.parts
-
-    @property
-    def server(self) -> GrpcServer:
-        return self.kit.server
 
 
 def build_app(

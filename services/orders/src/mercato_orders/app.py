@@ -17,9 +17,7 @@ from mercato.auth.v1 import auth_pb2_grpc
 from mercato.catalog.v1 import catalog_pb2_grpc
 from mercato.orders.v1 import orders_pb2_grpc
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
-from mercato_common.kit import Definition, Service
-from mercato_common.runtime import Lifecycle
-from mercato_common.server import GrpcServer
+from mercato_common.kit import App, Definition, Service
 from mercato_orders.api import SERVICE_NAME, OrdersServicer
 from mercato_orders.clients import CatalogClient, ServiceTokens, issue_with
 from mercato_orders.commands import COMMANDS
@@ -38,10 +36,9 @@ CATALOG_SERVICE = "mercato.catalog.v1.CatalogService"
 
 
 @dataclass
-class OrdersApp:
+class OrdersApp(App):
     """The declared service and the objects its commands and tests reach."""
 
-    kit: Service
     database: Database
     store: OrdersStore
     service: OrdersService
@@ -51,14 +48,6 @@ class OrdersApp:
     # Built whatever the settings say (the `reconcile` command runs it once); a job of the
     # running service only with RECONCILE_ENABLED.
     reconciler: Reconciler
-
-    @property
-    def parts(self) -> list[Lifecycle]:
-        return self.kit.parts
-
-    @property
-    def server(self) -> GrpcServer:
-        return self.kit.server
 
 
 def build_app(

@@ -27,6 +27,7 @@ from mercato_common.outbox.mongo import (
     with_outbox,
 )
 from mercato_common.outbox.postgres import (
+    Outbox,
     PostgresOutboxRelay,
     enqueue,
     enqueue_many,
@@ -36,6 +37,7 @@ from mercato_common.outbox.runner import RelayRunner
 
 __all__ = [
     "MongoOutboxRelay",
+    "Outbox",
     "OutboxMessage",
     "OutboxMetrics",
     "OutboxRelay",

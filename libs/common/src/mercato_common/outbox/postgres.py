@@ -42,9 +42,11 @@ from mercato_common.kafka.envelope import Envelope
 from mercato_common.kafka.producer import EventProducer
 from mercato_common.migrations import advisory_lock_key, validate_identifier
 from mercato_common.outbox._base import OutboxMessage, OutboxRelay, event_headers
+from mercato_common.postgres import TracedConnection
 
 __all__ = [
     "Executor",
+    "Outbox",
     "PostgresOutboxRelay",
     "enqueue",
     "enqueue_many",
@@ -315,3 +317,15 @@ def _alive(conn: Any) -> bool:
         return not conn.is_closed()
     except Exception:
         return False
+
+
+class Outbox:
+    """Events into the outbox table, in the transaction of the change they announce (a
+    service's store hands one to its use cases with the repositories of that transaction)."""
+
+    def __init__(self, conn: TracedConnection, topic: str) -> None:
+        self._conn = conn
+        self._topic = topic
+
+    async def add(self, envelope: Envelope) -> None:
+        await enqueue(self._conn.raw, envelope, self._topic)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 
 from mercato_auth.store.clients import ClientRecord, Clients
-from mercato_auth.store.outbox import Outbox
 from mercato_auth.store.refresh_tokens import RefreshTokens
 from mercato_auth.store.signing_keys import SigningKeys, StoredSigningKey
 from mercato_auth.store.throttle import Throttle
 from mercato_auth.store.users import Users
-from mercato_common.postgres import Database, TracedConnection
+from mercato_common.outbox import Outbox
+from mercato_common.postgres import Database, Store, TracedConnection
 
 __all__ = [
     "TRACER_NAME",
@@ -46,17 +44,6 @@ class Tx:
         self.outbox = Outbox(conn, events_topic)
 
 
-class AuthStore:
+class AuthStore(Store[Tx]):
     def __init__(self, database: Database, *, events_topic: str) -> None:
-        self.database = database
-        self._topic = events_topic
-
-    @asynccontextmanager
-    async def read(self) -> AsyncIterator[Tx]:
-        async with self.database.connection() as conn:
-            yield Tx(conn, self._topic)
-
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[Tx]:
-        async with self.database.transaction() as conn:
-            yield Tx(conn, self._topic)
+        super().__init__(database, lambda conn: Tx(conn, events_topic))
