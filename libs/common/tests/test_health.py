@@ -39,7 +39,7 @@ class Switch:
 def watch(grace: float = 5.0) -> tuple[HealthWatch, Target, Clock, CollectorRegistry]:
     target, clock, registry = Target(), Clock(), CollectorRegistry()
     health = HealthWatch(
-        target, interval=1.0, grace=grace, timeout=0.05, registry=registry, clock=clock
+        target.set_serving, interval=1.0, grace=grace, timeout=0.05, registry=registry, clock=clock
     )
     return health, target, clock, registry
 

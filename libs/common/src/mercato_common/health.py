@@ -18,23 +18,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 
 from mercato_common.runtime import Periodic
 
-__all__ = ["HealthWatch", "Probe", "ServingStatus"]
+__all__ = ["HealthWatch", "Probe"]
 
 _log = logging.getLogger("mercato.health")
 
 Probe = Callable[[], Awaitable[object]]
-
-
-class ServingStatus(Protocol):
-    """What :class:`HealthWatch` drives: the gRPC server's ``set_serving``."""
-
-    async def set_serving(self, serving: bool) -> None: ...
 
 
 @dataclass
@@ -47,11 +40,12 @@ class _Dependency:
 
 
 class HealthWatch:
-    """Probes the dependencies and keeps ``target``'s serving status true to them."""
+    """Probes the dependencies and keeps the serving status true to them: ``set_serving`` (the
+    gRPC server's) is called with every change."""
 
     def __init__(
         self,
-        target: ServingStatus,
+        set_serving: Callable[[bool], Awaitable[None]],
         *,
         interval: float,
         grace: float,
@@ -59,7 +53,7 @@ class HealthWatch:
         registry: CollectorRegistry = REGISTRY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._target = target
+        self._set_serving = set_serving
         # A probe that hangs counts as a failure after this long (default: one interval).
         self._timeout = interval if timeout is None else timeout
         self._grace = grace
@@ -108,7 +102,7 @@ class HealthWatch:
             _log.warning(
                 "health turned %s", "SERVING" if serving else "NOT_SERVING", extra={"down": down}
             )
-            await self._target.set_serving(serving)
+            await self._set_serving(serving)
         return serving
 
     async def _probe(self, dependency: _Dependency) -> bool:

@@ -125,7 +125,7 @@ class Service:
         self._token_verifier = token_verifier
         self._server: GrpcServer | None = None
         self.health = HealthWatch(
-            self._serving_target(),
+            lambda serving: self.server.set_serving(serving),
             interval=settings.health_check_interval_seconds,
             grace=settings.health_grace_seconds,
             registry=registry,
@@ -150,15 +150,6 @@ class Service:
                 registry=self.registry,
             )
         return self._server
-
-    def _serving_target(self) -> Any:
-        service = self
-
-        class _Target:
-            async def set_serving(self, serving: bool) -> None:
-                await service.server.set_serving(serving)
-
-        return _Target()
 
     def verify_tokens(self, verifier: TokenVerifier) -> None:
         """Verify callers' tokens with ``verifier`` (before the first :meth:`serve`)."""
