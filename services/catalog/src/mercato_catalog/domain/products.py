@@ -14,6 +14,7 @@ from mercato_catalog.domain.errors import (
     ProductArchived,
     invalid,
 )
+from mercato_common.paging import unknown_mask_paths
 
 __all__ = [
     "MAX_CATEGORY_DEPTH",
@@ -156,8 +157,7 @@ class ProductChanges:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = self.fields - UPDATABLE_FIELDS
-        if unknown or not self.fields:
+        if unknown_mask_paths(self.fields, UPDATABLE_FIELDS) or not self.fields:
             raise invalid(
                 "update_mask must name some of " + ", ".join(sorted(UPDATABLE_FIELDS)),
                 "update_mask",
