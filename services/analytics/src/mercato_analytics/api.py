@@ -9,10 +9,6 @@ ranges again and round them to whole buckets as the contract says.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeAlias
-
-import grpc
-
 from mercato.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from mercato_analytics.convert import (
     bucket_size,
@@ -24,11 +20,7 @@ from mercato_analytics.convert import (
     top_products_to_proto,
 )
 from mercato_analytics.service import Queries
-
-if TYPE_CHECKING:
-    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-else:
-    Context: TypeAlias = Any
+from mercato_common.grpc_types import ServicerContext as Context
 
 __all__ = ["SERVICE_NAME", "AnalyticsServicer"]
 

@@ -8,9 +8,7 @@ carries ``retry_after``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeAlias
-
-import grpc
+from typing import Any
 
 from mercato.auth.v1 import auth_pb2, auth_pb2_grpc
 from mercato_auth.convert import role_from_proto, state_from_proto, timestamp, user_to_proto
@@ -19,14 +17,12 @@ from mercato_auth.domain.scopes import Role
 from mercato_auth.domain.tokens import TOKEN_TYPE, TokenGrant
 from mercato_auth.domain.users import UserFilter
 from mercato_auth.service import AuthService
+from mercato_common.grpc_types import ServicerContext as Context
 from mercato_common.identity import require_identity
 
 __all__ = ["SERVICE_NAME", "AuthServicer", "client_address"]
 
 SERVICE_NAME = "mercato.auth.v1.AuthService"
-
-if TYPE_CHECKING:  # the stubs' generics do not exist at run time
-    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 def client_address(context: Context, *, trust_forwarded_for: bool) -> str:

@@ -9,9 +9,6 @@ request reaches a query as anything but a string or an integer.
 from __future__ import annotations
 
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, TypeAlias
-
-import grpc
 
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from mercato_catalog.convert import (
@@ -27,12 +24,8 @@ from mercato_catalog.domain.reservations import Line, check_lines
 from mercato_catalog.service.categories import CategoryService
 from mercato_catalog.service.products import ProductService
 from mercato_catalog.service.reservations import ReservationService
+from mercato_common.grpc_types import ServicerContext as Context
 from mercato_common.identity import current_identity
-
-if TYPE_CHECKING:
-    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-else:
-    Context: TypeAlias = Any
 
 __all__ = ["SERVICE_NAME", "CatalogServicer"]
 

@@ -11,11 +11,9 @@ relies on. Ownership is a domain rule: another user's order is NOT_FOUND unless 
 from __future__ import annotations
 
 from datetime import UTC
-from typing import TYPE_CHECKING, Any, TypeAlias
-
-import grpc
 
 from mercato.orders.v1 import orders_pb2, orders_pb2_grpc
+from mercato_common.grpc_types import ServicerContext as Context
 from mercato_common.identity import require_identity
 from mercato_orders.convert import (
     money_from_proto,
@@ -25,11 +23,6 @@ from mercato_orders.convert import (
 )
 from mercato_orders.domain.rules import ADMIN_SCOPE, Viewer, list_filter, page_size
 from mercato_orders.service import OrdersService
-
-if TYPE_CHECKING:
-    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
-else:
-    Context: TypeAlias = Any
 
 __all__ = ["SERVICE_NAME", "OrdersServicer"]
 
