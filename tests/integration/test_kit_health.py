@@ -56,7 +56,7 @@ async def test_health_follows_the_database_down_and_up(
     )
     registry = CollectorRegistry()
     kit = Service(settings, registry=registry)
-    kit.postgres(settings, migrations=tmp_path, tracer_name="probe.store")
+    kit.postgres(settings, package="probe.store", migrations=tmp_path)
     started = await start_all(kit.parts)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{kit.server.port}")
     stub = health_pb2_grpc.HealthStub(channel)

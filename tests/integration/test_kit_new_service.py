@@ -101,7 +101,7 @@ def build(
 ) -> tuple[Service, NoteCounter]:
     kit = Service(settings, registry=CollectorRegistry())
     database = kit.postgres(
-        settings, migrations=migrations, tracer_name="notes.store", outbox_migration=2
+        settings, package="notes.store", migrations=migrations, outbox_migration=2
     )
     kit.postgres_outbox(database, settings)
     counter = NoteCounter(database)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from typing import Any
 
 import pytest
 
 from mercato_auth.api import client_address
-from mercato_auth.store import migrations_dir
 from mercato_common.outbox import outbox_ddl
 from mercato_common.postgres import service_migrations
 
@@ -42,7 +42,7 @@ def test_client_address(
 
 
 def test_migrations_ship_in_the_package_with_the_common_outbox() -> None:
-    migrations = service_migrations(migrations_dir(), outbox_version=2)
+    migrations = service_migrations(files("mercato_auth.store") / "migrations", outbox_version=2)
     assert [m.version for m in migrations] == [1, 2]
     # If libs/common changes the outbox DDL, add a migration (never edit an applied one).
     assert outbox_ddl("outbox") in migrations[1].sql

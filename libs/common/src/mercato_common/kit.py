@@ -32,6 +32,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any, Generic, TypeVar
 
@@ -179,16 +180,21 @@ class Service:
         self,
         settings: PostgresSettings,
         *,
-        migrations: Traversable,
-        tracer_name: str,
+        package: str,
+        migrations: Traversable | None = None,
         outbox_migration: int | None = None,
         unavailable_error: Callable[[], BaseException] | None = None,
     ) -> Database:
-        """The service's PostgreSQL pool: migrated at start, probed, its pool in the metrics."""
+        """The service's PostgreSQL pool: migrated at start, probed, its pool in the metrics.
+
+        ``package`` is the service's store package (``"mercato_orders.store"``): its
+        ``migrations/`` folder holds the migrations (unless ``migrations`` names another) and its
+        name is the tracer and logger name of the database spans.
+        """
         database = Database(
             settings.database_url.get_secret_value(),
-            tracer_name=tracer_name,
-            migrations=migrations,
+            tracer_name=package,
+            migrations=migrations if migrations is not None else files(package) / "migrations",
             min_size=settings.database_pool_min_size,
             max_size=settings.database_pool_max_size,
             command_timeout=settings.database_command_timeout_seconds,

@@ -28,7 +28,7 @@ from mercato_auth.service import (
     TokenSettings,
 )
 from mercato_auth.settings import AuthSettings
-from mercato_auth.store import TRACER_NAME, AuthStore, Database, migrations_dir
+from mercato_auth.store import AuthStore, Database
 from mercato_common.identity import JwksTokenVerifier
 from mercato_common.kit import App, Definition, Service
 
@@ -82,8 +82,7 @@ def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY)
     kit = Service(settings, registry=registry)
     database = kit.postgres(
         settings,
-        migrations=migrations_dir(),
-        tracer_name=TRACER_NAME,
+        package="mercato_auth.store",
         outbox_migration=2,
         unavailable_error=AuthUnavailable,
     )

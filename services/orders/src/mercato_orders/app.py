@@ -27,7 +27,7 @@ from mercato_orders.jobs import Reconciler
 from mercato_orders.payments import DevPaymentProvider
 from mercato_orders.service import OrdersConfig, OrdersMetrics, OrdersService, Reconciliation
 from mercato_orders.settings import OrdersSettings
-from mercato_orders.store import TRACER_NAME, Database, OrdersStore, migrations_dir
+from mercato_orders.store import Database, OrdersStore
 
 __all__ = ["DEFINITION", "OrdersApp", "build_app"]
 
@@ -61,8 +61,7 @@ def build_app(
     kit = Service(settings, registry=registry)
     database = kit.postgres(
         settings,
-        migrations=migrations_dir(),
-        tracer_name=TRACER_NAME,
+        package="mercato_orders.store",
         outbox_migration=2,
         unavailable_error=OrdersUnavailable,
     )

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
-from importlib.resources.abc import Traversable
-
 from mercato_auth.store.clients import ClientRecord, Clients
 from mercato_auth.store.refresh_tokens import RefreshTokens
 from mercato_auth.store.signing_keys import SigningKeys, StoredSigningKey
@@ -14,21 +11,12 @@ from mercato_common.outbox import Outbox
 from mercato_common.postgres import Database, Store, TracedConnection
 
 __all__ = [
-    "TRACER_NAME",
     "AuthStore",
     "ClientRecord",
     "Database",
     "StoredSigningKey",
     "Tx",
-    "migrations_dir",
 ]
-
-# The tracer (and logger) name of the database spans.
-TRACER_NAME = "mercato_auth.store"
-
-
-def migrations_dir() -> Traversable:
-    return files("mercato_auth.store") / "migrations"
 
 
 class Tx:

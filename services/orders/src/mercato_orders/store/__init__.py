@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
-from importlib.resources.abc import Traversable
-
 from mercato_common.outbox import Outbox
 from mercato_common.postgres import Database, Store, TracedConnection
 from mercato_orders.store.keys import KeyRow, Keys, KeyState, new_token
 from mercato_orders.store.orders import Orders, StaleOrderError
 
 __all__ = [
-    "TRACER_NAME",
     "Database",
     "KeyRow",
     "KeyState",
@@ -19,16 +15,8 @@ __all__ = [
     "Outbox",
     "StaleOrderError",
     "Tx",
-    "migrations_dir",
     "new_token",
 ]
-
-# The tracer (and logger) name of the database spans.
-TRACER_NAME = "mercato_orders.store"
-
-
-def migrations_dir() -> Traversable:
-    return files("mercato_orders.store") / "migrations"
 
 
 class Tx:
