@@ -450,7 +450,6 @@ class Definition(Generic[S, A]):
     settings: type[S]
     build: Callable[..., A]
     commands: Sequence[Command[S, A]] = field(default_factory=tuple)
-    description: str = ""
 
     def main(
         self, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
@@ -461,7 +460,9 @@ class Definition(Generic[S, A]):
 
 def _parser(definition: Definition[Any, Any]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=f"python -m mercato_{definition.name}", description=definition.description
+        prog=f"python -m mercato_{definition.name}",
+        description=f"The mercato {definition.name} service: serve it, migrate its store, or run "
+        "one of its admin commands.",
     )
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the service until SIGTERM/SIGINT (the default)")

@@ -115,10 +115,4 @@ def build_app(
     )
 
 
-DEFINITION: Definition[AnalyticsSettings, AnalyticsApp] = Definition(
-    name="analytics",
-    settings=AnalyticsSettings,
-    build=build_app,
-    commands=COMMANDS,
-    description="The analytics service: aggregates of every domain event, and their freshness.",
-)
+DEFINITION = Definition("analytics", AnalyticsSettings, build_app, COMMANDS)

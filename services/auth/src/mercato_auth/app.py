@@ -133,10 +133,4 @@ def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY)
     )
 
 
-DEFINITION: Definition[AuthSettings, AuthApp] = Definition(
-    name="auth",
-    settings=AuthSettings,
-    build=build_app,
-    commands=COMMANDS,
-    description="The auth service: accounts, OAuth 2.0 tokens, signing keys and JWKS.",
-)
+DEFINITION = Definition("auth", AuthSettings, build_app, COMMANDS)

@@ -153,9 +153,4 @@ def build_app(
     )
 
 
-DEFINITION: Definition[CatalogSettings, CatalogApp] = Definition(
-    name="catalog",
-    settings=CatalogSettings,
-    build=build_app,
-    description="The catalog service: products, categories, stock and its reservations.",
-)
+DEFINITION = Definition("catalog", CatalogSettings, build_app)

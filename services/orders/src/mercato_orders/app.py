@@ -135,10 +135,4 @@ def build_app(
     )
 
 
-DEFINITION: Definition[OrdersSettings, OrdersApp] = Definition(
-    name="orders",
-    settings=OrdersSettings,
-    build=build_app,
-    commands=COMMANDS,
-    description="The orders service: orders, the stock reservation saga, payments.",
-)
+DEFINITION = Definition("orders", OrdersSettings, build_app, COMMANDS)
