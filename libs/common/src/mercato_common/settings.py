@@ -118,8 +118,8 @@ class BaseServiceSettings(ServiceTlsSettings, TokenSettings):
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     # Health: every dependency the service needs is checked this often; one unreachable longer
     # than the grace turns the gRPC health NOT_SERVING (a single blip does not flap it).
-    health_check_interval_seconds: float = Field(default=2.0, gt=0)
-    health_grace_seconds: float = Field(default=6.0, ge=0)
+    health_check_interval_seconds: float = Field(default=5.0, gt=0)
+    health_grace_seconds: float = Field(default=10.0, ge=0)
     otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
     # Mutual TLS when serving: callers must present a certificate signed by this CA.
     tls_client_ca_file: Path | None = None
