@@ -226,3 +226,25 @@ async def test_a_rule_that_cannot_be_evaluated_is_invalid_argument() -> None:
 
     with pytest.raises(InvalidArgument):
         await ValidationInterceptor().around("/x/Y", request, None, proceed)  # type: ignore[arg-type]
+
+
+async def test_a_nul_character_anywhere_in_the_strings_is_invalid_argument() -> None:
+    from mercato.catalog.v1 import catalog_pb2
+    from mercato_common.interceptors import ValidationInterceptor
+
+    request = catalog_pb2.CreateProductRequest()
+    request.product.sku = "NUL-1"
+    request.product.name = "bad\x00name"
+    request.product.price.currency_code = "EUR"
+    request.product.price.amount_minor = 100
+    request.product.attributes["colour"] = "re\x00d"
+
+    async def proceed() -> None:
+        raise AssertionError("the servicer must not run")
+
+    with pytest.raises(InvalidArgument) as refused:
+        await ValidationInterceptor().around("/x/Y", request, None, proceed)  # type: ignore[arg-type]
+    assert {v.field for v in refused.value.field_violations} == {
+        "product.name",
+        "product.attributes['colour']",
+    }

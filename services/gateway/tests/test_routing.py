@@ -116,6 +116,30 @@ def test_matching_literals_variables_verbs_and_nested_fields() -> None:
     assert router.allowed_methods("/nowhere") == []
 
 
+def test_a_custom_verb_is_never_swallowed_by_a_plain_variable() -> None:
+    router = Router(derive_routes())
+    # UpdateProduct/GetProduct/DeleteProduct bind {sku}; the suffix is AdjustStock's verb.
+    for method in ("GET", "PATCH", "DELETE", "PUT"):
+        assert router.match(method, "/v1/products/X:adjustStock") is None, method
+    assert router.match("GET", "/v1/orders/o1:pay") is None
+    # 405 lists exactly what the path accepts, custom-verb paths included.
+    assert router.allowed_methods("/v1/products/X:adjustStock") == ["POST"]
+    for verb in ("pay", "cancel", "fulfill"):
+        assert router.allowed_methods(f"/v1/orders/o1:{verb}") == ["POST"], verb
+    assert router.allowed_methods("/v1/orders/o1") == ["GET"]
+    # The most specific template owns its path, as in OpenAPI: /v1/users/me is GET only.
+    assert router.allowed_methods("/v1/users/me") == ["GET"]
+    assert router.match("PATCH", "/v1/users/me") is None
+    # A value ending in such a suffix is still reachable, colon percent-encoded.
+    found = router.match("GET", "/v1/products/X%3AadjustStock")
+    assert found is not None
+    assert (found.route.method.name, found.path_params) == ("GetProduct", {"sku": "X:adjustStock"})
+    # An unknown suffix is part of the value, as before.
+    found = router.match("GET", "/v1/products/X:other")
+    assert found is not None
+    assert found.path_params == {"sku": "X:other"}
+
+
 def test_parse_template_forms() -> None:
     parsed = parse_template("/v1/{name=shelves/*/books/*}:publish")
     assert parsed.verb == "publish"

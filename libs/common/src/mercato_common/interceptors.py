@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 import protovalidate
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
@@ -271,7 +272,8 @@ def _bearer_token(context: Context) -> str | None:
 
 
 class ValidationInterceptor(_WrappingInterceptor):
-    """Enforces the request's protovalidate rules; names every bad field."""
+    """Enforces the request's protovalidate rules and refuses NUL in any string; names every
+    bad field."""
 
     def __init__(self, validator: protovalidate.Validator | None = None) -> None:
         self._validator = validator or protovalidate.Validator()
@@ -287,13 +289,46 @@ class ValidationInterceptor(_WrappingInterceptor):
                     "the request has values outside the range its rules can check",
                     reason="INVALID_REQUEST",
                 ) from None
-            if violations:
+            bad = [_field_violation(v) for v in violations]
+            named = {violation.field for violation in bad}
+            bad += [
+                FieldViolation(path, "must not contain the NUL character (U+0000)")
+                for path in nul_fields(request)
+                if path not in named
+            ]
+            if bad:
                 raise InvalidArgument(
-                    "the request is invalid",
-                    reason="INVALID_REQUEST",
-                    field_violations=[_field_violation(v) for v in violations],
+                    "the request is invalid", reason="INVALID_REQUEST", field_violations=bad
                 )
         return await proceed()
+
+
+def nul_fields(message: Message, prefix: str = "") -> Iterator[str]:
+    """Paths of the string fields of ``message`` holding U+0000, which no store here can keep
+    (PostgreSQL text and jsonb refuse it, and so FerretDB): refused as bad input, never stored
+    or answered with INTERNAL."""
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}"
+        if field.type == FieldDescriptor.TYPE_STRING:
+            values = value if field.is_repeated else [value]
+            for index, text in enumerate(values):
+                if "\x00" in text:
+                    yield f"{path}[{index}]" if field.is_repeated else path
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            entry = field.message_type
+            if entry is not None and entry.GetOptions().map_entry:
+                for key, item in value.items():
+                    if isinstance(key, str) and "\x00" in key:
+                        yield f"{path}[{key!r}]"
+                    if isinstance(item, str) and "\x00" in item:
+                        yield f"{path}[{key!r}]"
+                    elif isinstance(item, Message):
+                        yield from nul_fields(item, f"{path}[{key!r}].")
+            elif field.is_repeated:
+                for index, item in enumerate(value):
+                    yield from nul_fields(item, f"{path}[{index}].")
+            else:
+                yield from nul_fields(value, f"{path}.")
 
 
 def _field_violation(violation: protovalidate.Violation) -> FieldViolation:

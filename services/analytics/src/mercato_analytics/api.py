@@ -3,8 +3,9 @@
 
 Request shapes (required fields, ranges, CEL rules) are validated by the protovalidate
 interceptor and access (``analytics:read``) by the identity interceptor before a handler runs;
-``convert`` turns fields into domain values and the use cases (``service.Queries``) check the
-ranges again and round them to whole buckets as the contract says.
+``convert`` turns fields into domain values (None for an unset range end or bucket) and the use
+cases (``service.Queries``) apply the contract's defaults, check the ranges again and round them
+to whole buckets as the contract says.
 """
 
 from __future__ import annotations

@@ -174,7 +174,10 @@ def _required(choices: Mapping[Any, _V], value: int, name: str, allowed: str) ->
     return choice
 
 
-def bucket_size(value: int) -> BucketSize:
+def bucket_size(value: int) -> BucketSize | None:
+    """The requested bucket size; None when unset (the use case applies the default)."""
+    if value == analytics_pb2.BUCKET_UNSPECIFIED:
+        return None
     return _required(_SIZES, value, "bucket", "MINUTE, HOUR or DAY")
 
 
@@ -192,9 +195,12 @@ def _when(ts: Timestamp, name: str) -> datetime:
         ) from None
 
 
-def requested_range(request: Any) -> tuple[datetime, datetime]:
-    """``start_time`` and ``end_time`` of a request (not yet checked as a range)."""
-    return _when(request.start_time, "start_time"), _when(request.end_time, "end_time")
+def requested_range(request: Any) -> tuple[datetime | None, datetime | None]:
+    """``start_time`` and ``end_time`` of a request, None when unset (the use case applies the
+    contract's defaults), not yet checked as a range."""
+    start = _when(request.start_time, "start_time") if request.HasField("start_time") else None
+    end = _when(request.end_time, "end_time") if request.HasField("end_time") else None
+    return start, end
 
 
 # --- domain values → responses --------------------------------------------------------------

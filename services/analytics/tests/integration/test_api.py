@@ -104,10 +104,25 @@ async def test_access_and_validation(harness) -> None:
     await _expect(
         stub.GetSalesSummary(too_long, metadata=analytics.auth()), grpc.StatusCode.INVALID_ARGUMENT
     )
-    no_bucket = _request(analytics_pb2.GetSalesSummaryRequest, BASE, BASE + timedelta(hours=1))
-    await _expect(
-        stub.GetSalesSummary(no_bucket, metadata=analytics.auth()), grpc.StatusCode.INVALID_ARGUMENT
+    # Unset range ends and bucket take the contract's defaults (7 days ending now, by day).
+    bare = await stub.GetSalesSummary(
+        analytics_pb2.GetSalesSummaryRequest(), metadata=analytics.auth()
     )
+    assert len(bare.buckets) in (7, 8)  # 7 days, widened to whole days
+    assert bare.total.start_time == bare.buckets[0].start_time
+    await stub.GetFunnel(analytics_pb2.GetFunnelRequest(), metadata=analytics.auth())
+    await stub.ListTopProducts(
+        analytics_pb2.ListTopProductsRequest(rank_by=analytics_pb2.RANK_BY_UNITS),
+        metadata=analytics.auth(),
+    )
+    future_start = analytics_pb2.GetFunnelRequest()
+    future_start.start_time.FromDatetime(datetime.now(UTC) + timedelta(days=1))
+    error = await _expect(
+        stub.GetFunnel(future_start, metadata=analytics.auth()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_RANGE",
+    )
+    assert [v.field for v in error_from_rpc(error).field_violations] == ["end_time"]
     revenue_without_currency = _request(
         analytics_pb2.ListTopProductsRequest,
         BASE,

@@ -3,16 +3,26 @@
 Paths and operations come from the routes; parameters from path variables, the request fields
 left for the query string and header-bound fields; request and response schemas from the
 messages (proto3 JSON: lowerCamelCase or explicit ``json_name``, int64 as strings, enums by
-name, well-known types as their JSON forms), with the protovalidate rules that JSON Schema can
-express (lengths, patterns, ranges, item counts, uuid/email formats) and ``google.api``
-field behaviours (REQUIRED -> required, OUTPUT_ONLY -> readOnly, INPUT_ONLY -> writeOnly).
+name, well-known types as their JSON forms) and ``google.api`` field behaviours (REQUIRED ->
+required, OUTPUT_ONLY -> readOnly, INPUT_ONLY -> writeOnly).
+
+Every ``buf.validate`` rule that JSON Schema can express is in the schemas, so that a request
+valid against the document passes the services' validation: ``required`` (required, a
+non-empty string or list, an enum other than its zero value), string lengths, ``pattern``,
+``const``/``in``/``not_in``, prefix/suffix/contains (as extra patterns), the well-known string
+formats, numeric bounds (int64 is a JSON string, so only a sign bound becomes a pattern, the
+others stay in the description), enum ``defined_only``/``in``/``not_in``, list sizes and
+uniqueness, map sizes and a field mask's allowed paths. CEL rules are named in the description
+(their message); the two simple forms ``this.f != ''`` and ``has(this.f)`` on a message field
+also become ``required``. ``IGNORE_IF_ZERO_VALUE`` admits the zero value besides the rules.
 Security requirements come from the access option: bearer JWT with the route's scopes.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from buf.validate import validate_pb2
@@ -23,7 +33,14 @@ from mercato_common.identity import Audience
 from mercato_gateway.routing import Route
 from mercato_gateway.transcode import is_query_scalar, message_of
 
-__all__ = ["ERROR_STATUSES", "build_openapi", "docs_page", "openapi_path", "parameter_name"]
+__all__ = [
+    "ERROR_STATUSES",
+    "build_openapi",
+    "docs_page",
+    "document_path",
+    "openapi_path",
+    "parameter_name",
+]
 
 # Error statuses every operation may answer (besides its own 200).
 ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "415", "429", "500", "503", "504")
@@ -103,8 +120,55 @@ def openapi_path(template: str) -> str:
     return "".join(out)
 
 
+def document_path(routes: Sequence[Route], route: Route) -> str:
+    """The OpenAPI path of ``route`` in the document of ``routes``: that of the first route of
+    the same template shape."""
+    key = (route.parsed.shape, len(route.parsed.variables))
+    first = next(r for r in routes if (r.parsed.shape, len(r.parsed.variables)) == key)
+    return openapi_path(first.template)
+
+
 def _behaviors(field: FieldDescriptor) -> set[int]:
     return set(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
+
+
+# String formats of protovalidate that JSON Schema (or a pattern) says exactly.
+_STRING_FORMATS = {
+    "email": "email",
+    "hostname": "hostname",
+    "ipv4": "ipv4",
+    "ipv6": "ipv6",
+    "uri": "uri",
+    "uri_ref": "uri-reference",
+    "uuid": "uuid",
+}
+_STRING_PATTERNS = {
+    "tuuid": "^[0-9a-fA-F]{32}$",
+    "ulid": "^[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}$",
+}
+_INT_KINDS = ("int32", "sint32", "sfixed32", "uint32", "fixed32")
+_INT64_KINDS = ("int64", "sint64", "sfixed64", "uint64", "fixed64")
+# CEL rules on a message field that are plain presence rules on one of its fields.
+_CEL_NOT_EMPTY = re.compile(r"^this\.([a-z_][a-z0-9_]*) != ''$")
+_CEL_HAS = re.compile(r"^has\(this\.([a-z_][a-z0-9_]*)\)$")
+
+
+def _camel(path: str) -> str:
+    """``category_id`` -> ``categoryId`` (proto3 JSON names of field mask paths)."""
+    head, *rest = path.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+def _cel_messages(rules: Iterable[validate_pb2.Rule]) -> list[str]:
+    return [rule.message or rule.expression for rule in rules]
+
+
+def _with_description(schema: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    if notes:
+        text = "Also checked: " + "; ".join(notes) + "."
+        existing = schema.get("description")
+        schema["description"] = f"{existing} {text}" if existing else text
+    return schema
 
 
 def _rules(field: FieldDescriptor) -> validate_pb2.FieldRules | None:
@@ -137,7 +201,7 @@ class _SchemaBuilder:
             if field.name in exclude:
                 continue
             properties[field.json_name] = self.field(field)
-            if field_behavior_pb2.REQUIRED in _behaviors(field):
+            if _is_required(field):
                 required.append(field.json_name)
         schema: dict[str, Any] = {
             "type": "object",
@@ -147,7 +211,8 @@ class _SchemaBuilder:
         }
         if required:
             schema["required"] = required
-        return schema
+        message_rules = descriptor.GetOptions().Extensions[validate_pb2.message]
+        return _with_description(schema, _cel_messages(message_rules.cel))
 
     def field(self, field: FieldDescriptor, *, single: bool = False) -> dict[str, Any]:
         rules = _rules(field)
@@ -184,8 +249,12 @@ class _SchemaBuilder:
                     schema["maxItems"] = repeated.max_items
                 if repeated.unique:
                     schema["uniqueItems"] = True
+            if rules is not None and rules.required:
+                schema["minItems"] = max(1, schema.get("minItems", 0))
         else:
             schema = self.scalar(field, rules)
+        if rules is not None:
+            schema = self._cel(field, schema, rules)
         if field_behavior_pb2.OUTPUT_ONLY in behaviors:
             if "$ref" in schema:
                 schema = {"allOf": [schema]}
@@ -196,31 +265,61 @@ class _SchemaBuilder:
             schema["writeOnly"] = True
         return schema
 
+    @staticmethod
+    def _cel(
+        field: FieldDescriptor, schema: dict[str, Any], rules: validate_pb2.FieldRules
+    ) -> dict[str, Any]:
+        """Name the field's CEL rules; presence rules on a message's fields become required."""
+        notes = _cel_messages(rules.cel) + list(rules.cel_expression)
+        if not notes:
+            return schema
+        present: list[str] = []
+        if field.message_type is not None and not field.is_repeated:
+            for rule in rules.cel:
+                found = _CEL_NOT_EMPTY.match(rule.expression) or _CEL_HAS.match(rule.expression)
+                inner = found and field.message_type.fields_by_name.get(found.group(1))
+                if inner:
+                    present.append(inner.json_name)
+                    if inner.type == FieldDescriptor.TYPE_STRING:
+                        schema = {
+                            "allOf": [schema, {"properties": {inner.json_name: {"minLength": 1}}}]
+                        }
+        if present:
+            if "allOf" not in schema:
+                schema = {"allOf": [schema]}
+            schema["allOf"].append({"required": present})
+        return _with_description(schema, notes)
+
     def scalar(
         self, field: FieldDescriptor, rules: validate_pb2.FieldRules | None
     ) -> dict[str, Any]:
         kind = field.type
         ignore_empty = rules is not None and rules.ignore == validate_pb2.IGNORE_IF_ZERO_VALUE
+        required = rules is not None and rules.required
         if kind == FieldDescriptor.TYPE_MESSAGE:
+            if (
+                message_of(field).full_name == "google.protobuf.FieldMask"
+                and rules is not None
+                and rules.HasField("field_mask")
+            ):
+                return _field_mask_schema(rules.field_mask, required)
             return self.ref(message_of(field))
         if kind == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
-            names = [value.name for value in field.enum_type.values]
-            return {"type": "string", "enum": names, "title": field.enum_type.full_name}
+            return _enum_schema(field, rules)
         if kind == FieldDescriptor.TYPE_BOOL:
             return {"type": "boolean"}
         if kind == FieldDescriptor.TYPE_STRING:
             schema: dict[str, Any] = {"type": "string"}
-            return self._string_rules(schema, rules, ignore_empty)
+            schema = self._string_rules(schema, rules, ignore_empty)
+            if required and not schema.get("minLength"):
+                schema["minLength"] = 1
+            return schema
         if kind == FieldDescriptor.TYPE_BYTES:
             return {"type": "string", "contentEncoding": "base64"}
         if kind in _INT32:
             low, high = _INT32[kind]
             schema = {"type": "integer", "format": "int32", "minimum": low, "maximum": high}
-            number_rules: Any = None
-            if rules is not None:
-                for kind_name in ("int32", "sint32", "sfixed32", "uint32", "fixed32"):
-                    if rules.HasField(kind_name):
-                        number_rules = getattr(rules, kind_name)
+            number_rules = _kind_rules(rules, _INT_KINDS)
             if number_rules is not None:
                 if number_rules.HasField("gte"):
                     schema["minimum"] = max(low, number_rules.gte)
@@ -230,11 +329,26 @@ class _SchemaBuilder:
                     schema["maximum"] = min(high, number_rules.lte)
                 if number_rules.HasField("lt"):
                     schema["maximum"] = min(high, number_rules.lt - 1)
+                _choices(schema, number_rules)
+            if required:
+                schema["not"] = {"const": 0}
             return schema
         if kind in _INT64:
-            return {"type": "string", "format": "int64", "pattern": _INT64[kind]}
+            return _int64_schema(kind, _kind_rules(rules, _INT64_KINDS))
         if kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
-            return {"type": "number"}
+            schema = {"type": "number"}
+            number_rules = _kind_rules(rules, ("double", "float"))
+            if number_rules is not None:
+                for rule, keyword in (
+                    ("gte", "minimum"),
+                    ("gt", "exclusiveMinimum"),
+                    ("lte", "maximum"),
+                    ("lt", "exclusiveMaximum"),
+                ):
+                    if number_rules.HasField(rule):
+                        schema[keyword] = getattr(number_rules, rule)
+                _choices(schema, number_rules)
+            return schema
         return {}
 
     @staticmethod
@@ -255,12 +369,114 @@ class _SchemaBuilder:
             schema["maxLength"] = string.len
             if not ignore_empty:
                 schema["minLength"] = string.len
-        if not ignore_empty:
-            if string.HasField("uuid") and string.uuid:
-                schema["format"] = "uuid"
-            elif string.HasField("email") and string.email:
-                schema["format"] = "email"
+        _choices(schema, string)
+        extra = [
+            f"^{re.escape(string.prefix)}" if string.HasField("prefix") else "",
+            f"{re.escape(string.suffix)}$" if string.HasField("suffix") else "",
+            re.escape(string.contains) if string.HasField("contains") else "",
+        ]
+        extra_patterns = [f"^$|{p}" if ignore_empty else p for p in extra if p]
+        well_known = string.WhichOneof("well_known")
+        if well_known in _STRING_PATTERNS and getattr(string, well_known):
+            pattern = _STRING_PATTERNS[well_known]
+            extra_patterns.append(f"^$|{pattern}" if ignore_empty else pattern)
+        if extra_patterns:
+            if "pattern" not in schema:
+                schema["pattern"] = extra_patterns.pop(0)
+            if extra_patterns:
+                schema["allOf"] = [{"pattern": p} for p in extra_patterns]
+        if well_known in _STRING_FORMATS and getattr(string, well_known) and not ignore_empty:
+            schema["format"] = _STRING_FORMATS[well_known]
         return schema
+
+
+def _is_required(field: FieldDescriptor) -> bool:
+    """REQUIRED by field behaviour, or by protovalidate (which refuses the zero value)."""
+    if field_behavior_pb2.REQUIRED in _behaviors(field):
+        return True
+    rules = _rules(field)
+    return rules is not None and rules.required
+
+
+def _kind_rules(rules: validate_pb2.FieldRules | None, kinds: Sequence[str]) -> Any:
+    if rules is None:
+        return None
+    kind = rules.WhichOneof("type")
+    return getattr(rules, kind) if kind is not None and kind in kinds else None
+
+
+def _choices(schema: dict[str, Any], rules: Any) -> None:
+    """``const``, ``in`` and ``not_in`` of scalar rules."""
+    if rules.HasField("const"):
+        schema["const"] = rules.const
+    if len(getattr(rules, "in")):
+        schema["enum"] = list(getattr(rules, "in"))
+    if len(rules.not_in):
+        schema["not"] = {"enum": list(rules.not_in)}
+
+
+def _enum_schema(field: FieldDescriptor, rules: validate_pb2.FieldRules | None) -> dict[str, Any]:
+    """Enum values by name; ``in``/``not_in``/``const`` and ``required`` (non-zero) narrow them.
+    ``defined_only`` needs nothing more: names are the only JSON form documented."""
+    values = list(field.enum_type.values) if field.enum_type is not None else []
+    numbers = [value.number for value in values]
+    if rules is not None and rules.HasField("enum"):
+        enum_rules = rules.enum
+        if enum_rules.HasField("const"):
+            numbers = [n for n in numbers if n == enum_rules.const]
+        if len(getattr(enum_rules, "in")):
+            numbers = [n for n in numbers if n in set(getattr(enum_rules, "in"))]
+        numbers = [n for n in numbers if n not in set(enum_rules.not_in)]
+    if rules is not None and rules.required:
+        numbers = [n for n in numbers if n != 0]
+    names = [value.name for value in values if value.number in numbers]
+    title = field.enum_type.full_name if field.enum_type is not None else ""
+    return {"type": "string", "enum": names, "title": title}
+
+
+def _int64_schema(kind: int, rules: Any) -> dict[str, Any]:
+    """int64 is a JSON string: a lower bound of 0 (or 1) becomes the digits-only pattern, any
+    other bound is only described (a pattern for it would be unreadable)."""
+    schema: dict[str, Any] = {"type": "string", "format": "int64", "pattern": _INT64[kind]}
+    if rules is None:
+        return schema
+    lowest = None
+    if rules.HasField("gte"):
+        lowest = rules.gte
+    elif rules.HasField("gt"):
+        lowest = rules.gt + 1
+    if lowest == 0:
+        schema["pattern"] = r"^[0-9]+$"
+    elif lowest == 1:
+        schema["pattern"] = r"^0*[1-9][0-9]*$"
+    notes = [
+        f"{text} {getattr(rules, rule)}"
+        for rule, text in (("gte", ">="), ("gt", ">"), ("lte", "<="), ("lt", "<"))
+        if rules.HasField(rule)
+    ]
+    if len(getattr(rules, "in")):
+        schema["enum"] = [str(value) for value in getattr(rules, "in")]
+    if len(rules.not_in):
+        schema["not"] = {"enum": [str(value) for value in rules.not_in]}
+    if rules.HasField("const"):
+        schema["const"] = str(rules.const)
+    return _with_description(schema, [f"value {' and '.join(notes)}"] if notes else [])
+
+
+def _field_mask_schema(rules: validate_pb2.FieldMaskRules, required: bool) -> dict[str, Any]:
+    """A field mask is one comma-separated string of lowerCamelCase paths: ``in`` becomes a
+    pattern over those paths (each one the enum of allowed paths)."""
+    schema = dict(_WELL_KNOWN["google.protobuf.FieldMask"])
+    paths = [_camel(path) for path in getattr(rules, "in")]
+    if paths:
+        one = "(" + "|".join(re.escape(path) for path in paths) + ")"
+        many = f"{one}(,{one})*"
+        schema["pattern"] = f"^{many}$" if required else f"^({many})?$"
+        schema["description"] = "Comma-separated field paths, each one of: " + ", ".join(paths)
+        schema["x-field-mask-paths"] = paths
+    elif required:
+        schema["minLength"] = 1
+    return schema
 
 
 def _access_extension(route: Route) -> dict[str, Any]:
@@ -310,7 +526,9 @@ def _query_parameters(
     return parameters
 
 
-def _path_parameter(builder: _SchemaBuilder, route: Route, variable: str) -> dict[str, Any]:
+def _path_parameter(
+    builder: _SchemaBuilder, route: Route, variable: str, name: str
+) -> dict[str, Any]:
     message: Descriptor | None = route.request_descriptor
     field: FieldDescriptor | None = None
     for part in variable.split("."):
@@ -325,12 +543,34 @@ def _path_parameter(builder: _SchemaBuilder, route: Route, variable: str) -> dic
     if schema.get("type") == "string":
         schema.setdefault("minLength", 1)
     return {
-        "name": parameter_name(variable),
+        "name": name,
         "in": "path",
         "required": True,
         "schema": schema,
         "x-field-path": variable,
     }
+
+
+def _without_path_bound(schema: dict[str, Any], route: Route) -> dict[str, Any]:
+    """A body field's schema without presence rules on the fields its path sets (the path of
+    ``PATCH /v1/products/{product.sku}`` fills ``product.sku``, the body need not)."""
+    prefix = route.body + "."
+    bound = {v.removeprefix(prefix) for v in route.parsed.variables if v.startswith(prefix)}
+    if not bound or "allOf" not in schema:
+        return schema
+    json_names = {
+        f.json_name
+        for f in message_of(route.request_descriptor.fields_by_name[route.body]).fields
+        if f.name in bound
+    }
+    parts = []
+    for part in schema["allOf"]:
+        if "required" in part:
+            part = {**part, "required": [n for n in part["required"] if n not in json_names]}
+            if not part["required"]:
+                continue
+        parts.append(part)
+    return {**schema, "allOf": parts}
 
 
 def _error_responses(form: bool) -> dict[str, Any]:
@@ -340,12 +580,13 @@ def _error_responses(form: bool) -> dict[str, Any]:
     }
 
 
-def _operation(builder: _SchemaBuilder, route: Route) -> dict[str, Any]:
+def _operation(builder: _SchemaBuilder, route: Route, path_names: Sequence[str]) -> dict[str, Any]:
     descriptor = route.request_descriptor
     path_roots = frozenset(v.split(".")[0] for v in route.parsed.variables)
     header_names = frozenset(name for name, _, _ in route.header_fields)
     parameters: list[dict[str, Any]] = [
-        _path_parameter(builder, route, variable) for variable in route.parsed.variables
+        _path_parameter(builder, route, variable, name)
+        for variable, name in zip(route.parsed.variables, path_names, strict=True)
     ]
     for name, header, required in route.header_fields:
         header_field = descriptor.fields_by_name[name]
@@ -383,7 +624,7 @@ def _operation(builder: _SchemaBuilder, route: Route) -> dict[str, Any]:
         parameters.extend(_query_parameters(builder, descriptor, route.bound_fields | header_names))
         if route.body:
             field = descriptor.fields_by_name[route.body]
-            schema = builder.field(field)
+            schema = _without_path_bound(builder.field(field), route)
             operation["requestBody"] = {
                 "required": field_behavior_pb2.REQUIRED in _behaviors(field),
                 "content": {"application/json": {"schema": schema}},
@@ -536,10 +777,18 @@ def build_openapi(
     builder = _SchemaBuilder()
     paths: dict[str, dict[str, Any]] = {}
     scopes: set[str] = set()
+    # Templates of the same shape are one OpenAPI path (OpenAPI forbids two paths that differ
+    # only in their variables' names): the first route's names it, and by position the others'
+    # parameters take its names (``PATCH /v1/products/{product.sku}`` is under
+    # ``/v1/products/{sku}``, its parameter ``sku`` with ``x-field-path: product.sku``).
+    first_of_shape: dict[tuple[str, int], Route] = {}
     for route in routes:
         scopes.update(route.access.scopes)
-        path = paths.setdefault(openapi_path(route.template), {})
-        path[route.http_method.lower()] = _operation(builder, route)
+        key = (route.parsed.shape, len(route.parsed.variables))
+        first = first_of_shape.setdefault(key, route)
+        names = [parameter_name(variable) for variable in first.parsed.variables]
+        path = paths.setdefault(openapi_path(first.template), {})
+        path[route.http_method.lower()] = _operation(builder, route, names)
     paths.update(_health_paths())
     responses: dict[str, Any] = {}
     for status in ERROR_STATUSES:

@@ -12,9 +12,16 @@ Path templates follow ``google/api/http.proto``::
     Variable = "{" FieldPath [ "=" Segments ] "}" ;
     Verb     = ":" LITERAL ;
 
-Matching picks, among the routes of the method whose template matches, the most specific one:
-segment by segment a literal beats a variable, which beats ``**`` (so ``GET /v1/users/me`` is
-GetCurrentUser, never GetUser with ``id = "me"``).
+Matching first finds the path's template, as OpenAPI does: among all templates that match, the
+most specific one (segment by segment a literal beats a variable, which beats ``**``; so
+``/v1/users/me`` is GetCurrentUser's path, never GetUser's with ``id = "me"``). The request's
+method must be one of that template's (its routes of the same shape), else 405 with exactly
+those methods in ``Allow``: what ``/openapi.json`` documents for the path.
+
+A ``:verb`` suffix that some route's template declares belongs to that verb only: a template
+without it never matches a last segment ending in it (``PATCH /v1/products/X:adjustStock`` is
+not UpdateProduct with ``sku = "X:adjustStock"``, and its 405 allows POST only). A value that
+really ends in such a suffix is sent with the colon percent-encoded (``X%3AadjustStock``).
 """
 
 from __future__ import annotations
@@ -84,6 +91,12 @@ class Template:
     segments: tuple[Segment, ...]
     verb: str
     variables: tuple[str, ...]
+
+    @property
+    def shape(self) -> str:
+        """Two templates with the same shape match the same paths (variable names aside)."""
+        kinds = [s.literal if s.kind == "literal" else s.kind for s in self.segments]
+        return "/".join(kinds) + (":" + self.verb if self.verb else "")
 
     @property
     def has_multi(self) -> bool:
@@ -246,9 +259,9 @@ class Router:
 
     def __init__(self, routes: Sequence[Route]) -> None:
         self.routes = tuple(routes)
-        self._by_method: dict[str, list[Route]] = {}
-        for route in self.routes:
-            self._by_method.setdefault(route.http_method, []).append(route)
+        self._verb_suffixes = tuple(
+            sorted({":" + r.parsed.verb for r in self.routes if r.parsed.verb})
+        )
         seen: dict[tuple[str, str], Route] = {}
         for route in self.routes:
             key = (route.http_method, _shape(route.parsed))
@@ -261,33 +274,43 @@ class Router:
 
     def match(self, http_method: str, raw_path: str) -> Match | None:
         """The route of ``http_method raw_path`` (raw: still percent-encoded), or None."""
-        parts = _split(raw_path)
-        if parts is None:
-            return None
-        best: tuple[tuple[int, ...], Route, dict[str, str]] | None = None
-        for route in self._by_method.get(http_method, ()):
-            found = _match(route.parsed, parts)
-            if found is None:
-                continue
-            score, params = found
-            if best is None or score > best[0]:
-                best = (score, route, params)
-        return None if best is None else Match(best[1], best[2])
+        for route, params in self._path_routes(raw_path):
+            if route.http_method == http_method:
+                return Match(route, params)
+        return None
 
     def allowed_methods(self, raw_path: str) -> list[str]:
-        """The HTTP methods some route accepts at this path (for 405 and its Allow header)."""
+        """The HTTP methods of the path's template (for 405 and its Allow header)."""
+        return sorted({route.http_method for route, _ in self._path_routes(raw_path)})
+
+    def _path_routes(self, raw_path: str) -> list[tuple[Route, dict[str, str]]]:
+        """The routes of the most specific template matching the path (one per method)."""
         parts = _split(raw_path)
         if parts is None:
             return []
-        return sorted({r.http_method for r in self.routes if _match(r.parsed, parts) is not None})
+        best_score: tuple[int, ...] | None = None
+        best: list[tuple[Route, dict[str, str]]] = []
+        for route in self.routes:
+            found = self._match(route, parts)
+            if found is None:
+                continue
+            score, params = found
+            if best_score is None or score > best_score:
+                best_score, best = score, [(route, params)]
+            elif score == best_score:
+                best.append((route, params))
+        return best
+
+    def _match(
+        self, route: Route, parts: list[str]
+    ) -> tuple[tuple[int, ...], dict[str, str]] | None:
+        if not route.parsed.verb and parts[-1].endswith(self._verb_suffixes):
+            return None  # the suffix is another route's custom verb, never part of a value
+        return _match(route.parsed, parts)
 
 
 def _shape(template: Template) -> str:
-    """Two templates with the same shape match the same paths."""
-    kinds = []
-    for segment in template.segments:
-        kinds.append(segment.literal if segment.kind == "literal" else segment.kind)
-    return "/".join(kinds) + (":" + template.verb if template.verb else "")
+    return template.shape
 
 
 def _split(raw_path: str) -> list[str] | None:

@@ -283,6 +283,24 @@ async def test_malformed_requests_are_refused_before_any_service(
     assert unknown_param.json()["error"]["fieldViolations"][0]["field"] == "colour"
 
 
+async def test_405_allows_exactly_the_path_methods_and_verbs_stay_theirs(
+    suite: Suite, client: httpx.AsyncClient
+) -> None:
+    admin = {**bearer(suite.tokens.admin), "content-type": "application/json"}
+    # Not UpdateProduct with sku "SKU-1:adjustStock": the path is AdjustStock's, POST only.
+    patched = await client.patch("/v1/products/SKU-1:adjustStock", json={}, headers=admin)
+    assert patched.status_code == 405, patched.text
+    assert patched.headers["allow"] == "POST"
+    assert patched.json()["error"]["reason"] == "METHOD_NOT_ALLOWED"
+    for verb in ("pay", "cancel", "fulfill"):
+        got = await client.get(f"/v1/orders/{ORDER_ID}:{verb}", headers=admin)
+        assert got.status_code == 405, (verb, got.text)
+        assert got.headers["allow"] == "POST", verb
+    put = await client.put("/v1/products/SKU-1", json={}, headers=admin)
+    assert put.status_code == 405
+    assert put.headers["allow"] == "DELETE, GET, PATCH"
+
+
 async def test_orders_idempotency_key_and_forwarded_context(
     suite: Suite, client: httpx.AsyncClient
 ) -> None:

@@ -1,12 +1,20 @@
-"""The query use cases behind the RPCs: a requested range is checked and rounded to whole
-buckets as the contract says, then read from the store (and, for freshness, from Kafka)."""
+"""The query use cases behind the RPCs: a requested range gets the contract's defaults for
+what is unset, is checked and rounded to whole buckets as the contract says, then read from
+the store (and, for freshness, from Kafka).
+
+The defaults (mercato.analytics.v1): end_time now, start_time 7 days before end_time but never
+longer than the bucket size allows (24 hours for minutes), bucket size a day. Only an inverted
+or too-long range is refused, naming the field.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from mercato_analytics.domain import (
+    MIN_TIME,
     BucketSize,
     Freshness,
     Funnel,
@@ -21,7 +29,10 @@ from mercato_analytics.domain import (
 )
 from mercato_analytics.store import AnalyticsStore
 
-__all__ = ["PositionReader", "Queries"]
+__all__ = ["DEFAULT_BUCKET", "DEFAULT_RANGE", "PositionReader", "Queries", "default_range"]
+
+DEFAULT_RANGE = timedelta(days=7)
+DEFAULT_BUCKET = BucketSize.DAY
 
 
 class PositionReader(Protocol):
@@ -30,21 +41,57 @@ class PositionReader(Protocol):
     async def read(self) -> list[Position]: ...
 
 
-def _minutes(start: datetime, end: datetime) -> tuple[datetime, datetime]:
-    """A checked range widened to whole minutes."""
-    start, end = check_range(start, end)
-    return floor_time(start, BucketSize.MINUTE), ceil_time(end, BucketSize.MINUTE)
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_range(
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    now: datetime,
+    longest: timedelta | None = None,
+) -> tuple[datetime, datetime]:
+    """The range with the contract's defaults for what is unset: ``end`` now, ``start``
+    :data:`DEFAULT_RANGE` before ``end`` (at most ``longest``, never before 1970)."""
+    if end is None:
+        end = now
+    if start is None:
+        window = DEFAULT_RANGE if longest is None else min(DEFAULT_RANGE, longest)
+        # Never before the earliest valid time: the caller did not send start_time, so an
+        # error must not name it.
+        start = max(end - window, MIN_TIME)
+    return start, end
 
 
 class Queries:
-    def __init__(self, store: AnalyticsStore, positions: PositionReader) -> None:
+    def __init__(
+        self,
+        store: AnalyticsStore,
+        positions: PositionReader,
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
         self._store = store
         self._positions = positions
+        self._clock = clock
+
+    def _minutes(self, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+        """The range (defaults applied), checked and widened to whole minutes."""
+        start, end = check_range(*default_range(start, end, now=self._clock()))
+        return floor_time(start, BucketSize.MINUTE), ceil_time(end, BucketSize.MINUTE)
 
     async def sales_summary(
-        self, size: BucketSize, start: datetime, end: datetime, *, currency: str = ""
+        self,
+        size: BucketSize | None,
+        start: datetime | None,
+        end: datetime | None,
+        *,
+        currency: str = "",
     ) -> SalesSummary:
         """Every bucket of ``size`` over the range widened to whole buckets."""
+        size = DEFAULT_BUCKET if size is None else size
+        start, end = default_range(start, end, now=self._clock(), longest=size.max_range)
         start, end = check_range(start, end, max_range=size.max_range)
         return await self._store.sales_summary(
             size=size,
@@ -54,15 +101,21 @@ class Queries:
         )
 
     async def top_products(
-        self, rank_by: RankBy, start: datetime, end: datetime, *, currency: str = "", limit: int = 0
+        self,
+        rank_by: RankBy,
+        start: datetime | None,
+        end: datetime | None,
+        *,
+        currency: str = "",
+        limit: int = 0,
     ) -> list[TopProduct]:
-        start, end = _minutes(start, end)
+        start, end = self._minutes(start, end)
         return await self._store.top_products(
             start=start, end=end, rank_by=rank_by, currency=currency, limit=limit
         )
 
-    async def funnel(self, start: datetime, end: datetime) -> Funnel:
-        start, end = _minutes(start, end)
+    async def funnel(self, start: datetime | None, end: datetime | None) -> Funnel:
+        start, end = self._minutes(start, end)
         return await self._store.funnel(start=start, end=end)
 
     async def freshness(self) -> Freshness:

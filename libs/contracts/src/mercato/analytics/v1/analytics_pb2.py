@@ -30,7 +30,7 @@ from mercato.api.v1 import access_pb2 as mercato_dot_api_dot_v1_dot_access__pb2
 from mercato.type.v1 import money_pb2 as mercato_dot_type_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mercato/analytics/v1/analytics.proto\x12\x14mercato.analytics.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmercato/api/v1/access.proto\x1a\x1bmercato/type/v1/money.proto\"\xd6\x04\n\x16GetSalesSummaryRequest\x12:\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x38\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12=\n\x06\x62ucket\x18\x03 \x01(\x0e\x32\x1c.mercato.analytics.v1.BucketB\x0f\xe2\x41\x01\x02\xbaH\x08\x82\x01\x02\x10\x01\xc8\x01\x01\x12+\n\rcurrency_code\x18\x04 \x01(\tB\x14\xbaH\x11r\x0f\x32\r^([A-Z]{3})?$:\xd9\x02\xbaH\xd5\x02\x1a`\n\x19sales_summary.range_order\x12\"start_time must be before end_time\x1a\x1fthis.start_time < this.end_time\x1a\xf0\x01\n\x18sales_summary.range_size\x12Orange too long for the bucket size (minute: 24h, hour: 31 days, day: 1096 days)\x1a\x82\x01this.end_time - this.start_time <= (this.bucket == 1 ? duration(\'24h\') : this.bucket == 2 ? duration(\'744h\') : duration(\'26304h\'))\"\x7f\n\x17GetSalesSummaryResponse\x12\x32\n\x07\x62uckets\x18\x01 \x03(\x0b\x32!.mercato.analytics.v1.SalesBucket\x12\x30\n\x05total\x18\x02 \x01(\x0b\x32!.mercato.analytics.v1.SalesBucket\"\xfb\x01\n\x0bSalesBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rorders_placed\x18\x02 \x01(\x03\x12\x13\n\x0borders_paid\x18\x03 \x01(\x03\x12\x18\n\x10orders_cancelled\x18\x04 \x01(\x03\x12\x18\n\x10orders_fulfilled\x18\x05 \x01(\x03\x12\x15\n\rorders_failed\x18\x06 \x01(\x03\x12\x11\n\tnew_users\x18\x07 \x01(\x03\x12\x32\n\x05sales\x18\x08 \x03(\x0b\x32#.mercato.analytics.v1.CurrencySales\"\x85\x01\n\rCurrencySales\x12\'\n\x07revenue\x18\x01 \x01(\x0b\x32\x16.mercato.type.v1.Money\x12\'\n\x07refunds\x18\x02 \x01(\x0b\x32\x16.mercato.type.v1.Money\x12\r\n\x05units\x18\x03 \x01(\x03\x12\x13\n\x0borders_paid\x18\x04 \x01(\x03\"\x82\x04\n\x16ListTopProductsRequest\x12:\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x38\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12>\n\x07rank_by\x18\x03 \x01(\x0e\x32\x1c.mercato.analytics.v1.RankByB\x0f\xe2\x41\x01\x02\xbaH\x08\x82\x01\x02\x10\x01\xc8\x01\x01\x12+\n\rcurrency_code\x18\x04 \x01(\tB\x14\xbaH\x11r\x0f\x32\r^([A-Z]{3})?$\x12\x18\n\x05limit\x18\x05 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00:\xea\x01\xbaH\xe6\x01\x1a`\n\x19top_products.window_order\x12\"start_time must be before end_time\x1a\x1fthis.start_time < this.end_time\x1a\x81\x01\n\x1dtop_products.revenue_currency\x12\x31\x63urrency_code is required when ranking by revenue\x1a-this.rank_by != 2 || this.currency_code != \'\'\"M\n\x17ListTopProductsResponse\x12\x32\n\x08products\x18\x01 \x03(\x0b\x32 .mercato.analytics.v1.TopProduct\"_\n\nTopProduct\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\r\n\x05units\x18\x03 \x01(\x03\x12\'\n\x07revenue\x18\x04 \x03(\x0b\x32\x16.mercato.type.v1.Money\"\xe8\x01\n\x10GetFunnelRequest\x12:\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x38\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01:^\xbaH[\x1aY\n\x12\x66unnel.range_order\x12\"start_time must be before end_time\x1a\x1fthis.start_time < this.end_time\"\x88\x01\n\x11GetFunnelResponse\x12\x0e\n\x06placed\x18\x01 \x01(\x03\x12\x0c\n\x04paid\x18\x02 \x01(\x03\x12\x11\n\tfulfilled\x18\x03 \x01(\x03\x12\x11\n\tcancelled\x18\x04 \x01(\x03\x12\x1f\n\x17\x63\x61ncelled_after_payment\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\"\x15\n\x13GetFreshnessRequest\"\xcf\x01\n\x14GetFreshnessResponse\x12\x35\n\x11newest_event_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_applied_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttotal_lag\x18\x03 \x01(\x03\x12\x36\n\npartitions\x18\x04 \x03(\x0b\x32\".mercato.analytics.v1.PartitionLag\"\xa2\x01\n\x0cPartitionLag\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x18\n\x10\x63ommitted_offset\x18\x03 \x01(\x03\x12\x12\n\nend_offset\x18\x04 \x01(\x03\x12\x0b\n\x03lag\x18\x05 \x01(\x03\x12\x35\n\x11newest_event_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*T\n\x06\x42ucket\x12\x16\n\x12\x42UCKET_UNSPECIFIED\x10\x00\x12\x11\n\rBUCKET_MINUTE\x10\x01\x12\x0f\n\x0b\x42UCKET_HOUR\x10\x02\x12\x0e\n\nBUCKET_DAY\x10\x03*I\n\x06RankBy\x12\x17\n\x13RANK_BY_UNSPECIFIED\x10\x00\x12\x11\n\rRANK_BY_UNITS\x10\x01\x12\x13\n\x0fRANK_BY_REVENUE\x10\x02\x32\x9f\x05\n\x10\x41nalyticsService\x12\xa4\x01\n\x0fGetSalesSummary\x12,.mercato.analytics.v1.GetSalesSummaryRequest\x1a-.mercato.analytics.v1.GetSalesSummaryResponse\"4\x90\x02\x01\xea\xe0\x18\x12\x08\x03\x12\x0e\x61nalytics:read\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/analytics/sales\x12\xab\x01\n\x0fListTopProducts\x12,.mercato.analytics.v1.ListTopProductsRequest\x1a-.mercato.analytics.v1.ListTopProductsResponse\";\x90\x02\x01\xea\xe0\x18\x12\x08\x03\x12\x0e\x61nalytics:read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/analytics/top-products\x12\x93\x01\n\tGetFunnel\x12&.mercato.analytics.v1.GetFunnelRequest\x1a\'.mercato.analytics.v1.GetFunnelResponse\"5\x90\x02\x01\xea\xe0\x18\x12\x08\x03\x12\x0e\x61nalytics:read\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/analytics/funnel\x12\x9f\x01\n\x0cGetFreshness\x12).mercato.analytics.v1.GetFreshnessRequest\x1a*.mercato.analytics.v1.GetFreshnessResponse\"8\x90\x02\x01\xea\xe0\x18\x12\x08\x03\x12\x0e\x61nalytics:read\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/analytics/freshnessb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$mercato/analytics/v1/analytics.proto\x12\x14mercato.analytics.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmercato/api/v1/access.proto\x1a\x1bmercato/type/v1/money.proto\"\xa8\x05\n\x16GetSalesSummaryRequest\x12\x34\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12:\n\x06\x62ucket\x18\x03 \x01(\x0e\x32\x1c.mercato.analytics.v1.BucketB\x0c\xe2\x41\x01\x01\xbaH\x05\x82\x01\x02\x10\x01\x12+\n\rcurrency_code\x18\x04 \x01(\tB\x14\xbaH\x11r\x0f\x32\r^([A-Z]{3})?$:\xba\x03\xbaH\xb6\x03\x1a\x90\x01\n\x19sales_summary.range_order\x12\"start_time must be before end_time\x1aO!has(this.start_time) || !has(this.end_time) || this.start_time < this.end_time\x1a\xa0\x02\n\x18sales_summary.range_size\x12Orange too long for the bucket size (minute: 24h, hour: 31 days, day: 1096 days)\x1a\xb2\x01!has(this.start_time) || !has(this.end_time) || this.end_time - this.start_time <= (this.bucket == 1 ? duration(\'24h\') : this.bucket == 2 ? duration(\'744h\') : duration(\'26304h\'))\"\x7f\n\x17GetSalesSummaryResponse\x12\x32\n\x07\x62uckets\x18\x01 \x03(\x0b\x32!.mercato.analytics.v1.SalesBucket\x12\x30\n\x05total\x18\x02 \x01(\x0b\x32!.mercato.analytics.v1.SalesBucket\"\xfb\x01\n\x0bSalesBucket\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rorders_placed\x18\x02 \x01(\x03\x12\x13\n\x0borders_paid\x18\x03 \x01(\x03\x12\x18\n\x10orders_cancelled\x18\x04 \x01(\x03\x12\x18\n\x10orders_fulfilled\x18\x05 \x01(\x03\x12\x15\n\rorders_failed\x18\x06 \x01(\x03\x12\x11\n\tnew_users\x18\x07 \x01(\x03\x12\x32\n\x05sales\x18\x08 \x03(\x0b\x32#.mercato.analytics.v1.CurrencySales\"\x85\x01\n\rCurrencySales\x12\'\n\x07revenue\x18\x01 \x01(\x0b\x32\x16.mercato.type.v1.Money\x12\'\n\x07refunds\x18\x02 \x01(\x0b\x32\x16.mercato.type.v1.Money\x12\r\n\x05units\x18\x03 \x01(\x03\x12\x13\n\x0borders_paid\x18\x04 \x01(\x03\"\xa7\x04\n\x16ListTopProductsRequest\x12\x34\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12>\n\x07rank_by\x18\x03 \x01(\x0e\x32\x1c.mercato.analytics.v1.RankByB\x0f\xe2\x41\x01\x02\xbaH\x08\x82\x01\x02\x10\x01\xc8\x01\x01\x12+\n\rcurrency_code\x18\x04 \x01(\tB\x14\xbaH\x11r\x0f\x32\r^([A-Z]{3})?$\x12\x18\n\x05limit\x18\x05 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00:\x9b\x02\xbaH\x97\x02\x1a\x90\x01\n\x19top_products.window_order\x12\"start_time must be before end_time\x1aO!has(this.start_time) || !has(this.end_time) || this.start_time < this.end_time\x1a\x81\x01\n\x1dtop_products.revenue_currency\x12\x31\x63urrency_code is required when ranking by revenue\x1a-this.rank_by != 2 || this.currency_code != \'\'\"M\n\x17ListTopProductsResponse\x12\x32\n\x08products\x18\x01 \x03(\x0b\x32 .mercato.analytics.v1.TopProduct\"_\n\nTopProduct\x12\x0c\n\x04rank\x18\x01 \x01(\x05\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\r\n\x05units\x18\x03 \x01(\x03\x12\'\n\x07revenue\x18\x04 \x03(\x0b\x32\x16.mercato.type.v1.Money\"\x8f\x02\n\x10GetFunnelRequest\x12\x34\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01\x12\x32\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x01:\x90\x01\xbaH\x8c\x01\x1a\x89\x01\n\x12\x66unnel.range_order\x12\"start_time must be before end_time\x1aO!has(this.start_time) || !has(this.end_time) || this.start_time < this.end_time\"\x88\x01\n\x11GetFunnelResponse\x12\x0e\n\x06placed\x18\x01 \x01(\x03\x12\x0c\n\x04paid\x18\x02 \x01(\x03\x12\x11\n\tfulfilled\x18\x03 \x01(\x03\x12\x11\n\tcancelled\x18\x04 \x01(\x03\x12\x1f\n\x17\x63\x61ncelled_after_payment\x18\x05 \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x06 \x01(\x03\"\x15\n\x13GetFreshnessRequest\"\xcf\x01\n\x14GetFreshnessResponse\x12\x35\n\x11newest_event_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_applied_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\ttotal_lag\x18\x03 \x01(\x03\x12\x36\n\npartitions\x18\x04 \x03(\x0b\x32\".mercato.analytics.v1.PartitionLag\"\xa2\x01\n\x0cPartitionLag\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x18\n\x10\x63ommitted_offset\x18\x03 \x01(\x03\x12\x12\n\nend_offset\x18\x04 \x01(\x03\x12\x0b\n\x03lag\x18\x05 \x01(\x03\x12\x35\n\x11newest_event_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*T\n\x06\x42ucket\x12\x16\n\x12\x42UCKET_UNSPECIFIED\x10\x00\x12\x11\n\rBUCKET_MINUTE\x10\x01\x12\x0f\n\x0b\x42UCKET_HOUR\x10\x02\x12\x0e\n\nBUCKET_DAY\x10\x03*I\n\x06RankBy\x12\x17\n\x13RANK_BY_UNSPECIFIED\x10\x00\x12\x11\n\rRANK_BY_UNITS\x10\x01\x12\x13\n\x0fRANK_BY_REVENUE\x10\x02\x32\x9f\x05\n\x10\x41nalyticsService\x12\xa4\x01\n\x0fGetSalesSummary\x12,.mercato.analytics.v1.GetSalesSummaryRequest\x1a-.mercato.analytics.v1.GetSalesSummaryResponse\"4\x90\x02\x01\xea\xe0\x18\x12\x08\x03\x12\x0e\x61nalytics:read\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/analytics/sales\x12\xab\x01\n\x0fListTopProducts\x12,.mercato.analytics.v1.ListTopProductsRequest\x1a-.mercato.analytics.v1.ListTopProductsResponse\";\x90\x02\x01\xea\xe0\x18\x12\x08\x03\x12\x0e\x61nalytics:read\x82\xd3\xe4\x93\x02\x1c\x12\x1a/v1/analytics/top-products\x12\x93\x01\n\tGetFunnel\x12&.mercato.analytics.v1.GetFunnelRequest\x1a\'.mercato.analytics.v1.GetFunnelResponse\"5\x90\x02\x01\xea\xe0\x18\x12\x08\x03\x12\x0e\x61nalytics:read\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/analytics/funnel\x12\x9f\x01\n\x0cGetFreshness\x12).mercato.analytics.v1.GetFreshnessRequest\x1a*.mercato.analytics.v1.GetFreshnessResponse\"8\x90\x02\x01\xea\xe0\x18\x12\x08\x03\x12\x0e\x61nalytics:read\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/analytics/freshnessb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,19 +38,19 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mercato.analytics.v1.analyt
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETSALESSUMMARYREQUEST'].fields_by_name['start_time']._loaded_options = None
-  _globals['_GETSALESSUMMARYREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_GETSALESSUMMARYREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
   _globals['_GETSALESSUMMARYREQUEST'].fields_by_name['end_time']._loaded_options = None
-  _globals['_GETSALESSUMMARYREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_GETSALESSUMMARYREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
   _globals['_GETSALESSUMMARYREQUEST'].fields_by_name['bucket']._loaded_options = None
-  _globals['_GETSALESSUMMARYREQUEST'].fields_by_name['bucket']._serialized_options = b'\342A\001\002\272H\010\202\001\002\020\001\310\001\001'
+  _globals['_GETSALESSUMMARYREQUEST'].fields_by_name['bucket']._serialized_options = b'\342A\001\001\272H\005\202\001\002\020\001'
   _globals['_GETSALESSUMMARYREQUEST'].fields_by_name['currency_code']._loaded_options = None
   _globals['_GETSALESSUMMARYREQUEST'].fields_by_name['currency_code']._serialized_options = b'\272H\021r\0172\r^([A-Z]{3})?$'
   _globals['_GETSALESSUMMARYREQUEST']._loaded_options = None
-  _globals['_GETSALESSUMMARYREQUEST']._serialized_options = b'\272H\325\002\032`\n\031sales_summary.range_order\022\"start_time must be before end_time\032\037this.start_time < this.end_time\032\360\001\n\030sales_summary.range_size\022Orange too long for the bucket size (minute: 24h, hour: 31 days, day: 1096 days)\032\202\001this.end_time - this.start_time <= (this.bucket == 1 ? duration(\'24h\') : this.bucket == 2 ? duration(\'744h\') : duration(\'26304h\'))'
+  _globals['_GETSALESSUMMARYREQUEST']._serialized_options = b'\272H\266\003\032\220\001\n\031sales_summary.range_order\022\"start_time must be before end_time\032O!has(this.start_time) || !has(this.end_time) || this.start_time < this.end_time\032\240\002\n\030sales_summary.range_size\022Orange too long for the bucket size (minute: 24h, hour: 31 days, day: 1096 days)\032\262\001!has(this.start_time) || !has(this.end_time) || this.end_time - this.start_time <= (this.bucket == 1 ? duration(\'24h\') : this.bucket == 2 ? duration(\'744h\') : duration(\'26304h\'))'
   _globals['_LISTTOPPRODUCTSREQUEST'].fields_by_name['start_time']._loaded_options = None
-  _globals['_LISTTOPPRODUCTSREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_LISTTOPPRODUCTSREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
   _globals['_LISTTOPPRODUCTSREQUEST'].fields_by_name['end_time']._loaded_options = None
-  _globals['_LISTTOPPRODUCTSREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_LISTTOPPRODUCTSREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
   _globals['_LISTTOPPRODUCTSREQUEST'].fields_by_name['rank_by']._loaded_options = None
   _globals['_LISTTOPPRODUCTSREQUEST'].fields_by_name['rank_by']._serialized_options = b'\342A\001\002\272H\010\202\001\002\020\001\310\001\001'
   _globals['_LISTTOPPRODUCTSREQUEST'].fields_by_name['currency_code']._loaded_options = None
@@ -58,13 +58,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTOPPRODUCTSREQUEST'].fields_by_name['limit']._loaded_options = None
   _globals['_LISTTOPPRODUCTSREQUEST'].fields_by_name['limit']._serialized_options = b'\272H\006\032\004\030d(\000'
   _globals['_LISTTOPPRODUCTSREQUEST']._loaded_options = None
-  _globals['_LISTTOPPRODUCTSREQUEST']._serialized_options = b'\272H\346\001\032`\n\031top_products.window_order\022\"start_time must be before end_time\032\037this.start_time < this.end_time\032\201\001\n\035top_products.revenue_currency\0221currency_code is required when ranking by revenue\032-this.rank_by != 2 || this.currency_code != \'\''
+  _globals['_LISTTOPPRODUCTSREQUEST']._serialized_options = b'\272H\227\002\032\220\001\n\031top_products.window_order\022\"start_time must be before end_time\032O!has(this.start_time) || !has(this.end_time) || this.start_time < this.end_time\032\201\001\n\035top_products.revenue_currency\0221currency_code is required when ranking by revenue\032-this.rank_by != 2 || this.currency_code != \'\''
   _globals['_GETFUNNELREQUEST'].fields_by_name['start_time']._loaded_options = None
-  _globals['_GETFUNNELREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_GETFUNNELREQUEST'].fields_by_name['start_time']._serialized_options = b'\342A\001\001'
   _globals['_GETFUNNELREQUEST'].fields_by_name['end_time']._loaded_options = None
-  _globals['_GETFUNNELREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_GETFUNNELREQUEST'].fields_by_name['end_time']._serialized_options = b'\342A\001\001'
   _globals['_GETFUNNELREQUEST']._loaded_options = None
-  _globals['_GETFUNNELREQUEST']._serialized_options = b'\272H[\032Y\n\022funnel.range_order\022\"start_time must be before end_time\032\037this.start_time < this.end_time'
+  _globals['_GETFUNNELREQUEST']._serialized_options = b'\272H\214\001\032\211\001\n\022funnel.range_order\022\"start_time must be before end_time\032O!has(this.start_time) || !has(this.end_time) || this.start_time < this.end_time'
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetSalesSummary']._loaded_options = None
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetSalesSummary']._serialized_options = b'\220\002\001\352\340\030\022\010\003\022\016analytics:read\202\323\344\223\002\025\022\023/v1/analytics/sales'
   _globals['_ANALYTICSSERVICE'].methods_by_name['ListTopProducts']._loaded_options = None
@@ -73,34 +73,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetFunnel']._serialized_options = b'\220\002\001\352\340\030\022\010\003\022\016analytics:read\202\323\344\223\002\026\022\024/v1/analytics/funnel'
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetFreshness']._loaded_options = None
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetFreshness']._serialized_options = b'\220\002\001\352\340\030\022\010\003\022\016analytics:read\202\323\344\223\002\031\022\027/v1/analytics/freshness'
-  _globals['_BUCKET']._serialized_start=2830
-  _globals['_BUCKET']._serialized_end=2914
-  _globals['_RANKBY']._serialized_start=2916
-  _globals['_RANKBY']._serialized_end=2989
+  _globals['_BUCKET']._serialized_start=2988
+  _globals['_BUCKET']._serialized_end=3072
+  _globals['_RANKBY']._serialized_start=3074
+  _globals['_RANKBY']._serialized_end=3147
   _globals['_GETSALESSUMMARYREQUEST']._serialized_start=246
-  _globals['_GETSALESSUMMARYREQUEST']._serialized_end=844
-  _globals['_GETSALESSUMMARYRESPONSE']._serialized_start=846
-  _globals['_GETSALESSUMMARYRESPONSE']._serialized_end=973
-  _globals['_SALESBUCKET']._serialized_start=976
-  _globals['_SALESBUCKET']._serialized_end=1227
-  _globals['_CURRENCYSALES']._serialized_start=1230
-  _globals['_CURRENCYSALES']._serialized_end=1363
-  _globals['_LISTTOPPRODUCTSREQUEST']._serialized_start=1366
-  _globals['_LISTTOPPRODUCTSREQUEST']._serialized_end=1880
-  _globals['_LISTTOPPRODUCTSRESPONSE']._serialized_start=1882
-  _globals['_LISTTOPPRODUCTSRESPONSE']._serialized_end=1959
-  _globals['_TOPPRODUCT']._serialized_start=1961
-  _globals['_TOPPRODUCT']._serialized_end=2056
-  _globals['_GETFUNNELREQUEST']._serialized_start=2059
-  _globals['_GETFUNNELREQUEST']._serialized_end=2291
-  _globals['_GETFUNNELRESPONSE']._serialized_start=2294
-  _globals['_GETFUNNELRESPONSE']._serialized_end=2430
-  _globals['_GETFRESHNESSREQUEST']._serialized_start=2432
-  _globals['_GETFRESHNESSREQUEST']._serialized_end=2453
-  _globals['_GETFRESHNESSRESPONSE']._serialized_start=2456
-  _globals['_GETFRESHNESSRESPONSE']._serialized_end=2663
-  _globals['_PARTITIONLAG']._serialized_start=2666
-  _globals['_PARTITIONLAG']._serialized_end=2828
-  _globals['_ANALYTICSSERVICE']._serialized_start=2992
-  _globals['_ANALYTICSSERVICE']._serialized_end=3663
+  _globals['_GETSALESSUMMARYREQUEST']._serialized_end=926
+  _globals['_GETSALESSUMMARYRESPONSE']._serialized_start=928
+  _globals['_GETSALESSUMMARYRESPONSE']._serialized_end=1055
+  _globals['_SALESBUCKET']._serialized_start=1058
+  _globals['_SALESBUCKET']._serialized_end=1309
+  _globals['_CURRENCYSALES']._serialized_start=1312
+  _globals['_CURRENCYSALES']._serialized_end=1445
+  _globals['_LISTTOPPRODUCTSREQUEST']._serialized_start=1448
+  _globals['_LISTTOPPRODUCTSREQUEST']._serialized_end=1999
+  _globals['_LISTTOPPRODUCTSRESPONSE']._serialized_start=2001
+  _globals['_LISTTOPPRODUCTSRESPONSE']._serialized_end=2078
+  _globals['_TOPPRODUCT']._serialized_start=2080
+  _globals['_TOPPRODUCT']._serialized_end=2175
+  _globals['_GETFUNNELREQUEST']._serialized_start=2178
+  _globals['_GETFUNNELREQUEST']._serialized_end=2449
+  _globals['_GETFUNNELRESPONSE']._serialized_start=2452
+  _globals['_GETFUNNELRESPONSE']._serialized_end=2588
+  _globals['_GETFRESHNESSREQUEST']._serialized_start=2590
+  _globals['_GETFRESHNESSREQUEST']._serialized_end=2611
+  _globals['_GETFRESHNESSRESPONSE']._serialized_start=2614
+  _globals['_GETFRESHNESSRESPONSE']._serialized_end=2821
+  _globals['_PARTITIONLAG']._serialized_start=2824
+  _globals['_PARTITIONLAG']._serialized_end=2986
+  _globals['_ANALYTICSSERVICE']._serialized_start=3150
+  _globals['_ANALYTICSSERVICE']._serialized_end=3821
 # @@protoc_insertion_point(module_scope)

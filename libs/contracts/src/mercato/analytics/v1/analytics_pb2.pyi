@@ -28,7 +28,7 @@ class _Bucket:
 class _BucketEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Bucket.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BUCKET_UNSPECIFIED: _Bucket.ValueType  # 0
-    """Not set; never valid."""
+    """Not set: BUCKET_DAY."""
     BUCKET_MINUTE: _Bucket.ValueType  # 1
     """One minute; ranges of at most 24 hours."""
     BUCKET_HOUR: _Bucket.ValueType  # 2
@@ -40,7 +40,7 @@ class Bucket(_Bucket, metaclass=_BucketEnumTypeWrapper):
     """Size of a time bucket."""
 
 BUCKET_UNSPECIFIED: Bucket.ValueType  # 0
-"""Not set; never valid."""
+"""Not set: BUCKET_DAY."""
 BUCKET_MINUTE: Bucket.ValueType  # 1
 """One minute; ranges of at most 24 hours."""
 BUCKET_HOUR: Bucket.ValueType  # 2
@@ -84,16 +84,18 @@ class GetSalesSummaryRequest(_message.Message):
     BUCKET_FIELD_NUMBER: _builtins.int
     CURRENCY_CODE_FIELD_NUMBER: _builtins.int
     bucket: Global___Bucket.ValueType
-    """Bucket size."""
+    """Bucket size; unset: BUCKET_DAY."""
     currency_code: _builtins.str
     """Only this currency's sales figures, if set (order counts are not filtered)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """Start of the range (inclusive)."""
+        """Start of the range (inclusive); unset: 7 days before end_time (24 hours with
+        BUCKET_MINUTE).
+        """
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """End of the range (exclusive)."""
+        """End of the range (exclusive); unset: now."""
 
     def __init__(
         self,
@@ -252,11 +254,11 @@ class ListTopProductsRequest(_message.Message):
     """Number of products, 0-100; 0 means the default (10)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """Start of the window (inclusive)."""
+        """Start of the window (inclusive); unset: 7 days before end_time."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """End of the window (exclusive)."""
+        """End of the window (exclusive); unset: now."""
 
     def __init__(
         self,
@@ -347,11 +349,11 @@ class GetFunnelRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """Start of the range of placement times (inclusive)."""
+        """Start of the range of placement times (inclusive); unset: 7 days before end_time."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """End of the range (exclusive)."""
+        """End of the range (exclusive); unset: now."""
 
     def __init__(
         self,

@@ -35,6 +35,12 @@ class AnalyticsServiceStub:
     truncated down and range ends rounded up to whole buckets (minutes for the windows of
     ListTopProducts and GetFunnel). Revenue is never summed across currencies.
 
+    Every range is optional, so a bare request answers for the recent past: end_time defaults
+    to now and start_time to 7 days before end_time (24 hours for BUCKET_MINUTE, the longest
+    range that bucket size allows); the defaults are rounded to whole buckets like any range.
+    A range is refused (INVALID_ARGUMENT naming the field) only when it is inverted (start_time
+    not before end_time) or longer than its bucket size allows.
+
     Errors are google.rpc.Status with exactly one google.rpc.ErrorInfo (domain
     "analytics.mercato") and, for bad input, a google.rpc.BadRequest naming the fields.
     """
@@ -76,6 +82,12 @@ class AnalyticsServiceServicer:
     not of its arrival, so late and out-of-order events land where they belong. Range starts are
     truncated down and range ends rounded up to whole buckets (minutes for the windows of
     ListTopProducts and GetFunnel). Revenue is never summed across currencies.
+
+    Every range is optional, so a bare request answers for the recent past: end_time defaults
+    to now and start_time to 7 days before end_time (24 hours for BUCKET_MINUTE, the longest
+    range that bucket size allows); the defaults are rounded to whole buckets like any range.
+    A range is refused (INVALID_ARGUMENT naming the field) only when it is inverted (start_time
+    not before end_time) or longer than its bucket size allows.
 
     Errors are google.rpc.Status with exactly one google.rpc.ErrorInfo (domain
     "analytics.mercato") and, for bad input, a google.rpc.BadRequest naming the fields.
@@ -153,6 +165,12 @@ class AnalyticsService:
     not of its arrival, so late and out-of-order events land where they belong. Range starts are
     truncated down and range ends rounded up to whole buckets (minutes for the windows of
     ListTopProducts and GetFunnel). Revenue is never summed across currencies.
+
+    Every range is optional, so a bare request answers for the recent past: end_time defaults
+    to now and start_time to 7 days before end_time (24 hours for BUCKET_MINUTE, the longest
+    range that bucket size allows); the defaults are rounded to whole buckets like any range.
+    A range is refused (INVALID_ARGUMENT naming the field) only when it is inverted (start_time
+    not before end_time) or longer than its bucket size allows.
 
     Errors are google.rpc.Status with exactly one google.rpc.ErrorInfo (domain
     "analytics.mercato") and, for bad input, a google.rpc.BadRequest naming the fields.

@@ -1,0 +1,86 @@
+"""The query use cases' range defaults and checks (a recording store, no network)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
+
+import pytest
+
+from mercato_analytics.domain import BucketSize, Funnel, InvalidRange, SalesSummary
+from mercato_analytics.service import Queries
+from mercato_analytics.service.queries import default_range
+from mercato_analytics.store import AnalyticsStore
+
+NOW = datetime(2026, 3, 4, 15, 27, 30, tzinfo=UTC)
+
+
+class RecordingStore:
+    """Answers empty results and remembers the range each query read."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    async def sales_summary(self, **query: Any) -> SalesSummary:
+        self.calls.append(query)
+        return cast(SalesSummary, None)
+
+    async def funnel(self, **query: Any) -> Funnel:
+        self.calls.append(query)
+        return cast(Funnel, None)
+
+
+def _queries() -> tuple[Queries, RecordingStore]:
+    store = RecordingStore()
+    queries = Queries(cast(AnalyticsStore, store), positions=cast(Any, None), clock=lambda: NOW)
+    return queries, store
+
+
+async def test_a_bare_sales_summary_is_the_last_7_days_by_day() -> None:
+    queries, store = _queries()
+    await queries.sales_summary(None, None, None)
+    assert store.calls == [
+        {
+            "size": BucketSize.DAY,
+            "start": datetime(2026, 2, 25, tzinfo=UTC),  # NOW - 7 days, floored to the day
+            "end": datetime(2026, 3, 5, tzinfo=UTC),  # NOW, rounded up to the day
+            "currency": "",
+        }
+    ]
+
+
+async def test_the_default_start_never_exceeds_the_bucket_limit() -> None:
+    queries, store = _queries()
+    await queries.sales_summary(BucketSize.MINUTE, None, None)
+    call = store.calls[0]
+    assert call["end"] - call["start"] == timedelta(hours=24, minutes=1)
+    assert call["end"] == datetime(2026, 3, 4, 15, 28, tzinfo=UTC)
+
+
+async def test_a_bare_funnel_is_the_last_7_days_in_whole_minutes() -> None:
+    queries, store = _queries()
+    await queries.funnel(None, None)
+    assert store.calls == [
+        {
+            "start": datetime(2026, 2, 25, 15, 27, tzinfo=UTC),
+            "end": datetime(2026, 3, 4, 15, 28, tzinfo=UTC),
+        }
+    ]
+    end = datetime(2026, 1, 10, tzinfo=UTC)
+    await queries.funnel(None, end)
+    assert store.calls[1] == {"start": end - timedelta(days=7), "end": end}
+
+
+async def test_only_inverted_or_too_long_ranges_are_refused_naming_the_field() -> None:
+    queries, _ = _queries()
+    with pytest.raises(InvalidRange) as inverted:
+        await queries.funnel(NOW + timedelta(hours=1), None)  # starts after the default end
+    assert [v.field for v in inverted.value.field_violations] == ["end_time"]
+    with pytest.raises(InvalidRange) as too_long:
+        await queries.sales_summary(BucketSize.HOUR, NOW - timedelta(days=40), None)
+    assert [v.field for v in too_long.value.field_violations] == ["end_time"]
+
+
+def test_default_start_stays_valid_near_the_epoch() -> None:
+    end = datetime(1970, 1, 2, tzinfo=UTC)
+    assert default_range(None, end, now=NOW) == (datetime(1970, 1, 1, tzinfo=UTC), end)
