@@ -81,6 +81,28 @@ test-deploy: sync ## Helm chart, manifests and images: render, lint, validate, s
 test-e2e: stack-up ## end-to-end journeys and fault tests against a private copy of the whole suite
 	$(RUN) pytest -q -m e2e tests/e2e
 
+# The Kubernetes version of the local control plane (tools/k8s.py); another one is built and
+# run the same way, e.g. `make k8s-up K8S_VERSION=1.34.2`.
+K8S_VERSION ?= 1.37.2
+export K8S_VERSION
+
+.PHONY: k8s-up
+k8s-up: sync ## a local Kubernetes control plane (etcd, apiserver, controller-manager, scheduler, kwok nodes)
+	$(RUN) python tools/k8s.py up
+
+.PHONY: k8s-down
+k8s-down: sync ## stop the local Kubernetes control plane, leave no process behind (state is kept)
+	$(RUN) python tools/k8s.py down
+
+.PHONY: k8s-status
+k8s-status: sync ## each process of the local Kubernetes control plane with pid, port and health
+	$(RUN) python tools/k8s.py status
+
+.PHONY: test-k8s
+test-k8s: sync ## the Helm chart installed, upgraded, rolled back, uninstalled on the local control plane
+	$(RUN) python tools/k8s.py build
+	$(RUN) pytest -q -s -m k8s tests/k8s
+
 LOAD_HOST ?= http://127.0.0.1:8080
 LOAD_USERS ?= 20
 LOAD_RATE ?= 5

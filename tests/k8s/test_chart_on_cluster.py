@@ -1,0 +1,244 @@
+"""The chart on a real API server: every values set of `ci/` installed with `--wait` into a
+namespace enforcing the `restricted` Pod Security Standard, with zero API-server warnings and
+its hooks in their declared order; then upgraded (one service's values changed rolls only its
+Deployment), rolled back and uninstalled (nothing left but what the chart keeps). Values the
+schema refuses never reach the cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, dynamic
+
+from .conftest import CHART, HELM_TIMEOUT, RELEASE, VALUES_SETS, Helm, JobEvent, JobWatcher
+
+#: The service whose values the upgrade changes; the other Deployments must not roll.
+CHANGED_SERVICE = "catalog"
+#: The annotation by which the chart keeps a resource on uninstall (docs/deploy.md).
+KEEP = "helm.sh/resource-policy"
+
+
+def values_args(values_set: str) -> list[str]:
+    return ["-f", str(CHART / "ci" / f"{values_set}-values.yaml")]
+
+
+def install_args(namespace: str, values_set: str) -> list[str]:
+    return [
+        "install", RELEASE, str(CHART),
+        "--namespace", namespace,
+        *values_args(values_set),
+        "--wait", "--timeout", HELM_TIMEOUT,
+    ]  # fmt: skip
+
+
+# What the cluster says -------------------------------------------------------------------------
+
+
+def deployment_state(api: client.ApiClient, namespace: str) -> dict[str, tuple[int, str]]:
+    """Per Deployment: its generation and the pod-template-hash of its current ReplicaSet."""
+    apps = client.AppsV1Api(api)
+    current: dict[str, str] = {}
+    for replica_set in apps.list_namespaced_replica_set(namespace).items:
+        owners = replica_set.metadata.owner_references or []
+        revision = (replica_set.metadata.annotations or {}).get("deployment.kubernetes.io/revision")
+        for owner in owners:
+            if owner.kind == "Deployment":
+                labels = replica_set.metadata.labels
+                current[f"{owner.name}@{revision}"] = labels["pod-template-hash"]
+    state = {}
+    for deployment in apps.list_namespaced_deployment(namespace).items:
+        revision = deployment.metadata.annotations["deployment.kubernetes.io/revision"]
+        name = deployment.metadata.name
+        state[name] = (deployment.metadata.generation, current[f"{name}@{revision}"])
+    return state
+
+
+def hook_jobs(helm: Helm, namespace: str, revision: int, event: str) -> dict[str, int]:
+    """The hook Jobs a revision declares for ``event`` (pre-install, pre-upgrade), by name,
+    with their weight."""
+    hooks = helm("get", "hooks", RELEASE, "--namespace", namespace, "--revision", str(revision))
+    jobs = {}
+    for document in yaml.safe_load_all(hooks.stdout):
+        if not document or document["kind"] != "Job":
+            continue
+        annotations = document["metadata"].get("annotations", {})
+        if event in annotations.get("helm.sh/hook", "").split(","):
+            jobs[document["metadata"]["name"]] = int(annotations.get("helm.sh/hook-weight", "0"))
+    return jobs
+
+
+def assert_hooks_in_order(events: list[JobEvent], declared: dict[str, int]) -> None:
+    """Each declared hook Job ran to completion, and each was created only after the one
+    before it (in weight order) had completed."""
+    created_at: dict[str, int] = {}
+    completed_at: dict[str, int] = {}
+    first: dict[str, JobEvent] = {}
+    done: dict[str, JobEvent] = {}
+    for index, event in enumerate(events):
+        if event.kind == "ADDED" and event.name not in created_at:
+            created_at[event.name] = index
+            first[event.name] = event
+        if event.complete and event.name not in completed_at:
+            completed_at[event.name] = index
+            done[event.name] = event
+    assert set(created_at) == set(declared), (
+        f"hook Jobs seen {sorted(created_at)}, declared {sorted(declared)}"
+    )
+    assert set(completed_at) == set(declared), f"not completed: {set(declared) - set(completed_at)}"
+    order = sorted(created_at, key=created_at.__getitem__)
+    weights = [declared[name] for name in order]
+    assert weights == sorted(weights), f"hooks created out of weight order: {order} {weights}"
+    for before, after in itertools.pairwise(order):
+        assert completed_at[before] < created_at[after], f"{after} started before {before} ended"
+        # The same from the objects' own timestamps (one-second resolution).
+        assert first[after].created >= done[before].completed, (before, after)
+
+
+def release_objects(helm: Helm, namespace: str) -> list[dict[str, Any]]:
+    manifest = helm("get", "manifest", RELEASE, "--namespace", namespace).stdout
+    return [document for document in yaml.safe_load_all(manifest) if document]
+
+
+def leftovers(api: client.ApiClient, namespace: str, objects: list[dict[str, Any]]) -> list[str]:
+    """Objects of the release still there (whether the chart keeps them or not), plus any
+    ReplicaSet, Pod or Job of the namespace."""
+    resources = dynamic.DynamicClient(api).resources
+    found = []
+    for document in objects:
+        kind, name = document["kind"], document["metadata"]["name"]
+        resource = resources.get(api_version=document["apiVersion"], kind=kind)
+        try:
+            if resource.namespaced:
+                resource.get(name=name, namespace=namespace)
+            else:
+                resource.get(name=name)
+        except dynamic.exceptions.NotFoundError:
+            continue
+        found.append(f"{kind}/{name}")
+    apps, core, batch = client.AppsV1Api(api), client.CoreV1Api(api), client.BatchV1Api(api)
+    for listing, kind in (
+        (apps.list_namespaced_replica_set, "ReplicaSet"),
+        (core.list_namespaced_pod, "Pod"),
+        (batch.list_namespaced_job, "Job"),
+    ):
+        found += [f"{kind}/{item.metadata.name}" for item in listing(namespace).items]
+    return found
+
+
+# The tests -------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(600)  # four Helm steps, each allowed HELM_TIMEOUT
+@pytest.mark.parametrize("values_set", VALUES_SETS)
+def test_values_set_lifecycle(
+    values_set: str, namespace: str, api: client.ApiClient, helm: Helm, crds: list[str]
+) -> None:
+    # Install: admitted as `restricted`, no warning, hooks in their declared order.
+    with JobWatcher(api, namespace) as watcher:
+        installed = helm(*install_args(namespace, values_set))
+    assert installed.warnings() == [], installed.stderr
+    assert_hooks_in_order(watcher.events, hook_jobs(helm, namespace, 1, "pre-install"))
+    before = deployment_state(api, namespace)
+    assert before, "no Deployment installed"
+    changed = f"{RELEASE}-mercato-{CHANGED_SERVICE}"
+    assert changed in before, sorted(before)
+
+    # Upgrade: one service's values change; only its Deployment rolls.
+    with JobWatcher(api, namespace) as watcher:
+        upgraded = helm(
+            "upgrade", RELEASE, str(CHART),
+            "--namespace", namespace,
+            *values_args(values_set),
+            "--set", f"components.{CHANGED_SERVICE}.env.MERCATO_CATALOG_LOG_LEVEL=DEBUG",
+            "--wait", "--timeout", HELM_TIMEOUT,
+        )  # fmt: skip
+    assert upgraded.warnings() == [], upgraded.stderr
+    assert_hooks_in_order(watcher.events, hook_jobs(helm, namespace, 2, "pre-upgrade"))
+    after = deployment_state(api, namespace)
+    assert after.keys() == before.keys()
+    assert after[changed][0] > before[changed][0], "the changed Deployment kept its generation"
+    assert after[changed][1] != before[changed][1], "the changed Deployment kept its pods"
+    unchanged = {name: state for name, state in before.items() if name != changed}
+    assert {name: after[name] for name in unchanged} == unchanged, "other Deployments rolled"
+
+    # Rollback: revision 3 is revision 1 again, down to the pod templates.
+    rolled = helm(
+        "rollback", RELEASE, "1", "--namespace", namespace, "--wait", "--timeout", HELM_TIMEOUT
+    )
+    assert rolled.warnings() == [], rolled.stderr
+    history = helm("history", RELEASE, "--namespace", namespace, "-o", "yaml").stdout
+    last = yaml.safe_load(history)[-1]
+    assert (last["revision"], last["status"]) == (3, "deployed"), last
+    rolled_back = deployment_state(api, namespace)
+    assert {name: state[1] for name, state in rolled_back.items()} == {
+        name: state[1] for name, state in before.items()
+    }
+    values = [helm("get", "values", RELEASE, "-n", namespace, "--revision", r).stdout for r in "13"]
+    assert values[0] == values[1]
+
+    # Uninstall: nothing left but what the chart documents as kept.
+    objects = release_objects(helm, namespace)
+    kept = {
+        f"{o['kind']}/{o['metadata']['name']}"
+        for o in objects
+        if (o["metadata"].get("annotations") or {}).get(KEEP) == "keep"
+    }
+    uninstalled = helm(
+        "uninstall", RELEASE, "--namespace", namespace, "--wait", "--timeout", HELM_TIMEOUT
+    )
+    assert uninstalled.warnings() == [], uninstalled.stderr
+    remaining: list[str] = []
+    for _ in range(100):  # the garbage collector removes ReplicaSets and Pods shortly after
+        remaining = leftovers(api, namespace, objects)
+        if set(remaining) <= kept:
+            break
+        time.sleep(0.3)
+    assert sorted(set(remaining) - kept) == []
+    assert set(remaining) == kept, "a resource marked as kept was deleted"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        # An unknown key (a typo of replicaCount).
+        (["--set", f"components.{CHANGED_SERVICE}.replicaCuont=2"], "replicaCuont"),
+        # A wrong type: a string where the schema wants an integer.
+        (["--set-string", f"components.{CHANGED_SERVICE}.replicaCount=two"], "replicaCount"),
+    ],
+    ids=["unknown-key", "wrong-type"],
+)
+def test_schema_refuses_bad_values_before_the_cluster(
+    setting: list[str], message: str, namespace: str, api: client.ApiClient, helm: Helm
+) -> None:
+    refused = helm(*install_args(namespace, "default"), *setting, check=False)
+    assert refused.returncode != 0
+    assert "values don't meet the specifications of the schema" in refused.stderr, refused.stderr
+    assert message in refused.stderr
+    # Nothing reached the cluster: no release record, no object of the chart.
+    core = client.CoreV1Api(api)
+    secrets = core.list_namespaced_secret(namespace, label_selector="owner=helm").items
+    assert secrets == []
+    for listing in (
+        client.AppsV1Api(api).list_namespaced_deployment,
+        core.list_namespaced_service,
+        core.list_namespaced_service_account,
+    ):
+        names = [item.metadata.name for item in listing(namespace).items]
+        assert [name for name in names if name != "default"] == []
+
+
+def test_fake_nodes_span_two_zones(api: client.ApiClient) -> None:
+    nodes = client.CoreV1Api(api).list_node().items
+    ready = [
+        node
+        for node in nodes
+        if any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+    ]
+    zones = {node.metadata.labels.get("topology.kubernetes.io/zone") for node in ready}
+    assert len(ready) >= 4, [node.metadata.name for node in ready]
+    assert len(zones) == 2, zones
