@@ -49,6 +49,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: the whole suite over HTTP (tests/e2e)")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """schemathesis runs last: its generated failed logins all come from one address and can
+    throttle it (auth's login throttling) for the tests that would follow."""
+    items.sort(key=lambda item: item.path.name == "test_schemathesis.py")
+
+
 def wait_until(
     predicate: Callable[[], Any], timeout: float, interval: float = 0.5, what: str = "condition"
 ) -> Any:
