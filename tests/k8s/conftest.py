@@ -136,8 +136,34 @@ class HelmResult:
 Helm = Callable[..., HelmResult]
 
 
+def not_ready(api: client.ApiClient, namespace: str) -> str:
+    """What a failed ``--wait`` was waiting for: the Deployments short of their replicas and
+    the pods that are not Ready, with their conditions, for the failure message."""
+    lines: list[str] = []
+    for deployment in client.AppsV1Api(api).list_namespaced_deployment(namespace).items:
+        status, want = deployment.status, deployment.spec.replicas or 0
+        if (status.available_replicas or 0) < want or (status.updated_replicas or 0) < want:
+            conditions = "; ".join(
+                f"{c.type}={c.status} {c.reason}: {c.message}" for c in status.conditions or ()
+            )
+            lines.append(
+                f"deployment {deployment.metadata.name}: want {want}, updated "
+                f"{status.updated_replicas}, available {status.available_replicas} ({conditions})"
+            )
+    for pod in client.CoreV1Api(api).list_namespaced_pod(namespace).items:
+        conditions = {c.type: c for c in pod.status.conditions or ()}
+        ready = conditions.get("Ready")
+        if ready is None or ready.status != "True":
+            scheduled = conditions.get("PodScheduled")
+            why = scheduled.message if scheduled is not None and scheduled.message else ""
+            lines.append(
+                f"pod {pod.metadata.name}: {pod.status.phase} on {pod.spec.node_name} {why}"
+            )
+    return "\n".join(lines) or "(every Deployment and pod is ready)"
+
+
 @pytest.fixture(scope="session")
-def helm(kubeconfig: Path) -> Helm:
+def helm(kubeconfig: Path, api: client.ApiClient) -> Helm:
     """Run the pinned helm (tools/helm.py) against the local control plane."""
     binary = load_tool("helm").ensure_helm()
     env = {
@@ -164,7 +190,10 @@ def helm(kubeconfig: Path) -> Helm:
             elapsed = time.monotonic() - started
             print(f"helm {args[0]} {namespace}: {outcome} in {elapsed:.1f} s", file=sys.stderr)
         if check and done.returncode != 0:
-            pytest.fail(f"helm {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+            waiting = ""
+            if "--wait" in args and "--namespace" in args:
+                waiting = "\nnot ready:\n" + not_ready(api, args[args.index("--namespace") + 1])
+            pytest.fail(f"helm {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}{waiting}")
         return result
 
     return run
