@@ -31,6 +31,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
 from mercato_common.errors import FieldViolation, InvalidArgument, MercatoError, Unauthenticated
+from mercato_common.grpc_types import ServicerContext as Context
 from mercato_common.identity import (
     TokenVerifier,
     access_policy,
@@ -71,7 +72,6 @@ def incoming_deadline() -> float | None:
 
 
 if TYPE_CHECKING:  # the stubs' generics do not exist at run time
-    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
 
 

@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from aiokafka.admin import AIOKafkaAdminClient
@@ -74,6 +74,12 @@ __all__ = [
 _log = logging.getLogger("mercato.kit")
 
 S = TypeVar("S", bound=BaseServiceSettings)
+
+
+class StorePart(Lifecycle, Protocol):
+    """A store the kit runs: started and stopped with the service, migrated by ``migrate``."""
+
+    async def migrate(self) -> list[Any]: ...
 
 
 class BrokerProbe:
@@ -131,7 +137,7 @@ class Service:
             grace=settings.health_grace_seconds,
             registry=registry,
         )
-        self.stores: list[Lifecycle] = []
+        self.stores: list[StorePart] = []
         self.clients: list[Lifecycle] = []
         self._publishers: list[Lifecycle] = []
         self._consumers: list[Lifecycle] = []
@@ -394,10 +400,8 @@ class Service:
     async def migrate(self) -> None:
         """Apply every store's migrations (PostgreSQL files, MongoDB indexes) and return."""
         for store in self.stores:
-            migrate = getattr(store, "migrate", None)
-            if migrate is not None:
-                applied = await migrate()
-                print(f"{type(store).__name__}: applied {len(applied)} migration(s)")
+            applied = await store.migrate()
+            print(f"{type(store).__name__}: applied {len(applied)} migration(s)")
 
     @contextlib.asynccontextmanager
     async def running(self, *parts: Lifecycle) -> AsyncIterator[None]:
