@@ -73,6 +73,8 @@ APISERVER_PORT = 26443
 CONTROLLER_MANAGER_PORT = 27257
 SCHEDULER_PORT = 27259
 KWOK_PORT = 27247
+#: The nodes' Lease duration (a kubelet's default); kwok renews it well within.
+NODE_LEASE_SECONDS = 40
 SERVICE_CIDR = "10.96.0.0/16"
 #: The first address of SERVICE_CIDR: the `kubernetes` Service, in the apiserver's certificate.
 SERVICE_IP = "10.96.0.1"
@@ -688,6 +690,11 @@ class ControlPlane:
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                     f"--node-ip={HOST}",
                     "--cidr=10.244.0.1/16",
+                    # Heartbeats by Lease, as a kubelet does: the upstream heartbeat stage patches
+                    # node status only every ~10 minutes, trusting the lease; without one the node
+                    # lifecycle controller takes the nodes for lost after its grace period and marks
+                    # every pod on them not Ready (which kwok's pod-ready stage never undoes).
+                    f"--node-lease-duration-seconds={NODE_LEASE_SECONDS}",
                     f"--server-address={HOST}:{KWOK_PORT}",
                 ],
                 f"http://{HOST}:{KWOK_PORT}/healthz",

@@ -58,6 +58,28 @@ def deployment_state(api: client.ApiClient, namespace: str) -> dict[str, tuple[i
     return state
 
 
+def settle_autoscalers(api: client.ApiClient, namespace: str, timeout: float = 60) -> None:
+    """Wait until each HorizontalPodAutoscaler has brought its Deployment to its minimum
+    (the chart leaves `replicas` to the autoscaler, which raises it on its first sync): that
+    scale bumps the Deployment's generation, and must not be taken for a roll."""
+    autoscaling, apps = client.AutoscalingV2Api(api), client.AppsV1Api(api)
+    deadline = time.monotonic() + timeout
+    for autoscaler in autoscaling.list_namespaced_horizontal_pod_autoscaler(namespace).items:
+        target = autoscaler.spec.scale_target_ref.name
+        while True:
+            replicas = apps.read_namespaced_deployment(target, namespace).spec.replicas or 0
+            if replicas >= (autoscaler.spec.min_replicas or 1):
+                break
+            assert time.monotonic() < deadline, f"{target} not scaled to its minimum"
+            time.sleep(0.5)
+
+
+def config_checksum(api: client.ApiClient, namespace: str, deployment: str) -> str:
+    """The checksum of its ConfigMap that a Deployment's pod template carries."""
+    read = client.AppsV1Api(api).read_namespaced_deployment(deployment, namespace)
+    return read.spec.template.metadata.annotations["checksum/config"]
+
+
 def hook_jobs(helm: Helm, namespace: str, revision: int, event: str) -> dict[str, int]:
     """The hook Jobs a revision declares for ``event`` (pre-install, pre-upgrade), by name,
     with their weight."""
@@ -130,6 +152,91 @@ def leftovers(api: client.ApiClient, namespace: str, objects: list[dict[str, Any
     return found
 
 
+#: What a ServiceAccount of the chart must not be able to do: the services never call the
+#: Kubernetes API (no token is mounted), so none of them is granted anything; a Role added
+#: for a real need belongs in NEEDED with a test of its own.
+FORBIDDEN = [
+    # (verb, group, resource, subresource, namespaced)
+    ("get", "", "secrets", "", True),
+    ("list", "", "secrets", "", True),
+    ("watch", "", "secrets", "", True),
+    ("list", "", "configmaps", "", True),
+    ("create", "", "pods", "", True),
+    ("create", "", "pods", "exec", True),
+    ("create", "", "serviceaccounts", "token", True),
+    ("patch", "apps", "deployments", "", True),
+    ("delete", "batch", "jobs", "", True),
+    ("*", "*", "*", "", True),
+    ("list", "", "nodes", "", False),
+    ("list", "", "namespaces", "", False),
+]
+#: Permissions a component's ServiceAccount needs, by component (none today).
+NEEDED: dict[str, list[tuple[str, str, str, str, bool]]] = {}
+
+
+def service_accounts(objects: list[dict[str, Any]], hooks: list[dict[str, Any]]) -> list[str]:
+    """The ServiceAccounts the release creates (its hooks' included)."""
+    return sorted(
+        {o["metadata"]["name"] for o in [*objects, *hooks] if o["kind"] == "ServiceAccount"}
+    )
+
+
+def allowed(
+    api: client.ApiClient, namespace: str, account: str, check: tuple[str, str, str, str, bool]
+) -> bool:
+    """SubjectAccessReview: may ``account`` (with the groups every ServiceAccount of the
+    namespace has) do ``check``?"""
+    verb, group, resource, subresource, namespaced = check
+    review = client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user=f"system:serviceaccount:{namespace}:{account}",
+            groups=[
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{namespace}",
+                "system:authenticated",
+            ],
+            resource_attributes=client.V1ResourceAttributes(
+                verb=verb,
+                group=group,
+                resource=resource,
+                subresource=subresource or None,
+                namespace=namespace if namespaced else None,
+            ),
+        )
+    )
+    answer = client.AuthorizationV1Api(api).create_subject_access_review(review)
+    return bool(answer.status.allowed)
+
+
+def assert_least_privilege(
+    api: client.ApiClient, helm: Helm, namespace: str, objects: list[dict[str, Any]]
+) -> None:
+    """Every ServiceAccount of the release can do what its component needs and nothing of
+    FORBIDDEN; every pod runs as its component's own account, without an API token."""
+    hooks = [
+        document
+        for document in yaml.safe_load_all(
+            helm("get", "hooks", RELEASE, "--namespace", namespace).stdout
+        )
+        if document
+    ]
+    accounts = service_accounts(objects, hooks)
+    assert accounts, "the release creates no ServiceAccount"
+    granted = {
+        (account, check): allowed(api, namespace, account, check)
+        for account in accounts
+        for check in FORBIDDEN
+    }
+    assert [key for key, yes in granted.items() if yes] == []
+    for component, needs in NEEDED.items():
+        account = f"{RELEASE}-mercato-{component}"
+        assert all(allowed(api, namespace, account, need) for need in needs), component
+    for deployment in client.AppsV1Api(api).list_namespaced_deployment(namespace).items:
+        pod = deployment.spec.template.spec
+        assert pod.service_account_name == deployment.metadata.name, deployment.metadata.name
+        assert pod.automount_service_account_token is False, deployment.metadata.name
+
+
 # The tests -------------------------------------------------------------------------------------
 
 
@@ -143,10 +250,13 @@ def test_values_set_lifecycle(
         installed = helm(*install_args(namespace, values_set))
     assert installed.warnings() == [], installed.stderr
     assert_hooks_in_order(watcher.events, hook_jobs(helm, namespace, 1, "pre-install"))
+    settle_autoscalers(api, namespace)
     before = deployment_state(api, namespace)
     assert before, "no Deployment installed"
     changed = f"{RELEASE}-mercato-{CHANGED_SERVICE}"
     assert changed in before, sorted(before)
+    assert_least_privilege(api, helm, namespace, release_objects(helm, namespace))
+    checksum_before = config_checksum(api, namespace, changed)
 
     # Upgrade: one service's values change; only its Deployment rolls.
     with JobWatcher(api, namespace) as watcher:
@@ -163,6 +273,10 @@ def test_values_set_lifecycle(
     assert after.keys() == before.keys()
     assert after[changed][0] > before[changed][0], "the changed Deployment kept its generation"
     assert after[changed][1] != before[changed][1], "the changed Deployment kept its pods"
+    # It rolled because the ConfigMap it reads changed: the pod template carries its checksum.
+    config = client.CoreV1Api(api).read_namespaced_config_map(changed, namespace).data
+    assert config["MERCATO_CATALOG_LOG_LEVEL"] == "DEBUG", config
+    assert config_checksum(api, namespace, changed) != checksum_before
     unchanged = {name: state for name, state in before.items() if name != changed}
     assert {name: after[name] for name in unchanged} == unchanged, "other Deployments rolled"
 
@@ -242,3 +356,16 @@ def test_fake_nodes_span_two_zones(api: client.ApiClient) -> None:
     zones = {node.metadata.labels.get("topology.kubernetes.io/zone") for node in ready}
     assert len(ready) >= 4, [node.metadata.name for node in ready]
     assert len(zones) == 2, zones
+
+
+def test_fake_nodes_renew_their_leases(api: client.ApiClient) -> None:
+    """Each fake node heartbeats through its Lease, as a kubelet does: without it the node
+    lifecycle controller takes the nodes for lost and marks their pods not Ready mid-test."""
+    leases = client.CoordinationV1Api(api).list_namespaced_lease("kube-node-lease").items
+    renewed = {lease.metadata.name: lease for lease in leases}
+    now = time.time()
+    for node in client.CoreV1Api(api).list_node().items:
+        lease = renewed.get(node.metadata.name)
+        assert lease is not None, f"node {node.metadata.name} has no Lease"
+        age = now - lease.spec.renew_time.timestamp()
+        assert age < lease.spec.lease_duration_seconds, (node.metadata.name, age)
