@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -34,6 +35,42 @@ KUBE_OLDEST = "1.30.0"
 KUBE_NEWEST = "1.37.0"
 RELEASE = "shop"
 NAMESPACE = "mercato"
+#: Every optional (operator) API the chart may render, as `group/version/Kind`: what a cluster
+#: with all the operators serves. `helm template` knows no CRD unless told, so `render` passes
+#: these as `--api-versions` (test_capabilities.py renders without them, and checks this list
+#: against the CRDs and the rendered kinds).
+CRD_APIS = (
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "monitoring.coreos.com/v1/PrometheusRule",
+    "monitoring.coreos.com/v1/PodMonitor",
+    "postgresql.cnpg.io/v1/Cluster",
+    "kafka.strimzi.io/v1/Kafka",
+    "kafka.strimzi.io/v1/KafkaNodePool",
+    "kafka.strimzi.io/v1/KafkaTopic",
+    "mongodbcommunity.mongodb.com/v1/MongoDBCommunity",
+    "keda.sh/v1alpha1/ScaledObject",
+    "security.istio.io/v1/PeerAuthentication",
+    "security.istio.io/v1/AuthorizationPolicy",
+    "networking.istio.io/v1/DestinationRule",
+    "networking.istio.io/v1/VirtualService",
+    "policy.linkerd.io/v1beta3/Server",
+    "policy.linkerd.io/v1beta3/HTTPRoute",
+    "policy.linkerd.io/v1alpha1/AuthorizationPolicy",
+    "policy.linkerd.io/v1alpha1/MeshTLSAuthentication",
+    "policy.linkerd.io/v1alpha1/NetworkAuthentication",
+    "gateway.networking.k8s.io/v1/GRPCRoute",
+    "gateway.networking.k8s.io/v1/HTTPRoute",
+    "cert-manager.io/v1/Certificate",
+    "cert-manager.io/v1/Issuer",
+)
+API_VERSION_ARGS = tuple(arg for api in CRD_APIS for arg in ("--api-versions", api))
+#: The values without a default the chart requires (docs/deploy.md), for renders without a
+#: values set of ci/.
+REQUIRED = (
+    "--set", "config.tokenIssuer=https://api.example.com",
+    "--set", "kafka.bootstrapServers=kafka.kafka.svc:9092",
+    "--set", "redis.url=redis://redis.redis.svc:6379/0",
+)  # fmt: skip
 #: Every service, as services/services.toml lists them (test_manifest.py checks the chart,
 #: skaffold, the topics and the dashboards against it).
 MANIFEST = load_manifest(manifest_path(ROOT))
@@ -47,6 +84,7 @@ def load_module(path: Path, name: str) -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
@@ -102,7 +140,8 @@ def values_file(name: str) -> Path:
 def render(
     helm: Callable[..., subprocess.CompletedProcess[str]],
 ) -> Callable[..., list[dict[str, Any]]]:
-    """`render(values_set, *extra_args)`: the manifests `helm template` gives, parsed (cached)."""
+    """`render(values_set, *extra_args)`: the manifests `helm template` gives, parsed (cached),
+    on a cluster that serves every optional API (CRD_APIS)."""
     rendered: dict[tuple[str, ...], list[dict[str, Any]]] = {}
 
     def run(values_set: str, *extra: str) -> list[dict[str, Any]]:
@@ -113,6 +152,7 @@ def render(
                 "--namespace", NAMESPACE,
                 "--kube-version", KUBE_NEWEST,
                 "-f", str(values_file(values_set)),
+                *API_VERSION_ARGS,
                 *extra,
             )  # fmt: skip
             documents = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -127,24 +167,41 @@ def topics_declaration() -> dict[str, Any]:
     return yaml.safe_load((CHART / "files" / "topics.yaml").read_text())
 
 
+def crds_tool() -> ModuleType:
+    """tools/crds.py: where the CRDs of the optional operators are (shared folder or fetched)."""
+    return load_module(ROOT / "tools" / "crds.py", "mercato_tools_crds")
+
+
 @pytest.fixture(scope="session")
 def crds_dir() -> Path | None:
-    """The directory of CRD YAML files (MERCATO_CRDS_DIR, default ../shared/crds), or None."""
-    configured = os.environ.get("MERCATO_CRDS_DIR")
-    path = Path(configured) if configured else ROOT.parent / "shared" / "crds"
-    if not path.is_absolute():
-        path = ROOT / path
-    return path if path.is_dir() and any(path.glob("*.yaml")) else None
+    """The folder of CRD YAML files (tools/crds.py `crd_dir`: MERCATO_CRDS_DIR, ../shared/crds,
+    else fetched from the pinned packages into .state/crds), or None."""
+    folder: Path | None = crds_tool().crd_dir()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def absent_crd_groups(crds_dir: Path | None) -> dict[str, list[str]]:
+    """The API groups the CRD folder lacks files of (a fetch that could not get them all),
+    each with the files missing."""
+    if crds_dir is None:
+        return {}
+    absent: dict[str, list[str]] = {}
+    for name in crds_tool().missing(crds_dir):
+        absent.setdefault(name.partition("_")[0], []).append(name)
+    return absent
 
 
 def pod_templates(documents: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """(kind/name, pod spec) of every Deployment and Job."""
+    """(kind/name, pod spec) of every Deployment, Job and Pod (the `helm test` Pods)."""
     pods = []
     for doc in documents:
         if doc["kind"] in ("Deployment", "Job"):
             pods.append(
                 (f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"])
             )
+        elif doc["kind"] == "Pod":
+            pods.append((f"Pod/{doc['metadata']['name']}", doc["spec"]))
     return pods
 
 
@@ -159,6 +216,4 @@ def component_of(doc: dict[str, Any]) -> str:
 @pytest.fixture(scope="session")
 def helpers() -> ModuleType:
     """This module, for tests that need its plain functions (importlib import mode)."""
-    import sys
-
     return sys.modules[__name__]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from mercato_common.settings import Settings, _variable_name
 
@@ -115,11 +116,19 @@ def _all_env(render: Any, helpers: Any) -> dict[str, Any]:
 def test_topics_are_declared(
     render: Any, helpers: Any, topics_declaration: dict[str, Any], values_set: str
 ) -> None:
+    """Every topic a service is given is declared (after the release's kafka.prefix)."""
     declared = {topic["name"] for topic in topics_declaration["topics"]}
+    values = yaml.safe_load(helpers.values_file(values_set).read_text())
+    prefix = values.get("kafka", {}).get("prefix", "")
+    prefix = prefix.replace("{{ .Release.Namespace }}", helpers.NAMESPACE).replace(
+        "{{ .Release.Name }}", helpers.RELEASE
+    )
     for component in COMPONENTS:
         for name, value in _chart_env(render, helpers, values_set, component).items():
             if name.endswith("_TOPIC"):
-                assert value in declared, f"{name}={value} is not in files/topics.yaml"
+                assert value.startswith(prefix), f"{name}={value} lacks the prefix {prefix!r}"
+                topic = value.removeprefix(prefix)
+                assert topic in declared, f"{name}={topic} is not in files/topics.yaml"
 
 
 @pytest.mark.parametrize("component", COMPONENTS)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from .conftest import KUBE_NEWEST
+from .conftest import API_VERSION_ARGS, KUBE_NEWEST
 
 PROFILES = ("dev", "linkerd", "istio", "operators")
 
@@ -61,9 +61,11 @@ def test_profiles_render(
 ) -> None:
     args = _set_args(skaffold, profiles)
     chart = str(helpers.CHART)
+    # On a cluster with every operator (a cluster without one is test_capabilities.py's).
     result = helm(
-        "template", "mercato", chart, "-n", "mercato", "--kube-version", KUBE_NEWEST, *args
-    )
+        "template", "mercato", chart, "-n", "mercato", "--kube-version", KUBE_NEWEST,
+        *API_VERSION_ARGS, *args,
+    )  # fmt: skip
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     images = {
         c["image"]
@@ -72,7 +74,13 @@ def test_profiles_render(
         for c in d["spec"]["template"]["spec"]["containers"]
     }
     assert images == {f"mercato_{c}:abc123" for c in helpers.COMPONENTS}
-    assert "ServiceMonitor" not in {d["kind"] for d in docs} or "dev" not in profiles
+    kinds = {d["kind"] for d in docs}
+    monitoring = {"ServiceMonitor", "PrometheusRule"}
+    if "dev" in profiles:
+        # The small footprint leaves out all of the Prometheus Operator's resources.
+        assert not kinds & monitoring, kinds & monitoring
+    else:
+        assert monitoring <= kinds
 
 
 def test_port_forward_targets_the_gateway(skaffold: dict[str, Any]) -> None:

@@ -130,9 +130,11 @@ mergeOverwrite keeps the base's value when the override is false or empty). List
 {{- toJson $callers -}}
 {{- end -}}
 
-{{/* The image of a component: (dict "root" $ "c" component). */}}
+{{/* The image of a component: (dict "root" $ "c" component). Registry: global.imageRegistry (an
+umbrella chart's), else image.registry; tag: the component's, else image.tag, else the chart's
+appVersion. */}}
 {{- define "mercato.image" -}}
-{{- $registry := .root.Values.image.registry -}}
+{{- $registry := .root.Values.global.imageRegistry | default .root.Values.image.registry | trimSuffix "/" -}}
 {{- $repository := .c.image.repository -}}
 {{- $tag := .c.image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion | toString -}}
 {{- if eq $tag "latest" -}}
@@ -143,6 +145,42 @@ mergeOverwrite keeps the base's value when the override is false or empty). List
 {{- printf "%s:%s@%s" $name $tag .c.image.digest -}}
 {{- else -}}
 {{- printf "%s:%s" $name $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* imagePullSecrets of a pod spec (global.imagePullSecrets, then imagePullSecrets; each a name
+or {name: ...}), indented for `spec:` of a pod; renders nothing when there is none. */}}
+{{- define "mercato.imagePullSecrets" -}}
+{{- $names := list -}}
+{{- range concat (.Values.global.imagePullSecrets | default list) (.Values.imagePullSecrets | default list) -}}
+{{- $name := . -}}
+{{- if kindIs "map" . -}}
+{{- $name = .name -}}
+{{- end -}}
+{{- if and $name (not (has $name $names)) -}}
+{{- $names = append $names $name -}}
+{{- end -}}
+{{- end -}}
+{{- if $names }}
+imagePullSecrets:
+  {{- range $names }}
+  - name: {{ . }}
+  {{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* A Secret name from the values, rendered with `tpl` (so the defaults can carry the release's
+full name): (dict "root" $ "name" value). */}}
+{{- define "mercato.secretName" -}}
+{{- tpl (toString .name) .root -}}
+{{- end -}}
+
+{{/* The name of a component's ServiceAccount: (dict "root" $ "name" "auth" "c" component). */}}
+{{- define "mercato.serviceAccountName" -}}
+{{- if .c.serviceAccount.create -}}
+{{- .c.serviceAccount.name | default (include "mercato.componentName" .) -}}
+{{- else -}}
+{{- .c.serviceAccount.name | default "default" -}}
 {{- end -}}
 {{- end -}}
 
@@ -174,8 +212,14 @@ Datastores
 {{- if .Values.kafka.strimzi.enabled -}}
 {{- printf "%s-kafka-bootstrap:9092" (include "mercato.kafka.clusterName" .) -}}
 {{- else -}}
-{{- .Values.kafka.bootstrapServers -}}
+{{- required "kafka.bootstrapServers is required: the external Kafka's bootstrap servers (host:port, comma separated), unless kafka.strimzi.enabled" .Values.kafka.bootstrapServers -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The prefix of this release's Kafka topic and consumer group names (kafka.prefix, rendered
+with tpl; "" = the declared names as they are). */}}
+{{- define "mercato.kafka.prefix" -}}
+{{- tpl (toString .Values.kafka.prefix) . -}}
 {{- end -}}
 
 {{- define "mercato.kafka.clusterName" -}}
@@ -192,8 +236,9 @@ Datastores
 {{- end -}}
 
 {{/* The topic declarations (files/topics.yaml, shared with the local stack), with the
-defaults applied and the replication cap of kafka.topics.maxReplicas, as JSON:
-[{name, partitions, replicas, config, consumers, producers}]. */}}
+defaults applied, the replication cap of kafka.topics.maxReplicas and this release's prefix
+(kafka.prefix), as JSON: [{name (prefixed), declared (as in the file), partitions, replicas,
+config, consumers, producers}]. */}}
 {{- define "mercato.topics" -}}
 {{- $doc := .Files.Get "files/topics.yaml" | fromYaml -}}
 {{- if ne (toString $doc.version) "1" -}}
@@ -201,6 +246,7 @@ defaults applied and the replication cap of kafka.topics.maxReplicas, as JSON:
 {{- end -}}
 {{- $defaults := $doc.defaults | default dict -}}
 {{- $cap := int .Values.kafka.topics.maxReplicas -}}
+{{- $prefix := include "mercato.kafka.prefix" . -}}
 {{- $topics := list -}}
 {{- range $doc.topics -}}
 {{- $replicas := int (.replicas | default $defaults.replicas | default 1) -}}
@@ -214,9 +260,20 @@ defaults applied and the replication cap of kafka.topics.maxReplicas, as JSON:
 {{- $_ := set $config "min.insync.replicas" (toString $replicas) -}}
 {{- end -}}
 {{- end -}}
-{{- $topics = append $topics (dict "name" .name "partitions" (int (.partitions | default $defaults.partitions | default 1)) "replicas" $replicas "config" $config "consumers" (.consumers | default list) "producers" (.producers | default list)) -}}
+{{- $topics = append $topics (dict "name" (printf "%s%s" $prefix .name) "declared" .name "partitions" (int (.partitions | default $defaults.partitions | default 1)) "replicas" $replicas "config" $config "consumers" (.consumers | default list) "producers" (.producers | default list)) -}}
 {{- end -}}
 {{- toJson $topics -}}
+{{- end -}}
+
+{{/* The consumer group of a component: kafka.prefix + its kafka.consumerGroup, unless its env
+sets the variable itself: (dict "root" $ "c" component). */}}
+{{- define "mercato.kafka.consumerGroup" -}}
+{{- $variable := printf "%s%s" .c.envPrefix .c.kafka.consumerGroupEnv -}}
+{{- if hasKey .c.env $variable -}}
+{{- index .c.env $variable | toString -}}
+{{- else -}}
+{{- printf "%s%s" (include "mercato.kafka.prefix" .root) .c.kafka.consumerGroup -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Whether the chart renders the database of a component: (dict "root" $ "c" component). */}}
@@ -237,7 +294,11 @@ true
 {{- else if and (eq .c.database.kind "mongodb") $root.Values.mongodb.operator.enabled -}}
 {{- toJson (dict "name" (printf "%s-mongodb-%s" (include "mercato.fullname" $root) .name) "key" "connectionString.standard") -}}
 {{- else -}}
-{{- toJson (dict "name" .c.database.existingSecret "key" .c.database.existingSecretKey) -}}
+{{- $name := include "mercato.secretName" (dict "root" $root "name" .c.database.existingSecret) -}}
+{{- if not $name -}}
+{{- fail (printf "components.%s.database.existingSecret: name the Secret holding the database URL" .name) -}}
+{{- end -}}
+{{- toJson (dict "name" $name "key" .c.database.existingSecretKey) -}}
 {{- end -}}
 {{- end -}}
 
@@ -261,7 +322,7 @@ Pods
 {{- $_ := set $env (printf "%sMETRICS_PORT" $p) (toString $c.ports.metrics) -}}
 {{- $_ := set $env (printf "%sLOG_LEVEL" $p) $root.Values.config.logLevel -}}
 {{- $_ := set $env (printf "%sSERVICE_VERSION" $p) (toString $root.Chart.AppVersion) -}}
-{{- $_ := set $env (printf "%sTOKEN_ISSUER" $p) $root.Values.config.tokenIssuer -}}
+{{- $_ := set $env (printf "%sTOKEN_ISSUER" $p) (required "config.tokenIssuer is required: the gateway's public URL" $root.Values.config.tokenIssuer) -}}
 {{- $_ := set $env (printf "%sTOKEN_AUDIENCE" $p) $root.Values.config.tokenAudience -}}
 {{- if $root.Values.config.otlpEndpoint -}}
 {{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" $root.Values.config.otlpEndpoint -}}
@@ -277,16 +338,20 @@ Pods
 {{- end -}}
 {{- $declared := list -}}
 {{- range include "mercato.topics" $root | fromJsonArray -}}
-{{- $declared = append $declared .name -}}
+{{- $declared = append $declared .declared -}}
 {{- end -}}
+{{- $kafkaPrefix := include "mercato.kafka.prefix" $root -}}
 {{- range $variable, $topic := $c.kafka.topics -}}
 {{- if not (has $topic $declared) -}}
 {{- fail (printf "components.%s.kafka.topics.%s: topic %q is not declared in files/topics.yaml" $.name $variable $topic) -}}
 {{- end -}}
-{{- $_ := set $env (printf "%s%s" $p $variable) $topic -}}
+{{- $_ := set $env (printf "%s%s" $p $variable) (printf "%s%s" $kafkaPrefix $topic) -}}
 {{- end -}}
-{{- if and $c.redis.urlEnv (not $root.Values.redis.existingSecret) $root.Values.redis.url -}}
-{{- $_ := set $env (printf "%s%s" $p $c.redis.urlEnv) $root.Values.redis.url -}}
+{{- if $c.kafka.consumerGroupEnv -}}
+{{- $_ := set $env (printf "%s%s" $p $c.kafka.consumerGroupEnv) (include "mercato.kafka.consumerGroup" (dict "root" $root "c" $c)) -}}
+{{- end -}}
+{{- if and $c.redis.urlEnv (not $root.Values.redis.existingSecret) -}}
+{{- $_ := set $env (printf "%s%s" $p $c.redis.urlEnv) (required "redis.url (or redis.existingSecret) is required" $root.Values.redis.url) -}}
 {{- end -}}
 {{- if $c.migration.onStartEnv -}}
 {{- $onStart := ternary "true" "false" (or (not $c.migration.enabled) (eq (include "mercato.database.managed" (dict "root" $root "c" $c)) "true")) -}}
@@ -321,11 +386,11 @@ component's own certificate as client certificate. */ -}}
 {{- $vars = append $vars (dict "name" (printf "%s%s" $p $c.database.urlEnv) "valueFrom" (dict "secretKeyRef" (dict "name" $ref.name "key" $ref.key))) -}}
 {{- end -}}
 {{- if and $c.redis.urlEnv $root.Values.redis.existingSecret -}}
-{{- $vars = append $vars (dict "name" (printf "%s%s" $p $c.redis.urlEnv) "valueFrom" (dict "secretKeyRef" (dict "name" $root.Values.redis.existingSecret "key" $root.Values.redis.existingSecretKey))) -}}
+{{- $vars = append $vars (dict "name" (printf "%s%s" $p $c.redis.urlEnv) "valueFrom" (dict "secretKeyRef" (dict "name" (include "mercato.secretName" (dict "root" $root "name" $root.Values.redis.existingSecret)) "key" $root.Values.redis.existingSecretKey))) -}}
 {{- end -}}
 {{- range $name := keys $c.secretEnv | sortAlpha -}}
 {{- $ref := index $c.secretEnv $name -}}
-{{- $vars = append $vars (dict "name" $name "valueFrom" (dict "secretKeyRef" (dict "name" $ref.secretName "key" $ref.key))) -}}
+{{- $vars = append $vars (dict "name" $name "valueFrom" (dict "secretKeyRef" (dict "name" (include "mercato.secretName" (dict "root" $root "name" $ref.secretName)) "key" $ref.key))) -}}
 {{- end -}}
 {{- toYaml $vars -}}
 {{- end -}}
@@ -349,28 +414,18 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* Pod security context (Pod Security "restricted"): (dict "c" component). */}}
+{{/* Pod security context: Pod Security "restricted" defaults with the component's
+podSecurityContext merged over them: (dict "c" component). */}}
 {{- define "mercato.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: {{ .c.runAsUser }}
-runAsGroup: {{ .c.runAsUser }}
-fsGroup: {{ .c.runAsUser }}
-seccompProfile:
-  type: RuntimeDefault
+{{- $defaults := dict "runAsNonRoot" true "runAsUser" .c.runAsUser "runAsGroup" .c.runAsUser "fsGroup" .c.runAsUser "seccompProfile" (dict "type" "RuntimeDefault") -}}
+{{- include "mercato.util.merge" (dict "base" $defaults "override" (.c.podSecurityContext | default dict)) -}}
 {{- end -}}
 
-{{/* Container security context (Pod Security "restricted"): (dict "c" component). */}}
+{{/* Container security context: Pod Security "restricted" defaults with the component's
+securityContext merged over them: (dict "c" component). */}}
 {{- define "mercato.containerSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: {{ .c.runAsUser }}
-runAsGroup: {{ .c.runAsUser }}
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-privileged: false
-capabilities:
-  drop: [ALL]
-seccompProfile:
-  type: RuntimeDefault
+{{- $defaults := dict "runAsNonRoot" true "runAsUser" .c.runAsUser "runAsGroup" .c.runAsUser "allowPrivilegeEscalation" false "readOnlyRootFilesystem" true "privileged" false "capabilities" (dict "drop" (list "ALL")) "seccompProfile" (dict "type" "RuntimeDefault") -}}
+{{- include "mercato.util.merge" (dict "base" $defaults "override" (.c.securityContext | default dict)) -}}
 {{- end -}}
 
 {{/* Pod annotations and labels that put a pod in (or keep it out of) the mesh:
