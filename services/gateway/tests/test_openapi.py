@@ -121,3 +121,53 @@ def test_docs_page_lists_every_operation_without_scripts() -> None:
     for route in ROUTES:
         assert document_path(ROUTES, route) in page
     assert "<script" not in page
+
+
+def test_conditional_get_is_declared_on_every_get() -> None:
+    for (method, path), operation in _operations(DOCUMENT).items():
+        if not operation["operationId"].split("_")[0].endswith("Service"):
+            continue  # the gateway's own health endpoints
+        responses = operation["responses"]
+        if method == "GET":
+            assert responses["304"] == {"$ref": "#/components/responses/NotModified"}, path
+            assert responses["200"]["headers"]["ETag"] == {"$ref": "#/components/headers/ETag"}
+            header = [p for p in operation["parameters"] if p["in"] == "header"]
+            assert [p["name"] for p in header] == ["If-None-Match"], path
+            assert header[0]["required"] is False
+        else:
+            assert "304" not in responses
+            assert "ETag" not in responses["200"]["headers"]
+    assert DOCUMENT["components"]["headers"]["ETag"]["required"] is True
+    not_modified = DOCUMENT["components"]["responses"]["NotModified"]
+    assert "content" not in not_modified
+    assert set(not_modified["headers"]) == {"ETag", "X-Request-Id"}
+
+
+def test_schemas_say_what_the_gateway_and_services_refuse() -> None:
+    schemas = DOCUMENT["components"]["schemas"]
+    # An absent member is the zero value: a currency code must match ^[A-Z]{3}$, so it is
+    # required wherever a Money is.
+    assert schemas["mercato.type.v1.Money"]["required"] == ["currencyCode"]
+    # Enums by name only.
+    state = _operations(DOCUMENT)[("GET", "/v1/orders")]["parameters"]
+    state_schema = next(p for p in state if p["name"] == "state")["schema"]
+    assert state_schema["type"] == "string"
+    assert "ORDER_STATE_UNSPECIFIED" in state_schema["enum"]
+    assert all(isinstance(name, str) for name in state_schema["enum"])
+    # No null anywhere but the wrapper types: a string member is a string.
+    adjust = _operations(DOCUMENT)[("POST", "/v1/products/{sku}:adjustStock")]
+    body = adjust["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert body["reason"]["type"] == "string"
+    # IGNORE_IF_ZERO_VALUE with a well-known format: empty, or that format.
+    assert body["requestId"]["anyOf"] == [{"maxLength": 0}, {"format": "uuid"}]
+    # U+0000 is refused in every string: a string without a pattern of its own gets one.
+    description = schemas["mercato.catalog.v1.Product"]["properties"]["description"]
+    assert description["pattern"] == "^[^\\x00]*$"
+    assert re.search(description["pattern"], "a\x00b") is None
+    # A UTF-8 byte bound: the character bound it implies, and the bound described.
+    register = _operations(DOCUMENT)[("POST", "/v1/users")]
+    password = register["requestBody"]["content"]["application/json"]["schema"]["properties"][
+        "password"
+    ]
+    assert password["maxLength"] == 1024
+    assert "at most 1024 bytes in UTF-8" in password["description"]

@@ -67,8 +67,11 @@ def test_query_parameters_camel_and_proto_names_enums_and_int64() -> None:
     assert request.max_price_minor == 9_000_000_000
     assert request.state == catalog_pb2.PRODUCT_STATE_ARCHIVED
     assert request.page_size == 10
-    by_number = build("ListProducts", query=[("state", "2")])
-    assert by_number.state == catalog_pb2.PRODUCT_STATE_ARCHIVED
+    # Enums by name only: the document lists the names, so a number is refused, naming the field.
+    for number in ("2", "0"):
+        by_number = refused("ListProducts", query=[("state", number)])
+        assert by_number.field_violations[0][0] == "state"
+        assert "PRODUCT_STATE_ARCHIVED" in by_number.field_violations[0][1]
 
 
 def test_query_timestamps_and_refusals() -> None:
@@ -93,7 +96,11 @@ def test_path_params_nested_and_body_field() -> None:
         "UpdateProduct",
         path={"product.sku": "SKU-1"},
         query=[("updateMask", "name,categoryId")],
-        body={"name": "Knife", "sku": "OTHER", "price": {"currencyCode": "EUR", "amountMinor": 5}},
+        body={
+            "name": "Knife",
+            "sku": "OTHER",
+            "price": {"currencyCode": "EUR", "amountMinor": "5"},
+        },
     )
     assert request.product.sku == "SKU-1"  # the path wins over the body
     assert request.product.name == "Knife"
@@ -186,3 +193,81 @@ def test_responses_are_proto3_json() -> None:
         "token_type": "Bearer",
         "expires_in": 900,
     }
+
+
+def test_bodies_are_held_to_the_documented_json() -> None:
+    """What proto3 JSON parsers also accept but the OpenAPI document calls invalid is a 400
+    naming the member: null, enums by number, int64 as numbers, 32-bit integers as strings,
+    proto names instead of JSON names, path-bound fields in a body "*"."""
+    sku = {"sku": "SKU-1"}
+
+    def violation(name: str, **kwargs: Any) -> tuple[str, str, str]:
+        error = refused(name, **kwargs)
+        assert len(error.field_violations) == 1, error.field_violations
+        field, description = error.field_violations[0]
+        return error.reason, field, description
+
+    reason, field, text = violation("DisableUser", path={"id": "u1"}, body={"reason": None})
+    assert (reason, field) == ("INVALID_JSON", "reason")
+    assert "null" in text
+    assert violation("CreateOrder", body={"lines": None}, headers={"idempotency-key": "k"})[1] == (
+        "order.lines"
+    )
+    assert violation("CreateOrder", body={"lines": [None]}, headers={"idempotency-key": "k"})[
+        1
+    ] == ("order.lines[0]")
+    assert violation("CreateProduct", body={"attributes": {"a": None}})[1] == (
+        "product.attributes['a']"
+    )
+    assert violation("CreateProduct", body={"price": None})[1] == "product.price"
+    # Enums by name only, in bodies too.
+    assert violation(
+        "UpdateUser", path={"user.id": "u1"}, query=[("updateMask", "roles")], body={"roles": [2]}
+    )[1:] == (
+        "user.roles[0]",
+        "must be one of ROLE_UNSPECIFIED, ROLE_CUSTOMER, ROLE_ADMIN (by name)",
+    )
+    # int64 is a decimal string; 32-bit integers are JSON numbers.
+    for amount in (5, "+5", "1_0", "\u0665", "5.0", "99999999999999999999"):
+        assert violation("CreateProduct", body={"price": {"amountMinor": amount}})[1] == (
+            "product.price.amountMinor"
+        )
+    for delta in ("5", True, 1.5, 2**31):
+        assert (
+            violation("AdjustStock", path=sku, body={"delta": delta, "reason": "r"})[1] == "delta"
+        )
+    assert build("AdjustStock", path=sku, body={"delta": 2.0, "reason": "r"}).delta == 2
+    assert violation("AdjustStock", path=sku, body={"delta": 1, "reason": 7})[1] == "reason"
+    # Members by JSON name only: the proto name is an unknown member, with a hint.
+    reason, field, text = violation("CreateProduct", body={"category_id": "knives"})
+    assert (reason, field) == ("UNKNOWN_FIELD", "product.category_id")
+    assert "categoryId" in text
+    # A path-bound field is not part of a body "*".
+    reason, field, _ = violation("AdjustStock", path=sku, body={"sku": "X", "delta": 1})
+    assert (reason, field) == ("UNKNOWN_FIELD", "sku")
+    # Objects where messages are, arrays where lists are; every violation is listed.
+    error = refused("CreateProduct", body={"price": "1 EUR", "attributes": [], "name": 3})
+    assert {f for f, _ in error.field_violations} == {
+        "product.price",
+        "product.attributes",
+        "product.name",
+    }
+
+
+def test_json_null_and_constants_are_refused() -> None:
+    route = ROUTES["CancelOrder"]
+    with pytest.raises(ApiError) as caught:
+        parse_json_body(b"null", route)
+    assert caught.value.field_violations == [("(body)", "must not be null")]
+    with pytest.raises(ApiError) as caught:
+        parse_json_body(b"null", ROUTES["CreateOrder"])
+    assert caught.value.field_violations == [("order", "must not be null")]
+    with pytest.raises(ApiError) as caught:
+        parse_json_body(b'{"delta": NaN}')
+    assert caught.value.reason == "MALFORMED_JSON"
+
+
+def test_query_booleans_and_enums_by_name() -> None:
+    assert build("ListUsers", query=[("role", "ROLE_ADMIN")]).role == 2
+    assert refused("ListUsers", query=[("role", "2")]).field_violations[0][0] == "role"
+    assert refused("ListUsers", query=[("role", "role_admin")]).field_violations[0][0] == "role"

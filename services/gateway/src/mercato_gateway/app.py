@@ -68,11 +68,13 @@ _CORS_HEADERS = (
     "authorization",
     "content-type",
     "idempotency-key",
+    "if-none-match",
     "x-request-id",
     "traceparent",
     "tracestate",
 )
 _EXPOSED_HEADERS = (
+    "etag",
     "x-request-id",
     "retry-after",
     "ratelimit",

@@ -4,25 +4,34 @@ Paths and operations come from the routes; parameters from path variables, the r
 left for the query string and header-bound fields; request and response schemas from the
 messages (proto3 JSON: lowerCamelCase or explicit ``json_name``, int64 as strings, enums by
 name, well-known types as their JSON forms) and ``google.api`` field behaviours (REQUIRED ->
-required, OUTPUT_ONLY -> readOnly, INPUT_ONLY -> writeOnly).
+required, OUTPUT_ONLY -> readOnly, INPUT_ONLY -> writeOnly). The gateway accepts exactly these
+forms (``transcode.check_body``): no enum numbers, no ``null`` but for the wrapper types and
+``google.protobuf.Value``, no proto-name aliases of members.
 
 Every ``buf.validate`` rule that JSON Schema can express is in the schemas, so that a request
 valid against the document passes the services' validation: ``required`` (required, a
-non-empty string or list, an enum other than its zero value), string lengths, ``pattern``,
+non-empty string or list, an enum other than its zero value; and a field without presence whose
+rules refuse its zero value, which an absent member is), string lengths (a UTF-8 byte bound as
+the length bound it implies, described), ``pattern`` (and no U+0000 in any string, which every
+server refuses),
 ``const``/``in``/``not_in``, prefix/suffix/contains (as extra patterns), the well-known string
 formats, numeric bounds (int64 is a JSON string, so only a sign bound becomes a pattern, the
 others stay in the description), enum ``defined_only``/``in``/``not_in``, list sizes and
 uniqueness, map sizes and a field mask's allowed paths. CEL rules are named in the description
 (their message); the two simple forms ``this.f != ''`` and ``has(this.f)`` on a message field
-also become ``required``. ``IGNORE_IF_ZERO_VALUE`` admits the zero value besides the rules.
-Security requirements come from the access option: bearer JWT with the route's scopes.
+also become ``required``. ``IGNORE_IF_ZERO_VALUE`` admits the zero value besides the rules
+(``anyOf`` empty or the format, for the well-known formats).
+Security requirements come from the access option: bearer JWT with the route's scopes. Every
+GET declares the conditional request: the ``If-None-Match`` header, the ``ETag`` of its 200 and
+its 304 Not Modified (``conditional.py``).
 """
 
 from __future__ import annotations
 
 import html
+import operator
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from buf.validate import validate_pb2
@@ -42,6 +51,8 @@ __all__ = [
     "parameter_name",
 ]
 
+# A string without U+0000 (refused in every string field by every server).
+NUL_FREE = "^[^\\x00]*$"
 # Error statuses every operation may answer (besides its own 200).
 ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "415", "429", "500", "503", "504")
 _INT32 = {
@@ -313,6 +324,9 @@ class _SchemaBuilder:
             schema = self._string_rules(schema, rules, ignore_empty)
             if required and not schema.get("minLength"):
                 schema["minLength"] = 1
+            # Every server refuses U+0000 in any string (PostgreSQL and FerretDB cannot store
+            # it); the patterns of the protos all exclude it already.
+            schema.setdefault("pattern", NUL_FREE)
             return schema
         if kind == FieldDescriptor.TYPE_BYTES:
             return {"type": "string", "contentEncoding": "base64"}
@@ -369,6 +383,13 @@ class _SchemaBuilder:
             schema["maxLength"] = string.len
             if not ignore_empty:
                 schema["minLength"] = string.len
+        if string.HasField("max_bytes"):
+            # A character is 1-4 bytes in UTF-8: the length bound is necessary, the byte bound
+            # itself is only described.
+            schema["maxLength"] = min(schema.get("maxLength", string.max_bytes), string.max_bytes)
+            _with_description(schema, [f"at most {string.max_bytes} bytes in UTF-8"])
+        if string.HasField("min_bytes"):
+            _with_description(schema, [f"at least {string.min_bytes} bytes in UTF-8"])
         _choices(schema, string)
         extra = [
             f"^{re.escape(string.prefix)}" if string.HasField("prefix") else "",
@@ -385,17 +406,82 @@ class _SchemaBuilder:
                 schema["pattern"] = extra_patterns.pop(0)
             if extra_patterns:
                 schema["allOf"] = [{"pattern": p} for p in extra_patterns]
-        if well_known in _STRING_FORMATS and getattr(string, well_known) and not ignore_empty:
-            schema["format"] = _STRING_FORMATS[well_known]
+        if well_known in _STRING_FORMATS and getattr(string, well_known):
+            if ignore_empty:
+                # The zero value skips the rules: empty, or that format.
+                schema["anyOf"] = [{"maxLength": 0}, {"format": _STRING_FORMATS[well_known]}]
+            else:
+                schema["format"] = _STRING_FORMATS[well_known]
         return schema
 
 
 def _is_required(field: FieldDescriptor) -> bool:
-    """REQUIRED by field behaviour, or by protovalidate (which refuses the zero value)."""
+    """REQUIRED by field behaviour, or by protovalidate: ``required``, or rules that refuse the
+    zero value of a field without presence (in proto3 JSON an absent member is the zero value,
+    e.g. ``Money.currency_code`` with the pattern ``^[A-Z]{3}$``)."""
     if field_behavior_pb2.REQUIRED in _behaviors(field):
         return True
     rules = _rules(field)
-    return rules is not None and rules.required
+    if rules is None:
+        return False
+    return rules.required or _refuses_zero(field, rules)
+
+
+def _refuses_zero(field: FieldDescriptor, rules: validate_pb2.FieldRules) -> bool:
+    """Whether the rules refuse the field's zero value (which they are applied to, unless
+    ignored, when the field has no presence)."""
+    if rules.ignore in (validate_pb2.IGNORE_IF_ZERO_VALUE, validate_pb2.IGNORE_ALWAYS):
+        return False
+    if field.is_repeated:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            return rules.HasField("map") and rules.map.min_pairs > 0
+        return rules.HasField("repeated") and rules.repeated.min_items > 0
+    if field.has_presence:
+        return False
+    kind = rules.WhichOneof("type")
+    if kind == "string":
+        return not _string_admits(rules.string, "")
+    if kind in _INT_KINDS or kind in _INT64_KINDS or kind == "enum":
+        return not _number_admits(getattr(rules, kind), 0)
+    if kind == "bool":
+        return rules.bool.HasField("const") and rules.bool.const
+    return False
+
+
+def _string_admits(string: validate_pb2.StringRules, value: str) -> bool:
+    if string.min_len > 0 or string.len > 0 or string.min_bytes > 0 or string.len_bytes > 0:
+        return False
+    if string.HasField("pattern") and not re.search(string.pattern, value):
+        return False
+    if any(getattr(string, rule) for rule in ("prefix", "suffix", "contains")):
+        return False
+    if string.HasField("const") and string.const != value:
+        return False
+    if len(getattr(string, "in")) and value not in getattr(string, "in"):
+        return False
+    if value in string.not_in:
+        return False
+    well_known = string.WhichOneof("well_known")
+    return not (well_known and getattr(string, well_known))
+
+
+_COMPARISONS: dict[str, Callable[[int, int], bool]] = {
+    "const": operator.eq,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+}
+
+
+def _number_admits(number: Any, value: int) -> bool:
+    fields = number.DESCRIPTOR.fields_by_name
+    for name, admits in _COMPARISONS.items():
+        if name in fields and number.HasField(name) and not admits(value, getattr(number, name)):
+            return False
+    if len(getattr(number, "in")) and value not in getattr(number, "in"):
+        return False
+    return value not in number.not_in
 
 
 def _kind_rules(rules: validate_pb2.FieldRules | None, kinds: Sequence[str]) -> Any:
@@ -417,7 +503,8 @@ def _choices(schema: dict[str, Any], rules: Any) -> None:
 
 def _enum_schema(field: FieldDescriptor, rules: validate_pb2.FieldRules | None) -> dict[str, Any]:
     """Enum values by name; ``in``/``not_in``/``const`` and ``required`` (non-zero) narrow them.
-    ``defined_only`` needs nothing more: names are the only JSON form documented."""
+    ``defined_only`` needs nothing more: names are the only JSON form documented and accepted
+    (the gateway refuses numbers, which proto3 JSON parsers also take)."""
     values = list(field.enum_type.values) if field.enum_type is not None else []
     numbers = [value.number for value in values]
     if rules is not None and rules.HasField("enum"):
@@ -629,6 +716,8 @@ def _operation(builder: _SchemaBuilder, route: Route, path_names: Sequence[str])
                 "required": field_behavior_pb2.REQUIRED in _behaviors(field),
                 "content": {"application/json": {"schema": schema}},
             }
+    if route.http_method == "GET":
+        parameters.append(_IF_NONE_MATCH)
     if parameters:
         operation["parameters"] = parameters
     response_schema: dict[str, Any]
@@ -642,8 +731,43 @@ def _operation(builder: _SchemaBuilder, route: Route, path_names: Sequence[str])
         "content": {"application/json": {"schema": response_schema}},
         "headers": {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}},
     }
-    operation["responses"] = {"200": ok, **_error_responses(route.form_encoded)}
+    responses: dict[str, Any] = {"200": ok}
+    if route.http_method == "GET":
+        ok["headers"]["ETag"] = {"$ref": "#/components/headers/ETag"}
+        responses["304"] = {"$ref": "#/components/responses/NotModified"}
+    operation["responses"] = {**responses, **_error_responses(route.form_encoded)}
     return operation
+
+
+# Conditional GET (conditional.py): every GET answer has a weak ETag; If-None-Match gets 304.
+_IF_NONE_MATCH: dict[str, Any] = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": (
+        "RFC 9110 section 13.1.2: `*` or a comma-separated list of entity tags (from `ETag`). "
+        "When one matches (weak comparison) the answer is 304 Not Modified without content; "
+        "members that are not entity tags never match."
+    ),
+}
+_ETAG_HEADER: dict[str, Any] = {
+    "description": (
+        "Weak entity tag of the answer (RFC 9110 section 8.8.3): a digest of the resource as "
+        "served, new whenever it changes. Send it back in If-None-Match."
+    ),
+    "required": True,
+    "schema": {"type": "string", "pattern": '^W/"[A-Za-z0-9_-]+"$'},
+}
+_NOT_MODIFIED: dict[str, Any] = {
+    "description": (
+        "Not Modified: If-None-Match matched the current entity tag (or was `*`); no content."
+    ),
+    "headers": {
+        "ETag": {"$ref": "#/components/headers/ETag"},
+        "X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"},
+    },
+}
 
 
 _ERROR_SCHEMA: dict[str, Any] = {
@@ -790,7 +914,7 @@ def build_openapi(
         path = paths.setdefault(openapi_path(first.template), {})
         path[route.http_method.lower()] = _operation(builder, route, names)
     paths.update(_health_paths())
-    responses: dict[str, Any] = {}
+    responses: dict[str, Any] = {"NotModified": _NOT_MODIFIED}
     for status in ERROR_STATUSES:
         headers: dict[str, Any] = {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}
         if status in ("429", "503"):
@@ -834,7 +958,8 @@ def build_openapi(
                 "X-Request-Id": {
                     "description": "The request id (echoed, or generated when absent).",
                     "schema": {"type": "string"},
-                }
+                },
+                "ETag": _ETAG_HEADER,
             },
             "securitySchemes": {
                 "bearerAuth": {

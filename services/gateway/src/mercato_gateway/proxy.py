@@ -5,7 +5,8 @@ service: route (404/405) -> size and media type (413/415) -> bearer token (verif
 rate limit (429; keyed by the verified subject, else the client address, so floods of bad
 tokens are limited too) -> access rule (401/403) -> body read (413) and transcoding (400) ->
 the gRPC call with the route's deadline and the caller's token, address, request id and trace
-context in metadata -> JSON (or the mapped error).
+context in metadata -> JSON (or the mapped error); a GET answer carries an ``ETag`` and answers
+a matching ``If-None-Match`` with 304 (``conditional.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from mercato_common.client import create_channel
 from mercato_common.identity import Audience, Identity
 from mercato_common.tls import ClientTls
 from mercato_gateway.auth import Authenticator, parse_basic
+from mercato_gateway.conditional import entity_tag, none_match
 from mercato_gateway.edge import CLIENT_KEY, REQUEST_ID_KEY, ROUTE_KEY, SUBJECT_KEY, header_map
 from mercato_gateway.errors import ApiError, from_rpc_error
 from mercato_gateway.ratelimit import Decision, RateLimiter
@@ -297,7 +299,7 @@ class GatewayEndpoint:
             document = _form_document(route, raw_body, headers.get("authorization"))
             query = []
         elif raw_body.strip():
-            document = parse_json_body(raw_body)
+            document = parse_json_body(raw_body, route)
         request = build_request(
             route, path_params=path_params, query=query, body=document, headers=headers
         )
@@ -327,6 +329,14 @@ class GatewayEndpoint:
             response_headers["cache-control"] = "public, max-age=60"
         else:
             response_headers["cache-control"] = "no-store"
+        if route.http_method == "GET":
+            # Conditional GET: the weak entity tag of what is served; a matching
+            # If-None-Match gets 304 with the same validator and cache headers, no content.
+            tag = entity_tag(response)
+            response_headers["etag"] = tag
+            if none_match(headers.get("if-none-match"), tag):
+                del response_headers["content-type"]
+                return 304, b"", response_headers
         return 200, render_response(route, response), response_headers
 
 
@@ -417,7 +427,8 @@ async def _send(send: Any, status: int, body: bytes, headers: Mapping[str, str])
     raw_headers = [
         (key.encode("latin-1"), value.encode("latin-1")) for key, value in headers.items()
     ]
-    raw_headers.append((b"content-length", str(len(body)).encode()))
+    if status != 304:  # RFC 9110 section 8.6: a 304 has no content and no Content-Length
+        raw_headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -6,6 +6,14 @@ header-bound fields (``Idempotency-Key``) and, for the OAuth endpoints, form par
 fields and parameters are refused with a field violation naming them. Responses are proto3 JSON
 (lowerCamelCase or the field's explicit ``json_name``, int64 as strings, enums by name, RFC 3339
 timestamps, fields at their default value omitted).
+
+Requests are held to the JSON the OpenAPI document describes, which is stricter than what a
+proto3 JSON parser also accepts (:func:`check_body`): members by their JSON name only (not the
+proto name), enums by name only (not by number), ``null`` only where the document allows it (the
+wrapper types and ``google.protobuf.Value``; elsewhere a client omits the member for the
+default), int64 as decimal strings and 32-bit integers as JSON numbers (not the other way
+round), and no path-bound field repeated in a ``body: "*"`` body. So every request the document
+calls invalid is refused here, with a field violation naming the member.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from mercato_gateway.routing import Route
 
 __all__ = [
     "build_request",
+    "check_body",
     "json_field_path",
     "parse_json_body",
     "render_response",
@@ -96,12 +105,15 @@ def _leaf_value(field: FieldDescriptor, raw: str, location: str) -> Any:
     if kind == FieldDescriptor.TYPE_MESSAGE and message_of(field).full_name in _WRAPPERS:
         kind = message_of(field).fields_by_name["value"].type
     if kind == FieldDescriptor.TYPE_BOOL:
-        lowered = raw.lower()
-        if lowered in ("true", "1"):
+        if raw == "true":
             return True
-        if lowered in ("false", "0"):
+        if raw == "false":
             return False
         raise invalid_argument(location, "must be true or false")
+    if kind == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
+        if raw not in field.enum_type.values_by_name:
+            raise invalid_argument(location, _enum_names(field))
+        return raw
     if kind in _INTEGER_TYPES:
         if not re.fullmatch(r"-?[0-9]+", raw):
             raise invalid_argument(location, "must be an integer")
@@ -126,14 +138,30 @@ def _duplicate_refusing_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def parse_json_body(body: bytes) -> Any:
-    """The JSON document of a request body; 400 MALFORMED_JSON when it is not JSON."""
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json_body(body: bytes, route: Route | None = None) -> Any:
+    """The JSON document of a request body; 400 MALFORMED_JSON when it is not JSON (RFC 8259:
+    no ``NaN``/``Infinity``), 400 INVALID_JSON when it is ``null`` (with ``route``: the body is
+    an object, or the one field's value, never null)."""
     try:
-        return json.loads(body, object_pairs_hook=_duplicate_refusing_object)
+        document = json.loads(
+            body, object_pairs_hook=_duplicate_refusing_object, parse_constant=_no_constants
+        )
     except (ValueError, RecursionError):
         raise ApiError.bad_request(
             "the request body is not valid JSON", reason="MALFORMED_JSON"
         ) from None
+    if document is None and route is not None:
+        where = (
+            ""
+            if route.body in ("", "*")
+            else route.request_descriptor.fields_by_name[route.body].json_name
+        )
+        raise invalid_argument(where or "(body)", "must not be null", reason="INVALID_JSON")
+    return document
 
 
 def _set_path(target: dict[str, Any], path: Sequence[str], value: Any, repeated: bool) -> bool:
@@ -227,6 +255,8 @@ def build_request(
             document[field.json_name] = {} if body is None else body
         elif body not in (None, {}):
             raise ApiError.bad_request("this route takes no request body")
+    if not route.form_encoded:
+        check_body(route, document if route.body == "*" else body)
     _parse_into(document, message)
     for variable, value in path_params.items():
         _set_scalar(message, variable, value)
@@ -243,6 +273,212 @@ def build_request(
             continue
         setattr(message, name, header_value)
     return message
+
+
+# ----------------------------------------------------------------------------------------------
+# The JSON the document describes (stricter than a proto3 JSON parser)
+
+_NULLABLE = _WRAPPERS | {"google.protobuf.Value"}
+_JSON_STRING_WKT = frozenset(
+    {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
+)
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64: re.compile(r"-?[0-9]+"),
+    FieldDescriptor.TYPE_SINT64: re.compile(r"-?[0-9]+"),
+    FieldDescriptor.TYPE_SFIXED64: re.compile(r"-?[0-9]+"),
+    FieldDescriptor.TYPE_UINT64: re.compile(r"[0-9]+"),
+    FieldDescriptor.TYPE_FIXED64: re.compile(r"[0-9]+"),
+}
+_INT32_RANGES = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+}
+_INT64_RANGES = {
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+}
+_MAX_VIOLATIONS = 20
+
+
+def _enum_names(field: FieldDescriptor) -> str:
+    names = [value.name for value in field.enum_type.values] if field.enum_type else []
+    return "must be one of " + ", ".join(names) + " (by name)"
+
+
+class _Violations:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+        self.unknown = False
+
+    def add(self, path: str, description: str, *, unknown: bool = False) -> None:
+        if len(self.items) < _MAX_VIOLATIONS:
+            self.items.append((path or "(body)", description))
+        self.unknown = self.unknown or unknown
+
+
+def check_body(route: Route, body: Any) -> None:
+    """Refuse a JSON body the OpenAPI document calls invalid (400 naming each member).
+
+    ``body`` is the parsed request body (None: there was none), checked against the route's
+    body field (``body: "field"``) or its whole request message without the fields the path or
+    a header binds (``body: "*"``). What passes is then parsed by ``json_format``, which still
+    checks what is left (timestamp syntax, field mask paths).
+    """
+    if body is None or not route.body:
+        return
+    found = _Violations()
+    descriptor = route.request_descriptor
+    if route.body == "*":
+        bound = {v.split(".")[0] for v in route.parsed.variables}
+        bound.update(name for name, _, _ in route.header_fields)
+        if isinstance(body, dict):
+            _check_message(descriptor, body, "", found, frozenset(bound))
+    else:
+        field = descriptor.fields_by_name[route.body]
+        _check_field(field, body, field.json_name, found)
+    if not found.items:
+        return
+    reason = "UNKNOWN_FIELD" if found.unknown else "INVALID_JSON"
+    if len(found.items) == 1:
+        path, description = found.items[0]
+        raise invalid_argument(path, description, reason=reason)
+    raise ApiError(
+        400,
+        "INVALID_ARGUMENT",
+        "invalid " + ", ".join(path for path, _ in found.items),
+        reason,
+        field_violations=found.items,
+    )
+
+
+def _check_message(
+    descriptor: Descriptor,
+    value: Any,
+    path: str,
+    found: _Violations,
+    bound: frozenset[str] = frozenset(),
+) -> None:
+    if not isinstance(value, dict):
+        found.add(path, "must be an object")
+        return
+    by_json_name = {f.json_name: f for f in descriptor.fields}
+    for key, member in value.items():
+        member_path = f"{path}.{key}" if path else str(key)
+        field = by_json_name.get(key)
+        if field is None:
+            alias = descriptor.fields_by_name.get(key)
+            hint = f" (its JSON name is {alias.json_name})" if alias is not None else ""
+            found.add(member_path, "unknown field" + hint, unknown=True)
+        elif field.name in bound:
+            found.add(member_path, "set by the path or a header, not the body", unknown=True)
+        else:
+            _check_field(field, member, member_path, found)
+
+
+def _check_field(field: FieldDescriptor, value: Any, path: str, found: _Violations) -> None:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        if value is None:
+            found.add(path, "must not be null (omit it for an empty map)")
+        elif not isinstance(value, dict):
+            found.add(path, "must be an object")
+        else:
+            value_field = field.message_type.fields_by_name["value"]
+            for key, item in value.items():
+                _check_single(value_field, item, f"{path}[{key!r}]", found, element=True)
+    elif field.is_repeated:
+        if value is None:
+            found.add(path, "must not be null (omit it for an empty list)")
+        elif not isinstance(value, list):
+            found.add(path, "must be an array")
+        else:
+            for index, item in enumerate(value):
+                _check_single(field, item, f"{path}[{index}]", found, element=True)
+    else:
+        _check_single(field, value, path, found, element=False)
+
+
+def _check_single(
+    field: FieldDescriptor, value: Any, path: str, found: _Violations, *, element: bool
+) -> None:
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_MESSAGE:
+        name = message_of(field).full_name
+        if value is None:
+            if name not in _NULLABLE or element:
+                found.add(path, _null_description(element))
+            return
+        if name in _WRAPPERS:
+            _check_single(
+                message_of(field).fields_by_name["value"], value, path, found, element=True
+            )
+        elif name in _JSON_STRING_WKT:
+            if not isinstance(value, str):
+                found.add(path, "must be a string")
+        elif name == "google.protobuf.ListValue":
+            if not isinstance(value, list):
+                found.add(path, "must be an array")
+        elif name == "google.protobuf.Value":
+            return
+        elif name in ("google.protobuf.Struct", "google.protobuf.Any", "google.protobuf.Empty"):
+            if not isinstance(value, dict):
+                found.add(path, "must be an object")
+        else:
+            _check_message(message_of(field), value, path, found)
+        return
+    if value is None:
+        enum_type = field.enum_type if kind == FieldDescriptor.TYPE_ENUM else None
+        if enum_type is None or enum_type.full_name != "google.protobuf.NullValue":
+            found.add(path, _null_description(element))
+        return
+    if kind == FieldDescriptor.TYPE_ENUM:
+        if not isinstance(value, str) or (
+            field.enum_type is not None and value not in field.enum_type.values_by_name
+        ):
+            found.add(path, _enum_names(field))
+    elif kind in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        if not isinstance(value, str):
+            found.add(path, "must be a string")
+    elif kind == FieldDescriptor.TYPE_BOOL:
+        if not isinstance(value, bool):
+            found.add(path, "must be true or false")
+    elif kind in _INT64_TYPES:
+        if not isinstance(value, str) or not _INT64_TYPES[kind].fullmatch(value):
+            unsigned = _INT64_TYPES[kind].pattern == "[0-9]+"
+            found.add(
+                path,
+                "must be a string of decimal digits"
+                + ("" if unsigned else ", optionally signed")
+                + " (a 64-bit integer)",
+            )
+        elif not _in_range(int(value), _INT64_RANGES[kind]):
+            found.add(path, "out of range for a 64-bit integer")
+    elif kind in _INT32_RANGES:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            found.add(path, "must be an integer (a JSON number)")
+        elif isinstance(value, float) and not value.is_integer():
+            found.add(path, "must be an integer")
+        elif not _in_range(int(value), _INT32_RANGES[kind]):
+            found.add(path, "out of range for a 32-bit integer")
+    elif kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT) and (
+        isinstance(value, bool) or not isinstance(value, (int, float))
+    ):
+        found.add(path, "must be a number")
+
+
+def _in_range(value: int, bounds: tuple[int, int]) -> bool:
+    return bounds[0] <= value <= bounds[1]
+
+
+def _null_description(element: bool) -> str:
+    if element:
+        return "must not be null"
+    return "must not be null (omit it for the default value)"
 
 
 def _header_title(header: str) -> str:

@@ -229,7 +229,11 @@ async def test_catalog_over_http(suite: Suite, client: httpx.AsyncClient) -> Non
 
     invalid = await client.post(
         "/v1/products",
-        json={"sku": "lower-case", "name": "x", "price": {"currencyCode": "EUR", "amountMinor": 1}},
+        json={
+            "sku": "lower-case",
+            "name": "x",
+            "price": {"currencyCode": "EUR", "amountMinor": "1"},
+        },
         headers=admin,
     )
     assert invalid.status_code == 400
@@ -344,7 +348,7 @@ async def test_orders_idempotency_key_and_forwarded_context(
         f"/v1/orders/{ORDER_ID}:pay",
         json={
             "paymentToken": "tok_test_ok",
-            "amount": {"currencyCode": "EUR", "amountMinor": 3998},
+            "amount": {"currencyCode": "EUR", "amountMinor": "3998"},
         },
         headers=customer,
     )
@@ -459,3 +463,62 @@ async def test_cors_preflight_and_headers(suite: Suite) -> None:
         assert simple.headers["access-control-allow-origin"] == "https://shop.example"
         assert "x-request-id" in simple.headers["access-control-expose-headers"].lower()
         assert simple.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_conditional_get_of_a_product(suite: Suite, client: httpx.AsyncClient) -> None:
+    """ETag and If-None-Match through the gateway and the real catalog: 304 without content
+    while nothing changed; a stock movement (which leaves the product's own field etag alone)
+    and an update each give a new ETag, and the old one no longer matches."""
+    admin = bearer(suite.tokens.admin)
+    sku = f"GW-{uuid.uuid4().hex[:8].upper()}"
+    product = {"sku": sku, "name": "Pan", "price": {"currencyCode": "EUR", "amountMinor": "990"}}
+    created = await client.post("/v1/products", json=product, headers=admin)
+    assert created.status_code == 200, created.text
+
+    first = await client.get(f"/v1/products/{sku}", headers=admin)
+    assert first.status_code == 200
+    tag = first.headers["etag"]
+    assert tag.startswith('W/"')
+
+    for condition in (tag, tag.removeprefix("W/"), f'"other", {tag}', "*"):
+        same = await client.get(
+            f"/v1/products/{sku}", headers={**admin, "if-none-match": condition}
+        )
+        assert same.status_code == 304, condition
+        assert same.content == b""
+        assert same.headers["etag"] == tag
+        assert "content-length" not in same.headers
+        assert "content-type" not in same.headers
+        assert same.headers["cache-control"] == "no-store"
+        assert same.headers["x-request-id"]
+    other = await client.get(f"/v1/products/{sku}", headers={**admin, "if-none-match": '"nope"'})
+    assert other.status_code == 200
+    assert other.headers["etag"] == tag
+
+    stocked = await client.post(
+        f"/v1/products/{sku}:adjustStock", json={"delta": 3, "reason": "received"}, headers=admin
+    )
+    assert stocked.status_code == 200, stocked.text
+    after_stock = await client.get(f"/v1/products/{sku}", headers={**admin, "if-none-match": tag})
+    assert after_stock.status_code == 200
+    assert after_stock.json()["product"]["stockOnHand"] == 3
+    assert after_stock.json()["product"]["etag"] == first.json()["product"]["etag"]
+    stock_tag = after_stock.headers["etag"]
+    assert stock_tag != tag
+
+    updated = await client.patch(
+        f"/v1/products/{sku}",
+        params={"updateMask": "name"},
+        json={"name": "Big pan"},
+        headers=admin,
+    )
+    assert updated.status_code == 200, updated.text
+    after_update = await client.get(
+        f"/v1/products/{sku}", headers={**admin, "if-none-match": f"{tag}, {stock_tag}"}
+    )
+    assert after_update.status_code == 200
+    assert after_update.headers["etag"] not in (tag, stock_tag)
+
+    # The condition never hides an error: no such product is 404, whatever If-None-Match says.
+    missing = await client.get("/v1/products/NOPE-404", headers={**admin, "if-none-match": "*"})
+    assert missing.status_code == 404
