@@ -29,7 +29,7 @@ protos: sync ## regenerate the Python stubs in libs/contracts from protos/
 	$(RUN) python tools/protos.py generate
 
 .PHONY: lint
-lint: sync ## ruff, mypy, import contracts, dependency floors, buf lint/breaking, stub and dashboard checks
+lint: sync ## ruff, mypy, import contracts, dependency floors, buf lint/breaking, stub, dashboard and chart README checks
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy libs/common/src libs/devstack/src $(wildcard services/*/src)
@@ -38,6 +38,7 @@ lint: sync ## ruff, mypy, import contracts, dependency floors, buf lint/breaking
 	$(RUN) python tools/protos.py lint
 	$(RUN) python tools/protos.py check
 	$(RUN) python tools/dashboards.py --check
+	$(RUN) python tools/chart_readme.py --check
 
 .PHONY: fmt
 fmt: sync ## format and autofix
@@ -46,7 +47,7 @@ fmt: sync ## format and autofix
 
 .PHONY: test-unit
 test-unit: sync ## unit tests (no services needed)
-	$(RUN) pytest -q -m "not integration" libs services
+	$(RUN) pytest -q -m "not integration" libs services tests/tools
 
 .PHONY: stack-up
 stack-up: sync ## start PostgreSQL, Kafka, FerretDB and Redis as local processes
@@ -103,6 +104,25 @@ test-k8s: sync ## the Helm chart installed, upgraded, rolled back, uninstalled o
 	$(RUN) python tools/k8s.py build
 	$(RUN) pytest -q -s -m k8s tests/k8s
 
+# Service images without Docker (tools/images.py, docs/images.md): runc, BuildKit, the registry
+# and crane built from pinned Go modules; the registry (127.0.0.1:5000) and buildkitd keep running
+# afterwards (`make images-down` stops them).
+.PHONY: base-image
+base-image: sync ## the Debian base image (mmdebstrap: python3, ca-certificates), pushed to the local registry
+	$(RUN) python tools/images.py base
+
+.PHONY: images
+images: sync ## every service image with BuildKit: OCI archives in .state/images/oci, pushed to the local registry
+	$(RUN) python tools/images.py build
+
+.PHONY: images-smoke
+images-smoke: stack-up ## image checks: numeric non-root user, no build tools, sizes, each started read-only under runc
+	$(RUN) pytest -q -s -m images tests/images
+
+.PHONY: images-down
+images-down: sync ## stop the local registry and buildkitd
+	$(RUN) python tools/images.py down
+
 LOAD_HOST ?= http://127.0.0.1:8080
 LOAD_USERS ?= 20
 LOAD_RATE ?= 5
@@ -113,7 +133,7 @@ load: sync ## Locust load (headless) against a running `make run`
 	$(RUN) locust -f loadtest/locustfile.py --headless -u $(LOAD_USERS) -r $(LOAD_RATE) -t $(LOAD_TIME) --host $(LOAD_HOST)
 
 .PHONY: test
-test: lint test-unit test-deploy test-integration test-e2e ## everything CI runs
+test: lint test-unit test-deploy test-k8s images-smoke test-integration test-e2e ## everything CI runs
 
 .PHONY: run
 run: sync ## the whole suite locally: stack + services + gateway, until Ctrl-C

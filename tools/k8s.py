@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gotool import STATE, TOOLS, ToolError, find_go, go_env, go_install
+from helm import ensure_helm
 
 from mercato_devstack import process
 
@@ -890,6 +891,17 @@ def exclusive() -> Iterator[None]:
         os.close(descriptor)
 
 
+def shell_environment() -> str:
+    """The line that points a shell at the control plane: its kubeconfig, and the pinned Helm
+    (linked into a folder of its own) first on PATH."""
+    bin_dir = K8S_STATE / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    link = bin_dir / "helm"
+    link.unlink(missing_ok=True)
+    link.symlink_to(ensure_helm())
+    return f'export KUBECONFIG="{KUBECONFIG}" PATH="{bin_dir}:$PATH"'
+
+
 def running_versions() -> list[str]:
     """The versions whose control plane has a process running (at most one, by the ports)."""
     if not K8S_STATE.is_dir():
@@ -911,7 +923,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "up":
             with exclusive():
                 ControlPlane(version).up()
-            print(KUBECONFIG)
+            print(shell_environment())
         elif args.command == "down":
             with exclusive():
                 # Whatever version runs, not only $K8S_VERSION: nothing is left behind.

@@ -84,18 +84,36 @@ def api(kubeconfig: Path) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(kubeconfig))
 
 
+@cache
+def crd_folder() -> Path | None:
+    """Where the CRDs of the chart's optional parts are (tools/crds.py `crd_dir`:
+    MERCATO_CRDS_DIR, ../shared/crds beside the project, else fetched into .state/crds)."""
+    folder: Path | None = load_tool("crds").crd_dir()
+    return folder
+
+
 @pytest.fixture(scope="session")
+def absent_crd_groups() -> dict[str, list[str]]:
+    """The API groups whose CRD files the folder lacks (a fetch that could not get them all),
+    each with the files missing."""
+    folder = crd_folder()
+    absent: dict[str, list[str]] = {}
+    if folder is not None:
+        for name in load_tool("crds").missing(folder):
+            absent.setdefault(name.partition("_")[0], []).append(name)
+    return absent
+
+
+@pytest.fixture
 def crds(api: client.ApiClient) -> list[str]:
-    """Every CRD of the shared folder (MERCATO_CRDS_DIR, default ../shared/crds), applied and
-    Established; their names."""
-    configured = os.environ.get("MERCATO_CRDS_DIR")
-    folder = Path(configured) if configured else ROOT.parent / "shared" / "crds"
-    files = sorted(folder.glob("*.yaml"))
-    if not files:
-        pytest.fail(f"no CRDs in {folder} (set MERCATO_CRDS_DIR)")
+    """Every CRD of the folder, applied (once; later calls find them) and Established; their
+    names."""
+    folder = crd_folder()
+    if folder is None:
+        pytest.skip("no CRD folder: MERCATO_CRDS_DIR, ../shared/crds, tools/crds.py fetch: none")
     extensions = client.ApiextensionsV1Api(api)
     names = []
-    for path in files:
+    for path in sorted(folder.glob("*.yaml")):
         body = yaml.safe_load(path.read_text())
         name = body["metadata"]["name"]
         names.append(name)
@@ -103,7 +121,7 @@ def crds(api: client.ApiClient) -> list[str]:
             # Not deserialised: the client's models reject some valid CRD status fields.
             extensions.create_custom_resource_definition(body, _preload_content=False)
         except ApiException as error:
-            if error.status != 409:  # already there from an earlier session
+            if error.status != 409:  # already there from an earlier test or session
                 raise
     deadline = time.monotonic() + 60
     for name in names:
@@ -115,6 +133,32 @@ def crds(api: client.ApiClient) -> list[str]:
             assert time.monotonic() < deadline, f"CRD {name} not Established"
             time.sleep(0.2)
     return names
+
+
+@pytest.fixture
+def bare_cluster(api: client.ApiClient) -> None:
+    """A cluster without any CustomResourceDefinition (as one without the operators is):
+    those of an earlier test are deleted, and gone from discovery."""
+    extensions = client.ApiextensionsV1Api(api)
+    listed = extensions.list_custom_resource_definition(_preload_content=False)
+    names = [item["metadata"]["name"] for item in yaml.safe_load(listed.data)["items"]]
+    for name in names:
+        try:
+            extensions.delete_custom_resource_definition(name)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+    deadline = time.monotonic() + 120
+    for name in names:
+        while True:
+            try:
+                extensions.read_custom_resource_definition(name, _preload_content=False)
+            except ApiException as error:
+                if error.status == 404:
+                    break
+                raise
+            assert time.monotonic() < deadline, f"CRD {name} still there"
+            time.sleep(0.3)
 
 
 @dataclass
@@ -185,10 +229,13 @@ def helm(kubeconfig: Path, api: client.ApiClient) -> Helm:
         result = HelmResult(done.returncode, done.stdout, done.stderr)
         if args[0] in ("install", "upgrade", "rollback", "uninstall"):
             # The session's log names each step of each values set with its duration.
-            namespace = args[args.index("--namespace") + 1] if "--namespace" in args else ""
+            flags = [flag for flag in ("--namespace", "-n") if flag in args]
+            namespace = args[args.index(flags[0]) + 1] if flags else ""
             outcome = "ok" if done.returncode == 0 else f"exit {done.returncode}"
             elapsed = time.monotonic() - started
-            print(f"helm {args[0]} {namespace}: {outcome} in {elapsed:.1f} s", file=sys.stderr)
+            dry_run = any(arg.startswith("--dry-run") for arg in args)
+            step = f"{args[0]} --dry-run" if dry_run else args[0]
+            print(f"helm {step} {namespace}: {outcome} in {elapsed:.1f} s", file=sys.stderr)
         if check and done.returncode != 0:
             waiting = ""
             if "--wait" in args and "--namespace" in args:
