@@ -87,22 +87,33 @@ test-e2e: stack-up ## end-to-end journeys and fault tests against a private copy
 K8S_VERSION ?= 1.37.2
 export K8S_VERSION
 
+# The nodes: `fake` (kwok's four, no container runs) or `real`, which also joins a real node
+# (tools/node.py: containerd, runc, CNI, kubelet, kube-proxy, CoreDNS; root, a few minutes cold).
+NODE ?= fake
+
 .PHONY: k8s-up
-k8s-up: sync ## a local Kubernetes control plane (etcd, apiserver, controller-manager, scheduler, kwok nodes)
+k8s-up: sync ## a local Kubernetes control plane (etcd, apiserver, controller-manager, scheduler, kwok nodes); NODE=real adds a real node
 	$(RUN) python tools/k8s.py up
+	@if [ "$(NODE)" = real ]; then $(RUN) python tools/node.py up; fi
 
 .PHONY: k8s-down
-k8s-down: sync ## stop the local Kubernetes control plane, leave no process behind (state is kept)
+k8s-down: sync ## stop the local Kubernetes control plane (and a real node), leave no process behind (state is kept)
+	$(RUN) python tools/node.py down
 	$(RUN) python tools/k8s.py down
 
 .PHONY: k8s-status
-k8s-status: sync ## each process of the local Kubernetes control plane with pid, port and health
+k8s-status: sync ## each process of the local Kubernetes control plane (and a real node) with pid, port and health
 	$(RUN) python tools/k8s.py status
+	@if [ "$(NODE)" = real ]; then $(RUN) python tools/node.py status; fi
 
 .PHONY: test-k8s
 test-k8s: sync ## the Helm chart installed, upgraded, rolled back, uninstalled on the local control plane
 	$(RUN) python tools/k8s.py build
 	$(RUN) pytest -q -s -m k8s tests/k8s
+
+.PHONY: test-pods
+test-pods: sync ## opt-in: the suite in real pods on a real node (images, chart, helm test, e2e journeys, a pod kill)
+	$(RUN) pytest -q -s -m pods tests/pods
 
 # Service images without Docker (tools/images.py, docs/images.md): runc, BuildKit, the registry
 # and crane built from pinned Go modules; the registry (127.0.0.1:5000) and buildkitd keep running

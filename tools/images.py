@@ -778,7 +778,9 @@ def ensure_base(tools: Tools, *, rebuild: bool = False) -> BaseImage:
             saved = json.loads(record.read_text())
             if saved.get("recipe") == recipe:
                 base = BaseImage(**saved["image"])
-                if registry_digest(tools, base.ref) == base.digest:
+                # Pushed to this registry (MERCATO_REGISTRY_PORT may have moved it) and still there.
+                here = base.ref.startswith(f"{REGISTRY}/")
+                if here and registry_digest(tools, base.ref) == base.digest:
                     log(f"base image {base.ref} ({base.digest[:19]}) reused")
                     return base
         rootfs = BASE_DIR / "rootfs.tar"

@@ -79,6 +79,10 @@ NODE_LEASE_SECONDS = 40
 SERVICE_CIDR = "10.96.0.0/16"
 #: The first address of SERVICE_CIDR: the `kubernetes` Service, in the apiserver's certificate.
 SERVICE_IP = "10.96.0.1"
+#: The address the apiserver advertises (the `kubernetes` Service's endpoint): the bridge
+#: address of a real node (tools/node.py), the one address of this machine its pods reach. The
+#: apiserver listens on every address for that, with anonymous requests refused.
+ADVERTISE_ADDRESS = "10.85.0.1"
 
 #: The fake nodes: two per zone, so topology spread constraints and PDBs have a choice.
 NODES = {
@@ -295,9 +299,13 @@ def _version_ldflags(version: str) -> str:
     return " ".join(flags)
 
 
-def ensure_kube(version: str) -> dict[str, Path]:
-    out_dir = TOOLS / f"kubernetes-v{version}"
-    binaries = {name: out_dir / name for name in KUBE_COMMANDS}
+def ensure_kube(
+    version: str, commands: Sequence[str] = KUBE_COMMANDS, *, flavour: str = ""
+) -> dict[str, Path]:
+    """The ``commands`` of Kubernetes ``version`` (one build, into
+    `.state/tools/kubernetes[-flavour]-v<version>/`)."""
+    out_dir = TOOLS / f"kubernetes{'-' + flavour if flavour else ''}-v{version}"
+    binaries = {name: out_dir / name for name in commands}
     if all(_usable(path) for path in binaries.values()):
         return binaries
     lock = _locked(out_dir)
@@ -317,7 +325,7 @@ def ensure_kube(version: str) -> dict[str, Path]:
                     "",
                     *replaces,
                     "",
-                    *(f"tool k8s.io/kubernetes/cmd/{name}" for name in KUBE_COMMANDS),
+                    *(f"tool k8s.io/kubernetes/cmd/{name}" for name in commands),
                     "",
                 ]
             )
@@ -326,7 +334,7 @@ def ensure_kube(version: str) -> dict[str, Path]:
                 f"kubernetes-{version}",
                 go_mod,
                 None,
-                [f"k8s.io/kubernetes/cmd/{name}" for name in KUBE_COMMANDS],
+                [f"k8s.io/kubernetes/cmd/{name}" for name in commands],
                 out_dir,
                 ldflags=_version_ldflags(version),
             )
@@ -464,6 +472,7 @@ def ensure_pki(pki: Path) -> None:
         HOST,
         "localhost",
         SERVICE_IP,
+        ADVERTISE_ADDRESS,
         "kubernetes",
         "kubernetes.default",
         "kubernetes.default.svc",
@@ -631,7 +640,9 @@ class ControlPlane:
                 lambda: [
                     str(binaries["kube-apiserver"]),
                     f"--etcd-servers=http://{HOST}:{ETCD_PORT}",
-                    f"--bind-address={HOST}",
+                    "--bind-address=0.0.0.0",
+                    f"--advertise-address={ADVERTISE_ADDRESS}",
+                    "--anonymous-auth=false",
                     f"--secure-port={APISERVER_PORT}",
                     f"--tls-cert-file={pki / 'apiserver.crt'}",
                     f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -641,6 +652,11 @@ class ControlPlane:
                     f"--service-account-signing-key-file={pki / 'sa.key'}",
                     f"--service-cluster-ip-range={SERVICE_CIDR}",
                     "--authorization-mode=Node,RBAC",
+                    # Logs and exec on a real node (tools/node.py): the apiserver calls the
+                    # kubelet as the cluster admin.
+                    f"--kubelet-client-certificate={pki / 'admin.crt'}",
+                    f"--kubelet-client-key={pki / 'admin.key'}",
+                    "--kubelet-preferred-address-types=InternalIP",
                     "--profiling=false",
                 ],
                 f"https://{HOST}:{APISERVER_PORT}/readyz",

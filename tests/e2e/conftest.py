@@ -7,7 +7,9 @@ for the gateway's ``/status`` (every upstream SERVING), and stops it with SIGTER
 suite already running on that state folder (started by hand) is reused and left running.
 
 Tests talk to the gateway only (``Api``), except the fault tests, which also use the stack's
-fault hooks (``suite.stack``) and the supervised children's pids (``suite.pid(name)``).
+fault hooks (``suite.stack``) and the supervised children's pids (``suite.pid(name)``). With
+``MERCATO_E2E_GATEWAY_URL`` the journeys talk to a gateway run elsewhere (tests/pods: the
+cluster's gateway Service) and no suite is started.
 """
 
 from __future__ import annotations
@@ -214,8 +216,11 @@ class Api:
 
 
 @pytest.fixture(scope="session")
-def http(suite: RunningSuite) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=suite.url, timeout=30) as client:
+def http(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    """A client of the private suite's gateway, or of MERCATO_E2E_GATEWAY_URL when set: a gateway
+    run elsewhere (tests/pods runs the journeys through the cluster's gateway Service so)."""
+    url = os.environ.get("MERCATO_E2E_GATEWAY_URL") or request.getfixturevalue("suite").url
+    with httpx.Client(base_url=url, timeout=30) as client:
         yield client
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -9,7 +10,9 @@ from pathlib import Path
 
 from mercato_devstack.errors import StackError
 
-#: Host every component binds to: loopback only.
+#: Address every component binds to by default: loopback only. MERCATO_STACK_HOST moves a
+#: stack to another local address, e.g. the bridge of a local Kubernetes node (tests/pods), whose
+#: pods cannot reach the host's loopback.
 HOST = "127.0.0.1"
 
 #: Login role (a superuser) and password of the local PostgreSQL, for local use only.
@@ -56,6 +59,7 @@ class StackConfig:
 
     repo_root: Path
     state_dir: Path
+    host: str = HOST
     pg_port: int = 15432
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
@@ -74,9 +78,17 @@ class StackConfig:
             timeout = float(env.get("MERCATO_STACK_TIMEOUT") or cls.timeout)
         except ValueError:
             raise StackError("MERCATO_STACK_TIMEOUT must be a number of seconds") from None
+        host = env.get("MERCATO_STACK_HOST") or cls.host
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise StackError(f"MERCATO_STACK_HOST={host!r} is not an IP address") from None
+        if address.version != 4:
+            raise StackError(f"MERCATO_STACK_HOST={host!r}: an IPv4 address of this machine")
         return cls(
             repo_root=root,
             state_dir=state.resolve(),
+            host=host,
             pg_port=_port(env, "MERCATO_PG_PORT", cls.pg_port),
             kafka_port=_port(env, "MERCATO_KAFKA_PORT", cls.kafka_port),
             kafka_controller_port=_port(
@@ -117,16 +129,16 @@ class StackConfig:
     # Connection settings ----------------------------------------------------------------------
 
     def postgres_dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://{PG_USER}:{PG_PASSWORD}@{HOST}:{self.pg_port}/{database}"
+        return f"postgresql://{PG_USER}:{PG_PASSWORD}@{self.host}:{self.pg_port}/{database}"
 
     @property
     def kafka_bootstrap(self) -> str:
-        return f"{HOST}:{self.kafka_port}"
+        return f"{self.host}:{self.kafka_port}"
 
     @property
     def mongo_uri(self) -> str:
-        return f"mongodb://{HOST}:{self.mongo_port}/"
+        return f"mongodb://{self.host}:{self.mongo_port}/"
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{HOST}:{self.redis_port}/0"
+        return f"redis://{self.host}:{self.redis_port}/0"

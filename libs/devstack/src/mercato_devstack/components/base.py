@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mercato_devstack import process
-from mercato_devstack.config import HOST, StackConfig
+from mercato_devstack.config import StackConfig
 from mercato_devstack.errors import ComponentError
 
 log = logging.getLogger("mercato_devstack")
@@ -101,22 +101,25 @@ class Component(abc.ABC):
         if self.pid() is not None:
             return
         for port in self.ports:
-            if process.port_open(port) and not self._port_frees(port):
+            if process.port_open(port, self.config.host) and not self._port_frees(
+                port, self.config.host
+            ):
                 raise self.fail(
-                    f"port {HOST}:{port} is taken by a process this stack did not start; "
+                    f"port {self.config.host}:{port} is taken by a process this stack did not "
+                    "start; "
                     "stop it or choose another port (see docs/local-stack.md)"
                 )
         self.dir.mkdir(parents=True, exist_ok=True)
-        log.info("%s: starting on %s:%s", self.name, HOST, self.port)
+        log.info("%s: starting on %s:%s", self.name, self.config.host, self.port)
         self.launch()
 
     @staticmethod
-    def _port_frees(port: int, timeout: float = 5.0) -> bool:
+    def _port_frees(port: int, host: str, timeout: float = 5.0) -> bool:
         """A process that just died may hold its socket for a moment longer."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             time.sleep(0.1)
-            if not process.port_open(port):
+            if not process.port_open(port, host):
                 return True
         return False
 
@@ -165,7 +168,7 @@ class Component(abc.ABC):
     def verify_stopped(self) -> None:
         deadline = time.monotonic() + 10
         while True:
-            busy = [port for port in self.ports if process.port_open(port)]
+            busy = [port for port in self.ports if process.port_open(port, self.config.host)]
             if not busy:
                 return
             if time.monotonic() >= deadline:
@@ -176,7 +179,7 @@ class Component(abc.ABC):
         pid = self.pid()
         if pid is None:
             reason = "not running"
-            if any(process.port_open(port) for port in self.ports):
+            if any(process.port_open(port, self.config.host) for port in self.ports):
                 reason = "not running (but its port is taken by another process)"
             return ComponentStatus(self.name, None, self.port, False, reason, self.log_path)
         problem = self.probe()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mercato_devstack import install, probes, process
 from mercato_devstack.components.base import Component, log
-from mercato_devstack.config import FERRETDB_DATABASE, HOST
+from mercato_devstack.config import FERRETDB_DATABASE
 
 MODULE = "github.com/FerretDB/FerretDB"
 
@@ -157,7 +157,7 @@ class FerretDB(Component):
         pid = process.spawn(
             [
                 str(self.binary),
-                f"-listen-addr={HOST}:{self.port}",
+                f"-listen-addr={self.config.host}:{self.port}",
                 "-handler=postgresql",
                 "-log-level=info",
             ],
@@ -168,4 +168,4 @@ class FerretDB(Component):
         process.write_pidfile(self.pid_path, pid)
 
     def probe(self) -> str | None:
-        return probes.mongo_ping(HOST, self.port)
+        return probes.mongo_ping(self.config.host, self.port)

@@ -108,7 +108,7 @@ class Kafka(Component):
     # Configuration ----------------------------------------------------------------------------
 
     def _write_properties(self) -> Path:
-        host = "127.0.0.1"
+        host = self.config.host
         controller = f"{host}:{self.config.kafka_controller_port}"
         settings = {
             "process.roles": "broker,controller",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import pwd
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from mercato_devstack import probes, process
 from mercato_devstack.components.base import Component, log
-from mercato_devstack.config import FERRETDB_DATABASE, HOST, PG_PASSWORD, PG_USER
+from mercato_devstack.config import FERRETDB_DATABASE, PG_PASSWORD, PG_USER
 from mercato_devstack.errors import StackError
 from mercato_devstack.manifest import load_manifest
 
@@ -139,7 +140,7 @@ class Postgres(Component):
 
     def _write_settings(self) -> None:
         settings = {
-            "listen_addresses": f"'{HOST}'",
+            "listen_addresses": f"'{self.config.host}'",
             "port": str(self.port),
             # TCP only: a socket path under a deep checkout could pass the 107-byte limit.
             "unix_socket_directories": "''",
@@ -150,6 +151,17 @@ class Postgres(Component):
             "log_min_duration_statement": "-1",
             "timezone": "'UTC'",
         }
+        if not ipaddress.ip_address(self.config.host).is_loopback:
+            # Bound to another local address (a Kubernetes node's bridge): clients come from
+            # that address's subnet, with the same password authentication as on loopback.
+            hba = self.data_dir / "mercato_hba.conf"
+            hba.write_text(
+                (self.data_dir / "pg_hba.conf").read_text()
+                + "\n# Mercato local stack: clients on the subnet of MERCATO_STACK_HOST\n"
+                + "host all all samenet scram-sha-256\n"
+            )
+            self._own(hba)
+            settings["hba_file"] = f"'{hba}'"
         conf = self.data_dir / "mercato.conf"
         conf.write_text("".join(f"{key} = {value}\n" for key, value in settings.items()))
         self._own(conf)
@@ -202,7 +214,7 @@ class Postgres(Component):
 
     def probe(self) -> str | None:
         return probes.postgres_query(
-            self._bin("psql"), HOST, self.port, BOOTSTRAP_USER, PG_PASSWORD
+            self._bin("psql"), self.config.host, self.port, BOOTSTRAP_USER, PG_PASSWORD
         )
 
     def databases(self) -> tuple[str, ...]:
@@ -228,7 +240,7 @@ class Postgres(Component):
             )
         process.run(
             [
-                *(self._bin("psql"), "-X", "-q", "-h", HOST, "-p", str(self.port)),
+                *(self._bin("psql"), "-X", "-q", "-h", self.config.host, "-p", str(self.port)),
                 *("-U", BOOTSTRAP_USER, "-d", "postgres", "-f", "-"),
             ],
             what="postgres: create role and databases",

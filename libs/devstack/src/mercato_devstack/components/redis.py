@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 from mercato_devstack import probes, process
 from mercato_devstack.components.base import Component
-from mercato_devstack.config import HOST
 
 
 class Redis(Component):
@@ -28,9 +28,12 @@ class Redis(Component):
 
     def _write_config(self) -> Path:
         settings = {
-            "bind": HOST,
+            "bind": self.config.host,
             "port": str(self.port),
-            "protected-mode": "yes",
+            # Protected mode refuses clients from anywhere but loopback when no password is set:
+            # on another local address (MERCATO_STACK_HOST, a node's bridge) they come from its
+            # subnet, which only that address's own network reaches.
+            "protected-mode": "yes" if ipaddress.ip_address(self.config.host).is_loopback else "no",
             "daemonize": "no",
             "supervised": "no",
             "dir": str(self.data_dir),
@@ -59,4 +62,4 @@ class Redis(Component):
         process.write_pidfile(self.pid_path, pid)
 
     def probe(self) -> str | None:
-        return probes.redis_ping(HOST, self.port)
+        return probes.redis_ping(self.config.host, self.port)
