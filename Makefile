@@ -113,6 +113,8 @@ test-k8s: sync ## the Helm chart installed, upgraded, rolled back, uninstalled o
 
 .PHONY: test-pods
 test-pods: sync ## opt-in: the suite in real pods on a real node (images, chart, helm test, e2e journeys, a pod kill)
+	$(RUN) python tools/k8s.py build
+	$(RUN) python tools/node.py build
 	$(RUN) pytest -q -s -m pods tests/pods
 
 # Service images without Docker (tools/images.py, docs/images.md): runc, BuildKit, the registry

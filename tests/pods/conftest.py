@@ -49,11 +49,18 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+#: The first test also sets up the session: on a cold machine the pods' stack builds FerretDB
+#: and fetches Kafka, the images and Helm are built, and `helm install --wait` pulls and starts
+#: every pod (`make test-pods` builds the node's programs before pytest starts).
+SESSION_TIMEOUT_SECONDS = 1800
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
         if here in Path(item.path).parents:
             item.add_marker(pytest.mark.pods)
+            item.add_marker(pytest.mark.timeout(SESSION_TIMEOUT_SECONDS))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

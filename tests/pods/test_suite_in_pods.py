@@ -163,6 +163,7 @@ def test_journeys_through_the_gateway_service(release: Release, admin: Gateway) 
     )
     TIMINGS["e2e journeys through the gateway Service"] = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    print(f"\ne2e journeys through {release.gateway_url}: {result.stdout.strip().splitlines()[-1]}")
     assert " passed" in result.stdout, result.stdout[-2000:]
     assert "skipped" not in result.stdout, result.stdout[-2000:]
 
@@ -267,8 +268,14 @@ def test_an_orders_pod_killed_during_load_loses_nothing(release: Release, admin:
     thread = threading.Thread(target=load, daemon=True)
     thread.start()
     time.sleep(5)
+    # Kill the pod that is serving the orders at that moment (the gateway's channel may still
+    # hold only the pod it resolved first: gRPC re-resolves DNS when a connection breaks).
+    served_by = {pod.metadata.name: _create_orders_served(pod) for pod in victims}
+    victim = max(victims, key=lambda pod: served_by[pod.metadata.name])
+    served = served_by[victim.metadata.name]
+    assert served > 0, f"no orders pod served a CreateOrder before the kill: {served_by}"
     release.core.delete_namespaced_pod(
-        victims[0].metadata.name, NAMESPACE, body=client.V1DeleteOptions(grace_period_seconds=0)
+        victim.metadata.name, NAMESPACE, body=client.V1DeleteOptions(grace_period_seconds=0)
     )
     thread.join(180)
     assert not thread.is_alive(), "the load did not finish"
@@ -300,7 +307,9 @@ def test_an_orders_pod_killed_during_load_loses_nothing(release: Release, admin:
         f"{sku}: stock reserved exactly once per live order",
     )
     print(
-        f"\npods drill: {count} orders, answers {dict(statuses)}, {len(accepted)} accepted, "
+        f"\npods drill: {count} orders, CreateOrder per pod before the kill {served_by}, "
+        f"killed {victim.metadata.name}, "
+        f"answers {dict(statuses)}, {len(accepted)} accepted, "
         f"{stored} stored, {len(live)} holding stock, {_funnel_placed(admin) - baseline} counted"
     )
     # The Deployment replaced the killed pod.
@@ -308,6 +317,20 @@ def test_an_orders_pod_killed_during_load_loses_nothing(release: Release, admin:
         lambda: len([p for p in release.pods("orders") if _ready(p)]) == 2,
         120,
         "orders back to two Ready pods",
+    )
+
+
+def _create_orders_served(pod: client.V1Pod) -> float:
+    """CreateOrder calls the pod started so far, from its own metrics endpoint (pod IPs are
+    reachable from the node)."""
+    port = next(
+        p.container_port for c in pod.spec.containers for p in c.ports or [] if p.name == "metrics"
+    )
+    text = httpx.get(f"http://{pod.status.pod_ip}:{port}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("grpc_server_started_total{") and 'grpc_method="CreateOrder"' in line
     )
 
 
