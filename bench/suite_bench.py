@@ -35,6 +35,7 @@ import os
 import platform
 import random
 import shutil
+import socket
 import statistics
 import sys
 import time
@@ -631,6 +632,60 @@ async def through_grpc_gateway(
                 await peer.wait()
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def through_gateway_workers(
+    suite: PrivateSuite, fixture: Fixture, concurrency: int, seconds: float, workers: int
+) -> dict[str, Any]:
+    """The same loop through a second gateway with ``WORKERS=workers`` (uvicorn worker
+    processes on one port), started with the suite's gateway's own environment (its upstreams,
+    Redis and limits), on ports of its own."""
+    token, sku = fixture.customer_tokens[0], fixture.skus[0]
+    raw = await asyncio.to_thread(Path(f"/proc/{suite.pid('gateway')}/environ").read_bytes)
+    env = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    port = _free_port()
+    env.update(
+        MERCATO_GATEWAY_PORT=str(port),
+        MERCATO_GATEWAY_METRICS_PORT=str(_free_port()),
+        MERCATO_GATEWAY_WORKERS=str(workers),
+    )
+    log_path = Path(suite.env["MERCATO_STATE_DIR"]) / f"gateway-workers-{workers}.log"
+    with log_path.open("ab") as log:
+        gateway = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mercato_gateway", env=env, stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + PEER_READY_TIMEOUT
+        while True:
+            try:
+                await product_via(port, token, sku)
+                break
+            except (RuntimeError, OSError) as exc:
+                if gateway.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"gateway WORKERS={workers} did not start; see {log_path}"
+                    ) from exc
+                await asyncio.sleep(0.2)
+        await asyncio.sleep(2.0)  # every worker up, not only the first to answer
+        idle_rss = memory_mib(gateway.pid, _children())["rss"]
+        result = await http_get_loop(port, token, sku, concurrency, seconds, gateway.pid)
+        result["workers"] = workers
+        result["rss_mib"] = {"idle": idle_rss, "after": memory_mib(gateway.pid, _children())["rss"]}
+        return result
+    finally:
+        if gateway.returncode is None:
+            gateway.terminate()
+            try:
+                await asyncio.wait_for(gateway.wait(), PEER_STOP_TIMEOUT)
+            except TimeoutError:
+                gateway.kill()
+                await gateway.wait()
+
+
 async def get_product(
     suite: PrivateSuite, fixture: Fixture, concurrency: int, seconds: float, peer: Path | None
 ) -> dict[str, Any]:
@@ -654,6 +709,9 @@ async def get_product(
     port = int(suite.env["MERCATO_GATEWAY_PORT"])
     gateway = await http_get_loop(port, token, sku, concurrency, seconds, suite.pid("gateway"))
     results = {"grpc_direct": direct, "gateway": gateway}
+    results["gateway_workers_2"] = await through_gateway_workers(
+        suite, fixture, concurrency, seconds, workers=2
+    )
     if peer is not None:
         results["grpc_gateway"] = await through_grpc_gateway(
             peer, suite, fixture, concurrency, seconds
@@ -889,6 +947,33 @@ def peer_rows(
     ]
 
 
+def workers_rows(get_product: dict[str, Any], c: int) -> list[tuple[str, str, str, str]]:
+    """A second gateway with WORKERS=2 against the first (WORKERS=1), same loop."""
+    one, two = get_product["gateway"], get_product.get("gateway_workers_2")
+    if two is None:
+        return []
+    return [
+        (
+            f"via a gateway with WORKERS=2 (c={c})",
+            fmt(two["per_second"], "/s"),
+            "WORKERS=1",
+            ratio(two["per_second"], one["per_second"]),
+        ),
+        (
+            "  p50 / p99",
+            f"{fmt(two['p50_ms'])} / {fmt(two['p99_ms'])} ms",
+            "WORKERS=1",
+            f"{ratio(two['p50_ms'], one['p50_ms'])} / {ratio(two['p99_ms'], one['p99_ms'])}",
+        ),
+        (
+            "  CPU cores used / RSS idle (all processes)",
+            f"{two['cpu_cores_used']:.2f} / {fmt(two['rss_mib']['idle'])} MiB",
+            "WORKERS=1",
+            ratio(two["cpu_cores_used"], one["cpu_cores_used"]),
+        ),
+    ]
+
+
 def markdown(report: dict[str, Any]) -> str:
     m, lim, r = report["machine"], report["limits"], report["results"]
     echo, pg, kafka = lim["grpc_echo"], lim["postgres_commits"], lim["kafka"]
@@ -934,6 +1019,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{ratio(gateway['p50_ms'], direct['p50_ms'])} / "
             f"{ratio(gateway['p99_ms'], direct['p99_ms'])}",
         ),
+        *workers_rows(r["get_product"], c),
         *rows_peer,
         (f"**POST /v1/orders (2 lines of {report['products']} SKUs)**", "", "", ""),
         (

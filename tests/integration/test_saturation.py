@@ -10,7 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pymongo import AsyncMongoClient
 
-from mercato_common.saturation import MongoPoolMonitor, SaturationMetrics
+from mercato_common.mongo import MongoPoolMonitor
+from mercato_common.saturation import SaturationMetrics
 
 pytestmark = pytest.mark.integration
 

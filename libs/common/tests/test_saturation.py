@@ -10,7 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from mercato_common.kafka import EventProducer
-from mercato_common.saturation import MongoPoolMonitor, SaturationMetrics
+from mercato_common.mongo import MongoPoolMonitor
+from mercato_common.saturation import SaturationMetrics
 
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:

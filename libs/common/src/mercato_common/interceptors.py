@@ -23,7 +23,6 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
-import protovalidate
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from opentelemetry import propagate, trace
@@ -71,7 +70,10 @@ def incoming_deadline() -> float | None:
     return _incoming_deadline.get()
 
 
-if TYPE_CHECKING:  # the stubs' generics do not exist at run time
+if TYPE_CHECKING:
+    import protovalidate
+
+    # the stubs' generics do not exist at run time
     Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
 
 
@@ -276,13 +278,18 @@ class ValidationInterceptor(_WrappingInterceptor):
     bad field."""
 
     def __init__(self, validator: protovalidate.Validator | None = None) -> None:
+        # Imported here: the rules engine costs about 10 MiB, and only gRPC servers validate
+        # (a client of this module, such as the gateway, never loads it).
+        import protovalidate
+
         self._validator = validator or protovalidate.Validator()
+        self._evaluation_error = protovalidate.EvaluationError
 
     async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
         if isinstance(request, Message):
             try:
                 violations = self._validator.collect_violations(request)
-            except protovalidate.EvaluationError:
+            except self._evaluation_error:
                 # A rule could not be evaluated on these values (e.g. a duration overflow from
                 # extreme timestamps): the input is out of range, not a server fault.
                 raise InvalidArgument(

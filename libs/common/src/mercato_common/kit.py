@@ -34,22 +34,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import grpc
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
-from pymongo.asynchronous.collection import AsyncCollection
 
 from mercato_common.client import create_channel, verifier_from_auth
 from mercato_common.health import HealthWatch
 from mercato_common.identity import TokenVerifier
 from mercato_common.kafka import ConsumerGroup, EventProducer, Handler, KafkaConnection
-from mercato_common.mongo import IndexSpec, MongoStore
-from mercato_common.outbox import MongoOutboxRelay, PostgresOutboxRelay, RelayRunner
-from mercato_common.postgres import Database
+from mercato_common.outbox.runner import RelayRunner
 from mercato_common.runtime import CloseOnStop, Lifecycle, run_until_signal, start_all, stop_all
-from mercato_common.saturation import MongoPoolMonitor, SaturationMetrics
+from mercato_common.saturation import SaturationMetrics
 from mercato_common.server import GrpcServer
 from mercato_common.settings import (
     BaseServiceSettings,
@@ -61,6 +58,16 @@ from mercato_common.settings import (
     load_settings,
 )
 from mercato_common.telemetry import configure_logging, telemetry_for
+
+if TYPE_CHECKING:
+    # The drivers load only in the services that use them (each is several MiB of memory).
+    from pymongo.asynchronous.collection import AsyncCollection
+
+    from mercato_common.mongo import IndexSpec, MongoStore
+    from mercato_common.outbox.mongo import MongoOutboxRelay
+    from mercato_common.outbox.postgres import PostgresOutboxRelay
+    from mercato_common.postgres import Database
+
 
 __all__ = [
     "App",
@@ -197,6 +204,8 @@ class Service:
         ``migrations/`` folder holds the migrations (unless ``migrations`` names another) and its
         name is the tracer and logger name of the database spans.
         """
+        from mercato_common.postgres import Database
+
         database = Database(
             settings.database_url.get_secret_value(),
             tracer_name=package,
@@ -222,6 +231,8 @@ class Service:
         on_connect: Callable[[Any], Awaitable[None]] | None = None,
     ) -> MongoStore:
         """The service's MongoDB database: indexes created at start, probed, pool in metrics."""
+        from mercato_common.mongo import MongoPoolMonitor, MongoStore
+
         monitor = MongoPoolMonitor()
         store = MongoStore(
             settings,
@@ -261,6 +272,8 @@ class Service:
         """
         if not settings.outbox_relay_enabled:
             return None
+        from mercato_common.outbox.postgres import PostgresOutboxRelay
+
         producer = self._producer(settings)
 
         def make_relays() -> list[PostgresOutboxRelay]:
@@ -293,6 +306,8 @@ class Service:
         """
         if not settings.outbox_relay_enabled:
             return None
+        from mercato_common.outbox.mongo import MongoOutboxRelay
+
         producer = self._producer(settings)
         relays = RelayRunner(
             producer,

@@ -13,14 +13,20 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
 if TYPE_CHECKING:
     from mercato_common.settings import MongoSettings
 
-__all__ = ["IndexConflictError", "IndexSpec", "MongoStore", "ensure_indexes"]
+__all__ = [
+    "IndexConflictError",
+    "IndexSpec",
+    "MongoPoolMonitor",
+    "MongoStore",
+    "ensure_indexes",
+]
 
 log = logging.getLogger(__name__)
 
@@ -164,3 +170,60 @@ class MongoStore:
 
     async def stop(self) -> None:
         await self.client.close()
+
+
+class MongoPoolMonitor(monitoring.ConnectionPoolListener):
+    """Counts a MongoDB client's pooled connections from PyMongo's connection-pool events.
+
+    Pass it to the client (``AsyncMongoClient(..., event_listeners=[monitor])``): PyMongo has
+    no public call that tells how many connections are checked out, but it announces every
+    creation, close, check-out and check-in.
+    """
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.checked_out = 0
+
+    @property
+    def used(self) -> int:
+        return max(self.checked_out, 0)
+
+    @property
+    def idle(self) -> int:
+        return max(self.open - self.checked_out, 0)
+
+    def connection_created(self, event: monitoring.ConnectionCreatedEvent) -> None:
+        self.open += 1
+
+    def connection_closed(self, event: monitoring.ConnectionClosedEvent) -> None:
+        self.open -= 1
+
+    def connection_checked_out(self, event: monitoring.ConnectionCheckedOutEvent) -> None:
+        self.checked_out += 1
+
+    def connection_checked_in(self, event: monitoring.ConnectionCheckedInEvent) -> None:
+        self.checked_out -= 1
+
+    # The remaining events change neither count.
+    def pool_created(self, event: monitoring.PoolCreatedEvent) -> None:
+        return None
+
+    def pool_ready(self, event: monitoring.PoolReadyEvent) -> None:
+        return None
+
+    def pool_cleared(self, event: monitoring.PoolClearedEvent) -> None:
+        return None
+
+    def pool_closed(self, event: monitoring.PoolClosedEvent) -> None:
+        return None
+
+    def connection_ready(self, event: monitoring.ConnectionReadyEvent) -> None:
+        return None
+
+    def connection_check_out_started(
+        self, event: monitoring.ConnectionCheckOutStartedEvent
+    ) -> None:
+        return None
+
+    def connection_check_out_failed(self, event: monitoring.ConnectionCheckOutFailedEvent) -> None:
+        return None

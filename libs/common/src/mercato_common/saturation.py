@@ -3,7 +3,8 @@
 :class:`SaturationMetrics` is a lifecycle part. It measures the event loop's lag while started
 and, through a collector read at scrape time, reports the state of what the service registered
 with it: PostgreSQL pools (:meth:`SaturationMetrics.watch_postgres`), MongoDB pools
-(:meth:`SaturationMetrics.watch_mongo` with a :class:`MongoPoolMonitor` passed to the client)
+(:meth:`SaturationMetrics.watch_mongo` with a :class:`mercato_common.mongo.MongoPoolMonitor`
+passed to the client)
 and Kafka producers (:meth:`SaturationMetrics.watch_producer`).
 
 Metrics (Prometheus names):
@@ -30,9 +31,8 @@ from typing import Any, Protocol
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pymongo import monitoring
 
-__all__ = ["MongoPoolMonitor", "PendingCounter", "SaturationMetrics"]
+__all__ = ["PendingCounter", "PoolCounter", "SaturationMetrics"]
 
 #: Event loop lag buckets: a healthy loop stays under a few milliseconds; 100 ms and more means
 #: requests wait on something blocking the loop.
@@ -46,61 +46,14 @@ class PendingCounter(Protocol):
     def pending_messages(self) -> int: ...
 
 
-class MongoPoolMonitor(monitoring.ConnectionPoolListener):
-    """Counts a MongoDB client's pooled connections from PyMongo's connection-pool events.
-
-    Pass it to the client (``AsyncMongoClient(..., event_listeners=[monitor])``): PyMongo has
-    no public call that tells how many connections are checked out, but it announces every
-    creation, close, check-out and check-in.
-    """
-
-    def __init__(self) -> None:
-        self.open = 0
-        self.checked_out = 0
+class PoolCounter(Protocol):
+    """Counts a pool's connections, like :class:`mercato_common.mongo.MongoPoolMonitor`."""
 
     @property
-    def used(self) -> int:
-        return max(self.checked_out, 0)
+    def used(self) -> int: ...
 
     @property
-    def idle(self) -> int:
-        return max(self.open - self.checked_out, 0)
-
-    def connection_created(self, event: monitoring.ConnectionCreatedEvent) -> None:
-        self.open += 1
-
-    def connection_closed(self, event: monitoring.ConnectionClosedEvent) -> None:
-        self.open -= 1
-
-    def connection_checked_out(self, event: monitoring.ConnectionCheckedOutEvent) -> None:
-        self.checked_out += 1
-
-    def connection_checked_in(self, event: monitoring.ConnectionCheckedInEvent) -> None:
-        self.checked_out -= 1
-
-    # The remaining events change neither count.
-    def pool_created(self, event: monitoring.PoolCreatedEvent) -> None:
-        return None
-
-    def pool_ready(self, event: monitoring.PoolReadyEvent) -> None:
-        return None
-
-    def pool_cleared(self, event: monitoring.PoolClearedEvent) -> None:
-        return None
-
-    def pool_closed(self, event: monitoring.PoolClosedEvent) -> None:
-        return None
-
-    def connection_ready(self, event: monitoring.ConnectionReadyEvent) -> None:
-        return None
-
-    def connection_check_out_started(
-        self, event: monitoring.ConnectionCheckOutStartedEvent
-    ) -> None:
-        return None
-
-    def connection_check_out_failed(self, event: monitoring.ConnectionCheckOutFailedEvent) -> None:
-        return None
+    def idle(self) -> int: ...
 
 
 class _PoolReading:
@@ -187,7 +140,7 @@ class SaturationMetrics:
             maximum=lambda: pool().get_max_size(),
         )
 
-    def watch_mongo(self, name: str, monitor: MongoPoolMonitor, max_pool_size: float) -> None:
+    def watch_mongo(self, name: str, monitor: PoolCounter, max_pool_size: float) -> None:
         """Report a MongoDB client's pool, counted by the ``monitor`` given to the client."""
         self._collector.pools[name] = _PoolReading(
             used=lambda: monitor.used, idle=lambda: monitor.idle, maximum=lambda: max_pool_size

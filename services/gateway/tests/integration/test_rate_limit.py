@@ -8,6 +8,7 @@ import signal
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,12 +21,15 @@ RATE = 5
 BURST = 5
 
 
-async def _start_gateway(suite: Suite, prefix: str) -> tuple[asyncio.subprocess.Process, str]:
+async def _start_gateway(
+    suite: Suite, prefix: str, **extra: str
+) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
     env = suite.environment(
         MERCATO_GATEWAY_PORT=str(port),
         MERCATO_GATEWAY_REDIS_PREFIX=prefix,
         MERCATO_GATEWAY_RATE_LIMIT_DEFAULT=json.dumps({"rate": RATE, "burst": BURST}),
+        **extra,
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -102,6 +106,64 @@ async def test_limit_holds_across_two_gateway_processes(suite: Suite) -> None:
     assert all(process.returncode in (0, -signal.SIGTERM) for process, _ in started), [
         process.returncode for process, _ in started
     ]
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), 15)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+async def test_limit_holds_across_the_workers_of_one_gateway(suite: Suite) -> None:
+    """WORKERS=2: two worker processes accept on one port; the limit is still one budget."""
+    prefix = f"{suite.redis_prefix}workers:{uuid.uuid4().hex[:6]}:"
+    process, url = await _start_gateway(suite, prefix, MERCATO_GATEWAY_WORKERS="2")
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            await _wait_healthy(http, url, process)
+            workers = _children(process.pid)
+            deadline = time.monotonic() + 30
+            while len(workers) < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                workers = _children(process.pid)
+            assert len(workers) == 2, workers
+            # Every worker up (each answers /healthz once its application started).
+            for _ in range(20):
+                assert (await http.get(f"{url}/healthz")).status_code == 200
+            await asyncio.sleep(1.2)  # a fresh bucket for this client
+            begin = time.monotonic()
+            # Separate connections, so the kernel spreads them over both workers' accepts.
+            responses = await asyncio.gather(
+                *(_fresh_get(f"{url}/.well-known/jwks.json") for _ in range(6 * BURST))
+            )
+            elapsed = time.monotonic() - begin
+            allowed = [r for r in responses if r.status_code == 200]
+            limited = [r for r in responses if r.status_code == 429]
+            assert len(allowed) + len(limited) == len(responses), [r.text for r in responses]
+            assert BURST <= len(allowed) <= BURST + RATE * elapsed + 1, (len(allowed), elapsed)
+            assert len(allowed) < 2 * BURST
+    finally:
+        await _stop(process)
+    assert process.returncode in (0, -signal.SIGTERM), process.returncode
+
+
+def _children(pid: int) -> list[str]:
+    """The worker processes of the gateway ``pid``: its children (Linux lists them per thread)
+    but multiprocessing's resource tracker."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [
+        child
+        for child in children
+        if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+async def _fresh_get(url: str) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=10) as http:
+        return await http.get(url)
 
 
 async def test_redis_down_falls_back_to_local_buckets(suite: Suite) -> None:
