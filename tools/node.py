@@ -1,6 +1,6 @@
 """A real Kubernetes node joined to the local control plane, so the chart's pods run containers.
 
-    python tools/node.py build    build (or reuse) the node's programs and its two images
+    python tools/node.py build    build (or reuse) the node's programs
     python tools/node.py up       join the node to the running control plane, start CoreDNS
     python tools/node.py down     drain and stop it; remove what it put on the host
     python tools/node.py status   each process with pid and health; exit 1 if unhealthy
@@ -592,6 +592,8 @@ class Node:
 
     def up(self) -> None:
         started = time.monotonic()
+        if not process.is_root():
+            raise ToolError("a real node needs root (containerd, kubelet, iptables, cgroups)")
         if not self.control_plane.running():
             raise ToolError("the control plane is not running: `make k8s-up` first")
         binaries = self._built()
