@@ -95,7 +95,8 @@ PKI = NODE_STATE / "pki"
 CONTAINERD_DIR = NODE_STATE / "containerd"
 CONTAINERD_SOCKET = CONTAINERD_DIR / "containerd.sock"
 CNI_CONF_DIR = NODE_STATE / "cni" / "net.d"
-KUBELET_DIR = NODE_STATE / "kubelet"
+#: kubelet's root directory (pods' volumes, plugins); its log and pid file are in `kubelet/`.
+KUBELET_DIR = NODE_STATE / "kubelet-root"
 #: The host paths the programs use whatever their configuration says (removed by `down`).
 FIXED_PATHS = (
     Path("/run/containerd"),
@@ -460,25 +461,12 @@ def push_images(binaries: NodeBinaries, tools: images.Tools) -> None:
 
 
 @dataclass(frozen=True)
-class Daemon:
-    name: str
+class Daemon(images.Daemon):
+    """A process of the node: its folder, pid file and log (as the image daemons'), how to
+    start it and how to tell it is healthy."""
+
     argv: Callable[[], list[str]]
     health: Callable[[], str | None]
-
-    @property
-    def dir(self) -> Path:
-        return NODE_STATE / self.name
-
-    @property
-    def pid_path(self) -> Path:
-        return self.dir / f"{self.name}.pid"
-
-    @property
-    def log_path(self) -> Path:
-        return self.dir / f"{self.name}.log"
-
-    def pid(self) -> int | None:
-        return process.read_pidfile(self.pid_path)
 
 
 def _http_health(url: str) -> str | None:
@@ -499,17 +487,29 @@ class Node:
         self.control_plane = k8s.ControlPlane(version)
         self.binaries: NodeBinaries | None = None
         self.tools: images.Tools | None = None
+        kubelet_health = f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz"
+        proxy_health = f"http://127.0.0.1:{KUBE_PROXY_HEALTHZ_PORT}/healthz"
         self.daemons = [
-            Daemon("containerd", self._containerd_argv, self._containerd_health),
+            Daemon(
+                "containerd",
+                NODE_STATE / "containerd",
+                f"unix://{CONTAINERD_SOCKET}",
+                self._containerd_argv,
+                self._containerd_health,
+            ),
             Daemon(
                 "kubelet",
+                NODE_STATE / "kubelet",
+                kubelet_health,
                 self._kubelet_argv,
-                lambda: _http_health(f"http://127.0.0.1:{KUBELET_HEALTHZ_PORT}/healthz"),
+                lambda: _http_health(kubelet_health),
             ),
             Daemon(
                 "kube-proxy",
+                NODE_STATE / "kube-proxy",
+                proxy_health,
                 self._kube_proxy_argv,
-                lambda: _http_health(f"http://127.0.0.1:{KUBE_PROXY_HEALTHZ_PORT}/healthz"),
+                lambda: _http_health(proxy_health),
             ),
         ]
 
@@ -564,7 +564,7 @@ class Node:
 
     def start(self, daemon: Daemon, timeout: float = 120) -> None:
         if daemon.pid() is None:
-            daemon.dir.mkdir(parents=True, exist_ok=True)
+            daemon.directory.mkdir(parents=True, exist_ok=True)
             env = {
                 **os.environ,
                 # containerd finds the shim and runc, kubelet and kube-proxy find iptables.
@@ -576,7 +576,9 @@ class Node:
                     ]
                 ),
             }
-            pid = process.spawn(daemon.argv(), log_path=daemon.log_path, cwd=daemon.dir, env=env)
+            pid = process.spawn(
+                daemon.argv(), log_path=daemon.log_path, cwd=daemon.directory, env=env
+            )
             process.write_pidfile(daemon.pid_path, pid)
             log(f"started {daemon.name} (pid {pid})")
         deadline = time.monotonic() + timeout
@@ -777,8 +779,10 @@ def clean_host_paths() -> None:
             subprocess.run(["umount", "-l", point], capture_output=True, check=False)  # noqa: S603, S607
     for path in created:
         shutil.rmtree(path, ignore_errors=True)
-    for name in ("containerd", "kubelet", "cni", "pki"):
-        shutil.rmtree(NODE_STATE / name, ignore_errors=True)
+    # The logs stay (a failed run can be read afterwards); what ran and was mounted goes.
+    for folder in (CONTAINERD_DIR / "root", CONTAINERD_DIR / "state", KUBELET_DIR, PKI):
+        shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(NODE_STATE / "cni", ignore_errors=True)
     created_file.unlink(missing_ok=True)
 
 
