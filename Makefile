@@ -69,6 +69,10 @@ test-integration: stack-up ## integration tests against the real local stack
 bench: sync ## the whole suite benchmarked in one run: bench/results/<UTC date>.json and .md
 	$(RUN) python bench/suite_bench.py
 
+.PHONY: profile
+profile: sync ## make bench, plus py-spy profiles of every service under the order load (bench/profiles/)
+	$(RUN) python bench/suite_bench.py --profile
+
 .PHONY: bench-services
 bench-services: stack-up ## per-service micro-benchmarks (in-process servers): bench/results/<name>.json
 	mkdir -p bench/results

@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import socket
 import statistics
@@ -68,6 +69,7 @@ from mercato_devstack.private_suite import (
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "results"
+PROFILES = BENCH_DIR / "profiles"  # git-ignored: collapsed stacks, for speedscope or flamegraph
 # The gateway bench's raw HTTP/1.1 client, reused as it is.
 sys.path.insert(0, str(BENCH_DIR))
 from bench_gateway import RawHttp  # noqa: E402
@@ -259,16 +261,14 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
 
 
 def scrape(url: str) -> dict[str, float]:
-    """The ``_sum``/``_count`` series of a Prometheus endpoint, by full series name."""
+    """The ``_sum``/``_count``/``_total`` series of a Prometheus endpoint, by full series name."""
     series: dict[str, float] = {}
     with contextlib.suppress(httpx.HTTPError):
         for line in httpx.get(url, timeout=5).text.splitlines():
             name, _, value = line.rpartition(" ")
-            if line.startswith("#") or not (
-                name.endswith("_sum")
-                or "_sum{" in name
-                or name.endswith("_count")
-                or "_count{" in name
+            if line.startswith("#") or not any(
+                name.endswith(suffix) or f"{suffix}{{" in name
+                for suffix in ("_sum", "_count", "_total")
             ):
                 continue
             with contextlib.suppress(ValueError):
@@ -327,6 +327,121 @@ def server_means(before: dict[str, float], after: dict[str, float]) -> dict[str,
             mean = (total - before.get(name, 0.0)) / count
             means[name.replace("_sum", "", 1)] = [int(count), round(mean * 1000, 2)]
     return means
+
+
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+# What one order costs each service in round trips, from the series that count them: the store
+# operations it made (client side), the gRPC calls it answered, the events its relay published.
+ROUND_TRIP_SERIES = {
+    "db_client_operation_duration_seconds_count": lambda labels: (
+        f"{labels['db_system_name']} {labels['db_operation_name']}"
+    ),
+    "grpc_server_handling_seconds_count": lambda labels: f"gRPC {labels['grpc_method']} answered",
+    "mercato_outbox_published_total": lambda labels: f"Kafka send {labels['topic']}",
+}
+
+
+def round_trips(
+    before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]
+) -> dict[str, Any]:
+    """Round trips per order placed (CreateOrder calls answered by orders between the scrapes),
+    per service and kind: ``{"orders_placed": n, "per_order": {service: {kind: count}}}``."""
+    placed = sum(
+        value - before.get("orders", {}).get(name, 0.0)
+        for name, value in after.get("orders", {}).items()
+        if name.startswith("grpc_server_handling_seconds_count{")
+        and 'grpc_method="CreateOrder"' in name
+    )
+    per_order: dict[str, dict[str, float]] = {}
+    if placed <= 0:
+        return {"orders_placed": 0, "per_order": per_order}
+    for service, series in after.items():
+        counts: dict[str, float] = {}
+        for name, value in series.items():
+            metric, _, labels = name.partition("{")
+            kind = ROUND_TRIP_SERIES.get(metric)
+            delta = value - before.get(service, {}).get(name, 0.0)
+            if kind is None or delta <= 0:
+                continue
+            label = kind(dict(_LABEL.findall(labels)))
+            counts[label] = counts.get(label, 0.0) + delta / placed
+        if counts:
+            per_order[service] = {k: round(v, 2) for k, v in sorted(counts.items())}
+    return {"orders_placed": int(placed), "per_order": per_order}
+
+
+def top_functions(collapsed: Path, most: int = 6) -> dict[str, Any]:
+    """The functions with the most own time (leaf samples) in a py-spy ``raw`` profile."""
+    own: dict[str, int] = {}
+    total = 0
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        # "function (path/module.py:line)": one entry per function, whatever its line.
+        leaf = re.sub(r":\d+\)$", ")", stack.rsplit(";", 1)[-1])
+        leaf = re.sub(r"\(.*/", "(", leaf)
+        own[leaf] = own.get(leaf, 0) + int(count)
+        total += int(count)
+    ranked = sorted(own.items(), key=lambda item: -item[1])[:most]
+    return {
+        "samples": total,
+        "top_own_time": [[name, round(100 * n / total, 1)] for name, n in ranked] if total else [],
+    }
+
+
+def python_processes(pids: dict[str, int]) -> dict[str, int]:
+    """Those of ``pids`` that run Python (the services, not the stack's servers)."""
+    found = {}
+    for name, pid in pids.items():
+        with contextlib.suppress(OSError):
+            if b"python" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found[name] = pid
+    return found
+
+
+async def profile_services(
+    pids: dict[str, int],
+    make_call: Callable[[int], Callable[[], Awaitable[bool]]],
+    concurrency: int,
+    seconds: float,
+    stem: str,
+) -> dict[str, Any]:
+    """py-spy samples every Python service through one more order loop (not the measured one:
+    sampling costs CPU). The collapsed stacks go to bench/profiles/; the report keeps each
+    service's functions with the most own time."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    PROFILES.mkdir(parents=True, exist_ok=True)
+    recorders: dict[str, tuple[asyncio.subprocess.Process, Path]] = {}
+    for name, pid in python_processes(pids).items():
+        out = PROFILES / f"{stem}-{name}.txt"
+        recorders[name] = (
+            await asyncio.create_subprocess_exec(
+                str(py_spy),
+                "record",
+                f"--pid={pid}",
+                f"--duration={int(seconds) + 2}",
+                "--rate=200",
+                "--nonblocking",
+                "--subprocesses",
+                "--format=raw",
+                f"--output={out}",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            ),
+            out,
+        )
+    await asyncio.sleep(0.5)
+    loop = await closed_loop(make_call, concurrency, seconds, warmup=0.0)
+    result: dict[str, Any] = {"orders_per_second_while_sampled": loop["per_second"]}
+    for name, (process, out) in recorders.items():
+        _, err = await process.communicate()
+        if process.returncode == 0 and out.is_file():
+            result[name] = top_functions(out) | {"file": str(out.relative_to(BENCH_DIR))}
+        else:
+            result[name] = {"error": err.decode(errors="replace").strip()[-300:]}
+    return result
 
 
 @dataclass
@@ -1096,6 +1211,36 @@ def markdown(report: dict[str, Any]) -> str:
     if means:
         text = ", ".join(f"{name} {mean:.1f}" for name, mean in means)
         rows.append(("server-side mean ms during it", text, "", ""))
+    trips = orders.get("round_trips", {})
+    if trips.get("per_order"):
+        rows.append(
+            (
+                f"**Round trips per order** ({trips['orders_placed']:,} orders placed)",
+                "",
+                "",
+                "",
+            )
+        )
+        for service, counts in trips["per_order"].items():
+            text = ", ".join(f"{kind} {count:g}" for kind, count in counts.items())
+            rows.append((f"  {service}", text, "", ""))
+    profiles = orders.get("profiles", {})
+    if profiles:
+        rows.append(
+            (
+                "**Own time under the order load** (py-spy, top functions)",
+                f"{fmt(profiles.get('orders_per_second_while_sampled'))} orders/s while sampled",
+                "",
+                "",
+            )
+        )
+        for service, profile in profiles.items():
+            if not isinstance(profile, dict):
+                continue
+            text = profile.get("error") or ", ".join(
+                f"{name} {share}%" for name, share in profile.get("top_own_time", [])
+            )
+            rows.append((f"  {service}", text.replace("|", "\\|"), "", ""))
     rows.append(
         (
             "**Start → ready** (stack + services + sample catalog)",
@@ -1178,11 +1323,23 @@ async def run(suite: PrivateSuite, args: argparse.Namespace, report: dict[str, A
             fixed["cpu_cores_used"]["bench client"] = round(
                 (time.process_time() - own_cpu) / wall, 2
             )
-            fixed["server_side_mean_ms"] = {
-                name: server_means(scraped[name], await asyncio.to_thread(scrape, url))
-                for name, url in metrics.items()
+            rescraped = {
+                name: await asyncio.to_thread(scrape, url) for name, url in metrics.items()
             }
+            fixed["server_side_mean_ms"] = {
+                name: server_means(scraped[name], rescraped[name]) for name in metrics
+            }
+            fixed["round_trips"] = round_trips(scraped, rescraped)
             results["orders"] = {"fixed_concurrency": fixed}
+            if args.profile:
+                print("POST /v1/orders: py-spy profiles of every Python service", flush=True)
+                results["orders"]["profiles"] = await profile_services(
+                    memory.pids,
+                    lambda w: order_call(client, fixture, w),
+                    c,
+                    seconds,
+                    report["time"][:10],
+                )
 
             print("POST /v1/orders: rate search", flush=True)
             calls = [order_call(client, fixture, w) for w in range(8)]
@@ -1229,6 +1386,11 @@ def main() -> None:
         type=int,
         default=64,
         help="SKUs the orders draw their 2 lines from (fewer: hotter product documents)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record py-spy profiles of every Python service under the order load",
     )
     parser.add_argument(
         "--keep-state",

@@ -226,7 +226,7 @@ async def test_relay_pulls_only_published_events_and_reports_backlog(
             {"_id": "sku-x"}, with_outbox({"$inc": {"v": 1}}, [(late, topic)])
         )
         await relay._acknowledge(claimed[0], list(claimed[0]["outbox"]), len(claimed[0]["outbox"]))
-        await relay._release("sku-x")
+        await relay._release(["sku-x"])
         doc = await products.find_one({"_id": "sku-x"})
         assert doc is not None
         assert [e["id"] for e in doc["outbox"]] == [late.id]

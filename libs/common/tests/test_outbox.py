@@ -533,6 +533,9 @@ def _matches(doc: dict[str, Any], flt: Mapping[str, Any]) -> bool:
         if isinstance(want, dict) and "$lte" in want:
             if have is None or have > want["$lte"]:
                 return False
+        elif isinstance(want, dict) and "$in" in want:
+            if have not in want["$in"]:
+                return False
         elif have != want:
             return False
     return True
@@ -547,6 +550,7 @@ class MemoryCollection:
         self.updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.siblings: dict[str, MemoryCollection] = {name: self}
         self.on_read: Any = None
+        self.calls: list[str] = []  # the round trips, by method
 
     @property
     def database(self) -> MemoryCollection:
@@ -564,10 +568,17 @@ class MemoryCollection:
             yield doc
 
     def find(self, flt: dict[str, Any], **kwargs: Any) -> Any:
-        found = [dict(d) for d in self.docs.values() if _matches(d, flt)]
-        return self._iter(found[: kwargs.get("limit") or None])
+        self.calls.append("find")
+        found = []
+        matching = [doc for doc in self.docs.values() if _matches(doc, flt)]
+        for doc in matching[: kwargs.get("limit") or None]:
+            found.append({**doc, "outbox": list(doc.get("outbox", []))})
+            if self.on_read is not None and "projection" not in kwargs:
+                self.on_read(doc)  # a whole document read, as the relay's after its lease
+        return self._iter(found)
 
     async def find_one(self, flt: dict[str, Any], **kwargs: Any) -> Any:
+        self.calls.append("find_one")
         for doc in self.docs.values():
             if _matches(doc, flt):
                 copy = {**doc, "outbox": list(doc.get("outbox", []))}
@@ -577,13 +588,29 @@ class MemoryCollection:
         return None
 
     async def insert_one(self, doc: dict[str, Any]) -> None:
+        self.calls.append("insert_one")
         from pymongo.errors import DuplicateKeyError
 
         if doc["_id"] in self.docs:
             raise DuplicateKeyError("dup")
         self.docs[doc["_id"]] = dict(doc)
 
+    async def insert_many(self, docs: list[dict[str, Any]], *, ordered: bool = True) -> None:
+        self.calls.append("insert_many")
+        from pymongo.errors import BulkWriteError
+
+        assert not ordered, "the relay inserts its leases unordered"
+        errors = []
+        for index, doc in enumerate(docs):
+            if doc["_id"] in self.docs:
+                errors.append({"index": index, "code": 11000, "errmsg": "duplicate key"})
+            else:
+                self.docs[doc["_id"]] = dict(doc)
+        if errors:
+            raise BulkWriteError({"writeErrors": errors})
+
     async def update_one(self, flt: dict[str, Any], update: dict[str, Any]) -> Result:
+        self.calls.append("update_one")
         self.updates.append((flt, update))
         for doc in self.docs.values():
             if _matches(doc, flt):
@@ -596,13 +623,17 @@ class MemoryCollection:
         return Result(0, 0)
 
     async def delete_one(self, flt: dict[str, Any]) -> None:
+        self.calls.append("delete_one")
         for key, doc in list(self.docs.items()):
             if _matches(doc, flt):
                 del self.docs[key]
                 return
 
     async def delete_many(self, flt: dict[str, Any]) -> None:
-        return None
+        self.calls.append("delete_many")
+        for key, doc in list(self.docs.items()):
+            if _matches(doc, flt):
+                del self.docs[key]
 
 
 def mongo_doc(doc_id: str, n: int, write_id: str = "w1") -> dict[str, Any]:
@@ -634,6 +665,16 @@ async def test_mongo_relay_publishes_and_clears_in_one_write_per_document() -> N
         assert doc["outbox"] == []
         assert doc[F_PENDING] is False
     assert coll["products_outbox_leases"].docs == {}  # leases released
+
+
+async def test_mongo_relay_takes_a_batch_in_a_fixed_number_of_round_trips() -> None:
+    coll = MemoryCollection("products", [mongo_doc(f"d{i}", 1) for i in range(5)])
+    leases = coll["products_outbox_leases"]
+    assert await mongo_relay(coll, FakeProducer(), relay_id="me").run_once() == 5
+    # The candidates and one read of the leased documents; one acknowledgement per document.
+    assert coll.calls == ["find", "find", *["update_one"] * 5]
+    assert leases.calls == ["insert_many", "delete_many"]  # all leases at once, then released
+    assert leases.docs == {}
 
 
 async def test_mongo_relay_pulls_exactly_the_published_events_after_a_concurrent_write() -> None:

@@ -60,6 +60,8 @@ async def test_runs_every_relay_and_stops_them_then_the_producer() -> None:
     await asyncio.wait_for(asyncio.gather(*(r.running.wait() for r in relays)), 1)
     runner.wake()
     assert [r.woken for r in relays] == [1, 1]
+    runner.wake("reservations")  # a write to one collection wakes only its relay
+    assert [r.woken for r in relays] == [1, 2]
     await runner.stop()
     assert [r.stopped_with for r in relays] == [5.0, 5.0]
     assert not any(r.cancelled for r in relays)

@@ -41,6 +41,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from mercato_common.client import create_channel, verifier_from_auth
+from mercato_common.db_metrics import DbOperationMetrics
 from mercato_common.health import HealthWatch
 from mercato_common.identity import TokenVerifier
 from mercato_common.kafka import ConsumerGroup, EventProducer, Handler, KafkaConnection
@@ -217,6 +218,7 @@ class Service:
             migrate_on_start=settings.migrate_on_start,
             unavailable_error=unavailable_error,
             outbox_migration=outbox_migration,
+            query_logger=DbOperationMetrics.for_registry(self.registry).postgres_logger(),
         )
         self.stores.append(database)
         self.saturation.watch_postgres("postgres", lambda: database.pool)
@@ -231,14 +233,15 @@ class Service:
         on_connect: Callable[[Any], Awaitable[None]] | None = None,
     ) -> MongoStore:
         """The service's MongoDB database: indexes created at start, probed, pool in metrics."""
-        from mercato_common.mongo import MongoPoolMonitor, MongoStore
+        from mercato_common.mongo import MongoCommandMetrics, MongoPoolMonitor, MongoStore
 
         monitor = MongoPoolMonitor()
+        commands = MongoCommandMetrics(DbOperationMetrics.for_registry(self.registry))
         store = MongoStore(
             settings,
             appname=f"mercato-{self.name}",
             indexes=indexes,
-            event_listeners=[monitor],
+            event_listeners=[monitor, commands],
             on_connect=on_connect,
         )
         self.stores.append(store)

@@ -18,11 +18,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
 if TYPE_CHECKING:
+    from mercato_common.db_metrics import DbOperationMetrics
     from mercato_common.settings import MongoSettings
 
 __all__ = [
     "IndexConflictError",
     "IndexSpec",
+    "MongoCommandMetrics",
     "MongoPoolMonitor",
     "MongoStore",
     "ensure_indexes",
@@ -227,3 +229,20 @@ class MongoPoolMonitor(monitoring.ConnectionPoolListener):
 
     def connection_check_out_failed(self, event: monitoring.ConnectionCheckOutFailedEvent) -> None:
         return None
+
+
+class MongoCommandMetrics(monitoring.CommandListener):
+    """Every command of a client, counted and timed (PyMongo's command monitoring) in
+    :class:`~mercato_common.db_metrics.DbOperationMetrics`."""
+
+    def __init__(self, metrics: DbOperationMetrics) -> None:
+        self._observe = metrics.duration.labels
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        return None
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        self._observe("mongodb", event.command_name).observe(event.duration_micros / 1e6)
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        self._observe("mongodb", event.command_name).observe(event.duration_micros / 1e6)

@@ -135,6 +135,15 @@ class TracedConnection:
             await self.raw.executemany(sql, args)
 
 
+async def _keep_session(conn: Any) -> None:
+    """A connection goes back to the pool without asyncpg's reset query (advisory unlock all,
+    CLOSE ALL, UNLISTEN *, RESET ALL): one round trip less per use. The services keep no
+    session state on pooled connections (no SET; LISTEN only on the relay's own connection,
+    which it UNLISTENs; the migrations' advisory lock is released explicitly), and asyncpg
+    still rolls back a transaction left open before this is called."""
+    del conn
+
+
 class Database:
     """The service's asyncpg pool (a lifecycle part: ``start`` connects and migrates).
 
@@ -142,7 +151,8 @@ class Database:
     ``unavailable_error``, when given, builds the domain error raised instead of one of
     :data:`UNAVAILABLE_ERRORS` inside :meth:`connection` / :meth:`transaction`.
     ``outbox_migration``, when given, is the version at which the kit's outbox table joins the
-    service's migrations (see :func:`outbox_migration`).
+    service's migrations (see :func:`outbox_migration`). ``query_logger``, when given, is
+    installed on every pooled connection (the kit passes the store-operation metrics).
     """
 
     def __init__(
@@ -158,8 +168,10 @@ class Database:
         acquire_timeout: float | None = None,
         unavailable_error: Callable[[], BaseException] | None = None,
         outbox_migration: int | None = None,
+        query_logger: Callable[[Any], None] | None = None,
     ) -> None:
         self._dsn = dsn
+        self._query_logger = query_logger
         self._outbox_migration = outbox_migration
         self._min_size = min_size
         self._max_size = max_size
@@ -228,10 +240,16 @@ class Database:
             min_size=self._min_size,
             max_size=self._max_size,
             command_timeout=self._command_timeout,
+            init=self._init_connection,
+            reset=_keep_session,
         )
         if self._migrate_on_start:
             async with self._pool.acquire() as conn:
                 await self.run_migrations(conn)
+
+    async def _init_connection(self, conn: Any) -> None:
+        if self._query_logger is not None:
+            conn.add_query_logger(self._query_logger)
 
     async def stop(self) -> None:
         await self._close_probe()

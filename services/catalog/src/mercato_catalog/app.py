@@ -126,6 +126,8 @@ def build_app(
     upkeep = ReservationUpkeep(sagas, reservations, stock, stock_store)
     # FerretDB: the relays' writes must not race the catalog's own (store.locks).
     relays = kit.mongo_outbox([ctx.products, ctx.reservations], settings, write_guard=locks.hold)
+    if relays is not None:
+        ctx.on_events = relays.wake
     sweeper = ReservationSweeper(
         upkeep,
         interval=settings.sweep_interval_seconds,

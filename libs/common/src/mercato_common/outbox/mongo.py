@@ -18,11 +18,14 @@ Fields kept on the aggregate document (names in the constants below):
   in filters, and without the ABA problem a counter would have);
 * ``outbox_pending_since``: the oldest pending write (``$min``), for the age gauge and ordering.
 
-:class:`MongoOutboxRelay` takes a lease on a pending document (a row in a side collection,
-``<collection>_outbox_leases``, created by an atomic insert), so several relays do not publish
-one document at the same time and per-aggregate order holds. It reads the document, publishes its
-events, waits for every acknowledgement, then removes exactly those events in one update: the
-whole array if ``outbox_write_id`` is unchanged, else ``$pullAll`` of the published elements.
+:class:`MongoOutboxRelay` takes a lease on each pending document it publishes (a row in a side
+collection, ``<collection>_outbox_leases``, created by an atomic insert), so several relays do not
+publish one document at the same time and per-aggregate order holds. A batch costs a fixed four
+round trips (the candidates, one unordered insert of their leases, one read of the leased
+documents, one delete of the leases) plus one update per document: it publishes the documents'
+events, waits for every acknowledgement, then removes exactly those events from each document in
+one update: the whole array if ``outbox_write_id`` is unchanged, else ``$pullAll`` of the
+published elements.
 A relay that dies holding a lease only delays the document until the lease expires; its events
 are published again then (duplicates possible, losses not).
 
@@ -48,7 +51,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError, OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from mercato_common.kafka.backoff import Backoff
 from mercato_common.kafka.envelope import Envelope
@@ -69,6 +72,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("mercato_common.outbox")
+
+_DUPLICATE_KEY = 11000
 
 F_OUTBOX = "outbox"
 F_PENDING = "outbox_pending"
@@ -220,25 +225,46 @@ class MongoOutboxRelay(OutboxRelay):
         # Bounds the client-side backlog count (servers without $size): a gauge, not an audit.
         self._metrics_scan_limit = 10_000
 
-    async def _acquire(self, doc_id: Any, now: datetime) -> bool:
-        """Take the lease on one document: an insert (atomic everywhere) or an expired takeover."""
+    async def _acquire(self, doc_ids: Sequence[Any], now: datetime) -> list[Any]:
+        """Take the leases on ``doc_ids``: one unordered insert of them all (atomic per lease
+        everywhere), then an expired takeover of each one already leased; the ids taken."""
         until = now + self._lease
+        leases = [{"_id": doc_id, "until": until, "owner": self.relay_id} for doc_id in doc_ids]
         try:
-            await self._leases.insert_one({"_id": doc_id, "until": until, "owner": self.relay_id})
-        except DuplicateKeyError:
+            await self._leases.insert_many(leases, ordered=False)
+        except BulkWriteError as error:
+            refused = {
+                write_error["index"]
+                for write_error in error.details.get("writeErrors", ())
+                if write_error.get("code") == _DUPLICATE_KEY
+            }
+            if len(refused) != len(error.details.get("writeErrors", ())):
+                raise  # anything but "leased already" is an error of the store
+        else:
+            return list(doc_ids)
+        taken = []
+        for index, doc_id in enumerate(doc_ids):
+            if index not in refused:
+                taken.append(doc_id)
+                continue
             result = await self._leases.update_one(
                 {"_id": doc_id, "until": {"$lte": now}},
                 {"$set": {"until": until, "owner": self.relay_id}},
             )
             # On FerretDB two relays may both win this race: duplicates, never losses.
-            return bool(result.modified_count)
-        return True
+            if result.modified_count:
+                taken.append(doc_id)
+        return taken
 
-    async def _release(self, doc_id: Any) -> None:
-        await self._leases.delete_one({"_id": doc_id, "owner": self.relay_id})
+    async def _release(self, doc_ids: Sequence[Any]) -> None:
+        await self._leases.delete_many({"_id": {"$in": list(doc_ids)}, "owner": self.relay_id})
 
     async def _claim(self) -> list[Mapping[str, Any]]:
-        """Lease and read up to ``batch_size`` documents with pending events, oldest first."""
+        """Lease and read up to ``batch_size`` documents with pending events, oldest first.
+
+        Four round trips whatever the batch: the candidates, their leases, their documents
+        (read after the leases, so what is published is current), and later the release.
+        """
         now = _now()
         candidates = [
             doc["_id"]
@@ -246,22 +272,22 @@ class MongoOutboxRelay(OutboxRelay):
                 {F_PENDING: True},
                 projection={"_id": 1},
                 sort=[(F_PENDING_SINCE, 1)],
-                # Some candidates are leased by other relays; look a little further.
-                limit=self._batch_size * 3,
+                limit=self._batch_size,
             )
         ]
-        claimed: list[Mapping[str, Any]] = []
-        for doc_id in candidates:
-            if len(claimed) >= self._batch_size:
-                break
-            if not await self._acquire(doc_id, now):
-                continue
-            # Read after taking the lease, so what we publish is current.
-            doc = await self._collection.find_one({"_id": doc_id, F_PENDING: True})
-            if doc is None:
-                await self._release(doc_id)
-                continue
-            claimed.append(doc)
+        if not candidates:
+            return []
+        leased = await self._acquire(candidates, now)
+        if not leased:
+            return []
+        found = {
+            doc["_id"]: doc
+            async for doc in self._collection.find({"_id": {"$in": leased}, F_PENDING: True})
+        }
+        # Published in the candidates' order (oldest pending first).
+        claimed = [found[doc_id] for doc_id in leased if doc_id in found]
+        if len(claimed) < len(leased):
+            await self._release([doc_id for doc_id in leased if doc_id not in found])
         return claimed
 
     async def run_once(self) -> int:
@@ -283,8 +309,7 @@ class MongoOutboxRelay(OutboxRelay):
                 await self._acknowledge(doc, [element for element, _ in published], len(pairs))
                 marked.extend(msg for _, msg in published)
         finally:
-            for doc in claimed:
-                await self._release(doc["_id"])
+            await self._release([doc["_id"] for doc in claimed])
         self._count_published(marked)
         if error is not None:
             raise error

@@ -53,10 +53,12 @@ class RelayRunner(Generic[R]):
             asyncio.create_task(relay.run(), name=f"outbox-{relay.name}") for relay in self.relays
         ]
 
-    def wake(self) -> None:
-        """Ask every relay to look for events now instead of at its next poll."""
+    def wake(self, name: str | None = None) -> None:
+        """Ask the relay called ``name`` (every relay: None) to look for events now instead of
+        at its next poll."""
         for relay in self.relays:
-            relay.wake()
+            if name is None or relay.name == name:
+                relay.wake()
 
     async def stop(self, grace: float | None = None) -> None:
         grace = self._grace if grace is None else grace

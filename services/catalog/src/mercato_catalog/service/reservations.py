@@ -3,7 +3,7 @@
 An order's reservation is a saga of single-document updates, no transactions (the phases and
 steps are in ``domain.reservations``). ReserveStock reads::
 
-    saga = store.find(order)                       none yet → domain.begin → store.insert
+    store.insert(domain.begin(order))               refused: the order has a saga → store.find
     for each line: stock.hold(line)                 (each one guarded update of one product)
     all held      → store.move(domain.hold_all, StockReserved)            → HELD
     one refused   → store.move(domain.fail) → give the holds back
@@ -92,6 +92,11 @@ class ReservationService:
     # --- ReserveStock ------------------------------------------------------------------------
 
     async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation:
+        # A new order, the usual case, begins with its insert (no read first); the insert is
+        # refused when the order has a saga already, which is then read and resumed.
+        first = begin(order_id, lines, utcnow(), self._ttl)
+        if await self._sagas.insert(first):
+            return await self._run_attempt(first)
         for _ in range(_LOOP):
             saga = await self._sagas.find(order_id)
             if saga is None:

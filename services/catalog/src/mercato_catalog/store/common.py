@@ -3,7 +3,7 @@ write."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -79,6 +79,13 @@ class StoreContext:
     db: AsyncDatabase[Any]
     topic: str
     locks: WriteLocks = field(default_factory=WriteLocks)
+    # Told the collection after each write that stored events (app.py: its relay wakes up).
+    on_events: Callable[[str], None] = field(default=lambda _collection: None)
+
+    def announce(self, collection: str, events: Sequence[Envelope]) -> None:
+        """A write with ``events`` landed in ``collection``."""
+        if events:
+            self.on_events(collection)
 
     @property
     def products(self) -> AsyncCollection[Any]:

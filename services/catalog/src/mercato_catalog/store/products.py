@@ -182,6 +182,7 @@ class ProductStore:
                 await self._ctx.products.insert_one(doc)
         except DuplicateKeyError:
             return False
+        self._ctx.announce(PRODUCTS, events)
         return True
 
     async def _compare_and_set(self, before: Product, update: Mapping[str, Any]) -> Product | None:
@@ -207,9 +208,12 @@ class ProductStore:
         if category_path is not None:
             sets["category_path"] = list(category_path)
         update = {"$set": sets, "$inc": {"version": 1}}
-        return await self._compare_and_set(
+        written = await self._compare_and_set(
             before, self._ctx.with_events(update, events, after.update_time)
         )
+        if written is not None:
+            self._ctx.announce(PRODUCTS, events)
+        return written
 
     async def write_stock_on_hand(
         self, before: Product, after: Product, request_id: str, events: Sequence[Envelope]
@@ -227,4 +231,7 @@ class ProductStore:
         if request_id:
             sets[f"adjustments.{_request_key(request_id)}"] = now
         update = {"$set": sets, "$inc": {"version": 1}}
-        return await self._compare_and_set(before, self._ctx.with_events(update, events, now))
+        written = await self._compare_and_set(before, self._ctx.with_events(update, events, now))
+        if written is not None:
+            self._ctx.announce(PRODUCTS, events)
+        return written

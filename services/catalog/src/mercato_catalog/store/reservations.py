@@ -196,7 +196,10 @@ class ReservationStore:
                 self._ctx.with_events(update, events, move.at),
                 return_document=ReturnDocument.AFTER,
             )
-        return reservation_from_doc(doc) if doc is not None else None
+        if doc is None:
+            return None
+        self._ctx.announce(RESERVATIONS, events)
+        return reservation_from_doc(doc)
 
     async def clear_cleanup(self, order_id: str) -> None:
         """The saga's return markers are gone: nothing left to clean up."""

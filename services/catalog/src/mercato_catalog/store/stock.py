@@ -147,7 +147,9 @@ class StockStore:
             query |= {"low_stock": True, "stock_available": {"$gte": threshold}}
         update = self._ctx.with_events({"$set": {"low_stock": low}}, events, now)
         async with self._ctx.locks.hold(PRODUCTS, sku):
-            await self._ctx.products.update_one(query, update)
+            result = await self._ctx.products.update_one(query, update)
+        if result.modified_count:
+            self._ctx.announce(PRODUCTS, events)
 
     async def holds_page(self, after: str, limit: int) -> list[tuple[str, list[Hold]]]:
         """A page of products holding reserved units (SKU after ``after``), with their holds."""
