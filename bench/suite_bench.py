@@ -391,6 +391,26 @@ def top_functions(collapsed: Path, most: int = 6) -> dict[str, Any]:
     }
 
 
+STORES = ("postgres", "ferretdb", "redis")  # the store work the services cause
+BROKER = "kafka"
+
+
+async def idle_cpu(pids: dict[str, int], seconds: float) -> dict[str, Any]:
+    """Each process tree's share of one core over ``seconds`` with no traffic, and the sums the
+    idle targets speak of: the services with their stores, and the whole suite with Kafka."""
+    before = cpu_seconds(pids)
+    await asyncio.sleep(seconds)
+    after = cpu_seconds(pids)
+    share = {name: round(100 * (after[name] - before[name]) / seconds, 2) for name in after}
+    services = sum(v for k, v in share.items() if k != BROKER)
+    return {
+        "seconds": seconds,
+        "percent_of_a_core": share,
+        "services_and_stores": round(services, 2),
+        "whole_suite": round(sum(share.values()), 2),
+    }
+
+
 def python_processes(pids: dict[str, int]) -> dict[str, int]:
     """Those of ``pids`` that run Python (the services, not the stack's servers)."""
     found = {}
@@ -1241,6 +1261,18 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{name} {share}%" for name, share in profile.get("top_own_time", [])
             )
             rows.append((f"  {service}", text.replace("|", "\\|"), "", ""))
+    for when, idle in report.get("idle", {}).items():
+        busy = ", ".join(f"{k} {v:.2f}" for k, v in idle["percent_of_a_core"].items())
+        rows.append(
+            (
+                f"**Idle CPU, {when.replace('_', ' ')}** ({idle['seconds']:.0f} s, % of a core)",
+                f"services and their stores {idle['services_and_stores']:.2f} %, "
+                f"whole suite {idle['whole_suite']:.2f} %",
+                "1 % / 4 % targets",
+                "",
+            )
+        )
+        rows.append(("  per process", busy, "", ""))
     rows.append(
         (
             "**Start → ready** (stack + services + sample catalog)",
@@ -1255,7 +1287,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {m['platform']}, {m['cpus']} CPUs, {m['memory_mib']:,} MiB, Python "
         f"{m['python']}; load average before / after the run {m['loadavg_before']} / "
         f"{m.get('loadavg_after', '?')}. "
-        "Load generator, suite and stack share the machine.",
+        "Load generator, suite and stack share the machine."
+        + (
+            f" gRPC services on the {report['event_loop']} event loop."
+            if "event_loop" in report
+            else ""
+        ),
         "",
         "| Figure | Value | Reference | Ratio |",
         "|---|---|---|---|",
@@ -1283,6 +1320,9 @@ async def run(suite: PrivateSuite, args: argparse.Namespace, report: dict[str, A
         "peak_rss_mib": memory.peak_rss,
         "note": "*_mib: PSS of the process tree; *_rss_mib: VmRSS summed over the tree",
     }
+
+    print(f"idle, freshly started: {args.idle_seconds:.0f} s", flush=True)
+    report["idle"] = {"fresh": await idle_cpu(memory.pids, args.idle_seconds)}
 
     print("limits: grpc echo, postgres, kafka", flush=True)
     limits = report["limits"]
@@ -1356,6 +1396,9 @@ async def run(suite: PrivateSuite, args: argparse.Namespace, report: dict[str, A
             results["freshness"] = await freshness(
                 suite, fixture, spread, rate, args.seconds * 1.5, args.poll
             )
+    print(f"idle, after the load: {args.idle_seconds:.0f} s", flush=True)
+    await asyncio.sleep(5.0)  # the relays and consumers drain what the load left
+    report["idle"]["after_load"] = await idle_cpu(memory.pids, args.idle_seconds)
 
 
 def reset_state(env: dict[str, str]) -> None:
@@ -1386,6 +1429,15 @@ def main() -> None:
         type=int,
         default=64,
         help="SKUs the orders draw their 2 lines from (fewer: hotter product documents)",
+    )
+    parser.add_argument(
+        "--idle-seconds", type=float, default=30.0, help="each idle measurement (no traffic)"
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        default=None,
+        help="run the gRPC services on this event loop (default: their EVENT_LOOP default)",
     )
     parser.add_argument(
         "--profile",
@@ -1424,6 +1476,10 @@ def main() -> None:
         "not_measured": ["grpc-gateway (Go) peer: --no-peer"] if args.no_peer else [],
     }
     env = bench_env()
+    if args.event_loop is not None:
+        for service in ("AUTH", "CATALOG", "ORDERS", "ANALYTICS"):
+            env[f"MERCATO_{service}_EVENT_LOOP"] = args.event_loop
+        report["event_loop"] = args.event_loop
     if not args.keep_state:
         reset_state(env)
     print(f"starting a private suite on {env['MERCATO_STATE_DIR']}", flush=True)
@@ -1431,7 +1487,7 @@ def main() -> None:
     report["ready_seconds"] = suite.ready_seconds
     print(f"ready in {suite.ready_seconds} s", flush=True)
     try:
-        asyncio.run(asyncio.wait_for(run(suite, args, report), 300))
+        asyncio.run(asyncio.wait_for(run(suite, args, report), 600))
     finally:
         print("stopping the suite", flush=True)
         stop_private_suite(suite, stop_timeout=STOP_TIMEOUT)

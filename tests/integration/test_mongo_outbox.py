@@ -225,7 +225,8 @@ async def test_relay_pulls_only_published_events_and_reports_backlog(
         await products.update_one(
             {"_id": "sku-x"}, with_outbox({"$inc": {"v": 1}}, [(late, topic)])
         )
-        await relay._acknowledge(claimed[0], list(claimed[0]["outbox"]), len(claimed[0]["outbox"]))
+        published = list(claimed[0]["outbox"])
+        await relay._acknowledge([(claimed[0], published, len(published))])
         await relay._release(["sku-x"])
         doc = await products.find_one({"_id": "sku-x"})
         assert doc is not None

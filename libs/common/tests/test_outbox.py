@@ -609,8 +609,18 @@ class MemoryCollection:
         if errors:
             raise BulkWriteError({"writeErrors": errors})
 
+    async def bulk_write(self, requests: list[Any], *, ordered: bool = True) -> Result:
+        self.calls.append("bulk_write")
+        matched = 0
+        for request in requests:  # pymongo's UpdateOne keeps its filter and update as _filter, _doc
+            matched += self._update(request._filter, request._doc).matched_count
+        return Result(matched, matched)
+
     async def update_one(self, flt: dict[str, Any], update: dict[str, Any]) -> Result:
         self.calls.append("update_one")
+        return self._update(flt, update)
+
+    def _update(self, flt: dict[str, Any], update: dict[str, Any]) -> Result:
         self.updates.append((flt, update))
         for doc in self.docs.values():
             if _matches(doc, flt):
@@ -667,12 +677,13 @@ async def test_mongo_relay_publishes_and_clears_in_one_write_per_document() -> N
     assert coll["products_outbox_leases"].docs == {}  # leases released
 
 
-async def test_mongo_relay_takes_a_batch_in_a_fixed_number_of_round_trips() -> None:
+async def test_mongo_relay_takes_a_batch_in_five_round_trips() -> None:
     coll = MemoryCollection("products", [mongo_doc(f"d{i}", 1) for i in range(5)])
     leases = coll["products_outbox_leases"]
     assert await mongo_relay(coll, FakeProducer(), relay_id="me").run_once() == 5
-    # The candidates and one read of the leased documents; one acknowledgement per document.
-    assert coll.calls == ["find", "find", *["update_one"] * 5]
+    # The candidates, one read of the leased documents, all acknowledgements in one bulk write.
+    assert coll.calls == ["find", "find", "bulk_write"]
+    assert len(coll.updates) == 5  # one update per document in it
     assert leases.calls == ["insert_many", "delete_many"]  # all leases at once, then released
     assert leases.docs == {}
 

@@ -30,7 +30,7 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
@@ -448,6 +448,7 @@ class App:
 
 
 A = TypeVar("A", bound=App)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -515,12 +516,22 @@ def main(
     if command == "serve":
         telemetry = telemetry_for(settings)
         try:
-            asyncio.run(_serve(definition, settings))
+            run_on(settings.event_loop, _serve(definition, settings))
         finally:
             telemetry.shutdown()
         return 0
     configure_logging(settings.service_name, settings.service_version, settings.log_level)
     return asyncio.run(_admin(definition, settings, command, args, environ))
+
+
+def run_on(event_loop: str, main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the chosen event loop implementation (``uvloop`` or
+    ``asyncio``'s own)."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 async def _serve(definition: Definition[Any, Any], settings: BaseServiceSettings) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -111,6 +111,8 @@ class BaseServiceSettings(ServiceTlsSettings, TokenSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535)
     metrics_port: int = Field(default=9464, ge=0, le=65535)
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # The asyncio event loop implementation serving the process (make bench measures both).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Seconds in-flight calls get to finish after SIGTERM, and the pause after
     # health turns NOT_SERVING so load balancers stop sending new calls.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)

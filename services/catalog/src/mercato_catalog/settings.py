@@ -31,7 +31,6 @@ class CatalogSettings(BaseServiceSettings, MongoSettings, OutboxSettings):
     cache_breaker_seconds: float = Field(default=2.0, ge=0)
 
     events_topic: str = Field(default="mercato.catalog.events.v1", min_length=1)
-    outbox_poll_interval_seconds: float = Field(default=0.5, gt=0)
 
     # Reservations.
     reservation_ttl_seconds: float = Field(default=900.0, gt=0)

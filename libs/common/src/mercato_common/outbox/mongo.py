@@ -20,16 +20,18 @@ Fields kept on the aggregate document (names in the constants below):
 
 :class:`MongoOutboxRelay` takes a lease on each pending document it publishes (a row in a side
 collection, ``<collection>_outbox_leases``, created by an atomic insert), so several relays do not
-publish one document at the same time and per-aggregate order holds. A batch costs a fixed four
-round trips (the candidates, one unordered insert of their leases, one read of the leased
-documents, one delete of the leases) plus one update per document: it publishes the documents'
-events, waits for every acknowledgement, then removes exactly those events from each document in
-one update: the whole array if ``outbox_write_id`` is unchanged, else ``$pullAll`` of the
-published elements.
+publish one document at the same time and per-aggregate order holds. A batch costs five round
+trips whatever its size (the candidates, one unordered insert of their leases, one read of the
+leased documents, one bulk write of the acknowledgements, one delete of the leases): it publishes
+the documents' events, waits for every acknowledgement, then removes exactly those events from
+each document with one update each (all in the bulk write): the whole array if
+``outbox_write_id`` is unchanged, else ``$pullAll`` of the published elements (a second bulk
+write, only when some document changed since it was read).
 A relay that dies holding a lease only delays the document until the lease expires; its events
 are published again then (duplicates possible, losses not).
 
-The relay writes the aggregate document once per publication (the removal) and never otherwise:
+The relay writes the aggregate document once per publication (the removal) and never otherwise,
+holding the service's write guards of all the batch's documents (``write_guard``) meanwhile:
 FerretDB 1.x executes an update as an unlocked read-modify-write of the whole document, so any
 write racing another on the same document can undo it. With this design such a race either
 re-adds already published events (a duplicate) or undoes a service write together with the
@@ -42,6 +44,7 @@ Do not delete an aggregate document while ``outbox_pending`` is true: its events
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +53,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry
+from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, OperationFailure
 
@@ -304,10 +308,12 @@ class MongoOutboxRelay(OutboxRelay):
             done, error = await self._publish(messages) if messages else ([], None)
             done_ids = {id(message) for message in done}
             marked: list[OutboxMessage] = []
+            acknowledgements: list[tuple[Mapping[str, Any], list[dict[str, Any]], int]] = []
             for doc, pairs in per_doc:
                 published = [(element, msg) for element, msg in pairs if id(msg) in done_ids]
-                await self._acknowledge(doc, [element for element, _ in published], len(pairs))
+                acknowledgements.append((doc, [element for element, _ in published], len(pairs)))
                 marked.extend(msg for _, msg in published)
+            await self._acknowledge(acknowledgements)
         finally:
             await self._release([doc["_id"] for doc in claimed])
         self._count_published(marked)
@@ -316,31 +322,56 @@ class MongoOutboxRelay(OutboxRelay):
         return len(marked)
 
     async def _acknowledge(
-        self, doc: Mapping[str, Any], published: list[dict[str, Any]], pending: int
+        self, acknowledgements: Sequence[tuple[Mapping[str, Any], list[dict[str, Any]], int]]
     ) -> None:
-        """Remove the published elements from ``doc``, in a single update."""
-        if self._write_guard is None:
-            await self._remove_published(doc, published, pending)
-            return
-        async with self._write_guard(doc["_id"]):
-            await self._remove_published(doc, published, pending)
+        """Remove the published elements from their documents: one update per document, all
+        sent in one bulk write (two when some documents changed since they were read)."""
+        async with contextlib.AsyncExitStack() as guards:
+            if self._write_guard is not None:
+                # Sorted: the service's own writes hold one guard at a time, so no deadlock.
+                for doc_id in sorted((doc["_id"] for doc, _, _ in acknowledgements), key=str):
+                    await guards.enter_async_context(self._write_guard(doc_id))
+            await self._remove_published(acknowledgements)
 
     async def _remove_published(
-        self, doc: Mapping[str, Any], published: list[dict[str, Any]], pending: int
+        self, acknowledgements: Sequence[tuple[Mapping[str, Any], list[dict[str, Any]], int]]
     ) -> None:
-        if len(published) == pending:
-            # Everything read went out. If no write added events since (same write id), clear the
-            # outbox in one write; this also resets a pending marker left on an empty array.
-            result = await self._collection.update_one(
-                {"_id": doc["_id"], F_WRITE_ID: doc.get(F_WRITE_ID)},
-                {"$set": {F_OUTBOX: [], F_PENDING: False}, "$unset": {F_PENDING_SINCE: ""}},
+        # Everything read went out: if no write added events since (same write id), clear the
+        # outbox; this also resets a pending marker left on an empty array.
+        whole = [
+            (doc, published)
+            for doc, published, pending in acknowledgements
+            if published and len(published) == pending
+        ]
+        # Some failed: remove exactly what went out.
+        partly = [
+            (doc, published)
+            for doc, published, pending in acknowledgements
+            if published and len(published) != pending
+        ]
+        if whole:
+            result = await self._collection.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": doc["_id"], F_WRITE_ID: doc.get(F_WRITE_ID)},
+                        {"$set": {F_OUTBOX: [], F_PENDING: False}, "$unset": {F_PENDING_SINCE: ""}},
+                    )
+                    for doc, _ in whole
+                ],
+                ordered=False,
             )
-            if result.matched_count:
-                return
-        if published:
-            # A writer added events meanwhile, or some failed: remove exactly what went out.
-            await self._collection.update_one(
-                {"_id": doc["_id"]}, {"$pullAll": {F_OUTBOX: published}}
+            if result.matched_count < len(whole):
+                # A writer added events to some of them meanwhile (which ones the result does not
+                # say): remove exactly what went out from all of them; on a cleared one it is
+                # a no-op.
+                partly.extend(whole)
+        if partly:
+            await self._collection.bulk_write(
+                [
+                    UpdateOne({"_id": doc["_id"]}, {"$pullAll": {F_OUTBOX: published}})
+                    for doc, published in partly
+                ],
+                ordered=False,
             )
 
     async def housekeeping(self) -> None:

@@ -51,6 +51,8 @@ __all__ = [
     "enqueue",
     "enqueue_many",
     "outbox_ddl",
+    "outbox_insert_from",
+    "outbox_values",
 ]
 
 log = logging.getLogger("mercato_common.outbox")
@@ -113,12 +115,42 @@ def _row(
     )
 
 
+def _placeholders(first: int) -> str:
+    """The six values of a row, as parameters ``$first`` on. The headers' JSON goes in as text
+    (``::text::jsonb``), whatever jsonb codec the pool installed."""
+    n = first
+    return f"${n}::uuid, ${n + 1}::text, ${n + 2}::text, ${n + 3}::text, ${n + 4}::bytea, " + (
+        f"${n + 5}::text::jsonb"
+    )
+
+
+_COLUMNS = "id, topic, key, type, payload, headers"
+
+
 def _insert_sql(table: str) -> str:
     validate_identifier(table)
+    return f"INSERT INTO {table} ({_COLUMNS}) VALUES ({_placeholders(1)})"  # noqa: S608
+
+
+def outbox_values(
+    envelope: Envelope, topic: str, *, headers: Mapping[str, str] | None = None
+) -> tuple[Any, ...]:
+    """The six parameters of ``envelope``'s outbox row, for :func:`outbox_insert_from`."""
+    return _row(envelope, topic, headers)
+
+
+def outbox_insert_from(source: str, *, first_param: int, table: str = "outbox") -> str:
+    """An ``INSERT`` of one outbox row per row of ``source`` (a name in the caller's ``WITH``),
+    its values the six parameters from ``$first_param`` on (:func:`outbox_values`).
+
+    For a state change written as one statement of data-modifying CTEs: the event is written
+    exactly when the change is (one statement is atomic), in one round trip with it.
+    """
+    validate_identifier(table)
+    validate_identifier(source)
     return (
-        f"INSERT INTO {table} (id, topic, key, type, payload, headers) "  # noqa: S608 (validated)
-        # $6::text::jsonb: the JSON text goes in as text, whatever jsonb codec the pool installed.
-        "VALUES ($1, $2, $3, $4, $5, $6::text::jsonb)"
+        f"INSERT INTO {table} ({_COLUMNS}) "  # noqa: S608 (validated)
+        f"SELECT {_placeholders(first_param)} FROM {source}"
     )
 
 
@@ -329,3 +361,12 @@ class Outbox:
 
     async def add(self, envelope: Envelope) -> None:
         await enqueue(self._conn.raw, envelope, self._topic)
+
+    def values(self, envelope: Envelope) -> tuple[Any, ...]:
+        """The parameters of ``envelope``'s row, for :meth:`insert_from`."""
+        return outbox_values(envelope, self._topic)
+
+    @staticmethod
+    def insert_from(source: str, *, first_param: int) -> str:
+        """:func:`outbox_insert_from` on this outbox: the event of a one-statement change."""
+        return outbox_insert_from(source, first_param=first_param)

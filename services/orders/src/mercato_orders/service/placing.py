@@ -11,7 +11,7 @@ Placement (``create``), step by step:
 2. **Price** the lines from the catalog (``BatchGetProducts``), never from the client.
 3. **Reserve** the stock under the order id (``ReserveStock``, all lines or none).
 4. **Commit** the key (DONE, guarded by the owner token), the order (CONFIRMED, with its history)
-   and ``OrderPlaced`` in one PostgreSQL transaction.
+   and ``OrderPlaced`` in one PostgreSQL statement (``store.placement``: atomic, one round trip).
 
 On a refusal (step 2-3) nothing is held: the key is forgotten and the caller gets
 FAILED_PRECONDITION. When the outcome of step 3 or 4 is unknown (catalog unreachable, deadline,
@@ -182,17 +182,15 @@ class Placing(ServiceBase):
                 accepted_at=accepted_at,
                 confirmed_at=self._now(),
             )
-            async with self.store.write() as tx:
-                if not await tx.keys.complete(
-                    user_id=owned.user_id,
-                    key=owned.key,
+            # One statement: the key completed (while still ours), the order and its event.
+            async with self.store.read() as tx:
+                if not await tx.placements.confirm(
+                    order,
                     owner=owned.owner,
-                    order_id=order_id,
-                    ttl=self.config.key_ttl,
+                    key_ttl=self.config.key_ttl,
+                    event=publish.order_placed(order),
                 ):
                     raise _KeyLostError()
-                await tx.orders.insert(order)
-                await tx.outbox.add(publish.order_placed(order))
         except _KeyLostError:
             raise
         except _REFUSALS:

@@ -6,6 +6,7 @@ from mercato_common.outbox import Outbox
 from mercato_common.postgres import Database, Store, TracedConnection
 from mercato_orders.store.keys import KeyRow, Keys, KeyState, new_token
 from mercato_orders.store.orders import Orders, StaleOrderError
+from mercato_orders.store.placement import Placements
 
 __all__ = [
     "Database",
@@ -27,6 +28,7 @@ class Tx:
         self.orders = Orders(conn)
         self.keys = Keys(conn)
         self.outbox = Outbox(conn, events_topic)
+        self.placements = Placements(conn, self.outbox)
 
 
 class OrdersStore(Store[Tx]):

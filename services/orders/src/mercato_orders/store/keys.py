@@ -16,7 +16,16 @@ from enum import Enum
 
 from mercato_common.postgres import TracedConnection
 
-__all__ = ["KeyRow", "KeyState", "Keys"]
+__all__ = ["COMPLETE_KEY", "KeyRow", "KeyState", "Keys"]
+
+# Marks a PENDING key DONE with its order, only while the caller still owns it (owner token):
+# parameters user id, key, owner, order id, time to live (from ``$n``, see ``orders.numbered``).
+COMPLETE_KEY = """
+    UPDATE idempotency_keys
+    SET state = 'DONE', lease_until = clock_timestamp(), expire_time = clock_timestamp() + ${n4}
+    WHERE user_id = ${n} AND key = ${n1} AND owner = ${n2}::uuid AND order_id = ${n3}::uuid
+      AND state = 'PENDING'
+"""
 
 
 class KeyState(Enum):
@@ -178,27 +187,6 @@ class Keys:
             owner,
         )
         return status == "DELETE 1"
-
-    async def complete(
-        self, *, user_id: str, key: str, owner: str, order_id: str, ttl: timedelta
-    ) -> bool:
-        """Mark the key DONE with its order (inside the order's transaction); False if lost."""
-        status = await self._conn.execute(
-            "complete_idempotency_key",
-            """
-            UPDATE idempotency_keys
-            SET state = 'DONE', lease_until = clock_timestamp(),
-                expire_time = clock_timestamp() + $5
-            WHERE user_id = $1 AND key = $2 AND owner = $3::uuid AND order_id = $4::uuid
-              AND state = 'PENDING'
-            """,
-            user_id,
-            key,
-            owner,
-            order_id,
-            ttl,
-        )
-        return status == "UPDATE 1"
 
     async def claim_abandoned(self, *, limit: int, lease: timedelta) -> list[KeyRow]:
         """Take over up to ``limit`` PENDING keys whose lease expired (for reconciliation)."""

@@ -54,6 +54,64 @@ def _lines_json(lines: Sequence[OrderLine]) -> str:
     )
 
 
+ORDER_COLUMNS = (
+    "id, user_id, state, currency_code, total_minor, lines, payment_id, state_reason, "
+    "shipment_reference, idempotency_key, release_pending, refund_pending, version, "
+    "create_time, update_time"
+)
+# The values of ORDER_COLUMNS as the parameters ${n} to ${n + 14} (order_values), typed: in an
+# INSERT ... SELECT a parameter's type is not inferred from its column.
+ORDER_VALUES = (
+    "${n}::uuid, ${n1}::text, ${n2}::text, ${n3}::text, ${n4}::bigint, ${n5}::jsonb, ${n6}::text, "
+    "${n7}::text, ${n8}::text, ${n9}::text, ${n10}::boolean, ${n11}::boolean, ${n12}::integer, "
+    "${n13}::timestamptz, ${n14}::timestamptz"
+)
+TRANSITION_COLUMNS = "order_id, seq, from_state, to_state, time, actor, reason"
+# The rows after order_id, from the six arrays ${n} to ${n + 5} (history_arrays).
+TRANSITION_ROWS = (
+    "s, f, t, ti, a, r FROM unnest(${n}::int[], ${n1}::text[], ${n2}::text[], "
+    "${n3}::timestamptz[], ${n4}::text[], ${n5}::text[]) AS x(s, f, t, ti, a, r)"
+)
+
+
+def numbered(template: str, n: int) -> str:
+    """``template`` with ``{n}``, ``{n1}``, ... replaced by parameter numbers from ``n``."""
+    return template.format(n=n, **{f"n{i}": n + i for i in range(1, 15)})
+
+
+def order_values(order: Order) -> tuple[Any, ...]:
+    """The parameters of ORDER_VALUES."""
+    return (
+        order.id,
+        order.user_id,
+        order.state.value,
+        order.total.currency_code,
+        order.total.amount_minor,
+        _lines_json(order.lines),
+        order.payment_id,
+        order.state_reason,
+        order.shipment_reference,
+        order.idempotency_key,
+        order.release_pending,
+        order.refund_pending,
+        order.version,
+        order.create_time,
+        order.update_time,
+    )
+
+
+def history_arrays(changes: Sequence[StateChange], *, start: int) -> tuple[list[Any], ...]:
+    """The parameters of TRANSITION_ROWS: the history entries from sequence number ``start``."""
+    return (
+        [start + i for i in range(len(changes))],
+        [c.from_state.value if c.from_state else None for c in changes],
+        [c.to_state.value for c in changes],
+        [c.time for c in changes],
+        [c.actor for c in changes],
+        [c.reason for c in changes],
+    )
+
+
 def _order(record: Any, history: Sequence[StateChange]) -> Order:
     currency = record["currency_code"]
     lines = tuple(
@@ -98,34 +156,6 @@ class Orders:
     def __init__(self, conn: TracedConnection) -> None:
         self._conn = conn
 
-    async def insert(self, order: Order) -> None:
-        await self._conn.execute(
-            "insert_order",
-            """
-            INSERT INTO orders (id, user_id, state, currency_code, total_minor, lines, payment_id,
-                                state_reason, shipment_reference, idempotency_key,
-                                release_pending, refund_pending, version, create_time,
-                                update_time)
-            VALUES ($1::uuid, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-            """,
-            order.id,
-            order.user_id,
-            order.state.value,
-            order.total.currency_code,
-            order.total.amount_minor,
-            _lines_json(order.lines),
-            order.payment_id,
-            order.state_reason,
-            order.shipment_reference,
-            order.idempotency_key,
-            order.release_pending,
-            order.refund_pending,
-            order.version,
-            order.create_time,
-            order.update_time,
-        )
-        await self._insert_history(order.id, order.history, start=0)
-
     async def _insert_history(
         self, order_id: str, changes: Sequence[StateChange], *, start: int
     ) -> None:
@@ -133,19 +163,12 @@ class Orders:
             return
         await self._conn.execute(
             "insert_order_transitions",
-            """
-            INSERT INTO order_transitions (order_id, seq, from_state, to_state, time, actor, reason)
-            SELECT $1::uuid, s, f, t, ti, a, r
-            FROM unnest($2::int[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
-                        $7::text[]) AS x(s, f, t, ti, a, r)
+            f"""
+            INSERT INTO order_transitions ({TRANSITION_COLUMNS})
+            SELECT $1::uuid, {numbered(TRANSITION_ROWS, 2)}
             """,
             order_id,
-            [start + i for i in range(len(changes))],
-            [c.from_state.value if c.from_state else None for c in changes],
-            [c.to_state.value for c in changes],
-            [c.time for c in changes],
-            [c.actor for c in changes],
-            [c.reason for c in changes],
+            *history_arrays(changes, start=start),
         )
 
     async def get(self, order_id: str, *, lock: bool = False) -> Order | None:
