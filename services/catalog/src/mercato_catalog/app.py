@@ -87,12 +87,16 @@ def build_app(
     kit = Service(settings, token_verifier=token_verifier, registry=registry)
     locks = WriteLocks(enabled=settings.write_locks == "on")
 
-    async def choose_write_locks(client: AsyncMongoClient[Any]) -> None:
+    async def on_connect(client: AsyncMongoClient[Any]) -> None:
         if settings.write_locks == "auto":
             locks.enabled = await is_ferretdb(client)
         log.info("write locks %s", "on" if locks.enabled else "off")
+        # Sagas released by an older catalog carry no `cleanup` flag: flag them (a no-op after).
+        flagged = await sagas.mark_pending_cleanups()
+        if flagged:
+            log.info("flagged %d pending reservation clean-ups", flagged)
 
-    mongo = kit.mongo(settings, indexes=INDEXES, on_connect=choose_write_locks)
+    mongo = kit.mongo(settings, indexes=INDEXES, on_connect=on_connect)
     ctx = StoreContext(db=mongo.db, topic=settings.events_topic, locks=locks)
     redis: Redis | None = None
     if settings.redis_url:

@@ -11,7 +11,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from mercato.catalog.v1 import catalog_pb2
-from mercato_catalog.store import utcnow
+from mercato_catalog.store import ReservationStore, utcnow
 from mercato_common.rpc_errors import error_from_rpc
 
 pytestmark = pytest.mark.integration
@@ -224,3 +224,56 @@ async def test_sweeper_finishes_abandoned_steps_and_reaps_orphan_holds(make_cata
     assert await app.upkeep.reap_orphan_holds(utcnow(), 100) == 0
     product = await catalog.get("CRASH-1")
     assert (product.stock_on_hand, product.stock_reserved, product.stock_available) == (7, 0, 7)
+
+
+async def test_sweeper_drops_the_return_markers_of_a_released_sale(make_catalog) -> None:
+    catalog = await make_catalog(return_marker_retention_seconds=0.1)
+    app = catalog.app
+    await catalog.create_product("BACK-1", stock=10)
+    order = str(uuid.uuid4())
+    await catalog.reserve(order, ("BACK-1", 4))
+    await catalog.stub.CommitReservation(
+        catalog_pb2.CommitReservationRequest(order_id=order), metadata=catalog.service
+    )
+    released = await catalog.stub.ReleaseStock(
+        catalog_pb2.ReleaseStockRequest(order_id=order, reason="cancelled"),
+        metadata=catalog.service,
+    )
+    assert released.reservation.state == catalog_pb2.RESERVATION_STATE_RELEASED
+    product = await app.ctx.products.find_one({"_id": "BACK-1"})
+    assert product is not None
+    assert product["returns"]  # the sold units came back once, guarded by the order's marker
+    saga = await app.ctx.reservations.find_one({"_id": order})
+    assert saga is not None
+    assert saga["cleanup"] is True
+    await asyncio.sleep(0.2)
+    await app.sweeper.sweep_once()
+    product = await app.ctx.products.find_one({"_id": "BACK-1"})
+    assert product is not None
+    assert product["returns"] == {}
+    saga = await app.ctx.reservations.find_one({"_id": order})
+    assert saga is not None
+    assert "cleanup" not in saga
+    assert "cleanup_after" not in saga
+    assert (await catalog.get("BACK-1")).stock_on_hand == 10
+
+
+async def test_clean_ups_stored_before_the_flag_are_flagged_at_start(make_catalog) -> None:
+    catalog = await make_catalog()
+    sagas = ReservationStore(catalog.app.ctx)
+    order, now = str(uuid.uuid4()), utcnow()
+    # A released saga as an older catalog stored it: a clean-up time, no flag.
+    await catalog.app.ctx.reservations.insert_one(
+        {
+            "_id": order,
+            "phase": "RELEASED",
+            "create_time": now,
+            "update_time": now,
+            "cleanup_after": now,
+            "lines": [],
+        }
+    )
+    assert [saga.order_id for saga in await sagas.due_for_cleanup(utcnow(), 10)] == []
+    assert await sagas.mark_pending_cleanups() == 1
+    assert await sagas.mark_pending_cleanups() == 0
+    assert [saga.order_id for saga in await sagas.due_for_cleanup(utcnow(), 10)] == [order]

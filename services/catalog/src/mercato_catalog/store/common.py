@@ -43,7 +43,7 @@ INDEXES: dict[str, list[IndexSpec]] = {
         # The sweeper: due expirations and stuck steps.
         IndexSpec.of("phase_expire", "phase", "expire_time"),
         IndexSpec.of("phase_update", "phase", "update_time"),
-        IndexSpec.of("cleanup_after", "cleanup_after"),
+        IndexSpec.of("cleanup_due", "cleanup", "cleanup_after"),
         *outbox_index_specs(),
     ],
 }
