@@ -277,3 +277,33 @@ async def test_clean_ups_stored_before_the_flag_are_flagged_at_start(make_catalo
     assert await sagas.mark_pending_cleanups() == 1
     assert await sagas.mark_pending_cleanups() == 0
     assert [saga.order_id for saga in await sagas.due_for_cleanup(utcnow(), 10)] == [order]
+
+
+async def test_listing_pages_through_every_phase_in_creation_order(catalog) -> None:
+    await catalog.create_product("PAGE-1", stock=100)
+    orders = [str(uuid.uuid4()) for _ in range(5)]
+    for order in orders:
+        await catalog.reserve(order, ("PAGE-1", 1))
+        await asyncio.sleep(0.005)  # distinct creation times (milliseconds)
+    for order in orders[1::2]:  # two of them move on to COMMITTED, a phase of its own
+        await catalog.stub.CommitReservation(
+            catalog_pb2.CommitReservationRequest(order_id=order), metadata=catalog.service
+        )
+
+    async def walk(state: int) -> list[str]:
+        seen: list[str] = []
+        token = ""
+        for _ in range(10):
+            page = await catalog.stub.ListReservations(
+                catalog_pb2.ListReservationsRequest(page_size=2, page_token=token, state=state),
+                metadata=catalog.service,
+            )
+            seen.extend(r.order_id for r in page.reservations if r.order_id in orders)
+            token = page.next_page_token
+            if not token:
+                return seen
+        raise AssertionError("more pages than reservations")
+
+    assert await walk(catalog_pb2.RESERVATION_STATE_UNSPECIFIED) == orders
+    assert await walk(catalog_pb2.RESERVATION_STATE_HELD) == orders[0::2]
+    assert await walk(catalog_pb2.RESERVATION_STATE_COMMITTED) == orders[1::2]

@@ -102,7 +102,7 @@ class ReservationStore:
     ) -> tuple[list[Reservation], str]:
         fingerprint = flt.fingerprint()
         position = decode_page_token(token, "reservations", {"t": int, "id": str}, fingerprint)
-        query: dict[str, Any] = {"phase": {"$in": [p.value for p in phases_of(flt.state)]}}
+        query: dict[str, Any] = {}
         clauses: list[dict[str, Any]] = []
         if flt.created_before is not None:
             clauses.append({"create_time": {"$lt": flt.created_before}})
@@ -118,12 +118,18 @@ class ReservationStore:
             )
         if clauses:
             query["$and"] = clauses
-        cursor = (
-            self._ctx.reservations.find(query)
-            .sort([("create_time", 1), ("_id", 1)])
-            .limit(size + 1)
-        )
-        docs = [doc async for doc in cursor]
+        # One query per phase, each led by the equality FerretDB can evaluate in PostgreSQL (see
+        # the sweeper's queries below), merged into the page's order.
+        docs: list[Mapping[str, Any]] = []
+        for phase in phases_of(flt.state):
+            cursor = (
+                self._ctx.reservations.find({"phase": phase.value, **query})
+                .sort([("create_time", 1), ("_id", 1)])
+                .limit(size + 1)
+            )
+            docs.extend([doc async for doc in cursor])
+        docs.sort(key=lambda doc: (as_utc(doc["create_time"]), str(doc["_id"])))
+        docs = docs[: size + 1]
         items = [reservation_from_doc(doc) for doc in docs[:size]]
         next_token = ""
         if len(docs) > size:
