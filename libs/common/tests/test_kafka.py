@@ -599,6 +599,23 @@ def test_runner_validates_its_settings() -> None:
 # -- consumer runner: the loop ----------------------------------------------------------------
 
 
+async def test_run_commits_at_most_once_per_interval_and_on_stop() -> None:
+    tp = TopicPartition("orders", 0)
+    e = [make_envelope(value=i) for i in range(3)]
+    consumer = FakeConsumer([{tp: [record_for(e[i], i)]} for i in range(3)])
+
+    async def handler(event: ConsumedEvent) -> None:
+        return None
+
+    runner = runner_for(handler, consumer=consumer, commit_interval=60.0)
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(consumer.exhausted.wait(), 5)
+    await runner.stop(grace=5)
+    await asyncio.wait_for(task, 5)
+    # The first batch at once; the next two within the interval, committed together on stop.
+    assert consumer.commits == [{tp: 1}, {tp: 3}]
+
+
 async def test_run_commits_after_each_batch_and_on_stop() -> None:
     tp0, tp1 = TopicPartition("orders", 0), TopicPartition("orders", 1)
     e = [make_envelope(value=i) for i in range(4)]
@@ -613,7 +630,7 @@ async def test_run_commits_after_each_batch_and_on_stop() -> None:
     async def handler(event: ConsumedEvent) -> None:
         handled.append(event.offset)
 
-    runner = runner_for(handler, consumer=consumer)
+    runner = runner_for(handler, consumer=consumer, commit_interval=0)
     task = asyncio.create_task(runner.run())
     await asyncio.wait_for(consumer.exhausted.wait(), 5)
     await runner.stop(grace=5)
