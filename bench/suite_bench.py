@@ -247,7 +247,9 @@ def memory_mib(pid: int, tree: dict[int, list[int]]) -> dict[str, float]:
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """CPU time (user + system) of each process tree so far, s."""
+    """CPU time (user + system) of each process tree so far, s: each member's own and that of
+    its children it has reaped (cutime, cstime), so a PostgreSQL backend that exits between two
+    samples stays counted (in the postmaster's)."""
     tree, tick = _children(), os.sysconf("SC_CLK_TCK")
     result = {}
     for name, pid in pids.items():
@@ -255,7 +257,7 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
         for member in _tree(pid, tree):
             with contextlib.suppress(OSError, IndexError, ValueError):
                 fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
+                total += sum(int(fields[i]) for i in (11, 12, 13, 14))
         result[name] = total / tick
     return result
 
@@ -1434,6 +1436,9 @@ def main() -> None:
         "--idle-seconds", type=float, default=30.0, help="each idle measurement (no traffic)"
     )
     parser.add_argument(
+        "--name", default="", help="results file suffix: bench/results/<date>-<name>.json, .md"
+    )
+    parser.add_argument(
         "--event-loop",
         choices=("uvloop", "asyncio"),
         default=None,
@@ -1493,7 +1498,7 @@ def main() -> None:
         stop_private_suite(suite, stop_timeout=STOP_TIMEOUT)
     report["machine"]["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / now.strftime("%Y-%m-%d")
+    stem = RESULTS / (now.strftime("%Y-%m-%d") + (f"-{args.name}" if args.name else ""))
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(report)
     stem.with_suffix(".md").write_text(table)
