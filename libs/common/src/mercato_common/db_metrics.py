@@ -14,10 +14,11 @@ command monitoring sees every command (``find``, ``findAndModify``, ``insert``, 
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
-from weakref import WeakKeyDictionary
+from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram
+
+from mercato_common.metrics_set import MetricsSet
 
 __all__ = ["DbOperationMetrics", "postgres_operation"]
 
@@ -63,12 +64,8 @@ def postgres_operation(query: str) -> str:
     return word if word in _SQL_OPERATIONS else "OTHER"
 
 
-class DbOperationMetrics:
+class DbOperationMetrics(MetricsSet):
     """The histogram, one per registry."""
-
-    _by_registry: ClassVar[WeakKeyDictionary[CollectorRegistry, DbOperationMetrics]] = (
-        WeakKeyDictionary()
-    )
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.duration = Histogram(
@@ -78,13 +75,6 @@ class DbOperationMetrics:
             buckets=_BUCKETS,
             registry=registry,
         )
-
-    @classmethod
-    def for_registry(cls, registry: CollectorRegistry = REGISTRY) -> DbOperationMetrics:
-        metrics = cls._by_registry.get(registry)
-        if metrics is None:
-            metrics = cls._by_registry[registry] = cls(registry)
-        return metrics
 
     def postgres_logger(self) -> Any:
         """An asyncpg query logger (``conn.add_query_logger``) that observes each statement."""

@@ -34,8 +34,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Protocol, TypeVar
-from weakref import WeakKeyDictionary
+from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -53,6 +52,7 @@ from mercato_common.kafka.envelope import (
     unpack_data,
 )
 from mercato_common.kafka.producer import KafkaConnection
+from mercato_common.metrics_set import MetricsSet
 
 __all__ = [
     "ConsumedEvent",
@@ -149,12 +149,8 @@ class ConsumedEvent:
 Handler = Callable[[ConsumedEvent], Awaitable[None]]
 
 
-class ConsumerMetrics:
+class ConsumerMetrics(MetricsSet):
     """Prometheus metrics of the consumer runner, one set per registry."""
-
-    _by_registry: ClassVar[WeakKeyDictionary[CollectorRegistry, ConsumerMetrics]] = (
-        WeakKeyDictionary()
-    )
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.messages = Counter(
@@ -170,14 +166,6 @@ class ConsumerMetrics:
             ["group", "topic", "partition"],
             registry=registry,
         )
-
-    @classmethod
-    def for_registry(cls, registry: CollectorRegistry = REGISTRY) -> ConsumerMetrics:
-        metrics = cls._by_registry.get(registry)
-        if metrics is None:
-            metrics = cls(registry)
-            cls._by_registry[registry] = metrics
-        return metrics
 
 
 _URL_CREDENTIALS = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@")

@@ -7,16 +7,15 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
-from weakref import WeakKeyDictionary
 
 from aiokafka.errors import KafkaError
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from mercato_common.kafka.backoff import Backoff
 from mercato_common.kafka.envelope import Envelope, envelope_header_map, trace_context_map
 from mercato_common.kafka.envelope import extract_trace_context as _extract
 from mercato_common.kafka.producer import DeliveryFuture, EventProducer, ProducerNotStartedError
+from mercato_common.metrics_set import MetricsSet
 
 __all__ = [
     "OutboxMessage",
@@ -146,12 +145,8 @@ def settle(
     return done, errors
 
 
-class OutboxMetrics:
+class OutboxMetrics(MetricsSet):
     """Prometheus metrics of the outbox relays, one set per registry; label ``outbox`` names it."""
-
-    _by_registry: ClassVar[WeakKeyDictionary[CollectorRegistry, OutboxMetrics]] = (
-        WeakKeyDictionary()
-    )
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.backlog = Gauge(
@@ -178,14 +173,6 @@ class OutboxMetrics:
             ["outbox"],
             registry=registry,
         )
-
-    @classmethod
-    def for_registry(cls, registry: CollectorRegistry = REGISTRY) -> OutboxMetrics:
-        metrics = cls._by_registry.get(registry)
-        if metrics is None:
-            metrics = cls(registry)
-            cls._by_registry[registry] = metrics
-        return metrics
 
 
 class OutboxRelay(ABC):
