@@ -688,6 +688,13 @@ async def test_mongo_relay_takes_a_batch_in_five_round_trips() -> None:
     assert leases.docs == {}
 
 
+async def test_mongo_relay_resets_a_pending_marker_left_on_an_empty_outbox() -> None:
+    doc = mongo_doc("a", 0)  # pending, but nothing in the array
+    coll = MemoryCollection("products", [doc])
+    assert await mongo_relay(coll, FakeProducer()).run_once() == 0
+    assert coll.docs["a"][F_PENDING] is False  # not claimed again on every cycle
+
+
 async def test_mongo_relay_pulls_exactly_the_published_events_after_a_concurrent_write() -> None:
     doc = mongo_doc("a", 2)
     published = list(doc["outbox"])

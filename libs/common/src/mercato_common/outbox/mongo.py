@@ -337,11 +337,11 @@ class MongoOutboxRelay(OutboxRelay):
         self, acknowledgements: Sequence[tuple[Mapping[str, Any], list[dict[str, Any]], int]]
     ) -> None:
         # Everything read went out: if no write added events since (same write id), clear the
-        # outbox; this also resets a pending marker left on an empty array.
+        # outbox; this also resets a pending marker left on an empty array (nothing published).
         whole = [
             (doc, published)
             for doc, published, pending in acknowledgements
-            if published and len(published) == pending
+            if len(published) == pending
         ]
         # Some failed: remove exactly what went out.
         partly = [
