@@ -921,18 +921,23 @@ def _uv_binary(version: str) -> Path:
             return candidate
     target = TOOLS / f"uv-{version}"
     log(f"installing uv {version} from PyPI into {target}")
+    # With the uv that runs the project: its virtual environment (sys.executable) has no pip.
+    installer = next((c for c in candidates[1:] if _usable(c)), None)
+    if installer is None:
+        raise ToolError(f"no uv to install uv {version} with: run `make sync` first")
     _run(
         [
-            sys.executable,
-            "-m",
+            str(installer),
             "pip",
             "install",
             "--quiet",
+            "--python",
+            sys.executable,
             "--target",
             str(target),
             f"uv=={version}",
         ],
-        what=f"pip install uv=={version}",
+        what=f"uv pip install uv=={version}",
     )
     binary = target / "bin" / "uv"
     if _uv_version(binary) != version:
