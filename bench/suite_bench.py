@@ -1019,9 +1019,30 @@ def cpu_ms_per_request(result: dict[str, Any]) -> float | None:
     return round(1000 * float(result["cpu_cores_used"]) / float(result["per_second"]), 3)
 
 
-def peer_rows(
-    get_product: dict[str, Any], memory: dict[str, Any], c: int
-) -> list[tuple[str, str, str, str]]:
+Row = tuple[str, str, str, str]  # a table row: figure, value, reference, ratio
+
+
+def compared(label: str, result: dict[str, Any], reference: dict[str, Any], name: str) -> list[Row]:
+    """A closed loop's throughput row and its p50 / p99 row, each with its ratio to the
+    ``reference`` loop (called ``name`` in the table)."""
+    return [
+        (
+            label,
+            fmt(result["per_second"], "/s"),
+            name,
+            ratio(result["per_second"], reference["per_second"]),
+        ),
+        (
+            "  p50 / p99",
+            f"{fmt(result['p50_ms'])} / {fmt(result['p99_ms'])} ms",
+            name,
+            f"{ratio(result['p50_ms'], reference['p50_ms'])} / "
+            f"{ratio(result['p99_ms'], reference['p99_ms'])}",
+        ),
+    ]
+
+
+def peer_rows(get_product: dict[str, Any], memory: dict[str, Any], c: int) -> list[Row]:
     """The grpc-gateway (Go) rows: against direct gRPC (its limit) and the gateway (its peer)."""
     peer = get_product.get("grpc_gateway")
     if peer is None:
@@ -1030,19 +1051,7 @@ def peer_rows(
     rss, gateway_rss = peer["rss_mib"], memory["idle_rss_mib"].get("gateway")
     gateway_cpu_ms, peer_cpu_ms = cpu_ms_per_request(gateway), cpu_ms_per_request(peer)
     return [
-        (
-            f"via grpc-gateway, the Go peer (c={c})",
-            fmt(peer["per_second"], "/s"),
-            "direct gRPC",
-            ratio(peer["per_second"], direct["per_second"]),
-        ),
-        (
-            "  p50 / p99",
-            f"{fmt(peer['p50_ms'])} / {fmt(peer['p99_ms'])} ms",
-            "direct gRPC",
-            f"{ratio(peer['p50_ms'], direct['p50_ms'])} / "
-            f"{ratio(peer['p99_ms'], direct['p99_ms'])}",
-        ),
+        *compared(f"via grpc-gateway, the Go peer (c={c})", peer, direct, "direct gRPC"),
         (
             "gateway ÷ grpc-gateway: throughput",
             f"{fmt(gateway['per_second'])} / {fmt(peer['per_second'])} /s",
@@ -1084,24 +1093,13 @@ def peer_rows(
     ]
 
 
-def workers_rows(get_product: dict[str, Any], c: int) -> list[tuple[str, str, str, str]]:
+def workers_rows(get_product: dict[str, Any], c: int) -> list[Row]:
     """A second gateway with WORKERS=2 against the first (WORKERS=1), same loop."""
     one, two = get_product["gateway"], get_product.get("gateway_workers_2")
     if two is None:
         return []
     return [
-        (
-            f"via a gateway with WORKERS=2 (c={c})",
-            fmt(two["per_second"], "/s"),
-            "WORKERS=1",
-            ratio(two["per_second"], one["per_second"]),
-        ),
-        (
-            "  p50 / p99",
-            f"{fmt(two['p50_ms'])} / {fmt(two['p99_ms'])} ms",
-            "WORKERS=1",
-            f"{ratio(two['p50_ms'], one['p50_ms'])} / {ratio(two['p99_ms'], one['p99_ms'])}",
-        ),
+        *compared(f"via a gateway with WORKERS=2 (c={c})", two, one, "WORKERS=1"),
         (
             "  CPU cores used / RSS idle (all processes)",
             f"{two['cpu_cores_used']:.2f} / {fmt(two['rss_mib']['idle'])} MiB",
@@ -1130,32 +1128,8 @@ def markdown(report: dict[str, Any]) -> str:
         ("aiokafka produce, 512 B, acks=all", fmt(kafka["produce_per_second"], " msg/s"), "", ""),
         ("aiokafka consume", fmt(kafka["consume_per_second"], " msg/s"), "", ""),
         ("**GET /v1/products/{sku}**", "", "", ""),
-        (
-            f"direct gRPC GetProduct (c={c})",
-            fmt(direct["per_second"], "/s"),
-            "grpc echo",
-            ratio(direct["per_second"], echo["per_second"]),
-        ),
-        (
-            "  p50 / p99",
-            f"{fmt(direct['p50_ms'])} / {fmt(direct['p99_ms'])} ms",
-            "grpc echo",
-            f"{ratio(direct['p50_ms'], echo['p50_ms'])} / "
-            f"{ratio(direct['p99_ms'], echo['p99_ms'])}",
-        ),
-        (
-            f"via the gateway (c={c})",
-            fmt(gateway["per_second"], "/s"),
-            "direct gRPC",
-            ratio(gateway["per_second"], direct["per_second"]),
-        ),
-        (
-            "  p50 / p99",
-            f"{fmt(gateway['p50_ms'])} / {fmt(gateway['p99_ms'])} ms",
-            "direct gRPC",
-            f"{ratio(gateway['p50_ms'], direct['p50_ms'])} / "
-            f"{ratio(gateway['p99_ms'], direct['p99_ms'])}",
-        ),
+        *compared(f"direct gRPC GetProduct (c={c})", direct, echo, "grpc echo"),
+        *compared(f"via the gateway (c={c})", gateway, direct, "direct gRPC"),
         *workers_rows(r["get_product"], c),
         *rows_peer,
         (f"**POST /v1/orders (2 lines of {report['products']} SKUs)**", "", "", ""),

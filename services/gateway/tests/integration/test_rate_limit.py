@@ -8,7 +8,9 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -59,6 +61,33 @@ async def _wait_healthy(
     raise AssertionError(f"gateway at {url} did not start")
 
 
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), 15)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+
+
+async def _one_budget(
+    requests: list[Coroutine[Any, Any, httpx.Response]],
+) -> tuple[list[httpx.Response], list[httpx.Response]]:
+    """Send ``requests`` at once from a fresh bucket; assert they drew on one budget (the burst
+    plus what refilled meanwhile: two separate budgets would let through twice the burst).
+    The allowed and the limited responses."""
+    await asyncio.sleep(1.2)  # a fresh bucket for this client
+    begin = time.monotonic()
+    responses = await asyncio.gather(*requests)
+    elapsed = time.monotonic() - begin
+    allowed = [r for r in responses if r.status_code == 200]
+    limited = [r for r in responses if r.status_code == 429]
+    assert len(allowed) + len(limited) == len(responses), [r.text for r in responses]
+    assert BURST <= len(allowed) <= BURST + RATE * elapsed + 1, (len(allowed), elapsed)
+    assert len(allowed) < 2 * BURST
+    return allowed, limited
+
+
 async def test_limit_holds_across_two_gateway_processes(suite: Suite) -> None:
     prefix = f"{suite.redis_prefix}two:{uuid.uuid4().hex[:6]}:"
     started = [await _start_gateway(suite, prefix) for _ in range(2)]
@@ -67,20 +96,10 @@ async def test_limit_holds_across_two_gateway_processes(suite: Suite) -> None:
             for process, url in started:
                 await _wait_healthy(http, url, process)
             urls = [url for _, url in started]
-            # Warm both processes' channels so the burst below measures the limiter only.
-            await asyncio.sleep(1.2)  # a fresh bucket for this client
-            begin = time.monotonic()
-            responses = await asyncio.gather(
-                *(http.get(f"{urls[i % 2]}/.well-known/jwks.json") for i in range(6 * BURST))
+            # Requests alternate between the two processes.
+            allowed, limited = await _one_budget(
+                [http.get(f"{urls[i % 2]}/.well-known/jwks.json") for i in range(6 * BURST)]
             )
-            elapsed = time.monotonic() - begin
-            allowed = [r for r in responses if r.status_code == 200]
-            limited = [r for r in responses if r.status_code == 429]
-            assert len(allowed) + len(limited) == len(responses), [r.text for r in responses]
-            # One shared bucket: at most the burst plus what refilled meanwhile. Two separate
-            # buckets would let through twice the burst.
-            assert BURST <= len(allowed) <= BURST + RATE * elapsed + 1, (len(allowed), elapsed)
-            assert len(allowed) < 2 * BURST
             served_by = {str(r.url).split("/.well-known")[0] for r in allowed}
             assert served_by == set(urls)  # both processes served part of the shared budget
             refused = limited[0]
@@ -94,27 +113,11 @@ async def test_limit_holds_across_two_gateway_processes(suite: Suite) -> None:
             other = await http.get(f"{urls[0]}/v1/users/me", headers=token)
             assert other.status_code == 200, other.text
     finally:
-        for process, _ in started:
-            process.send_signal(signal.SIGTERM)
-        for process, _ in started:
-            try:
-                await asyncio.wait_for(process.wait(), 15)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await asyncio.gather(*(_stop(process) for process, _ in started))
     # Graceful exit: uvicorn drains, runs the shutdown, then re-raises the signal it caught.
     assert all(process.returncode in (0, -signal.SIGTERM) for process, _ in started), [
         process.returncode for process, _ in started
     ]
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), 15)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
 
 
 async def test_limit_holds_across_the_workers_of_one_gateway(suite: Suite) -> None:
@@ -133,18 +136,10 @@ async def test_limit_holds_across_the_workers_of_one_gateway(suite: Suite) -> No
             # Every worker up (each answers /healthz once its application started).
             for _ in range(20):
                 assert (await http.get(f"{url}/healthz")).status_code == 200
-            await asyncio.sleep(1.2)  # a fresh bucket for this client
-            begin = time.monotonic()
             # Separate connections, so the kernel spreads them over both workers' accepts.
-            responses = await asyncio.gather(
-                *(_fresh_get(f"{url}/.well-known/jwks.json") for _ in range(6 * BURST))
+            await _one_budget(
+                [_fresh_get(f"{url}/.well-known/jwks.json") for _ in range(6 * BURST)]
             )
-            elapsed = time.monotonic() - begin
-            allowed = [r for r in responses if r.status_code == 200]
-            limited = [r for r in responses if r.status_code == 429]
-            assert len(allowed) + len(limited) == len(responses), [r.text for r in responses]
-            assert BURST <= len(allowed) <= BURST + RATE * elapsed + 1, (len(allowed), elapsed)
-            assert len(allowed) < 2 * BURST
     finally:
         await _stop(process)
     assert process.returncode in (0, -signal.SIGTERM), process.returncode
