@@ -732,6 +732,7 @@ async def through_grpc_gateway(
             f"-backend={suite.grpc_target('catalog')}",
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
+            start_new_session=True,  # its own scheduling group (SERVER_SESSION)
         )
     try:
         assert peer.stdout is not None
@@ -769,6 +770,13 @@ async def through_grpc_gateway(
                 await peer.wait()
 
 
+# SERVER_SESSION: every server the bench starts runs in a session of its own, as the suite's
+# services do (the local runner starts each with start_new_session). With the kernel's
+# autogroup scheduling (sched_autogroup_enabled=1) a session is a scheduling group: a server
+# left in the bench's own session shares one CPU share with the load generator. That cost the
+# WORKERS=2 gateway and the grpc-gateway peer about a third of their throughput before.
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -793,7 +801,13 @@ async def through_gateway_workers(
     log_path = Path(suite.env["MERCATO_STATE_DIR"]) / f"gateway-workers-{workers}.log"
     with log_path.open("ab") as log:
         gateway = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mercato_gateway", env=env, stdout=log, stderr=log
+            sys.executable,
+            "-m",
+            "mercato_gateway",
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # its own scheduling group (SERVER_SESSION)
         )
     try:
         deadline = time.monotonic() + PEER_READY_TIMEOUT

@@ -1,5 +1,7 @@
+import io
 import json
 import logging
+import time
 import urllib.request
 
 import pytest
@@ -7,7 +9,12 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Counter
 
-from mercato_common.telemetry import JsonLogFormatter, _TraceContextFilter, setup_telemetry
+from mercato_common.telemetry import (
+    BufferedStreamHandler,
+    JsonLogFormatter,
+    _TraceContextFilter,
+    setup_telemetry,
+)
 
 
 def _format(record: logging.LogRecord) -> dict[str, object]:
@@ -57,3 +64,43 @@ def test_metrics_endpoint_serves_the_registry(monkeypatch: pytest.MonkeyPatch) -
     finally:
         telemetry.shutdown()
         logging.getLogger().handlers.clear()
+
+
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_buffered_handler_flushes_warnings_at_once_and_info_lines_within_the_interval() -> None:
+    stream = _CountingStream()
+    handler = BufferedStreamHandler(stream, flush_seconds=0.2)
+    handler.setFormatter(JsonLogFormatter())
+    try:
+        for n in range(50):
+            handler.handle(_record(f"access {n}"))
+        assert stream.getvalue() == ""  # 50 lines waiting: one write later instead of 50
+        assert stream.flushes == 0
+
+        warning = _record("redis failed")
+        warning.levelno = logging.WARNING
+        handler.handle(warning)
+        assert stream.flushes == 1
+        lines = stream.getvalue().splitlines()
+        assert len(lines) == 51
+        assert [json.loads(line)["message"] for line in lines[:2]] == ["access 0", "access 1"]
+
+        handler.handle(_record("straggler"))
+        deadline = time.monotonic() + 5
+        while stream.flushes < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stream.flushes == 2  # flushed by the handler's own timer, no further record
+        assert json.loads(stream.getvalue().splitlines()[-1])["message"] == "straggler"
+        handler.handle(_record("last"))
+    finally:
+        handler.close()
+    assert json.loads(stream.getvalue().splitlines()[-1])["message"] == "last"  # close flushes

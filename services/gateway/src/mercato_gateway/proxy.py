@@ -38,7 +38,7 @@ from mercato_gateway.transcode import (
     render_response,
 )
 
-__all__ = ["ClientAddress", "GatewayEndpoint", "Upstreams"]
+__all__ = ["ClientAddress", "GatewayEndpoint", "Upstreams", "method_not_allowed"]
 
 _log = logging.getLogger("mercato_gateway.proxy")
 
@@ -197,18 +197,10 @@ class GatewayEndpoint:
         if match is None:
             allowed = self._router.allowed_methods(path)
             if allowed:
-                error = ApiError(
-                    405,
-                    "UNIMPLEMENTED",
-                    f"method {scope['method']} is not allowed here",
-                    "METHOD_NOT_ALLOWED",
-                    headers={"allow": ", ".join(allowed)},
-                )
+                error = method_not_allowed(scope["method"], allowed)
             else:
                 error = ApiError(404, "NOT_FOUND", "no such route", "ROUTE_NOT_FOUND")
-            await _send_error(
-                send, error, request_id, form=False, challenge=self._auth.challenge_for
-            )
+            await self.refuse(send, error, request_id)
             return
         route = match.route
         scope[ROUTE_KEY] = route.template
@@ -228,6 +220,10 @@ class GatewayEndpoint:
             )
             return
         await _send(send, status, body, {**rate_headers, **headers})
+
+    async def refuse(self, send: Any, error: ApiError, request_id: str | None) -> None:
+        """Answer with ``error`` in the API's error body (not for the form-encoded routes)."""
+        await _send_error(send, error, request_id, form=False, challenge=self._auth.challenge_for)
 
     async def _handle(
         self,
@@ -392,6 +388,16 @@ async def _read_body(receive: Any, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def method_not_allowed(method: str, allowed: Sequence[str]) -> ApiError:
+    return ApiError(
+        405,
+        "UNIMPLEMENTED",
+        f"method {method} is not allowed here",
+        "METHOD_NOT_ALLOWED",
+        headers={"allow": ", ".join(allowed)},
+    )
 
 
 def _too_large(limit: int) -> ApiError:

@@ -2,8 +2,15 @@
 
 A bucket per (route class, client): the verified token's subject, else the client address.
 The script reads Redis's own clock (``TIME``), so replicas with skewed clocks share one view; it
-refills the bucket, takes one token if it can, and returns what is left and, when refused, how
-long until a token is back. One round trip, atomic.
+refills the bucket, takes up to the asked number of tokens, and returns how many it took, what
+is left and, when it took none, how long until a token is back. One round trip, atomic.
+
+Tokens are taken in leases: a process asks for ``lease_size(policy)`` tokens at once (a tenth
+of a second of the rate, at most a tenth of the burst, at most ``MAX_LEASE``; one for slow
+policies) and spends them locally for at most ``LEASE_SECONDS``, so a busy client costs one
+Redis round trip per lease rather than per request. Every request spends a token taken from the
+shared bucket, so N replicas together never exceed the limit; a lease's unspent tokens expire
+unused (a client spread over N replicas may get up to N x (lease - 1) fewer than the limit).
 
 When Redis fails (error or timeout) the limiter logs it once per outage, counts it in
 ``gateway_rate_limit_redis_errors_total``, skips Redis for ``breaker_seconds``, and meanwhile
@@ -28,18 +35,18 @@ from redis.exceptions import RedisError
 
 from mercato_gateway.settings import RateLimitPolicy
 
-__all__ = ["BUCKET_SCRIPT", "Decision", "RateLimitMetrics", "RateLimiter"]
+__all__ = ["BUCKET_SCRIPT", "Decision", "RateLimitMetrics", "RateLimiter", "lease_size"]
 
 _log = logging.getLogger("mercato_gateway.ratelimit")
 
-# KEYS[1]: the bucket. ARGV: rate (tokens/s), burst (capacity), cost.
-# Returns {allowed (0/1), tokens left (string), microseconds until `cost` tokens are back}.
+# KEYS[1]: the bucket. ARGV: rate (tokens/s), burst (capacity), tokens wanted.
+# Returns {tokens taken (0 to wanted), tokens left (string), microseconds until one is back}.
 BUCKET_SCRIPT = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
+local wanted = tonumber(ARGV[3])
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(state[1])
 local ts = tonumber(state[2])
@@ -50,17 +57,17 @@ end
 local elapsed = now - ts
 if elapsed < 0 then elapsed = 0 end
 tokens = math.min(burst, tokens + elapsed * rate / 1000000)
-local allowed = 0
+local taken = math.min(wanted, math.floor(tokens))
 local wait = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
+if taken >= 1 then
+  tokens = tokens - taken
 else
-  wait = math.ceil((cost - tokens) * 1000000 / rate)
+  taken = 0
+  wait = math.ceil((1 - tokens) * 1000000 / rate)
 end
 redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
-return {allowed, string.format('%.6f', tokens), wait}
+return {taken, string.format('%.6f', tokens), wait}
 """
 
 
@@ -132,6 +139,55 @@ class _LocalBuckets:
         return allowed, tokens, wait
 
 
+#: How long leased tokens may be spent locally, and the largest lease.
+LEASE_SECONDS = 1.0
+MAX_LEASE = 100
+
+
+def lease_size(policy: RateLimitPolicy) -> int:
+    """Tokens taken from Redis at once: 0.1 s of the rate, at most a tenth of the burst."""
+    return max(1, min(MAX_LEASE, policy.burst // 10, math.floor(policy.rate / 10)))
+
+
+@dataclass(slots=True)
+class _Lease:
+    tokens: int  # still to spend here
+    left: float  # what the shared bucket had left when it was taken
+    expires: float
+
+
+class _Leases:
+    """Tokens taken from the shared bucket and not yet spent, per bucket key (least recently
+    used out beyond ``max_leases``)."""
+
+    def __init__(self, max_leases: int = 100_000) -> None:
+        self._max = max_leases
+        self._leases: OrderedDict[str, _Lease] = OrderedDict()
+
+    def spend(self, key: str, now: float) -> _Lease | None:
+        """One token of the key's lease, if it has one left and still valid."""
+        lease = self._leases.get(key)
+        if lease is None:
+            return None
+        if lease.tokens < 1 or now >= lease.expires:
+            del self._leases[key]
+            return None
+        lease.tokens -= 1
+        self._leases.move_to_end(key)
+        return lease
+
+    def keep(self, key: str, lease: _Lease, now: float) -> None:
+        """Keep ``lease``, together with what is left of the key's current one: concurrent
+        requests of one client that all missed take a lease each, and none of it is lost."""
+        current = self._leases.get(key)
+        if current is not None and current.expires > now:
+            lease.tokens += current.tokens
+        self._leases[key] = lease
+        self._leases.move_to_end(key)
+        while len(self._leases) > self._max:
+            self._leases.popitem(last=False)
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -153,6 +209,7 @@ class RateLimiter:
         self._metrics = metrics or RateLimitMetrics(CollectorRegistry())
         self._clock = clock
         self._local = _LocalBuckets(clock)
+        self._leases = _Leases()
         self._skip_until = 0.0
         self._degraded = False
 
@@ -167,10 +224,15 @@ class RateLimiter:
         policy = self.policy(route_class)
         now = self._clock()
         if self._script is not None and now >= self._skip_until:
+            bucket = f"{route_class}:{client_key}"
+            lease = self._leases.spend(bucket, now)
+            if lease is not None:
+                return self._decide(route_class, policy, True, lease.left + lease.tokens, 0.0)
+            wanted = lease_size(policy)
             try:
-                allowed, left, wait_us = await self._script(
-                    keys=[f"{self._prefix}rl:{route_class}:{client_key}"],
-                    args=[repr(policy.rate), policy.burst, 1],
+                taken, left, wait_us = await self._script(
+                    keys=[f"{self._prefix}rl:{bucket}"],
+                    args=[repr(policy.rate), policy.burst, wanted],
                 )
             except (RedisError, OSError, TimeoutError) as error:
                 self._trip(error)
@@ -179,8 +241,16 @@ class RateLimiter:
                     self._degraded = False
                     self._metrics.degraded.set(0)
                     _log.warning("rate limiting: Redis is back")
+                taken, shared_left = int(taken), float(left)
+                if taken > 1:
+                    lease = _Lease(taken - 1, shared_left, now + LEASE_SECONDS)
+                    self._leases.keep(bucket, lease, now)
                 return self._decide(
-                    route_class, policy, bool(int(allowed)), float(left), int(wait_us) / 1e6
+                    route_class,
+                    policy,
+                    taken >= 1,
+                    shared_left + max(0, taken - 1),
+                    int(wait_us) / 1e6,
                 )
         return self._fallback(route_class, client_key, policy)
 

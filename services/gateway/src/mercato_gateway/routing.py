@@ -70,6 +70,9 @@ HEADER_FIELDS = {"idempotency_key": "idempotency-key"}
 _READ_LEVELS = (descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,)
 
 
+_LENGTHS_KEPT = 32
+
+
 class RouteError(ValueError):
     """A path template or a binding the gateway cannot serve (a contract error, at start)."""
 
@@ -91,6 +94,11 @@ class Template:
     segments: tuple[Segment, ...]
     verb: str
     variables: tuple[str, ...]
+    # Whether a ``**`` segment takes the rest of the path (read on every match: stored once).
+    has_multi: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "has_multi", any(s.kind == "multi" for s in self.segments))
 
     @property
     def shape(self) -> str:
@@ -98,9 +106,11 @@ class Template:
         kinds = [s.literal if s.kind == "literal" else s.kind for s in self.segments]
         return "/".join(kinds) + (":" + self.verb if self.verb else "")
 
-    @property
-    def has_multi(self) -> bool:
-        return any(s.kind == "multi" for s in self.segments)
+    def fits(self, part_count: int) -> bool:
+        """Whether a path of ``part_count`` segments can match, by its length alone."""
+        if self.has_multi:
+            return part_count >= len(self.segments) - 1
+        return part_count == len(self.segments)
 
 
 def parse_template(template: str) -> Template:
@@ -271,6 +281,17 @@ class Router:
                     f"{route.http_method} {route.template}"
                 )
             seen[key] = route
+        # The routes a path of N segments can match, in table order, per N (filled on use;
+        # at most _LENGTHS_KEPT lengths are kept, so odd paths cannot grow it without bound).
+        self._by_length: dict[int, tuple[Route, ...]] = {}
+
+    def _candidates(self, part_count: int) -> tuple[Route, ...]:
+        routes = self._by_length.get(part_count)
+        if routes is None:
+            routes = tuple(r for r in self.routes if r.parsed.fits(part_count))
+            if part_count <= _LENGTHS_KEPT:
+                self._by_length[part_count] = routes
+        return routes
 
     def match(self, http_method: str, raw_path: str) -> Match | None:
         """The route of ``http_method raw_path`` (raw: still percent-encoded), or None."""
@@ -290,7 +311,7 @@ class Router:
             return []
         best_score: tuple[int, ...] | None = None
         best: list[tuple[Route, dict[str, str]]] = []
-        for route in self.routes:
+        for route in self._candidates(len(parts)):
             found = self._match(route, parts)
             if found is None:
                 continue
@@ -327,10 +348,7 @@ def _match(template: Template, parts: list[str]) -> tuple[tuple[int, ...], dict[
             return None
         parts = [*parts[:-1], last[: -len(suffix)]]
     segments = template.segments
-    if template.has_multi:
-        if len(parts) < len(segments) - 1:
-            return None
-    elif len(parts) != len(segments):
+    if not template.fits(len(parts)):
         return None
     score: list[int] = [1 if template.verb else 0]
     values: dict[str, list[str]] = {}

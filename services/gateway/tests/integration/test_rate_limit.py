@@ -1,4 +1,4 @@
-"""Rate limits: N per second shared by two gateway processes through Redis; Redis down."""
+"""Rate limits: N per second shared by two gateway processes through Redis, leases; Redis down."""
 
 from __future__ import annotations
 
@@ -14,6 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
+
+from mercato_common.redis_client import fail_fast_redis
+from mercato_gateway.ratelimit import RateLimiter, lease_size
+from mercato_gateway.settings import RateLimitPolicy
 
 from .conftest import Suite, free_port
 
@@ -186,3 +191,44 @@ async def test_redis_down_falls_back_to_local_buckets(suite: Suite) -> None:
         assert refused.status_code == 503
         assert refused.json()["error"]["reason"] == "RATE_LIMITER_UNAVAILABLE"
         assert (await http.get("/readyz")).status_code == 503
+
+
+async def _script_calls(redis: Redis) -> int:
+    """Scripts Redis has run so far (all clients): the limiter's round trips."""
+    stats = await redis.info("commandstats")
+    calls = (stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("evalsha", "eval"))
+    return sum(int(count) for count in calls)
+
+
+async def test_leases_cost_one_round_trip_per_lease_and_stay_within_the_shared_budget(
+    suite: Suite,
+) -> None:
+    """Two limiters (two replicas) on one Redis bucket of 200 at 100/s, leases of 10: the
+    allowed requests cost about a tenth of the round trips, and together the two never allow
+    more than the bucket holds plus what refilled."""
+    policy = RateLimitPolicy(rate=100, burst=200)
+    assert lease_size(policy) == 10
+    prefix = f"{suite.redis_prefix}lease:{uuid.uuid4().hex[:6]}:"
+    clients = [fail_fast_redis(suite.backends.redis_url, timeout_ms=2000) for _ in range(2)]
+    limiters = [
+        RateLimiter(client, policies={"default": policy}, prefix=prefix) for client in clients
+    ]
+    try:
+        before = await _script_calls(clients[0])
+        begin = time.monotonic()
+        first = [await limiters[n % 2].check("default", "sub:one") for n in range(150)]
+        assert all(decision.allowed for decision in first)  # within the burst
+        assert await _script_calls(clients[0]) - before <= 2 * (75 // 10 + 1)  # not 150
+
+        rest = [await limiters[n % 2].check("default", "sub:one") for n in range(300)]
+        elapsed = time.monotonic() - begin
+        allowed = 150 + sum(decision.allowed for decision in rest)
+        # Never more than the shared bucket gave; at most a lease per replica left unspent.
+        assert allowed <= 200 + 100 * elapsed + 1, (allowed, elapsed)
+        assert allowed >= 200 - 2 * 10, (allowed, elapsed)
+        refused = next(decision for decision in rest if not decision.allowed)
+        assert refused.retry_after >= 1
+        assert refused.remaining == 0
+    finally:
+        for client in clients:
+            await client.aclose()
