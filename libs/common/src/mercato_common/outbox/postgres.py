@@ -52,7 +52,6 @@ __all__ = [
     "enqueue_many",
     "outbox_ddl",
     "outbox_insert_from",
-    "outbox_values",
 ]
 
 log = logging.getLogger("mercato_common.outbox")
@@ -132,16 +131,9 @@ def _insert_sql(table: str) -> str:
     return f"INSERT INTO {table} ({_COLUMNS}) VALUES ({_placeholders(1)})"  # noqa: S608
 
 
-def outbox_values(
-    envelope: Envelope, topic: str, *, headers: Mapping[str, str] | None = None
-) -> tuple[Any, ...]:
-    """The six parameters of ``envelope``'s outbox row, for :func:`outbox_insert_from`."""
-    return _row(envelope, topic, headers)
-
-
 def outbox_insert_from(source: str, *, first_param: int, table: str = "outbox") -> str:
     """An ``INSERT`` of one outbox row per row of ``source`` (a name in the caller's ``WITH``),
-    its values the six parameters from ``$first_param`` on (:func:`outbox_values`).
+    its values the six parameters from ``$first_param`` on (:meth:`Outbox.values`).
 
     For a state change written as one statement of data-modifying CTEs: the event is written
     exactly when the change is (one statement is atomic), in one round trip with it.
@@ -364,7 +356,7 @@ class Outbox:
 
     def values(self, envelope: Envelope) -> tuple[Any, ...]:
         """The parameters of ``envelope``'s row, for :meth:`insert_from`."""
-        return outbox_values(envelope, self._topic)
+        return _row(envelope, self._topic, None)
 
     @staticmethod
     def insert_from(source: str, *, first_param: int) -> str:
