@@ -428,6 +428,15 @@ async def test_health_readiness_metrics_openapi_docs(
     assert "/v1/products/{sku}:adjustStock" in docs.text
     assert "script" not in docs.text.lower()
 
+    # The fixed paths answer GET and HEAD only; anything else is the API's 405.
+    head = await client.head("/healthz")
+    assert (head.status_code, head.content) == (200, b"")
+    posted = await client.post("/metrics")
+    assert posted.status_code == 405
+    assert posted.headers["allow"] == "GET, HEAD"
+    assert posted.json()["error"]["reason"] == "METHOD_NOT_ALLOWED"
+    assert posted.headers["vary"] == "Origin"  # no Origin: not through CORS, still marked
+
     # One sick upstream: reported, but the gateway stays ready (its other routes still serve).
     down = await suite.gateway(analytics_target="127.0.0.1:1", readiness_timeout_seconds=0.3)
     async with suite.client(down) as http:
