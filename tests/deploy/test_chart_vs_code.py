@@ -94,6 +94,12 @@ def test_ports_match(render: Any, helpers: Any, component: str) -> None:
     prefix = PREFIX[component]
     assert env[f"{prefix}{app_field.upper()}"] == str(app)
     assert env[f"{prefix}METRICS_PORT"] == str(metrics)
+    # Loopback by default in the code; the chart opens it to the scrapers on the pod network.
+    assert model.model_fields["metrics_host"].default == "127.0.0.1"
+    assert env[f"{prefix}METRICS_HOST"] == "0.0.0.0"
+    if app_field == "grpc_port":
+        assert model.model_fields["grpc_reflection"].default is False
+        assert env[f"{prefix}GRPC_REFLECTION"] == "false"
     deployment = helpers.by_kind(docs, "Deployment")[f"shop-mercato-{component}"]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert sorted(p["containerPort"] for p in container["ports"]) == sorted([app, metrics])

@@ -69,6 +69,7 @@ async def served() -> AsyncIterator[Served]:
         grpc_port=0,
         shutdown_drain_seconds=0.2,
         shutdown_grace_seconds=2.0,
+        grpc_reflection=True,
     )
     server = GrpcServer(
         settings,
@@ -125,6 +126,28 @@ async def test_reflection_lists_the_services(served: Served) -> None:
     async for response in stub.ServerReflectionInfo(iter([request]), timeout=5):
         names |= {s.name for s in response.list_services_response.service}
     assert {SERVICE, "grpc.health.v1.Health"} <= names
+
+
+async def test_reflection_is_off_unless_enabled() -> None:
+    server = GrpcServer(
+        BaseServiceSettings(service_name="catalog", grpc_port=0, shutdown_drain_seconds=0),
+        error_domain="catalog.mercato",
+        token_verifier=Tokens(),
+        registry=CollectorRegistry(),
+    )
+    server.add_service(catalog_pb2_grpc.add_CatalogServiceServicer_to_server, Catalog(), SERVICE)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            request = reflection_pb2.ServerReflectionRequest(list_services="")
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _ in stub.ServerReflectionInfo(iter([request]), timeout=5):
+                    pass
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert await _get(channel, "TEAPOT-1") == "Teapot"  # the service itself serves
+    finally:
+        await server.stop()
 
 
 async def test_invalid_request_is_invalid_argument_naming_the_field(served: Served) -> None:

@@ -315,11 +315,13 @@ Pods
 {{- if eq $c.kind "grpc" -}}
 {{- $_ := set $env (printf "%sGRPC_HOST" $p) "0.0.0.0" -}}
 {{- $_ := set $env (printf "%sGRPC_PORT" $p) (toString $c.ports.app) -}}
+{{- $_ := set $env (printf "%sGRPC_REFLECTION" $p) (toString $root.Values.config.grpcReflection) -}}
 {{- else -}}
 {{- $_ := set $env (printf "%sHOST" $p) "0.0.0.0" -}}
 {{- $_ := set $env (printf "%sPORT" $p) (toString $c.ports.app) -}}
 {{- end -}}
 {{- $_ := set $env (printf "%sMETRICS_PORT" $p) (toString $c.ports.metrics) -}}
+{{- $_ := set $env (printf "%sMETRICS_HOST" $p) "0.0.0.0" -}}
 {{- $_ := set $env (printf "%sLOG_LEVEL" $p) $root.Values.config.logLevel -}}
 {{- $_ := set $env (printf "%sSERVICE_VERSION" $p) (toString $root.Chart.AppVersion) -}}
 {{- $_ := set $env (printf "%sTOKEN_ISSUER" $p) (required "config.tokenIssuer is required: the gateway's public URL" $root.Values.config.tokenIssuer) -}}

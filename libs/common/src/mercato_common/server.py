@@ -1,6 +1,6 @@
 """The gRPC server every service runs: one bootstrap, same behaviour everywhere.
 
-Health (``grpc.health.v1``, the real servicer, status per service), reflection,
+Health (``grpc.health.v1``, the real servicer, status per service), reflection when enabled,
 the standard interceptor chain, keepalive and message size limits, optional
 TLS or mutual TLS from certificate files, and graceful shutdown on SIGTERM:
 health turns NOT_SERVING, a short drain lets load balancers notice, then the
@@ -70,14 +70,15 @@ class GrpcServer:
 
     async def start(self) -> int:
         """Bind, start and report SERVING; returns the bound port."""
-        reflection.enable_server_reflection(
-            [
-                *self._service_names,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self._server,
-        )
+        if self._settings.grpc_reflection:
+            reflection.enable_server_reflection(
+                [
+                    *self._service_names,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                self._server,
+            )
         address = f"{self._settings.grpc_host}:{self._settings.grpc_port}"
         credentials = _server_credentials(self._settings)
         if credentials is None:

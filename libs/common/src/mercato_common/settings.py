@@ -109,7 +109,12 @@ class BaseServiceSettings(ServiceTlsSettings, TokenSettings):
     service_version: str = "0.1.0"
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(default=50051, ge=0, le=65535)
+    # gRPC server reflection lists every service and message: development tooling (grpcurl),
+    # off unless asked for (`make run` turns it on; the chart's config.grpcReflection).
+    grpc_reflection: bool = False
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+    # Loopback unless told: the chart binds all interfaces so that Prometheus can scrape pods.
+    metrics_host: str = "127.0.0.1"
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # The asyncio event loop implementation serving the process (make bench measures both).
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"

@@ -165,7 +165,7 @@ def setup_telemetry(
     log_level: str = "INFO",
     otlp_endpoint: str | None = None,
     metrics_port: int | None = None,
-    metrics_host: str = "0.0.0.0",  # noqa: S104 - scraped from other pods
+    metrics_host: str = "127.0.0.1",
     registry: CollectorRegistry | None = None,
     span_exporter: SpanExporter | None = None,
 ) -> Telemetry:
@@ -208,6 +208,8 @@ class ProcessSettings(Protocol):
     def otlp_endpoint(self) -> str | None: ...
     @property
     def metrics_port(self) -> int: ...
+    @property
+    def metrics_host(self) -> str: ...
 
 
 def telemetry_for(
@@ -224,5 +226,6 @@ def telemetry_for(
         log_level=settings.log_level,
         otlp_endpoint=settings.otlp_endpoint,
         metrics_port=settings.metrics_port if serve_metrics else None,
+        metrics_host=settings.metrics_host,
         registry=registry,
     )

@@ -183,6 +183,8 @@ class _SuiteSettings:
         values["GRPC_PORT" if service.kind == "grpc" else "PORT"] = str(
             self.ports.app(service.name)
         )
+        if service.kind == "grpc":
+            values["GRPC_REFLECTION"] = "true"  # development: grpcurl lists the services
         if service.store == "postgres":
             values["DATABASE_URL"] = self.stack.postgres_dsn(service.name)
         elif service.store == "mongo":

@@ -7,7 +7,7 @@ SIGTERM/SIGINT; uvicorn stops accepting connections, gives in-flight requests
 With ``WORKERS`` > 1, uvicorn starts that many worker processes, each building its own
 application through :func:`worker_app`; metrics then use prometheus_client's multiprocess mode
 (a temporary directory shared by the workers), served by this supervisor process on the
-metrics port and by every worker on ``/metrics``.
+metrics port.
 """
 
 from __future__ import annotations
@@ -51,15 +51,11 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
 
 def worker_app() -> Any:
     """Application factory of a worker process (``WORKERS`` > 1)."""
-    from prometheus_client import CollectorRegistry, multiprocess
-
     settings = load_settings(GatewaySettings, os.environ)
     # Each worker serves requests, so each needs the tracer provider (spans, trace ids in the
     # logs); the supervisor serves the metrics endpoint, so none here.
     telemetry_for(settings, serve_metrics=False)
-    exposed = CollectorRegistry()
-    multiprocess.MultiProcessCollector(exposed)  # type: ignore[no-untyped-call]
-    return build_app(settings, metrics_endpoint_registry=exposed).asgi
+    return build_app(settings).asgi
 
 
 def _serve(settings: GatewaySettings, environ: Mapping[str, str]) -> int:

@@ -7,7 +7,7 @@ document, and the Starlette application::
     GatewayAsgi (lifespan: start and stop the parts)
       -> EdgeMiddleware (request id, trace span, security headers, metrics, access log)
         -> CORSMiddleware (allow-list; only for requests that carry an Origin)
-          -> Dispatch: /healthz, /readyz, /status, /metrics, /openapi.json, /docs
+          -> Dispatch: /healthz, /readyz, /status, /openapi.json, /docs
              -> every derived route (GatewayEndpoint)
 
 Nothing connects until the application's lifespan starts the parts (``GatewayApp.parts``);
@@ -25,13 +25,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Gauge,
-    generate_latest,
-)
+from prometheus_client import REGISTRY, CollectorRegistry, Gauge
 from redis.asyncio import Redis
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -160,7 +154,7 @@ _FIXED_METHODS = ("GET", "HEAD")
 
 
 class Dispatch:
-    """The fixed paths (health, metrics, the OpenAPI document, docs) by exact path, GET and HEAD
+    """The fixed paths (health, status, the OpenAPI document, docs) by exact path, GET and HEAD
     only; every other request goes to ``default`` (the derived routes)."""
 
     def __init__(self, fixed: Mapping[str, Handler], *, default: GatewayEndpoint) -> None:
@@ -188,7 +182,7 @@ class GatewayAsgi:
     """The gateway's ASGI application: ``app`` for HTTP, the lifespan protocol for start/stop.
 
     A plain ASGI callable rather than a Starlette application: the gateway has one routing
-    table of its own (``Router``) and six fixed paths, and Starlette's router and its two
+    table of its own (``Router``) and five fixed paths, and Starlette's router and its two
     exception middlewares cost about a tenth of the CPU of a proxied request (bench profile).
     """
 
@@ -240,6 +234,7 @@ class GatewayApp:
     readiness: Readiness
     upstream_status: UpstreamStatus
     asgi: GatewayAsgi
+    registry: CollectorRegistry
     parts: list[Lifecycle] = field(default_factory=list)
 
 
@@ -248,12 +243,10 @@ def build_app(
     *,
     token_verifier: TokenVerifier | None = None,
     registry: CollectorRegistry = REGISTRY,
-    metrics_endpoint_registry: CollectorRegistry | None = None,
 ) -> GatewayApp:
     """Build every part of the gateway; nothing connects until the lifespan starts them.
 
-    ``metrics_endpoint_registry`` is what ``GET /metrics`` exposes (a multiprocess collector
-    with several workers); by default ``registry``.
+    Its metrics go to ``registry``, served on the metrics port (never on the public one).
     """
     routes = derive_routes()
     router = Router(routes)
@@ -309,7 +302,6 @@ def build_app(
         interval=settings.upstream_check_interval_seconds,
         registry=registry,
     )
-    exposed_registry = metrics_endpoint_registry or registry
 
     def healthz() -> Response:
         return JSONResponse({"status": "ok"}, headers={"cache-control": "no-store"})
@@ -335,9 +327,6 @@ def build_app(
             status_code=200 if serving else 503,
             headers={"cache-control": "no-store"},
         )
-
-    def metrics() -> Response:
-        return Response(generate_latest(exposed_registry), media_type=CONTENT_TYPE_LATEST)
 
     def openapi() -> Response:
         return Response(
@@ -378,7 +367,6 @@ def build_app(
             "/healthz": healthz,
             "/readyz": readyz,
             "/status": status,
-            "/metrics": metrics,
             "/openapi.json": openapi,
             "/docs": docs,
         },
@@ -414,5 +402,6 @@ def build_app(
         readiness=readiness,
         upstream_status=upstream_status,
         asgi=asgi,
+        registry=registry,
         parts=parts,
     )

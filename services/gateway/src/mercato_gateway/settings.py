@@ -47,6 +47,9 @@ class GatewaySettings(ServiceTlsSettings, TokenSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     metrics_port: int = Field(default=9460, ge=0, le=65535)
+    # Metrics are served on their own port only, never on the public one; loopback unless told
+    # (the chart binds all interfaces so that Prometheus can scrape the pods).
+    metrics_host: str = "127.0.0.1"
     # Worker processes; above 1, metrics use prometheus_client's multiprocess mode.
     workers: int = Field(default=1, ge=1, le=64)
     # Seconds in-flight requests get to finish after SIGTERM.

@@ -8,6 +8,7 @@ import uuid
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 
 from mercato_gateway.app import GatewayApp
 
@@ -415,7 +416,11 @@ async def test_health_readiness_metrics_openapi_docs(
         },
     }
     await client.get("/v1/products/ABC-1", headers=bearer(suite.tokens.admin))
-    metrics = (await client.get("/metrics")).text
+    # Metrics are on the metrics port only (the registry here), never on the public one.
+    hidden = await client.get("/metrics")
+    assert hidden.status_code == 404
+    assert hidden.json()["error"]["reason"] == "ROUTE_NOT_FOUND"
+    metrics = generate_latest(gateway.registry).decode()
     assert 'http_server_requests_total{method="GET",route="/v1/products/{sku}",status="404"}' in (
         metrics
     )
@@ -431,7 +436,7 @@ async def test_health_readiness_metrics_openapi_docs(
     # The fixed paths answer GET and HEAD only; anything else is the API's 405.
     head = await client.head("/healthz")
     assert (head.status_code, head.content) == (200, b"")
-    posted = await client.post("/metrics")
+    posted = await client.post("/healthz")
     assert posted.status_code == 405
     assert posted.headers["allow"] == "GET, HEAD"
     assert posted.json()["error"]["reason"] == "METHOD_NOT_ALLOWED"
@@ -445,7 +450,7 @@ async def test_health_readiness_metrics_openapi_docs(
         assert degraded.status_code == 503
         assert degraded.json()["upstreams"]["analytics"] == "NOT_SERVING"
         assert degraded.json()["upstreams"]["catalog"] == "SERVING"
-        metrics = (await http.get("/metrics")).text
+        metrics = generate_latest(down.registry).decode()
         assert 'gateway_upstream_up{upstream="analytics"} 0.0' in metrics
         assert 'gateway_upstream_up{upstream="catalog"} 1.0' in metrics
 
