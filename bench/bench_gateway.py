@@ -1,16 +1,16 @@
 """The gateway's cost: `GET /v1/products/{sku}` through it vs GetProduct directly over gRPC.
 
-Run after `make stack-up` (or let it start the local stack): `python bench/bench_gateway.py`.
-Writes bench/results/gateway.json and prints a table. In one run, at the same concurrency and
-against the same product: a real catalog server (gRPC on a free port, Redis cache, FerretDB)
-called (1) directly through a gRPC stub with a bearer token, and (2) over HTTP/1.1 keep-alive
-through a real gateway process (`python -m mercato_gateway`: uvicorn, uvloop, httptools, one
-worker) that verifies the same token (JWKS over gRPC from a stand-in auth server that only
-serves GetJwks), checks the scope, applies the Redis rate limit (one Lua call), transcodes and
-calls the catalog; (3) the same with rate limiting off. The HTTP client is a minimal raw
-HTTP/1.1 client (one keep-alive connection per worker) so that client overhead stays comparable
-to the gRPC stub's. The catalog and the load generator share this process; the gateway has its
-own. Two cores: the figures are end-to-end costs on one machine, not capacity.
+Run after `make stack-up` (or let it start the local stack): `python bench/bench_gateway.py`. Writes
+bench/results/gateway.json and prints a table. In one run, at the same concurrency and against the
+same product: a real catalog server (gRPC on a free port, Redis cache, FerretDB) called (1) directly
+through a gRPC stub with a bearer token, and (2) over HTTP/1.1 keep-alive through a real gateway
+process (`python -m mercato_gateway`: uvicorn, uvloop, httptools, one worker) that verifies the same
+token (JWKS over gRPC from a stand-in auth server that only serves GetJwks), checks the scope,
+applies the Redis rate limit (one Lua call per lease), transcodes and calls the catalog; (3) the
+same with rate limiting off. The HTTP client is a minimal raw HTTP/1.1 client (one keep-alive
+connection per worker) so that client overhead stays comparable to the gRPC stub's. The catalog and
+the load generator share this process; the gateway has its own. Two cores: the figures are
+end-to-end costs on one machine, not capacity.
 """
 
 from __future__ import annotations

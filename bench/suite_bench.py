@@ -1022,7 +1022,7 @@ def fmt(value: float | None, unit: str = "") -> str:
 PEER_NOTE = (
     "grpc-gateway (Go, generated from the same protos) passes the bearer token on to catalog, "
     "which verifies it in every case; the gateway also verifies it itself, checks its scope and "
-    "applies the Redis rate limit on each request."
+    "applies the shared rate limit (Redis, tokens taken in leases) on each request."
 )
 
 

