@@ -163,8 +163,11 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: catalog_pb2.ReserveStockRequest, context: Context
     ) -> catalog_pb2.ReserveStockResponse:
         lines = check_lines([Line(line.sku, int(line.quantity)) for line in request.lines])
-        reservation = await self._reservations.reserve(request.order_id.lower(), lines)
-        return catalog_pb2.ReserveStockResponse(reservation=reservation_to_proto(reservation))
+        reserved = await self._reservations.reserve(request.order_id.lower(), lines)
+        return catalog_pb2.ReserveStockResponse(
+            reservation=reservation_to_proto(reserved.reservation),
+            products=[product_to_proto(product) for product in reserved.products],
+        )
 
     async def ReleaseStock(
         self, request: catalog_pb2.ReleaseStockRequest, context: Context

@@ -72,6 +72,31 @@ async def test_retried_reservation_changes_nothing(catalog) -> None:
     assert (await catalog.get("RETRY-1")).stock_available == 3
 
 
+async def test_reservation_answers_its_products_as_held(catalog) -> None:
+    """ReserveStock answers the lines' products (prices, names, stock) as its holds wrote them,
+    so that orders prices the order without a second read; a replay reads them again."""
+    await catalog.create_product("PRICED-1", stock=5, price=1250, name="Kettle")
+    await catalog.create_product("PRICED-2", stock=4, price=399)
+    request = catalog_pb2.ReserveStockRequest(
+        order_id=str(uuid.uuid4()),
+        lines=[
+            catalog_pb2.ReservationLine(sku="PRICED-1", quantity=2),
+            catalog_pb2.ReservationLine(sku="PRICED-2", quantity=1),
+        ],
+    )
+    first = await catalog.stub.ReserveStock(request, metadata=catalog.service)
+    assert first.reservation.state == catalog_pb2.RESERVATION_STATE_HELD
+    by_sku = {product.sku: product for product in first.products}
+    assert [p.sku for p in first.products] == [line.sku for line in first.reservation.lines]
+    assert (by_sku["PRICED-1"].name, by_sku["PRICED-1"].price.amount_minor) == ("Kettle", 1250)
+    assert by_sku["PRICED-2"].price.amount_minor == 399
+    assert (by_sku["PRICED-1"].stock_available, by_sku["PRICED-1"].stock_reserved) == (3, 2)
+
+    replay = await catalog.stub.ReserveStock(request, metadata=catalog.service)
+    assert replay.reservation.create_time == first.reservation.create_time
+    assert list(replay.products) == list(first.products)  # read again, nothing moved since
+
+
 async def test_third_line_out_of_stock_leaves_the_others_untouched(catalog) -> None:
     await catalog.create_product("LINE-A", stock=5)
     await catalog.create_product("LINE-B", stock=5)

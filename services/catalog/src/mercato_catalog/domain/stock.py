@@ -128,6 +128,7 @@ class HoldResult:
     outcome: HoldOutcome
     other: Hold | None = None  # with CONFLICT: the older attempt's hold
     refusal: ShortageKind | None = None  # with REFUSED
+    product: Product | None = None  # with HELD: as written; with ALREADY: as read
 
     @classmethod
     def refused(cls, kind: ShortageKind) -> HoldResult:
@@ -152,7 +153,7 @@ def hold_refusal(
     stands in the way any more (the stock changed in between: try again)."""
     if existing is not None:
         if existing.attempt == attempt:
-            return HoldResult(HoldOutcome.ALREADY)
+            return HoldResult(HoldOutcome.ALREADY, product=product)
         return HoldResult(HoldOutcome.CONFLICT, existing)
     kind = _refusal(product, quantity)
     return HoldResult.refused(kind) if kind is not None else None

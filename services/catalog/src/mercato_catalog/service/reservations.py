@@ -5,7 +5,8 @@ steps are in ``domain.reservations``). ReserveStock reads::
 
     store.insert(domain.begin(order))               refused: the order has a saga → store.find
     for each line: stock.hold(line)                 (each one guarded update of one product)
-    all held      → store.move(domain.hold_all, StockReserved)            → HELD
+    all held      → store.move(domain.hold_all, StockReserved)            → HELD, with the
+                    products as the holds wrote them (the caller prices the order at them)
     one refused   → store.move(domain.fail) → give the holds back
                   → store.move(domain.settle)      → FAILED, STOCK_UNAVAILABLE
 
@@ -21,6 +22,7 @@ release and then dropped by the sweeper.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from mercato_catalog import publish
@@ -34,6 +36,7 @@ from mercato_catalog.domain.errors import (
     reservation_not_found,
 )
 from mercato_catalog.domain.listing import ReservationFilter
+from mercato_catalog.domain.products import Product
 from mercato_catalog.domain.reservations import (
     Line,
     Phase,
@@ -55,9 +58,18 @@ from mercato_catalog.service.stock import StockMovements
 from mercato_catalog.store import ProductStore, ReservationStore, utcnow
 from mercato_common.kafka.envelope import Envelope
 
-__all__ = ["ReservationService"]
+__all__ = ["ReservationService", "Reserved"]
 
 _LOOP = 6  # bound on re-reads when racing other callers of the same order
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """What ReserveStock answers: the reservation, and its lines' products in line order (as
+    this call's holds wrote them, or read again when an earlier call had held them)."""
+
+    reservation: Reservation
+    products: tuple[Product, ...]
 
 
 class ReservationService:
@@ -91,7 +103,7 @@ class ReservationService:
 
     # --- ReserveStock ------------------------------------------------------------------------
 
-    async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation:
+    async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reserved:
         # A new order, the usual case, begins with its insert (no read first); the insert is
         # refused when the order has a saga already, which is then read and resumed.
         first = begin(order_id, lines, utcnow(), self._ttl)
@@ -113,7 +125,7 @@ class ReservationService:
                     raise reservation_mismatch(order_id)
                 if phase is Phase.RESERVING:
                     return await self._run_attempt(saga)  # resume the same attempt
-                return await self.finish(saga)
+                return await self._with_products(await self.finish(saga))
             if phase is Phase.FAILING:
                 await self.finish(saga)
                 continue
@@ -123,10 +135,15 @@ class ReservationService:
                 return await self._run_attempt(fresh)
         raise reservation_busy(order_id)
 
-    async def _run_attempt(self, saga: Reservation) -> Reservation:
+    async def _with_products(self, saga: Reservation) -> Reserved:
+        """A reservation held by an earlier call, with its lines' products read now."""
+        found = await self._products.batch_get([line.sku for line in saga.lines])
+        return Reserved(saga, tuple(found[line.sku] for line in saga.lines if line.sku in found))
+
+    async def _run_attempt(self, saga: Reservation) -> Reserved:
         """Hold every line of the saga's attempt, then HELD (with StockReserved); or, when a line
         is refused, give back what was held and answer STOCK_UNAVAILABLE."""
-        shortages = await self._hold_lines(saga)
+        shortages, products = await self._hold_lines(saga)
         now = utcnow()
         if shortages:
             failing = await self._sagas.move(fail(saga, shortages, now))
@@ -138,21 +155,27 @@ class ReservationService:
             event = publish.stock_reserved(saga.order_id, saga.lines, expire_time, now)
             held = await self._sagas.move(hold_all(saga, now), [event])
             if held is not None:
-                return held
-        return await self._after_lost_race(saga)
+                return Reserved(held, tuple(products))
+        won = await self._after_lost_race(saga)
+        return Reserved(won, tuple(products)) if not shortages else await self._with_products(won)
 
-    async def _hold_lines(self, saga: Reservation) -> list[Shortage]:
-        """Hold the lines in order; at the first refused one stop, and report it with the other
-        lines that could not be held now (without holding them)."""
+    async def _hold_lines(self, saga: Reservation) -> tuple[list[Shortage], list[Product]]:
+        """Hold the lines in order, with the products as held; at the first refused one stop,
+        and report it with the other lines that could not be held now (without holding them)."""
+        products: list[Product] = []
         for index, line in enumerate(saga.lines):
-            refusal = await self._hold_line(saga, line)
+            refusal, product = await self._hold_line(saga, line)
             if refusal is not None:
                 rest = saga.lines[index + 1 :]
-                return [shortage(line.sku, refusal), *await self._shortages_of(rest)]
-        return []
+                return [shortage(line.sku, refusal), *await self._shortages_of(rest)], products
+            if product is not None:
+                products.append(product)
+        return [], products
 
-    async def _hold_line(self, saga: Reservation, line: Line) -> ShortageKind | None:
-        """Hold one line for the saga's attempt; why not, if it is refused."""
+    async def _hold_line(
+        self, saga: Reservation, line: Line
+    ) -> tuple[ShortageKind | None, Product | None]:
+        """Hold one line for the saga's attempt: why not, if it is refused, else the product."""
         order_id, attempt = saga.order_id, saga.attempt
         result = await self._stock.hold(line.sku, order_id, line.quantity, attempt)
         if result.outcome is HoldOutcome.CONFLICT:
@@ -164,7 +187,7 @@ class ReservationService:
             result = await self._stock.hold(line.sku, order_id, line.quantity, attempt)
             if result.outcome is HoldOutcome.CONFLICT:
                 raise reservation_busy(order_id)
-        return result.refusal
+        return result.refusal, result.product
 
     async def _shortages_of(self, lines: Sequence[Line]) -> list[Shortage]:
         found = await self._products.batch_get([line.sku for line in lines])

@@ -31,10 +31,9 @@ class StockMovements:
     async def hold(self, sku: str, order_id: str, quantity: int, attempt: str) -> HoldResult:
         """Take ``quantity`` available units for the order, once per attempt."""
         for _ in range(_HOLD_TRIES):
-            if await self._moved(
-                await self._store.take_hold(sku, order_id, quantity, attempt, utcnow())
-            ):
-                return HoldResult(HoldOutcome.HELD)
+            held = await self._store.take_hold(sku, order_id, quantity, attempt, utcnow())
+            if await self._moved(held):
+                return HoldResult(HoldOutcome.HELD, product=held)
             product, existing = await self._store.find_hold(sku, order_id)
             refusal = hold_refusal(product, existing, attempt, quantity)
             if refusal is not None:
