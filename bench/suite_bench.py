@@ -928,13 +928,15 @@ async def freshness(
     async with grpc.aio.insecure_channel(suite.grpc_target("analytics")) as channel:
         stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
 
-        async def placed() -> int:
+        async def placed(timeout: float = 5.0) -> int:  # noqa: ASYNC109 - the gRPC deadline
             end = Timestamp()
             end.FromSeconds(int(time.time()) + 86400)
             request = analytics_pb2.GetFunnelRequest(start_time=start_time, end_time=end)
-            return int((await stub.GetFunnel(request, metadata=metadata, timeout=5)).placed)
+            return int((await stub.GetFunnel(request, metadata=metadata, timeout=timeout)).placed)
 
-        baseline = await placed()
+        # Right after the rate search analytics may still be applying its backlog, and the
+        # funnel query reads every fact of the window: the baseline may take longer.
+        baseline = await placed(timeout=60.0)
         counts: list[tuple[float, float, int]] = []  # (query sent, answer received, placed)
         answered: list[float] = []
         done = asyncio.Event()

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from pymongo.errors import OperationFailure
 
-from mercato_common.mongo import IndexConflictError, IndexSpec, ensure_indexes
+from mercato_common.mongo import IndexConflictError, IndexSpec, MongoStore, ensure_indexes
+from mercato_common.settings import MongoSettings
 
 
 def test_index_spec_shorthand() -> None:
@@ -103,3 +104,17 @@ async def test_ensure_indexes_rejects_duplicate_names() -> None:
     db = FakeDb({"p": FakeCollection({})})
     with pytest.raises(ValueError, match="duplicate"):
         await ensure_indexes(db, {"p": [IndexSpec.of("x", "a"), IndexSpec.of("x", "b")]})  # type: ignore[arg-type]
+
+
+async def test_store_client_is_bounded_by_the_pool_setting() -> None:
+    """At most MONGO_MAX_POOL_SIZE operations in flight per process (PyMongo's own default,
+    100, let a burst exhaust FerretDB's PostgreSQL pool); nothing connects here."""
+    default = MongoSettings(mongo_database="t")
+    assert default.mongo_max_pool_size == 20
+    store = MongoStore(
+        MongoSettings(mongo_database="t", mongo_max_pool_size=7), appname="test", indexes={}
+    )
+    try:
+        assert store.client.options.pool_options.max_pool_size == 7
+    finally:
+        await store.client.close()

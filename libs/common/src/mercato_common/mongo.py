@@ -149,6 +149,7 @@ class MongoStore:
             serverSelectionTimeoutMS=settings.mongo_timeout_ms,
             connectTimeoutMS=settings.mongo_timeout_ms,
             socketTimeoutMS=settings.mongo_operation_timeout_ms,
+            maxPoolSize=settings.mongo_max_pool_size,
             appname=appname,
         )
         self.db: AsyncDatabase[Any] = self.client[settings.mongo_database]
