@@ -5,7 +5,7 @@ Writes bench/results/orders.json and prints a table. In one run, against the sam
 
 * ``create_order``: CreateOrder with 2 lines (a random pair of ``--products`` products, 1 and 2
   units) through the real orders gRPC server, a new idempotency key each, at a fixed
-  concurrency. Each create is the whole saga: key claim (PostgreSQL), BatchGetProducts and
+  concurrency. Each create is the whole saga: key claim (PostgreSQL),
   ReserveStock on a real catalog (FerretDB), and the commit of key + order + history +
   OrderPlaced outbox row (PostgreSQL); the outbox relay publishes to Kafka meanwhile. A real
   auth server signs the customer's token and the service's client-credentials token (cached).

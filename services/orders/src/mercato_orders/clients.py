@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, TypeVar
@@ -147,6 +147,8 @@ class ReservationInfo:
     state: ReservationState
     lines: tuple[RequestedLine, ...]
     create_time: datetime | None = None
+    # ReserveStock only: the lines' products as held (empty from a catalog that does not say).
+    products: Mapping[str, ProductInfo] = field(default_factory=dict)
 
 
 class ReservationClosedError(Exception):
@@ -162,6 +164,19 @@ def _reservation(message: catalog_pb2.Reservation) -> ReservationInfo:
             message.create_time.ToDatetime(tzinfo=UTC) if message.HasField("create_time") else None
         ),
     )
+
+
+def _product_infos(products: Iterable[catalog_pb2.Product]) -> dict[str, ProductInfo]:
+    return {
+        p.sku: ProductInfo(
+            sku=p.sku,
+            name=p.name,
+            price=Money(p.price.currency_code, int(p.price.amount_minor)),
+            active=p.state == catalog_pb2.PRODUCT_STATE_ACTIVE,
+            available=int(p.stock_available),
+        )
+        for p in products
+    }
 
 
 def _shortages(error: MercatoError) -> list[Shortage]:
@@ -250,16 +265,7 @@ class CatalogClient:
             return await self._stub.BatchGetProducts(request, timeout=seconds)
 
         response = await self._call("BatchGetProducts", call)
-        return {
-            p.sku: ProductInfo(
-                sku=p.sku,
-                name=p.name,
-                price=Money(p.price.currency_code, int(p.price.amount_minor)),
-                active=p.state == catalog_pb2.PRODUCT_STATE_ACTIVE,
-                available=int(p.stock_available),
-            )
-            for p in response.products
-        }
+        return _product_infos(response.products)
 
     async def reserve(self, order_id: str, lines: Sequence[RequestedLine]) -> ReservationInfo:
         """Reserve every line under ``order_id`` or none.
@@ -289,7 +295,9 @@ class CatalogClient:
             # RESERVATION_MISMATCH and the like: not a state this service creates.
             log.error("unexpected ReserveStock refusal for %s: %r", order_id, error)
             raise CatalogUnavailable() from error
-        return _reservation(response.reservation)
+        return replace(
+            _reservation(response.reservation), products=_product_infos(response.products)
+        )
 
     async def release(
         self, order_id: str, reason: str, *, within: float | None = None

@@ -102,7 +102,11 @@ async def test_catalog_refusal_names_the_lines_and_reserves_nothing(orders, auth
     ]
     mixed = await orders.fails(orders.create(ann, ("FINE-1", 1), ("USD-1", 1)))
     assert (mixed.code, mixed.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "MIXED_CURRENCIES")
-    assert await catalog.reservations() == []
+    # Nothing stays reserved: orders prices at what the reservation answers, so the
+    # mixed-currency order was reserved, then released at once.
+    assert [r.state for r in await catalog.reservations()] == [
+        catalog_pb2.RESERVATION_STATE_RELEASED
+    ]
     assert await catalog.stock("FINE-1") == (5, 0, 5)
     assert await orders.fetch("SELECT id FROM orders") == []
     # The refused key was forgotten: the same request succeeds once stock arrived.
@@ -119,7 +123,9 @@ async def test_catalog_refusal_names_the_lines_and_reserves_nothing(orders, auth
     assert dup.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_catalog_unreachable_before_reserving(orders, auth, catalog):
+async def test_catalog_unreachable_when_reserving(orders, auth, catalog):
+    """The catalog cannot be reached for ReserveStock: no order, nothing held, and the retry
+    with the same key (handed to reconciliation, its lease ended) places the order."""
     await catalog.product("DOWN-1", stock=5)
     ann = await auth.customer()
     await orders.create(ann, ("DOWN-1", 1))  # warm: service token cached
@@ -130,9 +136,21 @@ async def test_catalog_unreachable_before_reserving(orders, auth, catalog):
     finally:
         await catalog.proxy.restore()
     assert len(await orders.fetch("SELECT id FROM orders")) == 1
-    assert await orders.fetch("SELECT key FROM idempotency_keys WHERE key = 'while-down'") == []
-    again = await orders.create(ann, ("DOWN-1", 1), key="while-down")
+    assert await catalog.stock("DOWN-1") == (5, 1, 4)  # only the first order's unit is held
+    # As a client would: retry with the same key until orders reaches the catalog again (its
+    # channel reconnects with backoff), at most 20 times over about 10 s.
+    reasons = []
+    for _ in range(20):
+        try:
+            again = await orders.create(ann, ("DOWN-1", 1), key="while-down")
+            break
+        except grpc.aio.AioRpcError as error:
+            reasons.append(orders.failure(error).reason)
+            await asyncio.sleep(0.5)
+    assert set(reasons) <= {"CATALOG_UNAVAILABLE"}, reasons
     assert again.state == orders_pb2.ORDER_STATE_CONFIRMED
+    assert len(await orders.fetch("SELECT id FROM orders")) == 2
+    assert await catalog.stock("DOWN-1") == (5, 2, 3)
 
 
 async def test_catalog_stopped_mid_create_leaves_no_order_and_no_reserved_stock(

@@ -8,17 +8,22 @@ Placement (``create``), step by step:
    DONE → the same order; PENDING → wait for it (then the same order), ``IDEMPOTENCY_KEY_IN_USE``
    after ``idempotency_wait_seconds``; PENDING with an expired lease (its create died) → take it
    over and continue under the same order id (the catalog's reservation, if any, is reused).
-2. **Price** the lines from the catalog (``BatchGetProducts``), never from the client.
-3. **Reserve** the stock under the order id (``ReserveStock``, all lines or none).
+2. **Reserve** the stock under the order id (``ReserveStock``, all lines or none). The catalog
+   refuses unknown, archived and out-of-stock lines all at once, holding nothing.
+3. **Price** the lines at the products the reservation answers (as its holds wrote them), never
+   from the client; from ``BatchGetProducts`` only when the catalog did not answer them (an
+   older catalog). Pricing after reserving saves a read of every product and a round trip per
+   order; its refusals (several currencies, a total too large) release the reservation.
 4. **Commit** the key (DONE, guarded by the owner token), the order (CONFIRMED, with its history)
    and ``OrderPlaced`` in one PostgreSQL statement (``store.placement``: atomic, one round trip).
 
-On a refusal (step 2-3) nothing is held: the key is forgotten and the caller gets
-FAILED_PRECONDITION. When the outcome of step 3 or 4 is unknown (catalog unreachable, deadline,
-database down, the caller cancelled), the reservation is released by a compensation that runs
-outside the caller's deadline; if that fails too, the key is left to the reconciliation
-(:mod:`mercato_orders.service.reconcile`), which releases it later. Either way no order is left
-without its event and no stock stays reserved without an order.
+On a refusal (step 2-3) nothing stays held: the key is forgotten, a reservation made is
+released, and the caller gets FAILED_PRECONDITION. When the outcome of step 2 or 4 is unknown
+(catalog unreachable, deadline, database down, the caller cancelled), the reservation is
+released by a compensation that runs outside the caller's deadline; if that fails too, the key
+is left to the reconciliation (:mod:`mercato_orders.service.reconcile`), which releases it
+later. Either way no order is left without its event and no stock stays reserved without an
+order.
 """
 
 from __future__ import annotations
@@ -154,11 +159,9 @@ class Placing(ServiceBase):
         # that died may come with its reservation.
         may_hold = not owned.fresh
         try:
-            products = await self.catalog.products([line.sku for line in lines])
-            priced, total = price_lines(lines, products, check_availability=owned.fresh)
             may_hold = True
             try:
-                await self.catalog.reserve(order_id, lines)
+                held = await self.catalog.reserve(order_id, lines)
             except StockUnavailable:
                 may_hold = False  # a refused attempt holds nothing
                 raise
@@ -172,7 +175,10 @@ class Placing(ServiceBase):
                         user_id=owned.user_id, key=owned.key, owner=owned.owner, order_id=order_id
                     ):
                         raise _KeyLostError() from None
-                await self.catalog.reserve(order_id, lines)
+                held = await self.catalog.reserve(order_id, lines)
+            products = held.products or await self.catalog.products([s.sku for s in lines])
+            # The reservation decided availability; a pricing refusal releases it (below).
+            priced, total = price_lines(lines, products, check_availability=False)
             order = new_order(
                 order_id=order_id,
                 user_id=owned.user_id,
@@ -194,8 +200,9 @@ class Placing(ServiceBase):
         except _KeyLostError:
             raise
         except _REFUSALS:
-            # Nothing is held (the catalog reserves all lines or none): forget the key, so that
-            # the same request may be tried again once the stock is there.
+            # Nothing is held (the catalog reserved all lines or none; a reservation made before
+            # a pricing refusal is released): forget the key, so that the same request may be
+            # tried again once the stock is there.
             await self._detached(self._undo(owned, order_id, may_hold, "order refused"))
             raise
         except asyncio.CancelledError:
