@@ -107,8 +107,8 @@ async def test_ensure_indexes_rejects_duplicate_names() -> None:
 
 
 async def test_store_client_is_bounded_by_the_pool_setting() -> None:
-    """At most MONGO_MAX_POOL_SIZE operations in flight per process (PyMongo's own default,
-    100, let a burst exhaust FerretDB's PostgreSQL pool); nothing connects here."""
+    """At most MONGO_MAX_POOL_SIZE operations in flight per process (PyMongo's own default is
+    100); nothing connects here."""
     default = MongoSettings(mongo_database="t")
     assert default.mongo_max_pool_size == 20
     store = MongoStore(

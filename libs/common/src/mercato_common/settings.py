@@ -175,9 +175,9 @@ class MongoSettings(Settings):
     mongo_timeout_ms: int = Field(default=5000, gt=0)
     # Upper bound of any one operation (a hung server becomes an error, not a stuck call).
     mongo_operation_timeout_ms: int = Field(default=15000, gt=0)
-    # Connections, and so operations in flight, per process (PyMongo's default is 100). A bound
-    # on what one replica asks of the server: FerretDB serves each operation on connections of
-    # its PostgreSQL pool, and an exhausted pool stalled every operation under `make bench`.
+    # Connections, and so operations in flight, per process (PyMongo's default is 100): a bound
+    # on what one replica asks of the server (FerretDB serves each operation on connections of
+    # its PostgreSQL pool, 80 locally; a managed MongoDB counts connections against a quota).
     mongo_max_pool_size: int = Field(default=20, gt=0)
 
 

@@ -150,9 +150,12 @@ class FerretDB(Component):
             **os.environ,
             # Idle connections close after a minute (FerretDB keeps its default 50 open). The
             # pool must stay large: one request can hold a connection while it waits for
-            # another, and a small pool (20) deadlocked under a few concurrent test suites.
+            # another, so a pool smaller than twice the operations in flight can deadlock: 20
+            # did under a few concurrent test suites, 80 under `make bench` (every request
+            # waited minutes for a connection). The services send at most MONGO_MAX_POOL_SIZE
+            # (20) operations each.
             "FERRETDB_POSTGRESQL_URL": self.config.postgres_dsn(FERRETDB_DATABASE)
-            + "?pool_max_conns=80&pool_max_conn_idle_time=60s",
+            + "?pool_max_conns=200&pool_max_conn_idle_time=60s",
         }
         pid = process.spawn(
             [

@@ -144,7 +144,8 @@ class Postgres(Component):
             "port": str(self.port),
             # TCP only: a socket path under a deep checkout could pass the 107-byte limit.
             "unix_socket_directories": "''",
-            "max_connections": "200",
+            # FerretDB alone may open 200 (its pool), next to the services and the tests.
+            "max_connections": "400",
             "shared_buffers": "128MB",
             "logging_collector": "off",
             "log_line_prefix": "'%m [%p] %q%u@%d '",
