@@ -352,16 +352,16 @@ def build_app(
         upstream_status.refresher,
     ]
 
+    started: list[Lifecycle] = []  # what start_all started, for stop_all
+
     async def start() -> None:
-        started = await start_all(parts)
+        started.extend(await start_all(parts))
         _log.info("gateway started", extra={"routes": len(routes)})
-        stop_order.extend(started)
 
     async def stop() -> None:
         readiness.draining = True
-        await stop_all(stop_order)
+        await stop_all(started)
 
-    stop_order: list[Lifecycle] = []
     dispatch = Dispatch(
         {
             "/healthz": healthz,

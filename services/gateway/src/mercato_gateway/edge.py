@@ -141,8 +141,11 @@ class EdgeMiddleware:
                 carrier[name.decode()] = value
         # No trace headers: a root span (what extracting from an empty carrier gives).
         parent = propagate.extract(carrier) if carrier else Context()
-        cross_origin = self._cross_origin is not None and b"origin" in found
-        app = self._cross_origin if cross_origin and self._cross_origin else self.app
+        app = self.app
+        if self._cross_origin is not None and b"origin" in found:
+            app = self._cross_origin
+        # Answers that skipped the CORS layer still vary with Origin (see the class docstring).
+        vary_origin = self._cross_origin is not None and app is self.app
         method = scope["method"]
         state: dict[str, Any] = {"status": 500, "started": False, "bytes": 0}
         self._metrics.in_flight.inc()
@@ -175,7 +178,7 @@ class EdgeMiddleware:
                         headers.append((b"strict-transport-security", b"max-age=31536000"))
                     if trace_response:
                         headers.append((b"traceresponse", trace_response.encode()))
-                    if self._cross_origin is not None and not cross_origin:
+                    if vary_origin:
                         headers.append(_VARY_ORIGIN)
                     message = {**message, "headers": headers}
                 elif message["type"] == "http.response.body":

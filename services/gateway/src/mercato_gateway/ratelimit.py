@@ -115,6 +115,15 @@ class RateLimitMetrics:
         )
 
 
+def _keep_newest(entries: OrderedDict[str, Any], key: str, value: Any, limit: int) -> None:
+    """Store ``value`` as the most recently used entry; drop the least recently used beyond
+    ``limit`` (per-client state must not grow with the number of clients ever seen)."""
+    entries[key] = value
+    entries.move_to_end(key)
+    while len(entries) > limit:
+        entries.popitem(last=False)
+
+
 class _LocalBuckets:
     """Per-process token buckets (the fallback), bounded in number (least recently used out)."""
 
@@ -133,9 +142,7 @@ class _LocalBuckets:
             tokens -= 1.0
         else:
             wait = (1.0 - tokens) / policy.rate
-        self._buckets[key] = (tokens, now)
-        while len(self._buckets) > self._max:
-            self._buckets.popitem(last=False)
+        _keep_newest(self._buckets, key, (tokens, now), self._max)
         return allowed, tokens, wait
 
 
@@ -182,10 +189,7 @@ class _Leases:
         current = self._leases.get(key)
         if current is not None and current.expires > now:
             lease.tokens += current.tokens
-        self._leases[key] = lease
-        self._leases.move_to_end(key)
-        while len(self._leases) > self._max:
-            self._leases.popitem(last=False)
+        _keep_newest(self._leases, key, lease, self._max)
 
 
 class RateLimiter:
