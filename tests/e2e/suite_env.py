@@ -36,6 +36,9 @@ DEFAULTS: dict[str, str] = {
     "MERCATO_GATEWAY_PORT": "18080",
     "MERCATO_SUITE_PORT_BASE": "24060",
     "MERCATO_SUITE_METRICS_PORT_BASE": "19460",
+    # Every service reaches Kafka over TLS with SCRAM-SHA-512, as against a managed Kafka: the
+    # whole journey (relays, consumers, health probes, lag positions) runs on the secure path.
+    "MERCATO_SUITE_KAFKA_SECURITY": "sasl_ssl",
     # Every process exports its spans to the tests' OTLP receiver (otlp_receiver.py), flushed
     # every 200 ms so a test sees a trace soon after the request.
     "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:14317",

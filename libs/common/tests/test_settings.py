@@ -1,9 +1,12 @@
+import re
+import ssl
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
-from mercato_common.settings import BaseServiceSettings, SettingsError, load_settings
+from mercato_common.kafka import kafka_connection
+from mercato_common.settings import BaseServiceSettings, KafkaSettings, SettingsError, load_settings
 
 
 class CatalogSettings(BaseServiceSettings):
@@ -60,3 +63,79 @@ def test_settings_are_immutable() -> None:
     settings = load_settings(BaseServiceSettings, {"MERCATO_SERVICE_NAME": "x"})
     with pytest.raises(ValueError, match="frozen"):
         settings.grpc_port = 1  # type: ignore[misc]
+
+
+class _Kafka(KafkaSettings):
+    env_prefix = "MERCATO_ORDERS_"
+
+
+KAFKA = {"MERCATO_ORDERS_KAFKA_BOOTSTRAP_SERVERS": "kafka-1:9096,kafka-2:9096"}
+
+
+def test_kafka_is_plaintext_unless_told() -> None:
+    settings = load_settings(_Kafka, KAFKA)
+    connection = kafka_connection(settings, client_id="mercato-orders")
+    assert connection.client_kwargs() == {
+        "bootstrap_servers": "kafka-1:9096,kafka-2:9096",
+        "client_id": "mercato-orders",
+        "security_protocol": "PLAINTEXT",
+    }
+
+
+def test_kafka_sasl_ssl_from_settings_with_the_password_kept_out_of_reprs(pki: Path) -> None:
+    settings = load_settings(
+        _Kafka,
+        {
+            **KAFKA,
+            "MERCATO_ORDERS_KAFKA_CLIENT_ID": "orders-eu",
+            "MERCATO_ORDERS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "MERCATO_ORDERS_KAFKA_SSL_CA_FILE": str(pki / "ca.crt"),
+            "MERCATO_ORDERS_KAFKA_SSL_CERT_FILE": str(pki / "client.crt"),
+            "MERCATO_ORDERS_KAFKA_SSL_KEY_FILE": str(pki / "client.key"),
+            "MERCATO_ORDERS_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+            "MERCATO_ORDERS_KAFKA_SASL_USERNAME": "orders",
+            "MERCATO_ORDERS_KAFKA_SASL_PASSWORD": "hunter2",
+        },
+    )
+    connection = kafka_connection(settings, client_id="mercato-orders")
+    kwargs = connection.client_kwargs()
+    assert kwargs["client_id"] == "orders-eu"
+    assert kwargs["security_protocol"] == "SASL_SSL"
+    assert (kwargs["sasl_mechanism"], kwargs["sasl_plain_username"]) == ("SCRAM-SHA-256", "orders")
+    assert kwargs["sasl_plain_password"] == "hunter2"
+    context = kwargs["ssl_context"]
+    assert context.check_hostname is True
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert [cert["subject"] for cert in context.get_ca_certs()] == [
+        ((("commonName", "mercato test CA"),),)
+    ]
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in repr(connection)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SASL_SSL needs KAFKA_SASL_USERNAME"),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_USERNAME": "u"},
+            "SASL_PLAINTEXT needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD",
+        ),
+        (
+            {"KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "hunter2"},
+            "KAFKA_SECURITY_PROTOCOL is PLAINTEXT",
+        ),
+        ({"KAFKA_SSL_CA_FILE": "/ca.pem"}, "KAFKA_SSL_* files are set but"),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CERT_FILE": "/c.pem"},
+            "KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE",
+        ),
+        ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "MERCATO_ORDERS_KAFKA_SECURITY_PROTOCOL"),
+        ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, "MERCATO_ORDERS_KAFKA_SASL_MECHANISM"),
+    ],
+)
+def test_kafka_security_that_cannot_work_is_refused(extra: dict[str, str], message: str) -> None:
+    environ = {**KAFKA, **{f"MERCATO_ORDERS_{key}": value for key, value in extra.items()}}
+    with pytest.raises(SettingsError, match=re.escape(message)) as caught:
+        load_settings(_Kafka, environ)
+    assert "hunter2" not in str(caught.value)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from mercato_devstack.components.kafka import Kafka
 from mercato_devstack.components.redis import Redis
@@ -40,9 +42,21 @@ def test_the_host_must_be_an_ipv4_address(tmp_path: Path, host: str) -> None:
 def test_kafka_listens_and_advertises_on_the_host(tmp_path: Path) -> None:
     kafka = Kafka(_config(tmp_path, MERCATO_STACK_HOST="10.85.0.1"))
     kafka.dir.mkdir(parents=True)
-    text = kafka._write_properties().read_text()
-    assert "advertised.listeners=PLAINTEXT://10.85.0.1:19092" in text
-    assert "listeners=PLAINTEXT://10.85.0.1:19092,CONTROLLER://10.85.0.1:19093" in text
+    properties = dict(
+        line.split("=", 1)
+        for line in kafka._write_properties().read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    clients = "PLAINTEXT://10.85.0.1:19092,SASL_SSL://10.85.0.1:19094,MTLS://10.85.0.1:19095"
+    assert properties["advertised.listeners"] == clients
+    assert properties["listeners"] == f"{clients},CONTROLLER://10.85.0.1:19093"
+    # The broker certificate names the host the clients reach.
+    broker = x509.load_pem_x509_certificate(
+        (kafka.config.kafka_tls_dir / "broker.crt").read_bytes()
+    )
+    names = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("10.85.0.1") in names.get_values_for_type(x509.IPAddress)
+    assert properties["listener.name.mtls.ssl.client.auth"] == "required"
 
 
 @pytest.mark.parametrize(("host", "protected"), [("127.0.0.1", "yes"), ("10.85.0.1", "no")])

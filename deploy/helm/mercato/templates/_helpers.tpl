@@ -216,6 +216,64 @@ Datastores
 {{- end -}}
 {{- end -}}
 
+{{/* The kit's Kafka security settings of kafka.security (KAFKA_*, without a service prefix),
+as YAML; the TLS files are where "mercato.kafka.security.mounts" puts them. */}}
+{{- define "mercato.kafka.security.env" -}}
+{{- $s := .Values.kafka.security -}}
+{{- $env := dict "KAFKA_SECURITY_PROTOCOL" $s.protocol -}}
+{{- if has $s.protocol (list "SSL" "SASL_SSL") -}}
+{{- $_ := set $env "KAFKA_SSL_CHECK_HOSTNAME" (toString $s.tls.checkHostname) -}}
+{{- if $s.tls.caSecret -}}
+{{- $_ := set $env "KAFKA_SSL_CA_FILE" (printf "/etc/mercato/kafka/ca/%s" $s.tls.caKey) -}}
+{{- end -}}
+{{- if $s.tls.clientCertSecret -}}
+{{- $_ := set $env "KAFKA_SSL_CERT_FILE" "/etc/mercato/kafka/client/tls.crt" -}}
+{{- $_ := set $env "KAFKA_SSL_KEY_FILE" "/etc/mercato/kafka/client/tls.key" -}}
+{{- end -}}
+{{- end -}}
+{{- if hasPrefix "SASL_" $s.protocol -}}
+{{- $_ := set $env "KAFKA_SASL_MECHANISM" $s.sasl.mechanism -}}
+{{- end -}}
+{{- toYaml $env -}}
+{{- end -}}
+
+{{/* The SASL username and password from kafka.security.sasl.existingSecret, as a list of
+EnvVar named with a prefix: (dict "root" $ "prefix" "MERCATO_AUTH_"). */}}
+{{- define "mercato.kafka.security.secretEnv" -}}
+{{- $s := .root.Values.kafka.security -}}
+{{- $vars := list -}}
+{{- if hasPrefix "SASL_" $s.protocol -}}
+{{- $name := include "mercato.secretName" (dict "root" .root "name" $s.sasl.existingSecret) -}}
+{{- $vars = append $vars (dict "name" (printf "%sKAFKA_SASL_USERNAME" .prefix) "valueFrom" (dict "secretKeyRef" (dict "name" $name "key" $s.sasl.usernameKey))) -}}
+{{- $vars = append $vars (dict "name" (printf "%sKAFKA_SASL_PASSWORD" .prefix) "valueFrom" (dict "secretKeyRef" (dict "name" $name "key" $s.sasl.passwordKey))) -}}
+{{- end -}}
+{{- toYaml $vars -}}
+{{- end -}}
+
+{{/* The Secrets of kafka.security.tls as Volumes (a list, YAML). */}}
+{{- define "mercato.kafka.security.volumes" -}}
+{{- $s := .Values.kafka.security -}}
+{{- $volumes := list -}}
+{{- if has $s.protocol (list "SSL" "SASL_SSL") -}}
+{{- if $s.tls.caSecret -}}
+{{- $volumes = append $volumes (dict "name" "kafka-ca" "secret" (dict "secretName" (include "mercato.secretName" (dict "root" . "name" $s.tls.caSecret)) "defaultMode" 288)) -}}
+{{- end -}}
+{{- if $s.tls.clientCertSecret -}}
+{{- $volumes = append $volumes (dict "name" "kafka-client" "secret" (dict "secretName" (include "mercato.secretName" (dict "root" . "name" $s.tls.clientCertSecret)) "defaultMode" 288)) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $volumes -}}
+{{- end -}}
+
+{{/* Where those Volumes are mounted (a list of VolumeMount, YAML). */}}
+{{- define "mercato.kafka.security.mounts" -}}
+{{- $mounts := list -}}
+{{- range include "mercato.kafka.security.volumes" . | fromYamlArray -}}
+{{- $mounts = append $mounts (dict "name" .name "mountPath" (printf "/etc/mercato/kafka/%s" (trimPrefix "kafka-" .name)) "readOnly" true) -}}
+{{- end -}}
+{{- toYaml $mounts -}}
+{{- end -}}
+
 {{/* The prefix of this release's Kafka topic and consumer group names (kafka.prefix, rendered
 with tpl; "" = the declared names as they are). */}}
 {{- define "mercato.kafka.prefix" -}}
@@ -337,6 +395,9 @@ Pods
 {{- end -}}
 {{- if $c.kafka.bootstrapEnv -}}
 {{- $_ := set $env (printf "%s%s" $p $c.kafka.bootstrapEnv) (include "mercato.kafka.bootstrap" $root) -}}
+{{- range $key, $value := include "mercato.kafka.security.env" $root | fromYaml -}}
+{{- $_ := set $env (printf "%s%s" $p $key) $value -}}
+{{- end -}}
 {{- end -}}
 {{- $declared := list -}}
 {{- range include "mercato.topics" $root | fromJsonArray -}}
@@ -386,6 +447,9 @@ component's own certificate as client certificate. */ -}}
 {{- if $c.database.urlEnv -}}
 {{- $ref := include "mercato.database.secret" (dict "root" $root "name" .name "c" $c) | fromJson -}}
 {{- $vars = append $vars (dict "name" (printf "%s%s" $p $c.database.urlEnv) "valueFrom" (dict "secretKeyRef" (dict "name" $ref.name "key" $ref.key))) -}}
+{{- end -}}
+{{- if $c.kafka.bootstrapEnv -}}
+{{- $vars = concat $vars (include "mercato.kafka.security.secretEnv" (dict "root" $root "prefix" $p) | fromYamlArray) -}}
 {{- end -}}
 {{- if and $c.redis.urlEnv $root.Values.redis.existingSecret -}}
 {{- $vars = append $vars (dict "name" (printf "%s%s" $p $c.redis.urlEnv) "valueFrom" (dict "secretKeyRef" (dict "name" (include "mercato.secretName" (dict "root" $root "name" $root.Values.redis.existingSecret)) "key" $root.Values.redis.existingSecretKey))) -}}

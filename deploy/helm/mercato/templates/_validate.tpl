@@ -28,6 +28,19 @@ Checks of the values as a whole, before anything is rendered. Every template fil
 {{- if and $kafka (not $v.kafka.strimzi.enabled) (not $v.kafka.bootstrapServers) -}}
 {{- $problems = append $problems "kafka.bootstrapServers is required: the bootstrap servers of your Kafka (host:port, comma separated), unless kafka.strimzi.enabled renders a Kafka cluster with the Strimzi operator" -}}
 {{- end -}}
+{{- $security := $v.kafka.security -}}
+{{- if and $kafka (hasPrefix "SASL_" $security.protocol) (not $security.sasl.existingSecret) -}}
+{{- $problems = append $problems (printf "kafka.security.sasl.existingSecret is required with kafka.security.protocol %s: a Secret holding the SASL username and password (keys kafka.security.sasl.usernameKey and passwordKey)" $security.protocol) -}}
+{{- end -}}
+{{- if and (not (has $security.protocol (list "SSL" "SASL_SSL"))) (or $security.tls.caSecret $security.tls.clientCertSecret) -}}
+{{- $problems = append $problems (printf "kafka.security.tls secrets are set but kafka.security.protocol is %s: TLS needs SSL or SASL_SSL" $security.protocol) -}}
+{{- end -}}
+{{- if and $v.kafka.strimzi.enabled (ne $security.protocol "PLAINTEXT") -}}
+{{- $problems = append $problems "kafka.security is for an external Kafka: the chart's Strimzi cluster (kafka.strimzi.enabled) has a plain listener inside the cluster" -}}
+{{- end -}}
+{{- if and $v.keda.enabled (ne $security.protocol "PLAINTEXT") (not $v.keda.authenticationRef) -}}
+{{- $problems = append $problems "keda.authenticationRef is required with kafka.security: a KEDA TriggerAuthentication giving the Kafka scaler the same TLS and SASL settings (sasl, username, password, tls, ca)" -}}
+{{- end -}}
 {{- if and $redis (not $v.redis.url) (not $v.redis.existingSecret) -}}
 {{- $problems = append $problems "redis.url (or redis.existingSecret, a Secret holding it) is required: the Redis of the gateway's rate limits and of the catalog's cache, e.g. redis://redis-master.redis.svc:6379/0" -}}
 {{- end -}}

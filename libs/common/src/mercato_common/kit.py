@@ -44,7 +44,13 @@ from mercato_common.client import create_channel, verifier_from_auth
 from mercato_common.db_metrics import DbOperationMetrics
 from mercato_common.health import HealthWatch
 from mercato_common.identity import TokenVerifier
-from mercato_common.kafka import ConsumerGroup, EventProducer, Handler, KafkaConnection
+from mercato_common.kafka import (
+    ConsumerGroup,
+    EventProducer,
+    Handler,
+    KafkaConnection,
+    kafka_connection,
+)
 from mercato_common.outbox.runner import RelayRunner
 from mercato_common.runtime import CloseOnStop, Lifecycle, run_until_signal, start_all, stop_all
 from mercato_common.saturation import SaturationMetrics
@@ -255,10 +261,7 @@ class Service:
 
     def kafka(self, settings: KafkaSettings) -> KafkaConnection:
         """How this service connects to Kafka (one client id per service)."""
-        return KafkaConnection(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            client_id=settings.kafka_client_id or f"mercato-{self.name}",
-        )
+        return kafka_connection(settings, client_id=f"mercato-{self.name}")
 
     def _watch_broker(self, connection: KafkaConnection, *, required: bool) -> None:
         if self._broker_probe is None:

@@ -23,6 +23,8 @@ from mercato_common.tls import ClientTls
 
 __all__ = [
     "BaseServiceSettings",
+    "KafkaSaslMechanism",
+    "KafkaSecurityProtocol",
     "KafkaSettings",
     "MongoSettings",
     "OutboxSettings",
@@ -181,12 +183,57 @@ class MongoSettings(Settings):
     mongo_max_pool_size: int = Field(default=20, gt=0)
 
 
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+# The SASL mechanisms aiokafka speaks with a username and a password.
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
 class KafkaSettings(Settings):
-    """The Kafka group: where the broker is and how this process names itself to it."""
+    """The Kafka group: where the broker is, how this process names itself to it and how it
+    proves who it is (TLS, SASL): what a managed Kafka (MSK, Confluent Cloud, Aiven, a Strimzi
+    TLS/SCRAM listener) asks for. Every producer, consumer, relay and admin client of the
+    service connects the same way (:func:`mercato_common.kafka.kafka_connection`)."""
 
     kafka_bootstrap_servers: str = Field(min_length=1)
     # Empty: "mercato-<service name>".
     kafka_client_id: str = ""
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    # TLS (SSL, SASL_SSL): the CA bundle that signs the brokers' certificates (unset: the
+    # system's trust store), and a client certificate and key for brokers that require one.
+    kafka_ssl_ca_file: Path | None = None
+    kafka_ssl_cert_file: Path | None = None
+    kafka_ssl_key_file: Path | None = None
+    # Off only for brokers whose certificates do not name the address used to reach them.
+    kafka_ssl_check_hostname: bool = True
+    # SASL (SASL_PLAINTEXT, SASL_SSL).
+    kafka_sasl_mechanism: KafkaSaslMechanism = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Self:
+        protocol = self.kafka_security_protocol
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError("KAFKA_SSL_CERT_FILE and KAFKA_SSL_KEY_FILE must be set together")
+        uses_tls = protocol in ("SSL", "SASL_SSL")
+        tls_files = (self.kafka_ssl_ca_file, self.kafka_ssl_cert_file)
+        if not uses_tls and any(path is not None for path in tls_files):
+            raise ValueError(
+                f"KAFKA_SSL_* files are set but KAFKA_SECURITY_PROTOCOL is {protocol} "
+                "(SSL or SASL_SSL uses them)"
+            )
+        uses_sasl = protocol.startswith("SASL_")
+        credentials = bool(self.kafka_sasl_username or self.kafka_sasl_password.get_secret_value())
+        if uses_sasl and not (
+            self.kafka_sasl_username and self.kafka_sasl_password.get_secret_value()
+        ):
+            raise ValueError(f"{protocol} needs KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+        if not uses_sasl and credentials:
+            raise ValueError(
+                f"KAFKA_SASL_USERNAME/PASSWORD are set but KAFKA_SECURITY_PROTOCOL is {protocol} "
+                "(SASL_PLAINTEXT or SASL_SSL uses them)"
+            )
+        return self
 
 
 class OutboxSettings(KafkaSettings):

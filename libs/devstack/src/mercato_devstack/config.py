@@ -18,6 +18,9 @@ HOST = "127.0.0.1"
 #: Login role (a superuser) and password of the local PostgreSQL, for local use only.
 PG_USER = "mercato"
 PG_PASSWORD = "mercato"  # noqa: S105 - a local development server on loopback
+#: The local Kafka's SASL user (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512) on its SASL_SSL listener.
+KAFKA_SASL_USER = "mercato"
+KAFKA_SASL_PASSWORD = "mercato-local"  # noqa: S105 - a local development broker on loopback
 #: FerretDB's storage database; `up` also creates one per postgres service of the manifest.
 FERRETDB_DATABASE = "ferretdb"
 
@@ -134,6 +137,49 @@ class StackConfig:
     @property
     def kafka_bootstrap(self) -> str:
         return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def kafka_sasl_ssl_port(self) -> int:
+        """The listener with TLS and SASL (PLAIN, SCRAM), as a managed Kafka asks for: two above
+        the plain port, so every stack (make run, the e2e and bench suites) has its own."""
+        return self.kafka_port + 2
+
+    @property
+    def kafka_mtls_port(self) -> int:
+        """The listener with TLS that requires a client certificate signed by the local CA."""
+        return self.kafka_port + 3
+
+    def kafka_client_settings(self, security: str) -> dict[str, str]:
+        """The kit's Kafka settings (``KAFKA_*``, without a service prefix) that reach this
+        stack's broker by ``security``: ``plaintext``, ``sasl_ssl`` (TLS with the local CA and
+        SCRAM-SHA-512) or ``mtls`` (TLS with the local client certificate)."""
+        if security == "plaintext":
+            return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap}
+        tls = self.kafka_tls_dir
+        if security == "sasl_ssl":
+            return {
+                "KAFKA_BOOTSTRAP_SERVERS": f"{self.host}:{self.kafka_sasl_ssl_port}",
+                "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "KAFKA_SSL_CA_FILE": str(tls / "ca.crt"),
+                "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                "KAFKA_SASL_USERNAME": KAFKA_SASL_USER,
+                "KAFKA_SASL_PASSWORD": KAFKA_SASL_PASSWORD,
+            }
+        if security == "mtls":
+            return {
+                "KAFKA_BOOTSTRAP_SERVERS": f"{self.host}:{self.kafka_mtls_port}",
+                "KAFKA_SECURITY_PROTOCOL": "SSL",
+                "KAFKA_SSL_CA_FILE": str(tls / "ca.crt"),
+                "KAFKA_SSL_CERT_FILE": str(tls / "client.crt"),
+                "KAFKA_SSL_KEY_FILE": str(tls / "client.key"),
+            }
+        raise StackError(f"Kafka security {security!r}: plaintext, sasl_ssl or mtls")
+
+    @property
+    def kafka_tls_dir(self) -> Path:
+        """The local Kafka's CA (ca.crt), its broker certificate and a client certificate
+        (client.crt, client.key), made on the first `up`."""
+        return self.stack_dir / "kafka" / "tls"
 
     @property
     def mongo_uri(self) -> str:

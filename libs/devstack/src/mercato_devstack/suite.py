@@ -20,6 +20,10 @@ Ports: the manifest's, moved so a second suite (the end-to-end tests, the bench)
 9460; the gateway's HTTP port is ``MERCATO_GATEWAY_PORT`` (8080). ``<state>/run/suite.json``
 lists the children (pid, ports, restarts) while the suite runs.
 
+Kafka: the services reach the broker's plain listener, or with ``MERCATO_SUITE_KAFKA_SECURITY``
+``sasl_ssl`` its TLS + SCRAM-SHA-512 listener, or with ``mtls`` its listener that requires a client
+certificate (the end-to-end suite runs over ``sasl_ssl``, as against a managed Kafka).
+
 Development secrets (the token key-encryption key, each service client's secret) are generated
 once into ``.state/run/secrets.json`` so that a second run reuses the same keys.
 """
@@ -176,6 +180,7 @@ class _SuiteSettings:
     dev: Mapping[str, str]
     environ: Mapping[str, str]
     token: Mapping[str, str]
+    kafka_security: str = "plaintext"
 
     def service_env(self, service: ServiceSpec) -> dict[str, str]:
         """The environment of one child: the suite's own plus its ``MERCATO_<NAME>_*``."""
@@ -193,7 +198,7 @@ class _SuiteSettings:
         if service.redis:
             values["REDIS_URL"] = self.stack.redis_url
         if service.uses_kafka:
-            values["KAFKA_BOOTSTRAP_SERVERS"] = self.stack.kafka_bootstrap
+            values.update(self.stack.config.kafka_client_settings(self.kafka_security))
         for callee in service.calls:
             values[f"{callee.upper()}_TARGET"] = self.ports.target(callee)
         if service.client_scopes:
@@ -242,6 +247,7 @@ def _services(
         dev=_secrets(run_dir / "secrets.json", manifest),
         environ=environ,
         token={"TOKEN_ISSUER": issuer, "TOKEN_AUDIENCE": "mercato"},
+        kafka_security=environ.get("MERCATO_SUITE_KAFKA_SECURITY") or "plaintext",
     )
     return [
         Service(

@@ -20,7 +20,7 @@ from mercato_analytics.metrics import AnalyticsMetrics
 from mercato_analytics.service import GroupActiveError, RebuildReport, rebuild
 from mercato_analytics.settings import AnalyticsSettings
 from mercato_analytics.store import AnalyticsStore
-from mercato_common.kafka import KafkaConnection
+from mercato_common.kafka import KafkaConnection, kafka_connection
 from mercato_common.kit import Command, Service
 from mercato_common.runtime import stop_all
 
@@ -80,9 +80,7 @@ async def _rebuild(app: AdminApp, args: argparse.Namespace, env: Mapping[str, st
     store = AnalyticsStore(app.mongo[database or settings.mongo_database])
     try:
         report = await rebuild_store(
-            connection=KafkaConnection(
-                bootstrap_servers=settings.kafka_bootstrap_servers, client_id="analytics-rebuild"
-            ),
+            connection=kafka_connection(settings, client_id="analytics-rebuild"),
             store=store,
             topics=settings.topics,
             group_id=settings.consumer_group,

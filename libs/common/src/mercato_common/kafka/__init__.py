@@ -2,6 +2,7 @@
 consumer group."""
 
 from mercato_common.kafka.backoff import Backoff
+from mercato_common.kafka.connection import KafkaConnection, kafka_connection
 from mercato_common.kafka.consumer import (
     ConsumedEvent,
     ConsumerMetrics,
@@ -32,7 +33,6 @@ from mercato_common.kafka.group import ConsumerGroup
 from mercato_common.kafka.producer import (
     DeliveryFuture,
     EventProducer,
-    KafkaConnection,
     ProducerNotStartedError,
 )
 
@@ -60,6 +60,7 @@ __all__ = [
     "event_type_name",
     "extract_trace_context",
     "headers_to_map",
+    "kafka_connection",
     "map_to_headers",
     "new_envelope",
     "redact",

@@ -43,6 +43,7 @@ from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
 from mercato_common.kafka.backoff import Backoff
+from mercato_common.kafka.connection import KafkaConnection
 from mercato_common.kafka.envelope import (
     Envelope,
     UndecodableMessageError,
@@ -51,7 +52,6 @@ from mercato_common.kafka.envelope import (
     headers_to_map,
     unpack_data,
 )
-from mercato_common.kafka.producer import KafkaConnection
 from mercato_common.metrics_set import MetricsSet
 
 __all__ = [

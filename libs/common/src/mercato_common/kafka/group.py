@@ -26,8 +26,9 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from mercato_common.kafka.backoff import Backoff
+from mercato_common.kafka.connection import KafkaConnection
 from mercato_common.kafka.consumer import ConsumerRunner, DeadLetterSink, Handler
-from mercato_common.kafka.producer import EventProducer, KafkaConnection
+from mercato_common.kafka.producer import EventProducer
 
 __all__ = ["ConsumerGroup"]
 

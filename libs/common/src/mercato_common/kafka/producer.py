@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -20,6 +18,7 @@ from aiokafka.errors import KafkaError
 from opentelemetry import trace
 from opentelemetry.context import Context
 
+from mercato_common.kafka.connection import KafkaConnection
 from mercato_common.kafka.envelope import (
     Envelope,
     envelope_header_map,
@@ -35,35 +34,6 @@ _TRACER_NAME = "mercato_common.kafka"
 
 # aiokafka resolves a send to a RecordMetadata (untyped library, so Any here).
 DeliveryFuture = asyncio.Future[Any]
-
-
-@dataclass(frozen=True, slots=True)
-class KafkaConnection:
-    """Where and how to connect; shared by producers and consumers of one service."""
-
-    bootstrap_servers: str | Sequence[str]
-    client_id: str = "mercato"
-    security_protocol: str = "PLAINTEXT"
-    ssl_context: ssl.SSLContext | None = None
-    sasl_mechanism: str = "PLAIN"
-    sasl_plain_username: str | None = None
-    # repr=False: this object ends up in logs and tracebacks.
-    sasl_plain_password: str | None = field(default=None, repr=False)
-
-    def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments common to AIOKafkaProducer and AIOKafkaConsumer."""
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "client_id": self.client_id,
-            "security_protocol": self.security_protocol,
-        }
-        if self.ssl_context is not None:
-            kwargs["ssl_context"] = self.ssl_context
-        if self.security_protocol.startswith("SASL"):
-            kwargs["sasl_mechanism"] = self.sasl_mechanism
-            kwargs["sasl_plain_username"] = self.sasl_plain_username
-            kwargs["sasl_plain_password"] = self.sasl_plain_password
-        return kwargs
 
 
 class ProducerNotStartedError(RuntimeError):

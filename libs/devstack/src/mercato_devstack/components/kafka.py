@@ -1,4 +1,10 @@
-"""Apache Kafka 4.1 in KRaft mode, one node, from Maven Central jars on the installed JDK."""
+"""Apache Kafka 4.1 in KRaft mode, one node, from Maven Central jars on the installed JDK.
+
+Three client listeners: plain (``kafka_port``, what `make run` and the tests use), TLS with
+SASL PLAIN/SCRAM (``kafka_sasl_ssl_port``, the shape of a managed Kafka) and TLS requiring a
+client certificate (``kafka_mtls_port``). The TLS material is a local CA made on the first `up`
+(``kafka_tls_dir``); the SASL user is :data:`~mercato_devstack.config.KAFKA_SASL_USER`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,15 @@ import shutil
 import uuid
 from pathlib import Path
 
-from mercato_devstack import install, probes, process
+from mercato_devstack import install, pki, probes, process
 from mercato_devstack.components.base import Component, log
+from mercato_devstack.config import KAFKA_SASL_PASSWORD, KAFKA_SASL_USER
+
+# The SASL mechanisms the secure listener offers (all with the one local user).
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+# Left in the data folder once the SCRAM credentials exist there.
+SCRAM_MARKER = "mercato-scram-users"
 
 
 def new_cluster_id() -> str:
@@ -31,7 +44,12 @@ class Kafka(Component):
 
     @property
     def ports(self) -> tuple[int, ...]:
-        return (self.config.kafka_port, self.config.kafka_controller_port)
+        return (
+            self.config.kafka_port,
+            self.config.kafka_controller_port,
+            self.config.kafka_sasl_ssl_port,
+            self.config.kafka_mtls_port,
+        )
 
     @property
     def bootstrap(self) -> str:
@@ -107,18 +125,63 @@ class Kafka(Component):
 
     # Configuration ----------------------------------------------------------------------------
 
+    def _ensure_tls(self) -> Path:
+        """The local CA, the broker's certificate (key and chain in one PEM file, Kafka's PEM
+        keystore) and a client certificate; made again when missing or about to expire."""
+        folder = self.config.kafka_tls_dir
+        if not pki.still_valid(folder, ("broker", "client")):
+            log.info("kafka: issuing the local TLS certificates in %s", folder)
+            pki.issue(folder, {"broker": [self.config.host, "localhost"], "client": []})
+            keystore = folder / "broker.pem"
+            keystore.write_bytes(
+                (folder / "broker.key").read_bytes() + (folder / "broker.crt").read_bytes()
+            )
+            keystore.chmod(0o600)
+        return folder
+
+    def _security_settings(self) -> dict[str, str]:
+        """The secure listeners' TLS and SASL configuration."""
+        tls = self._ensure_tls()
+        settings: dict[str, str] = {}
+        for listener in ("sasl_ssl", "mtls"):
+            prefix = f"listener.name.{listener}."
+            settings[prefix + "ssl.keystore.type"] = "PEM"
+            settings[prefix + "ssl.keystore.location"] = str(tls / "broker.pem")
+        settings["listener.name.mtls.ssl.truststore.type"] = "PEM"
+        settings["listener.name.mtls.ssl.truststore.location"] = str(tls / "ca.crt")
+        settings["listener.name.mtls.ssl.client.auth"] = "required"
+        settings["listener.name.sasl_ssl.sasl.enabled.mechanisms"] = ",".join(SASL_MECHANISMS)
+        settings["listener.name.sasl_ssl.plain.sasl.jaas.config"] = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'user_{KAFKA_SASL_USER}="{KAFKA_SASL_PASSWORD}";'
+        )
+        for mechanism in SCRAM_MECHANISMS:
+            # The broker side of SCRAM needs a login module; the users are in the metadata.
+            settings[f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"] = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            )
+        return settings
+
     def _write_properties(self) -> Path:
         host = self.config.host
         controller = f"{host}:{self.config.kafka_controller_port}"
+        clients = (
+            f"PLAINTEXT://{host}:{self.port},"
+            f"SASL_SSL://{host}:{self.config.kafka_sasl_ssl_port},"
+            f"MTLS://{host}:{self.config.kafka_mtls_port}"
+        )
         settings = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{controller}",
-            "listeners": f"PLAINTEXT://{host}:{self.port},CONTROLLER://{controller}",
-            "advertised.listeners": f"PLAINTEXT://{host}:{self.port}",
+            "listeners": f"{clients},CONTROLLER://{controller}",
+            "advertised.listeners": clients,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": (
+                "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL"
+            ),
+            **self._security_settings(),
             "log.dirs": str(self.data_dir),
             "num.partitions": "1",
             "default.replication.factor": "1",
@@ -180,10 +243,51 @@ class Kafka(Component):
                 "-c",
                 str(properties),
                 "--ignore-formatted",
+                *self._scram_arguments("--add-scram"),
             ],
             what="kafka: StorageTool format",
             timeout=120,
         )
+        (self.data_dir / SCRAM_MARKER).write_text(",".join(SCRAM_MECHANISMS) + "\n")
+
+    @staticmethod
+    def _scram_arguments(flag: str) -> list[str]:
+        out: list[str] = []
+        for mechanism in SCRAM_MECHANISMS:
+            out += [flag, f"{mechanism}=[name={KAFKA_SASL_USER},password={KAFKA_SASL_PASSWORD}]"]
+        return out
+
+    def after_ready(self) -> None:
+        """Data formatted before the secure listener existed gets its SCRAM user now, once."""
+        marker = self.data_dir / SCRAM_MARKER
+        if marker.is_file():
+            return
+        log.info("kafka: adding the SCRAM user %s", KAFKA_SASL_USER)
+        java, *classpath = self._classpath()
+        config = ",".join(
+            f"{mechanism}=[password={KAFKA_SASL_PASSWORD}]" for mechanism in SCRAM_MECHANISMS
+        )
+        process.run(
+            [
+                java,
+                "-Xmx256m",
+                f"-Dlog4j2.configurationFile={self.log4j_config}",
+                *classpath,
+                "kafka.admin.ConfigCommand",
+                "--bootstrap-server",
+                self.bootstrap,
+                "--alter",
+                "--add-config",
+                config,
+                "--entity-type",
+                "users",
+                "--entity-name",
+                KAFKA_SASL_USER,
+            ],
+            what="kafka: ConfigCommand add SCRAM user",
+            timeout=120,
+        )
+        marker.write_text(",".join(SCRAM_MECHANISMS) + "\n")
 
     # Lifecycle --------------------------------------------------------------------------------
 
