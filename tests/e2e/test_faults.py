@@ -262,3 +262,42 @@ def test_postgres_restart_during_load_gives_503_never_500(
         assert order["state"] == "ORDER_STATE_CONFIRMED"
     assert_no_leaked_stock(customer, sku, stock, timeout=RECOVERY_TIMEOUT)
     wait_analytics_matches_orders(suite, admin)
+
+
+def test_orders_for_a_minute_with_catalog_killed_midway_lose_and_double_nothing(
+    suite: RunningSuite,
+    admin: Api,
+    customer: Api,
+    load_in_background: Callable[[Load], threading.Thread],
+) -> None:
+    """Four buyers place an order a second each for 60 s; catalog is killed (-9) after 30 s and
+    restarted by the supervisor. Every accepted order exists once, holds its unit of stock (no
+    more, no less once the repairs ran) and is counted once by analytics."""
+    stock = 1000
+    sku = admin.create_product(stock=stock)
+    baseline = wait_analytics_matches_orders(suite, admin)
+
+    loads = [Load(customer, sku, count=60, interval=1.0) for _ in range(4)]
+    threads = [load_in_background(load) for load in loads]
+    time.sleep(30)
+    old_pid = suite.kill_service("catalog")
+    for thread in threads:
+        thread.join(180)
+    suite.wait_restarted("catalog", old_pid)
+
+    statuses = sum((load.statuses for load in loads), Counter[int]())
+    bodies = [body for load in loads for body in load.bodies]
+    accepted = [order_id for load in loads for order_id in load.placed]
+    assert sum(statuses.values()) == 240
+    assert set(statuses) <= {200} | CLEAN_FAILURES, (statuses, bodies)
+    assert statuses[200] >= 120, (statuses, bodies)  # the outage is seconds of the minute
+    assert len(set(accepted)) == len(accepted)
+    # Accepted = what exists: no order was lost, none was created behind a failure.
+    assert set(my_order_ids(customer)) == set(accepted)
+    # Reserved = accepted: the stock held is exactly the live orders' units, once the
+    # reconciler and the sweeper released what the failed attempts had reserved.
+    assert_no_leaked_stock(customer, sku, stock, timeout=RECOVERY_TIMEOUT)
+    assert held_units(customer, accepted) == len(accepted)
+    # Counted = accepted: analytics sees every accepted order once.
+    committed = wait_analytics_matches_orders(suite, admin)
+    assert committed - baseline == len(accepted)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, timedelta
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from mercato.catalog.v1 import catalog_pb2
+from mercato_catalog.domain.reservations import expiry_minute
 from mercato_catalog.store import ReservationStore, utcnow
 from mercato_common.rpc_errors import error_from_rpc
 
@@ -332,3 +334,45 @@ async def test_listing_pages_through_every_phase_in_creation_order(catalog) -> N
     assert await walk(catalog_pb2.RESERVATION_STATE_UNSPECIFIED) == orders
     assert await walk(catalog_pb2.RESERVATION_STATE_HELD) == orders[0::2]
     assert await walk(catalog_pb2.RESERVATION_STATE_COMMITTED) == orders[1::2]
+
+
+async def test_the_sweeper_reads_due_sagas_by_expiry_minute(make_catalog) -> None:
+    """Held sagas are found by the minute their deadline falls in (an equality), so a sweep
+    does not read every held saga; the full scan still finds sagas without that field."""
+    ttl = 900.0
+    # This test sweeps by hand.
+    catalog = await make_catalog(sweep_interval_seconds=3600, reservation_ttl_seconds=ttl)
+    sagas = ReservationStore(catalog.app.ctx)
+    now = utcnow()
+    await catalog.create_product("MIN-1", stock=10)
+    bucketed = str(uuid.uuid4())
+    await catalog.reserve(bucketed, ("MIN-1", 1))
+    stored = await catalog.app.ctx.reservations.find_one({"_id": bucketed})
+    assert stored is not None
+    assert stored["expire_minute"] == expiry_minute(stored["expire_time"].replace(tzinfo=UTC))
+    # A held saga as an older catalog stored it: a past deadline, no expire_minute.
+    legacy = str(uuid.uuid4())
+    past = now - timedelta(minutes=5)
+    await catalog.app.ctx.reservations.insert_one(
+        {"_id": legacy, "phase": "HELD", "attempt": "a", "create_time": past,
+         "update_time": past, "expire_time": past, "lines": []}
+    )  # fmt: skip
+    later = now + timedelta(seconds=ttl + 1)
+    window = range(expiry_minute(now), expiry_minute(later) + 1)
+    found = await sagas.due_for_expiry(later, 100, minutes=window)
+    assert bucketed in {saga.order_id for saga in found}
+    assert legacy not in {saga.order_id for saga in found}
+    outside = await sagas.due_for_expiry(later, 100, minutes=[expiry_minute(later) + 5])
+    assert bucketed not in {saga.order_id for saga in outside}
+    scanned = {saga.order_id for saga in await sagas.due_for_expiry(later, 100)}
+    assert {bucketed, legacy} <= scanned
+    # A move that ends the deadline clears the minute: a released saga is never due again.
+    await catalog.stub.ReleaseStock(
+        catalog_pb2.ReleaseStockRequest(order_id=bucketed, reason="test"),
+        metadata=catalog.service,
+    )
+    released = await catalog.app.ctx.reservations.find_one({"_id": bucketed})
+    assert released is not None
+    assert released["expire_minute"] is None
+    again = await sagas.due_for_expiry(later, 100, minutes=window)
+    assert bucketed not in {saga.order_id for saga in again}

@@ -7,13 +7,16 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from mercato_catalog.domain.reservations import owns
+from mercato_catalog.domain.reservations import expiry_minute, owns
 from mercato_catalog.domain.stock import Hold
 from mercato_catalog.service.reservations import ReservationService
 from mercato_catalog.service.stock import StockMovements
 from mercato_catalog.store import ReservationStore, StockStore
 
-__all__ = ["ReservationUpkeep"]
+__all__ = ["MAX_WINDOW_MINUTES", "ReservationUpkeep"]
+
+# Minutes since the last sweep read one by one; a longer gap (a stopped process) scans instead.
+MAX_WINDOW_MINUTES = 30
 
 log = logging.getLogger("mercato_catalog.reservations")
 
@@ -25,18 +28,46 @@ class ReservationUpkeep:
         reservations: ReservationService,
         stock: StockMovements,
         stock_store: StockStore,
+        *,
+        full_scan_every: int = 60,
     ) -> None:
         self._sagas = sagas
         self._reservations = reservations
         self._stock = stock
         self._stock_store = stock_store
+        self._full_scan_every = max(full_scan_every, 1)
+        # The first minute the next sweep reads (None: read everything).
+        self._expiry_from: int | None = None
+        self._expiry_sweeps = 0
 
     async def expire_due(self, now: datetime, limit: int) -> int:
-        """Expire reservations past their deadline that were never committed."""
+        """Expire reservations past their deadline that were never committed.
+
+        Normally only the minutes since the last sweep are read (by equality, see
+        ``ReservationStore.due_for_expiry``), so a sweep costs the same with 20 or 20,000 sagas
+        held; the first sweep, a gap longer than :data:`MAX_WINDOW_MINUTES` and every
+        ``full_scan_every``-th sweep read every held saga instead, which also finds sagas stored
+        before ``expire_minute`` existed or by a replica whose clock lags.
+        """
+        current = expiry_minute(now)
+        self._expiry_sweeps += 1
+        start = self._expiry_from
+        if (
+            start is None
+            or current - start > MAX_WINDOW_MINUTES
+            or self._expiry_sweeps % self._full_scan_every == 0
+        ):
+            due = await self._sagas.due_for_expiry(now, limit)
+        else:
+            due = await self._sagas.due_for_expiry(now, limit, minutes=range(start, current + 1))
         count = 0
-        for saga in await self._sagas.due_for_expiry(now, limit):
+        for saga in due:
             if await self._reservations.expire(saga):
                 count += 1
+        if len(due) < limit:
+            # Everything due up to now is expired: later sweeps start at this minute (not the
+            # next: sagas due later in this minute are not due yet).
+            self._expiry_from = current
         return count
 
     async def finish_stuck(self, older_than: datetime, limit: int) -> int:

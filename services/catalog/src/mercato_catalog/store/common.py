@@ -42,6 +42,7 @@ INDEXES: dict[str, list[IndexSpec]] = {
         IndexSpec.of("create_time_id", "create_time", "_id"),
         # The sweeper: due expirations and stuck steps.
         IndexSpec.of("phase_expire", "phase", "expire_time"),
+        IndexSpec.of("phase_expire_minute", "phase", "expire_minute"),
         IndexSpec.of("phase_update", "phase", "update_time"),
         IndexSpec.of("cleanup_due", "cleanup", "cleanup_after"),
         *outbox_index_specs(),

@@ -3,7 +3,8 @@
 Reservation document (``reservations``, ``_id`` = order id), the saga record::
 
     {_id, lines: [{sku, quantity}], phase (domain Phase), attempt,
-     create_time, update_time, expire_time, was_held, was_committed,
+     create_time, update_time, expire_time, expire_minute (the minute since 1970 of
+     expire_time, what the sweeper queries by), was_held, was_committed,
      cause, reason, shortages: [{sku, kind, description}], cleanup_after, cleanup (true while
      cleanup_after is set), version,
      outbox, ...}                      # StockReserved / StockReleased / StockCommitted
@@ -36,6 +37,7 @@ from mercato_catalog.domain.reservations import (
     Phase,
     ReleaseCause,
     Reservation,
+    expiry_minute,
     phases_of,
 )
 from mercato_catalog.store.common import RESERVATIONS, StoreContext, as_utc
@@ -46,6 +48,10 @@ __all__ = ["ReservationStore", "reservation_from_doc"]
 
 def _optional_time(value: Any) -> datetime | None:
     return as_utc(value) if value is not None else None
+
+
+def _expiry_minute(expire_time: datetime | None) -> int | None:
+    return expiry_minute(expire_time) if expire_time is not None else None
 
 
 def reservation_from_doc(doc: Mapping[str, Any]) -> Reservation:
@@ -158,10 +164,24 @@ class ReservationStore:
             found.extend(await self._find_all(query, limit - len(found)))
         return found
 
-    async def due_for_expiry(self, now: datetime, limit: int) -> list[Reservation]:
-        """Sagas past their deadline that were never committed."""
+    async def due_for_expiry(
+        self, now: datetime, limit: int, *, minutes: Sequence[int] | None = None
+    ) -> list[Reservation]:
+        """Sagas past their deadline that were never committed: those whose deadline falls in
+        one of ``minutes`` (:func:`expiry_minute`: one equality query per phase and minute,
+        whatever the number of sagas held), or all of them (``None``: a scan of the phases)."""
         phases = (Phase.RESERVING, Phase.HELD)
-        return await self._in_phases(phases, {"expire_time": {"$lte": now}}, limit)
+        due = {"expire_time": {"$lte": now}}
+        if minutes is None:
+            return await self._in_phases(phases, due, limit)
+        found: list[Reservation] = []
+        for minute in minutes:
+            if len(found) >= limit:
+                break
+            found.extend(
+                await self._in_phases(phases, {"expire_minute": minute, **due}, limit - len(found))
+            )
+        return found
 
     async def stuck(self, older_than: datetime, limit: int) -> list[Reservation]:
         """Sagas in a step nobody has moved since ``older_than`` (their caller died)."""
@@ -193,6 +213,7 @@ class ReservationStore:
             "create_time": saga.create_time,
             "update_time": saga.update_time,
             "expire_time": saga.expire_time,
+            "expire_minute": _expiry_minute(saga.expire_time),
             "was_held": saga.was_held,
             "was_committed": saga.was_committed,
             "shortages": _field_doc("shortages", saga.shortages),
@@ -213,6 +234,8 @@ class ReservationStore:
         sets = {name: _field_doc(name, value) for name, value in move.changes.items()}
         if sets.get("cleanup_after") is not None:
             sets["cleanup"] = True  # what due_for_cleanup looks for
+        if "expire_time" in move.changes:
+            sets["expire_minute"] = _expiry_minute(move.changes["expire_time"])  # due_for_expiry
         update = {"$set": {**sets, "update_time": move.at}, "$inc": {"version": 1}}
         query = {
             "_id": move.saga.order_id,
