@@ -461,6 +461,26 @@ component's own certificate as client certificate. */ -}}
 {{- toYaml $vars -}}
 {{- end -}}
 
+{{/* The Secrets a component's pods read at start (environment and files read once), sorted,
+as a JSON list: what Stakater Reloader watches for it (reloader.enabled). The certificate of
+a gRPC component is left out: the service reads it again when it changes. */}}
+{{- define "mercato.readSecrets" -}}
+{{- $c := include "mercato.component" . | fromYaml -}}
+{{- $names := list -}}
+{{- range include "mercato.secretEnv" . | fromYamlArray -}}
+{{- $names = append $names .valueFrom.secretKeyRef.name -}}
+{{- end -}}
+{{- if $c.kafka.bootstrapEnv -}}
+{{- range include "mercato.kafka.security.volumes" .root | fromYamlArray -}}
+{{- $names = append $names .secret.secretName -}}
+{{- end -}}
+{{- end -}}
+{{- if and (include "mercato.tls.enabled" .root) (ne $c.kind "grpc") -}}
+{{- $names = append $names (printf "%s-tls" (include "mercato.componentName" .)) -}}
+{{- end -}}
+{{- toJson ($names | uniq | sortAlpha) -}}
+{{- end -}}
+
 {{/* Whether services serve TLS themselves (no mesh). */}}
 {{- define "mercato.tls.enabled" -}}
 {{- if .Values.tls.enabled -}}

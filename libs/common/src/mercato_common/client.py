@@ -6,12 +6,16 @@ channel's default, and never more than what is left of the call being served
 applied only to methods whose contract marks them ``NO_SIDE_EFFECTS`` or
 ``IDEMPOTENT`` (a retried non-idempotent call could act twice). Load is spread
 round-robin over the resolved addresses (use ``dns:///host:port`` targets with
-headless Services). The client span's context travels in W3C headers.
+headless Services). The client span's context travels in W3C headers. Over TLS, a renewed
+client certificate is taken into use without a restart (``_Channel``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -23,12 +27,19 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from mercato_common.identity import JwksTokenVerifier, auth_jwks_fetcher
 from mercato_common.interceptors import incoming_deadline
-from mercato_common.tls import ClientTls
+from mercato_common.tls import ClientTls, FilesWatch
 
 if TYPE_CHECKING:
     from mercato_common.settings import TokenSettings
 
 __all__ = ["ClientTls", "create_channel", "retry_service_config", "verifier_from_auth"]
+
+log = logging.getLogger(__name__)
+
+# How often a TLS channel looks at its certificate files, and how long a replaced channel keeps
+# serving the calls already on it.
+TLS_CHECK_SECONDS = 10.0
+OLD_CHANNEL_GRACE_SECONDS = 30.0
 
 _RETRYABLE = (
     descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,
@@ -86,11 +97,14 @@ def create_channel(
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
     ]
+    call_options = _CallOptions(default_timeout, metadata)
     if tls is None:
-        inner = grpc.aio.insecure_channel(target, options=options)
-    else:
-        inner = grpc.aio.secure_channel(target, tls.credentials(), options=options)
-    return _Channel(inner, _CallOptions(default_timeout, metadata))
+        return _Channel(lambda: grpc.aio.insecure_channel(target, options=options), call_options)
+    return _Channel(
+        lambda: grpc.aio.secure_channel(target, tls.credentials(), options=options),
+        call_options,
+        watch=tls.watch(),
+    )
 
 
 class _CallOptions:
@@ -114,11 +128,16 @@ class _CallOptions:
 class _UnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[type-arg]
     def __init__(
         self,
-        inner: grpc.aio.UnaryUnaryMultiCallable[Any, Any],
+        channel: _Channel,
         method: str,
+        serializers: tuple[Callable[[Any], bytes] | None, Callable[[bytes], Any] | None, Any],
         options: _CallOptions,
     ) -> None:
-        self._inner = inner
+        self._channel = channel
+        self._method = method
+        self._serializers = serializers
+        self._generation = -1
+        self._inner: grpc.aio.UnaryUnaryMultiCallable[Any, Any] | None = None
         self._options = options
         service, _, name = method.lstrip("/").partition("/")
         self._span_name = f"{service}/{name}"
@@ -164,8 +183,15 @@ class _UnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[type-arg]
             outgoing.extend(carrier.items())
             if options.metadata is not None:
                 outgoing.extend(await options.metadata())
+            inner = self._inner
+            if self._generation != self._channel.generation() or inner is None:
+                # First call, or the channel was rebuilt with new certificate files.
+                self._generation, inner = self._channel.multicallable(
+                    self._method, self._serializers
+                )
+                self._inner = inner
             try:
-                response = await self._inner(
+                response = await inner(
                     request,
                     timeout=timeout,
                     metadata=outgoing,
@@ -183,20 +209,78 @@ class _UnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[type-arg]
 
 class _Channel(grpc.aio.Channel):
     """A ``grpc.aio`` channel whose unary-unary callables apply :class:`_CallOptions`; every
-    other method is the wrapped channel's."""
+    other method is the wrapped channel's.
 
-    def __init__(self, inner: grpc.aio.Channel, options: _CallOptions) -> None:
-        self._inner = inner
+    With TLS files (``watch``) it looks at them at most every :data:`TLS_CHECK_SECONDS` when
+    called: once they changed (a renewed client certificate), calls go over a new channel built
+    from them, and the old one is closed after :data:`OLD_CHANNEL_GRACE_SECONDS` (its calls in
+    flight finish).
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], grpc.aio.Channel],
+        options: _CallOptions,
+        *,
+        watch: FilesWatch | None = None,
+    ) -> None:
+        self._make = make
+        self._inner = make()
         self._options = options
+        self._watch = watch
+        self._generation = 0
+        self._next_check = time.monotonic() + TLS_CHECK_SECONDS
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def generation(self) -> int:
+        """Which channel calls go over: it grows by one each time new files are taken."""
+        if self._watch is not None and time.monotonic() >= self._next_check:
+            self._renew(self._watch)
+        return self._generation
+
+    def _renew(self, watch: FilesWatch) -> None:
+        self._next_check = time.monotonic() + TLS_CHECK_SECONDS
+        stamp = watch.poll()
+        if stamp is None:
+            return
+        try:
+            fresh = self._make()
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("TLS files changed but cannot be used yet (%s); keeping the channel", exc)
+            return
+        watch.accept(stamp)
+        old, self._inner = self._inner, fresh
+        self._generation += 1
+        log.info("client TLS certificate reloaded: calls use a new channel")
+        task = asyncio.get_running_loop().create_task(old.close(OLD_CHANNEL_GRACE_SECONDS))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    def multicallable(
+        self,
+        method: str,
+        serializers: tuple[Callable[[Any], bytes] | None, Callable[[bytes], Any] | None, Any],
+    ) -> tuple[int, grpc.aio.UnaryUnaryMultiCallable[Any, Any]]:
+        """The current channel's callable of ``method``, with the generation it belongs to."""
+        request_serializer, response_deserializer, registered = serializers
+        inner = self._inner.unary_unary(  # type: ignore[call-arg]  # grpcio takes it, its stubs lag
+            method,
+            request_serializer=request_serializer,
+            response_deserializer=response_deserializer,
+            _registered_method=registered,
+        )
+        return self._generation, inner
 
     async def __aenter__(self) -> _Channel:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._inner.close(None)
+        await self.close(None)
 
     async def close(self, grace: float | None = None) -> None:
         await self._inner.close(grace)
+        for task in list(self._retired):
+            task.cancel()
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         return self._inner.get_state(try_to_connect)
@@ -214,13 +298,8 @@ class _Channel(grpc.aio.Channel):
         response_deserializer: Callable[[bytes], Any] | None = None,
         _registered_method: bool | None = False,
     ) -> _UnaryUnary:
-        inner = self._inner.unary_unary(  # type: ignore[call-arg]  # grpcio takes it, its stubs lag
-            method,
-            request_serializer=request_serializer,
-            response_deserializer=response_deserializer,
-            _registered_method=_registered_method,
-        )
-        return _UnaryUnary(inner, method, self._options)
+        serializers = (request_serializer, response_deserializer, _registered_method)
+        return _UnaryUnary(self, method, serializers, self._options)
 
     def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
         return self._inner.unary_stream(*args, **kwargs)

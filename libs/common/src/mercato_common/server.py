@@ -23,6 +23,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from mercato_common.identity import TokenVerifier
 from mercato_common.interceptors import GrpcServerMetrics, default_interceptors
 from mercato_common.settings import BaseServiceSettings
+from mercato_common.tls import ServerCertificates
 
 __all__ = ["GrpcServer"]
 
@@ -137,9 +138,5 @@ def _server_credentials(settings: BaseServiceSettings) -> grpc.ServerCredentials
     tls = settings.tls
     if tls is None:
         return None
-    client_ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
+    # Read again when cert-manager renews the files (mercato_common.tls).
+    return ServerCertificates(tls.cert_file, tls.key_file, tls.client_ca_file).credentials()

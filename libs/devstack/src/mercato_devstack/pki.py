@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["issue", "still_valid"]
+__all__ = ["issue", "sign", "still_valid"]
 
 # Renewed by `issue` when less than this is left.
 _MIN_LEFT = datetime.timedelta(days=7)
@@ -103,24 +103,35 @@ def issue(
     )
     _write(folder, "ca", ca, ca_key)
     for name, hosts in leaves.items():
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(_name(name))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start)
-            .not_valid_after(end)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
+        sign(folder, name, hosts, days=days)
+
+
+def sign(folder: Path, name: str, hosts: Iterable[str], *, days: int = 365) -> None:
+    """A new ``name`` certificate and key in ``folder``, signed by the CA there (``ca.crt``,
+    ``ca.key``), for server and client use, naming ``hosts`` (IP addresses or DNS names)."""
+    ca = x509.load_pem_x509_certificate((folder / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((folder / "ca.key").read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError(f"{folder / 'ca.key'} is not the EC key this module makes")
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
         )
-        alt_names = _alt_names(hosts)
-        if alt_names:
-            builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        _write(folder, name, builder.sign(ca_key, hashes.SHA256()), key)
+    )
+    alt_names = _alt_names(hosts)
+    if alt_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    _write(folder, name, builder.sign(ca_key, hashes.SHA256()), key)
