@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,12 +24,14 @@ from mercato_common.kafka import (
     ConsumedEvent,
     ConsumerRunner,
     EventProducer,
+    KafkaCertificates,
     KafkaConnection,
     kafka_connection,
     new_envelope,
 )
 from mercato_common.kit import BrokerProbe
 from mercato_common.settings import KafkaSettings, load_settings
+from mercato_devstack import pki as local_pki
 from mercato_devstack.config import StackConfig
 from mercato_devstack.testing import Backends, TopicFactory
 
@@ -200,3 +204,44 @@ async def test_the_topics_job_creates_topics_over_tls_and_scram(
     again = await asyncio.to_thread(run_topics_job, env, declaration, tmp_path)
     assert again.startswith("rc=0"), again
     assert "all declared topics exist" in again, again
+
+
+async def test_a_renewed_client_certificate_is_used_without_a_restart(
+    stack_config: StackConfig, kafka_topics: TopicFactory, tmp_path: Path
+) -> None:
+    """The client certificate files are renewed in place: the connection's TLS context takes
+    them (KafkaCertificates, run every few seconds by the kit), and the next connection to the
+    broker presents the new certificate. First the files hold a certificate of a CA the broker
+    does not trust (refused), then one of the local CA (accepted)."""
+    topic = await kafka_topics.create("renewed")
+    stack_tls = stack_config.kafka_tls_dir
+    foreign = tmp_path / "foreign"
+    local_pki.issue(foreign, {"client": []}, days=1, common_name="foreign CA")
+    live = tmp_path / "live"
+    live.mkdir()
+    for name in ("client.crt", "client.key"):
+        shutil.copy(foreign / name, live / name)
+    settings, connection = connect(
+        stack_config,
+        "mtls",
+        KAFKA_SSL_CERT_FILE=str(live / "client.crt"),
+        KAFKA_SSL_KEY_FILE=str(live / "client.key"),
+    )
+    assert connection.ssl_context is not None
+    certificates = KafkaCertificates(connection.ssl_context, settings)
+    producer = EventProducer(connection, request_timeout_ms=5_000)
+    with pytest.raises(KafkaConnectionError):
+        await producer.start()
+    await producer.stop()
+
+    renewed = tmp_path / "renewed"
+    renewed.mkdir()
+    for name in ("ca.crt", "ca.key"):
+        shutil.copy(stack_tls / name, renewed / name)
+    local_pki.sign(renewed, "client", [], days=1)
+    os.replace(renewed / "client.crt", live / "client.crt")
+    assert not certificates.reload_if_changed()  # the key does not match yet: kept
+    os.replace(renewed / "client.key", live / "client.key")
+    assert certificates.reload_if_changed()
+    assert not certificates.reload_if_changed()  # nothing new since
+    await publish_and_consume(connection, topic, kafka_topics.name("group"))

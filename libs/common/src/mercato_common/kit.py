@@ -40,7 +40,7 @@ import grpc
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from mercato_common.client import create_channel, verifier_from_auth
+from mercato_common.client import TLS_CHECK_SECONDS, create_channel, verifier_from_auth
 from mercato_common.db_metrics import DbOperationMetrics
 from mercato_common.health import HealthWatch
 from mercato_common.identity import TokenVerifier
@@ -48,11 +48,19 @@ from mercato_common.kafka import (
     ConsumerGroup,
     EventProducer,
     Handler,
+    KafkaCertificates,
     KafkaConnection,
     kafka_connection,
 )
 from mercato_common.outbox.runner import RelayRunner
-from mercato_common.runtime import CloseOnStop, Lifecycle, run_until_signal, start_all, stop_all
+from mercato_common.runtime import (
+    CloseOnStop,
+    Lifecycle,
+    Periodic,
+    run_until_signal,
+    start_all,
+    stop_all,
+)
 from mercato_common.saturation import SaturationMetrics
 from mercato_common.server import GrpcServer
 from mercato_common.settings import (
@@ -157,6 +165,7 @@ class Service:
         self._consumers: list[Lifecycle] = []
         self._jobs: list[Lifecycle] = []
         self._broker_probe: BrokerProbe | None = None
+        self._kafka_certificates: KafkaCertificates | None = None
 
     # --- the gRPC server ----------------------------------------------------------------------
 
@@ -261,7 +270,17 @@ class Service:
 
     def kafka(self, settings: KafkaSettings) -> KafkaConnection:
         """How this service connects to Kafka (one client id per service)."""
-        return kafka_connection(settings, client_id=f"mercato-{self.name}")
+        connection = kafka_connection(settings, client_id=f"mercato-{self.name}")
+        if connection.ssl_context is not None and self._kafka_certificates is None:
+            certificates = KafkaCertificates(connection.ssl_context, settings)
+            self._kafka_certificates = certificates
+
+            async def reload() -> None:
+                certificates.reload_if_changed()
+
+            # Renewed client certificates (and CA bundles) are used without a restart.
+            self.job(Periodic("kafka-tls-reload", reload, interval=TLS_CHECK_SECONDS, logger=_log))
+        return connection
 
     def _watch_broker(self, connection: KafkaConnection, *, required: bool) -> None:
         if self._broker_probe is None:

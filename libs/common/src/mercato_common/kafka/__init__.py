@@ -2,7 +2,7 @@
 consumer group."""
 
 from mercato_common.kafka.backoff import Backoff
-from mercato_common.kafka.connection import KafkaConnection, kafka_connection
+from mercato_common.kafka.connection import KafkaCertificates, KafkaConnection, kafka_connection
 from mercato_common.kafka.consumer import (
     ConsumedEvent,
     ConsumerMetrics,
@@ -50,6 +50,7 @@ __all__ = [
     "EventProducer",
     "Handler",
     "HandlerFailedError",
+    "KafkaCertificates",
     "KafkaConnection",
     "PermanentError",
     "ProducerNotStartedError",
