@@ -80,7 +80,8 @@ import grpc_gateway_peer  # noqa: E402 - tools/grpc_gateway_peer.py builds the G
 #: The bench suite's state folder and ports: 22xxx, clear of `make run`, e2e and the kernel's
 #: ephemeral range (32768-60999), where a connect probe can meet a client's own port. Each can be
 #: overridden with MERCATO_BENCH_<name without MERCATO_>. Nothing else is set: the services run
-#: with their defaults, except rate limits raised out of the measurement's way.
+#: with their defaults, except rate limits and the per-user order caps (each bench client is one
+#: user placing thousands of unpaid orders) out of the measurement's way.
 BENCH_DEFAULTS = {
     "MERCATO_STATE_DIR": str(REPO_ROOT / ".state" / "bench"),
     "MERCATO_PG_PORT": "22432",
@@ -93,6 +94,8 @@ BENCH_DEFAULTS = {
     "MERCATO_SUITE_METRICS_PORT_BASE": "22460",
     "MERCATO_GATEWAY_RATE_LIMIT_STRICT": json.dumps({"rate": 100000, "burst": 100000}),
     "MERCATO_GATEWAY_RATE_LIMIT_DEFAULT": json.dumps({"rate": 100000, "burst": 100000}),
+    "MERCATO_ORDERS_MAX_OPEN_ORDERS_PER_USER": "0",
+    "MERCATO_ORDERS_MAX_UNITS_PER_PRODUCT_PER_USER": "0",
 }
 READY_TIMEOUT = 180.0
 STOP_TIMEOUT = 90.0

@@ -56,6 +56,10 @@ DEFAULTS: dict[str, str] = {
     "MERCATO_CATALOG_SWEEP_INTERVAL_SECONDS": "1",
     "MERCATO_CATALOG_ORPHAN_GRACE_SECONDS": "10",
     "MERCATO_CATALOG_STUCK_AFTER_SECONDS": "5",
+    # The fault tests place hundreds of unpaid orders as one customer; the per-user caps are
+    # tested in services/orders/tests/integration/test_placement.py.
+    "MERCATO_ORDERS_MAX_OPEN_ORDERS_PER_USER": "0",
+    "MERCATO_ORDERS_MAX_UNITS_PER_PRODUCT_PER_USER": "0",
     # Many logins from one address: the public-write limit would throttle the tests themselves.
     "MERCATO_GATEWAY_RATE_LIMIT_STRICT": json.dumps({"rate": 200, "burst": 400}),
     "MERCATO_GATEWAY_RATE_LIMIT_DEFAULT": json.dumps({"rate": 500, "burst": 1000}),

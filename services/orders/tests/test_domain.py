@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,8 +19,10 @@ from mercato_orders.domain.errors import (
     MixedCurrencies,
     OrderNotFound,
     PermissionRequired,
+    ProductLimitExceeded,
     ShortageKind,
     StockUnavailable,
+    TooManyOpenOrders,
     TotalTooLarge,
 )
 from mercato_orders.domain.model import (
@@ -39,12 +42,15 @@ from mercato_orders.domain.rules import (
     OrderFilter,
     PageToken,
     ProductInfo,
+    UserHoldings,
+    UserLimits,
     Viewer,
     cancel,
     check_amount,
     check_idempotency_key,
     check_lines,
     check_payable,
+    check_user_limits,
     decode_page_token,
     encode_page_token,
     fail,
@@ -391,3 +397,18 @@ def test_error_reasons_and_kinds() -> None:
         ErrorKind.ABORTED,
         "IDEMPOTENCY_KEY_IN_USE",
     )
+
+
+def test_user_limits() -> None:
+    limits = UserLimits(max_open_orders=3, max_units_per_product=5)
+    lines = [RequestedLine("A-1", 2), RequestedLine("B-1", 1)]
+    room = UserHoldings(open_orders=1, creates_in_progress=1, units={"A-1": 3})
+    check_user_limits(lines, room, limits)  # 2 open + this one = 3; A-1: 3 + 2 = 5
+    with pytest.raises(TooManyOpenOrders):
+        check_user_limits(lines, replace(room, creates_in_progress=2), limits)
+    with pytest.raises(ProductLimitExceeded) as caught:
+        check_user_limits([RequestedLine("A-1", 3), RequestedLine("B-1", 6)], room, limits)
+    assert caught.value.skus == ("A-1", "B-1")
+    assert [v.subject for v in caught.value.precondition_violations] == ["A-1", "B-1"]
+    check_user_limits(lines, UserHoldings(99, 99, {"A-1": 99}), UserLimits())  # no caps
+    assert not UserLimits().any

@@ -23,6 +23,7 @@ from mercato_orders.clients import CatalogClient, ServiceTokens, issue_with
 from mercato_orders.commands import COMMANDS
 from mercato_orders.domain.errors import OrdersUnavailable
 from mercato_orders.domain.payments import PaymentProvider
+from mercato_orders.domain.rules import UserLimits
 from mercato_orders.jobs import Reconciler
 from mercato_orders.payments import DevPaymentProvider
 from mercato_orders.service import OrdersConfig, OrdersMetrics, OrdersService, Reconciliation
@@ -103,6 +104,10 @@ def build_app(
             lease=timedelta(seconds=settings.idempotency_lease_seconds),
             wait_seconds=settings.idempotency_wait_seconds,
             compensation_timeout=settings.compensation_timeout_seconds,
+            limits=UserLimits(
+                max_open_orders=settings.max_open_orders_per_user,
+                max_units_per_product=settings.max_units_per_product_per_user,
+            ),
         ),
         metrics=OrdersMetrics(registry),
     )

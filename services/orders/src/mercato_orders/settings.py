@@ -51,6 +51,13 @@ class OrdersSettings(BaseServiceSettings, PostgresSettings, OutboxSettings):
     # How long a duplicate request waits for the first one before ABORTED IDEMPOTENCY_KEY_IN_USE.
     idempotency_wait_seconds: float = Field(default=10.0, ge=0)
 
+    # Caps per user against hoarding stock with unpaid orders (0: no cap). Checked when a
+    # create starts: unpaid (CONFIRMED) orders plus other creates in progress → 429
+    # TOO_MANY_OPEN_ORDERS; units of one product in unpaid orders plus this one → 409
+    # PRODUCT_LIMIT_EXCEEDED.
+    max_open_orders_per_user: int = Field(default=20, ge=0)
+    max_units_per_product_per_user: int = Field(default=100, ge=0)
+
     # Reconciliation: abandoned creates, owed releases/refunds, orphan reservations in the
     # catalog, CONFIRMED orders whose reservation lapsed.
     reconcile_enabled: bool = True

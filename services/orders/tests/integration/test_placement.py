@@ -326,3 +326,44 @@ async def test_reconciler_releases_orphans_and_fails_lapsed_orders(orders, auth,
     )
     again = await orders.reconciler().run_once(full=True)
     assert (again.orphans_released, again.lapsed_failed) == (0, 0)
+
+
+async def test_caps_per_user_on_unpaid_orders_and_units_of_one_product(make_orders, auth, catalog):
+    """A user cannot hoard stock with unpaid orders: past MAX_OPEN_ORDERS_PER_USER a create is
+    refused (RESOURCE_EXHAUSTED, HTTP 429), past MAX_UNITS_PER_PRODUCT_PER_USER units of one
+    product too (FAILED_PRECONDITION naming the SKU, HTTP 409); a refusal reserves nothing and
+    forgets its key; paying or cancelling frees the room; another user is not affected."""
+    orders = await make_orders(max_open_orders_per_user=3, max_units_per_product_per_user=5)
+    await catalog.product("CAP-1", stock=100)
+    await catalog.product("CAP-2", stock=100)
+    ann, bob = await auth.customer(), await auth.customer()
+
+    placed = [await orders.create(ann, ("CAP-1", 2)), await orders.create(ann, ("CAP-2", 1))]
+    too_many_units = await orders.fails(orders.create(ann, ("CAP-2", 1), ("CAP-1", 4), key="u"))
+    assert (too_many_units.code, too_many_units.reason) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "PRODUCT_LIMIT_EXCEEDED",
+    )
+    assert too_many_units.violations == [("USER_LIMIT", "CAP-1")]
+    placed.append(await orders.create(ann, ("CAP-1", 3)))  # 5 units of CAP-1: at the cap
+    assert await catalog.stock("CAP-1") == (100, 5, 95)
+
+    refused = await orders.fails(orders.create(ann, ("CAP-2", 1), key="fourth"))
+    assert (refused.code, refused.reason) == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "TOO_MANY_OPEN_ORDERS",
+    )
+    assert await catalog.stock("CAP-2") == (100, 1, 99)  # nothing reserved by the refusals
+    keys = await orders.fetch("SELECT key FROM idempotency_keys WHERE key IN ('u', 'fourth')")
+    assert keys == []  # forgotten: the same request may be sent again later
+    assert (await orders.create(bob, ("CAP-2", 1))).state == orders_pb2.ORDER_STATE_CONFIRMED
+
+    # Paying one and cancelling another frees the room for two more.
+    await orders.pay(ann.md, placed[1])
+    await orders.cancel(ann.md, placed[0].id, reason="changed my mind")
+    fourth = await orders.create(ann, ("CAP-2", 1), key="fourth")
+    assert fourth.state == orders_pb2.ORDER_STATE_CONFIRMED
+    assert (await orders.create(ann, ("CAP-1", 2))).state == orders_pb2.ORDER_STATE_CONFIRMED
+    # A retry of a placed order answers it even at the cap.
+    again = await orders.create(ann, ("CAP-2", 1), key="fourth")
+    assert again.id == fourth.id

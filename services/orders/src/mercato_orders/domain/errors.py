@@ -20,6 +20,7 @@ from mercato_common.errors import (
     MercatoError,
     NotFound,
     PreconditionViolation,
+    ResourceExhausted,
     Unavailable,
 )
 from mercato_orders.domain.states import OrderState
@@ -39,10 +40,12 @@ __all__ = [
     "PaymentDeclined",
     "PaymentUnavailable",
     "PermissionRequired",
+    "ProductLimitExceeded",
     "ReservationExpired",
     "Shortage",
     "ShortageKind",
     "StockUnavailable",
+    "TooManyOpenOrders",
     "TotalTooLarge",
 ]
 
@@ -199,3 +202,36 @@ class InvalidPageToken(OrdersError, errors.InvalidPageToken):
 
 class PermissionRequired(OrdersError, errors.ScopeMissing):
     """An action needs a scope the caller lacks (listing other users' orders: ``orders:admin``)."""
+
+
+class TooManyOpenOrders(OrdersError, ResourceExhausted):
+    """The user has as many unpaid orders (and creates in progress) as one user may have."""
+
+    default_reason = "TOO_MANY_OPEN_ORDERS"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"at most {limit} unpaid orders per user: pay or cancel one first",
+            metadata={"limit": str(limit)},
+        )
+
+
+class ProductLimitExceeded(OrdersError, FailedPrecondition):
+    """The order would make the user's unpaid orders hold more units of a product than one
+    user may; one PreconditionFailure violation (type ``USER_LIMIT``) per product."""
+
+    default_reason = "PRODUCT_LIMIT_EXCEEDED"
+
+    def __init__(self, skus: Sequence[str], limit: int) -> None:
+        self.skus = tuple(skus)
+        super().__init__(
+            f"at most {limit} units of one product in a user's unpaid orders: "
+            + ", ".join(self.skus),
+            metadata={"skus": ",".join(self.skus), "limit": str(limit)},
+            precondition_violations=[
+                PreconditionViolation(
+                    "USER_LIMIT", sku, f"unpaid orders may hold at most {limit} units"
+                )
+                for sku in self.skus
+            ],
+        )

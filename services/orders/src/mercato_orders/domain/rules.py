@@ -29,9 +29,11 @@ from mercato_orders.domain.errors import (
     InvalidStateTransition,
     MixedCurrencies,
     PermissionRequired,
+    ProductLimitExceeded,
     Shortage,
     ShortageKind,
     StockUnavailable,
+    TooManyOpenOrders,
 )
 from mercato_orders.domain.model import (
     SYSTEM_ACTOR,
@@ -54,12 +56,15 @@ __all__ = [
     "OrderFilter",
     "PageToken",
     "ProductInfo",
+    "UserHoldings",
+    "UserLimits",
     "Viewer",
     "cancel",
     "check_amount",
     "check_idempotency_key",
     "check_lines",
     "check_payable",
+    "check_user_limits",
     "decode_page_token",
     "encode_page_token",
     "fail",
@@ -397,3 +402,44 @@ def decode_page_token(token: str, flt: OrderFilter) -> PageToken | None:
     if when.tzinfo is None or not USER_ID_PATTERN.fullmatch(at["i"]):
         raise InvalidPageToken()
     return PageToken(when, at["i"].lower())
+
+
+@dataclass(frozen=True, slots=True)
+class UserLimits:
+    """Caps against one user hoarding stock with unpaid orders (0: no cap)."""
+
+    max_open_orders: int = 0
+    max_units_per_product: int = 0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.max_open_orders or self.max_units_per_product)
+
+
+@dataclass(frozen=True, slots=True)
+class UserHoldings:
+    """What a user's unpaid (CONFIRMED) orders and other creates in progress hold."""
+
+    open_orders: int
+    creates_in_progress: int
+    units: Mapping[str, int]  # by SKU, of the SKUs asked about
+
+
+def check_user_limits(
+    lines: Sequence[RequestedLine], holdings: UserHoldings, limits: UserLimits
+) -> None:
+    """Refuse an order that would take the user over a cap: ``TooManyOpenOrders`` when the user
+    already has ``max_open_orders`` unpaid orders and creates in progress, else
+    ``ProductLimitExceeded`` naming each SKU whose units would exceed ``max_units_per_product``."""
+    if limits.max_open_orders:
+        open_orders = holdings.open_orders + holdings.creates_in_progress
+        if open_orders >= limits.max_open_orders:
+            raise TooManyOpenOrders(limits.max_open_orders)
+    if limits.max_units_per_product:
+        over = [
+            line.sku
+            for line in lines
+            if holdings.units.get(line.sku, 0) + line.quantity > limits.max_units_per_product
+        ]
+        if over:
+            raise ProductLimitExceeded(over, limits.max_units_per_product)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
 from mercato_orders.clients import CatalogClient
 from mercato_orders.domain.payments import PaymentProvider
+from mercato_orders.domain.rules import UserLimits
 from mercato_orders.store import OrdersStore
 
 __all__ = ["OrdersConfig", "OrdersMetrics", "ServiceBase", "utcnow"]
@@ -31,6 +32,7 @@ class OrdersConfig:
     lease: timedelta = timedelta(seconds=30)
     wait_seconds: float = 10.0
     compensation_timeout: float = 5.0
+    limits: UserLimits = field(default_factory=UserLimits)
 
 
 class OrdersMetrics:

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from mercato_orders import publish
@@ -43,7 +43,9 @@ from mercato_orders.domain.errors import (
     IdempotencyKeyReused,
     MixedCurrencies,
     OrdersUnavailable,
+    ProductLimitExceeded,
     StockUnavailable,
+    TooManyOpenOrders,
     TotalTooLarge,
 )
 from mercato_orders.domain.model import Order, OrderState, RequestedLine
@@ -51,6 +53,7 @@ from mercato_orders.domain.rules import (
     Viewer,
     check_idempotency_key,
     check_lines,
+    check_user_limits,
     new_order,
     price_lines,
     request_fingerprint,
@@ -96,6 +99,14 @@ class Placing(ServiceBase):
         if isinstance(claim, Order):
             self.metrics.replays.inc()
             return claim
+        if claim.fresh and self.config.limits.any:
+            # A new create (not a retry, not one taken over): within the user's caps, or
+            # refused before anything is reserved.
+            try:
+                await self._check_limits(claim.user_id, requested)
+            except (TooManyOpenOrders, ProductLimitExceeded):
+                await self._forget(claim)
+                raise
         try:
             return await self._place(claim, requested, accepted_at)
         except _KeyLostError:
@@ -104,6 +115,13 @@ class Placing(ServiceBase):
             if isinstance(result, Order):
                 return result
             raise IdempotencyKeyInUse() from None
+
+    async def _check_limits(self, user_id: str, lines: Sequence[RequestedLine]) -> None:
+        async with self.store.read() as tx:
+            holdings = await tx.orders.holdings(user_id, [line.sku for line in lines])
+        # The user's creates in progress include this one, already claimed.
+        others = replace(holdings, creates_in_progress=max(holdings.creates_in_progress - 1, 0))
+        check_user_limits(lines, others, self.config.limits)
 
     async def _claim(self, user_id: str, key: str, fingerprint: str) -> Order | _OwnedKey:
         loop = asyncio.get_running_loop()

@@ -22,7 +22,7 @@ from mercato_orders.domain.model import (
     OrderState,
     StateChange,
 )
-from mercato_orders.domain.rules import OrderFilter, PageToken
+from mercato_orders.domain.rules import OrderFilter, PageToken, UserHoldings
 
 __all__ = ["Orders", "StaleOrderError"]
 
@@ -270,6 +270,37 @@ class Orders:
             order_id,
             released,
             refunded,
+        )
+
+    async def holdings(self, user_id: str, skus: Sequence[str]) -> UserHoldings:
+        """What the user's unpaid orders hold (units of ``skus``), and their other creates."""
+        record = await self._conn.fetchrow(
+            "user_holdings",
+            """
+            SELECT
+                (SELECT count(*) FROM orders
+                 WHERE user_id = $1 AND state = 'CONFIRMED') AS open_orders,
+                (SELECT count(*) FROM idempotency_keys
+                 WHERE user_id = $1 AND state = 'PENDING') AS creating,
+                (SELECT coalesce(jsonb_object_agg(sku, units), '{}'::jsonb) FROM (
+                    SELECT line->>'sku' AS sku, sum((line->>'quantity')::int) AS units
+                    FROM orders, jsonb_array_elements(lines) AS line
+                    WHERE user_id = $1 AND state = 'CONFIRMED' AND line->>'sku' = ANY($2::text[])
+                    GROUP BY 1
+                ) AS held) AS units
+            """,
+            user_id,
+            list(skus),
+        )
+        if record is None:  # an aggregate always answers one row
+            return UserHoldings(open_orders=0, creates_in_progress=0, units={})
+        units = record["units"]
+        if isinstance(units, str):
+            units = json.loads(units)
+        return UserHoldings(
+            open_orders=int(record["open_orders"]),
+            creates_in_progress=int(record["creating"]),
+            units={str(sku): int(count) for sku, count in units.items()},
         )
 
     async def states(self, order_ids: list[str]) -> dict[str, OrderState]:
