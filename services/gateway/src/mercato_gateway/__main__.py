@@ -1,8 +1,11 @@
 """``python -m mercato_gateway [serve | openapi]``: run the gateway, or print its OpenAPI document.
 
 The only place that reads the environment. ``serve`` runs uvicorn (uvloop, httptools) until
-SIGTERM/SIGINT; uvicorn stops accepting connections, gives in-flight requests
-``SHUTDOWN_GRACE_SECONDS`` and then runs the application's shutdown (channels, Redis).
+SIGTERM/SIGINT. Then the gateway drains (:class:`DrainingServer`: not ready, answers close their
+connections, still serving, for ``SHUTDOWN_DRAIN_SECONDS``); uvicorn stops accepting
+connections, gives in-flight requests ``SHUTDOWN_GRACE_SECONDS`` and runs the application's
+shutdown (channels, Redis). With ``WORKERS`` > 1 uvicorn's own supervisor handles the signal and
+there is no drain: the chart's preStop pause covers it.
 
 With ``WORKERS`` > 1, uvicorn starts that many worker processes, each building its own
 application through :func:`worker_app`; metrics then use prometheus_client's multiprocess mode
@@ -12,11 +15,15 @@ metrics port.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
+import socket
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -28,6 +35,7 @@ from mercato_gateway.openapi import build_openapi
 from mercato_gateway.settings import GatewaySettings
 
 _MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+_log = logging.getLogger("mercato_gateway")
 
 
 def _uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
@@ -49,6 +57,36 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
     return options
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a drain before it stops: the first SIGTERM/SIGINT turns the gateway not
+    ready (``/readyz`` 503, answers with ``Connection: close``) and keeps serving for
+    ``drain_seconds``, so that load balancers see it go and clients reconnect elsewhere; only
+    then does uvicorn close the listener and give in-flight requests their grace. A second
+    signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, *, drain: Callable[[], None], seconds: float):
+        super().__init__(config)
+        self._drain = drain
+        self._drain_seconds = seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._signalled = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        loop = self._loop
+        if self._signalled or self._drain_seconds <= 0 or loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self._signalled = True
+        self._drain()
+        _log.info("draining", extra={"seconds": self._drain_seconds})
+        stop = super().handle_exit
+        loop.call_soon_threadsafe(loop.call_later, self._drain_seconds, stop, sig, None)
+
+
 def worker_app() -> Any:
     """Application factory of a worker process (``WORKERS`` > 1)."""
     settings = load_settings(GatewaySettings, os.environ)
@@ -64,7 +102,12 @@ def _serve(settings: GatewaySettings, environ: Mapping[str, str]) -> int:
         telemetry = telemetry_for(settings)
         try:
             app = build_app(settings)
-            uvicorn.Server(uvicorn.Config(app.asgi, **options)).run()
+            server = DrainingServer(
+                uvicorn.Config(app.asgi, **options),
+                drain=app.readiness.drain,
+                seconds=settings.shutdown_drain_seconds,
+            )
+            server.run()
         finally:
             telemetry.shutdown()
         return 0

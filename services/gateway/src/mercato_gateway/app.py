@@ -36,7 +36,13 @@ from mercato_common.redis_client import fail_fast_redis
 from mercato_common.runtime import CloseOnStop, Lifecycle, Periodic, start_all, stop_all
 from mercato_common.saturation import SaturationMetrics
 from mercato_gateway.auth import Authenticator
-from mercato_gateway.edge import REQUEST_ID_KEY, ROUTE_KEY, EdgeMiddleware, HttpMetrics
+from mercato_gateway.edge import (
+    REQUEST_ID_KEY,
+    ROUTE_KEY,
+    Draining,
+    EdgeMiddleware,
+    HttpMetrics,
+)
 from mercato_gateway.openapi import build_openapi, docs_page
 from mercato_gateway.proxy import Deadlines, GatewayEndpoint, Upstreams, method_not_allowed
 from mercato_gateway.ratelimit import RateLimiter, RateLimitMetrics
@@ -129,10 +135,20 @@ class Readiness:
     """``/readyz``: the gateway's own readiness: not draining, and Redis when it is required
     (the rate limiter fails closed); upstreams are reported by :class:`UpstreamStatus`."""
 
-    def __init__(self, limiter: RateLimiter | None, *, redis_required: bool) -> None:
+    def __init__(
+        self, limiter: RateLimiter | None, *, redis_required: bool, draining: Draining
+    ) -> None:
         self._limiter = limiter
         self._redis_required = redis_required
-        self.draining = False
+        self._draining = draining
+
+    @property
+    def draining(self) -> bool:
+        return self._draining.active
+
+    def drain(self) -> None:
+        """The process is going away (SIGTERM, then lifespan shutdown): not ready from now."""
+        self._draining.active = True
 
     async def check(self) -> tuple[bool, dict[str, str]]:
         ready = True
@@ -294,7 +310,12 @@ def build_app(
     )
     openapi_body = json.dumps(document, separators=(",", ":")).encode()
     docs_body = docs_page(document)
-    readiness = Readiness(limiter, redis_required=settings.rate_limit_on_redis_error == "closed")
+    draining = Draining()
+    readiness = Readiness(
+        limiter,
+        redis_required=settings.rate_limit_on_redis_error == "closed",
+        draining=draining,
+    )
     upstream_status = UpstreamStatus(
         upstreams,
         cache_seconds=settings.readiness_cache_seconds,
@@ -359,7 +380,7 @@ def build_app(
         _log.info("gateway started", extra={"routes": len(routes)})
 
     async def stop() -> None:
-        readiness.draining = True
+        readiness.drain()
         await stop_all(started)
 
     dispatch = Dispatch(
@@ -387,6 +408,7 @@ def build_app(
             cross_origin=cors,
             metrics=HttpMetrics(registry),
             hsts=settings.tls_cert_file is not None,
+            draining=draining,
         ),
         on_startup=start,
         on_shutdown=stop,

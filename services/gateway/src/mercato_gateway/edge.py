@@ -104,6 +104,16 @@ def _edge_headers(scope: Scope) -> dict[bytes, str]:
     return found
 
 
+class Draining:
+    """Set once the process is going away: readiness fails and answers close their connection."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+
+_CONNECTION_CLOSE = (b"connection", b"close")
+
+
 class EdgeMiddleware:
     """``app`` serves the request; ``cross_origin`` (the CORS middleware around ``app``) serves
     it instead when it carries an ``Origin``, so that requests without one (server-to-server
@@ -117,11 +127,13 @@ class EdgeMiddleware:
         cross_origin: ASGIApp | None = None,
         metrics: HttpMetrics,
         hsts: bool = False,
+        draining: Draining | None = None,
     ) -> None:
         self.app = app
         self._cross_origin = cross_origin
         self._metrics = metrics
         self._hsts = hsts
+        self._draining = draining if draining is not None else Draining()
         self._tracer = trace.get_tracer("mercato_gateway")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -180,6 +192,9 @@ class EdgeMiddleware:
                         headers.append((b"traceresponse", trace_response.encode()))
                     if vary_origin:
                         headers.append(_VARY_ORIGIN)
+                    if self._draining.active:
+                        # Keep-alive clients reconnect, to a replica that is not going away.
+                        headers.append(_CONNECTION_CLOSE)
                     message = {**message, "headers": headers}
                 elif message["type"] == "http.response.body":
                     state["bytes"] += len(message.get("body", b""))

@@ -52,7 +52,10 @@ class GatewaySettings(ServiceTlsSettings, TokenSettings):
     metrics_host: str = "127.0.0.1"
     # Worker processes; above 1, metrics use prometheus_client's multiprocess mode.
     workers: int = Field(default=1, ge=1, le=64)
-    # Seconds in-flight requests get to finish after SIGTERM.
+    # After SIGTERM: /readyz answers 503 and every answer says `Connection: close` for this
+    # long while requests are still served (load balancers and clients move away), then the
+    # listener closes and in-flight requests get SHUTDOWN_GRACE_SECONDS to finish.
+    shutdown_drain_seconds: float = Field(default=2.0, ge=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     # TLS (inherited): TLS_CERT_FILE/TLS_KEY_FILE terminate HTTPS (deployments without an
     # ingress) and are the client certificate towards upstreams; TLS_CA_FILE turns TLS on for

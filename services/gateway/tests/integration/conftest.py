@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -444,3 +446,49 @@ async def gateway(suite: Suite) -> AsyncIterator[GatewayApp]:
 async def client(suite: Suite, gateway: GatewayApp) -> AsyncIterator[httpx.AsyncClient]:
     async with suite.client(gateway) as http:
         yield http
+
+
+async def start_gateway_process(
+    suite: Suite, prefix: str, **extra: str
+) -> tuple[asyncio.subprocess.Process, str]:
+    """The gateway as its own process (``python -m mercato_gateway``) on a free port, with the
+    suite's settings, ``prefix`` for its Redis keys and ``extra`` settings; and its URL."""
+    port = free_port()
+    env = suite.environment(
+        MERCATO_GATEWAY_PORT=str(port), MERCATO_GATEWAY_REDIS_PREFIX=prefix, **extra
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mercato_gateway",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def wait_healthy(
+    http: httpx.AsyncClient, url: str, process: asyncio.subprocess.Process
+) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            assert process.stderr is not None
+            raise AssertionError((await process.stderr.read()).decode()[-2000:])
+        try:
+            if (await http.get(f"{url}/healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"gateway at {url} did not start")
+
+
+async def stop_gateway(process: asyncio.subprocess.Process) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), 15)
+    except TimeoutError:
+        process.kill()
+        await process.wait()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import sys
 import time
 import uuid
 from collections.abc import Coroutine
@@ -21,59 +20,13 @@ from mercato_common.redis_client import fail_fast_redis
 from mercato_gateway.ratelimit import RateLimiter, lease_size
 from mercato_gateway.settings import RateLimitPolicy
 
-from .conftest import Suite, free_port
+from .conftest import Suite, start_gateway_process, stop_gateway, wait_healthy
 
 pytestmark = pytest.mark.integration
 
 RATE = 5
 BURST = 5
-
-
-async def _start_gateway(
-    suite: Suite, prefix: str, **extra: str
-) -> tuple[asyncio.subprocess.Process, str]:
-    port = free_port()
-    env = suite.environment(
-        MERCATO_GATEWAY_PORT=str(port),
-        MERCATO_GATEWAY_REDIS_PREFIX=prefix,
-        MERCATO_GATEWAY_RATE_LIMIT_DEFAULT=json.dumps({"rate": RATE, "burst": BURST}),
-        **extra,
-    )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "mercato_gateway",
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    return process, f"http://127.0.0.1:{port}"
-
-
-async def _wait_healthy(
-    http: httpx.AsyncClient, url: str, process: asyncio.subprocess.Process
-) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.returncode is not None:
-            assert process.stderr is not None
-            raise AssertionError((await process.stderr.read()).decode()[-2000:])
-        try:
-            if (await http.get(f"{url}/healthz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"gateway at {url} did not start")
-
-
-async def _stop(process: asyncio.subprocess.Process) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(process.wait(), 15)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
+_LIMIT = {"MERCATO_GATEWAY_RATE_LIMIT_DEFAULT": json.dumps({"rate": RATE, "burst": BURST})}
 
 
 async def _one_budget(
@@ -96,11 +49,11 @@ async def _one_budget(
 
 async def test_limit_holds_across_two_gateway_processes(suite: Suite) -> None:
     prefix = f"{suite.redis_prefix}two:{uuid.uuid4().hex[:6]}:"
-    started = [await _start_gateway(suite, prefix) for _ in range(2)]
+    started = [await start_gateway_process(suite, prefix, **_LIMIT) for _ in range(2)]
     try:
         async with httpx.AsyncClient(timeout=10) as http:
             for process, url in started:
-                await _wait_healthy(http, url, process)
+                await wait_healthy(http, url, process)
             urls = [url for _, url in started]
             # Requests alternate between the two processes.
             allowed, limited = await _one_budget(
@@ -119,7 +72,7 @@ async def test_limit_holds_across_two_gateway_processes(suite: Suite) -> None:
             other = await http.get(f"{urls[0]}/v1/users/me", headers=token)
             assert other.status_code == 200, other.text
     finally:
-        await asyncio.gather(*(_stop(process) for process, _ in started))
+        await asyncio.gather(*(stop_gateway(process) for process, _ in started))
     # Graceful exit: uvicorn drains, runs the shutdown, then re-raises the signal it caught.
     assert all(process.returncode in (0, -signal.SIGTERM) for process, _ in started), [
         process.returncode for process, _ in started
@@ -129,10 +82,10 @@ async def test_limit_holds_across_two_gateway_processes(suite: Suite) -> None:
 async def test_limit_holds_across_the_workers_of_one_gateway(suite: Suite) -> None:
     """WORKERS=2: two worker processes accept on one port; the limit is still one budget."""
     prefix = f"{suite.redis_prefix}workers:{uuid.uuid4().hex[:6]}:"
-    process, url = await _start_gateway(suite, prefix, MERCATO_GATEWAY_WORKERS="2")
+    process, url = await start_gateway_process(suite, prefix, MERCATO_GATEWAY_WORKERS="2", **_LIMIT)
     try:
         async with httpx.AsyncClient(timeout=10) as http:
-            await _wait_healthy(http, url, process)
+            await wait_healthy(http, url, process)
             workers = _children(process.pid)
             deadline = time.monotonic() + 30
             while len(workers) < 2 and time.monotonic() < deadline:
@@ -147,7 +100,7 @@ async def test_limit_holds_across_the_workers_of_one_gateway(suite: Suite) -> No
                 [_fresh_get(f"{url}/.well-known/jwks.json") for _ in range(6 * BURST)]
             )
     finally:
-        await _stop(process)
+        await stop_gateway(process)
     assert process.returncode in (0, -signal.SIGTERM), process.returncode
 
 
