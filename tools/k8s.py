@@ -33,7 +33,6 @@ import base64
 import contextlib
 import datetime
 import fcntl
-import ipaddress
 import json
 import os
 import re
@@ -59,6 +58,7 @@ from gotool import STATE, TOOLS, ToolError, find_go, go_env, go_install
 from helm import ensure_helm
 
 from mercato_devstack import process
+from mercato_devstack.pki import alt_names
 
 ETCD_VERSION = "v3.7.3"
 KWOK_VERSION = "v0.8.0"
@@ -424,13 +424,9 @@ def _certificate(
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [ExtendedKeyUsageOID.SERVER_AUTH]
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     if server_names:
-        names: list[x509.GeneralName] = []
-        for name in server_names:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(name)))
-            except ValueError:
-                names.append(x509.DNSName(name))
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(alt_names(server_names)), critical=False
+        )
     return builder.sign(signer, hashes.SHA256())
 
 

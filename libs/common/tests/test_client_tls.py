@@ -1,16 +1,15 @@
 """Outgoing channels over (mutual) TLS configured from settings: ``client_tls``."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import ClassVar
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
 
 from mercato_common.client import ClientTls, create_channel
-from mercato_common.server import GrpcServer
 from mercato_common.settings import BaseServiceSettings, SettingsError, load_settings
 
 HEALTH = "grpc.health.v1.Health"
@@ -42,7 +41,9 @@ async def _check(settings: CallerSettings, port: int) -> int:
 
 
 @pytest.fixture
-async def mutual_tls_port(pki: Path) -> AsyncIterator[int]:
+async def mutual_tls_port(
+    pki: Path, serving: Callable[[BaseServiceSettings], AbstractAsyncContextManager[int]]
+) -> AsyncIterator[int]:
     """A GrpcServer that requires client certificates signed by the test CA."""
     settings = BaseServiceSettings(
         service_name="callee",
@@ -52,12 +53,8 @@ async def mutual_tls_port(pki: Path) -> AsyncIterator[int]:
         tls_key_file=pki / "server.key",
         tls_client_ca_file=pki / "ca.crt",
     )
-    server = GrpcServer(settings, error_domain="test.mercato", registry=CollectorRegistry())
-    port = await server.start()
-    try:
+    async with serving(settings) as port:
         yield port
-    finally:
-        await server.stop()
 
 
 def test_client_tls_reuses_the_service_certificate(pki: Path) -> None:

@@ -1,27 +1,17 @@
 """TLS and mutual TLS from certificate files, and the message size limit."""
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
 
 from mercato_common.client import ClientTls
-from mercato_common.server import GrpcServer
 from mercato_common.settings import BaseServiceSettings
 
-
-@asynccontextmanager
-async def _serve(settings: BaseServiceSettings) -> AsyncIterator[int]:
-    server = GrpcServer(settings, error_domain="test.mercato", registry=CollectorRegistry())
-    port = await server.start()
-    try:
-        yield port
-    finally:
-        await server.stop()
+Serving = Callable[[BaseServiceSettings], AbstractAsyncContextManager[int]]
 
 
 async def _check(channel: grpc.aio.Channel) -> int:
@@ -41,8 +31,8 @@ def _settings(pki: Path, *, mutual: bool) -> BaseServiceSettings:
     )
 
 
-async def test_tls_server_answers_a_client_that_trusts_its_ca(pki: Path) -> None:
-    async with _serve(_settings(pki, mutual=False)) as port:
+async def test_tls_server_answers_a_client_that_trusts_its_ca(pki: Path, serving: Serving) -> None:
+    async with serving(_settings(pki, mutual=False)) as port:
         credentials = ClientTls(ca_file=pki / "ca.crt").credentials()
         async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
             assert await _check(channel) == health_pb2.HealthCheckResponse.SERVING
@@ -52,8 +42,10 @@ async def test_tls_server_answers_a_client_that_trusts_its_ca(pki: Path) -> None
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_mutual_tls_refuses_a_client_without_a_certificate(pki: Path) -> None:
-    async with _serve(_settings(pki, mutual=True)) as port:
+async def test_mutual_tls_refuses_a_client_without_a_certificate(
+    pki: Path, serving: Serving
+) -> None:
+    async with serving(_settings(pki, mutual=True)) as port:
         with_cert = ClientTls(
             ca_file=pki / "ca.crt", cert_file=pki / "client.crt", key_file=pki / "client.key"
         ).credentials()
@@ -66,11 +58,11 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate(pki: Path) -> N
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-async def test_messages_over_the_size_limit_are_refused() -> None:
+async def test_messages_over_the_size_limit_are_refused(serving: Serving) -> None:
     settings = BaseServiceSettings(
         service_name="small", grpc_port=0, shutdown_drain_seconds=0, max_message_bytes=1024
     )
-    async with _serve(settings) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with serving(settings) as port, grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         assert (await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)).status
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -8,23 +8,23 @@ import os
 import shutil
 import socket
 import ssl
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import grpc
 import pytest
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
 
 from mercato_common import client as client_module
 from mercato_common.client import ClientTls, create_channel
-from mercato_common.server import GrpcServer
 from mercato_common.settings import BaseServiceSettings
 from mercato_devstack import pki as local_pki
 
 HOSTS = ["localhost", "127.0.0.1"]
+
+Serving = Callable[[BaseServiceSettings], AbstractAsyncContextManager[int]]
 
 
 def _settings(folder: Path, *, port: int = 0, mutual: bool = False) -> BaseServiceSettings:
@@ -36,16 +36,6 @@ def _settings(folder: Path, *, port: int = 0, mutual: bool = False) -> BaseServi
         tls_key_file=folder / "server.key",
         tls_client_ca_file=(folder / "ca.crt") if mutual else None,
     )
-
-
-@asynccontextmanager
-async def _serve(settings: BaseServiceSettings) -> AsyncIterator[int]:
-    server = GrpcServer(settings, error_domain="test.mercato", registry=CollectorRegistry())
-    port = await server.start()
-    try:
-        yield port
-    finally:
-        await server.stop()
 
 
 def _presented_serial(port: int, ca_file: Path) -> int:
@@ -78,11 +68,13 @@ async def _check(channel: grpc.aio.Channel) -> int:
     return int(response.status)
 
 
-async def test_server_presents_a_renewed_certificate_to_new_connections(tmp_path: Path) -> None:
+async def test_server_presents_a_renewed_certificate_to_new_connections(
+    tmp_path: Path, serving: Serving
+) -> None:
     live = tmp_path / "live"
     local_pki.issue(live, {"server": HOSTS}, days=1, common_name="reload CA")
     first = _serial(live / "server.crt")
-    async with _serve(_settings(live)) as port:
+    async with serving(_settings(live)) as port:
         assert _presented_serial(port, live / "ca.crt") == first
 
         staging = tmp_path / "staging"
@@ -105,7 +97,7 @@ async def test_server_presents_a_renewed_certificate_to_new_connections(tmp_path
 
 
 async def test_channel_connects_with_a_renewed_client_certificate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, serving: Serving
 ) -> None:
     """Everything moves to a new CA (server certificate, client CA, client certificate, trust
     roots): a channel snapshotting the old files cannot reach the server any more, the kit's
@@ -117,7 +109,7 @@ async def test_channel_connects_with_a_renewed_client_certificate(
         ca_file=live / "ca.crt", cert_file=live / "client.crt", key_file=live / "client.key"
     )
     settings = _settings(live, mutual=True)
-    async with _serve(settings) as port:
+    async with serving(settings) as port:
         target = f"127.0.0.1:{port}"
         snapshot = grpc.aio.secure_channel(target, tls.credentials())
         channel = create_channel(target, services=[], tls=tls)
@@ -129,7 +121,7 @@ async def test_channel_connects_with_a_renewed_client_certificate(
     _swap_in(staging, live, "ca.crt", "ca.key", "server.crt", "server.key", "client.crt")
     _swap_in(staging, live, "client.key")
     # The server comes back on the same port with the new files (new connections only).
-    async with _serve(_settings(live, port=port, mutual=True)):
+    async with serving(_settings(live, port=port, mutual=True)):
         assert await _check(channel) == health_pb2.HealthCheckResponse.SERVING
         assert channel.generation() == 1  # type: ignore[attr-defined]
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["issue", "sign", "still_valid"]
+__all__ = ["alt_names", "issue", "sign", "still_valid"]
 
 # Renewed by `issue` when less than this is left.
 _MIN_LEFT = datetime.timedelta(days=7)
@@ -24,7 +24,8 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _alt_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
+def alt_names(hosts: Iterable[str]) -> list[x509.GeneralName]:
+    """Subject alternative names: an IP address entry for each address, a DNS one otherwise."""
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
@@ -131,7 +132,7 @@ def sign(folder: Path, name: str, hosts: Iterable[str], *, days: int = 365) -> N
             critical=False,
         )
     )
-    alt_names = _alt_names(hosts)
-    if alt_names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
+    names = alt_names(hosts)
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     _write(folder, name, builder.sign(ca_key, hashes.SHA256()), key)
