@@ -110,6 +110,7 @@ def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY)
         throttling=ThrottlePolicies(
             account=settings.throttle_policy(settings.throttle_account_max_failures),
             address=settings.throttle_policy(settings.throttle_address_max_failures),
+            account_ceiling=settings.throttle_account_ceiling,
         ),
         metrics=AuthMetrics(registry),
     )

@@ -78,8 +78,13 @@ class AuthSettings(BaseServiceSettings, PostgresSettings, OutboxSettings):
     password_hash_concurrency: int = Field(default=4, ge=1)
 
     # Brute-force throttling of failed logins and client authentications.
+    # Failures before a lock: an account from one address; every account from one address; an
+    # account from anywhere (its lock lasts THROTTLE_ACCOUNT_CEILING_DELAY_SECONDS and never
+    # grows, so its owner is never locked out for longer).
     throttle_account_max_failures: int = Field(default=5, ge=1)
     throttle_address_max_failures: int = Field(default=20, ge=1)
+    throttle_account_ceiling_failures: int = Field(default=50, ge=1)
+    throttle_account_ceiling_delay_seconds: float = Field(default=60.0, gt=0)
     throttle_window_seconds: float = Field(default=900.0, gt=0)
     throttle_base_delay_seconds: float = Field(default=30.0, gt=0)
     throttle_max_delay_seconds: float = Field(default=900.0, gt=0)
@@ -175,4 +180,15 @@ class AuthSettings(BaseServiceSettings, PostgresSettings, OutboxSettings):
             window=timedelta(seconds=self.throttle_window_seconds),
             base_delay=timedelta(seconds=self.throttle_base_delay_seconds),
             max_delay=timedelta(seconds=self.throttle_max_delay_seconds),
+        )
+
+    @property
+    def throttle_account_ceiling(self) -> ThrottlePolicy:
+        """The account from anywhere: a fixed, short lock (never growing)."""
+        delay = timedelta(seconds=self.throttle_account_ceiling_delay_seconds)
+        return ThrottlePolicy(
+            max_failures=self.throttle_account_ceiling_failures,
+            window=timedelta(seconds=self.throttle_window_seconds),
+            base_delay=delay,
+            max_delay=delay,
         )

@@ -14,6 +14,8 @@ PASSWORD = "a long enough password"
 
 
 async def test_account_throttling_locks_then_resets_on_success(make_settings, start_auth) -> None:
+    """Guessing an account's password from one address locks that address out of that account,
+    with growing delays; the owner elsewhere is unaffected."""
     settings = make_settings(
         throttle_account_max_failures=3,
         throttle_address_max_failures=100,
@@ -21,17 +23,21 @@ async def test_account_throttling_locks_then_resets_on_success(make_settings, st
     )
     async with start_auth(settings) as auth:
         await auth.register("ann@example.com")
-        for i in range(3):  # each from another address: the account is what counts
+        for _ in range(3):
             failed = await auth.expect_failure(
-                auth.login("ann@example.com", "wrong password", address=f"198.51.100.{i}")
+                auth.login("ann@example.com", "wrong password", address="198.51.100.7")
             )
             assert failed.reason == "INVALID_CREDENTIALS"
-        # Locked: even the right password is refused, with the delay to wait.
-        throttled = await auth.expect_failure(auth.login("ann@example.com", PASSWORD))
+        # Locked from there: even the right password is refused, with the delay to wait.
+        throttled = await auth.expect_failure(
+            auth.login("ann@example.com", PASSWORD, address="198.51.100.7")
+        )
         assert throttled.code == StatusCode.RESOURCE_EXHAUSTED
         assert throttled.reason == "LOGIN_THROTTLED"
         assert 55 <= int(throttled.metadata["retry_after_seconds"]) <= 60
         assert throttled.retry_delay == int(throttled.metadata["retry_after_seconds"])
+        # The owner, from another address, is not locked out.
+        assert (await auth.login("ann@example.com", PASSWORD, address="203.0.113.5")).access_token
         # An unknown account is throttled the same way (no enumeration through throttling).
         for _ in range(3):
             await auth.expect_failure(auth.login("ghost@example.com", "wrong password"))
@@ -40,18 +46,52 @@ async def test_account_throttling_locks_then_resets_on_success(make_settings, st
 
         # Another replica shares the counters (they live in PostgreSQL).
         async with start_auth(settings) as replica:
-            other = await replica.expect_failure(replica.login("ann@example.com", PASSWORD))
+            other = await replica.expect_failure(
+                replica.login("ann@example.com", PASSWORD, address="198.51.100.7")
+            )
             assert other.reason == "LOGIN_THROTTLED"
 
-        # Once the delay is over, success resets the counters.
+        # Once the delay is over, success resets the counters of the attempt.
         await auth.fetch("UPDATE login_throttle SET locked_until = now() - interval '1 second'")
-        assert (await auth.login("ann@example.com", PASSWORD)).access_token
-        remaining = await auth.fetch("SELECT kind FROM login_throttle WHERE kind = 'account'")
-        assert len(remaining) == 1  # only the ghost's
+        assert (await auth.login("ann@example.com", PASSWORD, address="198.51.100.7")).access_token
         # Failures start again from zero: two more do not lock.
         for _ in range(2):
-            await auth.expect_failure(auth.login("ann@example.com", "wrong password"))
-        assert (await auth.login("ann@example.com", PASSWORD)).access_token
+            await auth.expect_failure(
+                auth.login("ann@example.com", "wrong password", address="198.51.100.7")
+            )
+        assert (await auth.login("ann@example.com", PASSWORD, address="198.51.100.7")).access_token
+
+
+async def test_guesses_from_many_addresses_meet_a_short_ceiling(make_settings, start_auth) -> None:
+    """Guesses spread over many addresses (each below its own limit) meet the account's ceiling:
+    a short lock that never grows, so the owner waits at most that long, never more."""
+    settings = make_settings(
+        throttle_account_max_failures=3,
+        throttle_address_max_failures=100,
+        throttle_account_ceiling_failures=4,
+        throttle_account_ceiling_delay_seconds=5,
+        throttle_base_delay_seconds=60,
+    )
+    async with start_auth(settings) as auth:
+        await auth.register("ann@example.com")
+        for round_ in range(3):
+            for i in range(4):
+                address = f"198.51.{100 + round_}.{i}"
+                failed = await auth.expect_failure(
+                    auth.login("ann@example.com", "wrong password", address=address)
+                )
+                assert failed.reason in ("INVALID_CREDENTIALS", "LOGIN_THROTTLED")
+            owner = await auth.expect_failure(
+                auth.login("ann@example.com", PASSWORD, address="203.0.113.5")
+            )
+            assert owner.reason == "LOGIN_THROTTLED"
+            # The ceiling's lock does not grow with the attack.
+            assert 1 <= int(owner.metadata["retry_after_seconds"]) <= 5
+            await auth.fetch(
+                "UPDATE login_throttle SET locked_until = now() - interval '1 second' "
+                "WHERE kind = 'account'"
+            )
+        assert (await auth.login("ann@example.com", PASSWORD, address="203.0.113.5")).access_token
 
 
 async def test_address_throttling_spans_accounts(make_settings, start_auth) -> None:

@@ -1,10 +1,21 @@
-"""Brute-force throttling of logins (and client authentication) per account and per address.
+"""Brute-force throttling of logins (and client authentication), after OWASP's guidance.
 
-Each failure counts against a key (``account:``, ``address:``, ``client:``). Failures within
-``window`` of the previous one accumulate; from ``max_failures`` on, every further failure locks
-the key for ``base_delay * 2 ** (failures - max_failures)``, capped at ``max_delay``. While a key
-is locked, attempts are refused before any password is checked and do not count. A success
-resets the keys of the attempt. The state lives in PostgreSQL so that every replica sees it.
+Each failure counts against several keys:
+
+- ``account_address:`` the account *from this address*: the tight limit (a few failures, then
+  exponentially growing locks). Guessing one account's password from one place stops here,
+  and it locks nobody else out: the owner elsewhere is unaffected.
+- ``address:`` every account from one address (password spraying): a higher limit.
+- ``account:`` the account from anywhere: a slower ceiling against guesses spread over many
+  addresses, whose lock is short and never grows, so that the owner is never locked out for
+  longer than that (an attacker cannot deny the account to its owner).
+- ``client:`` a client id (client credentials), with the address.
+
+Failures within ``window`` of the previous one accumulate; from ``max_failures`` on, every
+further failure locks the key for ``base_delay * 2 ** (failures - max_failures)``, capped at
+``max_delay``. While a key is locked, attempts are refused before any password is checked and do
+not count. A success resets the keys of the attempt. The state lives in PostgreSQL so that every
+replica sees it.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ __all__ = [
 
 class ThrottleKind(Enum):
     ACCOUNT = "account"
+    ACCOUNT_ADDRESS = "account_address"
     ADDRESS = "address"
     CLIENT = "client"
 

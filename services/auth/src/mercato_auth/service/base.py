@@ -54,12 +54,20 @@ class TokenSettings:
 
 @dataclass(frozen=True, slots=True)
 class ThrottlePolicies:
+    """``account``: an account from one address (and a client id); ``address``: every account
+    from one address; ``account_ceiling``: an account from anywhere (domain.throttle)."""
+
     account: ThrottlePolicy
     address: ThrottlePolicy
+    account_ceiling: ThrottlePolicy
 
     def for_kind(self, kind: ThrottleKind) -> ThrottlePolicy:
-        # A client id is throttled like an account: both name one secret's holder.
-        return self.address if kind is ThrottleKind.ADDRESS else self.account
+        if kind is ThrottleKind.ADDRESS:
+            return self.address
+        if kind is ThrottleKind.ACCOUNT:
+            return self.account_ceiling
+        # A client id is throttled like an account from an address: one secret's holder.
+        return self.account
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +136,9 @@ class ServiceBase:
 
     def _throttle_keys(self, kind: ThrottleKind, name: str, address: str) -> list[ThrottleKey]:
         keys = [throttle_key(kind, name)]
+        if kind is ThrottleKind.ACCOUNT:
+            # The tight limit is per address (an unknown address is one address too).
+            keys.append(throttle_key(ThrottleKind.ACCOUNT_ADDRESS, f"{name}\n{address}"))
         if address:
             keys.append(throttle_key(ThrottleKind.ADDRESS, address))
         return keys
