@@ -10,15 +10,20 @@
    enforces the method's ``(mercato.api.v1.access)`` option.
 4. :class:`ValidationInterceptor`: protovalidate rules of the request message.
 
-Unary-unary handlers are wrapped. The suite's contracts have only unary RPCs;
-a streaming handler (such as health's Watch) passes through untouched.
+Every kind of handler is wrapped: unary calls through :meth:`around`, calls that stream
+responses, requests or both through :meth:`around_stream`, with the same checks: the token and
+the access option before the first message, each streamed request validated as it arrives,
+errors raised while streaming mapped like a unary call's, one span, metric and access-log line
+for the whole stream. Health's Watch (an infrastructure service) is public like its Check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -79,6 +84,8 @@ if TYPE_CHECKING:
 
 # Runs the rest of the chain (and the handler) for the call being wrapped.
 Proceed = Callable[[], Awaitable[Any]]
+# The same for a call that streams: the responses, as they come.
+Responses = Callable[[], AsyncIterator[Any]]
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -87,10 +94,21 @@ def _split(method: str) -> tuple[str, str]:
 
 
 class _WrappingInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps unary handlers with :meth:`around`, which runs the rest of the chain."""
+    """Wraps every handler: unary calls with :meth:`around`, streaming ones with
+    :meth:`around_stream` (and their request streams with :meth:`requests`)."""
 
     async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
         raise NotImplementedError
+
+    def around_stream(
+        self, method: str, request: Any, context: Context, responses: Responses
+    ) -> AsyncIterator[Any]:
+        """The responses of a streaming call; ``request`` is None when the requests stream."""
+        raise NotImplementedError
+
+    def requests(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A streaming call's requests as the handler receives them."""
+        return requests
 
     async def intercept_service(
         self,
@@ -101,19 +119,62 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        # An aio server's behaviours take the aio context (the stubs say sync).
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
         if handler.unary_unary is not None:
-            # An aio server's behaviours take the aio context (the stubs say sync).
             inner: Any = handler.unary_unary
 
             async def unary_unary(request: Any, context: Context) -> Any:
                 return await self.around(method, request, context, lambda: inner(request, context))
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
+            return grpc.unary_unary_rpc_method_handler(unary_unary, **serializers)
+        if handler.unary_stream is not None:
+            streamer: Any = handler.unary_stream
+
+            async def unary_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+                def responses() -> AsyncIterator[Any]:
+                    return _responses(streamer(request, context))
+
+                async for response in self.around_stream(method, request, context, responses):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, **serializers)
+        if handler.stream_stream is not None:
+            duplex: Any = handler.stream_stream
+
+            async def stream_stream(requests: Any, context: Context) -> AsyncIterator[Any]:
+                def responses() -> AsyncIterator[Any]:
+                    return _responses(duplex(self.requests(requests), context))
+
+                async for response in self.around_stream(method, None, context, responses):
+                    yield response
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, **serializers)
+        if handler.stream_unary is not None:
+            collector: Any = handler.stream_unary
+
+            async def stream_unary(requests: Any, context: Context) -> Any:
+                async def one() -> AsyncIterator[Any]:
+                    yield await collector(self.requests(requests), context)
+
+                answers = [r async for r in self.around_stream(method, None, context, one)]
+                return answers[0] if answers else None
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, **serializers)
         return handler
+
+
+async def _responses(result: Any) -> AsyncIterator[Any]:
+    """A streaming handler's responses: an async generator's items, or none when the handler
+    writes them itself (``context.write``) and returns."""
+    if hasattr(result, "__aiter__"):
+        async for response in result:
+            yield response
+    else:
+        await result
 
 
 class GrpcServerMetrics:
@@ -154,6 +215,19 @@ class TelemetryInterceptor(_WrappingInterceptor):
         self._tracer = trace.get_tracer("mercato_common.grpc")
 
     async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
+        with self._observed(method, context):
+            return await proceed()
+
+    async def around_stream(
+        self, method: str, request: Any, context: Context, responses: Responses
+    ) -> AsyncIterator[Any]:
+        with self._observed(method, context):
+            async for response in responses():
+                yield response
+
+    @contextmanager
+    def _observed(self, method: str, context: Context) -> Iterator[None]:
+        """A SERVER span, the RED metrics, the deadline and the access-log line of one call."""
         service, name = _split(method)
         metadata = context.invocation_metadata() or ()
         carrier = {key: value for key, value in metadata if isinstance(value, str)}
@@ -174,9 +248,12 @@ class TelemetryInterceptor(_WrappingInterceptor):
             set_status_on_exception=False,
         ) as span:
             try:
-                return await proceed()
+                yield
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except (GeneratorExit, asyncio.CancelledError):
+                code = grpc.StatusCode.CANCELLED  # the caller went away mid-call or mid-stream
                 raise
             except BaseException:
                 code = grpc.StatusCode.UNKNOWN
@@ -220,8 +297,21 @@ class ErrorInterceptor(_WrappingInterceptor):
         self._domain = domain
 
     async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
-        try:
+        async with self._mapped(method, context):
             return await proceed()
+        raise AssertionError("unreachable: _mapped aborts the call")  # pragma: no cover
+
+    async def around_stream(
+        self, method: str, request: Any, context: Context, responses: Responses
+    ) -> AsyncIterator[Any]:
+        async with self._mapped(method, context):
+            async for response in responses():
+                yield response
+
+    @asynccontextmanager
+    async def _mapped(self, method: str, context: Context) -> AsyncIterator[None]:
+        try:
+            yield
         except grpc.aio.AbortError:
             raise
         except MercatoError as error:
@@ -246,9 +336,23 @@ class IdentityInterceptor(_WrappingInterceptor):
         self._verifier = verifier
 
     async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
+        async with self._bound(method, context):
+            return await proceed()
+
+    async def around_stream(
+        self, method: str, request: Any, context: Context, responses: Responses
+    ) -> AsyncIterator[Any]:
+        async with self._bound(method, context):
+            async for response in responses():
+                yield response
+
+    @asynccontextmanager
+    async def _bound(self, method: str, context: Context) -> AsyncIterator[None]:
+        """Checked before the handler runs; the caller's identity bound while it runs."""
         service, _ = _split(method)
         if service in PUBLIC_INFRA_SERVICES:
-            return await proceed()
+            yield
+            return
         token = _bearer_token(context)
         identity = None
         if token is not None:
@@ -258,7 +362,7 @@ class IdentityInterceptor(_WrappingInterceptor):
         check_access(access_policy(method), identity)
         token_binding = set_identity(identity)
         try:
-            return await proceed()
+            yield
         finally:
             reset_identity(token_binding)
 
@@ -286,28 +390,44 @@ class ValidationInterceptor(_WrappingInterceptor):
         self._evaluation_error = protovalidate.EvaluationError
 
     async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
-        if isinstance(request, Message):
-            try:
-                violations = self._validator.collect_violations(request)
-            except self._evaluation_error:
-                # A rule could not be evaluated on these values (e.g. a duration overflow from
-                # extreme timestamps): the input is out of range, not a server fault.
-                raise InvalidArgument(
-                    "the request has values outside the range its rules can check",
-                    reason="INVALID_REQUEST",
-                ) from None
-            bad = [_field_violation(v) for v in violations]
-            named = {violation.field for violation in bad}
-            bad += [
-                FieldViolation(path, "must not contain the NUL character (U+0000)")
-                for path in nul_fields(request)
-                if path not in named
-            ]
-            if bad:
-                raise InvalidArgument(
-                    "the request is invalid", reason="INVALID_REQUEST", field_violations=bad
-                )
+        self._check(request)
         return await proceed()
+
+    async def around_stream(
+        self, method: str, request: Any, context: Context, responses: Responses
+    ) -> AsyncIterator[Any]:
+        self._check(request)
+        async for response in responses():
+            yield response
+
+    async def requests(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            self._check(request)
+            yield request
+
+    def _check(self, request: Any) -> None:
+        if not isinstance(request, Message):
+            return
+        try:
+            violations = self._validator.collect_violations(request)
+        except self._evaluation_error:
+            # A rule could not be evaluated on these values (e.g. a duration overflow from
+            # extreme timestamps): the input is out of range, not a server fault.
+            raise InvalidArgument(
+                "the request has values outside the range its rules can check",
+                reason="INVALID_REQUEST",
+            ) from None
+        bad = [_field_violation(v) for v in violations]
+        named = {violation.field for violation in bad}
+        bad += [
+            FieldViolation(path, "must not contain the NUL character (U+0000)")
+            for path in nul_fields(request)
+            if path not in named
+        ]
+        if bad:
+            raise InvalidArgument(
+                "the request is invalid", reason="INVALID_REQUEST", field_violations=bad
+            )
 
 
 def nul_fields(message: Message, prefix: str = "") -> Iterator[str]:
