@@ -40,12 +40,8 @@ def test_each_deployment_names_the_secrets_it_reads(render: Any) -> None:
             annotated = deployment["metadata"].get("annotations", {}).get(ANNOTATION, "")
             listed = set(filter(None, annotated.split(",")))
             read = _read_secrets(deployment)
-            tls_secret = f"shop-mercato-{name}-tls"
-            if name == "gateway" or tls_secret not in read:
-                assert listed == read, (values_set, name)
-            else:
-                # The gRPC services take a renewed certificate without a restart.
-                assert listed == read - {tls_secret}, (values_set, name)
+            # Every component takes a renewed certificate without a restart.
+            assert listed == read - {f"shop-mercato-{name}-tls"}, (values_set, name)
         assert any(
             f"shop-mercato-{name}-tls" in _read_secrets(d) for name, d in _deployments(docs).items()
         ) == (values_set == "tls")

@@ -462,8 +462,8 @@ component's own certificate as client certificate. */ -}}
 {{- end -}}
 
 {{/* The Secrets a component's pods read at start (environment and files read once), sorted,
-as a JSON list: what Stakater Reloader watches for it (reloader.enabled). The certificate of
-a gRPC component is left out: the service reads it again when it changes. */}}
+as a JSON list: what Stakater Reloader watches for it (reloader.enabled). The component's
+certificate is left out: every process reads it again when it changes. */}}
 {{- define "mercato.readSecrets" -}}
 {{- $c := include "mercato.component" . | fromYaml -}}
 {{- $names := list -}}
@@ -474,9 +474,6 @@ a gRPC component is left out: the service reads it again when it changes. */}}
 {{- range include "mercato.kafka.security.volumes" .root | fromYamlArray -}}
 {{- $names = append $names .secret.secretName -}}
 {{- end -}}
-{{- end -}}
-{{- if and (include "mercato.tls.enabled" .root) (ne $c.kind "grpc") -}}
-{{- $names = append $names (printf "%s-tls" (include "mercato.componentName" .)) -}}
 {{- end -}}
 {{- toJson ($names | uniq | sortAlpha) -}}
 {{- end -}}

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import grpc
 
-__all__ = ["ClientTls", "FilesWatch", "ServerCertificates", "check_key_pair"]
+__all__ = [
+    "ClientTls",
+    "ContextCertificates",
+    "FilesWatch",
+    "ServerCertificates",
+    "check_key_pair",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +136,46 @@ class ServerCertificates:
             self.fetch,  # type: ignore[arg-type]
             require_client_authentication=self._client_ca_file is not None,
         )
+
+
+class ContextCertificates:
+    """Takes renewed files into an ``ssl.SSLContext`` in place: whoever holds the context (an
+    aiokafka client, uvicorn's listener) uses them for its next handshake; connections already
+    open keep theirs. A pair that does not match is checked on a scratch context first and left
+    out, so the context never holds half a swap."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        *,
+        cert_file: Path | None,
+        key_file: Path | None,
+        ca_file: Path | None = None,
+        what: str = "TLS",
+    ) -> None:
+        self._context = context
+        self._cert_file = cert_file
+        self._key_file = key_file
+        self._ca_file = ca_file
+        self._what = what
+        self._watch = FilesWatch(ca_file, cert_file, key_file)
+
+    def reload_if_changed(self) -> bool:
+        """Whether new files were taken."""
+        stamp = self._watch.poll()
+        if stamp is None:
+            return False
+        try:
+            if self._cert_file is not None and self._key_file is not None:
+                check_key_pair(self._cert_file, self._key_file)
+                self._context.load_cert_chain(self._cert_file, self._key_file)
+            if self._ca_file is not None:
+                self._context.load_verify_locations(cafile=self._ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning(
+                "%s files changed but cannot be used yet (%s); keeping them", self._what, exc
+            )
+            return False
+        self._watch.accept(stamp)
+        log.info("%s certificate reloaded", self._what)
+        return True

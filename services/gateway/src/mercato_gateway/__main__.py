@@ -20,16 +20,20 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
+from mercato_common.client import TLS_CHECK_SECONDS
 from mercato_common.settings import SettingsError, load_settings
 from mercato_common.telemetry import telemetry_for
+from mercato_common.tls import ContextCertificates
 from mercato_gateway.app import build_app, derive_routes
 from mercato_gateway.openapi import build_openapi
 from mercato_gateway.settings import GatewaySettings
@@ -54,7 +58,40 @@ def _uvicorn_options(settings: GatewaySettings) -> dict[str, Any]:
     if settings.tls_cert_file is not None and settings.tls_key_file is not None:
         options["ssl_certfile"] = str(settings.tls_cert_file)
         options["ssl_keyfile"] = str(settings.tls_key_file)
+        options["ssl_context_factory"] = reloading_ssl_context
     return options
+
+
+# The reload loops of this process's listeners (referenced: a task must outlive its creator).
+_tls_reloads: set[asyncio.Task[None]] = set()
+
+
+def reloading_ssl_context(
+    config: uvicorn.Config, default: Callable[[], ssl.SSLContext]
+) -> ssl.SSLContext:
+    """uvicorn's SSL context, with renewed certificate files loaded into it in place (looked at
+    every ``TLS_CHECK_SECONDS``): new connections get the new certificate, as cert-manager
+    renews it, without a restart. Called by each worker process while it loads its config."""
+    context = default()
+    certificates = ContextCertificates(
+        context,
+        cert_file=Path(config.ssl_certfile) if config.ssl_certfile else None,
+        key_file=Path(config.ssl_keyfile) if config.ssl_keyfile else None,
+        what="HTTPS",
+    )
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(TLS_CHECK_SECONDS)
+            certificates.reload_if_changed()
+
+    try:
+        task = asyncio.get_running_loop().create_task(watch(), name="https-certificate-reload")
+    except RuntimeError:  # loaded outside a running loop: nothing to watch from
+        return context
+    _tls_reloads.add(task)
+    task.add_done_callback(_tls_reloads.discard)
+    return context
 
 
 class DrainingServer(uvicorn.Server):

@@ -8,18 +8,15 @@ SCRAM) is a matter of settings, the same in every service.
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mercato_common.settings import KafkaSettings
-from mercato_common.tls import FilesWatch, check_key_pair
+from mercato_common.tls import ContextCertificates
 
 __all__ = ["KafkaCertificates", "KafkaConnection", "kafka_connection", "kafka_ssl_context"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,36 +85,16 @@ def kafka_connection(settings: KafkaSettings, *, client_id: str) -> KafkaConnect
     )
 
 
-class KafkaCertificates:
-    """Takes renewed TLS files into the connection's context in place: aiokafka keeps the
-    context object, so the next connection to a broker presents the new client certificate
-    (and trusts the new CA bundle); connections already open keep theirs.
-
-    A pair that does not match (a swap half-way) is checked on a scratch context first and
-    left out; the current certificate stays until the files agree.
-    """
+class KafkaCertificates(ContextCertificates):
+    """Renewed Kafka TLS files (client certificate, CA bundle) taken into the connection's
+    context in place: the next connection to a broker presents them (aiokafka keeps the
+    context object)."""
 
     def __init__(self, context: ssl.SSLContext, settings: KafkaSettings) -> None:
-        self._context = context
-        self._ca_file = settings.kafka_ssl_ca_file
-        self._cert_file = settings.kafka_ssl_cert_file
-        self._key_file = settings.kafka_ssl_key_file
-        self._watch = FilesWatch(self._ca_file, self._cert_file, self._key_file)
-
-    def reload_if_changed(self) -> bool:
-        """Whether new files were taken."""
-        stamp = self._watch.poll()
-        if stamp is None:
-            return False
-        try:
-            if self._cert_file is not None and self._key_file is not None:
-                check_key_pair(self._cert_file, self._key_file)
-                self._context.load_cert_chain(self._cert_file, self._key_file)
-            if self._ca_file is not None:
-                self._context.load_verify_locations(cafile=self._ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            log.warning("Kafka TLS files changed but cannot be used yet (%s); keeping them", exc)
-            return False
-        self._watch.accept(stamp)
-        log.info("Kafka TLS certificate reloaded")
-        return True
+        super().__init__(
+            context,
+            cert_file=settings.kafka_ssl_cert_file,
+            key_file=settings.kafka_ssl_key_file,
+            ca_file=settings.kafka_ssl_ca_file,
+            what="Kafka TLS",
+        )
