@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -167,6 +167,25 @@ class _WrappingInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
+class _ScopedInterceptor(_WrappingInterceptor):
+    """An interceptor whose work surrounds the whole call, unary or streaming: :meth:`scope`."""
+
+    def scope(self, method: str, context: Context) -> AbstractAsyncContextManager[None]:
+        raise NotImplementedError
+
+    async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
+        async with self.scope(method, context):
+            return await proceed()
+        raise AssertionError("unreachable: the scope re-raises or aborts")  # pragma: no cover
+
+    async def around_stream(
+        self, method: str, request: Any, context: Context, responses: Responses
+    ) -> AsyncIterator[Any]:
+        async with self.scope(method, context):
+            async for response in responses():
+                yield response
+
+
 async def _responses(result: Any) -> AsyncIterator[Any]:
     """A streaming handler's responses: an async generator's items, or none when the handler
     writes them itself (``context.write``) and returns."""
@@ -209,24 +228,13 @@ class GrpcServerMetrics:
         )
 
 
-class TelemetryInterceptor(_WrappingInterceptor):
+class TelemetryInterceptor(_ScopedInterceptor):
     def __init__(self, metrics: GrpcServerMetrics) -> None:
         self._metrics = metrics
         self._tracer = trace.get_tracer("mercato_common.grpc")
 
-    async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
-        with self._observed(method, context):
-            return await proceed()
-
-    async def around_stream(
-        self, method: str, request: Any, context: Context, responses: Responses
-    ) -> AsyncIterator[Any]:
-        with self._observed(method, context):
-            async for response in responses():
-                yield response
-
-    @contextmanager
-    def _observed(self, method: str, context: Context) -> Iterator[None]:
+    @asynccontextmanager
+    async def scope(self, method: str, context: Context) -> AsyncIterator[None]:
         """A SERVER span, the RED metrics, the deadline and the access-log line of one call."""
         service, name = _split(method)
         metadata = context.invocation_metadata() or ()
@@ -290,26 +298,14 @@ _SERVER_FAULTS = frozenset(
 )
 
 
-class ErrorInterceptor(_WrappingInterceptor):
+class ErrorInterceptor(_ScopedInterceptor):
     """Domain errors → rich status; unexpected exceptions → logged INTERNAL."""
 
     def __init__(self, domain: str) -> None:
         self._domain = domain
 
-    async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
-        async with self._mapped(method, context):
-            return await proceed()
-        raise AssertionError("unreachable: _mapped aborts the call")  # pragma: no cover
-
-    async def around_stream(
-        self, method: str, request: Any, context: Context, responses: Responses
-    ) -> AsyncIterator[Any]:
-        async with self._mapped(method, context):
-            async for response in responses():
-                yield response
-
     @asynccontextmanager
-    async def _mapped(self, method: str, context: Context) -> AsyncIterator[None]:
+    async def scope(self, method: str, context: Context) -> AsyncIterator[None]:
         try:
             yield
         except grpc.aio.AbortError:
@@ -329,25 +325,14 @@ async def _abort(context: Context, error: MercatoError) -> None:
     await context.abort_with_status(to_grpc_status(error))
 
 
-class IdentityInterceptor(_WrappingInterceptor):
+class IdentityInterceptor(_ScopedInterceptor):
     """Verifies ``authorization: Bearer`` and enforces the method's access option."""
 
     def __init__(self, verifier: TokenVerifier | None) -> None:
         self._verifier = verifier
 
-    async def around(self, method: str, request: Any, context: Context, proceed: Proceed) -> Any:
-        async with self._bound(method, context):
-            return await proceed()
-
-    async def around_stream(
-        self, method: str, request: Any, context: Context, responses: Responses
-    ) -> AsyncIterator[Any]:
-        async with self._bound(method, context):
-            async for response in responses():
-                yield response
-
     @asynccontextmanager
-    async def _bound(self, method: str, context: Context) -> AsyncIterator[None]:
+    async def scope(self, method: str, context: Context) -> AsyncIterator[None]:
         """Checked before the handler runs; the caller's identity bound while it runs."""
         service, _ = _split(method)
         if service in PUBLIC_INFRA_SERVICES:
