@@ -196,6 +196,7 @@ async def run(requests: int, concurrency: int, products: int) -> dict[str, Any]:
                         "token_issuer": ISSUER,
                         "token_audience": AUDIENCE,
                         "service_client_secret": SECRET,
+                        "payment_provider": "dev",
                     }
                 ),
                 registry=CollectorRegistry(),

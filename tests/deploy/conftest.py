@@ -70,6 +70,7 @@ REQUIRED = (
     "--set", "config.tokenIssuer=https://api.example.com",
     "--set", "kafka.bootstrapServers=kafka.kafka.svc:9092",
     "--set", "redis.url=redis://redis.redis.svc:6379/0",
+    "--set", "payments.provider=dev",
 )  # fmt: skip
 #: Every service, as services/services.toml lists them (test_manifest.py checks the chart,
 #: skaffold, the topics and the dashboards against it).

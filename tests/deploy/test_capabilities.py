@@ -197,3 +197,9 @@ def test_notes_say_what_monitoring_was_left_out(notes: Any) -> None:
     )
     assert "skipped" not in turned_off
     assert "helm test shop" in everything
+
+
+def test_notes_warn_about_the_test_payment_provider(notes: Any) -> None:
+    warning = "WARNING: payments.provider is `dev`"
+    assert warning in notes()  # REQUIRED names dev, without payments.development
+    assert warning not in notes("--set", "payments.development=true")

@@ -503,7 +503,7 @@ def test_chart_defaults_need_the_connection_values(helm: Any, helpers: Any) -> N
     fails naming each of them at once; with them (and nothing else), it lints and renders."""
     refused = helm("template", "x", str(helpers.CHART), check=False)
     assert refused.returncode != 0
-    for value in ("config.tokenIssuer", "kafka.bootstrapServers", "redis.url"):
+    for value in ("config.tokenIssuer", "kafka.bootstrapServers", "redis.url", "payments.provider"):
         assert f"{value}" in refused.stderr, value
     for kube in (KUBE_OLDEST, KUBE_NEWEST):
         helm("lint", "--strict", str(helpers.CHART), "--kube-version", kube, *REQUIRED)
@@ -521,7 +521,8 @@ def test_chart_defaults_need_the_connection_values(helm: Any, helpers: Any) -> N
     [
         ("config.tokenIssuer", REQUIRED[2:]),
         ("kafka.bootstrapServers", REQUIRED[:2] + REQUIRED[4:]),
-        ("redis.url", REQUIRED[:4]),
+        ("redis.url", REQUIRED[:4] + REQUIRED[6:]),
+        ("payments.provider", REQUIRED[:6]),
     ],
 )
 def test_each_connection_value_is_required(
@@ -541,6 +542,7 @@ def test_the_in_chart_operators_provide_what_they_replace(helm: Any, helpers: An
         "--set", "config.tokenIssuer=https://api.example.com",
         "--set", "kafka.strimzi.enabled=true",
         "--set-json", 'redis.existingSecret="{{ .Release.Name }}-redis"',
+        "--set", "payments.provider=dev",
 
     )  # fmt: skip
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]

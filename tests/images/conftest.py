@@ -192,6 +192,7 @@ def service_env(
         values["CONSUMER_GROUP"] = f"{prefix}mercato.{service.name}"
     for callee in service.calls:
         values[f"{callee.upper()}_TARGET"] = f"127.0.0.1:{app_port(manifest.service(callee))}"
+    values.update(service.dev_settings)
     if service.client_scopes:
         values.update(SERVICE_CLIENT_ID=service.name, SERVICE_CLIENT_SECRET=dev[service.name])
     if service.name == "auth":

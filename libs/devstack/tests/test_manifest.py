@@ -164,7 +164,15 @@ def test_an_unreadable_file_names_its_path(tmp_path: Path) -> None:
 
 
 def _as_entry(service: ServiceSpec) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(service).items()}
+    entry = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(service).items()}
+    entry["dev_settings"] = dict(service.dev_settings)
+    return entry
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, dict):  # an inline table
+        return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
 
 
 def _write_checkout(tmp_path: Path, entries: list[dict[str, Any]]) -> Stack:
@@ -172,7 +180,7 @@ def _write_checkout(tmp_path: Path, entries: list[dict[str, Any]]) -> Stack:
     lines = []
     for entry in entries:
         # JSON's strings, numbers, booleans and lists of strings are TOML too.
-        lines += ["[[service]]", *(f"{key} = {json.dumps(value)}" for key, value in entry.items())]
+        lines += ["[[service]]", *(f"{key} = {_toml_value(value)}" for key, value in entry.items())]
     path = manifest_path(tmp_path)
     path.parent.mkdir(parents=True)
     path.write_text("\n".join(lines) + "\n")
@@ -208,6 +216,9 @@ def test_a_new_service_gets_its_settings_from_its_entry(tmp_path: Path) -> None:
     assert notes.env["MERCATO_NOTES_AUTH_TARGET"] == "127.0.0.1:24061"
     assert notes.env["MERCATO_NOTES_CATALOG_TARGET"] == "127.0.0.1:24062"
     assert "MERCATO_NOTES_REDIS_URL" not in notes.env
+    # Choices a deployment makes itself are made for development from dev_settings.
+    assert services["orders"].env["MERCATO_ORDERS_PAYMENT_PROVIDER"] == "dev"
+    assert "MERCATO_NOTES_PAYMENT_PROVIDER" not in notes.env
     clients = json.loads(services["auth"].env["MERCATO_AUTH_SERVICE_CLIENTS"])
     assert {c["client_id"]: c["scopes"] for c in clients} == {
         "orders": ["catalog:reserve"],

@@ -24,6 +24,7 @@ BASE = {
     "MERCATO_ORDERS_DATABASE_URL": "postgresql://orders:pa55word@db/orders",
     "MERCATO_ORDERS_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
     "MERCATO_ORDERS_SERVICE_CLIENT_SECRET": "s3cret-s3cret-s3cret",
+    "MERCATO_ORDERS_PAYMENT_PROVIDER": "dev",
 }
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 ORDER_ID = "5d4f5b5e-7a0b-4a35-9a43-1f1a2b3c4d5e"
@@ -53,6 +54,11 @@ def test_settings_refuse_short_key_retention_and_lease() -> None:
     with pytest.raises(SettingsError) as missing:
         load_settings(OrdersSettings, {})
     assert "MERCATO_ORDERS_SERVICE_CLIENT_SECRET: is required" in str(missing.value)
+    # The payment provider is a choice each deployment makes: no default.
+    assert "MERCATO_ORDERS_PAYMENT_PROVIDER: is required" in str(missing.value)
+    unknown = {**BASE, "MERCATO_ORDERS_PAYMENT_PROVIDER": "free"}
+    with pytest.raises(SettingsError, match="MERCATO_ORDERS_PAYMENT_PROVIDER"):
+        load_settings(OrdersSettings, unknown)
 
 
 def test_stock_unavailable_status_names_the_lines() -> None:

@@ -393,6 +393,9 @@ Pods
 {{- if $c.database.nameEnv -}}
 {{- $_ := set $env (printf "%s%s" $p $c.database.nameEnv) $c.database.name -}}
 {{- end -}}
+{{- if $c.paymentsEnv -}}
+{{- $_ := set $env (printf "%s%s" $p $c.paymentsEnv) $root.Values.payments.provider -}}
+{{- end -}}
 {{- if $c.kafka.bootstrapEnv -}}
 {{- $_ := set $env (printf "%s%s" $p $c.kafka.bootstrapEnv) (include "mercato.kafka.bootstrap" $root) -}}
 {{- range $key, $value := include "mercato.kafka.security.env" $root | fromYaml -}}

@@ -20,6 +20,11 @@ ServiceMonitors skipped: the cluster does not serve monitoring.coreos.com/v1/Ser
 PrometheusRule skipped: the cluster does not serve monitoring.coreos.com/v1/PrometheusRule (Prometheus Operator CRDs): no SLO alerts. Install them and upgrade to get it, or set prometheusRule.enabled=false.
 {{- end }}
 
+{{- if and (eq .Values.payments.provider "dev") (not .Values.payments.development) }}
+
+WARNING: payments.provider is `dev`: any caller holding the documented test token tok_test_ok can mark an order PAID, and no money moves. Do not take real orders with this release (set payments.development=true if it is for development or tests).
+{{- end }}
+
 Rollout: kubectl -n {{ .Release.Namespace }} get deploy -l app.kubernetes.io/instance={{ .Release.Name }}
 {{- if .Values.tests.enabled }}
 Check it: helm test {{ .Release.Name }} -n {{ .Release.Namespace }} (one Pod per component asks its health check)

@@ -13,6 +13,7 @@ Checks of the values as a whole, before anything is rendered. Every template fil
 {{- $enabled := include "mercato.enabledComponents" . | fromJsonArray -}}
 {{- $kafka := false -}}
 {{- $redis := false -}}
+{{- $payments := false -}}
 {{- range $name := $enabled -}}
 {{- $c := include "mercato.component" (dict "root" $root "name" $name) | fromYaml -}}
 {{- if $c.kafka.bootstrapEnv -}}
@@ -21,12 +22,18 @@ Checks of the values as a whole, before anything is rendered. Every template fil
 {{- if $c.redis.urlEnv -}}
 {{- $redis = true -}}
 {{- end -}}
+{{- if $c.paymentsEnv -}}
+{{- $payments = true -}}
+{{- end -}}
 {{- end -}}
 {{- if not $v.config.tokenIssuer -}}
 {{- $problems = append $problems "config.tokenIssuer is required: the gateway's public URL (e.g. https://api.example.com); auth signs it into access tokens and every service checks it" -}}
 {{- end -}}
 {{- if and $kafka (not $v.kafka.strimzi.enabled) (not $v.kafka.bootstrapServers) -}}
 {{- $problems = append $problems "kafka.bootstrapServers is required: the bootstrap servers of your Kafka (host:port, comma separated), unless kafka.strimzi.enabled renders a Kafka cluster with the Strimzi operator" -}}
+{{- end -}}
+{{- if and $payments (not $v.payments.provider) -}}
+{{- $problems = append $problems "payments.provider is required: `dev` is the only provider today; it approves the test token tok_test_ok and moves no money, so choose it knowingly (payments.development=true for development or tests)" -}}
 {{- end -}}
 {{- $security := $v.kafka.security -}}
 {{- if and $kafka (hasPrefix "SASL_" $security.protocol) (not $security.sasl.existingSecret) -}}

@@ -48,7 +48,8 @@ _TOPIC = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _SCOPE = re.compile(r"^[a-z]+:[a-z]+$")
 _REQUIRED = ("name", "module", "kind", "port", "metrics_port", "grpc_service", "store")
 _LISTS = ("produces", "consumes", "calls", "scopes", "client_scopes")
-_FIELDS = frozenset({*_REQUIRED, *_LISTS, "redis"})
+_FIELDS = frozenset({*_REQUIRED, *_LISTS, "redis", "dev_settings"})
+_SETTING = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _Choice = TypeVar("_Choice", bound=str)
 
 
@@ -73,6 +74,9 @@ class ServiceSpec:
     calls: tuple[str, ...] = ()
     scopes: tuple[str, ...] = ()
     client_scopes: tuple[str, ...] = ()
+    #: Settings (without the prefix) the local suites give it: choices a deployment must make
+    #: itself, made here for development (e.g. orders' PAYMENT_PROVIDER = "dev").
+    dev_settings: tuple[tuple[str, str], ...] = ()
 
     @property
     def env_prefix(self) -> str:
@@ -202,12 +206,26 @@ def _service(entry: Any, source: str, index: int) -> ServiceSpec:
         calls=_names(entry.get("calls"), _NAME, f"{where}: calls"),
         scopes=_names(entry.get("scopes"), _SCOPE, f"{where}: scopes"),
         client_scopes=_names(entry.get("client_scopes"), _SCOPE, f"{where}: client_scopes"),
+        dev_settings=_settings(entry.get("dev_settings"), f"{where}: dev_settings"),
     )
     if service.port == service.metrics_port:
         raise ManifestError(f"{where}: port and metrics_port are both {service.port}")
     if service.name in service.calls:
         raise ManifestError(f"{where}: calls: a service does not call itself")
     return service
+
+
+def _settings(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ManifestError(f'{where} must be a table of NAME = "value"')
+    out: list[tuple[str, str]] = []
+    for name, setting in sorted(value.items()):
+        if not _SETTING.match(name) or not isinstance(setting, str):
+            raise ManifestError(f"{where}: {name} must be an UPPER_CASE name with a string value")
+        out.append((name, setting))
+    return tuple(out)
 
 
 def _check_against_earlier(service: ServiceSpec, earlier: list[ServiceSpec], where: str) -> None:

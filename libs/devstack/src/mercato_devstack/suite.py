@@ -201,6 +201,7 @@ class _SuiteSettings:
             values.update(self.stack.config.kafka_client_settings(self.kafka_security))
         for callee in service.calls:
             values[f"{callee.upper()}_TARGET"] = self.ports.target(callee)
+        values.update(service.dev_settings)
         if service.client_scopes:
             values["SERVICE_CLIENT_ID"] = service.name
             values["SERVICE_CLIENT_SECRET"] = self.dev[_client_secret_key(service)]

@@ -71,8 +71,10 @@ class OrdersSettings(BaseServiceSettings, PostgresSettings, OutboxSettings):
     # the catalog's RESERVATION_TTL_SECONDS.
     reservation_check_after_seconds: float = Field(default=900.0, ge=0)
 
-    # Payments: "dev" is the deterministic provider for development and tests.
-    payment_provider: Literal["dev"] = "dev"
+    # Payments: required, no default. "dev" is the only provider today: it approves the test
+    # token tok_test_ok and moves no money (development and tests). A deployment names it
+    # knowingly (the chart's payments.provider); the local suites set it (services.toml).
+    payment_provider: Literal["dev"]
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -532,6 +532,7 @@ def orders_settings(
         "token_issuer": ISSUER,
         "token_audience": AUDIENCE,
         "service_client_secret": ORDERS_SECRET,
+        "payment_provider": "dev",
         "catalog_target": f"127.0.0.1:{catalog.proxy.port}",
         "catalog_timeout_seconds": 2,
         "auth_timeout_seconds": 2,
