@@ -3,9 +3,12 @@ import ssl
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
 from mercato_common.kafka import kafka_connection
+from mercato_common.kit import Service
+from mercato_common.runtime import Periodic
 from mercato_common.settings import BaseServiceSettings, KafkaSettings, SettingsError, load_settings
 
 
@@ -139,3 +142,29 @@ def test_kafka_security_that_cannot_work_is_refused(extra: dict[str, str], messa
     with pytest.raises(SettingsError, match=re.escape(message)) as caught:
         load_settings(_Kafka, environ)
     assert "hunter2" not in str(caught.value)
+
+
+def test_a_service_has_one_kafka_connection_and_one_certificate_reload(pki: Path) -> None:
+    """Every producer, consumer and probe of a service shares one connection, so the one TLS
+    context that the kit's reload job renews is the one they all use."""
+
+    class Notes(BaseServiceSettings, KafkaSettings):
+        env_prefix = "MERCATO_NOTES_"
+
+    settings = load_settings(
+        Notes,
+        {
+            "MERCATO_NOTES_SERVICE_NAME": "notes",
+            "MERCATO_NOTES_KAFKA_BOOTSTRAP_SERVERS": "kafka:9093",
+            "MERCATO_NOTES_KAFKA_SECURITY_PROTOCOL": "SSL",
+            "MERCATO_NOTES_KAFKA_SSL_CA_FILE": str(pki / "ca.crt"),
+            "MERCATO_NOTES_KAFKA_SSL_CERT_FILE": str(pki / "client.crt"),
+            "MERCATO_NOTES_KAFKA_SSL_KEY_FILE": str(pki / "client.key"),
+        },
+    )
+    kit = Service(settings, registry=CollectorRegistry())
+    first, second = kit.kafka(settings), kit.kafka(settings)
+    assert first is second
+    assert first.client_kwargs()["client_id"] == "mercato-notes"
+    reloads = [p for p in kit.parts if isinstance(p, Periodic) and p.name == "kafka-tls-reload"]
+    assert len(reloads) == 1

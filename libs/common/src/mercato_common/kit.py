@@ -165,7 +165,7 @@ class Service:
         self._consumers: list[Lifecycle] = []
         self._jobs: list[Lifecycle] = []
         self._broker_probe: BrokerProbe | None = None
-        self._kafka_certificates: KafkaCertificates | None = None
+        self._kafka_connection: KafkaConnection | None = None
 
     # --- the gRPC server ----------------------------------------------------------------------
 
@@ -269,11 +269,15 @@ class Service:
     # --- Kafka --------------------------------------------------------------------------------
 
     def kafka(self, settings: KafkaSettings) -> KafkaConnection:
-        """How this service connects to Kafka (one client id per service)."""
+        """How this service connects to Kafka (one client id per service): one connection for
+        every producer, consumer and probe of the service, so that one TLS context, reloaded
+        in place when its files are renewed, serves them all."""
+        if self._kafka_connection is not None:
+            return self._kafka_connection
         connection = kafka_connection(settings, client_id=f"mercato-{self.name}")
-        if connection.ssl_context is not None and self._kafka_certificates is None:
+        self._kafka_connection = connection
+        if connection.ssl_context is not None:
             certificates = KafkaCertificates(connection.ssl_context, settings)
-            self._kafka_certificates = certificates
 
             async def reload() -> None:
                 certificates.reload_if_changed()
