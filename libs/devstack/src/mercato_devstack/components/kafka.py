@@ -264,29 +264,29 @@ class Kafka(Component):
             return
         log.info("kafka: adding the SCRAM user %s", KAFKA_SASL_USER)
         java, *classpath = self._classpath()
-        config = ",".join(
-            f"{mechanism}=[password={KAFKA_SASL_PASSWORD}]" for mechanism in SCRAM_MECHANISMS
-        )
-        process.run(
-            [
-                java,
-                "-Xmx256m",
-                f"-Dlog4j2.configurationFile={self.log4j_config}",
-                *classpath,
-                "kafka.admin.ConfigCommand",
-                "--bootstrap-server",
-                self.bootstrap,
-                "--alter",
-                "--add-config",
-                config,
-                "--entity-type",
-                "users",
-                "--entity-name",
-                KAFKA_SASL_USER,
-            ],
-            what="kafka: ConfigCommand add SCRAM user",
-            timeout=120,
-        )
+        # One request per mechanism: the broker refuses two changes of one user's credentials
+        # in a single request.
+        for mechanism in SCRAM_MECHANISMS:
+            process.run(
+                [
+                    java,
+                    "-Xmx256m",
+                    f"-Dlog4j2.configurationFile={self.log4j_config}",
+                    *classpath,
+                    "kafka.admin.ConfigCommand",
+                    "--bootstrap-server",
+                    self.bootstrap,
+                    "--alter",
+                    "--add-config",
+                    f"{mechanism}=[password={KAFKA_SASL_PASSWORD}]",
+                    "--entity-type",
+                    "users",
+                    "--entity-name",
+                    KAFKA_SASL_USER,
+                ],
+                what=f"kafka: ConfigCommand add {mechanism} user",
+                timeout=120,
+            )
         marker.write_text(",".join(SCRAM_MECHANISMS) + "\n")
 
     # Lifecycle --------------------------------------------------------------------------------
