@@ -10,8 +10,6 @@ and what the consumer applied.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,7 +20,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from google.protobuf.wrappers_pb2 import StringValue
-from grpc_tools import protoc
 from prometheus_client import CollectorRegistry
 
 from mercato_common.kafka import ConsumedEvent, new_envelope, unpack_data
@@ -31,7 +28,7 @@ from mercato_common.outbox import Outbox
 from mercato_common.postgres import Database
 from mercato_common.runtime import start_all, stop_all
 from mercato_common.settings import BaseServiceSettings, OutboxSettings, PostgresSettings
-from mercato_devstack.testing import TopicFactory
+from mercato_devstack.testing import TopicFactory, compile_contract
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,24 +133,7 @@ async def messages_in(bootstrap: str, topic: str) -> int:
 
 @pytest.fixture(scope="module")
 def notes_contract(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, ModuleType]:
-    out = tmp_path_factory.mktemp("notes_contract")
-    (out / "notes.proto").write_text(CONTRACT)
-    include = str(Path(protoc.__file__).parent / "_proto")
-    args = [
-        "protoc",
-        f"-I{ROOT / 'protos'}",
-        f"-I{include}",
-        f"-I{out}",
-        f"--python_out={out}",
-        f"--grpc_python_out={out}",
-        str(out / "notes.proto"),
-    ]
-    assert protoc.main(args) == 0
-    sys.path.insert(0, str(out))
-    try:
-        return importlib.import_module("notes_pb2"), importlib.import_module("notes_pb2_grpc")
-    finally:
-        sys.path.remove(str(out))
+    return compile_contract(CONTRACT, "notes", tmp_path_factory.mktemp("notes_contract"))
 
 
 async def test_a_service_from_the_kit_publishes_and_consumes_exactly_once(

@@ -19,13 +19,13 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from grpc_tools import protoc
 from prometheus_client import CollectorRegistry
 
 from mercato_common.errors import MercatoError, NotFound, Unauthenticated
 from mercato_common.identity import Identity, require_identity
 from mercato_common.server import GrpcServer
 from mercato_common.settings import BaseServiceSettings
+from mercato_devstack.testing import compile_contract
 
 ROOT = Path(__file__).resolve().parents[3]
 MISSING = "00000000-0000-4000-8000-00000000dead"
@@ -83,24 +83,7 @@ def _protodeps() -> Path:
 @pytest.fixture(scope="module")
 def contract(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModuleType, ModuleType]:
     out = tmp_path_factory.mktemp("follow_contract")
-    (out / "follow.proto").write_text(CONTRACT)
-    include = Path(protoc.__file__).parent / "_proto"
-    args = [
-        "protoc",
-        f"-I{ROOT / 'protos'}",
-        f"-I{_protodeps()}",
-        f"-I{include}",
-        f"-I{out}",
-        f"--python_out={out}",
-        f"--grpc_python_out={out}",
-        str(out / "follow.proto"),
-    ]
-    assert protoc.main(args) == 0
-    sys.path.insert(0, str(out))
-    try:
-        return importlib.import_module("follow_pb2"), importlib.import_module("follow_pb2_grpc")
-    finally:
-        sys.path.remove(str(out))
+    return compile_contract(CONTRACT, "follow", out, includes=[_protodeps()])
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import ssl
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -38,17 +36,9 @@ def _settings(folder: Path, *, port: int = 0, mutual: bool = False) -> BaseServi
     )
 
 
-def _presented_serial(port: int, ca_file: Path) -> int:
-    """The serial number of the certificate the server presents to a new connection."""
-    context = ssl.create_default_context(cafile=str(ca_file))
-    context.set_alpn_protocols(["h2"])
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
-        context.wrap_socket(raw, server_hostname="localhost") as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+def _presented_serial(port: int, ca_file: Path) -> int | None:
+    """The serial of the certificate the server presents to a new (HTTP/2) connection."""
+    return local_pki.presented_serial(port, ca_file, alpn=["h2"])
 
 
 def _serial(path: Path) -> int:

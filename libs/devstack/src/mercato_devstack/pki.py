@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
+import ssl
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["alt_names", "issue", "sign", "still_valid"]
+__all__ = ["alt_names", "issue", "presented_serial", "sign", "still_valid"]
 
 # Renewed by `issue` when less than this is left.
 _MIN_LEFT = datetime.timedelta(days=7)
@@ -136,3 +138,27 @@ def sign(folder: Path, name: str, hosts: Iterable[str], *, days: int = 365) -> N
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     _write(folder, name, builder.sign(ca_key, hashes.SHA256()), key)
+
+
+def presented_serial(
+    port: int,
+    ca_file: Path,
+    *,
+    host: str = "127.0.0.1",
+    server_name: str = "localhost",
+    alpn: Iterable[str] = (),
+) -> int | None:
+    """The serial number of the certificate a TLS server on ``host:port`` presents to a new
+    connection, verified against ``ca_file`` (None when no such connection can be made)."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    if alpn:
+        context.set_alpn_protocols(list(alpn))
+    try:
+        with (
+            socket.create_connection((host, port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except OSError:
+        return None
+    return None if der is None else x509.load_der_x509_certificate(der).serial_number

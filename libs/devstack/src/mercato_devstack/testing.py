@@ -16,15 +16,19 @@ redis) are imported lazily: they are in the workspace's dev dependencies.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from mercato_devstack.config import PG_PASSWORD, PG_USER, StackConfig
+from mercato_devstack.config import PG_PASSWORD, PG_USER, StackConfig, find_repo_root
 from mercato_devstack.errors import StackError
 from mercato_devstack.stack import Stack
 from mercato_devstack.topics import TopicSpec, delete_topics, ensure_topics, load_topics
@@ -67,6 +71,32 @@ class Backends:
     sources: Mapping[str, str] = field(default_factory=dict)
     #: The local stack, when every backend is served by it (the fault hooks need that).
     stack: Stack | None = None
+
+
+def compile_contract(
+    text: str, name: str, out: Path, *, includes: Sequence[Path] = ()
+) -> tuple[ModuleType, ModuleType]:
+    """A proto contract a test writes (``text``, file ``<name>.proto``), compiled with
+    grpcio-tools into ``out``: its ``<name>_pb2`` and ``<name>_pb2_grpc`` modules. The repo's
+    protos/ and ``includes`` are its import roots."""
+    from grpc_tools import protoc  # lazy: only tests that write contracts need it
+
+    (out / f"{name}.proto").write_text(text)
+    roots = [find_repo_root() / "protos", *includes, Path(protoc.__file__).parent / "_proto", out]
+    args = [
+        "protoc",
+        *(f"-I{root}" for root in roots),
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        str(out / f"{name}.proto"),
+    ]
+    if protoc.main(args) != 0:
+        raise StackError(f"protoc could not compile {name}.proto (see its output above)")
+    sys.path.insert(0, str(out))
+    try:
+        return importlib.import_module(f"{name}_pb2"), importlib.import_module(f"{name}_pb2_grpc")
+    finally:
+        sys.path.remove(str(out))
 
 
 def unique_suffix() -> str:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
-import ssl
 import time
 import uuid
 from pathlib import Path
@@ -27,17 +25,7 @@ HOSTS = ["localhost", "127.0.0.1"]
 
 def _served_serial(port: int, ca_file: Path) -> int | None:
     """The serial of the certificate a new HTTPS connection gets (None: not listening yet)."""
-    context = ssl.create_default_context(cafile=str(ca_file))
-    try:
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=2) as raw,
-            context.wrap_socket(raw, server_hostname="localhost") as tls,
-        ):
-            der = tls.getpeercert(binary_form=True)
-    except OSError:
-        return None
-    assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return local_pki.presented_serial(port, ca_file)
 
 
 def _serial(path: Path) -> int:
