@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -240,18 +239,11 @@ class _Channel(grpc.aio.Channel):
 
     def _renew(self, watch: FilesWatch) -> None:
         self._next_check = time.monotonic() + TLS_CHECK_SECONDS
-        stamp = watch.poll()
-        if stamp is None:
+        fresh = watch.renewed(self._make, "client TLS certificate (a new channel)")
+        if fresh is None:
             return
-        try:
-            fresh = self._make()
-        except (OSError, ssl.SSLError) as exc:
-            log.warning("TLS files changed but cannot be used yet (%s); keeping the channel", exc)
-            return
-        watch.accept(stamp)
         old, self._inner = self._inner, fresh
         self._generation += 1
-        log.info("client TLS certificate reloaded: calls use a new channel")
         task = asyncio.get_running_loop().create_task(old.close(OLD_CHANNEL_GRACE_SECONDS))
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -30,6 +32,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # What identifies one version of a file: (inode, size, modification time in ns), or None when
 # the file cannot be read.
@@ -63,6 +67,23 @@ class FilesWatch:
     def accept(self, stamp: _Stamp) -> None:
         """``stamp`` (from :meth:`poll`) was read successfully: the current version."""
         self._accepted = stamp
+
+    def renewed(self, load: Callable[[], T], what: str) -> T | None:
+        """``load()`` once the files changed, and the new version accepted; None when nothing
+        changed or ``load`` could not use the files yet (tried again at the next look)."""
+        stamp = self.poll()
+        if stamp is None:
+            return None
+        try:
+            loaded = load()
+        except (OSError, ssl.SSLError) as exc:
+            log.warning(
+                "%s files changed but cannot be used yet (%s); keeping the current", what, exc
+            )
+            return None
+        self.accept(stamp)
+        log.info("%s reloaded", what)
+        return loaded
 
 
 def check_key_pair(cert_file: Path, key_file: Path) -> None:
@@ -103,8 +124,6 @@ class ServerCertificates:
         self._client_ca_file = client_ca_file
         self._watch = FilesWatch(cert_file, key_file, client_ca_file)
         self.initial = self._load()
-        #: How many times new files were taken into use.
-        self.reloads = 0
 
     def _load(self) -> grpc.ServerCertificateConfiguration:
         check_key_pair(self._cert_file, self._key_file)
@@ -116,18 +135,7 @@ class ServerCertificates:
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """The new configuration when the files changed (None: keep the current one)."""
-        stamp = self._watch.poll()
-        if stamp is None:
-            return None
-        try:
-            configuration = self._load()
-        except (OSError, ssl.SSLError) as exc:
-            log.warning("TLS files changed but cannot be used yet (%s); keeping the current", exc)
-            return None
-        self._watch.accept(stamp)
-        self.reloads += 1
-        log.info("TLS certificate reloaded", extra={"cert_file": str(self._cert_file)})
-        return configuration
+        return self._watch.renewed(self._load, "TLS certificate")
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.dynamic_ssl_server_credentials(
@@ -162,20 +170,14 @@ class ContextCertificates:
 
     def reload_if_changed(self) -> bool:
         """Whether new files were taken."""
-        stamp = self._watch.poll()
-        if stamp is None:
-            return False
-        try:
-            if self._cert_file is not None and self._key_file is not None:
-                check_key_pair(self._cert_file, self._key_file)
-                self._context.load_cert_chain(self._cert_file, self._key_file)
-            if self._ca_file is not None:
-                self._context.load_verify_locations(cafile=self._ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            log.warning(
-                "%s files changed but cannot be used yet (%s); keeping them", self._what, exc
-            )
-            return False
-        self._watch.accept(stamp)
-        log.info("%s certificate reloaded", self._what)
+        return self._watch.renewed(self._load_into_context, f"{self._what} certificate") is not None
+
+    def _load_into_context(self) -> bool:
+        # Checked on a scratch context first: a failed load_cert_chain could leave this one
+        # holding the new certificate with the old key.
+        if self._cert_file is not None and self._key_file is not None:
+            check_key_pair(self._cert_file, self._key_file)
+            self._context.load_cert_chain(self._cert_file, self._key_file)
+        if self._ca_file is not None:
+            self._context.load_verify_locations(cafile=self._ca_file)
         return True
