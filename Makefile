@@ -84,8 +84,12 @@ bench-services: stack-up ## per-service micro-benchmarks (in-process servers): b
 test-deploy: sync ## Helm chart, manifests and images: render, lint, validate, scan (offline)
 	$(RUN) pytest -q tests/deploy
 
+.PHONY: observe-tools
+observe-tools: sync ## build Prometheus and Jaeger from their Go modules (once; `make observe` and test-e2e use them)
+	$(RUN) python -m mercato_devstack observe-tools
+
 .PHONY: test-e2e
-test-e2e: stack-up ## end-to-end journeys and fault tests against a private copy of the whole suite
+test-e2e: stack-up observe-tools ## end-to-end journeys, fault tests and the observability proof against private copies of the suite
 	$(RUN) pytest -q -m e2e tests/e2e
 
 # The Kubernetes version of the local control plane (tools/k8s.py); another one is built and
@@ -157,6 +161,14 @@ test: lint test-unit test-deploy test-k8s images-smoke test-integration test-e2e
 .PHONY: run
 run: sync ## the whole suite locally: stack + services + gateway, until Ctrl-C
 	$(RUN) python -m mercato_devstack run
+
+.PHONY: observe
+observe: sync ## `make run` plus Prometheus (the chart's rules) and Jaeger, printing their URLs
+	$(RUN) python -m mercato_devstack run --observe
+
+.PHONY: observe-snapshot
+observe-snapshot: sync ## every dashboard panel from `make observe`'s Prometheus into docs/observe-snapshot.html
+	$(RUN) python tools/observe_snapshot.py
 
 .PHONY: stop
 stop: sync ## stop what `make run` started

@@ -61,6 +61,7 @@ from mercato_devstack import Stack, StackConfig
 from mercato_devstack.private_suite import (
     PrivateSuite,
     isolated_env,
+    port_block,
     running_status,
     start_private_suite,
     stop_private_suite,
@@ -83,15 +84,7 @@ import grpc_gateway_peer  # noqa: E402 - tools/grpc_gateway_peer.py builds the G
 #: with their defaults, except rate limits and the per-user order caps (each bench client is one
 #: user placing thousands of unpaid orders) out of the measurement's way.
 BENCH_DEFAULTS = {
-    "MERCATO_STATE_DIR": str(REPO_ROOT / ".state" / "bench"),
-    "MERCATO_PG_PORT": "22432",
-    "MERCATO_KAFKA_PORT": "22092",
-    "MERCATO_KAFKA_CONTROLLER_PORT": "22093",
-    "MERCATO_MONGO_PORT": "22018",
-    "MERCATO_REDIS_PORT": "22379",
-    "MERCATO_GATEWAY_PORT": "22080",
-    "MERCATO_SUITE_PORT_BASE": "22060",
-    "MERCATO_SUITE_METRICS_PORT_BASE": "22460",
+    **port_block(REPO_ROOT, "bench", 22),
     "MERCATO_GATEWAY_RATE_LIMIT_STRICT": json.dumps({"rate": 100000, "burst": 100000}),
     "MERCATO_GATEWAY_RATE_LIMIT_DEFAULT": json.dumps({"rate": 100000, "burst": 100000}),
     "MERCATO_ORDERS_MAX_OPEN_ORDERS_PER_USER": "0",

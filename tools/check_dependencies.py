@@ -87,6 +87,8 @@ def _opentelemetry_dist(module: str) -> str:
         return "opentelemetry-exporter-otlp-proto-grpc"
     if module.startswith("opentelemetry.sdk"):
         return "opentelemetry-sdk"
+    if module.startswith("opentelemetry.instrumentation.logging"):
+        return "opentelemetry-instrumentation-logging"
     return "opentelemetry-api"
 
 

@@ -9,14 +9,11 @@ from each spending minutes on the same build.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 from mercato_devstack import install
+from mercato_devstack.errors import StackError
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("MERCATO_STATE_DIR", ROOT / ".state"))
@@ -43,52 +40,20 @@ def go_env(**overrides: str) -> dict[str, str]:
     )
 
 
-def _usable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
 def go_install(
     package: str, target: Path, *, ldflags: str = "-s -w", tags: str = "", purpose: str = ""
 ) -> Path:
-    """``target``, built by ``go install package@version`` unless it is there already.
-
-    The binary ``go install`` writes (named after the package's last element) is moved to
-    ``target``.
-    """
-    if _usable(target):
-        return target
-    what = purpose or package
-    go = find_go(what)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _usable(target):
-            return target
-        with (
-            tempfile.TemporaryDirectory(prefix="go-bin-", dir=target.parent) as gobin,
-            tempfile.TemporaryDirectory(prefix="go-cache-", dir=target.parent) as gocache,
-        ):
-            command = [go, "install", "-ldflags", ldflags]
-            if tags:
-                command += ["-tags", tags]
-            command.append(package)
-            print(f"building {what}: {' '.join(command)}", file=sys.stderr, flush=True)
-            try:
-                result = subprocess.run(  # noqa: S603 - fixed tool, no shell
-                    command,
-                    env=go_env(GOBIN=gobin, GOCACHE=gocache),
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                    timeout=BUILD_TIMEOUT_SECONDS,
-                )
-            except subprocess.TimeoutExpired as error:
-                raise ToolError(f"go install of {what} took over {error.timeout} s") from error
-            if result.returncode != 0:
-                raise ToolError(f"go install of {what} failed:\n{result.stderr[-4000:]}")
-            name = package.rpartition("@")[0].rstrip("/").rpartition("/")[2]
-            built = Path(gobin) / name
-            if not built.is_file():
-                raise ToolError(f"go install of {what} wrote no {name}")
-            os.replace(built, target)
-    return target
+    """``target``, built by ``go install package@version`` unless it is there already
+    (mercato_devstack.install.go_install with the tools' module cache)."""
+    try:
+        return install.go_install(
+            package,
+            target,
+            cache_dir=GO_CACHE,
+            ldflags=ldflags,
+            tags=tags,
+            purpose=purpose,
+            timeout=BUILD_TIMEOUT_SECONDS,
+        )
+    except StackError as error:
+        raise ToolError(str(error)) from error

@@ -57,7 +57,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gotool import STATE, TOOLS, ToolError, find_go, go_env, go_install
 from helm import ensure_helm
 
-from mercato_devstack import process
+from mercato_devstack import install, process
+from mercato_devstack.errors import StackError
 from mercato_devstack.pki import alt_names
 
 ETCD_VERSION = "v3.7.3"
@@ -129,22 +130,12 @@ class Binaries:
 
 def _go(args: Sequence[str], *, cwd: Path, what: str, env: dict[str, str] | None = None) -> str:
     """Run the machine's Go in ``cwd`` with the project's build environment."""
-    command = [find_go(what), *args]
     try:
-        result = subprocess.run(  # noqa: S603 - fixed tool, no shell
-            command,
-            cwd=cwd,
-            env=env or go_env(),
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=BUILD_TIMEOUT_SECONDS,
+        return install.run_go(
+            args, env=env or go_env(), what=what, timeout=BUILD_TIMEOUT_SECONDS, cwd=cwd
         )
-    except subprocess.TimeoutExpired as error:
-        raise ToolError(f"{what}: `go {' '.join(args)}` took over {error.timeout} s") from error
-    if result.returncode != 0:
-        raise ToolError(f"{what}: `go {' '.join(args)}` failed:\n{result.stderr[-4000:]}")
-    return result.stdout
+    except StackError as error:
+        raise ToolError(str(error)) from error
 
 
 def _build_module(

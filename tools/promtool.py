@@ -32,10 +32,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gotool import ROOT, TOOLS, ToolError, go_install  # tools/gotool.py
 
-PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
-#: The Go module version of Prometheus 3.16.0 (Prometheus 3.x is published as v0.3xx.y).
-PROMTOOL_VERSION = "v0.316.0"
-PROMETHEUS_RELEASE = "3.16.0"
+from mercato_devstack.observe import (  # one Prometheus version for promtool and `make observe`
+    PROMETHEUS_MODULE,
+    PROMETHEUS_RELEASE,
+    fill_placeholders,
+)
+from mercato_devstack.observe import PROMETHEUS_VERSION as PROMTOOL_VERSION
+
 CHART_FILES = ROOT / "deploy" / "helm" / "mercato" / "files"
 RULES_FILE = CHART_FILES / "prometheus-rules.yaml"
 #: What the rule unit tests expect in place of the rule file's placeholders.
@@ -65,13 +68,6 @@ def ensure_promtool() -> Path:
         tags="netgo,remove_all_sd",
         purpose="promtool",
     )
-
-
-def fill_placeholders(text: str, values: dict[str, str]) -> str:
-    """The rule file with its placeholders replaced, as the chart's template does it."""
-    for placeholder, value in values.items():
-        text = text.replace(placeholder, value)
-    return text
 
 
 def rule_test_files() -> list[Path]:

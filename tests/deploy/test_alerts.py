@@ -230,3 +230,31 @@ def test_service_monitors_label_series_with_their_component(
     for name, monitor in monitors.items():
         for endpoint in monitor["spec"]["endpoints"]:
             assert COMPONENT_RELABELING in endpoint.get("relabelings", []), name
+
+
+def test_make_observe_loads_the_charts_rules_into_a_valid_config(
+    render: Any, helpers: Any, promtool_tool: ModuleType, tmp_path: Path
+) -> None:
+    """`make observe`'s Prometheus: promtool accepts its config (and the rule file it names),
+    whose rules are the chart's own, as the chart renders them for the local namespace; only
+    the test override changes the alerts' `for:`."""
+    from mercato_devstack.config import StackConfig
+    from mercato_devstack.observe import LOCAL_NAMESPACE, Prometheus, ScrapeTarget, local_rules
+
+    config = StackConfig(repo_root=ROOT, state_dir=tmp_path)
+    prometheus = Prometheus(config, [ScrapeTarget(c, "127.0.0.1:9461") for c in helpers.COMPONENTS])
+    prometheus.dir.mkdir(parents=True)
+    written = prometheus._write_config()
+    result = promtool_tool._run(
+        [str(promtool_tool.ensure_promtool()), "check", "config", str(written)]
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    assert helpers.NAMESPACE == LOCAL_NAMESPACE  # the release namespace the chart is rendered in
+    (rule,) = _prometheus_rules(render("default"))
+    chart_groups = rule["spec"]["groups"]
+    assert local_rules(ROOT)["groups"] == chart_groups
+    shortened = local_rules(ROOT, alert_for="5s")["groups"]
+    for group, original in zip(shortened, chart_groups, strict=True):
+        for new, old in zip(group["rules"], original["rules"], strict=True):
+            assert new == ({**old, "for": "5s"} if "alert" in old else old)

@@ -221,3 +221,32 @@ def test_tls_without_a_mesh_reaches_the_clients(render: Any, helpers: Any, compo
     client_tls = model.model_construct(**fields).client_tls  # type: ignore[attr-defined]
     assert client_tls is not None
     assert str(client_tls.cert_file) == "/etc/mercato/tls/tls.crt"
+
+
+def test_logs_go_over_otlp_only_when_asked_and_to_the_endpoint(
+    render: Any, helm: Any, helpers: Any
+) -> None:
+    def config(*args: str) -> dict[str, dict[str, str]]:
+        return {
+            helpers.component_of(doc): doc["data"]
+            for doc in render("default", *args)
+            if doc["kind"] == "ConfigMap" and helpers.component_of(doc) in COMPONENTS
+        }
+
+    endpoint = ("--set", "config.otlpEndpoint=http://otel-collector.observability:4317")
+    exported = config(*endpoint, "--set", "config.logsExporter=otlp")
+    assert set(exported) == set(COMPONENTS)
+    for component, data in exported.items():
+        assert data["OTEL_LOGS_EXPORTER"] == "otlp", component
+        assert data["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4317"), component
+        assert "OTEL_LOGS_EXPORTER" in _variables(settings_model(component)), component
+    assert all(d["OTEL_LOGS_EXPORTER"] == "none" for d in config(*endpoint).values())
+    assert not any(
+        "OTEL_LOGS_EXPORTER" in d for d in config("--set", "config.otlpEndpoint=").values()
+    )
+    refused = helm(
+        "template", "x", str(helpers.CHART), *helpers.REQUIRED,
+        "--set", "config.logsExporter=otlp", check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "config.logsExporter=otlp needs config.otlpEndpoint" in refused.stderr

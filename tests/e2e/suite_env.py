@@ -17,7 +17,7 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from mercato_devstack.private_suite import isolated_env, link_cache
+from mercato_devstack.private_suite import isolated_env, link_cache, port_block
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,6 +64,34 @@ DEFAULTS: dict[str, str] = {
     "MERCATO_GATEWAY_RATE_LIMIT_STRICT": json.dumps({"rate": 200, "burst": 400}),
     "MERCATO_GATEWAY_RATE_LIMIT_DEFAULT": json.dumps({"rate": 500, "burst": 1000}),
 }
+
+
+#: The observed suite (test_observe.py): a second private suite with Prometheus and Jaeger, as
+#: `make observe` runs them, on ports of its own. Alerts wait 5 s instead of their minutes (the
+#: loaded copy of the rules only) and Prometheus scrapes every second. Overridable with
+#: MERCATO_OBSERVE_E2E_<name without MERCATO_>.
+OBSERVE_DEFAULTS: dict[str, str] = {
+    **{
+        key: value
+        for key, value in DEFAULTS.items()
+        if key.startswith(("MERCATO_ORDERS_", "MERCATO_CATALOG_", "OTEL_BSP_"))
+    },
+    **port_block(REPO_ROOT, "observe", 23),
+    "MERCATO_OBSERVE": "1",
+    "MERCATO_PROMETHEUS_INTERVAL": "1s",
+    "MERCATO_OBSERVE_ALERT_FOR": "5s",
+    # Room for the load's traffic from one address, but a burst of logins still meets a 429.
+    "MERCATO_GATEWAY_RATE_LIMIT_STRICT": json.dumps({"rate": 10, "burst": 30}),
+    # The alert tests send thousands of requests from one address within seconds.
+    "MERCATO_GATEWAY_RATE_LIMIT_DEFAULT": json.dumps({"rate": 5000, "burst": 10000}),
+}
+
+
+def observe_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: os.environ) with the observed suite's values."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("MERCATO_REPO_ROOT", str(REPO_ROOT))
+    return isolated_env(OBSERVE_DEFAULTS, override_prefix="MERCATO_OBSERVE_E2E_", base=env)
 
 
 def suite_env(base: Mapping[str, str] | None = None) -> dict[str, str]:

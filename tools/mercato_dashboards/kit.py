@@ -61,8 +61,10 @@ def rate(metric: str, selector: str, by: str = "") -> str:
 
 
 def ratio(metric: str, selector: str, bad: str, by: str = "") -> str:
-    """Share of a counter's rate whose extra matcher `bad` matches."""
-    return f"{rate(metric, f'{selector}, {bad}', by)} / {rate(metric, selector, by)}"
+    """Share of a counter's rate whose extra matcher `bad` matches: 0, not "no data", while
+    nothing bad was ever counted (its series do not exist yet), as the SLO rules compute it."""
+    total = rate(metric, selector, by)
+    return f"({rate(metric, f'{selector}, {bad}', by)} or 0 * {total}) / {total}"
 
 
 def quantile(q: float, histogram: str, selector: str, by: str = "") -> str:

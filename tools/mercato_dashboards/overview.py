@@ -158,9 +158,16 @@ def overview() -> Dashboard:
                     graph(
                         "Restarts by component",
                         "Container restarts per component over the trailing hour (the chart "
-                        "names each container after its component). Flat at 0 is normal.",
+                        "names each container after its component). Without kube-state-metrics "
+                        "(make observe), the restarts of the processes Prometheus scraped "
+                        "(their start time changed). Flat at 0 is normal.",
                         "short",
-                        Query(f"sum by (container) ({restarts})", "{{container}}"),
+                        Query(
+                            f"sum by (container) ({restarts}) or sum by (container) ("
+                            "label_replace(changes(process_start_time_seconds"
+                            f'{{{suite}}}[1h]), "container", "$1", "component", "(.*)"))',
+                            "{{container}}",
+                        ),
                         width=8,
                     ),
                     graph(

@@ -1,6 +1,7 @@
 import io
 import json
 import logging
+import re
 import time
 import urllib.request
 
@@ -28,15 +29,56 @@ def _record(message: str, **extra: object) -> logging.LogRecord:
     return record
 
 
-def test_log_line_is_one_json_object_with_service_and_extras() -> None:
+def test_log_line_is_one_json_object_with_ecs_names_and_extras() -> None:
     line = _format(_record("stock reserved", order_id="o-1"))
     assert line["message"] == "stock reserved"
-    assert line["level"] == "INFO"
-    assert line["logger"] == "mercato.test"
-    assert line["service"] == "catalog"
-    assert line["version"] == "1.2.3"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", str(line["@timestamp"]))
+    assert line["log.level"] == "INFO"
+    assert line["log.logger"] == "mercato.test"
+    assert line["service.name"] == "catalog"
+    assert line["service.version"] == "1.2.3"
+    assert line["event.dataset"] == "mercato.catalog"
     assert line["order_id"] == "o-1"
-    assert "trace_id" not in line
+    assert "trace.id" not in line
+
+
+def test_access_log_lines_use_semantic_convention_names_and_their_own_dataset() -> None:
+    record = _record(
+        "http",
+        http_method="GET",
+        http_route="/v1/products/{sku}",
+        http_status=200,
+        client_address="10.0.0.7",
+        subject="user-1",
+    )
+    record.name = "mercato.gateway.access"
+    line = _format(record)
+    assert line["event.dataset"] == "mercato.catalog.access"
+    assert line["http.request.method"] == "GET"
+    assert line["http.route"] == "/v1/products/{sku}"
+    assert line["http.response.status_code"] == 200
+    assert line["client.address"] == "10.0.0.7"
+    assert line["user.id"] == "user-1"
+
+
+def test_secrets_never_reach_a_log_line() -> None:
+    jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJlLWJ5dGVz"
+    line = _format(
+        _record(
+            f"refused Bearer {jwt} from postgresql://mercato:s3cr3t-pw@db:5432/orders",
+            password="hunter2-password",
+            client_secret="very-secret-value",
+            refresh_token="rt-abcdef-123456",
+            refresh_tokens=42,
+            detail=f"token={jwt}",
+        )
+    )
+    text = json.dumps(line)
+    for secret in (jwt, "s3cr3t-pw", "hunter2-password", "very-secret-value", "rt-abcdef-123456"):
+        assert secret not in text
+    assert line["password"] == line["client_secret"] == line["refresh_token"] == "[REDACTED]"
+    assert line["refresh_tokens"] == 42, "a count named after tokens is no secret"
+    assert "postgresql://mercato:[REDACTED]@db:5432/orders" in str(line["message"])
 
 
 def test_log_line_carries_the_current_trace_and_span_ids() -> None:
@@ -44,8 +86,8 @@ def test_log_line_carries_the_current_trace_and_span_ids() -> None:
     with tracer.start_as_current_span("op") as span:
         line = _format(_record("inside a span"))
         context = span.get_span_context()
-    assert line["trace_id"] == format(context.trace_id, "032x")
-    assert line["span_id"] == format(context.span_id, "016x")
+    assert line["trace.id"] == format(context.trace_id, "032x")
+    assert line["span.id"] == format(context.span_id, "016x")
 
 
 def test_metrics_endpoint_serves_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,3 +146,27 @@ def test_buffered_handler_flushes_warnings_at_once_and_info_lines_within_the_int
     finally:
         handler.close()
     assert json.loads(stream.getvalue().splitlines()[-1])["message"] == "last"  # close flushes
+
+
+def test_logs_exported_over_otlp_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+
+    monkeypatch.setattr(trace, "set_tracer_provider", lambda provider: None)
+    exporter = InMemoryLogRecordExporter()
+    telemetry = setup_telemetry(
+        service="orders", version="1", logs_exporter="otlp", log_record_exporter=exporter
+    )
+    jwt = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1c2VyLTEifQ.c2lnbmF0dXJlLWJ5dGVz"
+    try:
+        logging.getLogger("mercato.test").warning(
+            "refused %s", f"Bearer {jwt}", extra={"password": "hunter2-password", "order_id": "o-9"}
+        )
+    finally:
+        telemetry.shutdown()
+        logging.getLogger().handlers.clear()
+    (exported,) = [r.log_record for r in exporter.get_finished_logs()]
+    assert exported.body == "refused Bearer [REDACTED]"
+    attributes = dict(exported.attributes or {})
+    assert attributes["password"] == "[REDACTED]"
+    assert attributes["order_id"] == "o-9"
+    assert "hunter2" not in str(attributes)

@@ -386,6 +386,9 @@ Pods
 {{- $_ := set $env (printf "%sTOKEN_AUDIENCE" $p) $root.Values.config.tokenAudience -}}
 {{- if $root.Values.config.otlpEndpoint -}}
 {{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" $root.Values.config.otlpEndpoint -}}
+{{- $_ := set $env "OTEL_LOGS_EXPORTER" $root.Values.config.logsExporter -}}
+{{- else if eq $root.Values.config.logsExporter "otlp" -}}
+{{- fail "config.logsExporter=otlp needs config.otlpEndpoint: the collector the logs go to" -}}
 {{- end -}}
 {{- range $callee := $c.calls -}}
 {{- $_ := set $env (printf "%s%s_TARGET" $p (upper $callee)) (include "mercato.grpcTarget" (dict "root" $root "name" $callee)) -}}

@@ -44,6 +44,7 @@ from mercato_common.identity import (
     set_identity,
 )
 from mercato_common.rpc_errors import to_grpc_status
+from mercato_common.telemetry import trace_exemplar
 
 __all__ = [
     "ErrorInterceptor",
@@ -273,7 +274,7 @@ class TelemetryInterceptor(_ScopedInterceptor):
                 if code in _SERVER_FAULTS:
                     span.set_status(Status(StatusCode.ERROR, code.name))
                 self._metrics.handled.labels(service, name, code.name).inc()
-                self._metrics.duration.labels(service, name).observe(elapsed)
+                self._metrics.duration.labels(service, name).observe(elapsed, trace_exemplar(span))
                 _access_log.info(
                     "rpc",
                     extra={

@@ -130,6 +130,10 @@ class BaseServiceSettings(ServiceTlsSettings, TokenSettings):
     health_check_interval_seconds: float = Field(default=5.0, gt=0)
     health_grace_seconds: float = Field(default=10.0, ge=0)
     otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    # "otlp": log records are also exported over OTLP to that endpoint (redacted like stdout).
+    logs_exporter: Literal["none", "otlp"] = Field(
+        default="none", validation_alias="OTEL_LOGS_EXPORTER"
+    )
     # Mutual TLS when serving: callers must present a certificate signed by this CA.
     tls_client_ca_file: Path | None = None
 

@@ -9,7 +9,9 @@ span, the service name and version; the field list is in docs/observability.md.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import re
 import sys
 import threading
 import time
@@ -24,17 +26,64 @@ from prometheus_client import CollectorRegistry, start_http_server
 from pythonjsonlogger.json import JsonFormatter
 
 __all__ = [
+    "FIELD_NAMES",
     "BufferedStreamHandler",
     "JsonLogFormatter",
     "ProcessSettings",
     "Telemetry",
     "configure_logging",
+    "redact",
     "setup_telemetry",
     "telemetry_for",
+    "trace_exemplar",
 ]
 
-# Attributes of a LogRecord that the JSON line carries under other names or drops.
-_RENAMED = {"levelname": "level", "name": "logger", "asctime": "time"}
+#: What the JSON line calls a LogRecord's attributes and the extras the code logs: the Elastic
+#: Common Schema / OpenTelemetry names that ELK, OpenSearch and OTel pipelines index as they are.
+FIELD_NAMES = {
+    "asctime": "@timestamp",
+    "levelname": "log.level",
+    "name": "log.logger",
+    "exc_info": "error.stack_trace",
+    "service": "service.name",
+    "version": "service.version",
+    "dataset": "event.dataset",
+    "trace_id": "trace.id",
+    "span_id": "span.id",
+    # The gRPC access log (mercato_common.interceptors).
+    "rpc_method": "rpc.method",
+    "grpc_code": "rpc.grpc.status",
+    "peer": "network.peer.address",
+    # The gateway's access log.
+    "http_method": "http.request.method",
+    "http_route": "http.route",
+    "http_status": "http.response.status_code",
+    "response_bytes": "http.response.body.size",
+    "request_id": "http.request.id",
+    "client_address": "client.address",
+    "user_agent": "user_agent.original",
+    "subject": "user.id",
+    "user_id": "user.id",
+}
+
+REDACTED = "[REDACTED]"
+#: Extras whose value is never written, whatever it holds.
+_SECRET_KEY = re.compile(
+    r"(^|[._])(password|passwd|secret|token|authorization|api_?key|credentials?)$", re.I
+)
+#: Secrets inside text: a JWT, a bearer credential.
+_SECRET_TEXT = re.compile(r"eyJ[\w-]{5,}\.[\w-]{5,}\.[\w-]*|(?<=Bearer )[\w.~+/=-]{8,}", re.I)
+#: The password of a URL (scheme://user:password@host).
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the secrets it may carry (tokens, URL passwords) replaced by [REDACTED]."""
+    if "eyJ" in text or "earer " in text:
+        text = _SECRET_TEXT.sub(REDACTED, text)
+    if "://" in text:
+        text = _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", text)
+    return text
 
 
 class _TraceContextFilter(logging.Filter):
@@ -44,6 +93,7 @@ class _TraceContextFilter(logging.Filter):
         super().__init__()
         self.service = service
         self.version = version
+        self.dataset = f"mercato.{service}"
 
     def filter(self, record: logging.LogRecord) -> bool:
         context = trace.get_current_span().get_span_context()
@@ -52,18 +102,53 @@ class _TraceContextFilter(logging.Filter):
             record.span_id = format(context.span_id, "016x")
         record.service = self.service
         record.version = self.version
+        # Access logs are a dataset of their own: one line per request, indexed apart.
+        record.dataset = (
+            f"{self.dataset}.access" if record.name.endswith(".access") else self.dataset
+        )
         return True
 
 
+class _RedactingFilter(logging.Filter):
+    """Redacts a record in place before a handler that does not format it (the OTLP log
+    export): its message, and its extras that are secrets or carry them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = redact(record.getMessage()), None
+        for key, value in list(vars(record).items()):
+            if key in _RECORD_ATTRIBUTES:
+                continue
+            if _SECRET_KEY.search(key):
+                setattr(record, key, REDACTED)
+            elif isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
+
+
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
 class JsonLogFormatter(JsonFormatter):
-    """One JSON object per line: time, level, logger, message, service, version, ids, extras."""
+    """One JSON object per line, ECS / OpenTelemetry field names (FIELD_NAMES), secrets redacted:
+    @timestamp (UTC, milliseconds), log.level, log.logger, message, service.name,
+    service.version, event.dataset, trace.id / span.id, then the extras."""
 
     def __init__(self) -> None:
         super().__init__(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
-            rename_fields=_RENAMED,
-            datefmt="%Y-%m-%dT%H:%M:%S%z",
+            "%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields=FIELD_NAMES
         )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        for key, value in log_data.items():
+            if isinstance(value, str):
+                log_data[key] = REDACTED if _SECRET_KEY.search(key) else redact(value)
+            elif value is not None and _SECRET_KEY.search(key):
+                log_data[key] = REDACTED
+        return log_data
 
 
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -150,12 +235,25 @@ class Telemetry:
     tracer_provider: TracerProvider
     metrics_port: int | None
     _servers: list[Any] = field(default_factory=list)
+    logger_provider: Any = None
 
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
+        if self.logger_provider is not None:
+            self.logger_provider.shutdown()
         for server, thread in self._servers:
             server.shutdown()
             thread.join(timeout=5)
+
+
+def trace_exemplar(span: trace.Span) -> dict[str, str] | None:
+    """The exemplar of a latency observation made under ``span``: its trace id when the trace is
+    sampled (exported), so a histogram bucket in Prometheus links to a trace in the tracing
+    backend; None otherwise. Exposed in the OpenMetrics format Prometheus asks for."""
+    context = span.get_span_context()
+    if not context.trace_flags.sampled:
+        return None
+    return {"trace_id": format(context.trace_id, "032x")}
 
 
 def setup_telemetry(
@@ -168,16 +266,19 @@ def setup_telemetry(
     metrics_host: str = "127.0.0.1",
     registry: CollectorRegistry | None = None,
     span_exporter: SpanExporter | None = None,
+    logs_exporter: str = "none",
+    log_record_exporter: Any = None,
 ) -> Telemetry:
     """Configure logs, the global tracer provider and the metrics endpoint of this process.
 
     ``metrics_port`` 0 picks a free port (tests); None serves no endpoint.
     ``span_exporter`` overrides the OTLP exporter (tests use an in-memory one).
+    ``logs_exporter`` "otlp" also exports every log record over OTLP to ``otlp_endpoint`` (or
+    to ``log_record_exporter``, tests), after the same redaction as the JSON lines.
     """
     configure_logging(service, version, log_level)
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service, "service.version": version})
-    )
+    resource = Resource.create({"service.name": service, "service.version": version})
+    provider = TracerProvider(resource=resource)
     if span_exporter is None and otlp_endpoint:
         # Imported lazily: the exporter pulls in grpc channels only when used.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -187,12 +288,39 @@ def setup_telemetry(
         provider.add_span_processor(BatchSpanProcessor(span_exporter))
     trace.set_tracer_provider(provider)
     telemetry = Telemetry(tracer_provider=provider, metrics_port=None)
+    if logs_exporter == "otlp" and (otlp_endpoint or log_record_exporter is not None):
+        telemetry.logger_provider = _export_logs(
+            resource, log_record_exporter, otlp_endpoint, log_level
+        )
     if metrics_port is not None:
         kwargs: dict[str, Any] = {} if registry is None else {"registry": registry}
         server, thread = start_http_server(metrics_port, addr=metrics_host, **kwargs)
         telemetry.metrics_port = server.server_port
         telemetry._servers.append((server, thread))
     return telemetry
+
+
+def _export_logs(
+    resource: Resource, exporter: Any, otlp_endpoint: str | None, log_level: str
+) -> Any:
+    """A handler on the root logger that exports records over OTLP, redacted; its provider."""
+    # Imported lazily: only processes that export their logs pay for the SDK's log parts.
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    if exporter is None:
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+        exporter = OTLPLogExporter(endpoint=otlp_endpoint)
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    handler = LoggingHandler(
+        level=logging.getLevelNamesMapping()[log_level], logger_provider=logger_provider
+    )
+    handler.addFilter(_RedactingFilter())
+    logging.getLogger().addHandler(handler)
+    return logger_provider
 
 
 class ProcessSettings(Protocol):
@@ -206,6 +334,8 @@ class ProcessSettings(Protocol):
     def log_level(self) -> str: ...
     @property
     def otlp_endpoint(self) -> str | None: ...
+    @property
+    def logs_exporter(self) -> str: ...
     @property
     def metrics_port(self) -> int: ...
     @property
@@ -225,6 +355,7 @@ def telemetry_for(
         version=settings.service_version,
         log_level=settings.log_level,
         otlp_endpoint=settings.otlp_endpoint,
+        logs_exporter=settings.logs_exporter,
         metrics_port=settings.metrics_port if serve_metrics else None,
         metrics_host=settings.metrics_host,
         registry=registry,

@@ -44,8 +44,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("up", help="start everything and wait until healthy (idempotent)")
     commands.add_parser("down", help="stop everything, leave no process behind (state kept)")
     commands.add_parser("status", help="show each component; exit 1 if any is unhealthy")
-    commands.add_parser("run", help="the stack plus every service, supervised, until Ctrl-C")
+    run = commands.add_parser("run", help="the stack plus every service, supervised, until Ctrl-C")
+    run.add_argument(
+        "--observe",
+        action="store_true",
+        help="also Prometheus and Jaeger (mercato_devstack.observe), as MERCATO_OBSERVE=1 does",
+    )
     commands.add_parser("shutdown", help="stop a running `run` and the stack")
+    commands.add_parser(
+        "observe-tools", help="build Prometheus and Jaeger for `run --observe` (idempotent)"
+    )
     for verb, text in (
         ("start", "start one component (and what it needs) and wait until ready"),
         ("stop", "stop one component gracefully"),
@@ -67,7 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             from mercato_devstack import suite
 
-            return suite.run(os.environ)
+            environ = {**os.environ, "MERCATO_OBSERVE": "1"} if args.observe else os.environ
+            return suite.run(environ)
+        if args.command == "observe-tools":
+            from mercato_devstack.config import StackConfig
+            from mercato_devstack.observe import observers
+
+            for observer in observers(StackConfig.from_env()):
+                observer.prepare()
+                print(f"{observer.name}: {observer.binary}")
+            return 0
         if args.command == "shutdown":
             from mercato_devstack import suite
 

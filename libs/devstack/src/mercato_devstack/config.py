@@ -68,6 +68,10 @@ class StackConfig:
     kafka_controller_port: int = 19093
     mongo_port: int = 27018
     redis_port: int = 16379
+    #: `make observe`: Prometheus's HTTP port, Jaeger's UI/query port and its OTLP/gRPC receiver.
+    prometheus_port: int = 9090
+    jaeger_port: int = 16686
+    jaeger_otlp_port: int = 4317
     #: Seconds each component gets to become ready.
     timeout: float = 120.0
     kafka_heap_opts: str = "-Xms128m -Xmx512m"
@@ -99,6 +103,9 @@ class StackConfig:
             ),
             mongo_port=_port(env, "MERCATO_MONGO_PORT", cls.mongo_port),
             redis_port=_port(env, "MERCATO_REDIS_PORT", cls.redis_port),
+            prometheus_port=_port(env, "MERCATO_PROMETHEUS_PORT", cls.prometheus_port),
+            jaeger_port=_port(env, "MERCATO_JAEGER_PORT", cls.jaeger_port),
+            jaeger_otlp_port=_port(env, "MERCATO_JAEGER_OTLP_PORT", cls.jaeger_otlp_port),
             timeout=timeout,
             kafka_heap_opts=env.get("MERCATO_KAFKA_HEAP_OPTS") or cls.kafka_heap_opts,
         )

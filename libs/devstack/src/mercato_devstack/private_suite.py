@@ -27,6 +27,7 @@ __all__ = [
     "PrivateSuite",
     "isolated_env",
     "link_cache",
+    "port_block",
     "running_status",
     "start_private_suite",
     "stop_private_suite",
@@ -47,6 +48,28 @@ def isolated_env(
         env[key] = env.get(override_prefix + key.removeprefix("MERCATO_"), value)
     env.setdefault("MERCATO_REPO_ROOT", str(find_repo_root(env)))
     return env
+
+
+def port_block(repo_root: Path, name: str, block: int) -> dict[str, str]:
+    """The state folder ``.state/<name>`` and every port of a private suite, in the thousand
+    ``block`` (22: PostgreSQL 22432, Kafka 22092 and its controller 22093, MongoDB 22018, Redis
+    22379, the gateway 22080, gRPC ports from 22061, metrics from 22461, Prometheus 22090,
+    Jaeger 22686 and its OTLP receiver 22317). Keep ``block`` below 32, under the kernel's
+    ephemeral range, where a listener could find its port taken by a client's local end."""
+    return {
+        "MERCATO_STATE_DIR": str(repo_root / ".state" / name),
+        "MERCATO_PG_PORT": f"{block}432",
+        "MERCATO_KAFKA_PORT": f"{block}092",
+        "MERCATO_KAFKA_CONTROLLER_PORT": f"{block}093",
+        "MERCATO_MONGO_PORT": f"{block}018",
+        "MERCATO_REDIS_PORT": f"{block}379",
+        "MERCATO_GATEWAY_PORT": f"{block}080",
+        "MERCATO_SUITE_PORT_BASE": f"{block}060",
+        "MERCATO_SUITE_METRICS_PORT_BASE": f"{block}460",
+        "MERCATO_PROMETHEUS_PORT": f"{block}090",
+        "MERCATO_JAEGER_PORT": f"{block}686",
+        "MERCATO_JAEGER_OTLP_PORT": f"{block}317",
+    }
 
 
 def link_cache(env: Mapping[str, str]) -> Path:

@@ -52,6 +52,7 @@ import yaml
 from mercato_devstack.config import find_repo_root
 from mercato_devstack.errors import StackError
 from mercato_devstack.manifest import Manifest, ServiceSpec, load_manifest, manifest_path
+from mercato_devstack.observe import ScrapeTarget, observers
 from mercato_devstack.stack import Stack
 
 log = logging.getLogger("mercato_devstack.suite")
@@ -278,11 +279,11 @@ def render_line(name: str, raw: str) -> str | None:
         return f"{name:>9} | {text}"
     if not isinstance(event, dict):
         return f"{name:>9} | {text}"
-    if event.get("logger") in QUIET_LOGGERS:
+    if event.get("log.logger") in QUIET_LOGGERS:
         return None
-    level = str(event.get("level", "")).ljust(7)
+    level = str(event.get("log.level", "")).ljust(7)
     message = event.get("message", "")
-    return f"{name:>9} | {level} {event.get('logger', '')}: {message}"
+    return f"{name:>9} | {level} {event.get('log.logger', '')}: {message}"
 
 
 class Suite:
@@ -295,6 +296,22 @@ class Suite:
         self.manifest = load_manifest(manifest_path(stack.config.repo_root))
         self.entry = _entry(self.manifest)
         self.ports = SuitePorts.from_env(self.manifest, environ)
+        #: `make observe` (MERCATO_OBSERVE): Jaeger and Prometheus run beside the services.
+        self.observers = (
+            observers(
+                stack.config,
+                [
+                    ScrapeTarget(service.name, f"127.0.0.1:{self.ports.metrics(service.name)}")
+                    for service in self.manifest.services
+                ],
+                environ,
+            )
+            if environ.get("MERCATO_OBSERVE", "").lower() in ("1", "true", "yes")
+            else ()
+        )
+        if self.observers:
+            jaeger = self.observers[0]
+            environ = {**environ, "OTEL_EXPORTER_OTLP_ENDPOINT": jaeger.otlp_endpoint}
         self.services = _services(stack, environ, self.run_dir, self.ports)
         self.status_file = self.run_dir / "suite.json"
         self.ready = False
@@ -422,6 +439,7 @@ class Suite:
         started = time.monotonic()
         try:
             await asyncio.to_thread(self.stack.up)
+            await asyncio.to_thread(self._start_observers)
             for service in self.services:
                 if self.stopping.is_set():
                     return
@@ -442,10 +460,31 @@ class Suite:
             for task in supervisors:
                 task.cancel()
             await asyncio.gather(*supervisors, return_exceptions=True)
+            await asyncio.to_thread(self._stop_observers)
             await asyncio.to_thread(self.stack.down)
             pid_file.unlink(missing_ok=True)
             self.status_file.unlink(missing_ok=True)
             log.info("suite stopped")
+
+    def _start_observers(self) -> None:
+        for observer in self.observers:
+            observer.prepare()
+            observer.start()
+            observer.wait_ready()
+            log.info("%s: ready on %s", observer.name, observer.url)
+
+    def _stop_observers(self) -> None:
+        for observer in reversed(self.observers):
+            observer.stop()
+
+    def _observe_lines(self) -> str:
+        if not self.observers:
+            return ""
+        jaeger, prometheus = self.observers
+        return (
+            f"  Prometheus: {prometheus.url}    (targets: {prometheus.url}/api/v1/targets)\n"
+            f"  Jaeger:     {jaeger.url}    (spans over OTLP to {jaeger.otlp_endpoint})\n"
+        )
 
     def _print_ready(self, elapsed: float) -> None:
         port = self.ports.app(self.entry.name)
@@ -462,7 +501,7 @@ mercato is ready in {elapsed:.1f} s: the gateway listens on {url}
   API description: {url}/openapi.json    docs: {url}/docs
   admin: {email} / {password_note}
   logs:  {self.logs}/<service>.log
-
+{self._observe_lines()}
 Try:
   curl -s -X POST {url}/v1/auth/login -H 'Content-Type: application/json' \\
        -d '{{"email": "{email}", "password": "<the admin password>"}}'
@@ -531,6 +570,8 @@ def shutdown() -> int:
     pid_file = stack.config.state_dir / "run" / "suite.pid"
     pid = int(pid_file.read_text()) if pid_file.exists() else None
     if pid is None or not _alive(pid):
+        for observer in reversed(observers(stack.config)):
+            observer.stop()
         stack.down()
         print("suite stopped")
         return 0

@@ -60,6 +60,8 @@ def build_app(
     mongo = kit.mongo(settings, indexes=INDEXES)
     store = AnalyticsStore(mongo.db)
     metrics = AnalyticsMetrics(registry)
+    for topic in settings.topics:  # at 0 from the start: dashboards show 0, not "no data"
+        metrics.dead_letters.labels(topic)
     kit.verify_tokens_with_auth(settings.auth_target)
     positions = KafkaPositions(
         kit.kafka(settings),

@@ -64,6 +64,11 @@ class CacheMetrics:
             ["operation"],
             registry=registry,
         )
+        # Every known series from the start, at 0: a dashboard shows 0, not "no data".
+        for result in ("hit", "miss", "bypass"):
+            self.lookups.labels(result)
+        for operation in ("get", "fill", "invalidate"):
+            self.errors.labels(operation)
 
 
 def _version(version: int) -> str:

@@ -22,6 +22,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mercato_common.telemetry import trace_exemplar
+
 __all__ = ["REQUEST_ID_KEY", "ROUTE_KEY", "EdgeMiddleware", "HttpMetrics"]
 
 _access_log = logging.getLogger("mercato.access")
@@ -77,7 +79,14 @@ class HttpMetrics:
         self._counted: dict[tuple[str, str, int], Any] = {}
         self._timed: dict[tuple[str, str], Any] = {}
 
-    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+    def observe(
+        self,
+        method: str,
+        route: str,
+        status: int,
+        seconds: float,
+        exemplar: dict[str, str] | None = None,
+    ) -> None:
         counted = self._counted.get((method, route, status))
         if counted is None:
             counted = self.requests.labels(method, route, str(status))
@@ -86,7 +95,7 @@ class HttpMetrics:
         timed = self._timed.get((method, route))
         if timed is None:
             timed = self._timed[(method, route)] = self.duration.labels(method, route)
-        timed.observe(seconds)
+        timed.observe(seconds, exemplar)
 
 
 #: The request headers the edge reads, found in one pass over the headers.
@@ -217,7 +226,7 @@ class EdgeMiddleware:
                 span.set_attribute("http.response.status_code", status)
                 if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
-                self._metrics.observe(method, route, status, elapsed)
+                self._metrics.observe(method, route, status, elapsed, trace_exemplar(span))
                 _access_log.info(
                     "http",
                     extra={

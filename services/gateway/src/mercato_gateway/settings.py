@@ -42,6 +42,10 @@ class GatewaySettings(ServiceTlsSettings, TokenSettings):
     service_version: str = "0.1.0"
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     otlp_endpoint: str | None = Field(default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    # "otlp": log records are also exported over OTLP to that endpoint (redacted like stdout).
+    logs_exporter: Literal["none", "otlp"] = Field(
+        default="none", validation_alias="OTEL_LOGS_EXPORTER"
+    )
 
     # HTTP listener (uvicorn with uvloop and httptools).
     host: str = "127.0.0.1"

@@ -42,8 +42,10 @@ async def _one_budget(
     allowed = [r for r in responses if r.status_code == 200]
     limited = [r for r in responses if r.status_code == 429]
     assert len(allowed) + len(limited) == len(responses), [r.text for r in responses]
+    # One budget: the burst plus what refilled while the requests were served. Two budgets would
+    # let through up to twice as many (2 x BURST + 2 x RATE x elapsed). The refill is counted
+    # from the time taken (a loaded machine serves them slower, and more tokens refill).
     assert BURST <= len(allowed) <= BURST + RATE * elapsed + 1, (len(allowed), elapsed)
-    assert len(allowed) < 2 * BURST
     return allowed, limited
 
 

@@ -313,6 +313,10 @@ class ConsumerRunner:
         }
         self._consumer_factory = consumer_factory
         self._metrics = ConsumerMetrics.for_registry(registry)
+        # Every outcome of every topic at 0 from the start: dashboards show 0, not "no data".
+        for topic in self.topics:
+            for outcome in ("processed", "duplicate", "retried", "dead_lettered"):
+                self._metrics.messages.labels(self.group_id, topic, outcome)
         self._tracer = trace.get_tracer("mercato_common.kafka", tracer_provider=tracer_provider)
         self._consumer: Any = None
         # Next offset to commit per partition (offset of the last done record + 1).

@@ -204,6 +204,7 @@ class OutboxRelay(ABC):
         self._backoff = backoff if backoff is not None else Backoff(initial=0.2, maximum=5.0)
         self._housekeeping_interval = housekeeping_interval
         self._metrics = OutboxMetrics.for_registry(registry)
+        self._metrics.publish_errors.labels(name)  # at 0 from the start, not "no data"
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._stopped = asyncio.Event()

@@ -69,6 +69,8 @@ class OrdersMetrics:
             ["outcome"],
             registry=registry,
         )
+        for outcome in ("released", "deferred", "skipped"):  # at 0 from the start
+            self.compensations.labels(outcome)
         self.reconciled = Counter(
             "mercato_orders_reconciled_total",
             "Repairs made by the reconciler, by action.",

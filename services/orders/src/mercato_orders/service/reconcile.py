@@ -25,7 +25,7 @@ The catalog's own reservation expiry is the last line of defence behind all of t
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import timedelta
 
 from mercato_orders.clients import ReservationState
@@ -65,6 +65,8 @@ class Reconciliation:
         max_scan_pages: int = 10,
     ) -> None:
         self._service = service
+        for action in fields(ReconcileReport):  # every action at 0 from the start, not "no data"
+            service.metrics.reconciled.labels(action.name)
         # When an abandoned create whose release failed is tried again.
         self._retry_after = retry_after
         self._batch = batch_size
