@@ -481,9 +481,12 @@ class Suite:
         if not self.observers:
             return ""
         jaeger, prometheus = self.observers
+        # Neither Go module carries its web UI's built assets: their HTTP APIs are served.
         return (
-            f"  Prometheus: {prometheus.url}    (targets: {prometheus.url}/api/v1/targets)\n"
-            f"  Jaeger:     {jaeger.url}    (spans over OTLP to {jaeger.otlp_endpoint})\n"
+            f"  Prometheus: {prometheus.url}  (API: /api/v1/targets, /api/v1/query,"
+            " /api/v1/alerts)\n"
+            f"  Jaeger:     {jaeger.url}  (API: /api/services, /api/traces/<trace id>;"
+            f" spans over OTLP to {jaeger.otlp_endpoint})\n"
         )
 
     def _print_ready(self, elapsed: float) -> None:
