@@ -244,8 +244,15 @@ def insane(query: PanelQuery, values: list[float]) -> str | None:
 
 def test_every_panel_shows_sane_data(observed: ObservedSuite, load: Load) -> None:
     prometheus = observed.prometheus
-    # Every process scraped the load's outcome (a scrape each second, rates over a minute).
+    # Every process scraped the load's outcome (a scrape each second, rates over a minute), and
+    # analytics' lag monitor has read its group's positions once (it retries while the group
+    # coordinator of a fresh broker is not available yet).
     time.sleep(5)
+    wait_until(
+        lambda: prometheus.query("mercato_analytics_consumer_lag"),
+        60,
+        what="analytics' first lag reading",
+    )
     routes = prometheus.label_values("route", ROUTES_SELECTOR)
     assert routes, "the gateway reported no route"
     variables = dashboard_variables(routes)
