@@ -79,6 +79,28 @@ def test_bootstrap_admin_and_service_clients() -> None:
         load_settings(AuthSettings, {**BASE, "MERCATO_AUTH_SERVICE_CLIENTS": "orders"})
 
 
+def test_service_client_previous_secrets() -> None:
+    client = {
+        "client_id": "orders",
+        "secret": "new-secret-0123456789",
+        "scopes": ["catalog:reserve"],
+    }
+    rotating = {**client, "previous_secrets": ["old-secret-0123456789"]}
+    environ = {**BASE, "MERCATO_AUTH_SERVICE_CLIENTS": json.dumps([rotating])}
+    seed = load_settings(AuthSettings, environ).service_clients[0]
+    assert [s.get_secret_value() for s in seed.previous_secrets] == ["old-secret-0123456789"]
+    assert "old-secret" not in repr(seed)
+    assert (
+        load_settings(AuthSettings, {**BASE, "MERCATO_AUTH_SERVICE_CLIENTS": json.dumps([client])})
+        .service_clients[0]
+        .previous_secrets
+        == ()
+    )
+    short = {**client, "previous_secrets": ["short"]}
+    with pytest.raises(SettingsError, match="at least 16 characters"):
+        load_settings(AuthSettings, {**BASE, "MERCATO_AUTH_SERVICE_CLIENTS": json.dumps([short])})
+
+
 def test_previous_keks_and_argon2_bounds() -> None:
     other = base64.b64encode(os.urandom(32)).decode()
     settings = load_settings(

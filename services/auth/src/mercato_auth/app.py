@@ -70,7 +70,10 @@ class Bootstrap:
             )
         for client in settings.service_clients:
             await self._service.ensure_client(
-                client.client_id, client.secret.get_secret_value(), client.scopes
+                client.client_id,
+                client.secret.get_secret_value(),
+                client.scopes,
+                [previous.get_secret_value() for previous in client.previous_secrets],
             )
 
     async def stop(self) -> None:

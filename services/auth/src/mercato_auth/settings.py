@@ -29,11 +29,21 @@ class ServiceClientSeed(BaseModel):
     client_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._-]+$")
     secret: SecretStr
     scopes: tuple[str, ...] = Field(min_length=1)
+    #: Secrets still accepted while the client's callers change to ``secret`` (a rotation:
+    #: deploy with the old one here, restart the callers with the new one, then drop it).
+    previous_secrets: tuple[SecretStr, ...] = Field(default=(), max_length=2)
 
     @field_validator("secret")
     @classmethod
     def _long_secret(cls, value: SecretStr) -> SecretStr:
         if len(value.get_secret_value()) < 16:
+            raise ValueError("a client secret has at least 16 characters")
+        return value
+
+    @field_validator("previous_secrets")
+    @classmethod
+    def _long_previous_secrets(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        if any(len(previous.get_secret_value()) < 16 for previous in value):
             raise ValueError("a client secret has at least 16 characters")
         return value
 

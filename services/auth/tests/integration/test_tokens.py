@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import grpc
 import jwt
 import pytest
 from grpc import StatusCode
@@ -258,3 +261,42 @@ async def test_forged_and_tampered_tokens_are_refused_by_auth_itself(auth) -> No
             auth.stub.ListUsers(auth_pb2.ListUsersRequest(), metadata=auth.bearer(forged))
         )
         assert refused.code == StatusCode.UNAUTHENTICATED
+
+
+async def test_client_secret_rotation_accepts_both_until_the_old_is_dropped(
+    make_settings, start_auth
+) -> None:
+    """The order rotate.yml follows: auth restarted with the new secret and the old one as
+    previous (callers on either get tokens), then without it (the old one refused)."""
+    old, new = "old-orders-secret-0123456789", "new-orders-secret-0123456789"
+
+    def seeded(secret: str, previous: list[str]) -> Any:
+        client = {"client_id": "orders", "secret": secret, "scopes": ["catalog:reserve"]}
+        return make_settings(service_clients=[{**client, "previous_secrets": previous}])
+
+    async def grant(auth: Any, secret: str) -> Any:
+        request = auth_pb2.IssueTokenRequest(
+            grant_type="client_credentials", client_id="orders", client_secret=secret
+        )
+        try:
+            return (await auth.stub.IssueToken(request)).scope
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+
+    async with start_auth(seeded(old, [])) as auth:
+        assert [await grant(auth, old), await grant(auth, new)] == [
+            "catalog:reserve",
+            StatusCode.UNAUTHENTICATED,
+        ]
+    async with start_auth(seeded(new, [old])) as auth:
+        assert [await grant(auth, old), await grant(auth, new)] == ["catalog:reserve"] * 2
+    # A start with the same seed changes nothing (the stored hashes are of these secrets).
+    async with start_auth(seeded(new, [old])) as auth:
+        assert (
+            await auth.app.service.ensure_client("orders", new, ["catalog:reserve"], [old]) is False
+        )
+    async with start_auth(seeded(new, [])) as auth:
+        assert [await grant(auth, old), await grant(auth, new)] == [
+            StatusCode.UNAUTHENTICATED,
+            "catalog:reserve",
+        ]

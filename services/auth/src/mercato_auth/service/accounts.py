@@ -24,7 +24,7 @@ from mercato_auth.domain.users import (
     plan_update,
 )
 from mercato_auth.service.base import ServiceBase, is_uuid
-from mercato_auth.store import Tx
+from mercato_auth.store import ClientRecord, Tx
 from mercato_common.identity import Identity
 
 __all__ = ["Accounts"]
@@ -190,22 +190,53 @@ class Accounts(ServiceBase):
 
     # Service clients ------------------------------------------------------------------------
 
-    async def ensure_client(self, client_id: str, secret: str, scopes: Sequence[str]) -> bool:
-        """Register or update a service client; True when something changed."""
+    async def ensure_client(
+        self,
+        client_id: str,
+        secret: str,
+        scopes: Sequence[str],
+        previous_secrets: Sequence[str] = (),
+    ) -> bool:
+        """Register or update a service client; True when something changed. ``previous_secrets``
+        stay accepted beside ``secret`` (a rotation in progress); an empty list drops them."""
         unknown = set(scopes) - set(ALL_SCOPES)
         if unknown or not scopes:
             raise ValueError(f"a client needs known scopes; unknown: {sorted(unknown)}")
         wanted = sorted_scopes(scopes)
         async with self._store.read() as tx:
             existing = await tx.clients.get(client_id)
-        if existing is not None and await self._passwords.verify(existing.secret_hash, secret):
+        if existing is not None and await self._same_secrets(existing, secret, previous_secrets):
             if not existing.disabled and sorted_scopes(existing.scopes) == wanted:
                 return False
             async with self._store.write() as tx:
                 await tx.clients.update_scopes(client_id, wanted, self._clock())
             return True
         secret_hash = await self._passwords.hash(secret)
+        previous_hashes = [await self._passwords.hash(previous) for previous in previous_secrets]
         async with self._store.write() as tx:
-            await tx.clients.upsert(client_id, secret_hash, wanted, self._clock())
-        _log.info("service client registered", extra={"client_id": client_id, "scopes": wanted})
+            await tx.clients.upsert(client_id, secret_hash, wanted, self._clock(), previous_hashes)
+        _log.info(
+            "service client registered",
+            extra={
+                "client_id": client_id,
+                "scopes": wanted,
+                "previous_secrets": len(previous_hashes),
+            },
+        )
+        return True
+
+    async def _same_secrets(
+        self, existing: ClientRecord, secret: str, previous_secrets: Sequence[str]
+    ) -> bool:
+        """Whether the stored hashes are of exactly these secrets (hashes are salted: each one
+        is verified, in order)."""
+        if len(existing.previous_secret_hashes) != len(previous_secrets):
+            return False
+        pairs = [
+            (existing.secret_hash, secret),
+            *zip(existing.previous_secret_hashes, previous_secrets, strict=True),
+        ]
+        for stored, given in pairs:
+            if not await self._passwords.verify(stored, given):
+                return False
         return True

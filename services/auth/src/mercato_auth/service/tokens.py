@@ -225,6 +225,12 @@ class Tokens(ServiceBase):
         ok = await self._passwords.verify(
             client.secret_hash if client is not None and usable else None, client_secret
         )
+        if not ok and client is not None and usable:
+            # A rotation in progress: callers not yet restarted still present the old secret.
+            for previous in client.previous_secret_hashes:
+                if await self._passwords.verify(previous, client_secret):
+                    ok = True
+                    break
         if not ok:
             await self._record_failures(keys)
             raise InvalidClient()

@@ -17,6 +17,8 @@ class ClientRecord:
     secret_hash: str = field(repr=False)
     scopes: frozenset[str]
     disabled: bool
+    #: Secrets still accepted during a rotation (``previous_secrets`` of the client's seed).
+    previous_secret_hashes: tuple[str, ...] = field(default=(), repr=False)
 
 
 class Clients:
@@ -26,7 +28,8 @@ class Clients:
     async def get(self, client_id: str) -> ClientRecord | None:
         row = await self._conn.fetchrow(
             "oauth_clients.get",
-            "SELECT client_id, secret_hash, scopes, disabled FROM oauth_clients"
+            "SELECT client_id, secret_hash, scopes, disabled, previous_secret_hashes"
+            " FROM oauth_clients"
             " WHERE client_id = $1",
             client_id,
         )
@@ -37,21 +40,29 @@ class Clients:
             secret_hash=row["secret_hash"],
             scopes=frozenset(row["scopes"]),
             disabled=row["disabled"],
+            previous_secret_hashes=tuple(row["previous_secret_hashes"]),
         )
 
     async def upsert(
-        self, client_id: str, secret_hash: str, scopes: Sequence[str], now: datetime
+        self,
+        client_id: str,
+        secret_hash: str,
+        scopes: Sequence[str],
+        now: datetime,
+        previous_secret_hashes: Sequence[str] = (),
     ) -> None:
         await self._conn.execute(
             "oauth_clients.upsert",
             "INSERT INTO oauth_clients (client_id, secret_hash, scopes, disabled, create_time,"
-            " update_time) VALUES ($1, $2, $3, false, $4, $4)"
+            " update_time, previous_secret_hashes) VALUES ($1, $2, $3, false, $4, $4, $5)"
             " ON CONFLICT (client_id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash,"
-            " scopes = EXCLUDED.scopes, disabled = false, update_time = EXCLUDED.update_time",
+            " scopes = EXCLUDED.scopes, disabled = false, update_time = EXCLUDED.update_time,"
+            " previous_secret_hashes = EXCLUDED.previous_secret_hashes",
             client_id,
             secret_hash,
             list(scopes),
             now,
+            list(previous_secret_hashes),
         )
 
     async def update_scopes(self, client_id: str, scopes: Sequence[str], now: datetime) -> None:
