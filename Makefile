@@ -31,7 +31,7 @@ protos: sync ## regenerate the Python stubs in libs/contracts from protos/
 	$(RUN) python tools/protos.py generate
 
 .PHONY: lint
-lint: sync ## ruff, mypy, import contracts, dependency floors, buf lint/breaking, stub, dashboard and chart README checks
+lint: sync ## ruff, mypy, import contracts, dependency floors, buf lint/breaking, stub, dashboard and chart README checks, yamllint + ansible-lint
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy libs/common/src libs/devstack/src $(wildcard services/*/src)
@@ -41,6 +41,8 @@ lint: sync ## ruff, mypy, import contracts, dependency floors, buf lint/breaking
 	$(RUN) python tools/protos.py check
 	$(RUN) python tools/dashboards.py --check
 	$(RUN) python tools/chart_readme.py --check
+	cd deploy/ansible && LC_ALL=C.UTF-8 $(RUN) yamllint --strict .
+	cd deploy/ansible && LC_ALL=C.UTF-8 $(RUN) ansible-lint
 
 .PHONY: fmt
 fmt: sync ## format and autofix
@@ -119,7 +121,12 @@ k8s-status: sync ## each process of the local Kubernetes control plane (and a re
 .PHONY: test-k8s
 test-k8s: sync ## the Helm chart installed, upgraded, rolled back, uninstalled on the local control plane
 	$(RUN) python tools/k8s.py build
-	$(RUN) pytest -q -s -m k8s tests/k8s
+	$(RUN) pytest -q -s -m k8s tests/k8s --ignore=tests/k8s/ansible
+
+.PHONY: test-iac
+test-iac: sync ## the Ansible playbooks (deploy/ansible) on the local control plane: site, idempotence, drift, rotate, teardown
+	$(RUN) python tools/k8s.py build
+	$(RUN) pytest -q -s -m k8s tests/k8s/ansible
 
 .PHONY: test-pods
 test-pods: sync ## opt-in: the suite in real pods on a real node (images, chart, helm test, e2e journeys, a pod kill)
@@ -156,7 +163,7 @@ load: sync ## Locust load (headless) against a running `make run`
 	$(RUN) locust -f loadtest/locustfile.py --headless -u $(LOAD_USERS) -r $(LOAD_RATE) -t $(LOAD_TIME) --host $(LOAD_HOST)
 
 .PHONY: test
-test: lint test-unit test-deploy test-k8s images-smoke test-integration test-e2e ## everything CI runs
+test: lint test-unit test-deploy test-k8s test-iac images-smoke test-integration test-e2e ## everything CI runs
 
 .PHONY: run
 run: sync ## the whole suite locally: stack + services + gateway, until Ctrl-C

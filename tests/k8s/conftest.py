@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client, config, watch
+from kubernetes import client, config, dynamic, watch
 from kubernetes.client.rest import ApiException
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -347,3 +347,51 @@ class JobWatcher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+# What the cluster says -------------------------------------------------------------------------
+
+
+def deployment_state(api: client.ApiClient, namespace: str) -> dict[str, tuple[int, str]]:
+    """Per Deployment: its generation and the pod-template-hash of its current ReplicaSet."""
+    apps = client.AppsV1Api(api)
+    current: dict[str, str] = {}
+    for replica_set in apps.list_namespaced_replica_set(namespace).items:
+        owners = replica_set.metadata.owner_references or []
+        revision = (replica_set.metadata.annotations or {}).get("deployment.kubernetes.io/revision")
+        for owner in owners:
+            if owner.kind == "Deployment":
+                labels = replica_set.metadata.labels
+                current[f"{owner.name}@{revision}"] = labels["pod-template-hash"]
+    state = {}
+    for deployment in apps.list_namespaced_deployment(namespace).items:
+        revision = deployment.metadata.annotations["deployment.kubernetes.io/revision"]
+        name = deployment.metadata.name
+        state[name] = (deployment.metadata.generation, current[f"{name}@{revision}"])
+    return state
+
+
+def leftovers(api: client.ApiClient, namespace: str, objects: list[dict[str, Any]]) -> list[str]:
+    """Objects of the release still there (whether the chart keeps them or not), plus any
+    ReplicaSet, Pod or Job of the namespace."""
+    resources = dynamic.DynamicClient(api).resources
+    found = []
+    for document in objects:
+        kind, name = document["kind"], document["metadata"]["name"]
+        resource = resources.get(api_version=document["apiVersion"], kind=kind)
+        try:
+            if resource.namespaced:
+                resource.get(name=name, namespace=namespace)
+            else:
+                resource.get(name=name)
+        except dynamic.exceptions.NotFoundError:
+            continue
+        found.append(f"{kind}/{name}")
+    apps, core, batch = client.AppsV1Api(api), client.CoreV1Api(api), client.BatchV1Api(api)
+    for listing, kind in (
+        (apps.list_namespaced_replica_set, "ReplicaSet"),
+        (core.list_namespaced_pod, "Pod"),
+        (batch.list_namespaced_job, "Job"),
+    ):
+        found += [f"{kind}/{item.metadata.name}" for item in listing(namespace).items]
+    return found

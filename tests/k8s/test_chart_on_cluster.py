@@ -13,9 +13,19 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client, dynamic
+from kubernetes import client
 
-from .conftest import CHART, HELM_TIMEOUT, RELEASE, VALUES_SETS, Helm, JobEvent, JobWatcher
+from .conftest import (
+    CHART,
+    HELM_TIMEOUT,
+    RELEASE,
+    VALUES_SETS,
+    Helm,
+    JobEvent,
+    JobWatcher,
+    deployment_state,
+    leftovers,
+)
 
 #: The service whose values the upgrade changes; the other Deployments must not roll.
 CHANGED_SERVICE = "catalog"
@@ -37,25 +47,6 @@ def install_args(namespace: str, values_set: str) -> list[str]:
 
 
 # What the cluster says -------------------------------------------------------------------------
-
-
-def deployment_state(api: client.ApiClient, namespace: str) -> dict[str, tuple[int, str]]:
-    """Per Deployment: its generation and the pod-template-hash of its current ReplicaSet."""
-    apps = client.AppsV1Api(api)
-    current: dict[str, str] = {}
-    for replica_set in apps.list_namespaced_replica_set(namespace).items:
-        owners = replica_set.metadata.owner_references or []
-        revision = (replica_set.metadata.annotations or {}).get("deployment.kubernetes.io/revision")
-        for owner in owners:
-            if owner.kind == "Deployment":
-                labels = replica_set.metadata.labels
-                current[f"{owner.name}@{revision}"] = labels["pod-template-hash"]
-    state = {}
-    for deployment in apps.list_namespaced_deployment(namespace).items:
-        revision = deployment.metadata.annotations["deployment.kubernetes.io/revision"]
-        name = deployment.metadata.name
-        state[name] = (deployment.metadata.generation, current[f"{name}@{revision}"])
-    return state
 
 
 def settle_autoscalers(api: client.ApiClient, namespace: str, timeout: float = 60) -> None:
@@ -124,32 +115,6 @@ def assert_hooks_in_order(events: list[JobEvent], declared: dict[str, int]) -> N
 def release_objects(helm: Helm, namespace: str) -> list[dict[str, Any]]:
     manifest = helm("get", "manifest", RELEASE, "--namespace", namespace).stdout
     return [document for document in yaml.safe_load_all(manifest) if document]
-
-
-def leftovers(api: client.ApiClient, namespace: str, objects: list[dict[str, Any]]) -> list[str]:
-    """Objects of the release still there (whether the chart keeps them or not), plus any
-    ReplicaSet, Pod or Job of the namespace."""
-    resources = dynamic.DynamicClient(api).resources
-    found = []
-    for document in objects:
-        kind, name = document["kind"], document["metadata"]["name"]
-        resource = resources.get(api_version=document["apiVersion"], kind=kind)
-        try:
-            if resource.namespaced:
-                resource.get(name=name, namespace=namespace)
-            else:
-                resource.get(name=name)
-        except dynamic.exceptions.NotFoundError:
-            continue
-        found.append(f"{kind}/{name}")
-    apps, core, batch = client.AppsV1Api(api), client.CoreV1Api(api), client.BatchV1Api(api)
-    for listing, kind in (
-        (apps.list_namespaced_replica_set, "ReplicaSet"),
-        (core.list_namespaced_pod, "Pod"),
-        (batch.list_namespaced_job, "Job"),
-    ):
-        found += [f"{kind}/{item.metadata.name}" for item in listing(namespace).items]
-    return found
 
 
 #: What a ServiceAccount of the chart must not be able to do: the services never call the
