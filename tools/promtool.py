@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gotool import ROOT, TOOLS, ToolError, go_install  # tools/gotool.py
 
+from mercato_devstack import observe
 from mercato_devstack.observe import (  # one Prometheus version for promtool and `make observe`
     PROMETHEUS_MODULE,
     PROMETHEUS_RELEASE,
@@ -39,8 +40,9 @@ from mercato_devstack.observe import (  # one Prometheus version for promtool an
 )
 from mercato_devstack.observe import PROMETHEUS_VERSION as PROMTOOL_VERSION
 
-CHART_FILES = ROOT / "deploy" / "helm" / "mercato" / "files"
-RULES_FILE = CHART_FILES / "prometheus-rules.yaml"
+#: The chart's rule file, the one `make observe` loads too.
+RULES_FILE = ROOT / observe.RULES_FILE
+CHART_FILES = RULES_FILE.parent
 #: What the rule unit tests expect in place of the rule file's placeholders.
 TEST_PLACEHOLDERS = {
     "__NAMESPACE__": "mercato",

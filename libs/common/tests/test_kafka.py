@@ -36,11 +36,11 @@ from mercato_common.kafka import (
     dead_letter_headers,
     decode_envelope,
     envelope_header_map,
+    error_text,
     event_type_name,
     headers_to_map,
     map_to_headers,
     new_envelope,
-    redact,
     trace_context_map,
     unpack_data,
 )
@@ -272,13 +272,15 @@ def test_trace_context_round_trip() -> None:
 # -- secrets and dead-letter headers -----------------------------------------------------------
 
 
-def test_redact_masks_credentials_and_truncates() -> None:
-    text = redact("connect postgresql://app:s3cret@db:5432/x failed; password=hunter2 token: abc")
+def test_dead_letter_error_text_is_redacted_and_truncated() -> None:
+    text = error_text(
+        "connect postgresql://app:s3cret@db:5432/x failed; password=hunter2 token: abc"
+    )
     assert "s3cret" not in text
     assert "hunter2" not in text
     assert "abc" not in text
-    assert "postgresql://***@db:5432/x" in text
-    assert len(redact("x" * 5000)) == 512
+    assert "postgresql://app:[REDACTED]@db:5432/x" in text
+    assert len(error_text("x" * 5000)) == 512
 
 
 def test_dead_letter_headers_keep_originals_and_add_the_error() -> None:
@@ -301,7 +303,7 @@ def test_dead_letter_headers_keep_originals_and_add_the_error() -> None:
     assert as_map["dlq_original_offset"] == b"42"
     assert as_map["dlq_consumer_group"] == b"analytics"
     assert as_map["dlq_error_type"] == b"builtins.ValueError"
-    assert as_map["dlq_error_message"] == b"bad password=***"
+    assert as_map["dlq_error_message"] == b"bad password=[REDACTED]"
     assert as_map["dlq_attempts"] == b"5"  # the stale header from an earlier DLQ trip is replaced
     assert [name for name, _ in headers].count("dlq_attempts") == 1
     assert as_map["dlq_failed_at"] == failed_at.isoformat().encode()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import re
 import sys
 import threading
 import time
@@ -25,6 +24,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from prometheus_client import CollectorRegistry, start_http_server
 from pythonjsonlogger.json import JsonFormatter
 
+from mercato_common.redaction import REDACTED, is_secret_name, redact
+
 __all__ = [
     "FIELD_NAMES",
     "BufferedStreamHandler",
@@ -32,7 +33,6 @@ __all__ = [
     "ProcessSettings",
     "Telemetry",
     "configure_logging",
-    "redact",
     "setup_telemetry",
     "telemetry_for",
     "trace_exemplar",
@@ -65,25 +65,6 @@ FIELD_NAMES = {
     "subject": "user.id",
     "user_id": "user.id",
 }
-
-REDACTED = "[REDACTED]"
-#: Extras whose value is never written, whatever it holds.
-_SECRET_KEY = re.compile(
-    r"(^|[._])(password|passwd|secret|token|authorization|api_?key|credentials?)$", re.I
-)
-#: Secrets inside text: a JWT, a bearer credential.
-_SECRET_TEXT = re.compile(r"eyJ[\w-]{5,}\.[\w-]{5,}\.[\w-]*|(?<=Bearer )[\w.~+/=-]{8,}", re.I)
-#: The password of a URL (scheme://user:password@host).
-_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
-
-
-def redact(text: str) -> str:
-    """``text`` with the secrets it may carry (tokens, URL passwords) replaced by [REDACTED]."""
-    if "eyJ" in text or "earer " in text:
-        text = _SECRET_TEXT.sub(REDACTED, text)
-    if "://" in text:
-        text = _URL_PASSWORD.sub(rf"\g<1>{REDACTED}@", text)
-    return text
 
 
 class _TraceContextFilter(logging.Filter):
@@ -118,7 +99,7 @@ class _RedactingFilter(logging.Filter):
         for key, value in list(vars(record).items()):
             if key in _RECORD_ATTRIBUTES:
                 continue
-            if _SECRET_KEY.search(key):
+            if is_secret_name(key):
                 setattr(record, key, REDACTED)
             elif isinstance(value, str):
                 setattr(record, key, redact(value))
@@ -145,8 +126,8 @@ class JsonLogFormatter(JsonFormatter):
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         for key, value in log_data.items():
             if isinstance(value, str):
-                log_data[key] = REDACTED if _SECRET_KEY.search(key) else redact(value)
-            elif value is not None and _SECRET_KEY.search(key):
+                log_data[key] = REDACTED if is_secret_name(key) else redact(value)
+            elif value is not None and is_secret_name(key):
                 log_data[key] = REDACTED
         return log_data
 

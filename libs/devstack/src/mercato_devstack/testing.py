@@ -15,13 +15,14 @@ redis) are imported lazily: they are in the workspace's dev dependencies.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import logging
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -333,3 +334,20 @@ async def temporary_redis_prefix(url: str, prefix: str = "test") -> AsyncIterato
                 await client.delete(*keys)
         finally:
             await client.aclose()
+
+
+async def unsent_outbox_rows(
+    fetch: Callable[[str], Awaitable[list[Any]]], seconds: float = 10.0
+) -> list[Any]:
+    """The outbox rows still not marked sent after waiting (at most ``seconds``) for the relay.
+
+    The relay's update commits after the broker's acknowledgement, so a consumer can read the
+    records a moment before their rows are marked: a test that checks both waits here.
+    ``fetch`` runs a query on the service's database (its test fixture's ``fetch``).
+    """
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        unsent = await fetch("SELECT id FROM outbox WHERE sent_at IS NULL")
+        if not unsent or asyncio.get_running_loop().time() >= deadline:
+            return unsent
+        await asyncio.sleep(0.1)

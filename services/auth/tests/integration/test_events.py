@@ -11,6 +11,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from mercato.auth.events.v1 import events_pb2
 from mercato.auth.v1 import auth_pb2
 from mercato_common.kafka import decode_envelope, headers_to_map, unpack_data
+from mercato_devstack.testing import unsent_outbox_rows
 
 pytestmark = pytest.mark.integration
 
@@ -55,14 +56,8 @@ async def test_events_reach_the_topic(make_settings, start_auth, kafka_topics, k
         me = await auth.stub.GetCurrentUser(
             auth_pb2.GetCurrentUserRequest(), metadata=auth.bearer(admin)
         )
-        # Marked sent once Kafka acknowledged them: the relay's update commits after the
-        # broker's acknowledgement, so a consumer can read the records a moment before.
-        for _ in range(100):  # at most 10 s
-            unsent = await auth.fetch("SELECT id FROM outbox WHERE sent_at IS NULL")
-            if not unsent:
-                break
-            await asyncio.sleep(0.1)
-        assert unsent == []
+        # Marked sent once Kafka acknowledged them.
+        assert await unsent_outbox_rows(auth.fetch) == []
 
     envelopes = [decode_envelope(record.value) for record in records]
     ours = [e for e in envelopes if e.subject == user.id]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 
@@ -11,6 +9,7 @@ from mercato.catalog.v1 import catalog_pb2
 from mercato.orders.events.v1 import events_pb2
 from mercato.orders.v1 import orders_pb2
 from mercato_common.kafka import decode_envelope, headers_to_map, unpack_data
+from mercato_devstack.testing import unsent_outbox_rows
 
 pytestmark = pytest.mark.integration
 
@@ -96,14 +95,8 @@ async def test_place_pay_fulfil_with_events_in_order(make_orders, auth, catalog)
     fulfilled_event = unpack_data(envelopes[2], events_pb2.OrderFulfilled)
     assert (fulfilled_event.shipment_reference, fulfilled_event.actor_id) == ("TRACK-123", admin_id)
     del admin
-    # All marked sent: the relay's update commits after the broker's acknowledgement, so the
-    # records can be read a moment before.
-    for _ in range(100):  # at most 10 s
-        unsent = await orders.fetch("SELECT id FROM outbox WHERE sent_at IS NULL")
-        if not unsent:
-            break
-        await asyncio.sleep(0.1)
-    assert unsent == []
+    # All marked sent.
+    assert await unsent_outbox_rows(orders.fetch) == []
 
 
 async def test_cancel_releases_stock_and_refunds_a_paid_order(make_orders, auth, catalog):

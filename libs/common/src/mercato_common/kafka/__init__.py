@@ -13,7 +13,7 @@ from mercato_common.kafka.consumer import (
     HandlerFailedError,
     PermanentError,
     dead_letter_headers,
-    redact,
+    error_text,
 )
 from mercato_common.kafka.envelope import (
     CONTENT_TYPE,
@@ -58,13 +58,13 @@ __all__ = [
     "dead_letter_headers",
     "decode_envelope",
     "envelope_header_map",
+    "error_text",
     "event_type_name",
     "extract_trace_context",
     "headers_to_map",
     "kafka_connection",
     "map_to_headers",
     "new_envelope",
-    "redact",
     "trace_context_map",
     "unpack_data",
 ]

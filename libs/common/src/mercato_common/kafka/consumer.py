@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,6 +52,7 @@ from mercato_common.kafka.envelope import (
     unpack_data,
 )
 from mercato_common.metrics_set import MetricsSet
+from mercato_common.redaction import redact, truncate
 
 __all__ = [
     "ConsumedEvent",
@@ -64,7 +64,7 @@ __all__ = [
     "HandlerFailedError",
     "PermanentError",
     "dead_letter_headers",
-    "redact",
+    "error_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,23 +168,9 @@ class ConsumerMetrics(MetricsSet):
         )
 
 
-_URL_CREDENTIALS = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@")
-_SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|authorization)(\s*[=:]\s*)\S+"
-)
-
-
-def redact(text: str, limit: int = MAX_ERROR_MESSAGE) -> str:
-    """Best effort: mask URL credentials and ``password=...``-like pairs, then truncate.
-
-    Handlers must still not put secrets in exception messages; this only catches the usual
-    accidents (a DSN in a driver error, for instance).
-    """
-    text = _URL_CREDENTIALS.sub(r"\1***@", text)
-    text = _SECRET_ASSIGNMENT.sub(r"\1\2***", text)
-    if len(text) > limit:
-        text = text[: limit - 3] + "..."
-    return text
+def error_text(error: object) -> str:
+    """What a dead-letter header says of an error: redacted, at most MAX_ERROR_MESSAGE."""
+    return truncate(redact(str(error)), MAX_ERROR_MESSAGE)
 
 
 def dead_letter_headers(
@@ -209,7 +195,7 @@ def dead_letter_headers(
         H_DLQ_TIMESTAMP: str(record.timestamp),
         H_DLQ_GROUP: group_id,
         H_DLQ_ERROR_TYPE: f"{type(error).__module__}.{type(error).__qualname__}",
-        H_DLQ_ERROR_MESSAGE: redact(str(error)),
+        H_DLQ_ERROR_MESSAGE: error_text(error),
         H_DLQ_ATTEMPTS: str(attempts),
         H_DLQ_FAILED_AT: when.isoformat(),
     }
@@ -468,7 +454,7 @@ class ConsumerRunner:
                             record.partition,
                             record.offset,
                             attempt,
-                            redact(repr(exc)),
+                            error_text(repr(exc)),
                         )
                         return await self._dead_letter(record, exc, attempts=attempt)
                     log.warning(
@@ -477,7 +463,7 @@ class ConsumerRunner:
                         record.partition,
                         record.offset,
                         attempt,
-                        redact(repr(exc)),
+                        error_text(repr(exc)),
                     )
                     if await self._sleep_or_stop(self._backoff.delay(attempt)):
                         return False
