@@ -31,7 +31,7 @@ protos: sync ## regenerate the Python stubs in libs/contracts from protos/
 	$(RUN) python tools/protos.py generate
 
 .PHONY: lint
-lint: sync ## ruff, mypy, import contracts, dependency floors, buf lint/breaking, stub, dashboard and chart README checks, yamllint + ansible-lint
+lint: sync ## ruff, mypy, import contracts, dependency floors, buf lint/breaking, stub, dashboard and chart README checks, GraphQL schema drift and breaking changes, yamllint + ansible-lint
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
 	$(RUN) mypy libs/common/src libs/devstack/src $(wildcard services/*/src)
@@ -41,6 +41,8 @@ lint: sync ## ruff, mypy, import contracts, dependency floors, buf lint/breaking
 	$(RUN) python tools/protos.py check
 	$(RUN) python tools/dashboards.py --check
 	$(RUN) python tools/chart_readme.py --check
+	$(RUN) python tools/graphql_schema.py check
+	$(RUN) python tools/graphql_schema.py breaking
 	cd deploy/ansible && LC_ALL=C.UTF-8 $(RUN) yamllint --strict .
 	cd deploy/ansible && LC_ALL=C.UTF-8 $(RUN) ansible-lint
 

@@ -366,7 +366,7 @@ def buf() -> Path:
     return binary
 
 
-def _git(*args: str) -> subprocess.CompletedProcess[str]:
+def run_git(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(  # noqa: S603 - fixed tool, no shell
         ["git", *args],  # noqa: S607 - git from PATH
         cwd=ROOT,
@@ -377,12 +377,12 @@ def _git(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _breaking(buf_bin: Path, against: str) -> int:
-    rev = _git("rev-parse", "--verify", "--quiet", f"{against}^{{commit}}")
+    rev = run_git("rev-parse", "--verify", "--quiet", f"{against}^{{commit}}")
     if rev.returncode != 0:
         print(f"protos: buf breaking skipped: there is no commit {against} to compare with")
         return 0
     sha = rev.stdout.strip()
-    listed = _git("ls-tree", "-r", "--name-only", sha, "--", "protos/mercato")
+    listed = run_git("ls-tree", "-r", "--name-only", sha, "--", "protos/mercato")
     if listed.returncode != 0:
         raise ProtosError(f"git ls-tree {sha}: {listed.stderr.strip()}")
     if not any(line.endswith(".proto") for line in listed.stdout.splitlines()):

@@ -8,6 +8,7 @@ document, and the Starlette application::
       -> EdgeMiddleware (request id, trace span, security headers, metrics, access log)
         -> CORSMiddleware (allow-list; only for requests that carry an Origin)
           -> Dispatch: /healthz, /readyz, /status, /openapi.json, /docs
+             -> /graphql (GraphEndpoint: the schema derived from the same routes)
              -> every derived route (GatewayEndpoint)
 
 Nothing connects until the application's lifespan starts the parts (``GatewayApp.parts``);
@@ -43,8 +44,9 @@ from mercato_gateway.edge import (
     EdgeMiddleware,
     HttpMetrics,
 )
+from mercato_gateway.graph_endpoint import GRAPHQL_PATH, GraphEndpoint
 from mercato_gateway.openapi import build_openapi, docs_page
-from mercato_gateway.proxy import Deadlines, GatewayEndpoint, Upstreams, method_not_allowed
+from mercato_gateway.proxy import Deadlines, Gate, GatewayEndpoint, Upstreams, method_not_allowed
 from mercato_gateway.ratelimit import RateLimiter, RateLimitMetrics
 from mercato_gateway.routing import (
     Route,
@@ -171,17 +173,26 @@ _FIXED_METHODS = ("GET", "HEAD")
 
 class Dispatch:
     """The fixed paths (health, status, the OpenAPI document, docs) by exact path, GET and HEAD
-    only; every other request goes to ``default`` (the derived routes)."""
+    only; the endpoints of their own paths (``/graphql``) by exact path; every other request
+    goes to ``default`` (the derived routes)."""
 
-    def __init__(self, fixed: Mapping[str, Handler], *, default: GatewayEndpoint) -> None:
+    def __init__(
+        self,
+        fixed: Mapping[str, Handler],
+        *,
+        endpoints: Mapping[str, ASGIApp],
+        default: GatewayEndpoint,
+    ) -> None:
         self._fixed = dict(fixed)
+        self._endpoints = dict(endpoints)
         self._default = default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         handler = self._fixed.get(path)
         if handler is None:
-            await self._default(scope, receive, send)
+            endpoint = self._endpoints.get(path, self._default)
+            await endpoint(scope, receive, send)
             return
         scope[ROUTE_KEY] = path
         if scope["method"] not in _FIXED_METHODS:
@@ -292,8 +303,7 @@ def build_app(
             breaker_seconds=settings.redis_breaker_seconds,
             metrics=RateLimitMetrics(registry),
         )
-    endpoint = GatewayEndpoint(
-        router,
+    gate = Gate(
         upstreams,
         authenticator,
         limiter,
@@ -302,9 +312,10 @@ def build_app(
             write=settings.write_deadline_seconds,
             overrides=settings.deadline_overrides,
         ),
-        max_body_bytes=settings.max_body_bytes,
         trusted_proxy_hops=settings.trusted_proxy_hops,
     )
+    endpoint = GatewayEndpoint(router, gate, max_body_bytes=settings.max_body_bytes)
+    graph = GraphEndpoint(routes, gate, max_body_bytes=settings.max_body_bytes)
     document = build_openapi(
         routes, version=settings.service_version, server_url=settings.public_url
     )
@@ -391,6 +402,7 @@ def build_app(
             "/openapi.json": openapi,
             "/docs": docs,
         },
+        endpoints={GRAPHQL_PATH: graph},
         # Every other path (any bytes, newlines included) goes to the derived routes.
         default=endpoint,
     )

@@ -38,7 +38,20 @@ from mercato_gateway.transcode import (
     render_response,
 )
 
-__all__ = ["ClientAddress", "GatewayEndpoint", "Upstreams", "method_not_allowed"]
+__all__ = [
+    "Caller",
+    "ClientAddress",
+    "Gate",
+    "GatewayEndpoint",
+    "Upstreams",
+    "check_length",
+    "json_media",
+    "media_type",
+    "method_not_allowed",
+    "read_body",
+    "send_response",
+    "unsupported_media",
+]
 
 _log = logging.getLogger("mercato_gateway.proxy")
 
@@ -158,35 +171,113 @@ _JSON_TYPES = ("application/json",)
 _FORM_TYPE = "application/x-www-form-urlencoded"
 
 
-def _media_type(content_type: str | None) -> str:
+def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
-def _json_media(media: str) -> bool:
+def json_media(media: str) -> bool:
     return media in _JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))
 
 
-class GatewayEndpoint:
-    """The ASGI app serving every derived route."""
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a request comes from, once admitted: the verified identity (None: no token), the
+    token to forward, the client address and the request id."""
+
+    identity: Identity | None
+    token: str | None
+    client: ClientAddress
+    request_id: str | None
+
+
+class Gate:
+    """What every public endpoint (REST, GraphQL) does around a call, done once: admit the
+    caller (bearer token verified, rate limit) and call an RPC with the caller's token,
+    address, request id and the route's deadline, gRPC errors mapped to :class:`ApiError`."""
 
     def __init__(
         self,
-        router: Router,
         upstreams: Upstreams,
         authenticator: Authenticator,
         limiter: RateLimiter | None,
         *,
         deadlines: Deadlines,
-        max_body_bytes: int,
         trusted_proxy_hops: int = 0,
     ) -> None:
-        self._router = router
-        self._upstreams = upstreams
-        self._auth = authenticator
+        self.upstreams = upstreams
+        self.auth = authenticator
         self._limiter = limiter
         self._deadlines = deadlines
-        self._max_body = max_body_bytes
         self._hops = trusted_proxy_hops
+
+    def client(self, scope: Any, headers: Mapping[str, str]) -> ClientAddress:
+        peer = (scope.get("client") or ("unknown", 0))[0]
+        client = ClientAddress.of(peer, headers.get("x-forwarded-for"), self._hops)
+        scope[CLIENT_KEY] = client.address
+        return client
+
+    async def admit(
+        self,
+        scope: Any,
+        headers: Mapping[str, str],
+        client: ClientAddress,
+        *,
+        rate_class: str,
+        rate_headers: dict[str, str],
+        bearer: bool = True,
+    ) -> Caller:
+        """The caller, verified, within its rate limit (keyed by the verified subject, else the
+        client address, so floods of bad tokens are limited too); raises 429, or 401 for a bad
+        token once the limit let it through."""
+        identity: Identity | None = None
+        auth_error: ApiError | None = None
+        token = self.auth.bearer_token(headers.get("authorization")) if bearer else None
+        if token is not None:
+            try:
+                identity = await self.auth.verify(token)
+            except ApiError as error:
+                auth_error = error
+        if identity is not None:
+            scope[SUBJECT_KEY] = identity.subject
+        if self._limiter is not None:
+            key = f"sub:{identity.subject}" if identity else f"ip:{client.address}"
+            decision = await self._limiter.check(rate_class, key)
+            rate_headers.update(decision.headers(self._limiter.window(rate_class)))
+            if not decision.allowed:
+                raise _limited(decision)
+        if auth_error is not None:
+            raise auth_error
+        return Caller(identity, token, client, scope.get(REQUEST_ID_KEY))
+
+    async def call(self, route: Route, request: Any, caller: Caller) -> Any:
+        """The RPC of ``route`` for ``caller``; a gRPC error as :class:`ApiError` naming the
+        request's fields by their JSON names."""
+        metadata: list[tuple[str, str]] = [("x-forwarded-for", caller.client.forwarded_for)]
+        if caller.request_id:
+            metadata.append(("x-request-id", caller.request_id))
+        if caller.token is not None:
+            metadata.append(("authorization", f"Bearer {caller.token}"))
+        try:
+            return await self.upstreams.call(route)(
+                request, timeout=self._deadlines.of(route), metadata=metadata
+            )
+        except grpc.aio.AioRpcError as error:
+            descriptor = route.request_descriptor
+            raise from_rpc_error(
+                error,
+                service=route.service_key,
+                field_path=lambda path: json_field_path(descriptor, path),
+            ) from None
+
+
+class GatewayEndpoint:
+    """The ASGI app serving every derived route."""
+
+    def __init__(self, router: Router, gate: Gate, *, max_body_bytes: int) -> None:
+        self._router = router
+        self._gate = gate
+        self._auth = gate.auth
+        self._max_body = max_body_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         request_id: str | None = scope.get(REQUEST_ID_KEY)
@@ -219,7 +310,7 @@ class GatewayEndpoint:
                 challenge=self._auth.challenge_for,
             )
             return
-        await _send(send, status, body, {**rate_headers, **headers})
+        await send_response(send, status, body, {**rate_headers, **headers})
 
     async def refuse(self, send: Any, error: ApiError, request_id: str | None) -> None:
         """Answer with ``error`` in the API's error body (not for the form-encoded routes)."""
@@ -234,9 +325,7 @@ class GatewayEndpoint:
         rate_headers: dict[str, str],
     ) -> tuple[int, bytes, dict[str, str]]:
         headers = header_map(scope)
-        peer = (scope.get("client") or ("unknown", 0))[0]
-        client = ClientAddress.of(peer, headers.get("x-forwarded-for"), self._hops)
-        scope[CLIENT_KEY] = client.address
+        client = self._gate.client(scope, headers)
 
         # Size and media type, from the headers alone.
         length_header = headers.get("content-length")
@@ -244,51 +333,26 @@ class GatewayEndpoint:
             (length_header is not None and length_header.strip() != "0")
             or "transfer-encoding" in headers
         )
-        if length_header is not None:
-            try:
-                length = int(length_header)
-            except ValueError:
-                raise ApiError.bad_request("bad Content-Length") from None
-            if length > self._max_body:
-                raise _too_large(self._max_body)
-        media = _media_type(headers.get("content-type"))
+        check_length(length_header, self._max_body)
+        media = media_type(headers.get("content-type"))
         if has_body:
-            acceptable = media == _FORM_TYPE if route.form_encoded else _json_media(media)
+            acceptable = media == _FORM_TYPE if route.form_encoded else json_media(media)
             if not acceptable:
-                wanted = _FORM_TYPE if route.form_encoded else "application/json"
-                raise ApiError(
-                    415,
-                    "INVALID_ARGUMENT",
-                    f"the request body must be {wanted}",
-                    "UNSUPPORTED_MEDIA_TYPE",
-                    headers={"accept": wanted},
-                )
+                raise unsupported_media(_FORM_TYPE if route.form_encoded else "application/json")
 
         # Who calls (verified), then the rate limit, then the access rule.
-        identity: Identity | None = None
-        auth_error: ApiError | None = None
-        token = (
-            None if route.form_encoded else self._auth.bearer_token(headers.get("authorization"))
+        caller = await self._gate.admit(
+            scope,
+            headers,
+            client,
+            rate_class=route.rate_class,
+            rate_headers=rate_headers,
+            bearer=not route.form_encoded,
         )
-        if token is not None:
-            try:
-                identity = await self._auth.verify(token)
-            except ApiError as error:
-                auth_error = error
-        if identity is not None:
-            scope[SUBJECT_KEY] = identity.subject
-        if self._limiter is not None:
-            key = f"sub:{identity.subject}" if identity else f"ip:{client.address}"
-            decision = await self._limiter.check(route.rate_class, key)
-            rate_headers.update(decision.headers(self._limiter.window(route.rate_class)))
-            if not decision.allowed:
-                raise _limited(decision)
-        if auth_error is not None:
-            raise auth_error
-        self._auth.authorize(route.access, identity)
+        self._auth.authorize(route.access, caller.identity)
 
         # The request message.
-        raw_body = await _read_body(receive, self._max_body) if has_body else b""
+        raw_body = await read_body(receive, self._max_body) if has_body else b""
         query = _query(scope)
         document: Any = None
         if route.form_encoded:
@@ -301,23 +365,7 @@ class GatewayEndpoint:
         )
 
         # The call.
-        metadata: list[tuple[str, str]] = [("x-forwarded-for", client.forwarded_for)]
-        request_id = scope.get(REQUEST_ID_KEY)
-        if request_id:
-            metadata.append(("x-request-id", request_id))
-        if token is not None:
-            metadata.append(("authorization", f"Bearer {token}"))
-        try:
-            response = await self._upstreams.call(route)(
-                request, timeout=self._deadlines.of(route), metadata=metadata
-            )
-        except grpc.aio.AioRpcError as error:
-            descriptor = route.request_descriptor
-            raise from_rpc_error(
-                error,
-                service=route.service_key,
-                field_path=lambda path: json_field_path(descriptor, path),
-            ) from None
+        response = await self._gate.call(route, request, caller)
         response_headers = {"content-type": "application/json"}
         if route.form_encoded:
             response_headers.update({"cache-control": "no-store", "pragma": "no-cache"})
@@ -334,6 +382,28 @@ class GatewayEndpoint:
                 del response_headers["content-type"]
                 return 304, b"", response_headers
         return 200, render_response(route, response), response_headers
+
+
+def check_length(length_header: str | None, limit: int) -> None:
+    """413 for a declared body over ``limit`` bytes, 400 for a malformed Content-Length."""
+    if length_header is None:
+        return
+    try:
+        length = int(length_header)
+    except ValueError:
+        raise ApiError.bad_request("bad Content-Length") from None
+    if length > limit:
+        raise _too_large(limit)
+
+
+def unsupported_media(wanted: str) -> ApiError:
+    return ApiError(
+        415,
+        "INVALID_ARGUMENT",
+        f"the request body must be {wanted}",
+        "UNSUPPORTED_MEDIA_TYPE",
+        headers={"accept": wanted},
+    )
 
 
 def _query(scope: Any) -> list[tuple[str, str]]:
@@ -374,7 +444,7 @@ def _form_document(route: Route, body: bytes, authorization: str | None) -> dict
     return document
 
 
-async def _read_body(receive: Any, limit: int) -> bytes:
+async def read_body(receive: Any, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -429,7 +499,7 @@ def _limited(decision: Decision) -> ApiError:
     )
 
 
-async def _send(send: Any, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+async def send_response(send: Any, status: int, body: bytes, headers: Mapping[str, str]) -> None:
     raw_headers = [
         (key.encode("latin-1"), value.encode("latin-1")) for key, value in headers.items()
     ]
@@ -459,4 +529,4 @@ async def _send_error(
         if status == 401:
             error.headers.setdefault("www-authenticate", challenge(error.reason))
     headers.update(error.all_headers())
-    await _send(send, status, body, headers)
+    await send_response(send, status, body, headers)

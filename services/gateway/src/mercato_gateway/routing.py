@@ -55,6 +55,7 @@ __all__ = [
     "Router",
     "Segment",
     "discover_methods",
+    "is_required",
     "load_contract_modules",
     "parse_template",
     "routes_from_methods",
@@ -416,7 +417,8 @@ def _bindings(rule: http_pb2.HttpRule) -> Iterator[tuple[str, str, str, str]]:
         yield from _bindings(extra)
 
 
-def _required(descriptor: FieldDescriptor) -> bool:
+def is_required(descriptor: FieldDescriptor) -> bool:
+    """Whether the contract marks the field ``REQUIRED`` (google.api.field_behavior)."""
     behaviors = descriptor.GetOptions().Extensions[field_behavior_pb2.field_behavior]
     return field_behavior_pb2.REQUIRED in behaviors
 
@@ -445,7 +447,7 @@ def routes_from_methods(
             if http_method == "GET" and body:
                 raise RouteError(f"{full}: GET cannot have a body")
             headers = tuple(
-                (name, header, _required(method.input_type.fields_by_name[name]))
+                (name, header, is_required(method.input_type.fields_by_name[name]))
                 for name, header in HEADER_FIELDS.items()
                 if name in method.input_type.fields_by_name
             )

@@ -37,6 +37,7 @@ __all__ = [
     "check_body",
     "json_field_path",
     "parse_json_body",
+    "parse_message",
     "render_response",
 ]
 
@@ -257,7 +258,7 @@ def build_request(
             raise ApiError.bad_request("this route takes no request body")
     if not route.form_encoded:
         check_body(route, document if route.body == "*" else body)
-    _parse_into(document, message)
+    parse_message(document, message)
     for variable, value in path_params.items():
         _set_scalar(message, variable, value)
     for name, header, required in route.header_fields:
@@ -530,7 +531,9 @@ def _error_path(root: str, text: str) -> str:
     return path
 
 
-def _parse_into(document: dict[str, Any], message: Message) -> None:
+def parse_message(document: dict[str, Any], message: Message) -> None:
+    """``document`` (proto3 JSON) into ``message``; raises :class:`ApiError` (400) naming the
+    field."""
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=False)
     except json_format.ParseError as error:
