@@ -45,6 +45,7 @@ from mercato_gateway.edge import (
     HttpMetrics,
 )
 from mercato_gateway.graph_endpoint import GRAPHQL_PATH, GraphEndpoint
+from mercato_gateway.graph_limits import GraphLimits
 from mercato_gateway.openapi import build_openapi, docs_page
 from mercato_gateway.proxy import Deadlines, Gate, GatewayEndpoint, Upstreams, method_not_allowed
 from mercato_gateway.ratelimit import RateLimiter, RateLimitMetrics
@@ -315,7 +316,21 @@ def build_app(
         trusted_proxy_hops=settings.trusted_proxy_hops,
     )
     endpoint = GatewayEndpoint(router, gate, max_body_bytes=settings.max_body_bytes)
-    graph = GraphEndpoint(routes, gate, max_body_bytes=settings.max_body_bytes)
+    graph = GraphEndpoint(
+        routes,
+        gate,
+        max_body_bytes=settings.max_body_bytes,
+        limits=GraphLimits(
+            max_depth=settings.graphql_max_depth,
+            max_aliases=settings.graphql_max_aliases,
+            max_root_fields=settings.graphql_max_root_fields,
+            max_cost=settings.graphql_max_cost,
+            max_batch=settings.graphql_max_batch,
+            max_tokens=settings.graphql_max_tokens,
+            introspection=settings.graphql_introspection,
+        ),
+        persisted_queries=settings.graphql_persisted_queries,
+    )
     document = build_openapi(
         routes, version=settings.service_version, server_url=settings.public_url
     )

@@ -18,14 +18,18 @@ Messages of server faults are generic, as in REST.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import json_format
 from graphql import (
+    DocumentNode,
     ExecutionResult,
+    FragmentDefinitionNode,
     GraphQLError,
     GraphQLSchema,
     OperationDefinitionNode,
@@ -37,6 +41,7 @@ from graphql import (
 
 from mercato_gateway.edge import ROUTE_KEY, header_map
 from mercato_gateway.errors import ApiError
+from mercato_gateway.graph_limits import GraphLimits, measure, refusal
 from mercato_gateway.graph_schema import build_schema
 from mercato_gateway.proxy import (
     Caller,
@@ -52,7 +57,7 @@ from mercato_gateway.proxy import (
 from mercato_gateway.routing import Route
 from mercato_gateway.transcode import parse_message
 
-__all__ = ["GRAPHQL_PATH", "GraphEndpoint"]
+__all__ = ["GRAPHQL_PATH", "GraphEndpoint", "PersistedQueries"]
 
 GRAPHQL_PATH = "/graphql"
 #: The rate-limit class of a GraphQL request (one decision per request).
@@ -66,26 +71,87 @@ class _Context:
     caller: Caller
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """One operation of a request, parsed, validated and within the limits."""
+
+    document: DocumentNode
+    variables: dict[str, Any] | None
+    operation_name: str | None
+
+
+class PersistedQueries:
+    """Automatic persisted queries (Apollo's protocol, version 1): a client sends the SHA-256 of
+    a query; on a miss (``PERSISTED_QUERY_NOT_FOUND``) it sends both, and the query is kept.
+    Per process, the ``size`` most recently used; another replica's miss only costs the client
+    one more round trip."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._queries: OrderedDict[str, str] = OrderedDict()
+
+    def resolve(self, query: str | None, extensions: Any) -> str:
+        persisted = extensions.get("persistedQuery") if isinstance(extensions, dict) else None
+        if persisted is None:
+            if query is None:
+                raise ApiError.bad_request("query: a GraphQL document is required")
+            return query
+        if self._size == 0:
+            raise ApiError.bad_request(
+                "persisted queries are not supported", reason="PERSISTED_QUERY_NOT_SUPPORTED"
+            )
+        digest = persisted.get("sha256Hash") if isinstance(persisted, dict) else None
+        if persisted.get("version") != 1 or not isinstance(digest, str):
+            raise ApiError.bad_request("extensions.persistedQuery: version 1 with sha256Hash")
+        if query is None:
+            known = self._queries.get(digest)
+            if known is None:
+                raise ApiError(
+                    200, "NOT_FOUND", "PersistedQueryNotFound", "PERSISTED_QUERY_NOT_FOUND"
+                )
+            self._queries.move_to_end(digest)
+            return known
+        if hashlib.sha256(query.encode()).hexdigest() != digest:
+            raise ApiError.bad_request(
+                "the query's SHA-256 is not sha256Hash", reason="PERSISTED_QUERY_HASH_MISMATCH"
+            )
+        self._queries[digest] = query
+        self._queries.move_to_end(digest)
+        while len(self._queries) > self._size:
+            self._queries.popitem(last=False)
+        return query
+
+
 class GraphEndpoint:
     """The ASGI app of ``POST /graphql``."""
 
-    def __init__(self, routes: list[Route], gate: Gate, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        routes: list[Route],
+        gate: Gate,
+        *,
+        max_body_bytes: int,
+        limits: GraphLimits,
+        persisted_queries: int,
+    ) -> None:
         self._gate = gate
         self._max_body = max_body_bytes
+        self._limits = limits
+        self._persisted = PersistedQueries(persisted_queries)
         self.schema: GraphQLSchema = build_schema(routes, self._resolve)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         scope[ROUTE_KEY] = GRAPHQL_PATH
         rate_headers: dict[str, str] = {}
+        body: Any
         try:
             status, body = await self._handle(scope, receive, rate_headers)
         except ApiError as error:
             status, body = error.http_status, {"errors": [_api_error(error)]}
             rate_headers = {**rate_headers, **error.all_headers()}
             if status == 401:
-                rate_headers.setdefault(
-                    "www-authenticate", self._gate.auth.challenge_for(error.reason)
-                )
+                challenge = self._gate.auth.challenge_for(error.reason)
+                rate_headers.setdefault("www-authenticate", challenge)
         headers = {
             "content-type": "application/json",
             "cache-control": "no-store",
@@ -96,7 +162,7 @@ class GraphEndpoint:
 
     async def _handle(
         self, scope: Any, receive: Any, rate_headers: dict[str, str]
-    ) -> tuple[int, dict[str, Any]]:
+    ) -> tuple[int, Any]:
         if scope["method"] != "POST":
             raise method_not_allowed(scope["method"], ["POST"])
         headers = header_map(scope)
@@ -107,16 +173,46 @@ class GraphEndpoint:
         caller = await self._gate.admit(
             scope, headers, client, rate_class=RATE_CLASS, rate_headers=rate_headers
         )
-        query, variables, operation_name = _graphql_request(
-            await read_body(receive, self._max_body)
-        )
         try:
-            document = parse(query)
+            payload = json.loads(await read_body(receive, self._max_body))
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError.bad_request("the request body is not JSON") from None
+        # A batch is a list of operations, checked together (count, then their summed cost)
+        # before any of them runs.
+        batch = isinstance(payload, list)
+        requests = payload if batch else [payload]
+        if batch:
+            self._limits.check_batch(len(requests))
+            if not requests:
+                raise ApiError.bad_request("an empty batch")
+        prepared: list[_Prepared] = []
+        cost = 0
+        for request in requests:
+            outcome = self._prepare(request)
+            if isinstance(outcome, dict):  # not GraphQL: parse or validation errors
+                return 400, outcome  # a batch fails as a whole, before any operation runs
+            prepared_one, one_cost = outcome
+            prepared.append(prepared_one)
+            cost += one_cost
+        if cost > self._limits.max_cost:
+            raise refusal("GRAPHQL_COST_LIMIT", "cost", cost, self._limits.max_cost)
+        results = [await self._execute(one, caller) for one in prepared]
+        if batch:
+            return 200, [body for _, body in results]
+        return results[0]
+
+    def _prepare(self, request: Any) -> tuple[_Prepared, int] | dict[str, Any]:
+        """One operation parsed, validated and measured against the limits; a GraphQL error
+        body when it is not a valid document."""
+        query, variables, operation_name, extensions = _graphql_request(request)
+        query = self._persisted.resolve(query, extensions)
+        try:
+            document = parse(query, max_tokens=self._limits.max_tokens)
         except GraphQLError as error:
-            return 400, {"errors": [_graphql_error(error, "GRAPHQL_PARSE_FAILED")]}
+            return {"errors": [_graphql_error(error, "GRAPHQL_PARSE_FAILED")]}
         refused = validate(self.schema, document)
         if refused:
-            return 400, {
+            return {
                 "errors": [_graphql_error(error, "GRAPHQL_VALIDATION_FAILED") for error in refused]
             }
         operations = [
@@ -125,14 +221,27 @@ class GraphEndpoint:
             if isinstance(node, OperationDefinitionNode)
             and (operation_name is None or (node.name and node.name.value == operation_name))
         ]
-        if operations and operations[0].operation is OperationType.SUBSCRIPTION:
+        if len(operations) != 1:
+            raise ApiError.bad_request("operationName: name one operation of the document")
+        operation = operations[0]
+        if operation.operation is OperationType.SUBSCRIPTION:
             raise ApiError.bad_request("subscriptions are not served over POST")
+        fragments = {
+            node.name.value: node
+            for node in document.definitions
+            if isinstance(node, FragmentDefinitionNode)
+        }
+        figures = measure(self.schema, operation, fragments, variables)
+        self._limits.check(figures)
+        return _Prepared(document, variables, operation_name), figures.cost
+
+    async def _execute(self, prepared: _Prepared, caller: Caller) -> tuple[int, dict[str, Any]]:
         result = execute(
             self.schema,
-            document,
+            prepared.document,
             context_value=_Context(caller),
-            variable_values=variables,
-            operation_name=operation_name,
+            variable_values=prepared.variables,
+            operation_name=prepared.operation_name,
         )
         if not isinstance(result, ExecutionResult):
             result = await result
@@ -140,7 +249,7 @@ class GraphEndpoint:
         if result.errors:
             body["errors"] = [_field_error(error) for error in result.errors]
         if result.data is None and all(error.path is None for error in result.errors or ()):
-            # Nothing ran: the variables or the operation name did not fit the document.
+            # Nothing ran: the variables did not fit the document.
             return 400, body
         return 200, body
 
@@ -156,22 +265,18 @@ class GraphEndpoint:
         return document
 
 
-def _graphql_request(raw: bytes) -> tuple[str, dict[str, Any] | None, str | None]:
-    try:
-        document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError.bad_request("the request body is not JSON") from None
+def _graphql_request(document: Any) -> tuple[str | None, dict[str, Any] | None, str | None, Any]:
     if not isinstance(document, dict):
-        raise ApiError.bad_request("the request body must be a JSON object")
+        raise ApiError.bad_request("a GraphQL request is a JSON object")
     query, variables = document.get("query"), document.get("variables")
     operation_name = document.get("operationName")
-    if not isinstance(query, str) or not query.strip():
+    if query is not None and (not isinstance(query, str) or not query.strip()):
         raise ApiError.bad_request("query: a GraphQL document is required")
     if variables is not None and not isinstance(variables, dict):
         raise ApiError.bad_request("variables: must be an object")
     if operation_name is not None and not isinstance(operation_name, str):
         raise ApiError.bad_request("operationName: must be a string")
-    return query, variables, operation_name
+    return query, variables, operation_name, document.get("extensions")
 
 
 def _api_error(error: ApiError, located: GraphQLError | None = None) -> dict[str, Any]:

@@ -110,6 +110,19 @@ class GatewaySettings(ServiceTlsSettings, TokenSettings):
     upstream_check_interval_seconds: float = Field(default=10.0, gt=0)
     readiness_timeout_seconds: float = Field(default=1.0, gt=0)
 
+    # GraphQL (POST /graphql): what one request may ask for, refused before anything runs
+    # (docs/gateway.md, "GraphQL"). Introspection off hides the schema from clients (the SDL is
+    # published in the repository instead).
+    graphql_introspection: bool = True
+    graphql_max_depth: int = Field(default=10, ge=1)
+    graphql_max_aliases: int = Field(default=30, ge=0)
+    graphql_max_root_fields: int = Field(default=10, ge=1)
+    graphql_max_cost: int = Field(default=5000, ge=1)
+    graphql_max_batch: int = Field(default=10, ge=1)
+    graphql_max_tokens: int = Field(default=5000, ge=100)
+    # Automatic persisted queries kept per process (0: not supported).
+    graphql_persisted_queries: int = Field(default=1000, ge=0)
+
     @field_validator("deadline_overrides", "rate_limit_default", "rate_limit_strict", mode="before")
     @classmethod
     def _parse_json(cls, value: Any) -> Any:

@@ -3,6 +3,7 @@ the protos answers queries and mutations with the RPCs' own access rules and err
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -197,3 +198,121 @@ async def test_only_post(client: httpx.AsyncClient) -> None:
     response = await client.get("/graphql")
     assert response.status_code == 405
     assert response.headers["allow"] == "POST"
+
+
+ORDERS_PAGE = (
+    "query Page($n: Int) { listOrders(pageSize: $n) "
+    "{ orders { id lines { sku quantity } history { toState } } } }"
+)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "limit", "actual"),
+    [
+        # Deep nesting (introspection's recursive types): 12 levels.
+        (
+            {"query": "{ __schema { types { fields { type { ofType { ofType { ofType { ofType"
+             " { ofType { ofType { ofType { name } } } } } } } } } } } }"},
+            "GRAPHQL_DEPTH_LIMIT", 10, 12,
+        ),
+        # 1,000 aliases of a field that costs nothing.
+        (
+            {"query": "{ " + " ".join(f"a{i}: __typename" for i in range(1000)) + " }"},
+            "GRAPHQL_ALIAS_LIMIT", 30, 1000,
+        ),
+        # Eleven different root fields.
+        (
+            {"query": "{ getCurrentUser { user { id } } getFreshness { totalLag }"
+             " listCategories { nextPageToken } listOrders { nextPageToken }"
+             " listProducts { nextPageToken } listUsers { nextPageToken }"
+             ' getOrder(id: "x") { order { id } } getProduct(sku: "x") { product { sku } }'
+             ' getUser(id: "x") { user { id } } getFunnel { placed }'
+             " getSalesSummary { total { ordersPlaced } } }"},
+            "GRAPHQL_ROOT_FIELD_LIMIT", 10, 11,
+        ),
+        # A cost bomb: a page of 1,000 orders, each with its lists.
+        (
+            {"query": ORDERS_PAGE, "variables": {"n": 1000}},
+            "GRAPHQL_COST_LIMIT", 5000, 1 + 1000 * (1 + 1 + 10 * 3 + 10 * 2),
+        ),
+        # A batch of 100 operations.
+        (
+            [{"query": '{ getOrder(id: "x") { order { id } } }'}] * 100,
+            "GRAPHQL_BATCH_LIMIT", 10, 100,
+        ),
+    ],
+    ids=["depth", "aliases", "root-fields", "cost", "batch"],
+)  # fmt: skip
+async def test_hostile_requests_are_refused_before_any_call(
+    suite: Suite,
+    client: httpx.AsyncClient,
+    payload: Any,
+    reason: str,
+    limit: int,
+    actual: int,
+) -> None:
+    calls = len(suite.orders.seen)
+    response = await client.post("/graphql", json=payload, headers=bearer(suite.tokens.admin))
+    assert response.status_code == 400, response.text
+    error = response.json()["errors"][0]
+    assert error["extensions"]["code"] == reason
+    assert error["extensions"]["metadata"] == {"limit": str(limit), "actual": str(actual)}
+    assert len(suite.orders.seen) == calls  # nothing reached a service
+
+
+async def test_within_the_limits(suite: Suite, client: httpx.AsyncClient) -> None:
+    page = await graphql(client, ORDERS_PAGE, suite.tokens.customer, {"n": 20})
+    assert page.status_code == 200, page.text
+    assert page.json()["data"]["listOrders"]["orders"][0]["id"] == ORDER_ID
+    # A batch of two: both run, answers in order.
+    batch = await client.post(
+        "/graphql",
+        json=[
+            {"query": "query A($id: String!) { getOrder(id: $id) { order { id } } }",
+             "variables": {"id": ORDER_ID}},
+            {"query": "{ getCurrentUser { user { email } } }"},
+        ],
+        headers=bearer(suite.tokens.customer),
+    )  # fmt: skip
+    assert batch.status_code == 200, batch.text
+    first, second = batch.json()
+    assert first["data"]["getOrder"]["order"]["id"] == ORDER_ID
+    assert second["data"]["getCurrentUser"]["user"]["email"]
+
+
+async def test_automatic_persisted_queries(suite: Suite, client: httpx.AsyncClient) -> None:
+    query = "query Me { getCurrentUser { user { id } } }"
+    digest = hashlib.sha256(query.encode()).hexdigest()
+    extensions = {"persistedQuery": {"version": 1, "sha256Hash": digest}}
+    token = bearer(suite.tokens.customer)
+    unknown = await client.post("/graphql", json={"extensions": extensions}, headers=token)
+    assert unknown.status_code == 200
+    assert unknown.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+    registered = await client.post(
+        "/graphql", json={"query": query, "extensions": extensions}, headers=token
+    )
+    assert registered.json()["data"]["getCurrentUser"]["user"]["id"]
+    by_hash = await client.post("/graphql", json={"extensions": extensions}, headers=token)
+    assert by_hash.json() == registered.json()
+    forged = {"persistedQuery": {"version": 1, "sha256Hash": "0" * 64}}
+    mismatch = await client.post(
+        "/graphql", json={"query": query, "extensions": forged}, headers=token
+    )
+    assert mismatch.status_code == 400
+    assert mismatch.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_HASH_MISMATCH"
+
+
+async def test_introspection_can_be_switched_off(suite: Suite, client: httpx.AsyncClient) -> None:
+    query = {"query": "{ __schema { queryType { name } } }"}
+    allowed = await client.post("/graphql", json=query)
+    assert allowed.json() == {"data": {"__schema": {"queryType": {"name": "Query"}}}}
+    app = await suite.gateway(graphql_introspection=False)
+    async with suite.client(app) as closed:
+        refused = await closed.post("/graphql", json=query)
+        assert refused.status_code == 400
+        assert refused.json()["errors"][0]["extensions"]["code"] == (
+            "GRAPHQL_INTROSPECTION_DISABLED"
+        )
+        # The API itself is unchanged.
+        typename = await closed.post("/graphql", json={"query": "{ __typename }"})
+        assert typename.json() == {"data": {"__typename": "Query"}}
