@@ -1,11 +1,15 @@
-"""``POST /graphql``: one GraphQL operation per request over the schema of ``graph_schema``.
+"""``POST /graphql``: GraphQL operations over the schema of ``graph_schema``.
 
-The request is a JSON object ``{"query", "variables", "operationName"}``
-(GraphQL over HTTP, ``application/json``). The same gate as REST admits it once per request:
-the bearer token verified (a bad one is a 401 for the whole request), then the rate limit
-(429); each root field then checks its RPC's access rule (a missing identity or scope is an
-error of that field, ``UNAUTHENTICATED`` / ``PERMISSION_DENIED``) and calls the service with
-the caller's token, address and request id, within the route's deadline.
+The request is a JSON object ``{"query", "variables", "operationName", "extensions"}``
+(GraphQL over HTTP, ``application/json``), or a list of them (a batch). The same gate as REST
+admits it once per request: the bearer token verified (a bad one is a 401 for the whole
+request), then the ``default`` rate limit (429); a request whose root fields include a route of
+another class (the public writes: ``login``, ``registerUser``) also spends one token of that
+class, so GraphQL is no way around REST's stricter limit. Every operation is parsed, validated
+and measured against the limits (``graph_limits``) before the first runs. Each root field then
+checks its RPC's access rule (a missing identity or scope is an error of that field,
+``UNAUTHENTICATED`` / ``PERMISSION_DENIED``) and calls the service with the caller's token,
+address and request id, within the route's deadline.
 
 Answers: 200 with ``{"data", "errors"}`` once the operation ran (field errors included); 400 with
 ``{"errors"}`` for a request that is not GraphQL (bad JSON, a syntax error, a document the schema
@@ -42,7 +46,7 @@ from graphql import (
 from mercato_gateway.edge import ROUTE_KEY, header_map
 from mercato_gateway.errors import ApiError
 from mercato_gateway.graph_limits import GraphLimits, measure, refusal
-from mercato_gateway.graph_schema import build_schema
+from mercato_gateway.graph_schema import build_schema, graph_routes, root_field_name
 from mercato_gateway.proxy import (
     Caller,
     Gate,
@@ -78,6 +82,7 @@ class _Prepared:
     document: DocumentNode
     variables: dict[str, Any] | None
     operation_name: str | None
+    roots: tuple[str, ...]
 
 
 class PersistedQueries:
@@ -90,12 +95,14 @@ class PersistedQueries:
         self._size = size
         self._queries: OrderedDict[str, str] = OrderedDict()
 
-    def resolve(self, query: str | None, extensions: Any) -> str:
+    def resolve(self, query: str | None, extensions: Any) -> tuple[str, str | None]:
+        """The query to run, and the hash to :meth:`remember` it by once it proved valid (None:
+        nothing to keep)."""
         persisted = extensions.get("persistedQuery") if isinstance(extensions, dict) else None
         if persisted is None:
             if query is None:
                 raise ApiError.bad_request("query: a GraphQL document is required")
-            return query
+            return query, None
         if self._size == 0:
             raise ApiError.bad_request(
                 "persisted queries are not supported", reason="PERSISTED_QUERY_NOT_SUPPORTED"
@@ -110,16 +117,19 @@ class PersistedQueries:
                     200, "NOT_FOUND", "PersistedQueryNotFound", "PERSISTED_QUERY_NOT_FOUND"
                 )
             self._queries.move_to_end(digest)
-            return known
+            return known, None
         if hashlib.sha256(query.encode()).hexdigest() != digest:
             raise ApiError.bad_request(
                 "the query's SHA-256 is not sha256Hash", reason="PERSISTED_QUERY_HASH_MISMATCH"
             )
+        return query, digest
+
+    def remember(self, digest: str, query: str) -> None:
+        """Keep a query that parsed, validated and stayed within the limits."""
         self._queries[digest] = query
         self._queries.move_to_end(digest)
         while len(self._queries) > self._size:
             self._queries.popitem(last=False)
-        return query
 
 
 class GraphEndpoint:
@@ -139,6 +149,7 @@ class GraphEndpoint:
         self._limits = limits
         self._persisted = PersistedQueries(persisted_queries)
         self.schema: GraphQLSchema = build_schema(routes, self._resolve)
+        self._routes = {root_field_name(route): route for route in graph_routes(routes)}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         scope[ROUTE_KEY] = GRAPHQL_PATH
@@ -196,6 +207,14 @@ class GraphEndpoint:
             cost += one_cost
         if cost > self._limits.max_cost:
             raise refusal("GRAPHQL_COST_LIMIT", "cost", cost, self._limits.max_cost)
+        classes = {
+            self._routes[name].rate_class
+            for one in prepared
+            for name in one.roots
+            if name in self._routes
+        }
+        for rate_class in sorted(classes - {RATE_CLASS}):
+            await self._gate.limit(caller, rate_class, rate_headers)
         results = [await self._execute(one, caller) for one in prepared]
         if batch:
             return 200, [body for _, body in results]
@@ -205,7 +224,7 @@ class GraphEndpoint:
         """One operation parsed, validated and measured against the limits; a GraphQL error
         body when it is not a valid document."""
         query, variables, operation_name, extensions = _graphql_request(request)
-        query = self._persisted.resolve(query, extensions)
+        query, digest = self._persisted.resolve(query, extensions)
         try:
             document = parse(query, max_tokens=self._limits.max_tokens)
         except GraphQLError as error:
@@ -233,7 +252,9 @@ class GraphEndpoint:
         }
         figures = measure(self.schema, operation, fragments, variables)
         self._limits.check(figures)
-        return _Prepared(document, variables, operation_name), figures.cost
+        if digest is not None:
+            self._persisted.remember(digest, query)
+        return _Prepared(document, variables, operation_name, figures.roots), figures.cost
 
     async def _execute(self, prepared: _Prepared, caller: Caller) -> tuple[int, dict[str, Any]]:
         result = execute(

@@ -47,6 +47,8 @@ _INTROSPECTION = frozenset({"__schema", "__type"})
 
 @dataclass(frozen=True, slots=True)
 class Measure:
+    #: The names of the operation's root fields (fragments expanded).
+    roots: tuple[str, ...]
     depth: int
     aliases: int
     root_fields: int
@@ -108,7 +110,8 @@ def measure(
         field_cost, field_depth = walk.field(node, field, page=page, level=1)
         cost += field_cost
         depth = max(depth, field_depth)
-    return Measure(depth, walk.aliases, len(roots), cost, walk.introspection)
+    names = tuple(node.name.value for node, _ in roots)
+    return Measure(names, depth, walk.aliases, len(roots), cost, walk.introspection)
 
 
 class _Walk:

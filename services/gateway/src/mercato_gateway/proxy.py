@@ -239,15 +239,22 @@ class Gate:
                 auth_error = error
         if identity is not None:
             scope[SUBJECT_KEY] = identity.subject
-        if self._limiter is not None:
-            key = f"sub:{identity.subject}" if identity else f"ip:{client.address}"
-            decision = await self._limiter.check(rate_class, key)
-            rate_headers.update(decision.headers(self._limiter.window(rate_class)))
-            if not decision.allowed:
-                raise _limited(decision)
+        caller = Caller(identity, token, client, scope.get(REQUEST_ID_KEY))
+        await self.limit(caller, rate_class, rate_headers)
         if auth_error is not None:
             raise auth_error
-        return Caller(identity, token, client, scope.get(REQUEST_ID_KEY))
+        return caller
+
+    async def limit(self, caller: Caller, rate_class: str, rate_headers: dict[str, str]) -> None:
+        """One decision of ``rate_class``'s bucket for ``caller``; 429 when it is empty."""
+        if self._limiter is None:
+            return
+        identity = caller.identity
+        key = f"sub:{identity.subject}" if identity else f"ip:{caller.client.address}"
+        decision = await self._limiter.check(rate_class, key)
+        rate_headers.update(decision.headers(self._limiter.window(rate_class)))
+        if not decision.allowed:
+            raise _limited(decision)
 
     async def call(self, route: Route, request: Any, caller: Caller) -> Any:
         """The RPC of ``route`` for ``caller``; a gRPC error as :class:`ApiError` naming the

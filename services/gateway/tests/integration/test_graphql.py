@@ -316,3 +316,32 @@ async def test_introspection_can_be_switched_off(suite: Suite, client: httpx.Asy
         # The API itself is unchanged.
         typename = await closed.post("/graphql", json={"query": "{ __typename }"})
         assert typename.json() == {"data": {"__typename": "Query"}}
+
+
+async def test_public_writes_spend_the_strict_budget_too(suite: Suite) -> None:
+    """login over GraphQL is limited as POST /v1/auth/login is: no way around the strict class."""
+    app = await suite.gateway(rate_limit_strict={"rate": 0.001, "burst": 2})
+    login = (
+        'mutation { login(email: "nobody@mercato.test", password: "wrong password 1") '
+        "{ access_token } }"
+    )
+    async with suite.client(app) as client:
+        answers = [await client.post("/graphql", json={"query": login}) for _ in range(3)]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+        assert answers[0].json()["errors"][0]["extensions"]["code"] == "INVALID_CREDENTIALS"
+        assert answers[2].json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+        # Reads are in the default class, untouched.
+        read = await client.post("/graphql", json={"query": "{ __typename }"})
+        assert read.status_code == 200
+
+
+async def test_an_invalid_persisted_query_is_not_kept(
+    suite: Suite, client: httpx.AsyncClient
+) -> None:
+    query = "{ getCurrentUser { noSuchField } }"
+    digest = hashlib.sha256(query.encode()).hexdigest()
+    extensions = {"persistedQuery": {"version": 1, "sha256Hash": digest}}
+    refused = await client.post("/graphql", json={"query": query, "extensions": extensions})
+    assert refused.status_code == 400
+    again = await client.post("/graphql", json={"extensions": extensions})
+    assert again.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
