@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from mercato.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from mercato_analytics.app import AnalyticsApp, build_app
+from mercato_analytics.domain.errors import KafkaUnavailable
 from mercato_analytics.positions import KafkaPositions
 from mercato_analytics.samples import Expected, Published
 from mercato_analytics.settings import AnalyticsSettings
@@ -202,7 +203,12 @@ async def wait_caught_up(env: Env, *, within: float = 60.0, settle: float = 0.3)
     deadline = time.monotonic() + within
     try:
         while True:
-            lag = sum(end - committed for _, _, committed, end in await positions.read())
+            try:
+                lag = sum(end - committed for _, _, committed, end in await positions.read())
+            except KafkaUnavailable:
+                # A fresh broker has no group coordinator for a moment (__consumer_offsets is
+                # being created): the lag is unknown yet, not zero.
+                lag = -1
             if lag == 0:
                 break
             if time.monotonic() > deadline:
