@@ -38,7 +38,7 @@ def current_sdl() -> str:
     async def unused(*_: Any) -> dict[str, Any]:
         raise AssertionError("the schema is printed, not executed")
 
-    return print_schema(build_schema(derive_routes(), unused)) + "\n"
+    return print_schema(build_schema(derive_routes(), unused, unused)) + "\n"
 
 
 def _check() -> int:

@@ -54,6 +54,10 @@ from mercato_catalog.domain.stock import low_stock_transition
         {"currency_code": "EUR", "min_price_minor": -1},
         {"currency_code": "EUR", "min_price_minor": "1"},
         {"currency_code": "EUR", "min_price_minor": 5, "max_price_minor": 4},
+        {"skus": ("SKU-1", "SKU-1")},
+        {"skus": ("sku-1",)},
+        {"skus": ({"$gt": ""},)},
+        {"skus": tuple(f"SKU-{i}" for i in range(101))},
     ],
 )
 def test_bad_filters_are_invalid_arguments(kwargs: dict[str, object]) -> None:

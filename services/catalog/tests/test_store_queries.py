@@ -50,6 +50,16 @@ def test_query_combines_filters_with_typed_values() -> None:
     }
 
 
+def test_query_of_named_skus_pages_within_them() -> None:
+    flt = ProductFilter(skus=("SKU-2", "SKU-1"))
+    assert product_query(flt, "SKU-1") == {
+        "state": "ACTIVE",
+        "_id": {"$in": ["SKU-2", "SKU-1"], "$gt": "SKU-1"},
+    }
+    assert flt.fingerprint() == ProductFilter(skus=("SKU-1", "SKU-2")).fingerprint()
+    assert flt.fingerprint() != ProductFilter(skus=("SKU-1",)).fingerprint()
+
+
 @pytest.mark.parametrize("text", ['{"$gt": ""}', "$where", ".*", "a|b", "(?i)x", "\\", "[^]"])
 def test_search_text_is_a_literal_pattern(text: str) -> None:
     pattern = product_query(ProductFilter(q=text), None)["name"]["$regex"]

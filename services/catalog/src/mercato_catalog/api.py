@@ -70,6 +70,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             max_price_minor=(
                 int(request.max_price_minor) if request.HasField("max_price_minor") else None
             ),
+            skus=tuple(request.skus),
         )
         products, token = await self._products.list_page(
             flt, page_size(request.page_size), request.page_token

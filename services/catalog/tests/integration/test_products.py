@@ -221,6 +221,30 @@ async def test_search_filters(catalog) -> None:
     )
     assert [p.sku for p in batch.products] == ["S-SOFA", "S-PAN"]
     assert list(batch.missing_skus) == ["NOPE-1"]
+    # The skus filter: the named products among the state's, by SKU; unknown ones just absent.
+    named = ["S-USD", "NOPE-1", "S-PAN", "S-KNIFE"]
+    assert await _list_all(catalog, skus=named) == ["S-KNIFE", "S-USD"]
+    assert await _list_all(catalog, skus=named, q="chef") == ["S-KNIFE"]
+    archived = await _list_all(catalog, skus=named, state=catalog_pb2.PRODUCT_STATE_ARCHIVED)
+    assert archived == ["S-PAN"]
+    first = await catalog.stub.ListProducts(
+        catalog_pb2.ListProductsRequest(page_size=1, skus=named), metadata=catalog.admin
+    )
+    await _expect(  # a page token is bound to its skus too
+        catalog.stub.ListProducts(
+            catalog_pb2.ListProductsRequest(page_token=first.next_page_token, skus=["S-USD"]),
+            metadata=catalog.admin,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_PAGE_TOKEN",
+    )
+    for skus in (["S-PAN", "S-PAN"], ["lower-case"], [f"MANY-{i}" for i in range(101)]):
+        await _expect(
+            catalog.stub.ListProducts(
+                catalog_pb2.ListProductsRequest(skus=skus), metadata=catalog.admin
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
 
 
 async def test_operator_injection_inputs_are_rejected(catalog) -> None:

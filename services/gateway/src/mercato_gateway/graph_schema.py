@@ -17,6 +17,10 @@ inputs and ``INPUT_ONLY`` ones out of results; output fields are nullable, as in
 message. A message is an object type named after it (nested messages joined:
 ``Order.Line`` -> ``OrderLine``; on a clash of names across packages the package's service name
 comes first) and, used as input, the same name with ``Input``.
+
+A field carrying ``(mercato.api.v1.reference)`` (say ``OrderLine.sku``) gets a sibling of the
+referred resource's type (``product: Product``), resolved by the batch RPC the reference names;
+the endpoint batches those per request (one call for every key an operation reaches).
 """
 
 from __future__ import annotations
@@ -58,15 +62,19 @@ from graphql.language import (
     ValueNode,
 )
 
+from mercato.api.v1 import reference_pb2
 from mercato_gateway.routing import Route, is_required
 
-__all__ = ["Resolver", "build_schema", "graph_routes", "root_field_name"]
+__all__ = ["Relate", "Resolver", "build_schema", "graph_routes", "root_field_name"]
 
 _T = TypeVar("_T")
 
 #: A root field's resolver: (the route, the arguments as a proto3 JSON document) -> the result
 #: as a proto3 JSON document (a dict), raising what the endpoint maps to GraphQL errors.
 Resolver = Callable[[Route, dict[str, Any], Any], Awaitable[dict[str, Any]]]
+#: A reference's resolver: (the batch RPC's route, the reference, one key, info) -> the resource
+#: as a proto3 JSON document, None when the answer has none for the key.
+Relate = Callable[[Route, reference_pb2.Reference, str, Any], Awaitable[dict[str, Any] | None]]
 
 
 def _int64_value(value: Any) -> str:
@@ -202,8 +210,12 @@ def root_field_name(route: Route) -> str:
 class _Types:
     """The object, input and enum types of the messages the roots reach, built once each."""
 
-    def __init__(self, messages: Iterable[Descriptor]) -> None:
+    def __init__(
+        self, messages: Iterable[Descriptor], targets: dict[str, Route], relate: Relate
+    ) -> None:
         self._names = _type_names(messages)
+        self._targets = targets  # the routes references may name, by full method name
+        self._relate = relate
         self._objects: dict[str, GraphQLObjectType] = {}
         self._inputs: dict[str, GraphQLInputObjectType] = {}
         self._enums: dict[str, GraphQLEnumType] = {}
@@ -228,9 +240,46 @@ class _Types:
             descriptor.full_name,
             lambda: GraphQLObjectType(
                 self.name(descriptor),
-                lambda: {name: GraphQLField(kind) for name, kind in fields().items()},
+                lambda: {
+                    **{name: GraphQLField(kind) for name, kind in fields().items()},
+                    **self._references(descriptor),
+                },
             ),
         )
+
+    def _references(self, descriptor: Descriptor) -> dict[str, GraphQLField]:
+        """The fields the message's references add, checked against the RPC they name (a wrong
+        reference is a contract error: the schema, hence the gateway, does not build)."""
+        added: dict[str, GraphQLField] = {}
+        for field in descriptor.fields:
+            options = field.GetOptions()
+            if not options.HasExtension(reference_pb2.reference):
+                continue
+            reference = options.Extensions[reference_pb2.reference]
+            route = self._targets.get(reference.method)
+            if route is None:
+                raise ValueError(f"{field.full_name}: {reference.method} has no REST binding")
+            keys = route.request_descriptor.fields_by_name.get(reference.keys)
+            results = route.response_descriptor.fields_by_name.get(reference.results)
+            if (
+                field.type != FieldDescriptor.TYPE_STRING
+                or field.is_repeated
+                or keys is None
+                or keys.type != FieldDescriptor.TYPE_STRING
+                or not keys.is_repeated
+                or results is None
+                or results.message_type is None
+                or not results.is_repeated
+                or reference.key not in results.message_type.fields_by_name
+                or reference.field in descriptor.fields_by_camelcase_name
+            ):
+                raise ValueError(f"{field.full_name}: a reference that does not fit its RPC")
+            added[reference.field] = GraphQLField(
+                self.output(results.message_type),
+                resolve=_reference_resolver(route, reference, field.json_name, self._relate),
+                description=f"The resource of `{field.json_name}` ({reference.method}).",
+            )
+        return added
 
     def input(self, descriptor: Descriptor) -> GraphQLInputObjectType:
         fields = _fields(descriptor, field_behavior_pb2.OUTPUT_ONLY, self.field_input)
@@ -339,9 +388,10 @@ def _short_name(descriptor: Descriptor | EnumDescriptor) -> str:
     return descriptor.full_name.removeprefix(package + ".").replace(".", "")
 
 
-def build_schema(routes: Iterable[Route], resolve: Resolver) -> GraphQLSchema:
+def build_schema(routes: Iterable[Route], resolve: Resolver, relate: Relate) -> GraphQLSchema:
     """The schema of ``routes`` (see :func:`graph_routes`); each root field calls
-    ``resolve(route, arguments, info)``."""
+    ``resolve(route, arguments, info)``, each reference ``relate(route, reference, key,
+    info)``."""
     chosen = graph_routes(routes)
     types = _Types(
         [route.request_descriptor for route in chosen]
@@ -349,7 +399,9 @@ def build_schema(routes: Iterable[Route], resolve: Resolver) -> GraphQLSchema:
             route.response_descriptor
             for route in chosen
             if route.response_descriptor.full_name != EMPTY
-        ]
+        ],
+        {route.method.full_name: route for route in chosen},
+        relate,
     )
     queries: dict[str, GraphQLField] = {}
     mutations: dict[str, GraphQLField] = {}
@@ -381,5 +433,15 @@ def _resolver(route: Route, resolve: Resolver, *, empty: bool) -> Callable[..., 
     async def field(_root: Any, info: Any, **arguments: Any) -> Any:
         result = await resolve(route, arguments, info)
         return True if empty else result
+
+    return field
+
+
+def _reference_resolver(
+    route: Route, reference: reference_pb2.Reference, key_name: str, relate: Relate
+) -> Callable[..., Any]:
+    async def field(source: Any, info: Any) -> Any:
+        key = source.get(key_name) if isinstance(source, dict) else None
+        return await relate(route, reference, key, info) if key else None
 
     return field

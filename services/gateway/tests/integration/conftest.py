@@ -75,6 +75,8 @@ class FakeOrders(orders_pb2_grpc.OrdersServiceServicer):
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, Any, dict[str, str]]] = []
+        #: What ListOrders answers instead of the one canned order, when set.
+        self.listed: list[orders_pb2.Order] | None = None
 
     def _record(self, name: str, request: Any, context: Any) -> None:
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
@@ -113,6 +115,8 @@ class FakeOrders(orders_pb2_grpc.OrdersServiceServicer):
 
     async def ListOrders(self, request: Any, context: Any) -> Any:
         self._record("ListOrders", request, context)
+        if self.listed is not None:
+            return orders_pb2.ListOrdersResponse(orders=self.listed)
         return orders_pb2.ListOrdersResponse(orders=[self._order(ORDER_ID)])
 
     async def PayOrder(self, request: Any, context: Any) -> Any:
@@ -173,6 +177,8 @@ class Suite:
     redis_prefix: str
     auth: AuthApp
     catalog: CatalogApp
+    #: The catalog's metrics (its gRPC server counts every call it handles).
+    catalog_metrics: CollectorRegistry
     orders: FakeOrders
     targets: dict[str, str]
     tokens: Tokens
@@ -371,6 +377,7 @@ async def suite(backends: Backends) -> AsyncIterator[Suite]:
         stack.push_async_callback(stop_all, auth.parts)
         auth_target = f"127.0.0.1:{auth.server.port}"
 
+        catalog_metrics = CollectorRegistry()
         catalog = build_catalog(
             CatalogSettings(
                 grpc_port=0,
@@ -386,7 +393,7 @@ async def suite(backends: Backends) -> AsyncIterator[Suite]:
                 token_issuer=ISSUER,
                 token_audience=AUDIENCE,
             ),
-            registry=CollectorRegistry(),
+            registry=catalog_metrics,
         )
         await start_all(catalog.parts)
         stack.push_async_callback(stop_all, catalog.parts)
@@ -425,6 +432,7 @@ async def suite(backends: Backends) -> AsyncIterator[Suite]:
             redis_prefix=redis_prefix,
             auth=auth,
             catalog=catalog,
+            catalog_metrics=catalog_metrics,
             orders=orders,
             targets=targets,
             tokens=await _tokens(auth, auth_target),

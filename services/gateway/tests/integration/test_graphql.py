@@ -8,7 +8,10 @@ import uuid
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+
+from mercato.orders.v1 import orders_pb2
 
 from .conftest import ORDER_ID, Suite
 
@@ -345,3 +348,110 @@ async def test_an_invalid_persisted_query_is_not_kept(
     assert refused.status_code == 400
     again = await client.post("/graphql", json={"extensions": extensions})
     assert again.json()["errors"][0]["extensions"]["code"] == "PERSISTED_QUERY_NOT_FOUND"
+
+
+def catalog_calls(suite: Suite, method: str) -> float:
+    """How many calls of ``method`` the catalog's gRPC server has handled."""
+    value = suite.catalog_metrics.get_sample_value(
+        "grpc_server_handled_total",
+        {
+            "grpc_service": "mercato.catalog.v1.CatalogService",
+            "grpc_method": method,
+            "grpc_code": "OK",
+        },
+    )
+    return value or 0.0
+
+
+ORDERS_WITH_PRODUCTS = """
+query Orders {
+  listOrders(pageSize: 20) {
+    orders { id lines { sku quantity product { sku name price { amountMinor } } } }
+  }
+}
+"""
+
+
+async def test_order_lines_resolve_their_products_in_one_call(
+    suite: Suite, client: httpx.AsyncClient
+) -> None:
+    """20 orders x 5 lines (25 distinct products and one SKU the catalog does not have): the
+    products come from one ListProducts call, however many lines there are."""
+    tag = uuid.uuid4().hex[:6].upper()
+    skus = [f"N1-{tag}-{index:02d}" for index in range(25)]
+    for index, sku in enumerate(skus):
+        product = {
+            "sku": sku,
+            "name": f"Thing {index}",
+            "price": {"currencyCode": "EUR", "amountMinor": str(100 + index)},
+        }
+        made = await graphql(client, CREATE_PRODUCT, suite.tokens.admin, {"product": product})
+        assert made.status_code == 200, made.text
+        assert "errors" not in made.json(), made.text
+    unknown = f"N1-{tag}-GONE"
+    orders = [
+        orders_pb2.Order(
+            id=str(uuid.uuid4()),
+            lines=[
+                orders_pb2.OrderLine(sku=unknown if (order, line) == (19, 4) else sku, quantity=1)
+                for line, sku in enumerate(skus[order % 5 * 5 : order % 5 * 5 + 5])
+            ],
+        )
+        for order in range(20)
+    ]
+    suite.orders.listed = orders
+    before = {method: catalog_calls(suite, method) for method in ("ListProducts", "GetProduct")}
+    try:
+        answer = await graphql(client, ORDERS_WITH_PRODUCTS, suite.tokens.customer)
+    finally:
+        suite.orders.listed = None
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert "errors" not in body, body
+    listed = body["data"]["listOrders"]["orders"]
+    assert len(listed) == 20
+    assert all(len(order["lines"]) == 5 for order in listed)
+    for order in listed:
+        for line in order["lines"]:
+            if line["sku"] == unknown:
+                assert line["product"] is None
+                continue
+            index = skus.index(line["sku"])
+            assert line["product"] == {
+                "sku": line["sku"],
+                "name": f"Thing {index}",
+                "price": {"amountMinor": str(100 + index)},
+            }
+    # One batch call for the 100 lines; never a call per line.
+    assert catalog_calls(suite, "ListProducts") - before["ListProducts"] == 1
+    assert catalog_calls(suite, "GetProduct") - before["GetProduct"] == 0
+
+
+async def test_a_reference_keeps_its_rpcs_access_rule(
+    suite: Suite, client: httpx.AsyncClient
+) -> None:
+    """A token with orders:read but not catalog:read: each product is a PERMISSION_DENIED
+    field error, the orders and their lines are still answered, and the catalog is not called."""
+    claims = jwt.decode(suite.tokens.customer, options={"verify_signature": False})
+    key = await suite.auth.keys.signing_key()
+    orders_only = key.sign({**claims, "scope": "orders:read", "jti": uuid.uuid4().hex})
+    suite.orders.listed = [
+        orders_pb2.Order(id=ORDER_ID, lines=[orders_pb2.OrderLine(sku="SKU-1", quantity=1)])
+    ]
+    before = catalog_calls(suite, "ListProducts")
+    try:
+        answer = await graphql(
+            client, "{ listOrders { orders { id lines { sku product { sku } } } } }", orders_only
+        )
+    finally:
+        suite.orders.listed = None
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["data"]["listOrders"]["orders"] == [
+        {"id": ORDER_ID, "lines": [{"sku": "SKU-1", "product": None}]}
+    ]
+    [error] = body["errors"]
+    assert error["extensions"]["code"] == "SCOPE_MISSING", error
+    assert error["extensions"]["metadata"] == {"missing_scopes": "catalog:read"}
+    assert error["path"] == ["listOrders", "orders", 0, "lines", 0, "product"]
+    assert catalog_calls(suite, "ListProducts") == before

@@ -14,7 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from mercato_catalog.domain.errors import InvalidPageToken, invalid
-from mercato_catalog.domain.products import ProductState, check_currency, check_slug
+from mercato_catalog.domain.products import (
+    ProductState,
+    check_currency,
+    check_sku,
+    check_slug,
+)
 from mercato_catalog.domain.reservations import ReservationState
 from mercato_common import paging
 from mercato_common.errors import FieldViolation
@@ -31,6 +36,8 @@ __all__ = [
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+#: At most this many SKUs in one ``skus`` filter (one page of them).
+MAX_FILTER_SKUS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +50,18 @@ class ProductFilter:
     currency_code: str = ""
     min_price_minor: int | None = None
     max_price_minor: int | None = None
+    #: Only these products (none: any); at most MAX_FILTER_SKUS, distinct.
+    skus: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if len(self.skus) > MAX_FILTER_SKUS:
+            raise invalid(
+                f"skus takes at most {MAX_FILTER_SKUS} SKUs", "skus", f"at most {MAX_FILTER_SKUS}"
+            )
+        for index, sku in enumerate(self.skus):
+            check_sku(sku, f"skus[{index}]")
+        if len(set(self.skus)) != len(self.skus):
+            raise invalid("skus must be distinct", "skus", "must be distinct")
         for name in ("category", "q", "currency_code"):
             if not isinstance(getattr(self, name), str):
                 raise invalid(f"{name} must be a string", name, "must be a string")
@@ -93,6 +110,7 @@ class ProductFilter:
                 self.currency_code,
                 self.min_price_minor,
                 self.max_price_minor,
+                sorted(self.skus),
             ],
             separators=(",", ":"),
         )

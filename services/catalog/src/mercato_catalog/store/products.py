@@ -88,8 +88,13 @@ def product_query(flt: ProductFilter, after_sku: str | None) -> dict[str, Any]:
         if flt.max_price_minor is not None:
             bounds["$lte"] = int(flt.max_price_minor)
         query["price_minor"] = bounds
+    keys: dict[str, Any] = {}
+    if flt.skus:
+        keys["$in"] = [check_sku(sku, "skus") for sku in flt.skus]
     if after_sku is not None:
-        query["_id"] = {"$gt": check_sku(after_sku, "page_token")}
+        keys["$gt"] = check_sku(after_sku, "page_token")
+    if keys:
+        query["_id"] = keys
     return query
 
 

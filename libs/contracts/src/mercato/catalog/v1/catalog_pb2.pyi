@@ -286,6 +286,7 @@ class ListProductsRequest(_message.Message):
     MIN_PRICE_MINOR_FIELD_NUMBER: _builtins.int
     MAX_PRICE_MINOR_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    SKUS_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of products to return, 0-100; 0 means the default (20)."""
     page_token: _builtins.str
@@ -304,6 +305,12 @@ class ListProductsRequest(_message.Message):
     """Highest unit price, in minor units of currency_code (inclusive)."""
     state: Global___ProductState.ValueType
     """Only products in this state; PRODUCT_STATE_UNSPECIFIED means active ones."""
+    @_builtins.property
+    def skus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these products (the state filter still applies): 0-100 distinct SKUs. GraphQL
+        resolves the products of order lines through this filter, one call per request.
+        """
+
     def __init__(
         self,
         *,
@@ -315,10 +322,11 @@ class ListProductsRequest(_message.Message):
         min_price_minor: _builtins.int | None = ...,
         max_price_minor: _builtins.int | None = ...,
         state: Global___ProductState.ValueType = ...,
+        skus: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_price_minor", b"_max_price_minor", "_min_price_minor", b"_min_price_minor", "max_price_minor", b"max_price_minor", "min_price_minor", b"min_price_minor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_price_minor", b"_max_price_minor", "_min_price_minor", b"_min_price_minor", "category", b"category", "currency_code", b"currency_code", "max_price_minor", b"max_price_minor", "min_price_minor", b"min_price_minor", "page_size", b"page_size", "page_token", b"page_token", "q", b"q", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_price_minor", b"_max_price_minor", "_min_price_minor", b"_min_price_minor", "category", b"category", "currency_code", b"currency_code", "max_price_minor", b"max_price_minor", "min_price_minor", b"min_price_minor", "page_size", b"page_size", "page_token", b"page_token", "q", b"q", "skus", b"skus", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_price_minor: _TypeAlias = _typing.Literal["max_price_minor"]  # noqa: Y015
     _WhichOneofArgType__max_price_minor: _TypeAlias = _typing.Literal["_max_price_minor", b"_max_price_minor"]  # noqa: Y015

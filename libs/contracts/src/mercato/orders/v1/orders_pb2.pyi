@@ -145,7 +145,9 @@ class OrderLine(_message.Message):
     UNIT_PRICE_FIELD_NUMBER: _builtins.int
     LINE_TOTAL_FIELD_NUMBER: _builtins.int
     sku: _builtins.str
-    """The product's SKU."""
+    """The product's SKU. In GraphQL, `product` beside it is the catalog's current product (null
+    when it is archived or gone; name and price at the time of the order stay here).
+    """
     quantity: _builtins.int
     """Units, 1-1000."""
     product_name: _builtins.str
