@@ -248,6 +248,7 @@ async def run(requests: int, concurrency: int) -> dict[str, Any]:
                     "MERCATO_GATEWAY_CATALOG_TARGET": catalog_target,
                     "MERCATO_GATEWAY_REDIS_URL": backends.redis_url,
                     "MERCATO_GATEWAY_REDIS_PREFIX": redis_prefix + "gateway:",
+                    "MERCATO_GATEWAY_KAFKA_BOOTSTRAP_SERVERS": backends.kafka_bootstrap,
                     "MERCATO_GATEWAY_RATE_LIMIT_DEFAULT": '{"rate": 1000000, "burst": 1000000}',
                     "MERCATO_GATEWAY_METRICS_PORT": "0",
                     "MERCATO_GATEWAY_LOG_LEVEL": "INFO",

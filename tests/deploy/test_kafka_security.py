@@ -94,13 +94,20 @@ def test_every_kafka_client_gets_the_security_settings(render: Any, component: s
 
 
 def test_components_without_kafka_get_nothing(render: Any) -> None:
-    docs = render("default", *SECURE)
-    others = [service.name for service in MANIFEST.services if not service.uses_kafka]
-    assert others, "the manifest has no component without Kafka"
-    for component in others:
-        assert not any("KAFKA" in key for key in _config(docs, component)), component
-        pod = _deployment(docs, component)["spec"]["template"]["spec"]
-        assert not _tls_volumes(pod), component
+    """A component whose Kafka is switched off (the gateway: its subscriptions are the only
+    reason it reads Kafka) gets no Kafka setting, file or topic prefix."""
+    docs = render(
+        "default",
+        *SECURE,
+        "--set", "components.gateway.kafka.bootstrapEnv=",
+        "--set", "components.gateway.kafka.topicPrefixEnv=",
+    )  # fmt: skip
+    assert not any("KAFKA" in key for key in _config(docs, "gateway"))
+    pod = _deployment(docs, "gateway")["spec"]["template"]["spec"]
+    assert not _tls_volumes(pod)
+    with_kafka = _config(render("default", *SECURE), "gateway")
+    assert with_kafka["MERCATO_GATEWAY_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert with_kafka["MERCATO_GATEWAY_KAFKA_TOPIC_PREFIX"] == ""
 
 
 def test_the_topics_job_connects_the_same_way(render: Any, helpers: Any) -> None:

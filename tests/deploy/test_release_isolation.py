@@ -129,6 +129,8 @@ def test_kafka_prefix_reaches_every_name(render: Any, helpers: Any) -> None:
     assert config["shop-mercato-orders"]["data"]["MERCATO_ORDERS_EVENTS_TOPIC"] == (
         f"{prefix}mercato.orders.events.v1"
     )
+    # The gateway derives its topics from the contracts, under the same prefix.
+    assert config["shop-mercato-gateway"]["data"]["MERCATO_GATEWAY_KAFKA_TOPIC_PREFIX"] == prefix
     rules = json.dumps(next(d for d in documents if d["kind"] == "PrometheusRule")["spec"])
     assert f'topic=\\"{prefix}mercato.orders.events.v1\\"' in rules
     assert 'topic=\\"mercato.orders.events.v1\\"' not in rules

@@ -56,7 +56,7 @@ def test_the_checkouts_manifest_reads() -> None:
     assert orders.env_prefix == "MERCATO_ORDERS_"
     assert orders.grpc_package == "mercato.orders.v1"
     assert manifest.callers("catalog") == ("orders", "gateway")
-    assert manifest.consumers("mercato.orders.events.v1") == ("analytics",)
+    assert manifest.consumers("mercato.orders.events.v1") == ("analytics", "gateway")
     assert [s.name for s in manifest.with_store("postgres")] == ["auth", "orders"]
 
 

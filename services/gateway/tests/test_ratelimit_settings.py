@@ -66,6 +66,7 @@ def test_settings_from_environment() -> None:
                 {"mercato.orders.v1.OrdersService/CreateOrder": 20}
             ),
             "MERCATO_GATEWAY_CATALOG_TARGET": "dns:///catalog:50062",
+            "MERCATO_GATEWAY_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
         },
     )
     assert settings.port == 9090

@@ -419,6 +419,9 @@ Pods
 {{- if $c.kafka.consumerGroupEnv -}}
 {{- $_ := set $env (printf "%s%s" $p $c.kafka.consumerGroupEnv) (include "mercato.kafka.consumerGroup" (dict "root" $root "c" $c)) -}}
 {{- end -}}
+{{- if $c.kafka.topicPrefixEnv -}}
+{{- $_ := set $env (printf "%s%s" $p $c.kafka.topicPrefixEnv) $kafkaPrefix -}}
+{{- end -}}
 {{- if and $c.redis.urlEnv (not $root.Values.redis.existingSecret) -}}
 {{- $_ := set $env (printf "%s%s" $p $c.redis.urlEnv) (required "redis.url (or redis.existingSecret) is required" $root.Values.redis.url) -}}
 {{- end -}}

@@ -33,6 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
+from mercato_common.kafka import KafkaCertificates, kafka_connection
 from mercato_common.redis_client import fail_fast_redis
 from mercato_common.runtime import CloseOnStop, Lifecycle, Periodic, start_all, stop_all
 from mercato_common.saturation import SaturationMetrics
@@ -46,6 +47,8 @@ from mercato_gateway.edge import (
 )
 from mercato_gateway.graph_endpoint import GRAPHQL_PATH, GraphEndpoint
 from mercato_gateway.graph_limits import GraphLimits
+from mercato_gateway.graph_live import EventFanout
+from mercato_gateway.graph_socket import SocketLimits
 from mercato_gateway.openapi import build_openapi, docs_page
 from mercato_gateway.proxy import Deadlines, Gate, GatewayEndpoint, Upstreams, method_not_allowed
 from mercato_gateway.ratelimit import RateLimiter, RateLimitMetrics
@@ -192,8 +195,14 @@ class Dispatch:
         path = scope["path"]
         handler = self._fixed.get(path)
         if handler is None:
-            endpoint = self._endpoints.get(path, self._default)
-            await endpoint(scope, receive, send)
+            endpoint = self._endpoints.get(path)
+            if endpoint is None and scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})  # the upgrade gets a 403
+                return
+            await (endpoint or self._default)(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
             return
         scope[ROUTE_KEY] = path
         if scope["method"] not in _FIXED_METHODS:
@@ -263,6 +272,8 @@ class GatewayApp:
     upstream_status: UpstreamStatus
     asgi: GatewayAsgi
     registry: CollectorRegistry
+    #: What GraphQL subscriptions read (None: the contracts have no live RPC).
+    live: EventFanout | None = None
     parts: list[Lifecycle] = field(default_factory=list)
 
 
@@ -316,6 +327,9 @@ def build_app(
         trusted_proxy_hops=settings.trusted_proxy_hops,
     )
     endpoint = GatewayEndpoint(router, gate, max_body_bytes=settings.max_body_bytes)
+    kafka = kafka_connection(settings, client_id="mercato-gateway")
+    live_topics = GraphEndpoint.live_topics(routes, settings.kafka_topic_prefix)
+    live = EventFanout(kafka, live_topics, registry=registry) if live_topics else None
     graph = GraphEndpoint(
         routes,
         gate,
@@ -330,6 +344,16 @@ def build_app(
             introspection=settings.graphql_introspection,
         ),
         persisted_queries=settings.graphql_persisted_queries,
+        live=live,
+        topic_prefix=settings.kafka_topic_prefix,
+        live_refresh_seconds=settings.graphql_live_refresh_seconds,
+        socket_limits=SocketLimits(
+            max_per_user=settings.graphql_ws_max_connections_per_user,
+            max_subscriptions=settings.graphql_ws_max_subscriptions,
+            init_timeout=settings.graphql_ws_init_timeout_seconds,
+            idle_timeout=settings.graphql_ws_idle_timeout_seconds,
+        ),
+        registry=registry,
     )
     document = build_openapi(
         routes, version=settings.service_version, server_url=settings.public_url
@@ -398,6 +422,16 @@ def build_app(
         upstreams,
         upstream_status.refresher,
     ]
+    if live is not None:
+        parts.append(live)
+    if kafka.ssl_context is not None and live is not None:
+        certificates = KafkaCertificates(kafka.ssl_context, settings)
+
+        async def reload_kafka_tls() -> None:
+            certificates.reload_if_changed()
+
+        # Renewed Kafka client certificates are used without a restart, as in the services.
+        parts.append(Periodic("kafka-tls-reload", reload_kafka_tls, interval=60.0, logger=_log))
 
     started: list[Lifecycle] = []  # what start_all started, for stop_all
 
@@ -407,6 +441,7 @@ def build_app(
 
     async def stop() -> None:
         readiness.drain()
+        await graph.socket.close_all()  # clients reconnect to another replica
         await stop_all(started)
 
     dispatch = Dispatch(
@@ -452,5 +487,6 @@ def build_app(
         upstream_status=upstream_status,
         asgi=asgi,
         registry=registry,
+        live=live,
         parts=parts,
     )

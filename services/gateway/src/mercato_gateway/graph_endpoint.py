@@ -20,14 +20,22 @@ refuses), and the gate's refusals with their HTTP status. Every error carries
 add ``domain``, ``metadata``, ``fieldViolations`` (JSON names of the RPC's request fields, which
 are the root field's arguments) and ``preconditionViolations`` as the REST error body has them.
 Messages of server faults are generic, as in REST.
+
+A WebSocket on the same path speaks ``graphql-transport-ws`` (``graph_socket``) for
+subscriptions: a subscription root field (``orderUpdated``, from ``(mercato.api.v1.live)``)
+answers its RPC's result now and again each time ``graph_live`` sees an event of the resource,
+the RPC called each time with the subscriber's token, so its access rule and ownership hold.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import inspect
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -45,14 +53,17 @@ from graphql import (
     OperationType,
     execute,
     parse,
+    subscribe,
     validate,
 )
 
-from mercato.api.v1 import reference_pb2
+from mercato.api.v1 import live_pb2, reference_pb2
 from mercato_gateway.edge import ROUTE_KEY, header_map
 from mercato_gateway.errors import ApiError
 from mercato_gateway.graph_limits import GraphLimits, measure, refusal
-from mercato_gateway.graph_schema import build_schema, graph_routes, root_field_name
+from mercato_gateway.graph_live import EventFanout, Watch
+from mercato_gateway.graph_schema import build_schema, graph_routes, live_option, root_field_name
+from mercato_gateway.graph_socket import GraphSocket, Operation, SocketLimits
 from mercato_gateway.proxy import (
     Caller,
     Gate,
@@ -89,6 +100,8 @@ class _Context:
     loaders: dict[tuple[str, str], DataLoader[str, dict[str, Any] | None]] = field(
         default_factory=dict
     )
+    #: What a subscription holds (its watch), released when the operation ends.
+    holds: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +112,8 @@ class _Prepared:
     variables: dict[str, Any] | None
     operation_name: str | None
     roots: tuple[str, ...]
+    cost: int
+    kind: OperationType
 
 
 class PersistedQueries:
@@ -159,16 +174,39 @@ class GraphEndpoint:
         max_body_bytes: int,
         limits: GraphLimits,
         persisted_queries: int,
+        live: EventFanout | None,
+        topic_prefix: str,
+        live_refresh_seconds: float,
+        socket_limits: SocketLimits,
+        registry: Any,
     ) -> None:
         self._gate = gate
         self._max_body = max_body_bytes
         self._limits = limits
         self._persisted = PersistedQueries(persisted_queries)
         chosen = graph_routes(routes)
-        self.schema: GraphQLSchema = build_schema(chosen, self._resolve, self._relate)
+        self.schema: GraphQLSchema = build_schema(chosen, self)
         self._routes = {root_field_name(route): route for route in chosen}
+        self._live = live
+        self._topic_prefix = topic_prefix
+        self._live_refresh = live_refresh_seconds
+        self.socket = GraphSocket(
+            gate, self._start, socket_limits, rate_class=RATE_CLASS, registry=registry
+        )
+
+    @staticmethod
+    def live_topics(routes: list[Route], prefix: str) -> list[str]:
+        """The events topics the subscriptions of ``routes`` read, with the release's prefix."""
+        return [
+            prefix + live.topic
+            for live in (live_option(route) for route in graph_routes(routes))
+            if live is not None
+        ]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await self.socket(scope, receive, send)
+            return
         scope[ROUTE_KEY] = GRAPHQL_PATH
         rate_headers: dict[str, str] = {}
         body: Any
@@ -214,14 +252,25 @@ class GraphEndpoint:
             if not requests:
                 raise ApiError.bad_request("an empty batch")
         prepared: list[_Prepared] = []
-        cost = 0
         for request in requests:
             outcome = self._prepare(request)
             if isinstance(outcome, dict):  # not GraphQL: parse or validation errors
                 return 400, outcome  # a batch fails as a whole, before any operation runs
-            prepared_one, one_cost = outcome
-            prepared.append(prepared_one)
-            cost += one_cost
+            if outcome.kind is OperationType.SUBSCRIPTION:
+                raise ApiError.bad_request("subscriptions are served over WebSocket only")
+            prepared.append(outcome)
+        await self._admit_operations(prepared, caller, rate_headers)
+        results = [await self._execute(one, caller) for one in prepared]
+        if batch:
+            return 200, [body for _, body in results]
+        return results[0]
+
+    async def _admit_operations(
+        self, prepared: list[_Prepared], caller: Caller, rate_headers: dict[str, str]
+    ) -> None:
+        """The summed cost within the limit, and one decision of every stricter rate class
+        the operations' root fields belong to (public writes)."""
+        cost = sum(one.cost for one in prepared)
         if cost > self._limits.max_cost:
             raise refusal("GRAPHQL_COST_LIMIT", "cost", cost, self._limits.max_cost)
         classes = {
@@ -232,12 +281,40 @@ class GraphEndpoint:
         }
         for rate_class in sorted(classes - {RATE_CLASS}):
             await self._gate.limit(caller, rate_class, rate_headers)
-        results = [await self._execute(one, caller) for one in prepared]
-        if batch:
-            return 200, [body for _, body in results]
-        return results[0]
 
-    def _prepare(self, request: Any) -> tuple[_Prepared, int] | dict[str, Any]:
+    async def _start(self, payload: Any, caller: Caller) -> list[dict[str, Any]] | Operation:
+        """One operation sent over WebSocket: one rate-limit decision, the same checks as over
+        HTTP, then its results (one for a query or mutation, a stream for a subscription)."""
+        context = _Context(caller)
+        try:
+            await self._gate.limit(caller, RATE_CLASS, {})
+            prepared = self._prepare(payload)
+            if isinstance(prepared, dict):
+                return list(prepared["errors"])
+            await self._admit_operations([prepared], caller, {})
+            if prepared.kind is not OperationType.SUBSCRIPTION:
+                _, body = await self._execute(prepared, caller)
+                if body.get("data") is None and "errors" in body:
+                    return list(body["errors"])
+                return Operation(_one(body), context.holds.close)
+            stream = subscribe(
+                self.schema,
+                prepared.document,
+                context_value=context,
+                variable_values=prepared.variables,
+                operation_name=prepared.operation_name,
+            )
+            if inspect.isawaitable(stream):
+                stream = await stream
+        except ApiError as error:
+            context.holds.close()
+            return [_api_error(error)]
+        if isinstance(stream, ExecutionResult):
+            context.holds.close()
+            return [_field_error(error) for error in stream.errors or ()]
+        return Operation(_bodies(stream), context.holds.close)
+
+    def _prepare(self, request: Any) -> _Prepared | dict[str, Any]:
         """One operation parsed, validated and measured against the limits; a GraphQL error
         body when it is not a valid document."""
         query, variables, operation_name, extensions = _graphql_request(request)
@@ -260,8 +337,6 @@ class GraphEndpoint:
         if len(operations) != 1:
             raise ApiError.bad_request("operationName: name one operation of the document")
         operation = operations[0]
-        if operation.operation is OperationType.SUBSCRIPTION:
-            raise ApiError.bad_request("subscriptions are not served over POST")
         fragments = {
             node.name.value: node
             for node in document.definitions
@@ -271,7 +346,9 @@ class GraphEndpoint:
         self._limits.check(figures)
         if digest is not None:
             self._persisted.remember(digest, query)
-        return _Prepared(document, variables, operation_name, figures.roots), figures.cost
+        return _Prepared(
+            document, variables, operation_name, figures.roots, figures.cost, operation.operation
+        )
 
     async def _execute(self, prepared: _Prepared, caller: Caller) -> tuple[int, dict[str, Any]]:
         result = execute(
@@ -291,7 +368,7 @@ class GraphEndpoint:
             return 400, body
         return 200, body
 
-    async def _resolve(self, route: Route, arguments: dict[str, Any], info: Any) -> dict[str, Any]:
+    async def resolve(self, route: Route, arguments: dict[str, Any], info: Any) -> dict[str, Any]:
         caller: Caller = info.context.caller
         self._gate.auth.authorize(route.access, caller.identity)
         request = route.request_class()
@@ -302,7 +379,7 @@ class GraphEndpoint:
         )
         return document
 
-    async def _relate(
+    async def relate(
         self, route: Route, reference: reference_pb2.Reference, key: str, info: Any
     ) -> dict[str, Any] | None:
         context: _Context = info.context
@@ -339,6 +416,57 @@ class GraphEndpoint:
             for item in getattr(response, reference.results)
         }
         return [found.get(key) for key in keys]
+
+    async def watch(
+        self, route: Route, live: live_pb2.Live, arguments: dict[str, Any], info: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The resource now, then again whenever an event names it (or every refresh period),
+        when it differs from what was last sent. The watch starts before the first read, so no
+        change between the two is lost."""
+        context: _Context = info.context
+        self._gate.auth.authorize(route.access, context.caller.identity)
+        if self._live is None:
+            raise ApiError(503, "UNAVAILABLE", "subscriptions are not available", "LIVE_DISABLED")
+        key_field = route.request_descriptor.fields_by_name[live.key]
+        key = str(arguments.get(key_field.json_name) or "")
+        watch = context.holds.enter_context(self._live.watch(self._topic_prefix + live.topic, key))
+        first = await self.resolve(route, arguments, info)
+        return self._changes(route, arguments, info, watch, first)
+
+    async def _changes(
+        self,
+        route: Route,
+        arguments: dict[str, Any],
+        info: Any,
+        watch: Watch,
+        document: dict[str, Any],
+    ) -> AsyncIterator[dict[str, Any]]:
+        context: _Context = info.context
+        yield document
+        while True:
+            await watch.changed(self._live_refresh)
+            context.loaders.clear()  # references are read again for each message
+            try:
+                current = await self.resolve(route, arguments, info)
+            except ApiError as error:
+                if error.status in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+                    continue  # read again at the next event or refresh
+                raise
+            if current != document:
+                document = current
+                yield document
+
+
+async def _one(body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield body
+
+
+async def _bodies(results: AsyncIterator[ExecutionResult]) -> AsyncIterator[dict[str, Any]]:
+    async for result in results:
+        body: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            body["errors"] = [_field_error(error) for error in result.errors]
+        yield body
 
 
 def _graphql_request(document: Any) -> tuple[str | None, dict[str, Any] | None, str | None, Any]:

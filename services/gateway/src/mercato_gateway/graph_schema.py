@@ -20,14 +20,16 @@ comes first) and, used as input, the same name with ``Input``.
 
 A field carrying ``(mercato.api.v1.reference)`` (say ``OrderLine.sku``) gets a sibling of the
 referred resource's type (``product: Product``), resolved by the batch RPC the reference names;
-the endpoint batches those per request (one call for every key an operation reaches).
+the endpoint batches those per request (one call for every key an operation reaches). An RPC
+carrying ``(mercato.api.v1.live)`` (``GetOrder``) also gets a subscription root field
+(``orderUpdated``) with its arguments and result.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar, cast
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import Any, Protocol, TypeVar, cast
 
 from google.api import field_behavior_pb2  # type: ignore[import-untyped]
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
@@ -62,19 +64,31 @@ from graphql.language import (
     ValueNode,
 )
 
-from mercato.api.v1 import reference_pb2
+from mercato.api.v1 import live_pb2, reference_pb2
 from mercato_gateway.routing import Route, is_required
 
-__all__ = ["Relate", "Resolver", "build_schema", "graph_routes", "root_field_name"]
+__all__ = ["Resolvers", "build_schema", "graph_routes", "live_option", "root_field_name"]
 
 _T = TypeVar("_T")
 
-#: A root field's resolver: (the route, the arguments as a proto3 JSON document) -> the result
-#: as a proto3 JSON document (a dict), raising what the endpoint maps to GraphQL errors.
-Resolver = Callable[[Route, dict[str, Any], Any], Awaitable[dict[str, Any]]]
-#: A reference's resolver: (the batch RPC's route, the reference, one key, info) -> the resource
-#: as a proto3 JSON document, None when the answer has none for the key.
-Relate = Callable[[Route, reference_pb2.Reference, str, Any], Awaitable[dict[str, Any] | None]]
+
+class Resolvers(Protocol):
+    """What the schema's fields call; each raises what the endpoint maps to GraphQL errors."""
+
+    async def resolve(self, route: Route, arguments: dict[str, Any], info: Any) -> dict[str, Any]:
+        """A root field: the RPC of ``route`` with ``arguments`` (a proto3 JSON document); its
+        response as a proto3 JSON document."""
+
+    async def relate(
+        self, route: Route, reference: reference_pb2.Reference, key: str, info: Any
+    ) -> dict[str, Any] | None:
+        """A reference: the resource of ``key`` from the batch RPC of ``route``, None when the
+        answer has none."""
+
+    async def watch(
+        self, route: Route, live: live_pb2.Live, arguments: dict[str, Any], info: Any
+    ) -> AsyncIterable[dict[str, Any]]:
+        """A subscription: the RPC's response now, then at each change."""
 
 
 def _int64_value(value: Any) -> str:
@@ -211,11 +225,11 @@ class _Types:
     """The object, input and enum types of the messages the roots reach, built once each."""
 
     def __init__(
-        self, messages: Iterable[Descriptor], targets: dict[str, Route], relate: Relate
+        self, messages: Iterable[Descriptor], targets: dict[str, Route], resolvers: Resolvers
     ) -> None:
         self._names = _type_names(messages)
         self._targets = targets  # the routes references may name, by full method name
-        self._relate = relate
+        self._resolvers = resolvers
         self._objects: dict[str, GraphQLObjectType] = {}
         self._inputs: dict[str, GraphQLInputObjectType] = {}
         self._enums: dict[str, GraphQLEnumType] = {}
@@ -276,7 +290,7 @@ class _Types:
                 raise ValueError(f"{field.full_name}: a reference that does not fit its RPC")
             added[reference.field] = GraphQLField(
                 self.output(results.message_type),
-                resolve=_reference_resolver(route, reference, field.json_name, self._relate),
+                resolve=_reference_resolver(route, reference, field.json_name, self._resolvers),
                 description=f"The resource of `{field.json_name}` ({reference.method}).",
             )
         return added
@@ -388,10 +402,14 @@ def _short_name(descriptor: Descriptor | EnumDescriptor) -> str:
     return descriptor.full_name.removeprefix(package + ".").replace(".", "")
 
 
-def build_schema(routes: Iterable[Route], resolve: Resolver, relate: Relate) -> GraphQLSchema:
-    """The schema of ``routes`` (see :func:`graph_routes`); each root field calls
-    ``resolve(route, arguments, info)``, each reference ``relate(route, reference, key,
-    info)``."""
+def live_option(route: Route) -> live_pb2.Live | None:
+    """The route's ``(mercato.api.v1.live)`` option, None when its RPC has none."""
+    options = route.method.GetOptions()
+    return options.Extensions[live_pb2.live] if options.HasExtension(live_pb2.live) else None
+
+
+def build_schema(routes: Iterable[Route], resolvers: Resolvers) -> GraphQLSchema:
+    """The schema of ``routes`` (see :func:`graph_routes`), its fields calling ``resolvers``."""
     chosen = graph_routes(routes)
     types = _Types(
         [route.request_descriptor for route in chosen]
@@ -401,47 +419,72 @@ def build_schema(routes: Iterable[Route], resolve: Resolver, relate: Relate) -> 
             if route.response_descriptor.full_name != EMPTY
         ],
         {route.method.full_name: route for route in chosen},
-        relate,
+        resolvers,
     )
     queries: dict[str, GraphQLField] = {}
     mutations: dict[str, GraphQLField] = {}
+    subscriptions: dict[str, GraphQLField] = {}
     for route in sorted(chosen, key=root_field_name):
         request, response = route.request_descriptor, route.response_descriptor
         result: GraphQLScalarType | GraphQLObjectType = (
             GraphQLBoolean if response.full_name == EMPTY else types.output(response)
         )
+        arguments = {
+            item.json_name: GraphQLArgument(types.field_input(item))
+            for item in request.fields
+            if field_behavior_pb2.OUTPUT_ONLY not in _behaviors(item)
+        }
         # Nullable: a root field that fails is null with its error, the others keep their data.
         field = GraphQLField(
             result,
-            args={
-                item.json_name: GraphQLArgument(types.field_input(item))
-                for item in request.fields
-                if field_behavior_pb2.OUTPUT_ONLY not in _behaviors(item)
-            },
-            resolve=_resolver(route, resolve, empty=response.full_name == EMPTY),
+            args=arguments,
+            resolve=_resolver(route, resolvers, empty=response.full_name == EMPTY),
             description=f"{route.http_method} {route.template} ({route.full_method})",
         )
         (queries if route.http_method == "GET" else mutations)[root_field_name(route)] = field
+        live = live_option(route)
+        if live is not None:
+            key = request.fields_by_name.get(live.key)
+            if key is None or key.type != FieldDescriptor.TYPE_STRING or key.is_repeated:
+                raise ValueError(f"{route.method.full_name}: live key {live.key!r} is no id")
+            subscriptions[live.field] = GraphQLField(
+                result,
+                args=arguments,
+                subscribe=_watcher(route, live, resolvers),
+                resolve=lambda document, _info, **_arguments: document,
+                description=(
+                    f"{route.full_method} now, then again at each event of its "
+                    f"`{key.json_name}` on {live.topic}."
+                ),
+            )
     return GraphQLSchema(
         query=GraphQLObjectType("Query", queries),
         mutation=GraphQLObjectType("Mutation", mutations) if mutations else None,
+        subscription=GraphQLObjectType("Subscription", subscriptions) if subscriptions else None,
         types=[INT64, DATETIME, DURATION, FIELD_MASK, JSON],
     )
 
 
-def _resolver(route: Route, resolve: Resolver, *, empty: bool) -> Callable[..., Any]:
+def _resolver(route: Route, resolvers: Resolvers, *, empty: bool) -> Callable[..., Any]:
     async def field(_root: Any, info: Any, **arguments: Any) -> Any:
-        result = await resolve(route, arguments, info)
+        result = await resolvers.resolve(route, arguments, info)
         return True if empty else result
 
     return field
 
 
+def _watcher(route: Route, live: live_pb2.Live, resolvers: Resolvers) -> Callable[..., Any]:
+    async def stream(_root: Any, info: Any, **arguments: Any) -> Any:
+        return await resolvers.watch(route, live, arguments, info)
+
+    return stream
+
+
 def _reference_resolver(
-    route: Route, reference: reference_pb2.Reference, key_name: str, relate: Relate
+    route: Route, reference: reference_pb2.Reference, key_name: str, resolvers: Resolvers
 ) -> Callable[..., Any]:
     async def field(source: Any, info: Any) -> Any:
         key = source.get(key_name) if isinstance(source, dict) else None
-        return await relate(route, reference, key, info) if key else None
+        return await resolvers.relate(route, reference, key, info) if key else None
 
     return field

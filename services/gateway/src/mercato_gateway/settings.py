@@ -2,7 +2,8 @@
 
 Read once in ``__main__`` with ``load_settings(GatewaySettings, os.environ)``. The gateway is an
 HTTP server, not a gRPC one, so it extends :class:`ServiceTlsSettings` (the TLS files shared
-with every service) with its own listener, upstream, token, rate-limit and edge settings.
+with every service) with its own listener, upstream, token, rate-limit and edge settings, and
+the kit's Kafka group (GraphQL subscriptions read the events topics).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mercato_common.settings import ServiceTlsSettings, TokenSettings
+from mercato_common.settings import KafkaSettings, ServiceTlsSettings, TokenSettings
 
 __all__ = ["GatewaySettings", "RateLimitPolicy"]
 
@@ -35,7 +36,7 @@ def _json(value: Any) -> Any:
     return value
 
 
-class GatewaySettings(ServiceTlsSettings, TokenSettings):
+class GatewaySettings(ServiceTlsSettings, TokenSettings, KafkaSettings):
     env_prefix: ClassVar[str] = "MERCATO_GATEWAY_"
 
     service_name: str = Field(default="gateway", min_length=1)
@@ -122,6 +123,19 @@ class GatewaySettings(ServiceTlsSettings, TokenSettings):
     graphql_max_tokens: int = Field(default=5000, ge=100)
     # Automatic persisted queries kept per process (0: not supported).
     graphql_persisted_queries: int = Field(default=1000, ge=0)
+    # GraphQL subscriptions (WebSocket, graphql-transport-ws on /graphql): connections per user
+    # (per client address without a token) and process, subscriptions per connection, seconds
+    # for connection_init, seconds a connection may stay without a subscription or a message,
+    # and seconds between re-reads of a watched resource when no event came (a safety net for
+    # events the process missed, e.g. while Kafka was unreachable).
+    graphql_ws_max_connections_per_user: int = Field(default=5, ge=1)
+    graphql_ws_max_subscriptions: int = Field(default=10, ge=1)
+    graphql_ws_init_timeout_seconds: float = Field(default=10.0, gt=0)
+    graphql_ws_idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    graphql_live_refresh_seconds: float = Field(default=60.0, gt=0)
+    # Prefix of the events topics' names (the chart's kafka.prefix): the topic read is the
+    # prefix and the name the contract gives ((mercato.api.v1.live).topic).
+    kafka_topic_prefix: str = ""
 
     @field_validator("deadline_overrides", "rate_limit_default", "rate_limit_strict", mode="before")
     @classmethod

@@ -77,6 +77,8 @@ class FakeOrders(orders_pb2_grpc.OrdersServiceServicer):
         self.seen: list[tuple[str, Any, dict[str, str]]] = []
         #: What ListOrders answers instead of the one canned order, when set.
         self.listed: list[orders_pb2.Order] | None = None
+        #: The state the canned orders are in (a test moves them along).
+        self.state: int = orders_pb2.ORDER_STATE_CONFIRMED
 
     def _record(self, name: str, request: Any, context: Any) -> None:
         metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
@@ -87,7 +89,7 @@ class FakeOrders(orders_pb2_grpc.OrdersServiceServicer):
         return orders_pb2.Order(
             id=order_id,
             user_id=identity.subject if identity else "",
-            state=orders_pb2.ORDER_STATE_CONFIRMED,
+            state=self.state,  # type: ignore[arg-type]
             lines=[
                 orders_pb2.OrderLine(
                     sku="SKU-1",
@@ -183,6 +185,8 @@ class Suite:
     targets: dict[str, str]
     tokens: Tokens
     stack: AsyncExitStack
+    #: Prefix of this suite's Kafka topics (the gateway's KAFKA_TOPIC_PREFIX).
+    topic_prefix: str = ""
     _gateways: list[GatewayApp] = field(default_factory=list)
 
     def settings(self, **overrides: Any) -> GatewaySettings:
@@ -190,6 +194,8 @@ class Suite:
             **{f"{key}_target": target for key, target in self.targets.items()},
             "redis_url": self.backends.redis_url,
             "redis_prefix": f"{self.redis_prefix}{uuid.uuid4().hex[:8]}:",
+            "kafka_bootstrap_servers": self.backends.kafka_bootstrap,
+            "kafka_topic_prefix": self.topic_prefix,
             "token_issuer": ISSUER,
             "token_audience": AUDIENCE,
             "rate_limit_default": {"rate": 10_000, "burst": 10_000},
@@ -224,6 +230,12 @@ class Suite:
     @asynccontextmanager
     async def serve(self, **overrides: Any) -> AsyncIterator[str]:
         """A real uvicorn server (in this process and loop) on a free port; yields its URL."""
+        async with self.serve_app(**overrides) as (url, _app):
+            yield url
+
+    @asynccontextmanager
+    async def serve_app(self, **overrides: Any) -> AsyncIterator[tuple[str, GatewayApp]]:
+        """:meth:`serve`, yielding the gateway app too."""
         app = build_app(self.settings(**overrides), registry=CollectorRegistry())
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -239,7 +251,7 @@ class Suite:
                 if server.started:
                     break
                 await asyncio.sleep(0.02)
-            yield f"http://127.0.0.1:{port}"
+            yield f"http://127.0.0.1:{port}", app
         finally:
             server.should_exit = True
             await asyncio.wait_for(task, 10)
@@ -255,6 +267,8 @@ class Suite:
                 "MERCATO_GATEWAY_ORDERS_TARGET": self.targets["orders"],
                 "MERCATO_GATEWAY_ANALYTICS_TARGET": self.targets["analytics"],
                 "MERCATO_GATEWAY_REDIS_URL": self.backends.redis_url,
+                "MERCATO_GATEWAY_KAFKA_BOOTSTRAP_SERVERS": self.backends.kafka_bootstrap,
+                "MERCATO_GATEWAY_KAFKA_TOPIC_PREFIX": self.topic_prefix,
                 "MERCATO_GATEWAY_TOKEN_ISSUER": ISSUER,
                 "MERCATO_GATEWAY_METRICS_PORT": "0",
                 "MERCATO_GATEWAY_LOG_LEVEL": "WARNING",
@@ -369,6 +383,7 @@ async def suite(backends: Backends) -> AsyncIterator[Suite]:
         )
         topics = await stack.enter_async_context(temporary_topics(backends.kafka_bootstrap))
         topic = await topics.create("mercato.catalog.events.v1")
+        await topics.create("mercato.orders.events.v1")  # what GraphQL subscriptions read
 
         auth = build_auth(
             _auth_settings(dsn, backends.kafka_bootstrap), registry=CollectorRegistry()
@@ -437,6 +452,7 @@ async def suite(backends: Backends) -> AsyncIterator[Suite]:
             targets=targets,
             tokens=await _tokens(auth, auth_target),
             stack=stack,
+            topic_prefix=topics.prefix,
         )
         try:
             yield suite
