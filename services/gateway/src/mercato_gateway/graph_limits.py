@@ -5,6 +5,7 @@ batch, introspection where it is off) is refused with a 400 naming the limit, it
 document's figure, at the cost of parsing it (itself bounded by the body size and a token count):
 no service is called.
 
+Depth counts nested selections, except the ``ofType`` chains of introspection (see ``field``).
 The cost of a selection is 1 per field plus, for a field of list type, the size of the list times
 the cost of what is selected in each item. A list directly under a root field that takes a page
 size (``pageSize`` or ``limit``) has that size (the variable's or literal's value, else
@@ -174,7 +175,15 @@ class _Walk:
             items = 1
             if child is not None and _is_list(child.type):
                 items = page if page is not None else LIST_ITEMS
-            child_cost, child_depth = self.field(child_node, child, page=None, level=level + 1)
+            # ``ofType`` chains (``[Order!]!`` is three levels of them) do not count: they are
+            # as long as a type's wrappers, and every introspecting client (GraphiQL, gql,
+            # schemathesis) asks for seven of them, which would otherwise make its standard
+            # query 15 deep. The recursion that does cost (types -> fields -> type -> fields)
+            # counts.
+            flat = child is None and child_node.name.value == "ofType"
+            child_cost, child_depth = self.field(
+                child_node, child, page=None, level=level if flat else level + 1
+            )
             cost += items * child_cost
             depth = max(depth, child_depth)
         return 1 + cost, depth

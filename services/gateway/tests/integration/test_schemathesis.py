@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -77,3 +78,52 @@ async def test_schemathesis_finds_no_server_error_or_schema_violation(
     text = output.decode(errors="replace")
     assert process.returncode == 0, text[-6000:]
     assert "No issues found" in text or "passed" in text.lower(), text[-3000:]
+
+
+async def test_schemathesis_graphql_finds_no_server_error(suite: Suite, tmp_path: Path) -> None:
+    """schemathesis' GraphQL mode against POST /graphql: queries and mutations generated from
+    the introspected schema (every root field, arguments valid for their types), as the admin;
+    no answer may be a server error (graphql_checks.py says what that is for this API)."""
+    max_examples = os.environ.get("MERCATO_GATEWAY_SCHEMATHESIS_EXAMPLES", "15")
+    async with suite.serve() as url:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{url}/graphql",
+            "--checks",
+            "no_server_fault",
+            "--phases",
+            "examples,fuzzing",
+            "--max-examples",
+            max_examples,
+            "--seed",
+            "20261127",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "10",
+            "--header",
+            f"Authorization: Bearer {suite.tokens.admin}",
+            "--no-shrink",
+            "--suppress-health-check",
+            "all",
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={
+                **os.environ,
+                "SCHEMATHESIS_HOOKS": "graphql_checks",
+                "PYTHONPATH": str(Path(__file__).parent),
+                "NO_COLOR": "1",
+            },
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), 240)
+    text = output.decode(errors="replace")
+    assert process.returncode == 0, text[-6000:]
+    # The schema was read and every root field exercised (queries and mutations), not an
+    # empty run.
+    passed = re.search(r"(\d+) passed", text)
+    assert passed is not None, text[-3000:]
+    assert int(passed.group(1)) >= 20, text[-3000:]
