@@ -97,7 +97,7 @@ def _free_port() -> int:
 
 
 class RawHttp:
-    """One keep-alive HTTP/1.1 connection; GET only; reads Content-Length bodies."""
+    """One keep-alive HTTP/1.1 connection; GET and JSON POST; reads Content-Length bodies."""
 
     def __init__(self, host: str, port: int, headers: dict[str, str]) -> None:
         self._host, self._port = host, port
@@ -106,11 +106,21 @@ class RawHttp:
         self._writer: asyncio.StreamWriter | None = None
 
     async def get(self, path: str) -> tuple[int, bytes]:
+        request = f"GET {path} HTTP/1.1\r\nHost: {self._host}\r\n{self._headers}\r\n"
+        return await self._exchange(request.encode())
+
+    async def post_json(self, path: str, body: bytes) -> tuple[int, bytes]:
+        request = (
+            f"POST {path} HTTP/1.1\r\nHost: {self._host}\r\n{self._headers}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        return await self._exchange(request.encode() + body)
+
+    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
         if self._writer is None:
             self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
         assert self._reader is not None
-        request = f"GET {path} HTTP/1.1\r\nHost: {self._host}\r\n{self._headers}\r\n"
-        self._writer.write(request.encode())
+        self._writer.write(request)
         head = await self._reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ")[1])

@@ -8,8 +8,10 @@ the gateway's rate limits raised out of the way. Then, against that suite and it
 
 1. the machine's limits: bare ``grpc.aio`` unary calls/s (in-process health-check echo),
    PostgreSQL single-row commits/s, aiokafka produce and consume messages/s;
-2. ``GET /v1/products/{sku}`` through the gateway vs GetProduct directly over gRPC, and through
-   its peer, grpc-gateway (Go; tools/grpc_gateway_peer.py builds it, ``--no-peer`` skips it);
+2. ``GET /v1/products/{sku}`` through the gateway vs GetProduct directly over gRPC, the same
+   lookup as a GraphQL query (``POST /graphql`` getProduct, every field REST answers) against
+   the REST figure, and through the gateway's peer, grpc-gateway (Go;
+   tools/grpc_gateway_peer.py builds it, ``--no-peer`` skips it);
 3. ``POST /v1/orders`` (2 lines) at a fixed concurrency, and the highest offered rate (open loop,
    latency from the scheduled send time) held with p99 under 100 ms, by a bounded bisection;
 4. order-to-analytics freshness at that rate: analytics' own apply-latency histogram (event time
@@ -715,6 +717,46 @@ async def http_get_loop(
     return result
 
 
+#: The REST lookup's product over GraphQL: every field GET /v1/products/{sku} answers.
+GRAPHQL_PRODUCT = json.dumps(
+    {
+        "query": "query P($sku: String!) { getProduct(sku: $sku) { product { sku name"
+        " description categoryId price { currencyCode amountMinor } attributes state"
+        " stockOnHand stockReserved stockAvailable etag createTime updateTime archiveTime } } }",
+        "variables": {"sku": "%s"},
+    }
+)
+
+
+async def graphql_post_loop(
+    port: int, token: str, sku: str, c: int, seconds: float, server_pid: int
+) -> dict[str, Any]:
+    """:func:`http_get_loop`'s product lookup as a GraphQL query (``POST /graphql``)."""
+    body = (GRAPHQL_PRODUCT % sku).encode()
+    clients = [RawHttp("127.0.0.1", port, {"Authorization": f"Bearer {token}"}) for _ in range(c)]
+    status, answer = await clients[0].post_json("/graphql", body)
+    product = json.loads(answer).get("data", {}).get("getProduct") if status == 200 else None
+    if not product:
+        raise RuntimeError(f"POST /graphql getProduct: {status} {answer[:300]!r}")
+    cpu_before, wall = cpu_seconds({"server": server_pid}), time.perf_counter()
+
+    def make_graphql(worker: int) -> Callable[[], Awaitable[bool]]:
+        async def call() -> bool:
+            status, _ = await clients[worker].post_json("/graphql", body)
+            return bool(status == 200)
+
+        return call
+
+    try:
+        result = await closed_loop(make_graphql, c, seconds)
+    finally:
+        for raw in clients:
+            await raw.close()
+    used = cpu_seconds({"server": server_pid})["server"] - cpu_before["server"]
+    result["cpu_cores_used"] = round(used / (time.perf_counter() - wall), 2)
+    return result
+
+
 async def through_grpc_gateway(
     binary: Path, suite: PrivateSuite, fixture: Fixture, concurrency: int, seconds: float
 ) -> dict[str, Any]:
@@ -855,7 +897,8 @@ async def get_product(
         direct = await closed_loop(make_grpc, concurrency, seconds)
     port = int(suite.env["MERCATO_GATEWAY_PORT"])
     gateway = await http_get_loop(port, token, sku, concurrency, seconds, suite.pid("gateway"))
-    results = {"grpc_direct": direct, "gateway": gateway}
+    graphql = await graphql_post_loop(port, token, sku, concurrency, seconds, suite.pid("gateway"))
+    results = {"grpc_direct": direct, "gateway": gateway, "gateway_graphql": graphql}
     results["gateway_workers_2"] = await through_gateway_workers(
         suite, fixture, concurrency, seconds, workers=2
     )
@@ -1105,6 +1148,23 @@ def peer_rows(get_product: dict[str, Any], memory: dict[str, Any], c: int) -> li
     ]
 
 
+def graphql_rows(get_product: dict[str, Any], c: int) -> list[Row]:
+    """The same lookup as a GraphQL query, against the REST one of the same run (goal >= 0.8)."""
+    graphql, rest = get_product.get("gateway_graphql"), get_product["gateway"]
+    if graphql is None:
+        return []
+    graphql_cpu_ms, rest_cpu_ms = cpu_ms_per_request(graphql), cpu_ms_per_request(rest)
+    return [
+        *compared(f"via the gateway, GraphQL getProduct (c={c})", graphql, rest, "REST"),
+        (
+            "  CPU ms per request, GraphQL / REST",
+            f"{graphql_cpu_ms or 0:.2f} / {rest_cpu_ms or 0:.2f} ms",
+            "REST",
+            ratio(graphql_cpu_ms, rest_cpu_ms),
+        ),
+    ]
+
+
 def workers_rows(get_product: dict[str, Any], c: int) -> list[Row]:
     """A second gateway with WORKERS=2 against the first (WORKERS=1), same loop."""
     one, two = get_product["gateway"], get_product.get("gateway_workers_2")
@@ -1142,6 +1202,7 @@ def markdown(report: dict[str, Any]) -> str:
         ("**GET /v1/products/{sku}**", "", "", ""),
         *compared(f"direct gRPC GetProduct (c={c})", direct, echo, "grpc echo"),
         *compared(f"via the gateway (c={c})", gateway, direct, "direct gRPC"),
+        *graphql_rows(r["get_product"], c),
         *workers_rows(r["get_product"], c),
         *rows_peer,
         (f"**POST /v1/orders (2 lines of {report['products']} SKUs)**", "", "", ""),

@@ -30,6 +30,7 @@ CONFIGMAP_LIMIT_BYTES = 1024 * 1024
 _HISTOGRAMS = (
     "grpc_server_handling_seconds", "http_server_request_duration_seconds",
     "mercato_analytics_event_apply_latency_seconds", "mercato_event_loop_lag_seconds",
+    "gateway_graphql_field_duration_seconds",
 )  # fmt: skip
 #: What the suite's processes export (docs/observability.md), histograms with their series.
 EXPORTED = {
@@ -37,6 +38,8 @@ EXPORTED = {
     "http_server_requests_total", "http_server_requests_in_flight",
     "gateway_rate_limit_decisions_total", "gateway_rate_limit_redis_errors_total",
     "gateway_rate_limit_degraded",
+    "gateway_graphql_field_requests_total", "gateway_graphql_ws_connections",
+    "gateway_graphql_ws_operations",
     "mercato_outbox_backlog", "mercato_outbox_oldest_unsent_age_seconds",
     "mercato_outbox_published_total", "mercato_outbox_publish_errors_total",
     "mercato_kafka_consumer_messages_total", "mercato_kafka_consumer_lag",

@@ -178,6 +178,12 @@ def load(observed: ObservedSuite) -> Load:
                 seen(admin.post(f"/v1/orders/{order['id']}:fulfill", json={}))
             seen(customer.get("/v1/orders"))
             seen(customer.get(f"/v1/products/NOPE-{uuid.uuid4().hex[:8].upper()}"))  # 404
+            # The same over GraphQL: a product found and one not (a field error).
+            lookup = "query P($a: String!, $b: String!) { found: getProduct(sku: $a) {"
+            lookup += " product { sku } } gone: getProduct(sku: $b) { product { sku } } }"
+            missing = f"NOPE-{uuid.uuid4().hex[:8].upper()}"
+            graphql = {"query": lookup, "variables": {"a": sku, "b": missing}}
+            seen(customer.post("/graphql", json=graphql))
             seen(customer.post("/v1/orders", json={"lines": []}))  # 400
         seen(admin.get("/v1/analytics/funnel", params=_analytics_window()))
         seen(

@@ -5,8 +5,56 @@ from __future__ import annotations
 from grafana_foundation_sdk.builders import dashboard as dashboard_builders
 from grafana_foundation_sdk.models import dashboard as models
 
-from .kit import DATASOURCE, RED, Dashboard, Query, Row, graph, quantile, rate, sel
+from .kit import DATASOURCE, RED, Dashboard, Query, Row, graph, quantile, rate, ratio, sel
 from .rows import consumer_row, grpc_red_row, http_red_row, outbox_row, saturation_row
+
+
+def graphql_row(s: str) -> Row:
+    """GraphQL (POST /graphql and its WebSocket): RED per root field, and live connections."""
+    fields = "gateway_graphql_field_requests_total"
+    return Row(
+        "GraphQL",
+        [
+            graph(
+                "Root fields by field",
+                "GraphQL root fields resolved per second (each is one RPC), per field and "
+                "operation type. A client's own operation names are not labels; the fields are.",
+                "ops",
+                Query(rate(fields, s, "operation_type, field"), "{{operation_type}} {{field}}"),
+                width=6,
+                stack=True,
+            ),
+            graph(
+                "Root field errors by code",
+                "Share of root fields answered with an error, per gRPC status code. NOT_FOUND "
+                "and INVALID_ARGUMENT are the clients'; INTERNAL or UNAVAILABLE is the suite "
+                "failing.",
+                "percentunit",
+                Query(ratio(fields, s, 'code!="OK"', "code"), "{{code}}"),
+                width=6,
+            ),
+            graph(
+                "Root field latency p99",
+                "99th percentile of the time to resolve a root field (its RPC included), per "
+                "field.",
+                "s",
+                Query(
+                    quantile(0.99, "gateway_graphql_field_duration_seconds", s, "field"),
+                    "{{field}}",
+                ),
+                width=6,
+            ),
+            graph(
+                "WebSocket connections and subscriptions",
+                "Open GraphQL WebSocket connections and running operations over them, and "
+                "resources watched for subscriptions, summed over pods.",
+                "short",
+                Query(f"sum (gateway_graphql_ws_connections{{{s}}})", "connections"),
+                Query(f"sum (gateway_graphql_ws_operations{{{s}}})", "operations"),
+                width=6,
+            ),
+        ],
+    )
 
 
 def gateway() -> Dashboard:
@@ -75,6 +123,7 @@ def gateway() -> Dashboard:
                     ),
                 ],
             ),
+            graphql_row(s),
             saturation_row("gateway"),
         ],
         [route],

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mercato_common.telemetry import trace_exemplar
 
-__all__ = ["REQUEST_ID_KEY", "ROUTE_KEY", "EdgeMiddleware", "HttpMetrics"]
+__all__ = ["GRAPHQL_FIELDS_KEY", "REQUEST_ID_KEY", "ROUTE_KEY", "EdgeMiddleware", "HttpMetrics"]
 
 _access_log = logging.getLogger("mercato.access")
 _log = logging.getLogger("mercato_gateway.edge")
@@ -34,6 +34,8 @@ ROUTE_KEY = "mercato.route"
 REQUEST_ID_KEY = "mercato.request_id"
 SUBJECT_KEY = "mercato.subject"
 CLIENT_KEY = "mercato.client"
+#: The root fields of a GraphQL request (``query getProduct,listProducts``), for its access line.
+GRAPHQL_FIELDS_KEY = "mercato.graphql_fields"
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _SECURITY_HEADERS = (
@@ -240,6 +242,7 @@ class EdgeMiddleware:
                         or (scope.get("client") or ("", 0))[0],
                         "subject": scope.get(SUBJECT_KEY),
                         "user_agent": found.get(b"user-agent"),
+                        "graphql_fields": scope.get(GRAPHQL_FIELDS_KEY),
                     },
                 )
 

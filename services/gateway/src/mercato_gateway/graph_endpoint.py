@@ -29,11 +29,13 @@ the RPC called each time with the subscriber's token, so its access rule and own
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import inspect
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -56,9 +58,11 @@ from graphql import (
     subscribe,
     validate,
 )
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from mercato.api.v1 import live_pb2, reference_pb2
-from mercato_gateway.edge import ROUTE_KEY, header_map
+from mercato_gateway.edge import GRAPHQL_FIELDS_KEY, ROUTE_KEY, HttpMetrics, header_map
 from mercato_gateway.errors import ApiError
 from mercato_gateway.graph_limits import GraphLimits, measure, refusal
 from mercato_gateway.graph_live import EventFanout, Watch
@@ -89,6 +93,27 @@ _log = logging.getLogger("mercato_gateway.graphql")
 
 #: Keys per call of a batch RPC whose keys field states no ``max_items``.
 DEFAULT_BATCH_KEYS = 100
+
+
+class GraphMetrics:
+    """RED per GraphQL root field (the operations of this API; a client's own operation names
+    are not labels: they are unbounded): requests by field, operation type and gRPC status code
+    (``OK`` for success), and their duration."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "gateway_graphql_field_requests_total",
+            "GraphQL root fields resolved, by field, operation type and status code.",
+            ["field", "operation_type", "code"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "gateway_graphql_field_duration_seconds",
+            "Time to resolve a GraphQL root field (its RPC included).",
+            ["field", "operation_type"],
+            buckets=HttpMetrics.BUCKETS,
+            registry=registry,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +203,7 @@ class GraphEndpoint:
         topic_prefix: str,
         live_refresh_seconds: float,
         socket_limits: SocketLimits,
-        registry: Any,
+        registry: CollectorRegistry,
     ) -> None:
         self._gate = gate
         self._max_body = max_body_bytes
@@ -193,6 +218,8 @@ class GraphEndpoint:
         self.socket = GraphSocket(
             gate, self._start, socket_limits, rate_class=RATE_CLASS, registry=registry
         )
+        self._metrics = GraphMetrics(registry)
+        self._tracer = trace.get_tracer("mercato_gateway")
 
     @staticmethod
     def live_topics(routes: list[Route], prefix: str) -> list[str]:
@@ -260,6 +287,9 @@ class GraphEndpoint:
                 raise ApiError.bad_request("subscriptions are served over WebSocket only")
             prepared.append(outcome)
         await self._admit_operations(prepared, caller, rate_headers)
+        scope[GRAPHQL_FIELDS_KEY] = "; ".join(
+            f"{one.kind.value} {','.join(one.roots)}" for one in prepared
+        )
         results = [await self._execute(one, caller) for one in prepared]
         if batch:
             return 200, [body for _, body in results]
@@ -369,11 +399,39 @@ class GraphEndpoint:
         return 200, body
 
     async def resolve(self, route: Route, arguments: dict[str, Any], info: Any) -> dict[str, Any]:
-        caller: Caller = info.context.caller
-        self._gate.auth.authorize(route.access, caller.identity)
-        request = route.request_class()
-        parse_message(arguments, request)
-        response = await self._gate.call(route, request, caller)
+        """A root field: its RPC, in a span of its own (OpenTelemetry's GraphQL conventions),
+        counted and timed per field."""
+        kind = info.operation.operation.value
+        name = info.operation.name.value if info.operation.name else ""
+        started, code = time.perf_counter(), "OK"
+        with self._tracer.start_as_current_span(
+            f"{kind} {info.field_name}",
+            attributes={
+                "graphql.operation.type": kind,
+                "graphql.operation.name": name,
+                "graphql.field.name": info.field_name,
+            },
+        ):
+            try:
+                caller: Caller = info.context.caller
+                self._gate.auth.authorize(route.access, caller.identity)
+                request = route.request_class()
+                parse_message(arguments, request)
+                response = await self._gate.call(route, request, caller)
+            except ApiError as error:
+                code = error.status
+                raise
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except Exception:
+                code = "INTERNAL"
+                raise
+            finally:
+                self._metrics.requests.labels(info.field_name, kind, code).inc()
+                self._metrics.duration.labels(info.field_name, kind).observe(
+                    time.perf_counter() - started
+                )
         document: dict[str, Any] = json_format.MessageToDict(
             response, always_print_fields_with_no_presence=True
         )

@@ -483,3 +483,30 @@ async def test_a_reference_keeps_its_rpcs_access_rule(
     assert error["extensions"]["metadata"] == {"missing_scopes": "catalog:read"}
     assert error["path"] == ["listOrders", "orders", 0, "lines", 0, "product"]
     assert catalog_calls(suite, "ListProducts") == before
+
+
+async def test_root_fields_are_counted_and_timed(suite: Suite) -> None:
+    """RED per root field: requests by field, operation type and status code, and duration."""
+    app = await suite.gateway()
+    async with suite.client(app) as client:
+        found = await graphql(
+            client,
+            "query Two($id: String!) { getOrder(id: $id) { order { id } }"
+            ' missing: getOrder(id: "00000000-0000-4000-8000-000000000000") { order { id } } }',
+            suite.tokens.customer,
+            {"id": ORDER_ID},
+        )
+    assert found.status_code == 200, found.text
+    assert found.json()["errors"][0]["extensions"]["code"] == "ORDER_NOT_FOUND"
+
+    def requests(code: str) -> float | None:
+        labels = {"field": "getOrder", "operation_type": "query", "code": code}
+        return app.registry.get_sample_value("gateway_graphql_field_requests_total", labels)
+
+    assert requests("OK") == 1
+    assert requests("NOT_FOUND") == 1
+    timed = app.registry.get_sample_value(
+        "gateway_graphql_field_duration_seconds_count",
+        {"field": "getOrder", "operation_type": "query"},
+    )
+    assert timed == 2
