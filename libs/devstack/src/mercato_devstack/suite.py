@@ -51,6 +51,7 @@ import yaml
 
 from mercato_devstack.config import find_repo_root
 from mercato_devstack.errors import StackError
+from mercato_devstack.graphiql import graphiql_assets
 from mercato_devstack.manifest import Manifest, ServiceSpec, load_manifest, manifest_path
 from mercato_devstack.observe import ScrapeTarget, observers
 from mercato_devstack.stack import Stack
@@ -182,6 +183,8 @@ class _SuiteSettings:
     environ: Mapping[str, str]
     token: Mapping[str, str]
     kafka_security: str = "plaintext"
+    #: GraphiQL's assets for the suite's entry (development: the gateway serves /graphiql).
+    graphiql: Path | None = None
 
     def service_env(self, service: ServiceSpec) -> dict[str, str]:
         """The environment of one child: the suite's own plus its ``MERCATO_<NAME>_*``."""
@@ -203,6 +206,8 @@ class _SuiteSettings:
         for callee in service.calls:
             values[f"{callee.upper()}_TARGET"] = self.ports.target(callee)
         values.update(service.dev_settings)
+        if service.kind == "http" and self.graphiql is not None:
+            values["GRAPHIQL_ASSETS_DIR"] = str(self.graphiql)
         if service.client_scopes:
             values["SERVICE_CLIENT_ID"] = service.name
             values["SERVICE_CLIENT_SECRET"] = self.dev[_client_secret_key(service)]
@@ -250,6 +255,7 @@ def _services(
         environ=environ,
         token={"TOKEN_ISSUER": issuer, "TOKEN_AUDIENCE": "mercato"},
         kafka_security=environ.get("MERCATO_SUITE_KAFKA_SECURITY") or "plaintext",
+        graphiql=graphiql_assets(stack.config.repo_root),
     )
     return [
         Service(
@@ -502,6 +508,7 @@ class Suite:
             f"""
 mercato is ready in {elapsed:.1f} s: the gateway listens on {url}
   API description: {url}/openapi.json    docs: {url}/docs
+  GraphQL: {url}/graphql    GraphiQL: {url}/graphiql
   admin: {email} / {password_note}
   logs:  {self.logs}/<service>.log
 {self._observe_lines()}

@@ -49,6 +49,7 @@ from mercato_gateway.graph_endpoint import GRAPHQL_PATH, GraphEndpoint
 from mercato_gateway.graph_limits import GraphLimits
 from mercato_gateway.graph_live import EventFanout
 from mercato_gateway.graph_socket import SocketLimits
+from mercato_gateway.graphiql import graphiql_handlers
 from mercato_gateway.openapi import build_openapi, docs_page
 from mercato_gateway.proxy import Deadlines, Gate, GatewayEndpoint, Upstreams, method_not_allowed
 from mercato_gateway.ratelimit import RateLimiter, RateLimitMetrics
@@ -444,14 +445,17 @@ def build_app(
         await graph.socket.close_all()  # clients reconnect to another replica
         await stop_all(started)
 
+    fixed: dict[str, Handler] = {
+        "/healthz": healthz,
+        "/readyz": readyz,
+        "/status": status,
+        "/openapi.json": openapi,
+        "/docs": docs,
+    }
+    if settings.graphiql_assets_dir is not None:
+        fixed.update(graphiql_handlers(settings.graphiql_assets_dir))
     dispatch = Dispatch(
-        {
-            "/healthz": healthz,
-            "/readyz": readyz,
-            "/status": status,
-            "/openapi.json": openapi,
-            "/docs": docs,
-        },
+        fixed,
         endpoints={GRAPHQL_PATH: graph},
         # Every other path (any bytes, newlines included) goes to the derived routes.
         default=endpoint,

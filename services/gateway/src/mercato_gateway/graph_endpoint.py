@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -93,6 +94,8 @@ _log = logging.getLogger("mercato_gateway.graphql")
 
 #: Keys per call of a batch RPC whose keys field states no ``max_items``.
 DEFAULT_BATCH_KEYS = 100
+#: Queries up to this long are kept parsed and validated (bounds the cache's memory).
+CACHED_QUERY_CHARS = 16_384
 
 
 class GraphMetrics:
@@ -204,6 +207,7 @@ class GraphEndpoint:
         live_refresh_seconds: float,
         socket_limits: SocketLimits,
         registry: CollectorRegistry,
+        checked_queries: int = 1000,
     ) -> None:
         self._gate = gate
         self._max_body = max_body_bytes
@@ -219,6 +223,10 @@ class GraphEndpoint:
             gate, self._start, socket_limits, rate_class=RATE_CLASS, registry=registry
         )
         self._metrics = GraphMetrics(registry)
+        # Parsing and validating cost ~2.5 ms a query (bench profile) and clients send the same
+        # few queries over and over: the outcome of the most recent ones is kept (documents are
+        # never changed once parsed; refusals are kept too, as error bodies).
+        self._checked = functools.lru_cache(maxsize=checked_queries)(self._check)
         self._tracer = trace.get_tracer("mercato_gateway")
 
     @staticmethod
@@ -344,11 +352,8 @@ class GraphEndpoint:
             return [_field_error(error) for error in stream.errors or ()]
         return Operation(_bodies(stream), context.holds.close)
 
-    def _prepare(self, request: Any) -> _Prepared | dict[str, Any]:
-        """One operation parsed, validated and measured against the limits; a GraphQL error
-        body when it is not a valid document."""
-        query, variables, operation_name, extensions = _graphql_request(request)
-        query, digest = self._persisted.resolve(query, extensions)
+    def _check(self, query: str) -> DocumentNode | dict[str, Any]:
+        """The query parsed and validated against the schema, or the errors that refuse it."""
         try:
             document = parse(query, max_tokens=self._limits.max_tokens)
         except GraphQLError as error:
@@ -358,6 +363,17 @@ class GraphEndpoint:
             return {
                 "errors": [_graphql_error(error, "GRAPHQL_VALIDATION_FAILED") for error in refused]
             }
+        return document
+
+    def _prepare(self, request: Any) -> _Prepared | dict[str, Any]:
+        """One operation parsed, validated and measured against the limits; a GraphQL error
+        body when it is not a valid document."""
+        query, variables, operation_name, extensions = _graphql_request(request)
+        query, digest = self._persisted.resolve(query, extensions)
+        checked = self._checked(query) if len(query) <= CACHED_QUERY_CHARS else self._check(query)
+        if isinstance(checked, dict):
+            return checked
+        document = checked
         operations = [
             node
             for node in document.definitions

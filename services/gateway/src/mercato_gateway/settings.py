@@ -9,6 +9,7 @@ the kit's Kafka group (GraphQL subscriptions read the events topics).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -133,6 +134,9 @@ class GatewaySettings(ServiceTlsSettings, TokenSettings, KafkaSettings):
     graphql_ws_init_timeout_seconds: float = Field(default=10.0, gt=0)
     graphql_ws_idle_timeout_seconds: float = Field(default=300.0, gt=0)
     graphql_live_refresh_seconds: float = Field(default=60.0, gt=0)
+    # Development only: the node_modules of services/gateway/graphiql; when set, GraphiQL is
+    # served at GET /graphiql (make run sets it; deployments leave it unset).
+    graphiql_assets_dir: Path | None = None
     # Prefix of the events topics' names (the chart's kafka.prefix): the topic read is the
     # prefix and the name the contract gives ((mercato.api.v1.live).topic).
     kafka_topic_prefix: str = ""

@@ -3,8 +3,11 @@ the protos answers queries and mutations with the RPCs' own access rules and err
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import re
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +16,7 @@ import pytest
 from graphql import get_introspection_query
 
 from mercato.orders.v1 import orders_pb2
+from mercato_devstack.graphiql import graphiql_assets
 
 from .conftest import ORDER_ID, Suite
 
@@ -510,3 +514,37 @@ async def test_root_fields_are_counted_and_timed(suite: Suite) -> None:
         {"field": "getOrder", "operation_type": "query"},
     )
     assert timed == 2
+
+
+REPO_ROOT = Path(__file__).resolve().parents[4]
+GRAPHIQL_MODULES = REPO_ROOT / "services" / "gateway" / "graphiql" / "node_modules"
+
+
+async def test_graphiql_page_in_development(suite: Suite) -> None:
+    """With GRAPHIQL_ASSETS_DIR (the pinned npm packages, installed as make run does), the page
+    and its assets come from the gateway under a strict Content-Security-Policy; without it,
+    /graphiql is an unknown route."""
+    assets = await asyncio.to_thread(graphiql_assets, REPO_ROOT)
+    assert assets == GRAPHIQL_MODULES
+    app = await suite.gateway(graphiql_assets_dir=assets)
+    async with suite.client(app) as client:
+        page = await client.get("/graphiql")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self';" in csp
+        assert "connect-src 'self';" in csp
+        sources = re.findall(r'(?:src|href)="(/graphiql/[^"]+)"', page.text)
+        assert len(sources) == 6
+        for source in sources:
+            asset = await client.get(source)
+            assert asset.status_code == 200, source
+            assert asset.content, source
+        react = await client.get("/graphiql/react.production.min.js")
+        assert react.content == (assets / "react/umd/react.production.min.js").read_bytes()
+        start = await client.get("/graphiql/start.js")
+        assert "GraphiQL.createFetcher" in start.text
+        assert "graphqlWs.createClient" in start.text
+    without = await suite.gateway()
+    async with suite.client(without) as client:
+        assert (await client.get("/graphiql")).status_code == 404
