@@ -692,29 +692,40 @@ async def product_via(port: int, token: str, sku: str) -> dict[str, Any]:
     return dict(json.loads(body))
 
 
-async def http_get_loop(
-    port: int, token: str, sku: str, c: int, seconds: float, server_pid: int
+Exchange = Callable[[RawHttp], Awaitable[tuple[int, bytes]]]
+
+
+async def http_loop(
+    port: int, token: str, exchange: Exchange, c: int, seconds: float, server_pid: int
 ) -> dict[str, Any]:
-    """The closed loop over raw keep-alive HTTP/1.1 connections, one per worker, with the CPU
-    the serving process (tree) used meanwhile, warm-up included."""
+    """A closed loop of ``exchange`` over raw keep-alive HTTP/1.1 connections, one per worker,
+    with the CPU the serving process (tree) used meanwhile, warm-up included."""
     clients = [RawHttp("127.0.0.1", port, {"Authorization": f"Bearer {token}"}) for _ in range(c)]
     cpu_before, wall = cpu_seconds({"server": server_pid}), time.perf_counter()
 
-    def make_http(worker: int) -> Callable[[], Awaitable[bool]]:
+    def make(worker: int) -> Callable[[], Awaitable[bool]]:
         async def call() -> bool:
-            status, _ = await clients[worker].get(f"/v1/products/{sku}")
+            status, _ = await exchange(clients[worker])
             return bool(status == 200)
 
         return call
 
     try:
-        result = await closed_loop(make_http, c, seconds)
+        result = await closed_loop(make, c, seconds)
     finally:
         for raw in clients:
             await raw.close()
     used = cpu_seconds({"server": server_pid})["server"] - cpu_before["server"]
     result["cpu_cores_used"] = round(used / (time.perf_counter() - wall), 2)
     return result
+
+
+async def http_get_loop(
+    port: int, token: str, sku: str, c: int, seconds: float, server_pid: int
+) -> dict[str, Any]:
+    """``GET /v1/products/{sku}`` in :func:`http_loop`."""
+    path = f"/v1/products/{sku}"
+    return await http_loop(port, token, lambda raw: raw.get(path), c, seconds, server_pid)
 
 
 #: The REST lookup's product over GraphQL: every field GET /v1/products/{sku} answers.
@@ -731,30 +742,19 @@ GRAPHQL_PRODUCT = json.dumps(
 async def graphql_post_loop(
     port: int, token: str, sku: str, c: int, seconds: float, server_pid: int
 ) -> dict[str, Any]:
-    """:func:`http_get_loop`'s product lookup as a GraphQL query (``POST /graphql``)."""
+    """The same product lookup as a GraphQL query (``POST /graphql``) in :func:`http_loop`."""
     body = (GRAPHQL_PRODUCT % sku).encode()
-    clients = [RawHttp("127.0.0.1", port, {"Authorization": f"Bearer {token}"}) for _ in range(c)]
-    status, answer = await clients[0].post_json("/graphql", body)
+    probe = RawHttp("127.0.0.1", port, {"Authorization": f"Bearer {token}"})
+    try:
+        status, answer = await probe.post_json("/graphql", body)
+    finally:
+        await probe.close()
     product = json.loads(answer).get("data", {}).get("getProduct") if status == 200 else None
     if not product:
         raise RuntimeError(f"POST /graphql getProduct: {status} {answer[:300]!r}")
-    cpu_before, wall = cpu_seconds({"server": server_pid}), time.perf_counter()
-
-    def make_graphql(worker: int) -> Callable[[], Awaitable[bool]]:
-        async def call() -> bool:
-            status, _ = await clients[worker].post_json("/graphql", body)
-            return bool(status == 200)
-
-        return call
-
-    try:
-        result = await closed_loop(make_graphql, c, seconds)
-    finally:
-        for raw in clients:
-            await raw.close()
-    used = cpu_seconds({"server": server_pid})["server"] - cpu_before["server"]
-    result["cpu_cores_used"] = round(used / (time.perf_counter() - wall), 2)
-    return result
+    return await http_loop(
+        port, token, lambda raw: raw.post_json("/graphql", body), c, seconds, server_pid
+    )
 
 
 async def through_grpc_gateway(
