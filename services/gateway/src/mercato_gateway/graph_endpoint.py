@@ -397,6 +397,12 @@ class GraphEndpoint:
         )
 
     async def _execute(self, prepared: _Prepared, caller: Caller) -> tuple[int, dict[str, Any]]:
+        # OpenTelemetry's GraphQL attributes on the request's span (one span per root field
+        # cost a tenth of the gateway's CPU per request; the RPCs have their client spans).
+        span = trace.get_current_span()
+        span.set_attribute("graphql.operation.type", prepared.kind.value)
+        if prepared.operation_name:
+            span.set_attribute("graphql.operation.name", prepared.operation_name)
         result = execute(
             self.schema,
             prepared.document,
@@ -415,39 +421,30 @@ class GraphEndpoint:
         return 200, body
 
     async def resolve(self, route: Route, arguments: dict[str, Any], info: Any) -> dict[str, Any]:
-        """A root field: its RPC, in a span of its own (OpenTelemetry's GraphQL conventions),
-        counted and timed per field."""
+        """A root field: its RPC (a gRPC client span under the request's span), counted and
+        timed per field."""
         kind = info.operation.operation.value
-        name = info.operation.name.value if info.operation.name else ""
         started, code = time.perf_counter(), "OK"
-        with self._tracer.start_as_current_span(
-            f"{kind} {info.field_name}",
-            attributes={
-                "graphql.operation.type": kind,
-                "graphql.operation.name": name,
-                "graphql.field.name": info.field_name,
-            },
-        ):
-            try:
-                caller: Caller = info.context.caller
-                self._gate.auth.authorize(route.access, caller.identity)
-                request = route.request_class()
-                parse_message(arguments, request)
-                response = await self._gate.call(route, request, caller)
-            except ApiError as error:
-                code = error.status
-                raise
-            except asyncio.CancelledError:
-                code = "CANCELLED"
-                raise
-            except Exception:
-                code = "INTERNAL"
-                raise
-            finally:
-                self._metrics.requests.labels(info.field_name, kind, code).inc()
-                self._metrics.duration.labels(info.field_name, kind).observe(
-                    time.perf_counter() - started
-                )
+        try:
+            caller: Caller = info.context.caller
+            self._gate.auth.authorize(route.access, caller.identity)
+            request = route.request_class()
+            parse_message(arguments, request)
+            response = await self._gate.call(route, request, caller)
+        except ApiError as error:
+            code = error.status
+            raise
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        except Exception:
+            code = "INTERNAL"
+            raise
+        finally:
+            self._metrics.requests.labels(info.field_name, kind, code).inc()
+            self._metrics.duration.labels(info.field_name, kind).observe(
+                time.perf_counter() - started
+            )
         document: dict[str, Any] = json_format.MessageToDict(
             response, always_print_fields_with_no_presence=True
         )
