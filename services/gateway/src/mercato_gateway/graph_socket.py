@@ -127,7 +127,7 @@ class GraphSocket:
         user: str | None = None
         try:
             caller = await self._init(socket, scope)
-            user = _user_key(caller)
+            user = caller.key
             if self._per_user.get(user, 0) >= self._limits.max_per_user:
                 user = None
                 raise _Closed(4429, "too many connections")
@@ -284,11 +284,6 @@ class _Connection:
     async def send(self, message: dict[str, Any]) -> None:
         async with self._sending:
             await _send(self._socket, message)
-
-
-def _user_key(caller: Caller) -> str:
-    identity = caller.identity
-    return f"sub:{identity.subject}" if identity else f"ip:{caller.client.address}"
 
 
 async def _receive(socket: WebSocket) -> dict[str, Any]:

@@ -189,6 +189,11 @@ class Caller:
     client: ClientAddress
     request_id: str | None
 
+    @property
+    def key(self) -> str:
+        """Whom limits count: the verified subject, else the client address."""
+        return f"sub:{self.identity.subject}" if self.identity else f"ip:{self.client.address}"
+
 
 class Gate:
     """What every public endpoint (REST, GraphQL) does around a call, done once: admit the
@@ -249,9 +254,7 @@ class Gate:
         """One decision of ``rate_class``'s bucket for ``caller``; 429 when it is empty."""
         if self._limiter is None:
             return
-        identity = caller.identity
-        key = f"sub:{identity.subject}" if identity else f"ip:{caller.client.address}"
-        decision = await self._limiter.check(rate_class, key)
+        decision = await self._limiter.check(rate_class, caller.key)
         rate_headers.update(decision.headers(self._limiter.window(rate_class)))
         if not decision.allowed:
             raise _limited(decision)
