@@ -48,15 +48,14 @@ from mercato_common.kafka import (
     ConsumerGroup,
     EventProducer,
     Handler,
-    KafkaCertificates,
     KafkaConnection,
     kafka_connection,
+    kafka_tls_reload,
 )
 from mercato_common.outbox.runner import RelayRunner
 from mercato_common.runtime import (
     CloseOnStop,
     Lifecycle,
-    Periodic,
     run_until_signal,
     start_all,
     stop_all,
@@ -276,14 +275,9 @@ class Service:
             return self._kafka_connection
         connection = kafka_connection(settings, client_id=f"mercato-{self.name}")
         self._kafka_connection = connection
-        if connection.ssl_context is not None:
-            certificates = KafkaCertificates(connection.ssl_context, settings)
-
-            async def reload() -> None:
-                certificates.reload_if_changed()
-
-            # Renewed client certificates (and CA bundles) are used without a restart.
-            self.job(Periodic("kafka-tls-reload", reload, interval=TLS_CHECK_SECONDS, logger=_log))
+        reload = kafka_tls_reload(connection, settings, interval=TLS_CHECK_SECONDS, logger=_log)
+        if reload is not None:
+            self.job(reload)
         return connection
 
     def _watch_broker(self, connection: KafkaConnection, *, required: bool) -> None:

@@ -32,8 +32,9 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from mercato_common.client import TLS_CHECK_SECONDS
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
-from mercato_common.kafka import KafkaCertificates, kafka_connection
+from mercato_common.kafka import kafka_connection, kafka_tls_reload
 from mercato_common.redis_client import fail_fast_redis
 from mercato_common.runtime import CloseOnStop, Lifecycle, Periodic, start_all, stop_all
 from mercato_common.saturation import SaturationMetrics
@@ -194,16 +195,13 @@ class Dispatch:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
+        endpoint = self._endpoints.get(path)
+        if scope["type"] == "websocket" and endpoint is None:
+            await send({"type": "websocket.close", "code": 1008})  # the upgrade gets a 403
+            return
         handler = self._fixed.get(path)
         if handler is None:
-            endpoint = self._endpoints.get(path)
-            if endpoint is None and scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})  # the upgrade gets a 403
-                return
             await (endpoint or self._default)(scope, receive, send)
-            return
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
             return
         scope[ROUTE_KEY] = path
         if scope["method"] not in _FIXED_METHODS:
@@ -329,8 +327,6 @@ def build_app(
     )
     endpoint = GatewayEndpoint(router, gate, max_body_bytes=settings.max_body_bytes)
     kafka = kafka_connection(settings, client_id="mercato-gateway")
-    live_topics = GraphEndpoint.live_topics(routes, settings.kafka_topic_prefix)
-    live = EventFanout(kafka, live_topics, registry=registry) if live_topics else None
     graph = GraphEndpoint(
         routes,
         gate,
@@ -345,7 +341,7 @@ def build_app(
             introspection=settings.graphql_introspection,
         ),
         persisted_queries=settings.graphql_persisted_queries,
-        live=live,
+        kafka=kafka,
         topic_prefix=settings.kafka_topic_prefix,
         live_refresh_seconds=settings.graphql_live_refresh_seconds,
         socket_limits=SocketLimits(
@@ -423,16 +419,11 @@ def build_app(
         upstreams,
         upstream_status.refresher,
     ]
-    if live is not None:
-        parts.append(live)
-    if kafka.ssl_context is not None and live is not None:
-        certificates = KafkaCertificates(kafka.ssl_context, settings)
-
-        async def reload_kafka_tls() -> None:
-            certificates.reload_if_changed()
-
-        # Renewed Kafka client certificates are used without a restart, as in the services.
-        parts.append(Periodic("kafka-tls-reload", reload_kafka_tls, interval=60.0, logger=_log))
+    if graph.live is not None:
+        parts.append(graph.live)
+        reload = kafka_tls_reload(kafka, settings, interval=TLS_CHECK_SECONDS, logger=_log)
+        if reload is not None:
+            parts.append(reload)
 
     started: list[Lifecycle] = []  # what start_all started, for stop_all
 
@@ -491,6 +482,6 @@ def build_app(
         upstream_status=upstream_status,
         asgi=asgi,
         registry=registry,
-        live=live,
+        live=graph.live,
         parts=parts,
     )

@@ -63,6 +63,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from mercato.api.v1 import live_pb2, reference_pb2
+from mercato_common.kafka import KafkaConnection
 from mercato_gateway.edge import GRAPHQL_FIELDS_KEY, ROUTE_KEY, HttpMetrics, header_map
 from mercato_gateway.errors import ApiError
 from mercato_gateway.graph_limits import GraphLimits, measure, refusal
@@ -202,7 +203,7 @@ class GraphEndpoint:
         max_body_bytes: int,
         limits: GraphLimits,
         persisted_queries: int,
-        live: EventFanout | None,
+        kafka: KafkaConnection,
         topic_prefix: str,
         live_refresh_seconds: float,
         socket_limits: SocketLimits,
@@ -216,8 +217,10 @@ class GraphEndpoint:
         chosen = graph_routes(routes)
         self.schema: GraphQLSchema = build_schema(chosen, self)
         self._routes = {root_field_name(route): route for route in chosen}
-        self._live = live
         self._topic_prefix = topic_prefix
+        topics = [topic_prefix + live.topic for live in map(live_option, chosen) if live]
+        #: What the subscriptions read (None: the contracts have no live RPC); a part to start.
+        self.live = EventFanout(kafka, topics, registry=registry) if topics else None
         self._live_refresh = live_refresh_seconds
         self.socket = GraphSocket(
             gate, self._start, socket_limits, rate_class=RATE_CLASS, registry=registry
@@ -227,16 +230,6 @@ class GraphEndpoint:
         # few queries over and over: the outcome of the most recent ones is kept (documents are
         # never changed once parsed; refusals are kept too, as error bodies).
         self._checked = functools.lru_cache(maxsize=checked_queries)(self._check)
-        self._tracer = trace.get_tracer("mercato_gateway")
-
-    @staticmethod
-    def live_topics(routes: list[Route], prefix: str) -> list[str]:
-        """The events topics the subscriptions of ``routes`` read, with the release's prefix."""
-        return [
-            prefix + live.topic
-            for live in (live_option(route) for route in graph_routes(routes))
-            if live is not None
-        ]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
@@ -496,11 +489,10 @@ class GraphEndpoint:
         change between the two is lost."""
         context: _Context = info.context
         self._gate.auth.authorize(route.access, context.caller.identity)
-        if self._live is None:
-            raise ApiError(503, "UNAVAILABLE", "subscriptions are not available", "LIVE_DISABLED")
+        assert self.live is not None  # the schema has a subscription only for a live RPC
         key_field = route.request_descriptor.fields_by_name[live.key]
         key = str(arguments.get(key_field.json_name) or "")
-        watch = context.holds.enter_context(self._live.watch(self._topic_prefix + live.topic, key))
+        watch = context.holds.enter_context(self.live.watch(self._topic_prefix + live.topic, key))
         first = await self.resolve(route, arguments, info)
         return self._changes(route, arguments, info, watch, first)
 

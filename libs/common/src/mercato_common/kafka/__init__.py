@@ -2,7 +2,12 @@
 consumer group."""
 
 from mercato_common.kafka.backoff import Backoff
-from mercato_common.kafka.connection import KafkaCertificates, KafkaConnection, kafka_connection
+from mercato_common.kafka.connection import (
+    KafkaCertificates,
+    KafkaConnection,
+    kafka_connection,
+    kafka_tls_reload,
+)
 from mercato_common.kafka.consumer import (
     ConsumedEvent,
     ConsumerMetrics,
@@ -63,6 +68,7 @@ __all__ = [
     "extract_trace_context",
     "headers_to_map",
     "kafka_connection",
+    "kafka_tls_reload",
     "map_to_headers",
     "new_envelope",
     "trace_context_map",

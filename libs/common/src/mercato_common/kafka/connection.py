@@ -8,15 +8,23 @@ SCRAM) is a matter of settings, the same in every service.
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mercato_common.runtime import Periodic
 from mercato_common.settings import KafkaSettings
 from mercato_common.tls import ContextCertificates
 
-__all__ = ["KafkaCertificates", "KafkaConnection", "kafka_connection", "kafka_ssl_context"]
+__all__ = [
+    "KafkaCertificates",
+    "KafkaConnection",
+    "kafka_connection",
+    "kafka_ssl_context",
+    "kafka_tls_reload",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +106,23 @@ class KafkaCertificates(ContextCertificates):
             ca_file=settings.kafka_ssl_ca_file,
             what="Kafka TLS",
         )
+
+
+def kafka_tls_reload(
+    connection: KafkaConnection,
+    settings: KafkaSettings,
+    *,
+    interval: float,
+    logger: logging.Logger,
+) -> Periodic | None:
+    """The job that takes renewed Kafka TLS files into ``connection``'s context every
+    ``interval`` seconds, so renewed client certificates (and CA bundles) are used without a
+    restart; None when the connection has no TLS."""
+    if connection.ssl_context is None:
+        return None
+    certificates = KafkaCertificates(connection.ssl_context, settings)
+
+    async def reload() -> None:
+        certificates.reload_if_changed()
+
+    return Periodic("kafka-tls-reload", reload, interval=interval, logger=logger)
