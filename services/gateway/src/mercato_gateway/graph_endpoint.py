@@ -66,7 +66,8 @@ from mercato.api.v1 import live_pb2, reference_pb2
 from mercato_common.kafka import KafkaConnection
 from mercato_gateway.edge import GRAPHQL_FIELDS_KEY, ROUTE_KEY, HttpMetrics, header_map
 from mercato_gateway.errors import ApiError
-from mercato_gateway.graph_limits import GraphLimits, measure, refusal
+from mercato_gateway.graph_executor import PlainFieldExecutor
+from mercato_gateway.graph_limits import GraphLimits, Measure, measure, refusal
 from mercato_gateway.graph_live import EventFanout, Watch
 from mercato_gateway.graph_schema import build_schema, graph_routes, live_option, root_field_name
 from mercato_gateway.graph_socket import GraphSocket, Operation, SocketLimits
@@ -230,6 +231,7 @@ class GraphEndpoint:
         # few queries over and over: the outcome of the most recent ones is kept (documents are
         # never changed once parsed; refusals are kept too, as error bodies).
         self._checked = functools.lru_cache(maxsize=checked_queries)(self._check)
+        self._measured = functools.lru_cache(maxsize=checked_queries)(self._measure_cached)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
@@ -363,31 +365,30 @@ class GraphEndpoint:
         body when it is not a valid document."""
         query, variables, operation_name, extensions = _graphql_request(request)
         query, digest = self._persisted.resolve(query, extensions)
-        checked = self._checked(query) if len(query) <= CACHED_QUERY_CHARS else self._check(query)
+        cached = len(query) <= CACHED_QUERY_CHARS
+        checked = self._checked(query) if cached else self._check(query)
         if isinstance(checked, dict):
             return checked
-        document = checked
-        operations = [
-            node
-            for node in document.definitions
-            if isinstance(node, OperationDefinitionNode)
-            and (operation_name is None or (node.name and node.name.value == operation_name))
-        ]
-        if len(operations) != 1:
-            raise ApiError.bad_request("operationName: name one operation of the document")
-        operation = operations[0]
-        fragments = {
-            node.name.value: node
-            for node in document.definitions
-            if isinstance(node, FragmentDefinitionNode)
-        }
-        figures = measure(self.schema, operation, fragments, variables)
+        if cached:
+            # The figures depend on the document, the operation and the page sizes, which
+            # only integer variables give.
+            numbers = tuple(
+                (name, value) for name, value in (variables or {}).items() if type(value) is int
+            )
+            kind, figures = self._measured(query, operation_name, numbers)
+        else:
+            kind, figures = _measure(self.schema, checked, operation_name, variables)
         self._limits.check(figures)
         if digest is not None:
             self._persisted.remember(digest, query)
-        return _Prepared(
-            document, variables, operation_name, figures.roots, figures.cost, operation.operation
-        )
+        return _Prepared(checked, variables, operation_name, figures.roots, figures.cost, kind)
+
+    def _measure_cached(
+        self, query: str, operation_name: str | None, numbers: tuple[tuple[str, int], ...]
+    ) -> tuple[OperationType, Measure]:
+        document = self._checked(query)
+        assert not isinstance(document, dict)  # only documents that passed are measured
+        return _measure(self.schema, document, operation_name, dict(numbers))
 
     async def _execute(self, prepared: _Prepared, caller: Caller) -> tuple[int, dict[str, Any]]:
         # OpenTelemetry's GraphQL attributes on the request's span (one span per root field
@@ -402,6 +403,7 @@ class GraphEndpoint:
             context_value=_Context(caller),
             variable_values=prepared.variables,
             operation_name=prepared.operation_name,
+            executor_class=PlainFieldExecutor,
         )
         if not isinstance(result, ExecutionResult):
             result = await result
@@ -518,6 +520,30 @@ class GraphEndpoint:
             if current != document:
                 document = current
                 yield document
+
+
+def _measure(
+    schema: GraphQLSchema,
+    document: DocumentNode,
+    operation_name: str | None,
+    variables: dict[str, Any] | None,
+) -> tuple[OperationType, Measure]:
+    """The kind and figures of the document's operation named ``operation_name`` (its only
+    one when None)."""
+    operations = [
+        node
+        for node in document.definitions
+        if isinstance(node, OperationDefinitionNode)
+        and (operation_name is None or (node.name and node.name.value == operation_name))
+    ]
+    if len(operations) != 1:
+        raise ApiError.bad_request("operationName: name one operation of the document")
+    fragments = {
+        node.name.value: node
+        for node in document.definitions
+        if isinstance(node, FragmentDefinitionNode)
+    }
+    return operations[0].operation, measure(schema, operations[0], fragments, variables)
 
 
 async def _one(body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
