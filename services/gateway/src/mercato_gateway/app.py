@@ -36,7 +36,15 @@ from mercato_common.client import TLS_CHECK_SECONDS
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
 from mercato_common.kafka import kafka_connection, kafka_tls_reload
 from mercato_common.redis_client import fail_fast_redis
-from mercato_common.runtime import CloseOnStop, Lifecycle, Periodic, start_all, stop_all
+from mercato_common.runtime import (
+    CloseOnStop,
+    Lifecycle,
+    Periodic,
+    keep_startup_objects,
+    release_startup_objects,
+    start_all,
+    stop_all,
+)
 from mercato_common.saturation import SaturationMetrics
 from mercato_gateway.auth import Authenticator
 from mercato_gateway.edge import (
@@ -429,12 +437,14 @@ def build_app(
 
     async def start() -> None:
         started.extend(await start_all(parts))
+        keep_startup_objects()
         _log.info("gateway started", extra={"routes": len(routes)})
 
     async def stop() -> None:
         readiness.drain()
         await graph.socket.close_all()  # clients reconnect to another replica
         await stop_all(started)
+        release_startup_objects()
 
     fixed: dict[str, Handler] = {
         "/healthz": healthz,
