@@ -238,8 +238,7 @@ class EdgeMiddleware:
                         "duration_ms": round(elapsed * 1000, 3),
                         "response_bytes": state["bytes"],
                         "request_id": request_id,
-                        "client_address": scope.get(CLIENT_KEY)
-                        or (scope.get("client") or ("", 0))[0],
+                        "client_address": client_address(scope),
                         "subject": scope.get(SUBJECT_KEY),
                         "user_agent": found.get(b"user-agent"),
                         "graphql_fields": scope.get(GRAPHQL_FIELDS_KEY),
@@ -274,6 +273,13 @@ async def _internal_error(send: Send, request_id: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+def client_address(scope: MutableMapping[str, Any]) -> str:
+    """The client's address for access lines: the one the gate resolved (trusted proxies
+    followed), else the peer's."""
+    resolved: str | None = scope.get(CLIENT_KEY)
+    return resolved or (scope.get("client") or ("", 0))[0]
 
 
 def header_map(scope: MutableMapping[str, Any]) -> dict[str, str]:

@@ -18,6 +18,10 @@ verified and one ``default`` rate-limit decision. Then:
   (4403, "token expired"): the client reconnects with a fresh token;
 - when the gateway stops, every connection is closed with 1012 (service restart) so clients
   reconnect to another replica.
+
+Each connection ends with one access line (logger ``mercato.access``, message ``websocket``):
+its request id, route, close code and reason, duration, client address, subject, user agent
+and the number of operations it started.
 """
 
 from __future__ import annotations
@@ -35,7 +39,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 from starlette.websockets import WebSocket, WebSocketState
 
-from mercato_gateway.edge import REQUEST_ID_KEY, ROUTE_KEY, header_map
+from mercato_gateway.edge import (
+    REQUEST_ID_KEY,
+    ROUTE_KEY,
+    SUBJECT_KEY,
+    client_address,
+    header_map,
+)
 from mercato_gateway.errors import ApiError
 from mercato_gateway.proxy import Caller, Gate
 
@@ -43,6 +53,7 @@ __all__ = ["PROTOCOL", "GraphSocket", "Operation", "SocketLimits"]
 
 PROTOCOL = "graphql-transport-ws"
 _log = logging.getLogger("mercato_gateway.graphql")
+_access_log = logging.getLogger("mercato.access")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +135,10 @@ class GraphSocket:
         await socket.accept(subprotocol=PROTOCOL)
         self._open.add(socket)
         self._connections.inc()
+        started = time.perf_counter()
         user: str | None = None
+        closed = _Closed(1000, "closed")
+        connection: _Connection | None = None
         try:
             caller = await self._init(socket, scope)
             user = caller.key
@@ -133,8 +147,10 @@ class GraphSocket:
                 raise _Closed(4429, "too many connections")
             self._per_user[user] = self._per_user.get(user, 0) + 1
             await _send(socket, {"type": "connection_ack"})
-            await _Connection(self, socket, caller).serve()
-        except _Closed as closed:
+            connection = _Connection(self, socket, caller)
+            await connection.serve()
+        except _Closed as refused:
+            closed = refused
             if socket.client_state is WebSocketState.CONNECTED:
                 with contextlib.suppress(Exception):
                     await socket.close(closed.code, closed.reason)
@@ -145,6 +161,20 @@ class GraphSocket:
                 self._per_user[user] -= 1
                 if not self._per_user[user]:
                     del self._per_user[user]
+            _access_log.info(
+                "websocket",
+                extra={
+                    "http_route": "/graphql",
+                    "websocket_close_code": closed.code,
+                    "websocket_close_reason": closed.reason,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "request_id": scope[REQUEST_ID_KEY],
+                    "client_address": client_address(scope),
+                    "subject": scope.get(SUBJECT_KEY),
+                    "user_agent": header_map(scope).get("user-agent"),
+                    "graphql_operations": connection.operations if connection else 0,
+                },
+            )
 
     async def _init(self, socket: WebSocket, scope: Any) -> Caller:
         try:
@@ -183,6 +213,8 @@ class _Connection:
         self._caller = caller
         self._running: dict[str, tuple[asyncio.Task[None], Operation]] = {}
         self._sending = asyncio.Lock()
+        #: Operations started on this connection (for its access line).
+        self.operations = 0
 
     async def serve(self) -> None:
         limits = self._owner._limits
@@ -251,6 +283,7 @@ class _Connection:
             return
         task = asyncio.create_task(self._run(operation_id, started), name="graphql-ws-operation")
         self._running[operation_id] = (task, started)
+        self.operations += 1
 
     async def _run(self, operation_id: str, operation: Operation) -> None:
         self._owner._operations.inc()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -216,6 +218,44 @@ async def test_protocol_refusals_and_connection_limits(suite: Suite) -> None:
         async with connected(url, suite.tokens.customer) as socket:
             await socket.send("not json")
             assert await closed_with(socket) == (4400, "a message is not JSON")
+
+
+async def test_each_connection_ends_with_an_access_line(
+    suite: Suite, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mercato.access")
+
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == "mercato.access" and r.msg == "websocket"]
+
+    async with suite.serve(
+        graphql_ws_init_timeout_seconds=0.5, graphql_live_refresh_seconds=600
+    ) as url:
+        async with connected(url, suite.tokens.customer) as socket:
+            await subscribe(socket, "1", ORDER_ID)
+            assert (await receive(socket))["type"] == "next"
+        async with connect(ws_url(url), subprotocols=[PROTOCOL]) as socket:  # type: ignore[list-item]
+            assert (await closed_with(socket))[0] == 4408
+        for _ in range(250):
+            if len(lines()) == 2:
+                break
+            await asyncio.sleep(0.02)
+    subscriber, silent = lines()
+    for line in (subscriber, silent):
+        assert line.http_route == "/graphql"
+        assert re.fullmatch(r"[0-9a-f]{32}", line.request_id)
+        assert line.client_address == "127.0.0.1"
+        assert line.duration_ms > 0
+    assert (subscriber.websocket_close_code, subscriber.websocket_close_reason) == (
+        1000,
+        "disconnected",
+    )
+    assert subscriber.graphql_operations == 1
+    assert subscriber.subject
+    assert silent.websocket_close_code == 4408
+    assert silent.graphql_operations == 0
+    assert silent.subject is None
+    assert suite.tokens.customer not in caplog.text  # no token in the access lines
 
 
 async def test_subscriptions_are_not_served_over_post(suite: Suite) -> None:
