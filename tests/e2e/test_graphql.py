@@ -4,11 +4,13 @@ mutations, a WebSocket (graphql-transport-ws) for the order's live status."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
 import httpx
 import pytest
+import websockets
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD, Api
 from gql import Client, GraphQLRequest, gql
 from gql.transport.exceptions import TransportQueryError
@@ -64,13 +66,12 @@ FULFIL = gql(
     mutation Fulfil($id: String!) { fulfillOrder(id: $id) { order { state } } }
     """
 )
-WATCH = gql(
-    """
+WATCH_QUERY = """
     subscription Watch($id: String!) {
       orderUpdated(id: $id) { order { id state history { fromState toState } } }
     }
-    """
-)
+"""
+WATCH = gql(WATCH_QUERY)
 
 
 def with_variables(request: GraphQLRequest, variables: dict[str, Any]) -> GraphQLRequest:
@@ -175,3 +176,25 @@ async def test_register_browse_order_pay_and_watch_it_live(http: httpx.Client, a
                 pass
     assert caught.value.errors is not None
     assert caught.value.errors[0]["extensions"]["code"] == "ORDER_NOT_FOUND"
+
+
+async def test_a_revoked_token_closes_its_live_connection(
+    http: httpx.Client, anonymous: Api, admin: Api
+) -> None:
+    customer = anonymous.register()
+    sku = admin.create_product(stock=5)
+    order = customer.ok(customer.create_order([(sku, 1)]))["order"]
+    url = str(http.base_url).rstrip("/").replace("http", "ws", 1) + "/graphql"
+    async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as socket:
+        init = {"type": "connection_init", "payload": {"Authorization": f"Bearer {customer.token}"}}
+        await socket.send(json.dumps(init))
+        assert json.loads(await socket.recv())["type"] == "connection_ack"
+        watch = {"query": WATCH_QUERY, "variables": {"id": order["id"]}}
+        await socket.send(json.dumps({"id": "1", "type": "subscribe", "payload": watch}))
+        # Logout: the access token revoked; the gateway checks open connections' tokens again
+        # every GRAPHQL_WS_TOKEN_CHECK_SECONDS (5) and closes this one.
+        revoke = {"token": customer.token, "token_type_hint": "access_token"}
+        assert anonymous.post("/oauth2/revoke", data=revoke).status_code == 200
+        async with asyncio.timeout(LIVE_TIMEOUT):
+            await socket.wait_closed()
+        assert (socket.close_code, socket.close_reason) == (4403, "token revoked")

@@ -102,6 +102,32 @@ def test_token_refresh_and_logout(anonymous: Api) -> None:
     assert again.status_code == 400, again.text
     assert again.json()["error"] == "invalid_grant"
 
+    # ...and revoke the access token: the gateway (and every service) refuse it within about a
+    # second (the clean answer each verifier remembers), though it has not expired.
+    assert renewed.get("/v1/users/me").status_code == 200
+    revoke_access = {"token": renewed.token, "token_type_hint": "access_token"}
+    assert anonymous.post("/oauth2/revoke", data=revoke_access).status_code == 200
+    wait_until(
+        lambda: renewed.get("/v1/users/me").status_code == 401, 10, what="access token refused"
+    )
+    refused = renewed.get("/v1/users/me")
+    assert refused.json()["error"]["reason"] == "TOKEN_REVOKED", refused.text
+    assert 'error="invalid_token"' in refused.headers["WWW-Authenticate"]
+
+
+def test_disabling_a_user_ends_its_sessions(anonymous: Api, admin: Api) -> None:
+    customer = anonymous.register()
+    me = customer.ok(customer.get("/v1/users/me"))["user"]
+    admin.ok(admin.post(f"/v1/users/{me['id']}:disable", json={"reason": "e2e"}))
+    # Its access token is refused everywhere, not only its refresh token and its logins.
+    wait_until(
+        lambda: customer.get("/v1/users/me").status_code == 401, 10, what="access token refused"
+    )
+    for path in ("/v1/users/me", "/v1/orders"):
+        refused = customer.get(path)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"]["reason"] == "TOKEN_REVOKED"
+
 
 def test_cancel_returns_stock(customer: Api, admin: Api) -> None:
     sku = admin.create_product(stock=5)

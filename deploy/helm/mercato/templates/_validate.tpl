@@ -49,7 +49,7 @@ Checks of the values as a whole, before anything is rendered. Every template fil
 {{- $problems = append $problems "keda.authenticationRef is required with kafka.security: a KEDA TriggerAuthentication giving the Kafka scaler the same TLS and SASL settings (sasl, username, password, tls, ca)" -}}
 {{- end -}}
 {{- if and $redis (not $v.redis.url) (not $v.redis.existingSecret) -}}
-{{- $problems = append $problems "redis.url (or redis.existingSecret, a Secret holding it) is required: the Redis of the gateway's rate limits and of the catalog's cache, e.g. redis://redis-master.redis.svc:6379/0" -}}
+{{- $problems = append $problems "redis.url (or redis.existingSecret, a Secret holding it) is required: the Redis of the access-token revocation list, the gateway's rate limits and the catalog's cache, e.g. redis://redis-master.redis.svc:6379/0" -}}
 {{- end -}}
 {{- if and (has "gateway" $enabled) $v.ingress.enabled -}}
 {{- if not $v.ingress.host -}}

@@ -28,6 +28,7 @@ from mercato.auth.v1 import auth_pb2
 from mercato_common.errors import PermissionDenied, Unauthenticated
 
 if TYPE_CHECKING:
+    from mercato_common.revocation import TokenRevocations
     from mercato_common.settings import TokenSettings
 
 __all__ = [
@@ -53,6 +54,7 @@ class Identity:
     client_id: str | None = None
     token_id: str | None = None
     expires_at: int | None = None
+    issued_at: int | None = None
     # The bearer token as received, so a service may forward it; never logged.
     token: str = field(default="", repr=False, compare=False)
 
@@ -163,6 +165,9 @@ class JwksTokenVerifier:
     signature check is the largest single cost of an authenticated call (benchmarked in
     bench/bench_gateway.py). Only tokens that passed every check are remembered; a refetched
     key set that lost a key forgets everything.
+
+    With ``revocations`` (:mod:`mercato_common.revocation`), a token is also refused once it
+    is on the revocation list; a clean answer is remembered ``revocation_cache_seconds``.
     """
 
     ALGORITHMS = ("EdDSA", "ES256")
@@ -177,6 +182,8 @@ class JwksTokenVerifier:
         min_refresh_seconds: float = 30.0,
         cache_seconds: float = 60.0,
         cache_size: int = 10_000,
+        revocations: TokenRevocations | None = None,
+        revocation_cache_seconds: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -192,9 +199,10 @@ class JwksTokenVerifier:
         self._cache_seconds = cache_seconds
         self._cache_size = cache_size
         self._wall_clock = wall_clock
-        # token -> (identity, monotonic time until which it may be answered from here, the
-        # wall-clock time it expires at, leeway included)
-        self._verified: dict[str, tuple[Identity, float, float]] = {}
+        self._revocations = revocations
+        self._revocation_cache_seconds = revocation_cache_seconds
+        # token -> what is known of it (see _Verified)
+        self._verified: dict[str, _Verified] = {}
 
     @classmethod
     def from_settings(
@@ -203,15 +211,26 @@ class JwksTokenVerifier:
         settings: TokenSettings,
         **options: Any,
     ) -> JwksTokenVerifier:
-        """A verifier configured by the process's ``TOKEN_*`` settings."""
+        """A verifier configured by the process's ``TOKEN_*`` settings, reading the revocation
+        list in the process's Redis (unless ``revocations`` is given; close it on stop)."""
+        if "revocations" not in options:
+            from mercato_common.revocation import token_revocations
+
+            options["revocations"] = token_revocations(settings)
         return cls(
             fetch_jwks,
             issuer=settings.token_issuer,
             audience=settings.token_audience,
             leeway_seconds=settings.token_leeway_seconds,
             cache_seconds=settings.token_cache_seconds,
+            revocation_cache_seconds=settings.token_revocation_cache_seconds,
             **options,
         )
+
+    async def close(self) -> None:
+        """Close the revocation list's Redis client (the process is stopping)."""
+        if self._revocations is not None:
+            await self._revocations.close()
 
     async def _refresh(self) -> None:
         async with self._lock:
@@ -229,18 +248,33 @@ class JwksTokenVerifier:
             self._fetched_at = now
 
     async def verify(self, token: str) -> Identity:
-        cached = self._verified.get(token)
-        if cached is not None:
-            identity, until, expires = cached
-            if self._clock() < until and self._wall_clock() <= expires:
-                return identity
+        now = self._clock()
+        known = self._verified.get(token)
+        if known is not None and not (now < known.until and self._wall_clock() <= known.expires):
             del self._verified[token]
-        identity = await self._verify(token)
-        if self._cache_seconds > 0 and identity.expires_at is not None:
-            if len(self._verified) >= self._cache_size:
-                self._verified.clear()  # bounded without bookkeeping; refills from live traffic
-            until = self._clock() + self._cache_seconds
-            self._verified[token] = (identity, until, identity.expires_at + self._leeway)
+            known = None
+        if known is None:
+            identity = await self._verify(token)
+            if self._cache_seconds > 0 and identity.expires_at is not None:
+                if len(self._verified) >= self._cache_size:
+                    self._verified.clear()  # bounded without bookkeeping; refills from traffic
+                known = _Verified(
+                    identity, now + self._cache_seconds, identity.expires_at + self._leeway
+                )
+                self._verified[token] = known
+        else:
+            identity = known.identity
+        if self._revocations is not None and (known is None or now >= known.clean_until):
+            revoked = await self._revocations.revoked(
+                subject=identity.subject,
+                token_id=identity.token_id or "",  # always set: jti is a required claim
+                issued_at=identity.issued_at,
+            )
+            if revoked:
+                self._verified.pop(token, None)
+                raise Unauthenticated("the access token has been revoked", reason="TOKEN_REVOKED")
+            if known is not None:
+                known.clean_until = now + self._revocation_cache_seconds
         return identity
 
     async def _verify(self, token: str) -> Identity:
@@ -279,8 +313,21 @@ class JwksTokenVerifier:
             client_id=claims.get("client_id"),
             token_id=str(claims["jti"]),
             expires_at=int(claims["exp"]),
+            issued_at=int(claims["iat"]),
             token=token,
         )
+
+
+@dataclass(slots=True)
+class _Verified:
+    """A token that passed every check: its identity, the monotonic time until which it may be
+    answered from memory, the wall-clock time it expires at (leeway included), and the
+    monotonic time until which it needs no revocation check."""
+
+    identity: Identity
+    until: float
+    expires: float
+    clean_until: float = 0.0
 
 
 _GET_JWKS = "/mercato.auth.v1.AuthService/GetJwks"

@@ -43,7 +43,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from mercato_common.client import TLS_CHECK_SECONDS, create_channel, verifier_from_auth
 from mercato_common.db_metrics import DbOperationMetrics
 from mercato_common.health import HealthWatch
-from mercato_common.identity import TokenVerifier
+from mercato_common.identity import JwksTokenVerifier, TokenVerifier
 from mercato_common.kafka import (
     ConsumerGroup,
     EventProducer,
@@ -185,6 +185,8 @@ class Service:
         if self._server is not None:
             raise RuntimeError("verify_tokens() must come before serve()")
         self._token_verifier = verifier
+        if isinstance(verifier, JwksTokenVerifier):
+            self.clients.append(CloseOnStop(verifier.close))  # its revocation list's client
 
     def verify_tokens_with_auth(self, auth_target: str) -> None:
         """Verify callers' tokens against auth's JWKS, fetched over a channel closed on stop

@@ -29,6 +29,7 @@ __all__ = [
     "MongoSettings",
     "OutboxSettings",
     "PostgresSettings",
+    "RedisSettings",
     "ServiceTlsSettings",
     "Settings",
     "SettingsError",
@@ -94,7 +95,16 @@ class ServiceTlsSettings(Settings):
         )
 
 
-class TokenSettings(Settings):
+class RedisSettings(Settings):
+    """The Redis group: the same variable names in every process (one Redis per deployment:
+    the token revocation list, the gateway's rate limits, the catalog's read cache)."""
+
+    # An empty URL: no Redis (no revocation checks, no shared rate limits, no cache).
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    redis_timeout_ms: int = Field(default=100, gt=0)
+
+
+class TokenSettings(RedisSettings):
     """How a process verifies access tokens (auth's RFC 9068 JWTs, see JwksTokenVerifier)."""
 
     token_issuer: str = Field(default="http://127.0.0.1:8080", min_length=1)
@@ -102,6 +112,14 @@ class TokenSettings(Settings):
     token_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
     # A verified token is answered from memory this long (0: every call checks the signature).
     token_cache_seconds: float = Field(default=60.0, ge=0, le=900)
+    # The revocation list in Redis (mercato_common.revocation): the same prefix in every
+    # process; a token found clean is not asked about again for this long (0: every call asks).
+    token_revocation_prefix: str = Field(default="mercato:revoked:", min_length=1)
+    token_revocation_cache_seconds: float = Field(default=1.0, ge=0, le=60)
+    # While Redis is unreachable: "open" accepts otherwise valid tokens, "closed" refuses them
+    # (UNAVAILABLE). Redis is skipped for the breaker's seconds after a failure.
+    token_revocation_on_error: Literal["open", "closed"] = "open"  # noqa: S105 - not a secret
+    token_revocation_breaker_seconds: float = Field(default=2.0, ge=0)
 
 
 class BaseServiceSettings(ServiceTlsSettings, TokenSettings):

@@ -31,6 +31,7 @@ from mercato_auth.settings import AuthSettings
 from mercato_auth.store import AuthStore, Database
 from mercato_common.identity import JwksTokenVerifier
 from mercato_common.kit import App, Definition, Service
+from mercato_common.revocation import token_revocations
 
 __all__ = ["DEFINITION", "AuthApp", "Bootstrap", "build_app"]
 
@@ -99,6 +100,12 @@ def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY)
         rotation_interval=timedelta(days=settings.signing_key_rotation_days),
         refresh_interval=settings.signing_key_refresh_seconds,
     )
+    # Auth verifies its own tokens like every other service, from its own key store (no RPC),
+    # and writes the revocation list that every verifier reads.
+    revocations = token_revocations(settings)
+    verifier = JwksTokenVerifier.from_settings(
+        keys.jwks_document, settings, min_refresh_seconds=1.0, revocations=revocations
+    )
     service = AuthService(
         store,
         PasswordHashing(settings.argon2, concurrency=settings.password_hash_concurrency),
@@ -116,10 +123,8 @@ def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY)
             account_ceiling=settings.throttle_account_ceiling,
         ),
         metrics=AuthMetrics(registry),
-    )
-    # Auth verifies its own tokens like every other service, from its own key store (no RPC).
-    verifier = JwksTokenVerifier.from_settings(
-        keys.jwks_document, settings, min_refresh_seconds=1.0
+        revocations=revocations,
+        verifier=verifier,
     )
     kit.verify_tokens(verifier)
     kit.part(keys)

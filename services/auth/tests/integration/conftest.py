@@ -30,6 +30,8 @@ from mercato_devstack.fixtures import (
     kafka_topics,
     postgres_admin_dsn,
     postgres_dsn,
+    redis_prefix,
+    redis_url,
     topic_prefix,
 )
 
@@ -42,6 +44,8 @@ __all__ = [
     "kafka_topics",
     "postgres_admin_dsn",
     "postgres_dsn",
+    "redis_prefix",
+    "redis_url",
     "topic_prefix",
 ]
 
@@ -182,11 +186,15 @@ async def running_auth(settings: AuthSettings) -> AsyncIterator[Running]:
 
 
 @pytest.fixture
-def make_settings(postgres_dsn: str, kafka_bootstrap: str) -> Callable[..., AuthSettings]:
+def make_settings(
+    postgres_dsn: str, kafka_bootstrap: str, redis_url: str, redis_prefix: str
+) -> Callable[..., AuthSettings]:
     kek = base64.b64encode(os.urandom(32)).decode()  # one per test: restarts keep their keys
+    # The revocation list in the stack's Redis, under this test's own prefix.
+    redis = {"redis_url": redis_url, "token_revocation_prefix": redis_prefix}
 
     def make(**overrides: Any) -> AuthSettings:
-        return settings_for(postgres_dsn, kafka_bootstrap, kek, **overrides)
+        return settings_for(postgres_dsn, kafka_bootstrap, kek, **{**redis, **overrides})
 
     return make
 

@@ -112,6 +112,9 @@ async def test_disabled_user_loses_refresh_tokens_and_login(auth) -> None:
     user = await auth.register("ann@example.com")
     login = await auth.login("ann@example.com", PASSWORD)
     other_session = await auth.login("ann@example.com", PASSWORD)
+    me = auth_pb2.GetCurrentUserRequest()
+    # In use before the disable: the verifier remembers it as clean for a second at most.
+    assert (await auth.stub.GetCurrentUser(me, metadata=auth.bearer(login.access_token))).user
 
     disabled = await auth.stub.DisableUser(
         auth_pb2.DisableUserRequest(id=user.id, reason="chargeback fraud"),
@@ -135,6 +138,14 @@ async def test_disabled_user_loses_refresh_tokens_and_login(auth) -> None:
             )
         )
         assert refused.reason == "INVALID_GRANT"
+    # Every access token issued before the disable is refused too (by every verifier; here
+    # auth's own), after the clean answer remembered for TOKEN_REVOCATION_CACHE_SECONDS.
+    await asyncio.sleep(1.1)
+    for session in (login, other_session):
+        denied = await auth.expect_failure(
+            auth.stub.GetCurrentUser(me, metadata=auth.bearer(session.access_token))
+        )
+        assert (denied.code, denied.reason) == (StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED")
     no_login = await auth.expect_failure(auth.login("ann@example.com", PASSWORD))
     assert (no_login.code, no_login.reason) == (StatusCode.PERMISSION_DENIED, "USER_DISABLED")
     # A wrong password still says only that the credentials are wrong.

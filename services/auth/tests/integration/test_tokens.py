@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
@@ -111,11 +112,57 @@ async def test_register_login_refresh_reuse_and_logout(auth) -> None:
     # Revoking again, or revoking garbage, succeeds (RFC 7009 section 2.2).
     await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=again.refresh_token))
     await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token="not-a-token"))
-    # Access tokens are not revocable.
-    unsupported = await auth.expect_failure(
-        auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=again.access_token))
+    # Logout also revokes the access token: it is refused from then on (here by auth's own
+    # verifier, the one every service has); revoking it again succeeds.
+    me = auth_pb2.GetCurrentUserRequest()
+    assert (await auth.stub.GetCurrentUser(me, metadata=auth.bearer(again.access_token))).user
+    await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=again.access_token))
+    await asyncio.sleep(1.1)  # the clean answer of the call above, TOKEN_REVOCATION_CACHE_SECONDS
+    refused = await auth.expect_failure(
+        auth.stub.GetCurrentUser(me, metadata=auth.bearer(again.access_token))
     )
-    assert unsupported.reason == "UNSUPPORTED_TOKEN_TYPE"
+    assert (refused.code, refused.reason) == (StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED")
+    await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=again.access_token))
+    # Other sessions of the same user are untouched.
+    other = await auth.login("ann@example.com", "a long enough password")
+    assert (await auth.stub.GetCurrentUser(me, metadata=auth.bearer(other.access_token))).user
+
+
+async def test_access_token_revocation_needs_the_revocation_list(make_settings, start_auth) -> None:
+    async with start_auth(make_settings(redis_url="")) as auth:
+        await auth.register("ann@example.com")
+        login = await auth.login("ann@example.com", "a long enough password")
+        unsupported = await auth.expect_failure(
+            auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=login.access_token))
+        )
+        assert unsupported.reason == "UNSUPPORTED_TOKEN_TYPE"
+
+
+@pytest.mark.parametrize("on_error", ["open", "closed"])
+async def test_an_unreachable_revocation_list(make_settings, start_auth, on_error: str) -> None:
+    # Nothing listens on port 9 of loopback: every Redis command fails at once.
+    settings = make_settings(redis_url="redis://127.0.0.1:9/0", token_revocation_on_error=on_error)
+    async with start_auth(settings) as auth:
+        user = await auth.register("ann@example.com")
+        login = await auth.login("ann@example.com", "a long enough password")
+        me = auth_pb2.GetCurrentUserRequest()
+        call = auth.stub.GetCurrentUser(me, metadata=auth.bearer(login.access_token))
+        if on_error == "open":
+            assert (await call).user.id == user.id  # signature, expiry, audience still checked
+        else:
+            closed = await auth.expect_failure(call)
+            assert (closed.code, closed.reason) == (
+                StatusCode.UNAVAILABLE,
+                "REVOCATION_UNAVAILABLE",
+            )
+        # A revocation that cannot be written is never acknowledged.
+        unwritten = await auth.expect_failure(
+            auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=login.access_token))
+        )
+        assert (unwritten.code, unwritten.reason) == (
+            StatusCode.UNAVAILABLE,
+            "REVOCATION_UNAVAILABLE",
+        )
 
 
 async def test_refresh_scope_rules(auth) -> None:

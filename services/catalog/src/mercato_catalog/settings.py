@@ -23,10 +23,8 @@ class CatalogSettings(BaseServiceSettings, MongoSettings, OutboxSettings):
     # atomic (FerretDB 1.x): "auto" turns it on when the server is FerretDB.
     write_locks: Literal["auto", "on", "off"] = "auto"
 
-    # Redis read cache; an empty URL disables the cache.
-    redis_url: str = "redis://127.0.0.1:16379/0"
+    # Redis read cache (REDIS_URL of the common Redis group; an empty URL disables it).
     redis_prefix: str = "mercato:catalog:"
-    redis_timeout_ms: int = Field(default=100, gt=0)
     cache_ttl_seconds: float = Field(default=60.0, gt=0)
     cache_breaker_seconds: float = Field(default=2.0, ge=0)
 

@@ -357,6 +357,7 @@ def build_app(
             max_subscriptions=settings.graphql_ws_max_subscriptions,
             init_timeout=settings.graphql_ws_init_timeout_seconds,
             idle_timeout=settings.graphql_ws_idle_timeout_seconds,
+            token_check_interval=settings.graphql_ws_token_check_seconds,
         ),
         registry=registry,
     )
@@ -424,6 +425,10 @@ def build_app(
         SaturationMetrics(registry),
         # Redis may be down at start: the limiter falls back, so only close it on stop.
         CloseOnStop(redis.aclose if redis is not None else None),
+        # The revocation list's Redis client (the verifier's own).
+        CloseOnStop(
+            token_verifier.close if isinstance(token_verifier, JwksTokenVerifier) else None
+        ),
         upstreams,
         upstream_status.refresher,
     ]

@@ -25,6 +25,7 @@ from mercato_common.identity import (
     Identity,
     TokenVerifier,
 )
+from mercato_common.revocation import RevocationUnavailable
 from mercato_gateway.errors import GATEWAY_DOMAIN, ApiError
 
 __all__ = [
@@ -124,6 +125,10 @@ class Authenticator:
             return await self._verifier.verify(token)
         except Unauthenticated as error:
             raise self.invalid(error.message, error.reason) from None
+        except RevocationUnavailable as error:  # TOKEN_REVOCATION_ON_ERROR=closed
+            raise ApiError(
+                503, "UNAVAILABLE", error.message, error.reason, GATEWAY_DOMAIN, retry_after=1
+            ) from None
         except Exception as error:  # JWKS fetch failed (auth down) or an unusable key set
             code = error.code().name if isinstance(error, grpc.aio.AioRpcError) else None
             _log.warning(

@@ -15,7 +15,9 @@ verified and one ``default`` rate-limit decision. Then:
   4409; a second ``connection_init``: 4429 (as the protocol says);
 - a connection without a running operation and without a message for ``idle_timeout``
   seconds is closed (1000, "idle timeout"); a connection whose access token expires is closed
-  (4403, "token expired"): the client reconnects with a fresh token;
+  (4403, "token expired"): the client reconnects with a fresh token; its token is verified
+  again every ``token_check_interval`` seconds, so a token revoked (logout, a disabled user)
+  closes it too (4403, "token revoked"; a verification that cannot be made now keeps it);
 - when the gateway stops, every connection is closed with 1012 (service restart) so clients
   reconnect to another replica.
 
@@ -62,6 +64,7 @@ class SocketLimits:
     max_subscriptions: int
     init_timeout: float
     idle_timeout: float
+    token_check_interval: float
 
 
 class _Closed(Exception):
@@ -218,21 +221,32 @@ class _Connection:
 
     async def serve(self) -> None:
         limits = self._owner._limits
-        expires = self._caller.identity.expires_at if self._caller.identity else None
+        identity = self._caller.identity
+        expires = identity.expires_at if identity else None
+        next_check = time.monotonic() + limits.token_check_interval if identity else None
+        last_message = time.monotonic()
         try:
             while True:
-                wait = None if self._running else limits.idle_timeout
+                now = time.monotonic()
+                waits = [] if self._running else [last_message + limits.idle_timeout - now]
                 if expires is not None:
-                    left = max(expires - time.time(), 0.0)
-                    wait = left if wait is None else min(wait, left)
+                    waits.append(expires - time.time())
+                if next_check is not None:
+                    waits.append(next_check - now)
                 try:
-                    message = await asyncio.wait_for(_receive(self._socket), wait)
+                    message = await asyncio.wait_for(
+                        _receive(self._socket), max(min(waits), 0.0) if waits else None
+                    )
                 except TimeoutError:
                     if expires is not None and time.time() >= expires:
                         raise _Closed(4403, "token expired") from None
-                    if not self._running:
+                    if next_check is not None and time.monotonic() >= next_check:
+                        await self._check_token()
+                        next_check = time.monotonic() + limits.token_check_interval
+                    if not self._running and time.monotonic() - last_message >= limits.idle_timeout:
                         raise _Closed(1000, "idle timeout") from None
                     continue
+                last_message = time.monotonic()
                 await self._handle(message)
         finally:
             running = list(self._running.values())
@@ -242,6 +256,16 @@ class _Connection:
             for task, _ in running:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def _check_token(self) -> None:
+        """Close the connection when its token is no longer accepted (revoked)."""
+        try:
+            await self._owner._gate.auth.verify(self._caller.token or "")
+        except ApiError as error:
+            if error.http_status == 401:
+                reason = "token revoked" if error.reason == "TOKEN_REVOKED" else error.message
+                raise _Closed(4403, reason) from None
+            # 503: the verification cannot be made right now; the next check tries again.
 
     async def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")

@@ -84,10 +84,8 @@ class GatewaySettings(ServiceTlsSettings, TokenSettings, KafkaSettings):
     jwks_min_refresh_seconds: float = Field(default=30.0, ge=0)
     auth_realm: str = Field(default="mercato", pattern=r'^[^"\\]+$')
 
-    # Rate limiting: token buckets in Redis (one Lua script, shared by every replica).
-    redis_url: str = "redis://127.0.0.1:16379/0"
+    # Rate limiting: token buckets in Redis (REDIS_URL; one Lua script, shared by every replica).
     redis_prefix: str = "mercato:gateway:"
-    redis_timeout_ms: int = Field(default=100, gt=0)
     rate_limit_enabled: bool = True
     # "default": every route; "strict": public writes (register, login, token, revoke).
     rate_limit_default: RateLimitPolicy = RateLimitPolicy(rate=50, burst=100)
@@ -133,6 +131,8 @@ class GatewaySettings(ServiceTlsSettings, TokenSettings, KafkaSettings):
     graphql_ws_max_subscriptions: int = Field(default=10, ge=1)
     graphql_ws_init_timeout_seconds: float = Field(default=10.0, gt=0)
     graphql_ws_idle_timeout_seconds: float = Field(default=300.0, gt=0)
+    # An open connection's token is verified again this often (a revoked one closes it).
+    graphql_ws_token_check_seconds: float = Field(default=5.0, gt=0)
     graphql_live_refresh_seconds: float = Field(default=60.0, gt=0)
     # Development only: the node_modules of services/gateway/graphiql; when set, GraphiQL is
     # served at GET /graphiql (make run sets it; deployments leave it unset).

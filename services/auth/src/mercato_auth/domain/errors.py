@@ -194,4 +194,4 @@ class UnsupportedGrantType(OAuthError, InvalidArgument):
 
 class UnsupportedTokenType(OAuthError, InvalidArgument):
     oauth_code = "unsupported_token_type"
-    default_message = "access tokens are short-lived and cannot be revoked"
+    default_message = "access tokens cannot be revoked here: no revocation list is configured"

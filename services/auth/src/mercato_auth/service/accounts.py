@@ -129,18 +129,30 @@ class Accounts(ServiceBase):
         return update.user
 
     async def disable_user(self, user_id: str, *, reason: str, actor_id: str) -> User:
-        """Disable the account and revoke every refresh token; idempotent (one event)."""
+        """Disable the account, revoke every refresh token and deny every access token issued
+        until now; idempotent (one event; a retry writes the denylist again)."""
         async with self._store.write() as tx:
             user = await self._user(tx, user_id, for_update=True)
             now = self._clock()
             disabled = plan_disable(user, actor_id=actor_id, now=now)
-            if disabled is None:
-                return user
-            await tx.users.update(disabled, reason=reason, actor=actor_id)
-            revoked = await tx.refresh_tokens.revoke_user(user.id, now=now, reason="user_disabled")
-            await tx.outbox.add(
-                publish.user_disabled(user.id, actor_id=actor_id, reason=reason, when=now)
+            if disabled is not None:
+                await tx.users.update(disabled, reason=reason, actor=actor_id)
+                revoked = await tx.refresh_tokens.revoke_user(
+                    user.id, now=now, reason="user_disabled"
+                )
+                await tx.outbox.add(
+                    publish.user_disabled(user.id, actor_id=actor_id, reason=reason, when=now)
+                )
+        # After the commit: a disabled user gets no new token, so every access token it holds
+        # was issued by now. If Redis fails the call fails (UNAVAILABLE) and may be repeated.
+        if self._revocations is not None:
+            await self._revocations.revoke_subject(
+                user.id,
+                issued_until=int(now.timestamp()),
+                lifetime=self._tokens.access_token_ttl.total_seconds(),
             )
+        if disabled is None:
+            return user
         _log.info(
             "user disabled",
             extra={"user_id": user.id, "actor_id": actor_id, "revoked_families": revoked},

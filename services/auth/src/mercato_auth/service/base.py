@@ -24,6 +24,8 @@ from mercato_auth.domain.throttle import (
 )
 from mercato_auth.service.keys import KeyRing
 from mercato_auth.store import AuthStore
+from mercato_common.identity import TokenVerifier
+from mercato_common.revocation import TokenRevocations
 
 __all__ = [
     "AuthMetrics",
@@ -122,6 +124,8 @@ class ServiceBase:
         tokens: TokenSettings,
         throttling: ThrottlePolicies,
         metrics: AuthMetrics,
+        revocations: TokenRevocations | None = None,
+        verifier: TokenVerifier | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
@@ -130,6 +134,10 @@ class ServiceBase:
         self._tokens = tokens
         self._throttling = throttling
         self._metrics = metrics
+        # The access-token denylist (None: no Redis, access tokens cannot be revoked) and the
+        # verifier that reads a token before it is revoked.
+        self._revocations = revocations
+        self._verifier = verifier
         self._clock = clock
 
     # Throttling -----------------------------------------------------------------------------

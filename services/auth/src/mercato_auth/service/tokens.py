@@ -30,6 +30,7 @@ from mercato_auth.domain.users import User, normalize_email
 from mercato_auth.service.base import OpenIdConfiguration, ServiceBase, looks_like_access_token
 from mercato_auth.service.keys import RotationResult
 from mercato_auth.store import Tx
+from mercato_common.errors import Unauthenticated
 
 __all__ = ["Tokens"]
 
@@ -265,7 +266,22 @@ class Tokens(ServiceBase):
                     )
                 return
         if token_type_hint != GRANT_REFRESH_TOKEN and looks_like_access_token(token):
+            await self._revoke_access_token(token, client_id)
+
+    async def _revoke_access_token(self, token: str, client_id: str) -> None:
+        """Put an access token on the denylist until it expires (logout)."""
+        if self._revocations is None or self._verifier is None:
             raise UnsupportedTokenType()
+        try:
+            identity = await self._verifier.verify(token)
+        except Unauthenticated:
+            return  # invalid, expired or revoked already: nothing to revoke (RFC 7009 2.2)
+        if client_id and identity.client_id and client_id != identity.client_id:
+            raise InvalidGrant("the token was issued to another client")
+        if identity.token_id is None or identity.expires_at is None:
+            return  # not one of auth's access tokens (they all carry both)
+        await self._revocations.revoke_token(identity.token_id, identity.expires_at)
+        _log.info("access token revoked", extra={"user_id": identity.subject})
 
     # Keys and discovery ---------------------------------------------------------------------
 

@@ -163,8 +163,9 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DisableUser(self, request, context):
-        """Disables a user (admin): they can no longer log in and all their refresh tokens are
-        revoked. Disabling a disabled user returns it unchanged. Emits UserDisabled once.
+        """Disables a user (admin): they can no longer log in, all their refresh tokens are revoked
+        and every access token issued to them until now is put on the revocation list. Disabling a
+        disabled user returns it unchanged. Emits UserDisabled once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,8 +195,9 @@ class AuthServiceServicer:
 
     def RevokeToken(self, request, context):
         """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token and its
-        family. Revoking an unknown or already revoked token succeeds. Access tokens are
-        short-lived JWTs and are not revocable. Form-encoded at the gateway like IssueToken.
+        family, or puts an access token on the revocation list until it expires (every service
+        and the gateway refuse it within about a second). Revoking an unknown, expired or already
+        revoked token succeeds. Form-encoded at the gateway like IssueToken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

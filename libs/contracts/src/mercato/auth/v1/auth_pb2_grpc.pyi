@@ -63,8 +63,9 @@ class AuthServiceStub:
     emits UserRolesChanged; the new scopes apply to tokens issued afterwards.
     """
     DisableUser: _grpc.UnaryUnaryMultiCallable[_auth_pb2.DisableUserRequest, _auth_pb2.DisableUserResponse]
-    """Disables a user (admin): they can no longer log in and all their refresh tokens are
-    revoked. Disabling a disabled user returns it unchanged. Emits UserDisabled once.
+    """Disables a user (admin): they can no longer log in, all their refresh tokens are revoked
+    and every access token issued to them until now is put on the revocation list. Disabling a
+    disabled user returns it unchanged. Emits UserDisabled once.
     """
     Login: _grpc.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]
     """First-party password login: returns an access token and a refresh token, in the same
@@ -82,8 +83,9 @@ class AuthServiceStub:
     """
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeTokenRequest, _auth_pb2.RevokeTokenResponse]
     """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token and its
-    family. Revoking an unknown or already revoked token succeeds. Access tokens are
-    short-lived JWTs and are not revocable. Form-encoded at the gateway like IssueToken.
+    family, or puts an access token on the revocation list until it expires (every service
+    and the gateway refuse it within about a second). Revoking an unknown, expired or already
+    revoked token succeeds. Form-encoded at the gateway like IssueToken.
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.GetJwksResponse]
     """The public signing keys (RFC 7517 JWK Set): the active key and every retired key that may
@@ -134,8 +136,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     emits UserRolesChanged; the new scopes apply to tokens issued afterwards.
     """
     DisableUser: _aio.UnaryUnaryMultiCallable[_auth_pb2.DisableUserRequest, _auth_pb2.DisableUserResponse]  # type: ignore[assignment]
-    """Disables a user (admin): they can no longer log in and all their refresh tokens are
-    revoked. Disabling a disabled user returns it unchanged. Emits UserDisabled once.
+    """Disables a user (admin): they can no longer log in, all their refresh tokens are revoked
+    and every access token issued to them until now is put on the revocation list. Disabling a
+    disabled user returns it unchanged. Emits UserDisabled once.
     """
     Login: _aio.UnaryUnaryMultiCallable[_auth_pb2.LoginRequest, _auth_pb2.LoginResponse]  # type: ignore[assignment]
     """First-party password login: returns an access token and a refresh token, in the same
@@ -153,8 +156,9 @@ class AuthServiceAsyncStub(AuthServiceStub):
     """
     RevokeToken: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeTokenRequest, _auth_pb2.RevokeTokenResponse]  # type: ignore[assignment]
     """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token and its
-    family. Revoking an unknown or already revoked token succeeds. Access tokens are
-    short-lived JWTs and are not revocable. Form-encoded at the gateway like IssueToken.
+    family, or puts an access token on the revocation list until it expires (every service
+    and the gateway refuse it within about a second). Revoking an unknown, expired or already
+    revoked token succeeds. Form-encoded at the gateway like IssueToken.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.GetJwksResponse]  # type: ignore[assignment]
     """The public signing keys (RFC 7517 JWK Set): the active key and every retired key that may
@@ -238,8 +242,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.DisableUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.DisableUserResponse, _abc.Awaitable[_auth_pb2.DisableUserResponse]]:
-        """Disables a user (admin): they can no longer log in and all their refresh tokens are
-        revoked. Disabling a disabled user returns it unchanged. Emits UserDisabled once.
+        """Disables a user (admin): they can no longer log in, all their refresh tokens are revoked
+        and every access token issued to them until now is put on the revocation list. Disabling a
+        disabled user returns it unchanged. Emits UserDisabled once.
         """
 
     @_abc_1.abstractmethod
@@ -275,8 +280,9 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RevokeTokenResponse, _abc.Awaitable[_auth_pb2.RevokeTokenResponse]]:
         """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token and its
-        family. Revoking an unknown or already revoked token succeeds. Access tokens are
-        short-lived JWTs and are not revocable. Form-encoded at the gateway like IssueToken.
+        family, or puts an access token on the revocation list until it expires (every service
+        and the gateway refuse it within about a second). Revoking an unknown, expired or already
+        revoked token succeeds. Form-encoded at the gateway like IssueToken.
         """
 
     @_abc_1.abstractmethod
