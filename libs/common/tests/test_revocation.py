@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from mercato_common.errors import Unauthenticated
 from mercato_common.identity import JwksTokenVerifier
-from mercato_common.redis_client import fail_fast_redis
+from mercato_common.redis_client import RedisBreaker, fail_fast_redis
 from mercato_common.revocation import RevocationUnavailable, TokenRevocations
 from mercato_devstack.fixtures import backends, redis_prefix, redis_url
 
@@ -126,7 +126,7 @@ async def test_an_unreachable_list_follows_the_policy_and_skips_redis_for_a_whil
     unreachable = fail_fast_redis("redis://127.0.0.1:9/0", timeout_ms=200)
     clock = Clock()
     revocations = _revocations(
-        unreachable, redis_prefix, on_error=on_error, breaker_seconds=2.0, clock=clock
+        unreachable, redis_prefix, on_error=on_error, breaker=RedisBreaker(2.0, clock)
     )
     for _ in range(2):  # the second answer comes from the breaker, without a connection
         if on_error == "open":

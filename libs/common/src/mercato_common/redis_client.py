@@ -8,11 +8,15 @@ and no background health checks; the callers' circuit breakers decide when to tr
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-__all__ = ["fail_fast_redis"]
+__all__ = ["RedisBreaker", "fail_fast_redis"]
 
 
 def fail_fast_redis(url: str, *, timeout_ms: int) -> Redis:
@@ -25,3 +29,30 @@ def fail_fast_redis(url: str, *, timeout_ms: int) -> Redis:
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
     )
+
+
+@dataclass
+class RedisBreaker:
+    """After a failure, Redis is skipped for ``seconds`` (a dead or hung Redis then costs one
+    timeout per period, not one per call); says when an outage starts and ends, so that the
+    caller logs one line for each."""
+
+    seconds: float
+    clock: Callable[[], float] = time.monotonic
+    _skip_until: float = field(default=0.0, init=False)
+    _down: bool = field(default=False, init=False)
+
+    def allows(self) -> bool:
+        """Whether Redis may be tried now."""
+        return self.clock() >= self._skip_until
+
+    def failed(self) -> bool:
+        """A call failed: skip Redis for a while. True when this starts an outage."""
+        self._skip_until = self.clock() + self.seconds
+        started, self._down = not self._down, True
+        return started
+
+    def succeeded(self) -> bool:
+        """A call succeeded. True when this ends an outage."""
+        ended, self._down = self._down, False
+        return ended

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Literal
 from redis.exceptions import RedisError
 
 from mercato_common.errors import Unavailable
-from mercato_common.redis_client import fail_fast_redis
+from mercato_common.redis_client import RedisBreaker, fail_fast_redis
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -59,12 +59,8 @@ class TokenRevocations:
     prefix: str
     leeway_seconds: float
     on_error: Literal["open", "closed"] = "open"
-    breaker_seconds: float = 2.0
-    clock: Callable[[], float] = time.monotonic
+    breaker: RedisBreaker = field(default_factory=lambda: RedisBreaker(2.0))
     wall_clock: Callable[[], float] = time.time
-    # While Redis fails: no command before this (monotonic) time, and whether it was said.
-    _skip_until: float = field(default=0.0, init=False)
-    _failing: bool = field(default=False, init=False)
 
     def _token_key(self, token_id: str) -> str:
         return f"{self.prefix}jti:{token_id}"
@@ -95,23 +91,20 @@ class TokenRevocations:
     async def revoked(self, *, subject: str, token_id: str, issued_at: int | None) -> bool:
         """Whether a verified token (its ``sub``, ``jti`` and ``iat``) is denied (see the module
         doc for outages)."""
-        if self.clock() < self._skip_until:
+        if not self.breaker.allows():
             return self._answer_without_redis()
         keys = [self._subject_key(subject), self._token_key(token_id)]
         try:
             subject_cutoff, token_entry = await self.redis.mget(keys)
         except (RedisError, OSError, TimeoutError) as error:
-            if not self._failing:
+            if self.breaker.failed():
                 _log.warning(
                     "token revocation list unreachable",
                     extra={"error": type(error).__name__, "on_error": self.on_error},
                 )
-            self._failing = True
-            self._skip_until = self.clock() + self.breaker_seconds
             return self._answer_without_redis()
-        if self._failing:
+        if self.breaker.succeeded():
             _log.info("token revocation list reachable again")
-            self._failing = False
         if token_entry is not None:
             return True
         if subject_cutoff is None:
@@ -137,5 +130,5 @@ def token_revocations(settings: TokenSettings) -> TokenRevocations | None:
         prefix=settings.token_revocation_prefix,
         leeway_seconds=settings.token_leeway_seconds,
         on_error=settings.token_revocation_on_error,
-        breaker_seconds=settings.token_revocation_breaker_seconds,
+        breaker=RedisBreaker(settings.token_revocation_breaker_seconds),
     )

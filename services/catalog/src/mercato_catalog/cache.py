@@ -29,6 +29,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from mercato_common.redis_client import RedisBreaker
+
 __all__ = ["CacheMetrics", "ProductCache"]
 
 log = logging.getLogger("mercato_catalog.cache")
@@ -91,10 +93,8 @@ class ProductCache:
         self._redis = redis
         self._prefix = prefix
         self._ttl_ms = int(ttl_seconds * 1000)
-        self._breaker_seconds = breaker_seconds
+        self._breaker = RedisBreaker(breaker_seconds, clock)
         self._metrics = metrics
-        self._clock = clock
-        self._open_until = 0.0
         self._pending: dict[str, int] = {}
         self._script: Any = redis.register_script(_SET_IF_NEWER) if redis is not None else None
         self._flushing = False
@@ -107,12 +107,11 @@ class ProductCache:
         return f"{self._prefix}product:{sku}"
 
     def _available(self) -> bool:
-        return self._redis is not None and self._clock() >= self._open_until
+        return self._redis is not None and self._breaker.allows()
 
     def _failed(self, operation: str, exc: BaseException) -> None:
-        if self._clock() >= self._open_until:
+        if self._breaker.failed():
             log.warning("product cache: redis %s failed, bypassing it: %r", operation, exc)
-        self._open_until = self._clock() + self._breaker_seconds
         if self._metrics is not None:
             self._metrics.errors.labels(operation).inc()
 
@@ -138,6 +137,7 @@ class ProductCache:
             self._failed("get", exc)
             self._count("bypass")
             return None
+        self._breaker.succeeded()
         if isinstance(value, bytes) and value[:1] == b"P" and len(value) >= 21:
             self._count("hit")
             return value[21:]
@@ -153,6 +153,8 @@ class ProductCache:
             await self._script(keys=[self.key(sku)], args=[version, value, self._ttl_ms])
         except (TimeoutError, RedisError, OSError) as exc:
             self._failed("fill", exc)
+        else:
+            self._breaker.succeeded()
 
     async def invalidate(self, sku: str, version: int) -> None:
         """After a write at ``version``: drop the cached copy and refuse older ones."""
@@ -166,6 +168,8 @@ class ProductCache:
         except (TimeoutError, RedisError, OSError) as exc:
             self._failed("invalidate", exc)
             self._remember(sku, version)
+        else:
+            self._breaker.succeeded()
 
     async def _set_floor(self, sku: str, version: int) -> None:
         value = b"F" + _version(version).encode()

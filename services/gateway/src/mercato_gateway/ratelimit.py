@@ -33,6 +33,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from mercato_common.redis_client import RedisBreaker
 from mercato_gateway.settings import RateLimitPolicy
 
 __all__ = ["BUCKET_SCRIPT", "Decision", "RateLimitMetrics", "RateLimiter", "lease_size"]
@@ -209,13 +210,11 @@ class RateLimiter:
         self._policies = dict(policies)
         self._prefix = prefix
         self._on_error = on_redis_error
-        self._breaker_seconds = breaker_seconds
+        self._breaker = RedisBreaker(breaker_seconds, clock)
         self._metrics = metrics or RateLimitMetrics(CollectorRegistry())
         self._clock = clock
         self._local = _LocalBuckets(clock)
         self._leases = _Leases()
-        self._skip_until = 0.0
-        self._degraded = False
 
     def policy(self, route_class: str) -> RateLimitPolicy:
         return self._policies.get(route_class) or self._policies["default"]
@@ -227,7 +226,7 @@ class RateLimiter:
     async def check(self, route_class: str, client_key: str) -> Decision:
         policy = self.policy(route_class)
         now = self._clock()
-        if self._script is not None and now >= self._skip_until:
+        if self._script is not None and self._breaker.allows():
             bucket = f"{route_class}:{client_key}"
             lease = self._leases.spend(bucket, now)
             if lease is not None:
@@ -241,8 +240,7 @@ class RateLimiter:
             except (RedisError, OSError, TimeoutError) as error:
                 self._trip(error)
             else:
-                if self._degraded:
-                    self._degraded = False
+                if self._breaker.succeeded():
                     self._metrics.degraded.set(0)
                     _log.warning("rate limiting: Redis is back")
                 taken, shared_left = int(taken), float(left)
@@ -260,9 +258,7 @@ class RateLimiter:
 
     def _trip(self, error: BaseException) -> None:
         self._metrics.redis_errors.inc()
-        self._skip_until = self._clock() + self._breaker_seconds
-        if not self._degraded:
-            self._degraded = True
+        if self._breaker.failed():
             self._metrics.degraded.set(1)
             _log.warning(
                 "rate limiting: Redis failed; applying the fallback",
@@ -283,7 +279,7 @@ class RateLimiter:
             limit=policy.burst,
             remaining=policy.burst if allowed else 0,
             reset_seconds=0,
-            retry_after=max(1, math.ceil(self._breaker_seconds)),
+            retry_after=max(1, math.ceil(self._breaker.seconds)),
             source=self._on_error,
         )
 
