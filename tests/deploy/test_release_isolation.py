@@ -85,7 +85,8 @@ def test_existing_secret_names_still_override(render: Any) -> None:
         "--set", "redis.existingSecret=redis-url",
     )  # fmt: skip
     found = _secret_refs(documents)
-    assert found["auth"] == {"pg-auth", "kek", "shop-mercato-auth-service-clients"}
+    # auth reads the Redis URL too (the access-token revocation list).
+    assert found["auth"] == {"pg-auth", "kek", "shop-mercato-auth-service-clients", "redis-url"}
     assert "shop-pg" in found["orders"]
     assert "redis-url" in found["gateway"]
 
