@@ -90,6 +90,22 @@ async def test_a_subject_cutoff_denies_older_tokens_only(redis: Redis, redis_pre
     assert 900 + LEEWAY - 5 <= ttl <= 900 + LEEWAY + 1
 
 
+async def test_a_revoked_session_denies_its_tokens_only(redis: Redis, redis_prefix: str) -> None:
+    revocations = _revocations(redis, redis_prefix)
+    now = int(time.time())
+    await revocations.revoke_session("family-1", lifetime=900)
+    assert await revocations.revoked(
+        subject="u1", token_id="a", issued_at=now, session_id="family-1"
+    )
+    assert not await revocations.revoked(
+        subject="u1", token_id="b", issued_at=now, session_id="family-2"
+    )
+    # A service client's token has no session: only its jti and subject are asked about.
+    assert not await revocations.revoked(subject="u1", token_id="c", issued_at=now)
+    ttl = await redis.ttl(f"{redis_prefix}sid:family-1")
+    assert 900 + LEEWAY - 5 <= ttl <= 900 + LEEWAY + 1
+
+
 async def test_the_verifier_refuses_a_revoked_token_after_its_clean_answer_lapses(
     redis: Redis, redis_prefix: str
 ) -> None:

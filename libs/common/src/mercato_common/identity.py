@@ -55,6 +55,9 @@ class Identity:
     token_id: str | None = None
     expires_at: int | None = None
     issued_at: int | None = None
+    # The login session (``sid``: the refresh token family) of a user's token; None for a
+    # service client's.
+    session_id: str | None = None
     # The bearer token as received, so a service may forward it; never logged.
     token: str = field(default="", repr=False, compare=False)
 
@@ -269,6 +272,7 @@ class JwksTokenVerifier:
                 subject=identity.subject,
                 token_id=identity.token_id or "",  # always set: jti is a required claim
                 issued_at=identity.issued_at,
+                session_id=identity.session_id,
             )
             if revoked:
                 self._verified.pop(token, None)
@@ -314,6 +318,7 @@ class JwksTokenVerifier:
             token_id=str(claims["jti"]),
             expires_at=int(claims["exp"]),
             issued_at=int(claims["iat"]),
+            session_id=str(claims["sid"]) if "sid" in claims else None,
             token=token,
         )
 

@@ -7,12 +7,15 @@ leeway), so the list stays as small as the set of live revoked tokens:
 
 - ``<prefix>jti:<jti>``: one token, revoked (RFC 7009 revocation of an access token: logout);
 - ``<prefix>sub:<subject>``: every token of the subject issued at or before the stored second
-  (a disabled user: auth does not keep the ids of the access tokens it issued).
+  (a disabled user: auth does not keep the ids of the access tokens it issued);
+- ``<prefix>sid:<session>``: every token of a login session (the ``sid`` claim: the refresh
+  token family it was issued with), when the family is revoked: logout with the refresh token,
+  or a refresh token used twice (theft detection).
 
-A verifier asks with one ``MGET`` (both keys). It remembers a token's clean answer for
-``TOKEN_REVOCATION_CACHE_SECONDS`` (1 s by default), so a client sending the same token with
-every request costs one Redis round trip a second per process, and a revocation is in force
-everywhere at most that long after auth has written it.
+A verifier asks with one ``MGET`` (every key that applies to the token). It remembers a token's
+clean answer for ``TOKEN_REVOCATION_CACHE_SECONDS`` (1 s by default), so a client sending the
+same token with every request costs one Redis round trip a second per process, and a revocation
+is in force everywhere at most that long after auth has written it.
 
 When Redis cannot answer (error or timeout), the verifier logs it once per outage, skips Redis
 for ``breaker_seconds`` and meanwhile does what ``TOKEN_REVOCATION_ON_ERROR`` says: ``open``
@@ -68,6 +71,9 @@ class TokenRevocations:
     def _subject_key(self, subject: str) -> str:
         return f"{self.prefix}sub:{subject}"
 
+    def _session_key(self, session_id: str) -> str:
+        return f"{self.prefix}sid:{session_id}"
+
     async def revoke_token(self, token_id: str, expires_at: int) -> None:
         """Deny one token (by its ``jti``) until it would have expired anyway."""
         until = math.ceil(expires_at + self.leeway_seconds)
@@ -81,6 +87,12 @@ class TokenRevocations:
         until = math.ceil(issued_until + lifetime + self.leeway_seconds)
         await self._write(self._subject_key(subject), str(issued_until), until)
 
+    async def revoke_session(self, session_id: str, *, lifetime: float) -> None:
+        """Deny every token of a login session (its ``sid``): a revoked refresh token family
+        issues no more, so the entry lives as long as the youngest may (``lifetime``)."""
+        until = math.ceil(self.wall_clock() + lifetime + self.leeway_seconds)
+        await self._write(self._session_key(session_id), "1", until)
+
     async def _write(self, key: str, value: str, until: int) -> None:
         try:
             await self.redis.set(key, value, exat=until)
@@ -88,14 +100,23 @@ class TokenRevocations:
             _log.warning("token revocation not written", extra={"error": type(error).__name__})
             raise RevocationUnavailable() from None
 
-    async def revoked(self, *, subject: str, token_id: str, issued_at: int | None) -> bool:
-        """Whether a verified token (its ``sub``, ``jti`` and ``iat``) is denied (see the module
-        doc for outages)."""
+    async def revoked(
+        self,
+        *,
+        subject: str,
+        token_id: str,
+        issued_at: int | None,
+        session_id: str | None = None,
+    ) -> bool:
+        """Whether a verified token (its ``sub``, ``jti``, ``iat`` and ``sid`` if any) is denied
+        (see the module doc for outages)."""
         if not self.breaker.allows():
             return self._answer_without_redis()
         keys = [self._subject_key(subject), self._token_key(token_id)]
+        if session_id:
+            keys.append(self._session_key(session_id))
         try:
-            subject_cutoff, token_entry = await self.redis.mget(keys)
+            subject_cutoff, token_entry, *session_entry = await self.redis.mget(keys)
         except (RedisError, OSError, TimeoutError) as error:
             if self.breaker.failed():
                 _log.warning(
@@ -105,7 +126,7 @@ class TokenRevocations:
             return self._answer_without_redis()
         if self.breaker.succeeded():
             _log.info("token revocation list reachable again")
-        if token_entry is not None:
+        if token_entry is not None or any(entry is not None for entry in session_entry):
             return True
         if subject_cutoff is None:
             return False

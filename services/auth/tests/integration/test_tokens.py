@@ -55,6 +55,8 @@ async def test_register_login_refresh_reuse_and_logout(auth) -> None:
     assert claims["scope"] == "catalog:read orders:read orders:write"
     assert claims["exp"] - claims["iat"] == 900
     assert claims["jti"]
+    # The login session: the refresh token family, revoked with it.
+    assert claims["sid"]
 
     me = await auth.stub.GetCurrentUser(
         auth_pb2.GetCurrentUserRequest(), metadata=auth.bearer(login.access_token)
@@ -95,9 +97,18 @@ async def test_register_login_refresh_reuse_and_logout(auth) -> None:
     assert family_dead.reason == "INVALID_GRANT"
     revoked = await auth.fetch("SELECT revoke_reason FROM refresh_token_families")
     assert [row["revoke_reason"] for row in revoked] == ["reuse"]
+    # The family's access tokens die with it, the first login's as well as the last refresh's.
+    me = auth_pb2.GetCurrentUserRequest()
+    await asyncio.sleep(1.1)  # clean answers of earlier calls, TOKEN_REVOCATION_CACHE_SECONDS
+    for stolen in (login.access_token, second.access_token):
+        refused = await auth.expect_failure(
+            auth.stub.GetCurrentUser(me, metadata=auth.bearer(stolen))
+        )
+        assert (refused.code, refused.reason) == (StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED")
 
-    # Logout (RFC 7009) revokes a fresh login's family.
+    # Logout (RFC 7009) revokes a fresh login's family, and the access tokens it issued.
     again = await auth.login("ann@example.com", "a long enough password")
+    assert (await auth.stub.GetCurrentUser(me, metadata=auth.bearer(again.access_token))).user
     await auth.stub.RevokeToken(
         auth_pb2.RevokeTokenRequest(token=again.refresh_token, token_type_hint="refresh_token")
     )
@@ -109,20 +120,29 @@ async def test_register_login_refresh_reuse_and_logout(auth) -> None:
         )
     )
     assert after_logout.reason == "INVALID_GRANT"
-    # Revoking again, or revoking garbage, succeeds (RFC 7009 section 2.2).
-    await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=again.refresh_token))
-    await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token="not-a-token"))
-    # Logout also revokes the access token: it is refused from then on (here by auth's own
-    # verifier, the one every service has); revoking it again succeeds.
-    me = auth_pb2.GetCurrentUserRequest()
-    assert (await auth.stub.GetCurrentUser(me, metadata=auth.bearer(again.access_token))).user
-    await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=again.access_token))
     await asyncio.sleep(1.1)  # the clean answer of the call above, TOKEN_REVOCATION_CACHE_SECONDS
     refused = await auth.expect_failure(
         auth.stub.GetCurrentUser(me, metadata=auth.bearer(again.access_token))
     )
     assert (refused.code, refused.reason) == (StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED")
-    await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=again.access_token))
+    # Revoking again, or revoking garbage, succeeds (RFC 7009 section 2.2).
+    await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=again.refresh_token))
+    await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token="not-a-token"))
+    # Logout with the access token revokes that token alone: it is refused from then on (here
+    # by auth's own verifier, the one every service has); revoking it again succeeds.
+    third = await auth.login("ann@example.com", "a long enough password")
+    sibling = await auth.stub.IssueToken(
+        auth_pb2.IssueTokenRequest(grant_type="refresh_token", refresh_token=third.refresh_token)
+    )
+    assert (await auth.stub.GetCurrentUser(me, metadata=auth.bearer(third.access_token))).user
+    await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=third.access_token))
+    await asyncio.sleep(1.1)
+    refused = await auth.expect_failure(
+        auth.stub.GetCurrentUser(me, metadata=auth.bearer(third.access_token))
+    )
+    assert (refused.code, refused.reason) == (StatusCode.UNAUTHENTICATED, "TOKEN_REVOKED")
+    await auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=third.access_token))
+    assert (await auth.stub.GetCurrentUser(me, metadata=auth.bearer(sibling.access_token))).user
     # Other sessions of the same user are untouched.
     other = await auth.login("ann@example.com", "a long enough password")
     assert (await auth.stub.GetCurrentUser(me, metadata=auth.bearer(other.access_token))).user
@@ -163,6 +183,20 @@ async def test_an_unreachable_revocation_list(make_settings, start_auth, on_erro
             StatusCode.UNAVAILABLE,
             "REVOCATION_UNAVAILABLE",
         )
+        # Nor a logout with the refresh token (its access tokens could not be denied); its
+        # family is revoked all the same, and a retry is answered once Redis is back.
+        unwritten = await auth.expect_failure(
+            auth.stub.RevokeToken(auth_pb2.RevokeTokenRequest(token=login.refresh_token))
+        )
+        assert unwritten.reason == "REVOCATION_UNAVAILABLE"
+        dead = await auth.expect_failure(
+            auth.stub.IssueToken(
+                auth_pb2.IssueTokenRequest(
+                    grant_type="refresh_token", refresh_token=login.refresh_token
+                )
+            )
+        )
+        assert dead.reason == "INVALID_GRANT"
 
 
 async def test_refresh_scope_rules(auth) -> None:

@@ -39,6 +39,9 @@ class AccessTokenClaims:
     issued_at: datetime
     lifetime: timedelta
     token_id: str
+    # The login session (the refresh token family) of a user's token: revoking the family
+    # revokes its access tokens too (mercato_common.revocation). None for a service client.
+    session_id: str | None = None
 
     @property
     def expires_at(self) -> datetime:
@@ -46,6 +49,7 @@ class AccessTokenClaims:
 
     def to_jwt_claims(self) -> dict[str, Any]:
         iat = int(self.issued_at.timestamp())
+        session = {} if self.session_id is None else {"sid": self.session_id}
         return {
             "iss": self.issuer,
             "sub": self.subject,
@@ -55,6 +59,7 @@ class AccessTokenClaims:
             "jti": self.token_id,
             "client_id": self.client_id,
             "scope": format_scope(self.scopes),
+            **session,
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from datetime import timedelta
@@ -31,6 +32,7 @@ from mercato_auth.service.base import OpenIdConfiguration, ServiceBase, looks_li
 from mercato_auth.service.keys import RotationResult
 from mercato_auth.store import Tx
 from mercato_common.errors import Unauthenticated
+from mercato_common.revocation import RevocationUnavailable
 
 __all__ = ["Tokens"]
 
@@ -140,6 +142,10 @@ class Tokens(ServiceBase):
                 "refresh token reuse detected; token family revoked",
                 extra={"user_id": record.user_id, "family_id": record.family_id},
             )
+            # Logged by the list when Redis fails; the refresh tokens are revoked, the answer
+            # stands.
+            with contextlib.suppress(RevocationUnavailable):
+                await self._revoke_session(record.family_id)
             raise InvalidGrant()
         if grant is None:
             raise InvalidGrant()
@@ -175,7 +181,9 @@ class Tokens(ServiceBase):
         )
         if replaces is not None:
             await tx.refresh_tokens.mark_used(replaces, now=now, replaced_by=token_id)
-        access = await self._access_token(subject=user.id, client_id=client_id, scopes=granted)
+        access = await self._access_token(
+            subject=user.id, client_id=client_id, scopes=granted, session_id=family_id
+        )
         return TokenGrant(
             access_token=access,
             expires_in=int(self._tokens.access_token_ttl.total_seconds()),
@@ -183,7 +191,14 @@ class Tokens(ServiceBase):
             refresh_token=refresh_token,
         )
 
-    async def _access_token(self, *, subject: str, client_id: str, scopes: frozenset[str]) -> str:
+    async def _access_token(
+        self,
+        *,
+        subject: str,
+        client_id: str,
+        scopes: frozenset[str],
+        session_id: str | None = None,
+    ) -> str:
         key = await self._keys.signing_key()
         claims = AccessTokenClaims(
             issuer=self._tokens.issuer,
@@ -194,6 +209,7 @@ class Tokens(ServiceBase):
             issued_at=self._clock(),
             lifetime=self._tokens.access_token_ttl,
             token_id=str(uuid.uuid4()),
+            session_id=session_id,
         )
         return key.sign(claims.to_jwt_claims())
 
@@ -248,7 +264,8 @@ class Tokens(ServiceBase):
         client_secret: str,
         address: str,
     ) -> None:
-        """RFC 7009: revoke a refresh token's family; unknown tokens succeed silently."""
+        """RFC 7009: revoke a refresh token's family and the access tokens it issued, or one
+        access token; unknown tokens succeed silently."""
         if client_secret:
             await self._authenticate_client(client_id, client_secret, address)
         now = self._clock()
@@ -264,7 +281,10 @@ class Tokens(ServiceBase):
                         "refresh token family revoked",
                         extra={"user_id": record.user_id, "family_id": record.family_id},
                     )
-                return
+        if record is not None:
+            # Also when the family was revoked before: a retry after UNAVAILABLE writes again.
+            await self._revoke_session(record.family_id)
+            return
         if token_type_hint != GRANT_REFRESH_TOKEN and looks_like_access_token(token):
             await self._revoke_access_token(token, client_id)
 
@@ -282,6 +302,14 @@ class Tokens(ServiceBase):
             return  # not one of auth's access tokens (they all carry both)
         await self._revocations.revoke_token(identity.token_id, identity.expires_at)
         _log.info("access token revoked", extra={"user_id": identity.subject})
+
+    async def _revoke_session(self, family_id: str) -> None:
+        """Deny the access tokens issued with a refresh token family (their ``sid``)."""
+        if self._revocations is None:
+            return  # no Redis: they stay valid until they expire (docs/auth.md)
+        await self._revocations.revoke_session(
+            family_id, lifetime=self._tokens.access_token_ttl.total_seconds()
+        )
 
     # Keys and discovery ---------------------------------------------------------------------
 

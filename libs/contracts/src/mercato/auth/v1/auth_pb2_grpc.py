@@ -194,9 +194,10 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RevokeToken(self, request, context):
-        """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token and its
-        family, or puts an access token on the revocation list until it expires (every service
-        and the gateway refuse it within about a second). Revoking an unknown, expired or already
+        """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token, its
+        family and the access tokens the family issued (their `sid`), or puts one access token on
+        the revocation list until it expires (every service and the gateway refuse them within
+        about a second). Revoking an unknown, expired or already
         revoked token succeeds. Form-encoded at the gateway like IssueToken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -82,9 +82,10 @@ class AuthServiceStub:
     in RFC 6749 form.
     """
     RevokeToken: _grpc.UnaryUnaryMultiCallable[_auth_pb2.RevokeTokenRequest, _auth_pb2.RevokeTokenResponse]
-    """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token and its
-    family, or puts an access token on the revocation list until it expires (every service
-    and the gateway refuse it within about a second). Revoking an unknown, expired or already
+    """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token, its
+    family and the access tokens the family issued (their `sid`), or puts one access token on
+    the revocation list until it expires (every service and the gateway refuse them within
+    about a second). Revoking an unknown, expired or already
     revoked token succeeds. Form-encoded at the gateway like IssueToken.
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.GetJwksResponse]
@@ -155,9 +156,10 @@ class AuthServiceAsyncStub(AuthServiceStub):
     in RFC 6749 form.
     """
     RevokeToken: _aio.UnaryUnaryMultiCallable[_auth_pb2.RevokeTokenRequest, _auth_pb2.RevokeTokenResponse]  # type: ignore[assignment]
-    """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token and its
-    family, or puts an access token on the revocation list until it expires (every service
-    and the gateway refuse it within about a second). Revoking an unknown, expired or already
+    """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token, its
+    family and the access tokens the family issued (their `sid`), or puts one access token on
+    the revocation list until it expires (every service and the gateway refuse them within
+    about a second). Revoking an unknown, expired or already
     revoked token succeeds. Form-encoded at the gateway like IssueToken.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_auth_pb2.GetJwksRequest, _auth_pb2.GetJwksResponse]  # type: ignore[assignment]
@@ -279,9 +281,10 @@ class AuthServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _auth_pb2.RevokeTokenRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_auth_pb2.RevokeTokenResponse, _abc.Awaitable[_auth_pb2.RevokeTokenResponse]]:
-        """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token and its
-        family, or puts an access token on the revocation list until it expires (every service
-        and the gateway refuse it within about a second). Revoking an unknown, expired or already
+        """OAuth 2.0 token revocation (RFC 7009), used for logout: revokes a refresh token, its
+        family and the access tokens the family issued (their `sid`), or puts one access token on
+        the revocation list until it expires (every service and the gateway refuse them within
+        about a second). Revoking an unknown, expired or already
         revoked token succeeds. Form-encoded at the gateway like IssueToken.
         """
 
