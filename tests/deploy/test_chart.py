@@ -298,6 +298,17 @@ def test_clients_use_headless_services_without_mesh_and_cluster_ip_with_one(
         meshed["MERCATO_ORDERS_CATALOG_TARGET"]
         == "shop-mercato-catalog.mercato.svc.cluster.local:50062"
     )
+    # Every pod's address in the headless name, ready or not: a name that does not resolve
+    # (no pod ready yet) puts gRPC's resolver into a backoff of up to two minutes.
+    services = helpers.by_kind(render("default"), "Service")
+    headless = [s for name, s in services.items() if name.endswith("-headless")]
+    assert len(headless) == 4, sorted(services)
+    assert all(s["spec"]["publishNotReadyAddresses"] is True for s in headless)
+    assert not any(
+        s["spec"].get("publishNotReadyAddresses")
+        for n, s in services.items()
+        if n not in {h["metadata"]["name"] for h in headless}
+    )
 
 
 def _retry_methods_istio(docs: list[dict[str, Any]], helpers: Any) -> dict[str, set[str]]:

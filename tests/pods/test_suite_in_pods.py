@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
 
 import asyncpg
 import httpx
@@ -20,12 +24,23 @@ import pytest
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 from kubernetes import client
-from pods_support import ADMIN_EMAIL, NAMESPACE, RELEASE, ROOT, TIMINGS, Release, helm
+from pods_support import (
+    ADMIN_EMAIL,
+    FULLNAME,
+    NAMESPACE,
+    RELEASE,
+    ROOT,
+    TIMINGS,
+    Release,
+    helm,
+)
 
 pytestmark = pytest.mark.pods
 
 #: Seconds for a killed pod's work to settle (the saga's repairs, analytics catching up).
 SETTLE_TIMEOUT = 120.0
+#: The annotation `kubectl rollout restart` sets on a Deployment's pod template.
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 1.0):  # type: ignore[no-untyped-def]
@@ -181,6 +196,36 @@ def _funnel_placed(admin: Gateway) -> int:
     return int(funnel.get("placed", 0))  # type: ignore[call-overload]
 
 
+def _drill_product(admin: Gateway, stock: int, name: str) -> str:
+    """A product of its own with ``stock`` units (so that stock can be checked exactly)."""
+    response = admin.call("POST", "/v1/categories", json={"id": "books", "displayName": "Books"})
+    assert response.status_code in (200, 409), response.text
+    sku = f"PODS-{uuid.uuid4().hex[:10].upper()}"
+    admin.ok(
+        "POST",
+        "/v1/products",
+        json={
+            "sku": sku,
+            "name": f"{name} {sku}",
+            "categoryId": "books",
+            "price": {"currencyCode": "EUR", "amountMinor": "1000"},
+        },
+    )
+    admin.ok("POST", f"/v1/products/{sku}:adjustStock", json={"delta": stock, "reason": "drill"})
+    return sku
+
+
+def _drill_customer(release: Release, name: str) -> Gateway:
+    """A newly registered customer, logged in."""
+    anonymous = Gateway(release.gateway_url)
+    email = f"pods-{uuid.uuid4().hex[:12]}@example.com"
+    password = "pods-correct-horse-battery"
+    anonymous.ok(
+        "POST", "/v1/users", json={"email": email, "displayName": name, "password": password}
+    )
+    return anonymous.login(email, password)
+
+
 def _query(release: Release, database: str, sql: str) -> list[asyncpg.Record]:
     """Rows of ``sql`` in one of the pods' databases, read directly as an operator would."""
 
@@ -198,41 +243,9 @@ def _orders_in_store(release: Release) -> int:
     return int(_query(release, "orders", "SELECT count(*) FROM orders")[0][0])
 
 
-def test_an_orders_pod_killed_during_load_loses_nothing(release: Release, admin: Gateway) -> None:
-    """Orders placed through the gateway Service while one of the two orders pods is killed
-    (deleted with no grace): every accepted order holds its stock once and is counted once by
-    analytics; nothing is accepted and then lost."""
-    response = admin.call("POST", "/v1/categories", json={"id": "books", "displayName": "Books"})
-    assert response.status_code in (200, 409), response.text
-    sku = f"PODS-{uuid.uuid4().hex[:10].upper()}"
-    admin.ok(
-        "POST",
-        "/v1/products",
-        json={
-            "sku": sku,
-            "name": f"Pods drill {sku}",
-            "categoryId": "books",
-            "price": {"currencyCode": "EUR", "amountMinor": "1000"},
-        },
-    )
-    stock = 200
-    admin.ok("POST", f"/v1/products/{sku}:adjustStock", json={"delta": stock, "reason": "drill"})
-    anonymous = Gateway(release.gateway_url)
-    email = f"pods-{uuid.uuid4().hex[:12]}@example.com"
-    password = "pods-correct-horse-battery"
-    anonymous.ok(
-        "POST",
-        "/v1/users",
-        json={
-            "email": email,
-            "displayName": "Pods drill",
-            "password": password,
-        },
-    )
-    customer = anonymous.login(email, password)
-
-    # Quiet first: analytics has counted every order so far.
-    baseline = (
+def _quiet_baseline(release: Release, admin: Gateway) -> int:
+    """The orders stored so far, once analytics has counted every one of them."""
+    return (
         wait_for(
             lambda: (n := _orders_in_store(release)) == _funnel_placed(admin) and n + 1,
             SETTLE_TIMEOUT,
@@ -240,6 +253,17 @@ def test_an_orders_pod_killed_during_load_loses_nothing(release: Release, admin:
         )
         - 1
     )
+
+
+def test_an_orders_pod_killed_during_load_loses_nothing(release: Release, admin: Gateway) -> None:
+    """Orders placed through the gateway Service while one of the two orders pods is killed
+    (deleted with no grace): every accepted order holds its stock once and is counted once by
+    analytics; nothing is accepted and then lost."""
+    stock = 200
+    sku = _drill_product(admin, stock, "Pods drill")
+    customer = _drill_customer(release, "Pods drill")
+
+    baseline = _quiet_baseline(release, admin)
     victims = release.pods("orders")
     assert len(victims) == 2, [p.metadata.name for p in victims]
 
@@ -337,6 +361,213 @@ def _create_orders_served(pod: client.V1Pod) -> float:
 def _ready(pod: client.V1Pod) -> bool:
     return bool(pod.status.container_statuses) and all(
         s.ready for s in pod.status.container_statuses
+    )
+
+
+#: What a rolling restart goes through, one Deployment after another, the gateway last.
+ROLLED = ("auth", "catalog", "orders", "analytics", "gateway")
+#: Seconds a rollout may take: a surge pod starts (Python on two cores) and the old one goes
+#: through its preStop pause, drain and grace.
+ROLLOUT_TIMEOUT = 300.0
+
+
+@dataclass
+class Journeys:
+    """One customer browsing, ordering and paying in a loop through the gateway Service until
+    stopped (bounded in count and time): every answer is counted, every failure kept."""
+
+    customer: Gateway
+    sku: str
+    interval: float = 0.5
+    limit: int = 2000
+    seconds: float = 1800.0
+    answers: Counter[str] = field(default_factory=Counter)
+    failures: list[str] = field(default_factory=list)
+    paid: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def _call(self, what: str, method: str, path: str, **kwargs: object) -> dict[str, Any] | None:
+        try:
+            reply = self.customer.call(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            self.answers[f"{what} {type(error).__name__}"] += 1
+            self.failures.append(f"{what}: {error!r}")
+            return None
+        self.answers[f"{what} {reply.status_code}"] += 1
+        if reply.status_code != 200:
+            self.failures.append(f"{what}: {reply.status_code} {reply.text[:300]}")
+            return None
+        return dict(reply.json())
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        for _ in range(self.limit):
+            if self.stop.is_set() or time.monotonic() > deadline:
+                return
+            began = time.monotonic()
+            self._call("browse", "GET", f"/v1/products/{self.sku}")
+            placed = self._call(
+                "order",
+                "POST",
+                "/v1/orders",
+                headers={"Idempotency-Key": str(uuid.uuid4())},
+                json={"lines": [{"sku": self.sku, "quantity": 1}]},
+            )
+            if placed is not None:
+                order_id = placed["order"]["id"]
+                pay = {
+                    "paymentToken": "tok_test_ok",
+                    "amount": {"currencyCode": "EUR", "amountMinor": "1000"},
+                }
+                if self._call("pay", "POST", f"/v1/orders/{order_id}:pay", json=pay) is not None:
+                    self.paid.append(order_id)
+            time.sleep(max(0.0, self.interval - (time.monotonic() - began)))
+
+
+class PodLogs:
+    """The lines the release's service pods write during a drill, kept per pod, the replaced
+    pods' included (their logs are gone once they are), to show next to a failure."""
+
+    #: Lines worth showing: a warning or worse (the JSON log's level), or a traceback.
+    NOTABLE = re.compile(r'"log\.level":\s*"(WARNING|ERROR|CRITICAL)"|Traceback')
+
+    def __init__(self, release: Release) -> None:
+        self._core = release.core
+        self.lines: dict[str, list[str]] = {}
+        self._responses: list[Any] = []
+
+    def follow_running(self) -> None:
+        """Start following every running service pod not followed yet."""
+        for component in ROLLED:
+            for pod in self._core.list_namespaced_pod(
+                NAMESPACE, label_selector=f"app.kubernetes.io/component={component}"
+            ).items:
+                name = pod.metadata.name
+                if name in self.lines or pod.status.phase != "Running":
+                    continue
+                self.lines[name] = []
+                threading.Thread(target=self._follow, args=(name, component), daemon=True).start()
+
+    def _follow(self, name: str, container: str) -> None:
+        lines = self.lines[name]
+        try:
+            response = self._core.read_namespaced_pod_log(
+                name, NAMESPACE, container=container, follow=True, _preload_content=False
+            )
+            self._responses.append(response)
+            pending = b""
+            # Ends when the container exits, or when `close` shuts the stream.
+            for chunk in response.stream(4096):
+                pending += chunk
+                *complete, pending = pending.split(b"\n")
+                lines.extend(line.decode(errors="replace") for line in complete)
+        except Exception as error:  # a diagnostic aid: the drill's assertions decide
+            lines.append(f"(log stream ended: {error!r})")
+
+    def close(self) -> None:
+        for response in self._responses:
+            response.close()
+
+    def notable(self, limit: int = 40) -> str:
+        """The warnings, errors and tracebacks seen, per pod, at most ``limit`` of them (a
+        traceback's last lines, where the cause is)."""
+        found = []
+        for pod, lines in self.lines.items():
+            for line in lines:
+                if not self.NOTABLE.search(line):
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    found.append(f"{pod}: {line[:600]}")
+                    continue
+                trace = entry.get("error.stack_trace", "").strip().splitlines()[-12:]
+                found.append(
+                    f"{pod}: {entry.get('@timestamp')} {entry.get('log.level')} "
+                    f"{entry.get('message')}" + "".join(f"\n    {t}" for t in trace)
+                )
+        return "\n".join(found[:limit]) or "(no warning or error logged)"
+
+
+def _restart(release: Release, component: str) -> float:
+    """`kubectl rollout restart` of a component's Deployment, waited for until the new pods
+    are Ready and the old ones are gone (their drain included); the seconds it took."""
+    apps = client.AppsV1Api(release.core.api_client)
+    name = f"{FULLNAME}-{component}"
+    selector = f"app.kubernetes.io/component={component},app.kubernetes.io/instance={RELEASE}"
+    old = {pod.metadata.name for pod in release.pods(component)}
+    began = time.monotonic()
+    stamp = dt.datetime.now(dt.UTC).isoformat()
+    apps.patch_namespaced_deployment(
+        name,
+        NAMESPACE,
+        {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}},
+    )
+
+    def rolled() -> bool:
+        deployment = apps.read_namespaced_deployment(name, NAMESPACE)
+        status, wanted = deployment.status, deployment.spec.replicas
+        if (status.observed_generation or 0) < deployment.metadata.generation:
+            return False
+        if (status.updated_replicas, status.ready_replicas, status.replicas) != (wanted,) * 3:
+            return False
+        # Terminating pods are listed until their process has exited.
+        pods = release.core.list_namespaced_pod(NAMESPACE, label_selector=selector).items
+        return not old & {pod.metadata.name for pod in pods}
+
+    wait_for(rolled, ROLLOUT_TIMEOUT, f"{name} rolled out", interval=0.5)
+    return time.monotonic() - began
+
+
+def test_rolling_restarts_drop_no_request(release: Release, admin: Gateway) -> None:
+    """Each Deployment restarted in turn, the gateway's last (a surge pod first, then the old
+    pod through its preStop pause, drain and grace), while a customer browses, orders and pays
+    through the gateway Service: not one request fails, and every accepted order is stored,
+    paid, holds its unit and is counted once by analytics."""
+    stock = 2000
+    sku = _drill_product(admin, stock, "Pods rollout")
+    journeys = Journeys(_drill_customer(release, "Pods rollout"), sku)
+    baseline = _quiet_baseline(release, admin)
+
+    logs = PodLogs(release)
+    logs.follow_running()
+    thread = threading.Thread(target=journeys.run, daemon=True)
+    thread.start()
+    took: dict[str, float] = {}
+    try:
+        time.sleep(3)
+        for component in ROLLED:
+            took[component] = _restart(release, component)
+            logs.follow_running()
+        time.sleep(3)
+    finally:
+        journeys.stop.set()
+        thread.join(120)
+        logs.close()
+    assert not thread.is_alive(), "the journeys did not stop"
+    print(
+        f"\nrolling restarts ({', '.join(f'{c} {s:.0f} s' for c, s in took.items())}): "
+        f"answers {dict(journeys.answers)}, {len(journeys.failures)} failed"
+    )
+    assert not journeys.failures, (
+        "\n".join(journeys.failures[:20])
+        + "\n--- the pods' warnings and errors:\n"
+        + logs.notable()
+    )
+    assert len(journeys.paid) >= 20, journeys.answers
+
+    # Stored = paid = counted once; each holds its unit.
+    wait_for(
+        lambda: _funnel_placed(admin) - baseline == _orders_in_store(release) - baseline,
+        SETTLE_TIMEOUT,
+        "analytics counts every stored order",
+    )
+    time.sleep(2)  # a late duplicate would show now
+    stored = _orders_in_store(release) - baseline
+    assert stored == len(journeys.paid) == _funnel_placed(admin) - baseline
+    assert (
+        admin.ok("GET", f"/v1/products/{sku}")["product"]["stockAvailable"]  # type: ignore[index]
+        == stock - len(journeys.paid)
     )
 
 

@@ -5,13 +5,14 @@ import json
 import time
 from typing import Any
 
+import grpc
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from mercato.auth.v1 import auth_pb2
-from mercato_common.errors import PermissionDenied, Unauthenticated
+from mercato_common.errors import PermissionDenied, Unauthenticated, Unavailable
 from mercato_common.identity import (
     AccessPolicy,
     Audience,
@@ -132,6 +133,30 @@ async def test_rotation_refetches_once_for_a_new_kid_and_rate_limits_refetches()
         with pytest.raises(Unauthenticated):
             await verifier.verify(forged.token("k3"))
     assert keys.fetches == 2
+
+
+async def test_unreachable_keys_are_unavailable_and_fetched_again_on_the_next_call() -> None:
+    """Auth unreachable (a restart, a DNS gap) while a kid is unknown: the caller gets a
+    retryable UNAVAILABLE (not an internal error, not a refusal of the token), and the next
+    call fetches again."""
+    keys = Keys()
+    keys.add("k1")
+    down = [True]
+
+    async def fetch() -> dict[str, Any]:
+        if down[0]:
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "no address"
+            )
+        return await keys.jwks()
+
+    verifier = JwksTokenVerifier(fetch, issuer=ISSUER, audience=AUDIENCE)
+    with pytest.raises(Unavailable) as caught:
+        await verifier.verify(keys.token("k1"))
+    assert caught.value.reason == "JWKS_UNAVAILABLE"
+    down[0] = False
+    assert (await verifier.verify(keys.token("k1"))).subject == "user-1"
+    assert keys.fetches == 1
 
 
 def test_access_rules() -> None:

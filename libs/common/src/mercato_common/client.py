@@ -95,6 +95,10 @@ def create_channel(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # A replaced pod's address is looked up again soon after its connection closes (30 s by
+        # default), and a peer that is starting is tried again within 5 s (default: up to 120).
+        ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
     ]
     call_options = _CallOptions(default_timeout, metadata)
     if tls is None:

@@ -25,7 +25,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.json_format import MessageToDict
 
 from mercato.auth.v1 import auth_pb2
-from mercato_common.errors import PermissionDenied, Unauthenticated
+from mercato_common.errors import MercatoError, PermissionDenied, Unauthenticated, Unavailable
 
 if TYPE_CHECKING:
     from mercato_common.revocation import TokenRevocations
@@ -240,7 +240,14 @@ class JwksTokenVerifier:
             now = self._clock()
             if self._fetched_at is not None and now - self._fetched_at < self._min_refresh:
                 return
-            jwks = await self._fetch_jwks()
+            try:
+                jwks = await self._fetch_jwks()
+            except (MercatoError, grpc.aio.AioRpcError, OSError) as error:
+                # Auth unreachable (a restart, a DNS gap): the caller may retry; nothing about
+                # the token is known yet, so neither a refusal nor an internal error.
+                raise Unavailable(
+                    "the token signing keys cannot be fetched now", reason="JWKS_UNAVAILABLE"
+                ) from error
             keys: dict[str, jwt.PyJWK] = {}
             for key in jwt.PyJWKSet.from_dict(dict(jwks)).keys:
                 if key.key_id:
