@@ -203,3 +203,8 @@ def test_notes_warn_about_the_test_payment_provider(notes: Any) -> None:
     warning = "WARNING: payments.provider is `dev`"
     assert warning in notes()  # REQUIRED names dev, without payments.development
     assert warning not in notes("--set", "payments.development=true")
+    stripe = notes(
+        "--set", "payments.provider=stripe", "--set", "payments.stripe.existingSecret=shop-stripe"
+    )  # fmt: skip
+    assert warning not in stripe
+    assert "webhook endpoint https://api.example.com/v1/payments/events" in stripe

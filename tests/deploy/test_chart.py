@@ -573,3 +573,45 @@ def test_the_in_chart_operators_provide_what_they_replace(helm: Any, helpers: An
         "key": "url",
     }
     assert "MERCATO_GATEWAY_REDIS_URL" not in config["x-mercato-gateway"]["data"]
+
+
+def test_stripe_payments_read_their_secrets_and_need_them(helm: Any, helpers: Any) -> None:
+    """provider stripe: the key and the webhook secret from the named Secret (never in the
+    ConfigMap), Stripe's settings in it; without the Secret the render names what is missing."""
+    base = (*REQUIRED[:6], "--set", "payments.provider=stripe")
+    refused = helm("template", "x", str(helpers.CHART), *base, check=False)
+    assert refused.returncode != 0
+    assert "payments.stripe.existingSecret is required" in refused.stderr
+    result = helm(
+        "template", "x", str(helpers.CHART), *base,
+        "--set-json", 'payments.stripe.existingSecret="{{ .Release.Name }}-stripe"',
+        "--set", "payments.stripe.apiBase=http://stripe-mock.test:12111",
+    )  # fmt: skip
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    config = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    data = config["x-mercato-orders"]["data"]
+    assert data["MERCATO_ORDERS_PAYMENT_PROVIDER"] == "stripe"
+    assert data["MERCATO_ORDERS_STRIPE_API_BASE"] == "http://stripe-mock.test:12111"
+    assert data["MERCATO_ORDERS_STRIPE_WEBHOOK_TOLERANCE_SECONDS"] == "300"
+    assert not [key for key in data if key.endswith(("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET"))]
+    orders = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "x-mercato-orders"
+    )
+    env = {e["name"]: e for e in orders["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MERCATO_ORDERS_STRIPE_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "x-stripe",
+        "key": "api-key",
+    }
+    assert env["MERCATO_ORDERS_STRIPE_WEBHOOK_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "x-stripe",
+        "key": "webhook-secret",
+    }
+    # Only orders takes payments.
+    for doc in docs:
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] != "x-mercato-orders":
+            names = {
+                e["name"]
+                for c in doc["spec"]["template"]["spec"]["containers"]
+                for e in c.get("env", [])
+            }
+            assert not [n for n in names if "STRIPE" in n], doc["metadata"]["name"]

@@ -81,6 +81,12 @@ ROUTES = {
     "mercato.orders.v1.OrdersService.PayOrder": ("post", "/v1/orders/{id}:pay", "*"),
     "mercato.orders.v1.OrdersService.CancelOrder": ("post", "/v1/orders/{id}:cancel", "*"),
     "mercato.orders.v1.OrdersService.FulfillOrder": ("post", "/v1/orders/{id}:fulfill", "*"),
+    # The payment provider's webhook: the raw body (google.api.HttpBody), signed.
+    "mercato.orders.v1.OrdersService.RecordPaymentEvent": (
+        "post",
+        "/v1/payments/events",
+        "payload",
+    ),
     "mercato.analytics.v1.AnalyticsService.GetSalesSummary": ("get", "/v1/analytics/sales", ""),
     "mercato.analytics.v1.AnalyticsService.ListTopProducts": (
         "get",
@@ -134,6 +140,7 @@ IDEMPOTENT = {
     "mercato.orders.v1.OrdersService.CreateOrder",
     "mercato.orders.v1.OrdersService.CancelOrder",
     "mercato.orders.v1.OrdersService.FulfillOrder",
+    "mercato.orders.v1.OrdersService.RecordPaymentEvent",
 }
 
 EVENTS = {

@@ -171,3 +171,14 @@ def test_schemas_say_what_the_gateway_and_services_refuse() -> None:
     ]
     assert password["maxLength"] == 1024
     assert "at most 1024 bytes in UTF-8" in password["description"]
+
+
+def test_a_raw_body_operation_takes_any_json_and_documents_its_signature_header() -> None:
+    operation = _operations(DOCUMENT)[("POST", "/v1/payments/events")]
+    assert operation["requestBody"] == {
+        "required": True,
+        "content": {"application/json": {"schema": {}}},
+    }
+    headers = [p for p in operation["parameters"] if p["in"] == "header"]
+    assert [(p["name"], p["required"]) for p in headers] == [("Stripe-Signature", True)]
+    assert operation["security"] == []

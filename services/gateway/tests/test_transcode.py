@@ -144,6 +144,27 @@ def test_idempotency_key_header_is_required() -> None:
     assert request.order.lines[0].quantity == 1
 
 
+def test_an_http_body_field_takes_the_raw_body_and_its_media_type() -> None:
+    route = ROUTES["RecordPaymentEvent"]
+    assert route.raw_body
+    assert route.rate_class == "default"  # signed, not a guessable secret: not throttled as login
+    payload = b'{"id": "evt_1",  "amount": 1}\n'
+    request = build_request(
+        route,
+        path_params={},
+        query=[],
+        body=payload,
+        headers={"stripe-signature": "t=1,v1=ab"},
+        content_type="application/json; charset=utf-8",
+    )
+    assert request.payload.data == payload  # byte for byte: the signature covers these bytes
+    assert request.payload.content_type == "application/json; charset=utf-8"
+    assert request.stripe_signature == "t=1,v1=ab"
+    error = refused("RecordPaymentEvent", body=payload)
+    assert (error.reason, error.field_violations[0][0]) == ("HEADER_MISSING", "stripeSignature")
+    assert not ROUTES["PayOrder"].raw_body
+
+
 def test_json_body_parsing() -> None:
     assert parse_json_body(b'{"a": 1}') == {"a": 1}
     for bad in [b"{", b'{"a": 1, "a": 2}', b"\xff"]:

@@ -1,20 +1,31 @@
-"""The deterministic payment provider and the service-token cache."""
+"""The payment providers (dev; Stripe's event checks) and the service-token cache."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import json
+import time
 
 import pytest
 
 from mercato_common.errors import ErrorKind
 from mercato_orders.clients import ServiceTokens, TokenGrant
-from mercato_orders.domain.errors import CatalogUnavailable, PaymentDeclined, PaymentUnavailable
+from mercato_orders.domain.errors import (
+    CatalogUnavailable,
+    PaymentDeclined,
+    PaymentEventInvalid,
+    PaymentUnavailable,
+)
 from mercato_orders.domain.model import Money
+from mercato_orders.domain.payments import Charge, PaymentEvent, PaymentEventKind
 from mercato_orders.payments import (
     TOKEN_DECLINED,
     TOKEN_OK,
     TOKEN_UNAVAILABLE,
     DevPaymentProvider,
+    StripePaymentProvider,
 )
 
 EUR = Money("EUR", 1000)
@@ -22,44 +33,42 @@ EUR = Money("EUR", 1000)
 
 async def test_dev_provider_outcomes_by_token() -> None:
     provider = DevPaymentProvider()
-    charge = await provider.charge(idempotency_key="order:1", amount=EUR, token=TOKEN_OK)
+    charge = await provider.charge(order_id="1", amount=EUR, token=TOKEN_OK)
     assert charge.amount == EUR
     assert charge.id.startswith("pay_dev_")
     with pytest.raises(PaymentDeclined) as declined:
-        await provider.charge(idempotency_key="order:2", amount=EUR, token=TOKEN_DECLINED)
+        await provider.charge(order_id="2", amount=EUR, token=TOKEN_DECLINED)
     assert (declined.value.kind, declined.value.reason) == (
         ErrorKind.FAILED_PRECONDITION,
         "PAYMENT_DECLINED",
     )
     with pytest.raises(PaymentDeclined):
-        await provider.charge(idempotency_key="order:2", amount=EUR, token="tok_anything")
+        await provider.charge(order_id="2", amount=EUR, token="tok_anything")
     with pytest.raises(PaymentUnavailable) as unavailable:
-        await provider.charge(idempotency_key="order:2", amount=EUR, token=TOKEN_UNAVAILABLE)
+        await provider.charge(order_id="2", amount=EUR, token=TOKEN_UNAVAILABLE)
     assert unavailable.value.kind is ErrorKind.UNAVAILABLE
     with pytest.raises(PaymentDeclined):
-        await provider.charge(idempotency_key="order:3", amount=Money("EUR", 0), token=TOKEN_OK)
+        await provider.charge(order_id="3", amount=Money("EUR", 0), token=TOKEN_OK)
     assert len(provider.charges()) == 1
 
 
 async def test_dev_provider_is_idempotent_per_key_until_refunded() -> None:
     provider = DevPaymentProvider()
     first, second = await asyncio.gather(
-        provider.charge(idempotency_key="order:1", amount=EUR, token=TOKEN_OK),
-        provider.charge(idempotency_key="order:1", amount=EUR, token=TOKEN_OK),
+        provider.charge(order_id="1", amount=EUR, token=TOKEN_OK),
+        provider.charge(order_id="1", amount=EUR, token=TOKEN_OK),
     )
     assert first == second
     with pytest.raises(PaymentDeclined):
-        await provider.charge(idempotency_key="order:1", amount=Money("EUR", 999), token=TOKEN_OK)
+        await provider.charge(order_id="1", amount=Money("EUR", 999), token=TOKEN_OK)
     await provider.refund(charge_id=first.id, reason="void")
     await provider.refund(charge_id=first.id, reason="void")  # idempotent
     assert provider.refunded(first.id)
-    third = await provider.charge(idempotency_key="order:1", amount=EUR, token=TOKEN_OK)
+    third = await provider.charge(order_id="1", amount=EUR, token=TOKEN_OK)
     assert third.id != first.id
     # Deterministic ids: the same history gives the same ids.
     again = DevPaymentProvider()
-    assert (
-        await again.charge(idempotency_key="order:1", amount=EUR, token=TOKEN_OK)
-    ).id == first.id
+    assert (await again.charge(order_id="1", amount=EUR, token=TOKEN_OK)).id == first.id
 
 
 class Clock:
@@ -126,3 +135,63 @@ async def test_service_token_outage_uses_the_cached_token_while_valid() -> None:
     clock.now += 20
     with pytest.raises(CatalogUnavailable):
         await tokens.token()
+
+
+# Stripe: the webhook's signature and body, checked with the SDK's helpers (no network).
+
+WEBHOOK_SECRET = "whsec_unit"
+
+
+def _stripe() -> StripePaymentProvider:
+    return StripePaymentProvider.create(api_key="sk_test_unit", webhook_secret=WEBHOOK_SECRET)
+
+
+def _signed(event: dict[str, object], secret: str = WEBHOOK_SECRET) -> tuple[bytes, str]:
+    payload = json.dumps(event).encode()
+    timestamp = int(time.time())
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256)
+    return payload, f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def test_stripe_events_are_read_only_when_signed() -> None:
+    provider = _stripe()
+    succeeded = {
+        "id": "evt_1",
+        "type": "payment_intent.succeeded",
+        "data": {
+            "object": {
+                "id": "pi_1",
+                "amount": 2599,
+                "currency": "eur",
+                "metadata": {"order_id": "o-1"},
+            }
+        },
+    }
+    event = provider.parse_event(*_signed(succeeded))
+    assert event == PaymentEvent(
+        id="evt_1",
+        kind=PaymentEventKind.SUCCEEDED,
+        order_id="o-1",
+        charge=Charge(id="pi_1", amount=Money("EUR", 2599)),
+    )
+    failed = provider.parse_event(
+        *_signed({"id": "evt_2", "type": "payment_intent.payment_failed"})
+    )
+    assert failed.kind is PaymentEventKind.FAILED
+    other = provider.parse_event(*_signed({"id": "evt_3", "type": "charge.refunded"}))
+    assert other.kind is PaymentEventKind.OTHER
+
+    with pytest.raises(PaymentEventInvalid) as wrong:
+        provider.parse_event(*_signed(succeeded, secret="whsec_other"))
+    assert wrong.value.field_violations[0].field == "stripe_signature"
+    payload, signature = _signed(succeeded)
+    with pytest.raises(PaymentEventInvalid):
+        provider.parse_event(payload.replace(b"2599", b"1"), signature)
+    with pytest.raises(PaymentEventInvalid) as malformed:
+        provider.parse_event(*_signed({"type": "payment_intent.succeeded", "id": "evt_4"}))
+    assert malformed.value.field_violations[0].field == "payload"
+
+
+def test_stripe_refuses_non_positive_amounts_without_calling_stripe() -> None:
+    with pytest.raises(PaymentDeclined):
+        asyncio.run(_stripe().charge(order_id="o", amount=Money("EUR", 0), token="pm_card_visa"))

@@ -59,6 +59,15 @@ def test_settings_refuse_short_key_retention_and_lease() -> None:
     unknown = {**BASE, "MERCATO_ORDERS_PAYMENT_PROVIDER": "free"}
     with pytest.raises(SettingsError, match="MERCATO_ORDERS_PAYMENT_PROVIDER"):
         load_settings(OrdersSettings, unknown)
+    # Stripe needs its API key and the webhook's signing secret, never shown.
+    stripe = {**BASE, "MERCATO_ORDERS_PAYMENT_PROVIDER": "stripe"}
+    with pytest.raises(SettingsError, match="STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET"):
+        load_settings(OrdersSettings, stripe)
+    stripe["MERCATO_ORDERS_STRIPE_API_KEY"] = "sk_test_secret_value"
+    stripe["MERCATO_ORDERS_STRIPE_WEBHOOK_SECRET"] = "whsec_secret_value"
+    settings = load_settings(OrdersSettings, stripe)
+    assert settings.payment_provider == "stripe"
+    assert "secret_value" not in repr(settings)
 
 
 def test_stock_unavailable_status_names_the_lines() -> None:

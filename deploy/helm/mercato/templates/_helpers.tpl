@@ -398,6 +398,13 @@ Pods
 {{- end -}}
 {{- if $c.paymentsEnv -}}
 {{- $_ := set $env (printf "%s%s" $p $c.paymentsEnv) $root.Values.payments.provider -}}
+{{- if eq $root.Values.payments.provider "stripe" -}}
+{{- $stripe := $root.Values.payments.stripe -}}
+{{- if $stripe.apiBase -}}
+{{- $_ := set $env (printf "%sSTRIPE_API_BASE" $p) $stripe.apiBase -}}
+{{- end -}}
+{{- $_ := set $env (printf "%sSTRIPE_WEBHOOK_TOLERANCE_SECONDS" $p) (toString $stripe.webhookToleranceSeconds) -}}
+{{- end -}}
 {{- end -}}
 {{- if $c.kafka.bootstrapEnv -}}
 {{- $_ := set $env (printf "%s%s" $p $c.kafka.bootstrapEnv) (include "mercato.kafka.bootstrap" $root) -}}
@@ -459,6 +466,12 @@ component's own certificate as client certificate. */ -}}
 {{- end -}}
 {{- if $c.kafka.bootstrapEnv -}}
 {{- $vars = concat $vars (include "mercato.kafka.security.secretEnv" (dict "root" $root "prefix" $p) | fromYamlArray) -}}
+{{- end -}}
+{{- if and $c.paymentsEnv (eq $root.Values.payments.provider "stripe") -}}
+{{- $stripe := $root.Values.payments.stripe -}}
+{{- $name := include "mercato.secretName" (dict "root" $root "name" $stripe.existingSecret) -}}
+{{- $vars = append $vars (dict "name" (printf "%sSTRIPE_API_KEY" $p) "valueFrom" (dict "secretKeyRef" (dict "name" $name "key" $stripe.apiKeyKey))) -}}
+{{- $vars = append $vars (dict "name" (printf "%sSTRIPE_WEBHOOK_SECRET" $p) "valueFrom" (dict "secretKeyRef" (dict "name" $name "key" $stripe.webhookSecretKey))) -}}
 {{- end -}}
 {{- if and $c.redis.urlEnv $root.Values.redis.existingSecret -}}
 {{- $vars = append $vars (dict "name" (printf "%s%s" $p $c.redis.urlEnv) "valueFrom" (dict "secretKeyRef" (dict "name" (include "mercato.secretName" (dict "root" $root "name" $root.Values.redis.existingSecret)) "key" $root.Values.redis.existingSecretKey))) -}}

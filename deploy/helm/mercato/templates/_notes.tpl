@@ -20,6 +20,10 @@ ServiceMonitors skipped: the cluster does not serve monitoring.coreos.com/v1/Ser
 PrometheusRule skipped: the cluster does not serve monitoring.coreos.com/v1/PrometheusRule (Prometheus Operator CRDs): no SLO alerts. Install them and upgrade to get it, or set prometheusRule.enabled=false.
 {{- end }}
 
+{{- if eq .Values.payments.provider "stripe" }}
+
+Payments: Stripe. Register the webhook endpoint {{ trimSuffix "/" .Values.config.tokenIssuer }}/v1/payments/events in Stripe (events payment_intent.succeeded and payment_intent.payment_failed) and keep its signing secret in the Secret {{ include "mercato.secretName" (dict "root" . "name" .Values.payments.stripe.existingSecret) }}.
+{{- end }}
 {{- if and (eq .Values.payments.provider "dev") (not .Values.payments.development) }}
 
 WARNING: payments.provider is `dev`: any caller holding the documented test token tok_test_ok can mark an order PAID, and no money moves. Do not take real orders with this release (set payments.development=true if it is for development or tests).

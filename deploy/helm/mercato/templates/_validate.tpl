@@ -33,7 +33,10 @@ Checks of the values as a whole, before anything is rendered. Every template fil
 {{- $problems = append $problems "kafka.bootstrapServers is required: the bootstrap servers of your Kafka (host:port, comma separated), unless kafka.strimzi.enabled renders a Kafka cluster with the Strimzi operator" -}}
 {{- end -}}
 {{- if and $payments (not $v.payments.provider) -}}
-{{- $problems = append $problems "payments.provider is required: `dev` is the only provider today; it approves the test token tok_test_ok and moves no money, so choose it knowingly (payments.development=true for development or tests)" -}}
+{{- $problems = append $problems "payments.provider is required: `stripe` (Stripe PaymentIntents, with payments.stripe.existingSecret), or `dev`, which approves the test token tok_test_ok and moves no money (payments.development=true for development or tests)" -}}
+{{- end -}}
+{{- if and $payments (eq $v.payments.provider "stripe") (not $v.payments.stripe.existingSecret) -}}
+{{- $problems = append $problems "payments.stripe.existingSecret is required with payments.provider stripe: a Secret holding the Stripe API key and the webhook signing secret (keys payments.stripe.apiKeyKey and webhookSecretKey)" -}}
 {{- end -}}
 {{- $security := $v.kafka.security -}}
 {{- if and $kafka (hasPrefix "SASL_" $security.protocol) (not $security.sasl.existingSecret) -}}

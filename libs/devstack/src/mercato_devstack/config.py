@@ -72,6 +72,8 @@ class StackConfig:
     prometheus_port: int = 9090
     jaeger_port: int = 16686
     jaeger_otlp_port: int = 4317
+    #: stripe-mock (the Stripe API for the payment tests); 12111 is its usual port.
+    stripe_mock_port: int = 12111
     #: Seconds each component gets to become ready.
     timeout: float = 120.0
     kafka_heap_opts: str = "-Xms128m -Xmx512m"
@@ -106,6 +108,7 @@ class StackConfig:
             prometheus_port=_port(env, "MERCATO_PROMETHEUS_PORT", cls.prometheus_port),
             jaeger_port=_port(env, "MERCATO_JAEGER_PORT", cls.jaeger_port),
             jaeger_otlp_port=_port(env, "MERCATO_JAEGER_OTLP_PORT", cls.jaeger_otlp_port),
+            stripe_mock_port=_port(env, "MERCATO_STRIPE_MOCK_PORT", cls.stripe_mock_port),
             timeout=timeout,
             kafka_heap_opts=env.get("MERCATO_KAFKA_HEAP_OPTS") or cls.kafka_heap_opts,
         )

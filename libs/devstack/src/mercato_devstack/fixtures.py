@@ -18,8 +18,10 @@ from typing import Any, TypeVar
 import pytest
 import pytest_asyncio
 
+from mercato_devstack.config import StackConfig
 from mercato_devstack.manifest import Manifest, load_manifest
 from mercato_devstack.stack import Stack
+from mercato_devstack.stripe_mock import StripeMock
 from mercato_devstack.testing import (
     Backends,
     TopicFactory,
@@ -42,6 +44,7 @@ __all__ = [
     "redis_url",
     "service_manifest",
     "stack_faults",
+    "stripe_mock",
     "topic_prefix",
 ]
 
@@ -53,6 +56,20 @@ def backends() -> Iterator[Backends]:
     """Every backend of the session: env vars, else testcontainers, else the local stack."""
     with open_backends() as resolved:
         yield resolved
+
+
+@pytest.fixture(scope="session")
+def stripe_mock() -> Iterator[StripeMock]:
+    """stripe-mock for the session (built once with Go, on MERCATO_STRIPE_MOCK_PORT)."""
+    server = StripeMock(StackConfig.from_env())
+    server.prepare()
+    server.stop()  # one left by an interrupted session
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

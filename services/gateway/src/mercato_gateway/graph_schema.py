@@ -205,13 +205,14 @@ _PROTOCOL_PREFIXES = ("/.well-known/",)
 
 
 def graph_routes(routes: Iterable[Route]) -> list[Route]:
-    """The routes that get a root field: the first binding of each RPC, OAuth and
-    ``/.well-known/`` endpoints left out."""
+    """The routes that get a root field: the first binding of each RPC, OAuth, raw-body
+    (provider webhooks) and ``/.well-known/`` endpoints left out."""
     return [
         route
         for route in routes
         if route.binding_index == 0
         and not route.form_encoded
+        and not route.raw_body
         and not route.template.startswith(_PROTOCOL_PREFIXES)
     ]
 

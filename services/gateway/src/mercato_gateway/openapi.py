@@ -709,7 +709,13 @@ def _operation(builder: _SchemaBuilder, route: Route, path_names: Sequence[str])
         }
     else:
         parameters.extend(_query_parameters(builder, descriptor, route.bound_fields | header_names))
-        if route.body:
+        if route.raw_body:
+            # google.api.HttpBody: any bytes, passed on as they came (a signed webhook).
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {}}},
+            }
+        elif route.body:
             field = descriptor.fields_by_name[route.body]
             schema = _without_path_bound(builder.field(field), route)
             operation["requestBody"] = {

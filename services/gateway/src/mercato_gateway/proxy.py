@@ -345,7 +345,7 @@ class GatewayEndpoint:
         )
         check_length(length_header, self._max_body)
         media = media_type(headers.get("content-type"))
-        if has_body:
+        if has_body and not route.raw_body:  # a raw body is passed on with its media type
             acceptable = media == _FORM_TYPE if route.form_encoded else json_media(media)
             if not acceptable:
                 raise unsupported_media(_FORM_TYPE if route.form_encoded else "application/json")
@@ -365,13 +365,20 @@ class GatewayEndpoint:
         raw_body = await read_body(receive, self._max_body) if has_body else b""
         query = _query(scope)
         document: Any = None
-        if route.form_encoded:
+        if route.raw_body:
+            document = raw_body
+        elif route.form_encoded:
             document = _form_document(route, raw_body, headers.get("authorization"))
             query = []
         elif raw_body.strip():
             document = parse_json_body(raw_body, route)
         request = build_request(
-            route, path_params=path_params, query=query, body=document, headers=headers
+            route,
+            path_params=path_params,
+            query=query,
+            body=document,
+            headers=headers,
+            content_type=headers.get("content-type", ""),
         )
 
         # The call.

@@ -49,6 +49,7 @@ from mercato_common.identity import AccessPolicy, Audience, access_policy
 __all__ = [
     "FORM_ENCODED_METHODS",
     "HEADER_FIELDS",
+    "HTTP_BODY_TYPE",
     "Match",
     "Route",
     "RouteError",
@@ -66,7 +67,10 @@ FORM_ENCODED_METHODS = frozenset(
     {"mercato.auth.v1.AuthService/IssueToken", "mercato.auth.v1.AuthService/RevokeToken"}
 )
 # Request fields bound from HTTP headers, wherever an RPC has them: field name -> header.
-HEADER_FIELDS = {"idempotency_key": "idempotency-key"}
+HEADER_FIELDS = {"idempotency_key": "idempotency-key", "stripe_signature": "stripe-signature"}
+# A body field of this type takes the request body as it came (grpc-gateway's convention):
+# for payloads whose bytes are signed, such as a payment provider's webhook.
+HTTP_BODY_TYPE = "google.api.HttpBody"
 
 _READ_LEVELS = (descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,)
 
@@ -237,10 +241,24 @@ class Route:
         return self.method.GetOptions().idempotency_level in _READ_LEVELS
 
     @property
+    def raw_body(self) -> bool:
+        """Whether the body field is a ``google.api.HttpBody``: the body is passed as it came."""
+        if not self.body or self.body == "*":
+            return False
+        body_field = self.request_descriptor.fields_by_name[self.body]
+        return (
+            body_field.message_type is not None
+            and body_field.message_type.full_name == HTTP_BODY_TYPE
+        )
+
+    @property
     def rate_class(self) -> str:
-        """``strict`` for public writes (register, login, token, revoke), else ``default``."""
+        """``strict`` for public writes (register, login, token, revoke), else ``default``.
+
+        A raw-body route (a provider's signed webhook) is ``default``: its signature, not a
+        guessable secret, authenticates it, and throttling it would delay payments."""
         if self.access.audience is Audience.PUBLIC and self.http_method != "GET":
-            return "strict"
+            return "default" if self.raw_body else "strict"
         return "default"
 
     @property

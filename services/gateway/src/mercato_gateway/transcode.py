@@ -231,16 +231,19 @@ def build_request(
     query: Sequence[tuple[str, str]],
     body: Any,
     headers: Mapping[str, str],
+    content_type: str = "",
 ) -> Message:
     """The request message of ``route``; raises :class:`ApiError` (400) naming the field.
 
     ``body`` is the parsed JSON document (or form parameters as a dict), or None when the
-    request had no body.
+    request had no body; for a raw-body route, the body's bytes and ``content_type``.
     """
     message = route.request_class()
     descriptor = cast(Descriptor, message.DESCRIPTOR)
     document: dict[str, Any] = {}
-    if route.body == "*":
+    if route.raw_body:
+        document = _query_document(route, query, route.bound_fields)
+    elif route.body == "*":
         if body is None:
             body = {}
         if not isinstance(body, dict):
@@ -256,9 +259,13 @@ def build_request(
             document[field.json_name] = {} if body is None else body
         elif body not in (None, {}):
             raise ApiError.bad_request("this route takes no request body")
-    if not route.form_encoded:
+    if not (route.form_encoded or route.raw_body):
         check_body(route, document if route.body == "*" else body)
     parse_message(document, message)
+    if route.raw_body:
+        payload = getattr(message, route.body)
+        payload.data = body or b""
+        payload.content_type = content_type
     for variable, value in path_params.items():
         _set_scalar(message, variable, value)
     for name, header, required in route.header_fields:

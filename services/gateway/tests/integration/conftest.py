@@ -139,6 +139,10 @@ class FakeOrders(orders_pb2_grpc.OrdersServiceServicer):
             raise NotFound("order not found", reason="ORDER_NOT_FOUND", domain="orders.mercato")
         return orders_pb2.FulfillOrderResponse(order=self._order(request.id))
 
+    async def RecordPaymentEvent(self, request: Any, context: Any) -> Any:
+        self._record("RecordPaymentEvent", request, context)
+        return orders_pb2.RecordPaymentEventResponse(order_id=ORDER_ID)
+
 
 class FakeAnalytics(analytics_pb2_grpc.AnalyticsServiceServicer):
     async def GetSalesSummary(self, request: Any, context: Any) -> Any:

@@ -288,6 +288,44 @@ async def test_malformed_requests_are_refused_before_any_service(
     assert unknown_param.json()["error"]["fieldViolations"][0]["field"] == "colour"
 
 
+async def test_payment_events_pass_the_raw_body_and_signature_to_orders(
+    suite: Suite, client: httpx.AsyncClient
+) -> None:
+    # A provider's webhook: no token, any media type, the body passed on byte for byte.
+    unsigned = await client.post("/v1/payments/events", content=b'{"id": "evt_1"}')
+    assert unsigned.status_code == 400
+    error = unsigned.json()["error"]
+    assert error["reason"] == "HEADER_MISSING"
+    assert error["fieldViolations"][0]["field"] == "stripeSignature"
+
+    suite.orders.seen.clear()
+    body = b'{"id": "evt_1",\n  "type": "payment_intent.succeeded"}  '
+    signed = await client.post(
+        "/v1/payments/events",
+        content=body,
+        headers={
+            "content-type": "application/json; charset=utf-8",
+            "stripe-signature": "t=1,v1=00",
+        },
+    )
+    assert signed.status_code == 200, signed.text
+    assert signed.json() == {"orderId": ORDER_ID}
+    name, request, metadata = suite.orders.seen[-1]
+    assert name == "RecordPaymentEvent"
+    assert request.payload.data == body  # byte for byte: the signature covers these bytes
+    assert request.payload.content_type == "application/json; charset=utf-8"
+    assert request.stripe_signature == "t=1,v1=00"
+    assert "authorization" not in metadata
+    # Not JSON at all, any media type: passed on all the same (the provider's check refuses it).
+    other = await client.post(
+        "/v1/payments/events",
+        content=b"\x00\xff",
+        headers={"content-type": "text/plain", "stripe-signature": "t=1,v1=00"},
+    )
+    assert other.status_code == 200
+    assert suite.orders.seen[-1][1].payload.data == b"\x00\xff"
+
+
 async def test_405_allows_exactly_the_path_methods_and_verbs_stay_theirs(
     suite: Suite, client: httpx.AsyncClient
 ) -> None:

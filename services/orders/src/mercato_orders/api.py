@@ -100,3 +100,9 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
             identity.subject, request.id.lower(), request.shipment_reference
         )
         return orders_pb2.FulfillOrderResponse(order=order_to_proto(order))
+
+    async def RecordPaymentEvent(
+        self, request: orders_pb2.RecordPaymentEventRequest, context: Context
+    ) -> orders_pb2.RecordPaymentEventResponse:
+        order_id = await self._service.record_event(request.payload.data, request.stripe_signature)
+        return orders_pb2.RecordPaymentEventResponse(order_id=order_id)

@@ -25,7 +25,7 @@ from mercato_orders.domain.errors import OrdersUnavailable
 from mercato_orders.domain.payments import PaymentProvider
 from mercato_orders.domain.rules import UserLimits
 from mercato_orders.jobs import Reconciler
-from mercato_orders.payments import DevPaymentProvider
+from mercato_orders.payments import DevPaymentProvider, StripePaymentProvider
 from mercato_orders.service import OrdersConfig, OrdersMetrics, OrdersService, Reconciliation
 from mercato_orders.settings import OrdersSettings
 from mercato_orders.store import Database, OrdersStore
@@ -94,7 +94,7 @@ def build_app(
         tokens,
         timeout=settings.catalog_timeout_seconds,
     )
-    payments = payments if payments is not None else DevPaymentProvider()
+    payments = payments if payments is not None else payment_provider(settings)
     service = OrdersService(
         store,
         catalog,
@@ -141,3 +141,22 @@ def build_app(
 
 
 DEFINITION = Definition("orders", OrdersSettings, build_app, COMMANDS)
+
+
+def payment_provider(settings: OrdersSettings) -> PaymentProvider:
+    """The provider PAYMENT_PROVIDER names (the settings check that Stripe's secrets are set)."""
+    if settings.payment_provider == "stripe":
+        api_key, webhook_secret = settings.stripe_api_key, settings.stripe_webhook_secret
+        if api_key is None or webhook_secret is None:  # refused by the settings already
+            raise ValueError(
+                "PAYMENT_PROVIDER=stripe needs STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET"
+            )
+        return StripePaymentProvider.create(
+            api_key=api_key.get_secret_value(),
+            webhook_secret=webhook_secret.get_secret_value(),
+            api_base=settings.stripe_api_base or None,
+            timeout_seconds=settings.stripe_timeout_seconds,
+            max_network_retries=settings.stripe_max_network_retries,
+            tolerance_seconds=settings.stripe_webhook_tolerance_seconds,
+        )
+    return DevPaymentProvider()

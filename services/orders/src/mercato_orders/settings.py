@@ -71,10 +71,21 @@ class OrdersSettings(BaseServiceSettings, PostgresSettings, OutboxSettings):
     # the catalog's RESERVATION_TTL_SECONDS.
     reservation_check_after_seconds: float = Field(default=900.0, ge=0)
 
-    # Payments: required, no default. "dev" is the only provider today: it approves the test
-    # token tok_test_ok and moves no money (development and tests). A deployment names it
-    # knowingly (the chart's payments.provider); the local suites set it (services.toml).
-    payment_provider: Literal["dev"]
+    # Payments: required, no default. "stripe": Stripe PaymentIntents (the settings below).
+    # "dev": approves the test token tok_test_ok and moves no money (development and tests). A
+    # deployment names it knowingly (the chart's payments.provider); the local suites set it
+    # (services.toml).
+    payment_provider: Literal["dev", "stripe"]
+    # Stripe: the secret (or restricted) API key and the webhook endpoint's signing secret.
+    stripe_api_key: SecretStr | None = None
+    stripe_webhook_secret: SecretStr | None = None
+    # Stripe's API address; empty for Stripe's own (tests point it at stripe-mock).
+    stripe_api_base: str = ""
+    stripe_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Network errors, 409, 429 and 5xx are retried this often, with the same idempotency key.
+    stripe_max_network_retries: int = Field(default=2, ge=0, le=10)
+    # A webhook signed longer ago than this is refused (replay protection).
+    stripe_webhook_tolerance_seconds: int = Field(default=300, ge=1, le=86_400)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -93,4 +104,10 @@ class OrdersSettings(BaseServiceSettings, PostgresSettings, OutboxSettings):
             )
         if self.reconcile_orphan_grace_seconds < self.idempotency_lease_seconds:
             raise ValueError("RECONCILE_ORPHAN_GRACE_SECONDS must be >= IDEMPOTENCY_LEASE_SECONDS")
+        if self.payment_provider == "stripe" and not (
+            self.stripe_api_key and self.stripe_webhook_secret
+        ):
+            raise ValueError(
+                "PAYMENT_PROVIDER=stripe needs STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET"
+            )
         return self

@@ -17,6 +17,8 @@ from mercato_common.errors import (
     Aborted,
     AlreadyExists,
     FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
     MercatoError,
     NotFound,
     PreconditionViolation,
@@ -38,6 +40,8 @@ __all__ = [
     "OrdersError",
     "OrdersUnavailable",
     "PaymentDeclined",
+    "PaymentEventInvalid",
+    "PaymentEventsUnsupported",
     "PaymentUnavailable",
     "PermissionRequired",
     "ProductLimitExceeded",
@@ -172,6 +176,24 @@ class ReservationExpired(OrdersError, FailedPrecondition):
             "the order's stock reservation expired; the payment was voided",
             metadata={"current_state": current.proto_name},
         )
+
+
+class PaymentEventInvalid(OrdersError, InvalidArgument):
+    """A payment event whose signature does not verify (missing, wrong, too old) or whose body
+    is not an event; nothing changed."""
+
+    default_reason = "PAYMENT_EVENT_INVALID"
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(
+            f"the payment event was refused: {description}",
+            field_violations=[FieldViolation(field, description)],
+        )
+
+
+class PaymentEventsUnsupported(OrdersError, FailedPrecondition):
+    default_reason = "PAYMENT_EVENTS_UNSUPPORTED"
+    default_message = "the configured payment provider sends no events"
 
 
 class PaymentUnavailable(OrdersError, Unavailable):

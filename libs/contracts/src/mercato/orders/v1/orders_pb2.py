@@ -25,6 +25,7 @@ _sym_db = _symbol_database.Default()
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
+from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from mercato.api.v1 import access_pb2 as mercato_dot_api_dot_v1_dot_access__pb2
 from mercato.api.v1 import live_pb2 as mercato_dot_api_dot_v1_dot_live__pb2
@@ -32,7 +33,7 @@ from mercato.api.v1 import reference_pb2 as mercato_dot_api_dot_v1_dot_reference
 from mercato.type.v1 import money_pb2 as mercato_dot_type_dot_v1_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emercato/orders/v1/orders.proto\x12\x11mercato.orders.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmercato/api/v1/access.proto\x1a\x19mercato/api/v1/live.proto\x1a\x1emercato/api/v1/reference.proto\x1a\x1bmercato/type/v1/money.proto\"\xa3\x04\n\x05Order\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32\x1d.mercato.orders.v1.OrderStateB\x04\xe2\x41\x01\x03\x12\x92\x01\n\x05lines\x18\x04 \x03(\x0b\x32\x1c.mercato.orders.v1.OrderLineBe\xe2\x41\x01\x02\xbaH^\x92\x01\x04\x08\x01\x10\x64\xba\x01Q\n\x13lines.distinct_skus\x12\x1dlines must have distinct SKUs\x1a\x1bthis.map(l, l.sku).unique()\xc8\x01\x01\x12+\n\x05total\x18\x05 \x01(\x0b\x32\x16.mercato.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x35\n\x07history\x18\x06 \x03(\x0b\x32\x1e.mercato.orders.v1.StateChangeB\x04\xe2\x41\x01\x03\x12\x18\n\npayment_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0cstate_reason\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12 \n\x12shipment_reference\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\"\xb9\x02\n\tOrderLine\x12\x86\x01\n\x03sku\x18\x01 \x01(\tBy\xe2\x41\x01\x02\xbaH r\x1b\x32\x19^[A-Z0-9][A-Z0-9-]{1,63}$\xc8\x01\x01\xf2\xe0\x18N\n\x07product\x12.mercato.catalog.v1.CatalogService.ListProducts\x1a\x04skus\"\x08products*\x03sku\x12#\n\x08quantity\x18\x02 \x01(\x05\x42\x11\xe2\x41\x01\x02\xbaH\n\x1a\x05\x18\xe8\x07(\x01\xc8\x01\x01\x12\x1a\n\x0cproduct_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x30\n\nunit_price\x18\x04 \x01(\x0b\x32\x16.mercato.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x30\n\nline_total\x18\x05 \x01(\x0b\x32\x16.mercato.type.v1.MoneyB\x04\xe2\x41\x01\x03\"\xba\x01\n\x0bStateChange\x12\x31\n\nfrom_state\x18\x01 \x01(\x0e\x32\x1d.mercato.orders.v1.OrderState\x12/\n\x08to_state\x18\x02 \x01(\x0e\x32\x1d.mercato.orders.v1.OrderState\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x80\x01\n\x12\x43reateOrderRequest\x12\x33\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.OrderB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x35\n\x0fidempotency_key\x18\x02 \x01(\tB\x1c\xe2\x41\x01\x02\xbaH\x15r\x10\x32\x0e^[!-~]{1,255}$\xc8\x01\x01\">\n\x13\x43reateOrderResponse\x12\'\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.Order\".\n\x0fGetOrderRequest\x12\x1b\n\x02id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01\";\n\x10GetOrderResponse\x12\'\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.Order\"\x8c\x04\n\x11ListOrdersRequest\x12\x1c\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12j\n\x07user_id\x18\x03 \x01(\tBY\xbaHVrT2R^(-|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$\x12\x36\n\x05state\x18\x04 \x01(\x0e\x32\x1d.mercato.orders.v1.OrderStateB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x31\n\rcreated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\xaf\x01\xbaH\xab\x01\x1a\xa8\x01\n\x16list_orders.time_range\x12+created_after must be before created_before\x1a\x61!has(this.created_after) || !has(this.created_before) || this.created_after < this.created_before\"W\n\x12ListOrdersResponse\x12(\n\x06orders\x18\x01 \x03(\x0b\x32\x18.mercato.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xdc\x01\n\x0fPayOrderRequest\x12\x1b\n\x02id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01\x12\x34\n\rpayment_token\x18\x02 \x01(\tB\x1d\xe2\x41\x02\x02\x04\xbaH\x15r\x10\x32\x0e^[!-~]{1,256}$\xc8\x01\x01\x12v\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x16.mercato.type.v1.MoneyBN\xe2\x41\x01\x02\xbaHG\xba\x01\x41\n\x0f\x61mount.positive\x12\x17\x61mount must be positive\x1a\x15this.amount_minor > 0\xc8\x01\x01\";\n\x10PayOrderResponse\x12\'\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.Order\"`\n\x12\x43\x61ncelOrderRequest\x12\x1b\n\x02id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01\x12-\n\x06reason\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x18\xf4\x03\x32\x13^[^\\x00-\\x1f\\x7f]*$\">\n\x13\x43\x61ncelOrderResponse\x12\'\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.Order\"m\n\x13\x46ulfillOrderRequest\x12\x1b\n\x02id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01\x12\x39\n\x12shipment_reference\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x18\xc8\x01\x32\x13^[^\\x00-\\x1f\\x7f]*$\"?\n\x14\x46ulfillOrderResponse\x12\'\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.Order*\xc1\x01\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATE_PENDING\x10\x01\x12\x19\n\x15ORDER_STATE_CONFIRMED\x10\x02\x12\x14\n\x10ORDER_STATE_PAID\x10\x03\x12\x19\n\x15ORDER_STATE_FULFILLED\x10\x04\x12\x19\n\x15ORDER_STATE_CANCELLED\x10\x05\x12\x16\n\x12ORDER_STATE_FAILED\x10\x06\x32\x9d\x07\n\rOrdersService\x12\x8e\x01\n\x0b\x43reateOrder\x12%.mercato.orders.v1.CreateOrderRequest\x1a&.mercato.orders.v1.CreateOrderResponse\"0\x90\x02\x02\xea\xe0\x18\x10\x08\x03\x12\x0corders:write\x82\xd3\xe4\x93\x02\x13\"\n/v1/orders:\x05order\x12\xb2\x01\n\x08GetOrder\x12\".mercato.orders.v1.GetOrderRequest\x1a#.mercato.orders.v1.GetOrderResponse\"]\x90\x02\x01\xea\xe0\x18\x0f\x08\x03\x12\x0borders:read\xfa\xe0\x18,\n\x0corderUpdated\x12\x18mercato.orders.events.v1\x1a\x02id\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/orders/{id}\x12\x83\x01\n\nListOrders\x12$.mercato.orders.v1.ListOrdersRequest\x1a%.mercato.orders.v1.ListOrdersResponse\"(\x90\x02\x01\xea\xe0\x18\x0f\x08\x03\x12\x0borders:read\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12\x87\x01\n\x08PayOrder\x12\".mercato.orders.v1.PayOrderRequest\x1a#.mercato.orders.v1.PayOrderResponse\"2\xea\xe0\x18\x10\x08\x03\x12\x0corders:write\x82\xd3\xe4\x93\x02\x18\"\x13/v1/orders/{id}:pay:\x01*\x12\x96\x01\n\x0b\x43\x61ncelOrder\x12%.mercato.orders.v1.CancelOrderRequest\x1a&.mercato.orders.v1.CancelOrderResponse\"8\x90\x02\x02\xea\xe0\x18\x10\x08\x03\x12\x0corders:write\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/orders/{id}:cancel:\x01*\x12\x9c\x01\n\x0c\x46ulfillOrder\x12&.mercato.orders.v1.FulfillOrderRequest\x1a\'.mercato.orders.v1.FulfillOrderResponse\";\x90\x02\x02\xea\xe0\x18\x12\x08\x03\x12\x0eorders:fulfill\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/orders/{id}:fulfill:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emercato/orders/v1/orders.proto\x12\x11mercato.orders.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/httpbody.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bmercato/api/v1/access.proto\x1a\x19mercato/api/v1/live.proto\x1a\x1emercato/api/v1/reference.proto\x1a\x1bmercato/type/v1/money.proto\"\xa3\x04\n\x05Order\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\x07user_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x32\n\x05state\x18\x03 \x01(\x0e\x32\x1d.mercato.orders.v1.OrderStateB\x04\xe2\x41\x01\x03\x12\x92\x01\n\x05lines\x18\x04 \x03(\x0b\x32\x1c.mercato.orders.v1.OrderLineBe\xe2\x41\x01\x02\xbaH^\x92\x01\x04\x08\x01\x10\x64\xba\x01Q\n\x13lines.distinct_skus\x12\x1dlines must have distinct SKUs\x1a\x1bthis.map(l, l.sku).unique()\xc8\x01\x01\x12+\n\x05total\x18\x05 \x01(\x0b\x32\x16.mercato.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x35\n\x07history\x18\x06 \x03(\x0b\x32\x1e.mercato.orders.v1.StateChangeB\x04\xe2\x41\x01\x03\x12\x18\n\npayment_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0cstate_reason\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12 \n\x12shipment_reference\x18\x0b \x01(\tB\x04\xe2\x41\x01\x03\"\xb9\x02\n\tOrderLine\x12\x86\x01\n\x03sku\x18\x01 \x01(\tBy\xe2\x41\x01\x02\xbaH r\x1b\x32\x19^[A-Z0-9][A-Z0-9-]{1,63}$\xc8\x01\x01\xf2\xe0\x18N\n\x07product\x12.mercato.catalog.v1.CatalogService.ListProducts\x1a\x04skus\"\x08products*\x03sku\x12#\n\x08quantity\x18\x02 \x01(\x05\x42\x11\xe2\x41\x01\x02\xbaH\n\x1a\x05\x18\xe8\x07(\x01\xc8\x01\x01\x12\x1a\n\x0cproduct_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x30\n\nunit_price\x18\x04 \x01(\x0b\x32\x16.mercato.type.v1.MoneyB\x04\xe2\x41\x01\x03\x12\x30\n\nline_total\x18\x05 \x01(\x0b\x32\x16.mercato.type.v1.MoneyB\x04\xe2\x41\x01\x03\"\xba\x01\n\x0bStateChange\x12\x31\n\nfrom_state\x18\x01 \x01(\x0e\x32\x1d.mercato.orders.v1.OrderState\x12/\n\x08to_state\x18\x02 \x01(\x0e\x32\x1d.mercato.orders.v1.OrderState\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\x80\x01\n\x12\x43reateOrderRequest\x12\x33\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.OrderB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12\x35\n\x0fidempotency_key\x18\x02 \x01(\tB\x1c\xe2\x41\x01\x02\xbaH\x15r\x10\x32\x0e^[!-~]{1,255}$\xc8\x01\x01\">\n\x13\x43reateOrderResponse\x12\'\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.Order\".\n\x0fGetOrderRequest\x12\x1b\n\x02id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01\";\n\x10GetOrderResponse\x12\'\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.Order\"\x8c\x04\n\x11ListOrdersRequest\x12\x1c\n\tpage_size\x18\x01 \x01(\x05\x42\t\xbaH\x06\x1a\x04\x18\x64(\x00\x12\x1c\n\npage_token\x18\x02 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12j\n\x07user_id\x18\x03 \x01(\tBY\xbaHVrT2R^(-|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$\x12\x36\n\x05state\x18\x04 \x01(\x0e\x32\x1d.mercato.orders.v1.OrderStateB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x31\n\rcreated_after\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp:\xaf\x01\xbaH\xab\x01\x1a\xa8\x01\n\x16list_orders.time_range\x12+created_after must be before created_before\x1a\x61!has(this.created_after) || !has(this.created_before) || this.created_after < this.created_before\"W\n\x12ListOrdersResponse\x12(\n\x06orders\x18\x01 \x03(\x0b\x32\x18.mercato.orders.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xdc\x01\n\x0fPayOrderRequest\x12\x1b\n\x02id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01\x12\x34\n\rpayment_token\x18\x02 \x01(\tB\x1d\xe2\x41\x02\x02\x04\xbaH\x15r\x10\x32\x0e^[!-~]{1,256}$\xc8\x01\x01\x12v\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x16.mercato.type.v1.MoneyBN\xe2\x41\x01\x02\xbaHG\xba\x01\x41\n\x0f\x61mount.positive\x12\x17\x61mount must be positive\x1a\x15this.amount_minor > 0\xc8\x01\x01\";\n\x10PayOrderResponse\x12\'\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.Order\"`\n\x12\x43\x61ncelOrderRequest\x12\x1b\n\x02id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01\x12-\n\x06reason\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x18\xf4\x03\x32\x13^[^\\x00-\\x1f\\x7f]*$\">\n\x13\x43\x61ncelOrderResponse\x12\'\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.Order\"m\n\x13\x46ulfillOrderRequest\x12\x1b\n\x02id\x18\x01 \x01(\tB\x0f\xe2\x41\x01\x02\xbaH\x08r\x03\xb0\x01\x01\xc8\x01\x01\x12\x39\n\x12shipment_reference\x18\x02 \x01(\tB\x1d\xbaH\x1ar\x18\x18\xc8\x01\x32\x13^[^\\x00-\\x1f\\x7f]*$\"?\n\x14\x46ulfillOrderResponse\x12\'\n\x05order\x18\x01 \x01(\x0b\x32\x18.mercato.orders.v1.Order\"{\n\x19RecordPaymentEventRequest\x12\x31\n\x07payload\x18\x01 \x01(\x0b\x32\x14.google.api.HttpBodyB\n\xe2\x41\x01\x02\xbaH\x03\xc8\x01\x01\x12+\n\x10stripe_signature\x18\x02 \x01(\tB\x11\xe2\x41\x01\x02\xbaH\nr\x05\x10\x01\x18\x80 \xc8\x01\x01\".\n\x1aRecordPaymentEventResponse\x12\x10\n\x08order_id\x18\x01 \x01(\t*\xc1\x01\n\nOrderState\x12\x1b\n\x17ORDER_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_STATE_PENDING\x10\x01\x12\x19\n\x15ORDER_STATE_CONFIRMED\x10\x02\x12\x14\n\x10ORDER_STATE_PAID\x10\x03\x12\x19\n\x15ORDER_STATE_FULFILLED\x10\x04\x12\x19\n\x15ORDER_STATE_CANCELLED\x10\x05\x12\x16\n\x12ORDER_STATE_FAILED\x10\x06\x32\xc0\x08\n\rOrdersService\x12\x8e\x01\n\x0b\x43reateOrder\x12%.mercato.orders.v1.CreateOrderRequest\x1a&.mercato.orders.v1.CreateOrderResponse\"0\x90\x02\x02\xea\xe0\x18\x10\x08\x03\x12\x0corders:write\x82\xd3\xe4\x93\x02\x13\"\n/v1/orders:\x05order\x12\xb2\x01\n\x08GetOrder\x12\".mercato.orders.v1.GetOrderRequest\x1a#.mercato.orders.v1.GetOrderResponse\"]\x90\x02\x01\xea\xe0\x18\x0f\x08\x03\x12\x0borders:read\xfa\xe0\x18,\n\x0corderUpdated\x12\x18mercato.orders.events.v1\x1a\x02id\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/orders/{id}\x12\x83\x01\n\nListOrders\x12$.mercato.orders.v1.ListOrdersRequest\x1a%.mercato.orders.v1.ListOrdersResponse\"(\x90\x02\x01\xea\xe0\x18\x0f\x08\x03\x12\x0borders:read\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/orders\x12\x87\x01\n\x08PayOrder\x12\".mercato.orders.v1.PayOrderRequest\x1a#.mercato.orders.v1.PayOrderResponse\"2\xea\xe0\x18\x10\x08\x03\x12\x0corders:write\x82\xd3\xe4\x93\x02\x18\"\x13/v1/orders/{id}:pay:\x01*\x12\x96\x01\n\x0b\x43\x61ncelOrder\x12%.mercato.orders.v1.CancelOrderRequest\x1a&.mercato.orders.v1.CancelOrderResponse\"8\x90\x02\x02\xea\xe0\x18\x10\x08\x03\x12\x0corders:write\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/orders/{id}:cancel:\x01*\x12\x9c\x01\n\x0c\x46ulfillOrder\x12&.mercato.orders.v1.FulfillOrderRequest\x1a\'.mercato.orders.v1.FulfillOrderResponse\";\x90\x02\x02\xea\xe0\x18\x12\x08\x03\x12\x0eorders:fulfill\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/orders/{id}:fulfill:\x01*\x12\xa0\x01\n\x12RecordPaymentEvent\x12,.mercato.orders.v1.RecordPaymentEventRequest\x1a-.mercato.orders.v1.RecordPaymentEventResponse\"-\x90\x02\x02\xea\xe0\x18\x02\x08\x01\x82\xd3\xe4\x93\x02\x1e\"\x13/v1/payments/events:\x07payloadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -101,6 +102,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FULFILLORDERREQUEST'].fields_by_name['id']._serialized_options = b'\342A\001\002\272H\010r\003\260\001\001\310\001\001'
   _globals['_FULFILLORDERREQUEST'].fields_by_name['shipment_reference']._loaded_options = None
   _globals['_FULFILLORDERREQUEST'].fields_by_name['shipment_reference']._serialized_options = b'\272H\032r\030\030\310\0012\023^[^\\x00-\\x1f\\x7f]*$'
+  _globals['_RECORDPAYMENTEVENTREQUEST'].fields_by_name['payload']._loaded_options = None
+  _globals['_RECORDPAYMENTEVENTREQUEST'].fields_by_name['payload']._serialized_options = b'\342A\001\002\272H\003\310\001\001'
+  _globals['_RECORDPAYMENTEVENTREQUEST'].fields_by_name['stripe_signature']._loaded_options = None
+  _globals['_RECORDPAYMENTEVENTREQUEST'].fields_by_name['stripe_signature']._serialized_options = b'\342A\001\002\272H\nr\005\020\001\030\200 \310\001\001'
   _globals['_ORDERSSERVICE'].methods_by_name['CreateOrder']._loaded_options = None
   _globals['_ORDERSSERVICE'].methods_by_name['CreateOrder']._serialized_options = b'\220\002\002\352\340\030\020\010\003\022\014orders:write\202\323\344\223\002\023\"\n/v1/orders:\005order'
   _globals['_ORDERSSERVICE'].methods_by_name['GetOrder']._loaded_options = None
@@ -113,38 +118,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERSSERVICE'].methods_by_name['CancelOrder']._serialized_options = b'\220\002\002\352\340\030\020\010\003\022\014orders:write\202\323\344\223\002\033\"\026/v1/orders/{id}:cancel:\001*'
   _globals['_ORDERSSERVICE'].methods_by_name['FulfillOrder']._loaded_options = None
   _globals['_ORDERSSERVICE'].methods_by_name['FulfillOrder']._serialized_options = b'\220\002\002\352\340\030\022\010\003\022\016orders:fulfill\202\323\344\223\002\034\"\027/v1/orders/{id}:fulfill:\001*'
-  _globals['_ORDERSTATE']._serialized_start=2893
-  _globals['_ORDERSTATE']._serialized_end=3086
-  _globals['_ORDER']._serialized_start=296
-  _globals['_ORDER']._serialized_end=843
-  _globals['_ORDERLINE']._serialized_start=846
-  _globals['_ORDERLINE']._serialized_end=1159
-  _globals['_STATECHANGE']._serialized_start=1162
-  _globals['_STATECHANGE']._serialized_end=1348
-  _globals['_CREATEORDERREQUEST']._serialized_start=1351
-  _globals['_CREATEORDERREQUEST']._serialized_end=1479
-  _globals['_CREATEORDERRESPONSE']._serialized_start=1481
-  _globals['_CREATEORDERRESPONSE']._serialized_end=1543
-  _globals['_GETORDERREQUEST']._serialized_start=1545
-  _globals['_GETORDERREQUEST']._serialized_end=1591
-  _globals['_GETORDERRESPONSE']._serialized_start=1593
-  _globals['_GETORDERRESPONSE']._serialized_end=1652
-  _globals['_LISTORDERSREQUEST']._serialized_start=1655
-  _globals['_LISTORDERSREQUEST']._serialized_end=2179
-  _globals['_LISTORDERSRESPONSE']._serialized_start=2181
-  _globals['_LISTORDERSRESPONSE']._serialized_end=2268
-  _globals['_PAYORDERREQUEST']._serialized_start=2271
-  _globals['_PAYORDERREQUEST']._serialized_end=2491
-  _globals['_PAYORDERRESPONSE']._serialized_start=2493
-  _globals['_PAYORDERRESPONSE']._serialized_end=2552
-  _globals['_CANCELORDERREQUEST']._serialized_start=2554
-  _globals['_CANCELORDERREQUEST']._serialized_end=2650
-  _globals['_CANCELORDERRESPONSE']._serialized_start=2652
-  _globals['_CANCELORDERRESPONSE']._serialized_end=2714
-  _globals['_FULFILLORDERREQUEST']._serialized_start=2716
-  _globals['_FULFILLORDERREQUEST']._serialized_end=2825
-  _globals['_FULFILLORDERRESPONSE']._serialized_start=2827
-  _globals['_FULFILLORDERRESPONSE']._serialized_end=2890
-  _globals['_ORDERSSERVICE']._serialized_start=3089
-  _globals['_ORDERSSERVICE']._serialized_end=4014
+  _globals['_ORDERSSERVICE'].methods_by_name['RecordPaymentEvent']._loaded_options = None
+  _globals['_ORDERSSERVICE'].methods_by_name['RecordPaymentEvent']._serialized_options = b'\220\002\002\352\340\030\002\010\001\202\323\344\223\002\036\"\023/v1/payments/events:\007payload'
+  _globals['_ORDERSTATE']._serialized_start=3093
+  _globals['_ORDERSTATE']._serialized_end=3286
+  _globals['_ORDER']._serialized_start=323
+  _globals['_ORDER']._serialized_end=870
+  _globals['_ORDERLINE']._serialized_start=873
+  _globals['_ORDERLINE']._serialized_end=1186
+  _globals['_STATECHANGE']._serialized_start=1189
+  _globals['_STATECHANGE']._serialized_end=1375
+  _globals['_CREATEORDERREQUEST']._serialized_start=1378
+  _globals['_CREATEORDERREQUEST']._serialized_end=1506
+  _globals['_CREATEORDERRESPONSE']._serialized_start=1508
+  _globals['_CREATEORDERRESPONSE']._serialized_end=1570
+  _globals['_GETORDERREQUEST']._serialized_start=1572
+  _globals['_GETORDERREQUEST']._serialized_end=1618
+  _globals['_GETORDERRESPONSE']._serialized_start=1620
+  _globals['_GETORDERRESPONSE']._serialized_end=1679
+  _globals['_LISTORDERSREQUEST']._serialized_start=1682
+  _globals['_LISTORDERSREQUEST']._serialized_end=2206
+  _globals['_LISTORDERSRESPONSE']._serialized_start=2208
+  _globals['_LISTORDERSRESPONSE']._serialized_end=2295
+  _globals['_PAYORDERREQUEST']._serialized_start=2298
+  _globals['_PAYORDERREQUEST']._serialized_end=2518
+  _globals['_PAYORDERRESPONSE']._serialized_start=2520
+  _globals['_PAYORDERRESPONSE']._serialized_end=2579
+  _globals['_CANCELORDERREQUEST']._serialized_start=2581
+  _globals['_CANCELORDERREQUEST']._serialized_end=2677
+  _globals['_CANCELORDERRESPONSE']._serialized_start=2679
+  _globals['_CANCELORDERRESPONSE']._serialized_end=2741
+  _globals['_FULFILLORDERREQUEST']._serialized_start=2743
+  _globals['_FULFILLORDERREQUEST']._serialized_end=2852
+  _globals['_FULFILLORDERRESPONSE']._serialized_start=2854
+  _globals['_FULFILLORDERRESPONSE']._serialized_end=2917
+  _globals['_RECORDPAYMENTEVENTREQUEST']._serialized_start=2919
+  _globals['_RECORDPAYMENTEVENTREQUEST']._serialized_end=3042
+  _globals['_RECORDPAYMENTEVENTRESPONSE']._serialized_start=3044
+  _globals['_RECORDPAYMENTEVENTRESPONSE']._serialized_end=3090
+  _globals['_ORDERSSERVICE']._serialized_start=3289
+  _globals['_ORDERSSERVICE']._serialized_end=4377
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -553,3 +554,57 @@ class FulfillOrderResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FulfillOrderResponse: _TypeAlias = FulfillOrderResponse  # noqa: Y015
+
+@_typing.final
+class RecordPaymentEventRequest(_message.Message):
+    """Request of OrdersService.RecordPaymentEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    STRIPE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    stripe_signature: _builtins.str
+    """The provider's signature of the payload. Over REST it comes from the Stripe-Signature
+    header.
+    """
+    @_builtins.property
+    def payload(self) -> _httpbody_pb2.HttpBody:
+        """The provider's event, byte for byte as sent (the signature covers these bytes). Over REST:
+        the request body.
+        """
+
+    def __init__(
+        self,
+        *,
+        payload: _httpbody_pb2.HttpBody | None = ...,
+        stripe_signature: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "stripe_signature", b"stripe_signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordPaymentEventRequest: _TypeAlias = RecordPaymentEventRequest  # noqa: Y015
+
+@_typing.final
+class RecordPaymentEventResponse(_message.Message):
+    """Response of OrdersService.RecordPaymentEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """The order the event was about; empty for an event about no order of this suite."""
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordPaymentEventResponse: _TypeAlias = RecordPaymentEventResponse  # noqa: Y015

@@ -83,6 +83,11 @@ class OrdersServiceStub:
                 request_serializer=mercato_dot_orders_dot_v1_dot_orders__pb2.FulfillOrderRequest.SerializeToString,
                 response_deserializer=mercato_dot_orders_dot_v1_dot_orders__pb2.FulfillOrderResponse.FromString,
                 _registered_method=True)
+        self.RecordPaymentEvent = channel.unary_unary(
+                '/mercato.orders.v1.OrdersService/RecordPaymentEvent',
+                request_serializer=mercato_dot_orders_dot_v1_dot_orders__pb2.RecordPaymentEventRequest.SerializeToString,
+                response_deserializer=mercato_dot_orders_dot_v1_dot_orders__pb2.RecordPaymentEventResponse.FromString,
+                _registered_method=True)
 
 
 class OrdersServiceServicer:
@@ -174,6 +179,26 @@ class OrdersServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordPaymentEvent(self, request, context):
+        """Records an event of the payment provider: its webhook. With the Stripe provider the body
+        is Stripe's event JSON, authenticated by its `Stripe-Signature` header (HMAC-SHA256 with the
+        endpoint's signing secret, at most STRIPE_WEBHOOK_TOLERANCE_SECONDS old); no token.
+
+        `payment_intent.succeeded` for a CONFIRMED order, whose amount and currency equal the
+        order's total, commits the stock reservation and pays the order (CONFIRMED -> PAID,
+        OrderPaid), as PayOrder does when the provider settles at once. The same event again, or
+        one for an order already PAID by that payment, changes nothing. A payment that cannot pay
+        its order (another amount, the order cancelled or failed meanwhile, its reservation
+        lapsed) is refunded. Other event types are acknowledged and ignored.
+
+        A missing or wrong signature, or a body that is not an event: INVALID_ARGUMENT
+        PAYMENT_EVENT_INVALID, nothing changes. A provider that sends no events (dev):
+        FAILED_PRECONDITION PAYMENT_EVENTS_UNSUPPORTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrdersServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -206,6 +231,11 @@ def add_OrdersServiceServicer_to_server(servicer, server):
                     servicer.FulfillOrder,
                     request_deserializer=mercato_dot_orders_dot_v1_dot_orders__pb2.FulfillOrderRequest.FromString,
                     response_serializer=mercato_dot_orders_dot_v1_dot_orders__pb2.FulfillOrderResponse.SerializeToString,
+            ),
+            'RecordPaymentEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordPaymentEvent,
+                    request_deserializer=mercato_dot_orders_dot_v1_dot_orders__pb2.RecordPaymentEventRequest.FromString,
+                    response_serializer=mercato_dot_orders_dot_v1_dot_orders__pb2.RecordPaymentEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,6 +419,33 @@ class OrdersService:
             '/mercato.orders.v1.OrdersService/FulfillOrder',
             mercato_dot_orders_dot_v1_dot_orders__pb2.FulfillOrderRequest.SerializeToString,
             mercato_dot_orders_dot_v1_dot_orders__pb2.FulfillOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordPaymentEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mercato.orders.v1.OrdersService/RecordPaymentEvent',
+            mercato_dot_orders_dot_v1_dot_orders__pb2.RecordPaymentEventRequest.SerializeToString,
+            mercato_dot_orders_dot_v1_dot_orders__pb2.RecordPaymentEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

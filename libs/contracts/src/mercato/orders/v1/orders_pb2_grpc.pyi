@@ -95,6 +95,22 @@ class OrdersServiceStub:
     FULFILLED order returns it unchanged; other states: FAILED_PRECONDITION. Emits
     OrderFulfilled once.
     """
+    RecordPaymentEvent: _grpc.UnaryUnaryMultiCallable[_orders_pb2.RecordPaymentEventRequest, _orders_pb2.RecordPaymentEventResponse]
+    """Records an event of the payment provider: its webhook. With the Stripe provider the body
+    is Stripe's event JSON, authenticated by its `Stripe-Signature` header (HMAC-SHA256 with the
+    endpoint's signing secret, at most STRIPE_WEBHOOK_TOLERANCE_SECONDS old); no token.
+
+    `payment_intent.succeeded` for a CONFIRMED order, whose amount and currency equal the
+    order's total, commits the stock reservation and pays the order (CONFIRMED -> PAID,
+    OrderPaid), as PayOrder does when the provider settles at once. The same event again, or
+    one for an order already PAID by that payment, changes nothing. A payment that cannot pay
+    its order (another amount, the order cancelled or failed meanwhile, its reservation
+    lapsed) is refunded. Other event types are acknowledged and ignored.
+
+    A missing or wrong signature, or a body that is not an event: INVALID_ARGUMENT
+    PAYMENT_EVENT_INVALID, nothing changes. A provider that sends no events (dev):
+    FAILED_PRECONDITION PAYMENT_EVENTS_UNSUPPORTED.
+    """
 
 @_typing.type_check_only
 class OrdersServiceAsyncStub(OrdersServiceStub):
@@ -162,6 +178,22 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     """Marks a PAID order as shipped: PAID -> FULFILLED (any user's order). Fulfilling a
     FULFILLED order returns it unchanged; other states: FAILED_PRECONDITION. Emits
     OrderFulfilled once.
+    """
+    RecordPaymentEvent: _aio.UnaryUnaryMultiCallable[_orders_pb2.RecordPaymentEventRequest, _orders_pb2.RecordPaymentEventResponse]  # type: ignore[assignment]
+    """Records an event of the payment provider: its webhook. With the Stripe provider the body
+    is Stripe's event JSON, authenticated by its `Stripe-Signature` header (HMAC-SHA256 with the
+    endpoint's signing secret, at most STRIPE_WEBHOOK_TOLERANCE_SECONDS old); no token.
+
+    `payment_intent.succeeded` for a CONFIRMED order, whose amount and currency equal the
+    order's total, commits the stock reservation and pays the order (CONFIRMED -> PAID,
+    OrderPaid), as PayOrder does when the provider settles at once. The same event again, or
+    one for an order already PAID by that payment, changes nothing. A payment that cannot pay
+    its order (another amount, the order cancelled or failed meanwhile, its reservation
+    lapsed) is refunded. Other event types are acknowledged and ignored.
+
+    A missing or wrong signature, or a body that is not an event: INVALID_ARGUMENT
+    PAYMENT_EVENT_INVALID, nothing changes. A provider that sends no events (dev):
+    FAILED_PRECONDITION PAYMENT_EVENTS_UNSUPPORTED.
     """
 
 class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -263,6 +295,28 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         """Marks a PAID order as shipped: PAID -> FULFILLED (any user's order). Fulfilling a
         FULFILLED order returns it unchanged; other states: FAILED_PRECONDITION. Emits
         OrderFulfilled once.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordPaymentEvent(
+        self,
+        request: _orders_pb2.RecordPaymentEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orders_pb2.RecordPaymentEventResponse, _abc.Awaitable[_orders_pb2.RecordPaymentEventResponse]]:
+        """Records an event of the payment provider: its webhook. With the Stripe provider the body
+        is Stripe's event JSON, authenticated by its `Stripe-Signature` header (HMAC-SHA256 with the
+        endpoint's signing secret, at most STRIPE_WEBHOOK_TOLERANCE_SECONDS old); no token.
+
+        `payment_intent.succeeded` for a CONFIRMED order, whose amount and currency equal the
+        order's total, commits the stock reservation and pays the order (CONFIRMED -> PAID,
+        OrderPaid), as PayOrder does when the provider settles at once. The same event again, or
+        one for an order already PAID by that payment, changes nothing. A payment that cannot pay
+        its order (another amount, the order cancelled or failed meanwhile, its reservation
+        lapsed) is refunded. Other event types are acknowledged and ignored.
+
+        A missing or wrong signature, or a body that is not an event: INVALID_ARGUMENT
+        PAYMENT_EVENT_INVALID, nothing changes. A provider that sends no events (dev):
+        FAILED_PRECONDITION PAYMENT_EVENTS_UNSUPPORTED.
         """
 
 def add_OrdersServiceServicer_to_server(servicer: OrdersServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

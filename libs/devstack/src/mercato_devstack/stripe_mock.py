@@ -1,0 +1,84 @@
+"""stripe-mock: the Stripe API answered from Stripe's OpenAPI document, for the payment tests.
+
+Built once with ``go install`` into ``.state/cache/stripe-mock-<version>/`` (module cache
+``.state/cache/go``, like the other Go tools) and run as one process on
+``MERCATO_STRIPE_MOCK_PORT`` (12111). It checks every request against the API's schema (unknown
+or malformed parameters are refused as Stripe would) and answers with fixture objects that
+reflect some parameters (``amount``, ``currency``), but it keeps no state: a confirmed
+PaymentIntent comes back ``requires_payment_method``, and nothing is remembered between calls.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mercato_devstack import install, process
+from mercato_devstack.components.base import Component
+
+__all__ = ["STRIPE_MOCK_VERSION", "StripeMock"]
+
+STRIPE_MOCK_MODULE = "github.com/stripe/stripe-mock"
+STRIPE_MOCK_VERSION = "v0.203.0"
+#: Any key of the form Stripe accepts: stripe-mock checks the form, not the value.
+TEST_API_KEY = "sk_test_mercato"
+
+
+class StripeMock(Component):
+    name = "stripe-mock"
+
+    @property
+    def port(self) -> int:
+        return self.config.stripe_mock_port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def binary(self) -> Path:
+        return self.config.cache_dir / f"stripe-mock-{STRIPE_MOCK_VERSION}" / "stripe-mock"
+
+    def prepare(self) -> None:
+        install.go_install(
+            f"{STRIPE_MOCK_MODULE}@{STRIPE_MOCK_VERSION}",
+            self.binary,
+            cache_dir=self.config.cache_dir / "go",
+            purpose="stripe-mock",
+        )
+
+    def launch(self) -> None:
+        pid = process.spawn(
+            # -verbose logs each request and its parameters: what the tests read back.
+            [str(self.binary), "-http-addr", f"{self.config.host}:{self.port}", "-verbose"],
+            log_path=self.log_path,
+            cwd=self.dir,
+        )
+        process.write_pidfile(self.pid_path, pid)
+
+    def probe(self) -> str | None:
+        request = urllib.request.Request(  # noqa: S310 - a loopback URL of ours
+            f"{self.url}/v1/balance", headers={"Authorization": f"Bearer {TEST_API_KEY}"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:  # noqa: S310
+                body = json.load(response)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            return f"{self.url}: {error}"
+        return None if body.get("object") == "balance" else f"unexpected answer from {self.url}"
+
+    def requests(self, method: str, path: str) -> list[str]:
+        """The parameters of every ``method path`` request so far, as stripe-mock logs them
+        (``map[amount:2599 currency:eur ...]``), oldest first."""
+        wanted = f"Request: {method} {path}"
+        found: list[str] = []
+        pending = False
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("Request: "):
+                pending = line.strip() == wanted
+            elif pending and line.startswith("Request data: "):
+                found.append(line.removeprefix("Request data: "))
+                pending = False
+        return found
