@@ -22,10 +22,12 @@ import pytest
 
 from mercato.catalog.v1 import catalog_pb2
 from mercato.orders.v1 import orders_pb2
+from mercato_devstack import fixtures
 from mercato_devstack.stripe_mock import TEST_API_KEY
 from mercato_orders.service.payment import PAYMENT_PROVIDER_ACTOR
 
 pytestmark = pytest.mark.integration
+stripe_mock = fixtures.stripe_mock  # the session's stripe-mock process
 
 S = orders_pb2
 WEBHOOK_SECRET = "whsec_mercato_tests"
