@@ -25,8 +25,8 @@ from mercato_orders.payments import (
     TOKEN_OK,
     TOKEN_UNAVAILABLE,
     DevPaymentProvider,
-    StripePaymentProvider,
 )
+from mercato_orders.payments.stripe_intents import StripePaymentProvider
 
 EUR = Money("EUR", 1000)
 

@@ -25,7 +25,7 @@ from mercato_orders.domain.errors import OrdersUnavailable
 from mercato_orders.domain.payments import PaymentProvider
 from mercato_orders.domain.rules import UserLimits
 from mercato_orders.jobs import Reconciler
-from mercato_orders.payments import DevPaymentProvider, StripePaymentProvider
+from mercato_orders.payments import DevPaymentProvider
 from mercato_orders.service import OrdersConfig, OrdersMetrics, OrdersService, Reconciliation
 from mercato_orders.settings import OrdersSettings
 from mercato_orders.store import Database, OrdersStore
@@ -146,6 +146,9 @@ DEFINITION = Definition("orders", OrdersSettings, build_app, COMMANDS)
 def payment_provider(settings: OrdersSettings) -> PaymentProvider:
     """The provider PAYMENT_PROVIDER names (the settings check that Stripe's secrets are set)."""
     if settings.payment_provider == "stripe":
+        # Imported here: the SDK's memory is spent only by the processes that use it.
+        from mercato_orders.payments.stripe_intents import StripePaymentProvider
+
         api_key, webhook_secret = settings.stripe_api_key, settings.stripe_webhook_secret
         if api_key is None or webhook_secret is None:  # refused by the settings already
             raise ValueError(
