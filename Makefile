@@ -27,9 +27,10 @@ sync: uv ## install the Python workspace (locked) into .venv, bytecode compiled 
 	$(UV) sync --frozen --all-packages --compile-bytecode
 
 .PHONY: protos
-protos: sync ## regenerate the Python stubs in libs/contracts and the gateway's GraphQL schema from protos/
+protos: sync ## regenerate from protos/: the Python stubs in libs/contracts, the gateway's GraphQL schema, the chart's gRPC method list
 	$(RUN) python tools/protos.py generate
 	$(RUN) python tools/graphql_schema.py write
+	$(RUN) python tools/helm.py methods
 
 .PHONY: lint
 lint: sync ## ruff, mypy, import contracts, dependency floors, buf lint/breaking, stub, dashboard and chart README checks, GraphQL schema drift and breaking changes, yamllint + ansible-lint
