@@ -190,6 +190,13 @@ def test_stripe_events_are_read_only_when_signed() -> None:
     with pytest.raises(PaymentEventInvalid) as malformed:
         provider.parse_event(*_signed({"type": "payment_intent.succeeded", "id": "evt_4"}))
     assert malformed.value.field_violations[0].field == "payload"
+    no_id = {
+        "id": "evt_5",
+        "type": "payment_intent.succeeded",
+        "data": {"object": {"id": "", "amount": 1, "currency": "eur"}},
+    }
+    with pytest.raises(PaymentEventInvalid):
+        provider.parse_event(*_signed(no_id))
 
 
 def test_stripe_refuses_non_positive_amounts_without_calling_stripe() -> None:

@@ -158,6 +158,8 @@ class StripePaymentProvider:
             if kind is not PaymentEventKind.SUCCEEDED:
                 return PaymentEvent(id=event_id, kind=kind)
             intent = event["data"]["object"]
+            if not intent["id"]:
+                raise ValueError("a payment intent without an id")
             metadata = intent.get("metadata") or {}
             return PaymentEvent(
                 id=event_id,

@@ -440,7 +440,7 @@ class PayOrderResponse(_message.Message):
     ORDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def order(self) -> Global___Order:
-        """The paid order."""
+        """The paid order (still CONFIRMED while the provider settles the payment)."""
 
     def __init__(
         self,

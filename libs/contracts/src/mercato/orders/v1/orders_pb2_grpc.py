@@ -154,7 +154,9 @@ class OrdersServiceServicer:
         (FAILED_PRECONDITION AMOUNT_MISMATCH otherwise). A declined payment gives
         FAILED_PRECONDITION PAYMENT_DECLINED and leaves the order CONFIRMED (pay again or cancel).
         If the reservation expired meanwhile, the payment is voided and the order becomes FAILED
-        (OrderFailed). Not idempotent: never retried automatically.
+        (OrderFailed). A payment the provider settles later (Stripe: `processing`) returns the
+        order still CONFIRMED; the provider's event (RecordPaymentEvent) then pays it. Not
+        idempotent: never retried automatically.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

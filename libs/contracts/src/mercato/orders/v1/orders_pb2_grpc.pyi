@@ -82,7 +82,9 @@ class OrdersServiceStub:
     (FAILED_PRECONDITION AMOUNT_MISMATCH otherwise). A declined payment gives
     FAILED_PRECONDITION PAYMENT_DECLINED and leaves the order CONFIRMED (pay again or cancel).
     If the reservation expired meanwhile, the payment is voided and the order becomes FAILED
-    (OrderFailed). Not idempotent: never retried automatically.
+    (OrderFailed). A payment the provider settles later (Stripe: `processing`) returns the
+    order still CONFIRMED; the provider's event (RecordPaymentEvent) then pays it. Not
+    idempotent: never retried automatically.
     """
     CancelOrder: _grpc.UnaryUnaryMultiCallable[_orders_pb2.CancelOrderRequest, _orders_pb2.CancelOrderResponse]
     """Cancels an order before fulfilment (the owner; or anyone's with orders:admin):
@@ -166,7 +168,9 @@ class OrdersServiceAsyncStub(OrdersServiceStub):
     (FAILED_PRECONDITION AMOUNT_MISMATCH otherwise). A declined payment gives
     FAILED_PRECONDITION PAYMENT_DECLINED and leaves the order CONFIRMED (pay again or cancel).
     If the reservation expired meanwhile, the payment is voided and the order becomes FAILED
-    (OrderFailed). Not idempotent: never retried automatically.
+    (OrderFailed). A payment the provider settles later (Stripe: `processing`) returns the
+    order still CONFIRMED; the provider's event (RecordPaymentEvent) then pays it. Not
+    idempotent: never retried automatically.
     """
     CancelOrder: _aio.UnaryUnaryMultiCallable[_orders_pb2.CancelOrderRequest, _orders_pb2.CancelOrderResponse]  # type: ignore[assignment]
     """Cancels an order before fulfilment (the owner; or anyone's with orders:admin):
@@ -271,7 +275,9 @@ class OrdersServiceServicer(metaclass=_abc_1.ABCMeta):
         (FAILED_PRECONDITION AMOUNT_MISMATCH otherwise). A declined payment gives
         FAILED_PRECONDITION PAYMENT_DECLINED and leaves the order CONFIRMED (pay again or cancel).
         If the reservation expired meanwhile, the payment is voided and the order becomes FAILED
-        (OrderFailed). Not idempotent: never retried automatically.
+        (OrderFailed). A payment the provider settles later (Stripe: `processing`) returns the
+        order still CONFIRMED; the provider's event (RecordPaymentEvent) then pays it. Not
+        idempotent: never retried automatically.
         """
 
     @_abc_1.abstractmethod
