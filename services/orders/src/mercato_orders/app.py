@@ -18,6 +18,7 @@ from mercato.catalog.v1 import catalog_pb2_grpc
 from mercato.orders.v1 import orders_pb2_grpc
 from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
 from mercato_common.kit import App, Definition, Service
+from mercato_common.runtime import CloseOnStop
 from mercato_orders.api import SERVICE_NAME, OrdersServicer
 from mercato_orders.clients import CatalogClient, ServiceTokens, issue_with
 from mercato_orders.commands import COMMANDS
@@ -95,6 +96,7 @@ def build_app(
         timeout=settings.catalog_timeout_seconds,
     )
     payments = payments if payments is not None else payment_provider(settings)
+    kit.part(CloseOnStop(payments.close))
     service = OrdersService(
         store,
         catalog,

@@ -69,3 +69,7 @@ class PaymentProvider(Protocol):
         """The event, if ``signature`` proves the provider sent ``payload``; else
         :class:`PaymentEventInvalid`. :class:`PaymentEventsUnsupported` if it sends none."""
         ...
+
+    async def close(self) -> None:
+        """Release the provider's connections (at the service's stop)."""
+        ...

@@ -89,6 +89,9 @@ class DevPaymentProvider:
     def parse_event(self, payload: bytes, signature: str) -> PaymentEvent:
         raise PaymentEventsUnsupported()
 
+    async def close(self) -> None:
+        return None
+
     def refunded(self, charge_id: str) -> bool:
         """Whether a charge was refunded (for tests and the development console)."""
         record = self._by_id.get(charge_id)

@@ -51,11 +51,13 @@ class StripePaymentProvider:
     def __init__(
         self,
         client: stripe.StripeClient,
+        http_client: stripe.HTTPXClient,
         *,
         webhook_secret: str,
         tolerance_seconds: int = 300,
     ) -> None:
         self._client = client
+        self._http = http_client
         self._webhook_secret = webhook_secret
         self._tolerance = tolerance_seconds
 
@@ -72,13 +74,22 @@ class StripePaymentProvider:
     ) -> StripePaymentProvider:
         """A provider with its own HTTPX client (asynchronous calls; the SDK retries network
         errors and 409/429/5xx with the same idempotency key)."""
+        http_client = stripe.HTTPXClient(timeout=timeout_seconds)
         client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base} if api_base else {},
-            http_client=stripe.HTTPXClient(timeout=timeout_seconds),
+            http_client=http_client,
             max_network_retries=max_network_retries,
         )
-        return cls(client, webhook_secret=webhook_secret, tolerance_seconds=tolerance_seconds)
+        return cls(
+            client,
+            http_client,
+            webhook_secret=webhook_secret,
+            tolerance_seconds=tolerance_seconds,
+        )
+
+    async def close(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped
 
     async def charge(self, *, order_id: str, amount: Money, token: str) -> Charge:
         if amount.amount_minor <= 0:
