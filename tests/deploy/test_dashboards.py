@@ -50,6 +50,7 @@ EXPORTED = {
     "mercato_orders_placed_total", "mercato_orders_revenue_minor_total",
     "mercato_orders_transitions_total", "mercato_orders_idempotent_replays_total",
     "mercato_orders_saga_compensations_total", "mercato_orders_reconciled_total",
+    "mercato_orders_payment_events_total",
     "mercato_auth_logins_total", "mercato_auth_tokens_issued_total",
     "mercato_auth_refresh_token_reuse_detected_total", "mercato_auth_users_registered_total",
     "mercato_db_pool_connections", "mercato_db_pool_max_connections",

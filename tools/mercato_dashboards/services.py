@@ -294,7 +294,6 @@ def orders() -> Dashboard:
                             rate("mercato_orders_saga_compensations_total", s, "outcome"),
                             "{{outcome}}",
                         ),
-                        width=12,
                         stack=True,
                     ),
                     graph(
@@ -304,7 +303,18 @@ def orders() -> Dashboard:
                         "step of the saga keeps failing.",
                         "ops",
                         Query(rate("mercato_orders_reconciled_total", s, "action"), "{{action}}"),
-                        width=12,
+                    ),
+                    graph(
+                        "Payment provider events",
+                        "Webhook events of the payment provider per second, by outcome: paid, "
+                        "repeated (delivered again), refunded (a payment that could not pay its "
+                        "order), ignored, invalid. Steady `invalid` means the webhook's signing "
+                        "secret does not match the provider's (no order gets paid by events).",
+                        "ops",
+                        Query(
+                            rate("mercato_orders_payment_events_total", s, "outcome"),
+                            "{{outcome}}",
+                        ),
                     ),
                 ],
             ),

@@ -77,6 +77,14 @@ def succeeded(
     }
 
 
+def counted(orders: Any, outcome: str) -> float:
+    """mercato_orders_payment_events_total{outcome} of this orders instance."""
+    value = orders.app.kit.registry.get_sample_value(
+        "mercato_orders_payment_events_total", {"outcome": outcome}
+    )
+    return float(value or 0)
+
+
 async def record(orders: Any, payload: bytes, signature: str) -> str:
     response = await orders.stub.RecordPaymentEvent(
         S.RecordPaymentEventRequest(
@@ -146,6 +154,7 @@ async def test_signed_event_pays_the_order_once(make_orders, auth, catalog, stri
     assert await record(orders, *signed(event)) == placed.id
     again = await orders.get(ann.md, placed.id)
     assert len(again.history) == len(paid.history)
+    assert (counted(orders, "paid"), counted(orders, "repeated")) == (1, 1)
     records = await orders.consume(lambda rs: "OrderPaid" in orders.event_types(rs, placed.id))
     assert orders.event_types(records, placed.id) == ["OrderPlaced", "OrderPaid"]
     assert not [
@@ -179,6 +188,8 @@ async def test_unsigned_or_altered_events_change_nothing(make_orders, auth, cata
     failure = await orders.fails(record(orders, not_json, header))
     assert (failure.reason, failure.fields) == ("PAYMENT_EVENT_INVALID", ["payload"])
 
+    assert counted(orders, "invalid") == len(cases) + 1
+    assert counted(orders, "paid") == 0
     order = await orders.get(ann.md, placed.id)
     assert (order.state, order.payment_id) == (S.ORDER_STATE_CONFIRMED, "")
     assert await catalog.stock("STRIPE-4") == (5, 1, 4)
@@ -208,6 +219,7 @@ async def test_payments_that_cannot_pay_their_order_are_refunded(
     for event in (wrong_amount, late):
         intent = event["data"]["object"]["id"]
         assert [r for r in refunds if f"payment_intent:{intent}" in r], (intent, refunds[-3:])
+    assert counted(orders, "refunded") == 2
     # Nothing was sold: only the payable order still holds a unit.
     assert await catalog.stock("STRIPE-5") == (5, 1, 4)
 
@@ -225,6 +237,7 @@ async def test_other_events_are_acknowledged_and_the_dev_provider_has_none(
     assert await record(orders, *signed(failed)) == ""
     other = {"id": "evt_y", "object": "event", "type": "customer.created", "data": {"object": {}}}
     assert await record(orders, *signed(other)) == ""
+    assert counted(orders, "ignored") == 2
 
     dev = await make_orders()
     failure = await dev.fails(record(dev, *signed(other)))

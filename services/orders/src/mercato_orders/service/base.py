@@ -35,6 +35,9 @@ class OrdersConfig:
     limits: UserLimits = field(default_factory=UserLimits)
 
 
+PAYMENT_EVENT_OUTCOMES = ("paid", "repeated", "refunded", "ignored", "invalid")
+
+
 class OrdersMetrics:
     """Business counters of the orders service (Prometheus)."""
 
@@ -77,6 +80,16 @@ class OrdersMetrics:
             ["action"],
             registry=registry,
         )
+        self.payment_events = Counter(
+            "mercato_orders_payment_events_total",
+            "Events of the payment provider (its webhook), by outcome: paid (the order), "
+            "repeated (already paid by it), refunded (it could not pay its order), ignored "
+            "(another type, or no order of this deployment), invalid (refused: signature or body).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in PAYMENT_EVENT_OUTCOMES:  # at 0 from the start
+            self.payment_events.labels(outcome)
 
 
 class ServiceBase:

@@ -9,7 +9,6 @@ deliver its event again: then the event's retry pays the order.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 from mercato_orders import publish
@@ -17,10 +16,11 @@ from mercato_orders.clients import ReservationClosedError
 from mercato_orders.domain.errors import (
     InvalidStateTransition,
     OrderNotFound,
+    PaymentEventInvalid,
     ReservationExpired,
 )
 from mercato_orders.domain.model import Money, Order, OrderState
-from mercato_orders.domain.payments import Charge, PaymentEventKind
+from mercato_orders.domain.payments import Charge, PaymentEvent, PaymentEventKind
 from mercato_orders.domain.rules import Viewer, check_amount, check_payable, fail, pay
 from mercato_orders.service.changes import Changes
 from mercato_orders.service.reading import Reading
@@ -56,36 +56,47 @@ class Payment(Changes, Reading):
 
         A succeeded payment pays its CONFIRMED order if the amounts match; one that cannot pay
         its order is refunded. Repeated events change nothing more."""
-        event = self.payments.parse_event(payload, signature)
+        try:
+            event = self.payments.parse_event(payload, signature)
+        except PaymentEventInvalid:
+            self.metrics.payment_events.labels("invalid").inc()
+            raise
+        order_id, outcome = await self._act_on(event)
+        self.metrics.payment_events.labels(outcome).inc()
+        return order_id
+
+    async def _act_on(self, event: PaymentEvent) -> tuple[str, str]:
+        """(the order, the outcome counted) of a verified event."""
         if event.kind is not PaymentEventKind.SUCCEEDED or event.charge is None:
-            return event.order_id
+            return event.order_id, "ignored"
         charge = event.charge
         if not event.order_id:
             log.warning("payment for no order", extra={"charge_id": charge.id})
-            return ""
+            return "", "ignored"
         async with self.store.read() as tx:
             order = await tx.orders.get(event.order_id)
         if order is None:
             # Not refunded: another deployment may share the provider's account.
             log.warning("payment for an unknown order", extra={"charge_id": charge.id})
-            return ""
+            return "", "ignored"
         if order.payment_id == charge.id:
-            return order.id  # already paid by this payment: a repeated event
+            return order.id, "repeated"  # already paid by this payment
         # A refund that fails here fails the event, so the provider delivers it again.
         if order.state is not OrderState.CONFIRMED:
             await self.payments.refund(charge_id=charge.id, reason=f"order {order.state.value}")
-            return order.id
+            return order.id, "refunded"
         if charge.amount != order.total:
             log.warning(
                 "payment amount differs from the order's total",
                 extra={"order_id": order.id, "charge_id": charge.id},
             )
             await self.payments.refund(charge_id=charge.id, reason="amount differs from total")
-            return order.id
-        # Refused ones were refunded by _settle: the event is done with.
-        with contextlib.suppress(ReservationExpired, InvalidStateTransition, OrderNotFound):
+            return order.id, "refunded"
+        try:
             await self._settle(order, charge, viewer=None, actor=PAYMENT_PROVIDER_ACTOR)
-        return order.id
+        except (ReservationExpired, InvalidStateTransition, OrderNotFound):
+            return order.id, "refunded"  # by _settle: the event is done with
+        return order.id, "paid"
 
     async def _settle(
         self, order: Order, charge: Charge, *, viewer: Viewer | None, actor: str
