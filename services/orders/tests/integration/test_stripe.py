@@ -237,7 +237,16 @@ async def test_other_events_are_acknowledged_and_the_dev_provider_has_none(
     assert await record(orders, *signed(failed)) == ""
     other = {"id": "evt_y", "object": "event", "type": "customer.created", "data": {"object": {}}}
     assert await record(orders, *signed(other)) == ""
-    assert counted(orders, "ignored") == 2
+    # An order id that is no order of this service (another integration's metadata): ignored.
+    foreign = succeeded(
+        orders_pb2.Order(id="not-a-uuid", total={"currency_code": "EUR", "amount_minor": 1})
+    )
+    assert await record(orders, *signed(foreign)) == ""
+    unknown = succeeded(
+        orders_pb2.Order(id=str(uuid.uuid4()), total={"currency_code": "EUR", "amount_minor": 1})
+    )
+    assert await record(orders, *signed(unknown)) == ""
+    assert counted(orders, "ignored") == 4
 
     dev = await make_orders()
     failure = await dev.fails(record(dev, *signed(other)))

@@ -10,6 +10,7 @@ deliver its event again: then the event's retry pays the order.
 from __future__ import annotations
 
 import logging
+import uuid
 
 from mercato_orders import publish
 from mercato_orders.clients import ReservationClosedError
@@ -70,11 +71,13 @@ class Payment(Changes, Reading):
         if event.kind is not PaymentEventKind.SUCCEEDED or event.charge is None:
             return event.order_id, "ignored"
         charge = event.charge
-        if not event.order_id:
-            log.warning("payment for no order", extra={"charge_id": charge.id})
+        order_id = _order_id(event.order_id)
+        if order_id is None:
+            # Another integration on the same provider account may set the same metadata key.
+            log.warning("payment for no order of this service", extra={"charge_id": charge.id})
             return "", "ignored"
         async with self.store.read() as tx:
-            order = await tx.orders.get(event.order_id)
+            order = await tx.orders.get(order_id)
         if order is None:
             # Not refunded: another deployment may share the provider's account.
             log.warning("payment for an unknown order", extra={"charge_id": charge.id})
@@ -151,3 +154,12 @@ class Payment(Changes, Reading):
             # The charge stays on the provider under the order's key: a retried payment reuses
             # it instead of charging again.
             log.exception("refund failed", extra={"charge_id": charge.id})
+
+
+def _order_id(value: str) -> str | None:
+    """The order id an event names, as the API writes it (a lower-case UUID); None if it is not
+    one (so not an order of this service)."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
