@@ -73,15 +73,27 @@ def test_vault_example_is_encrypted_and_complete(tmp_path: Path) -> None:
         check=True,
         env={"LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"},
     )
-    urls = yaml.safe_load(done.stdout)["vault_mercato_database_urls"]
+    vault = yaml.safe_load(done.stdout)
+    urls = vault["vault_mercato_database_urls"]
     assert set(urls) == {"auth", "orders", "catalog", "analytics"}
     # Placeholders, not credentials.
     assert all("<password>" in url for url in urls.values())
+    assert vault["vault_mercato_stripe"] == {
+        "api_key": "<rk_live_...>",
+        "webhook_secret": "<whsec_...>",
+    }
     production = yaml.safe_load(VAULT_EXAMPLE.with_name("main.yml").read_text())
     for name in urls:
         assert production["mercato_database_urls"][name] == (
             f"{{{{ vault_mercato_database_urls.{name} }}}}"
         )
+    for name in ("api_key", "webhook_secret"):
+        assert production["mercato_stripe"][name] == f"{{{{ vault_mercato_stripe.{name} }}}}"
+    payments = production["mercato_values"]["payments"]
+    assert payments == {
+        "provider": "stripe",
+        "stripe": {"existingSecret": "{{ mercato_fullname }}-stripe"},
+    }
 
 
 #: Facts that hold secret values.

@@ -210,6 +210,31 @@ def test_one_changed_value_rolls_only_its_deployment(playbook: Any, api: client.
     assert_ok(playbook("site.yml"))
 
 
+def test_stripe_needs_its_secrets_and_rolls_only_orders(
+    playbook: Any, api: client.ApiClient
+) -> None:
+    values = local_values()
+    values["payments"] = {"provider": "stripe", "stripe": {"existingSecret": "mercato-stripe"}}
+    refused = playbook("site.yml", values=values)
+    assert refused.returncode != 0
+    assert "payments.provider is stripe: give mercato_stripe.api_key" in refused.output
+
+    before = template_hashes(api)
+    keys = {"api_key": "rk_test_iac_0123456789", "webhook_secret": "whsec_iac_0123456789"}
+    run = playbook("site.yml", values=values, mercato_stripe=keys)
+    assert_ok(run)
+    assert secret_data(api, "mercato-stripe") == {
+        "api-key": keys["api_key"],
+        "webhook-secret": keys["webhook_secret"],
+    }
+    assert keys["api_key"] not in run.output
+    assert keys["webhook_secret"] not in run.output
+    after = template_hashes(api)
+    assert {name for name in before if before[name] != after[name]} == {"mercato-orders"}
+    # Back to the inventory's values for the next steps.
+    assert_ok(playbook("site.yml"))
+
+
 def test_hand_edited_deployment_is_reported_and_put_back(
     playbook: Any, api: client.ApiClient
 ) -> None:
