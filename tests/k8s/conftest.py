@@ -169,11 +169,13 @@ class HelmResult:
 
     def warnings(self) -> list[str]:
         """Warnings of the API server (client-go logs them as `W<date> ... warnings.go`) or
-        of Helm itself."""
+        of Helm itself. client-go's info lines (`I<date> ...`) are not: one says "Warning:
+        watch ended with error ... context canceled" when Helm's wait stops its watch."""
         return [
             line
             for line in self.stderr.splitlines()
-            if "warning" in line.lower() or (line[:1] == "W" and line[1:5].isdigit())
+            if not (line[:1] == "I" and line[1:5].isdigit())
+            and ("warning" in line.lower() or (line[:1] == "W" and line[1:5].isdigit()))
         ]
 
 
