@@ -27,12 +27,12 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 
-from mercato_devstack import install, process
-from mercato_devstack.components.base import Component
+from mercato_devstack import install
+from mercato_devstack.components.base import GoProgram
 from mercato_devstack.config import StackConfig
 
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
@@ -177,19 +177,8 @@ def http_probe(url: str) -> str | None:
         return f"{url}: {error}"
 
 
-class _Observer(Component):
-    """A Go program of `make observe`: built once into the cache, one process, its settings
-    written into its folder on every start."""
-
-    version: ClassVar[str]
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
-
-    @property
-    def binary(self) -> Path:
-        return self.config.cache_dir / f"{self.name}-{self.version}" / self.name
+class _Observer(GoProgram):
+    """A Go program of `make observe`, its settings written into its folder on every start."""
 
     def _write(self, file_name: str, settings: dict[str, Any]) -> Path:
         path = self.dir / file_name
@@ -198,10 +187,6 @@ class _Observer(Component):
             + yaml.safe_dump(settings, sort_keys=False)
         )
         return path
-
-    def _launch(self, *args: str) -> None:
-        pid = process.spawn([str(self.binary), *args], log_path=self.log_path, cwd=self.dir)
-        process.write_pidfile(self.pid_path, pid)
 
 
 class Prometheus(_Observer):

@@ -13,10 +13,9 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from pathlib import Path
 
-from mercato_devstack import install, process
-from mercato_devstack.components.base import Component
+from mercato_devstack import install
+from mercato_devstack.components.base import GoProgram
 
 __all__ = ["STRIPE_MOCK_VERSION", "StripeMock"]
 
@@ -26,20 +25,13 @@ STRIPE_MOCK_VERSION = "v0.203.0"
 TEST_API_KEY = "sk_test_mercato"
 
 
-class StripeMock(Component):
+class StripeMock(GoProgram):
     name = "stripe-mock"
+    version = STRIPE_MOCK_VERSION
 
     @property
     def port(self) -> int:
         return self.config.stripe_mock_port
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.config.host}:{self.port}"
-
-    @property
-    def binary(self) -> Path:
-        return self.config.cache_dir / f"stripe-mock-{STRIPE_MOCK_VERSION}" / "stripe-mock"
 
     def prepare(self) -> None:
         install.go_install(
@@ -50,13 +42,8 @@ class StripeMock(Component):
         )
 
     def launch(self) -> None:
-        pid = process.spawn(
-            # -verbose logs each request and its parameters: what the tests read back.
-            [str(self.binary), "-http-addr", f"{self.config.host}:{self.port}", "-verbose"],
-            log_path=self.log_path,
-            cwd=self.dir,
-        )
-        process.write_pidfile(self.pid_path, pid)
+        # -verbose logs each request and its parameters: what the tests read back.
+        self._launch("-http-addr", f"{self.config.host}:{self.port}", "-verbose")
 
     def probe(self) -> str | None:
         request = urllib.request.Request(  # noqa: S310 - a loopback URL of ours

@@ -187,3 +187,22 @@ class Component(abc.ABC):
         return ComponentStatus(
             self.name, pid, self.port, problem is None, problem or "ok", self.log_path, rss
         )
+
+
+class GoProgram(Component):
+    """A Go program run as one process: built once (by ``prepare``) into the cache as
+    ``<cache>/<name>-<version>/<name>``, its state under ``.state/stack/<name>``."""
+
+    version: ClassVar[str]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.host}:{self.port}"
+
+    @property
+    def binary(self) -> Path:
+        return self.config.cache_dir / f"{self.name}-{self.version}" / self.name
+
+    def _launch(self, *args: str) -> None:
+        pid = process.spawn([str(self.binary), *args], log_path=self.log_path, cwd=self.dir)
+        process.write_pidfile(self.pid_path, pid)

@@ -141,11 +141,11 @@ class StripePaymentProvider:
                 },
                 {"idempotency_key": f"mercato-refund-{charge_id}"},
             )
-        except stripe.InvalidRequestError as error:
-            if error.code == "charge_already_refunded":
-                return
-            raise PaymentUnavailable() from None
         except stripe.StripeError as error:
+            if isinstance(error, stripe.InvalidRequestError) and (
+                error.code == "charge_already_refunded"
+            ):
+                return
             _log_unavailable("refund", error)
             raise PaymentUnavailable() from None
 

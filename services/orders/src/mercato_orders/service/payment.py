@@ -76,8 +76,7 @@ class Payment(Changes, Reading):
             # Another integration on the same provider account may set the same metadata key.
             log.warning("payment for no order of this service", extra={"charge_id": charge.id})
             return "", "ignored"
-        async with self.store.read() as tx:
-            order = await tx.orders.get(order_id)
+        order = await self._find(order_id)
         if order is None:
             # Not refunded: another deployment may share the provider's account.
             log.warning("payment for an unknown order", extra={"charge_id": charge.id})
@@ -134,8 +133,7 @@ class Payment(Changes, Reading):
                 lambda before, after: publish.order_paid(after),
             )
         except InvalidStateTransition as error:
-            async with self.store.read() as tx:
-                current = await tx.orders.get(order.id)
+            current = await self._find(order.id)
             if (
                 current is not None
                 and current.state is OrderState.PAID

@@ -22,11 +22,15 @@ class Reading(ServiceBase):
 
     async def get(self, viewer: Viewer, order_id: str) -> Order:
         """The order, if the viewer may see it; else ORDER_NOT_FOUND (never a hint it exists)."""
-        async with self.store.read() as tx:
-            order = await tx.orders.get(order_id)
+        order = await self._find(order_id)
         if order is None or not visible(order, viewer):
             raise OrderNotFound(order_id)
         return order
+
+    async def _find(self, order_id: str) -> Order | None:
+        """The order whoever asks (the service's own reads: the payment provider's events)."""
+        async with self.store.read() as tx:
+            return await tx.orders.get(order_id)
 
     async def list_orders(
         self, viewer: Viewer, flt: OrderFilter, page_token: str, page_size: int
