@@ -166,10 +166,19 @@ def _consumed(envelope: Any, offset: int = 0) -> ConsumedEvent:
     )
 
 
+class FakeMarks:
+    def __init__(self) -> None:
+        self.marked: list[set[datetime]] = []
+
+    async def mark_dirty(self, minutes: set[datetime], *, now: datetime) -> None:
+        self.marked.append(set(minutes))
+
+
 class FakeStore:
     def __init__(self, failures: int = 0) -> None:
         self.facts: dict[str, Any] = {}
         self.failures = failures
+        self.rollups = FakeMarks()
 
     async def apply(self, *, event_id: str, event: Any, **_: Any) -> ApplyOutcome:
         if self.failures:
@@ -207,6 +216,8 @@ async def test_applier_applies_once_and_counts() -> None:
     ignored = samples.stock_reserved("o-1", lines=LINES, reserve_time=T)
     assert await applier.apply_record(_consumed(ignored, offset=2)) == "ignored"
     assert len(store.facts) == 1
+    # The fact's minute is marked for the roll-ups once: the duplicate came within the refresh.
+    assert store.rollups.marked == [{T.replace(second=0, microsecond=0)}]
     labels = {"type": "OrderPaid"}
     assert _sample(registry, "mercato_analytics_events_total", outcome="applied", **labels) == 1
     assert _sample(registry, "mercato_analytics_events_total", outcome="duplicate", **labels) == 1

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import pytest
 
-from mercato_analytics.domain import BucketSize, Funnel, InvalidRange, SalesSummary
+from mercato_analytics.domain import BucketSize, InvalidRange
 from mercato_analytics.service import Queries
 from mercato_analytics.service.queries import default_range
 from mercato_analytics.store import AnalyticsStore
@@ -15,19 +15,24 @@ from mercato_analytics.store import AnalyticsStore
 NOW = datetime(2026, 3, 4, 15, 27, 30, tzinfo=UTC)
 
 
-class RecordingStore:
-    """Answers empty results and remembers the range each query read."""
+class RecordingRollups:
+    """No roll-ups, no dirty minutes; remembers the range each query read."""
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    async def sales_summary(self, **query: Any) -> SalesSummary:
-        self.calls.append(query)
-        return cast(SalesSummary, None)
+    async def dirty_minutes(self, start: datetime, end: datetime) -> list[datetime]:
+        self.calls.append({"start": start, "end": end})
+        return []
 
-    async def funnel(self, **query: Any) -> Funnel:
-        self.calls.append(query)
-        return cast(Funnel, None)
+    async def read(self, spans: Any) -> list[Any]:
+        return []
+
+
+class RecordingStore:
+    def __init__(self) -> None:
+        self.rollups = RecordingRollups()
+        self.calls = self.rollups.calls
 
 
 def _queries() -> tuple[Queries, RecordingStore]:
@@ -38,15 +43,14 @@ def _queries() -> tuple[Queries, RecordingStore]:
 
 async def test_a_bare_sales_summary_is_the_last_7_days_by_day() -> None:
     queries, store = _queries()
-    await queries.sales_summary(None, None, None)
+    summary = await queries.sales_summary(None, None, None)
     assert store.calls == [
         {
-            "size": BucketSize.DAY,
             "start": datetime(2026, 2, 25, tzinfo=UTC),  # NOW - 7 days, floored to the day
             "end": datetime(2026, 3, 5, tzinfo=UTC),  # NOW, rounded up to the day
-            "currency": "",
         }
     ]
+    assert [b.start.day for b in summary.buckets] == [25, 26, 27, 28, 1, 2, 3, 4]
 
 
 async def test_the_default_start_never_exceeds_the_bucket_limit() -> None:

@@ -1,11 +1,11 @@
 """The analytics service, declared for the kit (``mercato_common.kit``).
 
-Its parts, in start order: MongoDB (ping, indexes), the auth channel (JWKS), the Kafka
-positions and the lag gauge, the progress flush, the consumer group (``consumers`` runners of
-``mercato.analytics`` and the dead-letter producer), then what the kit adds to every service
-(saturation metrics, the gRPC server, the health watch). The progress flush is declared before
-the consumers so that it stops after them and their last progress is written. With ``consume``
-off the process only serves queries.
+Its parts, in start order: MongoDB (ping, indexes), the auth channel (JWKS), the Kafka positions
+and the lag gauge, the roll-up job, the progress flush, the consumer group (``consumers``
+runners of ``mercato.analytics`` and the dead-letter producer), then what the kit adds to every
+service (saturation metrics, the gRPC server, the health watch). The progress flush is declared
+before the consumers so that it stops after them and their last progress is written. With
+``consume`` off the process only serves queries.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from mercato_analytics.api import SERVICE_NAME, AnalyticsServicer
 from mercato_analytics.commands import COMMANDS
 from mercato_analytics.consume import CountingDeadLetterSink, EventApplier
 from mercato_analytics.domain import Progress
-from mercato_analytics.jobs import LagMonitor, ProgressFlush
+from mercato_analytics.jobs import LagMonitor, ProgressFlush, RollupJob
 from mercato_analytics.metrics import AnalyticsMetrics
 from mercato_analytics.positions import KafkaPositions
-from mercato_analytics.service import Queries
+from mercato_analytics.service import Queries, RollUp
 from mercato_analytics.settings import AnalyticsSettings
 from mercato_analytics.store import INDEXES, AnalyticsStore
 from mercato_common.identity import TokenVerifier
@@ -43,6 +43,7 @@ class AnalyticsApp(App):
     store: AnalyticsStore
     positions: KafkaPositions
     lag: LagMonitor
+    rollup: RollupJob
     consumers: ConsumerGroup | None
     progress: ProgressFlush | None
     metrics: AnalyticsMetrics
@@ -71,6 +72,13 @@ def build_app(
     )
     lag = LagMonitor(positions, metrics, interval=settings.lag_refresh_seconds)
     kit.part(lag)
+    rollup = RollupJob(
+        RollUp(store, settle=settings.rollup_settle_seconds),
+        store,
+        interval=settings.rollup_interval_seconds,
+        lease=settings.rollup_lease_seconds,
+    )
+    kit.part(rollup)
     consumers: ConsumerGroup | None = None
     flush: ProgressFlush | None = None
     if settings.consume:
@@ -110,6 +118,7 @@ def build_app(
         store=store,
         positions=positions,
         lag=lag,
+        rollup=rollup,
         consumers=consumers,
         progress=flush,
         metrics=metrics,

@@ -5,20 +5,25 @@
   after the consumers and their last progress is written too.
 * :class:`LagMonitor` keeps ``mercato_analytics_consumer_lag`` (group-wide, read from Kafka)
   current.
+* :class:`RollupJob` rolls the settled dirty minutes up every ``interval`` seconds while this
+  process holds the roll-up lease (one process of all replicas at a time).
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 from mercato_analytics.domain import AnalyticsError, Progress
 from mercato_analytics.metrics import AnalyticsMetrics
 from mercato_analytics.positions import KafkaPositions
+from mercato_analytics.service import RollUp
 from mercato_analytics.store import AnalyticsStore
 from mercato_common.runtime import Periodic
 
-__all__ = ["LagMonitor", "ProgressFlush"]
+__all__ = ["LagMonitor", "ProgressFlush", "RollupJob"]
 
 log = logging.getLogger("mercato_analytics.jobs")
 
@@ -98,3 +103,49 @@ class LagMonitor:
         if self._periodic is not None:
             await self._periodic.stop()
         await self.positions.stop()
+
+
+class RollupJob:
+    """Runs :class:`RollUp` every ``interval`` s while holding the lease (``lease`` seconds,
+    renewed every run; released at stop so another replica takes over at once)."""
+
+    def __init__(
+        self,
+        rollup: RollUp,
+        store: AnalyticsStore,
+        *,
+        interval: float,
+        lease: float,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.rollup = rollup
+        self._store = store
+        self._lease = lease
+        self._clock = clock
+        self.holder = uuid.uuid4().hex
+        self._backfilled = False
+        self._periodic = Periodic(
+            "analytics-rollup", self._tick, interval=interval, immediate=False, logger=log
+        )
+
+    async def start(self) -> None:
+        await self._periodic.start()
+
+    async def stop(self) -> None:
+        await self._periodic.stop()
+        try:
+            await self._store.rollups.release_lease(self.holder)
+        except AnalyticsError as exc:
+            log.debug("roll-up lease not released: %s", exc)
+
+    async def _tick(self) -> None:
+        try:
+            if await self._store.rollups.take_lease(
+                self.holder, now=self._clock(), seconds=self._lease
+            ):
+                if not self._backfilled:
+                    await self.rollup.backfill()
+                    self._backfilled = True
+                await self.rollup.run_until_clean(rounds=10)
+        except AnalyticsError as exc:  # the database is unavailable: next tick
+            log.warning("roll-up skipped: %s", exc)

@@ -46,6 +46,13 @@ class AnalyticsSettings(BaseServiceSettings, MongoSettings, KafkaSettings):
     # GetFreshness reuses Kafka positions read less than this long ago.
     lag_cache_seconds: float = Field(default=1.0, ge=0)
 
+    # Roll-ups: how often the job looks for settled dirty minutes, how long a minute's mark must
+    # be untouched before it is rolled up (more than the consumers' mark refresh of 1 s, plus
+    # the clock skew between replicas), and how long the job's lease lasts without renewal.
+    rollup_interval_seconds: float = Field(default=1.0, gt=0)
+    rollup_settle_seconds: float = Field(default=3.0, gt=1.0)
+    rollup_lease_seconds: float = Field(default=30.0, gt=0)
+
     # Access tokens: verified here against auth's JWKS.
     auth_target: str = "127.0.0.1:50061"
 

@@ -3,7 +3,8 @@
 ``errors`` (root :class:`AnalyticsError`, domain ``analytics.mercato``), ``buckets`` (time
 buckets and requested ranges), ``events`` (the consumed events, their contract checks and their
 effect: one fact document), ``aggregates`` (the folds of facts into a sales summary, a funnel and
-a product ranking) and ``freshness`` (consumer progress and lag). The names used across the
+a product ranking), ``rollups`` (those folds kept per minute, hour and day, and how a range is
+read from them) and ``freshness`` (consumer progress and lag). The names used across the
 service are re-exported here.
 """
 
@@ -20,6 +21,7 @@ from mercato_analytics.domain.aggregates import (
     fold_sales,
     product_rows,
     rank_products,
+    summarize,
 )
 from mercato_analytics.domain.buckets import (
     MAX_TIME,
@@ -59,6 +61,16 @@ from mercato_analytics.domain.freshness import (
     ProgressMarks,
     freshness,
 )
+from mercato_analytics.domain.rollups import (
+    Figures,
+    ReadPlan,
+    Span,
+    dirty_minutes_of,
+    fold_facts,
+    merge_all,
+    plan_reads,
+    rollup_id,
+)
 
 __all__ = [
     "DEFAULT_TOP_LIMIT",
@@ -71,6 +83,7 @@ __all__ = [
     "CurrencySales",
     "DomainEvent",
     "EventOrigin",
+    "Figures",
     "Freshness",
     "Funnel",
     "Ignored",
@@ -86,21 +99,29 @@ __all__ = [
     "Progress",
     "ProgressMarks",
     "RankBy",
+    "ReadPlan",
     "SaleLine",
     "SalesBucket",
     "SalesSummary",
+    "Span",
     "StoreUnavailable",
     "TopProduct",
     "UserRegistered",
     "bucket_starts",
     "ceil_time",
     "check_range",
+    "dirty_minutes_of",
     "fact_document",
     "floor_time",
+    "fold_facts",
     "fold_funnel",
     "fold_sales",
     "freshness",
+    "merge_all",
+    "plan_reads",
     "product_rows",
     "rank_products",
+    "rollup_id",
+    "summarize",
     "type_label",
 ]

@@ -6,7 +6,7 @@ which events arrived cannot change it."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -29,17 +29,23 @@ from mercato_common.errors import FieldViolation
 
 __all__ = [
     "DEFAULT_TOP_LIMIT",
+    "FUNNEL_STAGES",
     "CurrencySales",
     "Funnel",
     "ProductRow",
     "RankBy",
     "SalesBucket",
+    "SalesFigures",
     "SalesSummary",
     "TopProduct",
+    "add_lines",
+    "count_stage",
     "fold_funnel",
     "fold_sales",
     "product_rows",
     "rank_products",
+    "rows_of",
+    "summarize",
 ]
 
 
@@ -82,19 +88,22 @@ COUNTERS = tuple(_COUNTER_OF_KIND.values())
 SALES_FIELDS = ("revenue", "refunds", "units", "orders_paid")
 
 
-class _SalesAcc:
+class SalesFigures:
+    """Counters and per-currency sales of a set of facts (a bucket, or a roll-up)."""
+
     def __init__(self) -> None:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.sales: dict[str, dict[str, int]] = {}
 
-    def add(self, fact: Mapping[str, Any], currency: str) -> None:
+    def add(self, fact: Mapping[str, Any]) -> None:
+        """Count one fact; its sales figures are kept per currency (filtered in ``bucket``)."""
         kind = fact.get(F_KIND)
         counter = _COUNTER_OF_KIND.get(str(kind))
         if counter is None:
             return
         self.counters[counter] += 1
         code = fact.get(F_CURRENCY)
-        if not code or (currency and code != currency):
+        if not code:
             return
         if kind == OrderEventKind.PAID.value:
             acc = self._currency(code)
@@ -107,7 +116,7 @@ class _SalesAcc:
     def _currency(self, code: str) -> dict[str, int]:
         return self.sales.setdefault(code, dict.fromkeys(SALES_FIELDS, 0))
 
-    def merge(self, other: _SalesAcc) -> None:
+    def merge(self, other: SalesFigures) -> None:
         for name, value in other.counters.items():
             self.counters[name] += value
         for code, figures in other.sales.items():
@@ -115,15 +124,34 @@ class _SalesAcc:
             for name, value in figures.items():
                 acc[name] += value
 
-    def bucket(self, start: datetime) -> SalesBucket:
+    def bucket(self, start: datetime, currency: str = "") -> SalesBucket:
+        """The bucket; ``currency`` keeps only that currency's sales (counters are never
+        filtered)."""
         return SalesBucket(
             start=start,
             sales=tuple(
                 CurrencySales(currency=code, **figures)
                 for code, figures in sorted(self.sales.items())
+                if not currency or code == currency
             ),
             **self.counters,
         )
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "counters": dict(self.counters),
+            "sales": {code: dict(figures) for code, figures in self.sales.items()},
+        }
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any]) -> SalesFigures:
+        acc = cls()
+        for name, value in (doc.get("counters") or {}).items():
+            if name in acc.counters:
+                acc.counters[name] = int(value)
+        for code, figures in (doc.get("sales") or {}).items():
+            acc.sales[code] = {name: int(figures.get(name, 0)) for name in SALES_FIELDS}
+        return acc
 
 
 def fold_sales(
@@ -140,21 +168,34 @@ def fold_sales(
     empty buckets are included; ``currency`` keeps only that currency's sales (the counters are
     never filtered).
     """
-    per_bucket: dict[datetime, _SalesAcc] = defaultdict(_SalesAcc)
+    per_bucket: dict[datetime, SalesFigures] = defaultdict(SalesFigures)
     for fact in facts:
         when = as_utc(fact[F_TIME])
         if start <= when < end:
-            per_bucket[floor_time(when, size)].add(fact, currency)
-    total = _SalesAcc()
+            per_bucket[floor_time(when, size)].add(fact)
+    return summarize(per_bucket, size=size, start=start, end=end, currency=currency)
+
+
+def summarize(
+    per_bucket: Mapping[datetime, SalesFigures],
+    *,
+    size: BucketSize,
+    start: datetime,
+    end: datetime,
+    currency: str = "",
+) -> SalesSummary:
+    """Every bucket of ``size`` over ``[start, end)`` from the figures of each bucket start
+    (missing ones are empty) and their total; ``currency`` as in :func:`fold_sales`."""
+    total = SalesFigures()
     buckets: list[SalesBucket] = []
     for bucket_start in bucket_starts(start, end, size):
         acc = per_bucket.get(bucket_start)
         if acc is None:
             buckets.append(SalesBucket(start=bucket_start))
             continue
-        buckets.append(acc.bucket(bucket_start))
+        buckets.append(acc.bucket(bucket_start, currency))
         total.merge(acc)
-    return SalesSummary(buckets=tuple(buckets), total=total.bucket(start))
+    return SalesSummary(buckets=tuple(buckets), total=total.bucket(start, currency))
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,17 +223,23 @@ def fold_funnel(facts: Iterable[Mapping[str, Any]]) -> Funnel:
     Each order event carries its order's placement time, so every stage is counted by it,
     whichever event arrived first.
     """
-    totals = dict.fromkeys(
-        ("placed", "paid", "fulfilled", "cancelled", "cancelled_after_payment", "failed"), 0
-    )
+    totals = dict.fromkeys(FUNNEL_STAGES, 0)
     for fact in facts:
-        stage = _FUNNEL_STAGE.get(str(fact.get(F_KIND)))
-        if stage is None:
-            continue
-        totals[stage] += 1
-        if stage == "cancelled" and fact.get(F_AFTER_PAYMENT):
-            totals["cancelled_after_payment"] += 1
+        count_stage(totals, fact)
     return Funnel(**totals)
+
+
+FUNNEL_STAGES = ("placed", "paid", "fulfilled", "cancelled", "cancelled_after_payment", "failed")
+
+
+def count_stage(totals: dict[str, int], fact: Mapping[str, Any]) -> None:
+    """Count one order fact in its funnel stage (``totals`` is keyed by :data:`FUNNEL_STAGES`)."""
+    stage = _FUNNEL_STAGE.get(str(fact.get(F_KIND)))
+    if stage is None:
+        return
+    totals[stage] += 1
+    if stage == "cancelled" and fact.get(F_AFTER_PAYMENT):
+        totals["cancelled_after_payment"] += 1
 
 
 class RankBy(Enum):
@@ -225,11 +272,20 @@ def product_rows(facts: Iterable[Mapping[str, Any]]) -> list[ProductRow]:
     """Units and revenue per (SKU, currency) of OrderPaid fact documents."""
     totals: dict[tuple[str, str], list[int]] = {}
     for fact in facts:
-        code = str(fact.get(F_CURRENCY, ""))
-        for line in fact.get(F_LINES) or ():
-            acc = totals.setdefault((str(line["sku"]), code), [0, 0])
-            acc[0] += int(line.get("units", 0))
-            acc[1] += int(line.get("revenue", 0))
+        add_lines(totals, fact)
+    return rows_of(totals)
+
+
+def add_lines(totals: dict[tuple[str, str], list[int]], fact: Mapping[str, Any]) -> None:
+    """Add the paid lines of one fact to ``totals``: (SKU, currency) -> [units, revenue]."""
+    code = str(fact.get(F_CURRENCY, ""))
+    for line in fact.get(F_LINES) or ():
+        acc = totals.setdefault((str(line["sku"]), code), [0, 0])
+        acc[0] += int(line.get("units", 0))
+        acc[1] += int(line.get("revenue", 0))
+
+
+def rows_of(totals: Mapping[tuple[str, str], Sequence[int]]) -> list[ProductRow]:
     return [
         ProductRow(sku=sku, currency=code, units=units, revenue=revenue)
         for (sku, code), (units, revenue) in sorted(totals.items())

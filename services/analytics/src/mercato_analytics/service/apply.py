@@ -1,7 +1,9 @@
 """Use case: one consumed event's effect, exactly once.
 
 The event's fact goes to the store in one insert keyed by the event id (the idempotency check
-and the effect at once; see ``store``). A database outage is not the event's fault: the use case
+and the effect at once; see ``store``); then the minutes it changed are marked for the roll-ups
+(``rollup.MarkDirty``), a duplicate's too, so a crash between the two is repaired by the
+redelivery. A database outage is not the event's fault: the use case
 waits it out with backoff instead of failing the record, so an outage never dead-letters good
 events. Every outcome notes the partition's progress (freshness) and is counted.
 """
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from mercato_analytics.domain import (
     DomainEvent,
@@ -19,15 +22,22 @@ from mercato_analytics.domain import (
     Ignored,
     Progress,
     StoreUnavailable,
+    dirty_minutes_of,
     type_label,
 )
 from mercato_analytics.metrics import AnalyticsMetrics
+from mercato_analytics.service.rollup import MarkDirty
 from mercato_analytics.store import AnalyticsStore, ApplyOutcome
 from mercato_common.kafka import Backoff
 
 __all__ = ["ApplyEvent"]
 
 log = logging.getLogger("mercato_analytics.apply")
+
+_T = TypeVar("_T")
+
+# Seconds between two marks of one minute by one process (see ``rollup``).
+DEFAULT_MARK_REFRESH = 1.0
 
 
 class ApplyEvent:
@@ -43,8 +53,10 @@ class ApplyEvent:
         progress: Progress,
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        mark_refresh: float = DEFAULT_MARK_REFRESH,
     ) -> None:
         self._store = store
+        self._mark_dirty = MarkDirty(store, refresh=mark_refresh, clock=clock)
         self._metrics = metrics
         self.progress = progress
         self._backoff = backoff if backoff is not None else Backoff(initial=0.2, maximum=5.0)
@@ -61,7 +73,8 @@ class ApplyEvent:
         elif isinstance(event, Ignored):
             outcome = "ignored"
         else:
-            result = await self._insert(origin, event)
+            result = await self._waiting(origin, lambda: self._insert(origin, event))
+            await self._waiting(origin, lambda: self._mark_dirty(dirty_minutes_of(event)))
             outcome = "applied" if result is ApplyOutcome.APPLIED else "duplicate"
         now = self._clock()
         if outcome == "applied":
@@ -73,18 +86,22 @@ class ApplyEvent:
         return outcome
 
     async def _insert(self, origin: EventOrigin, event: DomainEvent) -> ApplyOutcome:
+        return await self._store.apply(
+            event_id=origin.event_id,
+            event=event,
+            event_type=origin.event_type,
+            event_time=origin.event_time,
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=origin.offset,
+        )
+
+    async def _waiting(self, origin: EventOrigin, write: Callable[[], Awaitable[_T]]) -> _T:
+        """``write()``, retried while the database is unavailable (until stopped)."""
         attempt = 0
         while True:
             try:
-                return await self._store.apply(
-                    event_id=origin.event_id,
-                    event=event,
-                    event_type=origin.event_type,
-                    event_time=origin.event_time,
-                    topic=origin.topic,
-                    partition=origin.partition,
-                    offset=origin.offset,
-                )
+                return await write()
             except StoreUnavailable as exc:
                 # Waiting, not failing: the runner's bounded attempts are for the event's faults.
                 if self._stopping.is_set():

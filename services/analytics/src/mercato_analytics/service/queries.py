@@ -1,6 +1,7 @@
 """The query use cases behind the RPCs: a requested range gets the contract's defaults for
 what is unset, is checked and rounded to whole buckets as the contract says, then read from
-the store (and, for freshness, from Kafka).
+the roll-ups and, for its dirty minutes, from the facts (``domain.rollups.plan_reads``), so a
+query reads a few documents however long the history; freshness reads Kafka.
 
 The defaults (mercato.analytics.v1): end_time now, start_time 7 days before end_time but never
 longer than the bucket size allows (24 hours for minutes), bucket size a day. Only an inverted
@@ -16,6 +17,7 @@ from typing import Protocol
 from mercato_analytics.domain import (
     MIN_TIME,
     BucketSize,
+    Figures,
     Freshness,
     Funnel,
     Position,
@@ -26,7 +28,12 @@ from mercato_analytics.domain import (
     check_range,
     floor_time,
     freshness,
+    merge_all,
+    plan_reads,
+    rank_products,
+    summarize,
 )
+from mercato_analytics.domain.events import F_PLACE_TIME, F_TIME
 from mercato_analytics.store import AnalyticsStore
 
 __all__ = ["DEFAULT_BUCKET", "DEFAULT_RANGE", "PositionReader", "Queries", "default_range"]
@@ -93,10 +100,16 @@ class Queries:
         size = DEFAULT_BUCKET if size is None else size
         start, end = default_range(start, end, now=self._clock(), longest=size.max_range)
         start, end = check_range(start, end, max_range=size.max_range)
-        return await self._store.sales_summary(
+        start, end = floor_time(start, size), ceil_time(end, size)
+        parts = await self._figures(start, end, coarsest=size, placed=False)
+        per_bucket: dict[datetime, Figures] = {}
+        for part_start, figures in parts:
+            per_bucket.setdefault(floor_time(part_start, size), Figures()).merge(figures)
+        return summarize(
+            {bucket: figures.sales for bucket, figures in per_bucket.items()},
             size=size,
-            start=floor_time(start, size),
-            end=ceil_time(end, size),
+            start=start,
+            end=end,
             currency=currency,
         )
 
@@ -110,13 +123,43 @@ class Queries:
         limit: int = 0,
     ) -> list[TopProduct]:
         start, end = self._minutes(start, end)
-        return await self._store.top_products(
-            start=start, end=end, rank_by=rank_by, currency=currency, limit=limit
-        )
+        parts = await self._figures(start, end, coarsest=BucketSize.DAY, placed=False)
+        rows = merge_all([figures for _, figures in parts]).product_rows()
+        return rank_products(rows, rank_by=rank_by, currency=currency, limit=limit)
 
     async def funnel(self, start: datetime | None, end: datetime | None) -> Funnel:
         start, end = self._minutes(start, end)
-        return await self._store.funnel(start=start, end=end)
+        parts = await self._figures(start, end, coarsest=BucketSize.DAY, timed=False)
+        return merge_all([figures for _, figures in parts]).funnel_figures()
+
+    async def _figures(
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        coarsest: BucketSize,
+        timed: bool = True,
+        placed: bool = True,
+    ) -> list[tuple[datetime, Figures]]:
+        """The figures covering ``[start, end)`` (whole minutes), each with its start: roll-ups
+        no coarser than ``coarsest``, and per-minute folds of the dirty minutes' facts."""
+        rollups = self._store.rollups
+        plan = plan_reads(
+            start, end, coarsest=coarsest, dirty=await rollups.dirty_minutes(start, end)
+        )
+        parts = await rollups.read(plan.rollups)
+        if plan.raw:
+            per_minute: dict[datetime, Figures] = {}
+            if timed:
+                for fact in await self._store.facts_timed(plan.raw):
+                    minute = floor_time(fact[F_TIME], BucketSize.MINUTE)
+                    per_minute.setdefault(minute, Figures()).add_timed(fact)
+            if placed:
+                for fact in await self._store.facts_placed(plan.raw):
+                    minute = floor_time(fact[F_PLACE_TIME], BucketSize.MINUTE)
+                    per_minute.setdefault(minute, Figures()).add_placed(fact)
+            parts.extend(per_minute.items())
+        return parts
 
     async def freshness(self) -> Freshness:
         positions = await self._positions.read()

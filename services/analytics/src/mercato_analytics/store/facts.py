@@ -4,7 +4,8 @@ the package docstring for the collections and why one insert is the whole effect
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -18,18 +19,10 @@ from pymongo.errors import DuplicateKeyError
 from mercato_analytics.domain import (
     BucketSize,
     DomainEvent,
-    Funnel,
-    OrderEventKind,
     PartitionProgress,
     ProgressMarks,
-    RankBy,
-    SalesSummary,
-    TopProduct,
     fact_document,
-    fold_funnel,
-    fold_sales,
-    product_rows,
-    rank_products,
+    floor_time,
 )
 from mercato_analytics.domain.events import (
     F_AFTER_PAYMENT,
@@ -41,28 +34,62 @@ from mercato_analytics.domain.events import (
     F_TIME,
     F_UNITS,
 )
-from mercato_analytics.store.mongo import int64_document, translated
+from mercato_analytics.store.mongo import gather_reads, int64_document, translated
+from mercato_analytics.store.rollups import (
+    DIRTY,
+    LEASES,
+    ROLLUP_INDEXES,
+    ROLLUPS,
+    RollupStore,
+)
 from mercato_common.mongo import IndexSpec, ensure_indexes
 
 __all__ = ["COLLECTIONS", "FACTS", "INDEXES", "PARTITIONS", "AnalyticsStore", "ApplyOutcome"]
 
 log = logging.getLogger("mercato_analytics.store")
 
+# The minute and the hour of a fact's own time and of its order's placement: what the roll-ups
+# and the queries select facts by. Equality, because FerretDB serves an equality from
+# PostgreSQL (a scan of the table) but filters a range itself, decoding every document; the
+# hour lets the roll-up job read many dirty minutes of one hour in one scan.
+MINUTE, HOUR = "m", "h"
+PLACE_MINUTE, PLACE_HOUR = "pm", "ph"
+# Minutes of one hour read one by one up to this many; more, and the hour is read whole.
+_MINUTES_AT_MOST = 6
+
 FACTS = "facts"
 PARTITIONS = "partitions"
-COLLECTIONS = (FACTS, PARTITIONS)
+COLLECTIONS = (FACTS, PARTITIONS, ROLLUPS, DIRTY, LEASES)
 
 INDEXES: Mapping[str, list[IndexSpec]] = {
     FACTS: [
         IndexSpec.of("by_time", F_TIME, F_KIND),
         IndexSpec.of("by_place_time", F_PLACE_TIME),
+        IndexSpec.of("by_minute", MINUTE),
+        IndexSpec.of("by_place_minute", PLACE_MINUTE),
+        IndexSpec.of("by_hour", HOUR),
+        IndexSpec.of("by_place_hour", PLACE_HOUR),
     ],
+    **ROLLUP_INDEXES,
 }
 
-# What the sales summary and the funnel read of a fact.
-_SALES_FIELDS = {"_id": 0, F_KIND: 1, F_TIME: 1, F_CURRENCY: 1, F_AMOUNT: 1, F_UNITS: 1}
-_SALES_FIELDS[F_AFTER_PAYMENT] = 1
-_FUNNEL_FIELDS = {"_id": 0, F_KIND: 1, F_AFTER_PAYMENT: 1}
+# What sales and products read of a fact (by its own time), and what the funnel reads (by its
+# order's placement time).
+_TIMED_FIELDS = {"_id": 0, F_KIND: 1, F_TIME: 1, F_CURRENCY: 1, F_AMOUNT: 1, F_UNITS: 1}
+_TIMED_FIELDS.update({F_AFTER_PAYMENT: 1, F_LINES: 1})
+_PLACED_FIELDS = {"_id": 0, F_KIND: 1, F_PLACE_TIME: 1, F_AFTER_PAYMENT: 1}
+
+
+def _time_keys(fact: Mapping[str, Any]) -> dict[str, datetime]:
+    """The minute and hour keys of a fact (see :data:`MINUTE`)."""
+    keys = {
+        MINUTE: floor_time(fact[F_TIME], BucketSize.MINUTE),
+        HOUR: floor_time(fact[F_TIME], BucketSize.HOUR),
+    }
+    if fact.get(F_PLACE_TIME) is not None:
+        keys[PLACE_MINUTE] = floor_time(fact[F_PLACE_TIME], BucketSize.MINUTE)
+        keys[PLACE_HOUR] = floor_time(fact[F_PLACE_TIME], BucketSize.HOUR)
+    return keys
 
 
 class ApplyOutcome(Enum):
@@ -82,6 +109,7 @@ class AnalyticsStore:
         self.db = db
         self.facts: AsyncCollection[Any] = db[FACTS]
         self.partitions: AsyncCollection[Any] = db[PARTITIONS]
+        self.rollups = RollupStore(db)
         self._clock = clock
 
     async def ensure_indexes(self) -> list[str]:
@@ -109,6 +137,7 @@ class AnalyticsStore:
     ) -> ApplyOutcome:
         """Insert the event's fact unless it exists: the effect, exactly once (module doc)."""
         doc = int64_document(fact_document(event))
+        doc.update(_time_keys(doc))
         doc.update(
             _id=event_id,
             type=event_type,
@@ -157,53 +186,69 @@ class AnalyticsStore:
             for doc in docs
         ]
 
-    # -- queries ---------------------------------------------------------------------------
+    # -- facts of ranges (queries and roll-ups) ---------------------------------------------
 
-    async def sales_summary(
-        self, *, size: BucketSize, start: datetime, end: datetime, currency: str = ""
-    ) -> SalesSummary:
-        """Every bucket of ``size`` over ``[start, end)`` (aligned), from the facts of the range."""
-        async with translated():
-            facts = await self.facts.find(
-                {F_TIME: {"$gte": start, "$lt": end}}, _SALES_FIELDS
-            ).to_list()
-        return fold_sales(facts, size=size, start=start, end=end, currency=currency)
+    async def facts_timed(self, minutes: Iterable[datetime]) -> list[Any]:
+        """The facts whose own time is in one of ``minutes``: what sales and products read."""
+        return await self._facts_of(MINUTE, HOUR, minutes, _TIMED_FIELDS)
 
-    async def funnel(self, *, start: datetime, end: datetime) -> Funnel:
-        """The funnel of the orders placed in ``[start, end)``."""
-        async with translated():
-            facts = await self.facts.find(
-                {F_PLACE_TIME: {"$gte": start, "$lt": end}}, _FUNNEL_FIELDS
-            ).to_list()
-        return fold_funnel(facts)
+    async def facts_placed(self, minutes: Iterable[datetime]) -> list[Any]:
+        """The facts whose order was placed in one of ``minutes``: what the funnel reads."""
+        return await self._facts_of(PLACE_MINUTE, PLACE_HOUR, minutes, _PLACED_FIELDS)
 
-    async def top_products(
+    async def _facts_of(
         self,
-        *,
-        start: datetime,
-        end: datetime,
-        rank_by: RankBy,
-        currency: str = "",
-        limit: int = 0,
-    ) -> list[TopProduct]:
-        """Products of the orders paid in ``[start, end)``, best first."""
-        # Folded here rather than with $unwind/$group: FerretDB 1.24 drops the other fields of
-        # an unwound document, so a group key of (line SKU, order currency) cannot be built there.
-        match: dict[str, Any] = {
-            F_TIME: {"$gte": start, "$lt": end},
-            F_KIND: OrderEventKind.PAID.value,
-        }
-        if currency:
-            match[F_CURRENCY] = currency
+        minute_key: str,
+        hour_key: str,
+        minutes: Iterable[datetime],
+        fields: Mapping[str, int],
+    ) -> list[Any]:
+        wanted = set(minutes)
+        per_hour: dict[datetime, list[datetime]] = defaultdict(list)
+        for minute in sorted(wanted):
+            per_hour[floor_time(minute, BucketSize.HOUR)].append(minute)
+        queries: list[dict[str, datetime]] = []
+        for hour, of_hour in per_hour.items():
+            if len(of_hour) > _MINUTES_AT_MOST:
+                queries.append({hour_key: hour})
+            else:
+                queries.extend({minute_key: minute} for minute in of_hour)
+        projection = {**fields, minute_key: 1}
+
+        async def one(query: dict[str, datetime]) -> list[Any]:
+            async with translated():
+                return await self.facts.find(query, projection).to_list()
+
+        found = await gather_reads(one, queries)
+        return [fact for facts in found for fact in facts if fact[minute_key] in wanted]
+
+    async def facts_without_minutes(self, batch: int) -> AsyncIterator[list[Any]]:
+        """Facts stored before facts carried their minutes, ``batch`` at a time (one scan)."""
         async with translated():
-            facts = await self.facts.find(match, {"_id": 0, F_CURRENCY: 1, F_LINES: 1}).to_list()
-        return rank_products(product_rows(facts), rank_by=rank_by, currency=currency, limit=limit)
+            cursor = self.facts.find(
+                {MINUTE: {"$exists": False}}, {F_TIME: 1, F_PLACE_TIME: 1}, batch_size=batch
+            )
+            chunk: list[Any] = []
+            async for fact in cursor:
+                chunk.append(fact)
+                if len(chunk) >= batch:
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+
+    async def set_minutes(self, facts: Sequence[Mapping[str, Any]]) -> None:
+        ops = [UpdateOne({"_id": fact["_id"]}, {"$set": _time_keys(fact)}) for fact in facts]
+        if ops:
+            async with translated():
+                await self.facts.bulk_write(ops, ordered=False)
 
     async def facts_snapshot(self) -> list[dict[str, Any]]:
         """Every fact, sorted by id, without when and from which record it was applied (which
         copy of a duplicated event comes first may differ between runs): what a rebuild must
         reproduce exactly."""
         hidden = {"applied_at": 0, "topic": 0, "partition": 0, "offset": 0}
+        hidden.update(dict.fromkeys((MINUTE, HOUR, PLACE_MINUTE, PLACE_HOUR), 0))
         async with translated():
             docs = await self.facts.find({}, hidden).to_list()
         return sorted(docs, key=lambda doc: str(doc["_id"]))

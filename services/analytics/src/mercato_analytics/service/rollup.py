@@ -1,0 +1,163 @@
+"""Use cases of the roll-ups (``mercato_analytics.domain.rollups``): marking the minutes an
+applied fact changed, and rolling dirty minutes up into minute, hour and day roll-ups.
+
+Why a roll-up never misses a fact
+---------------------------------
+A fact is inserted first, then its minutes are marked dirty (:class:`MarkDirty`); a redelivered
+event marks them again, so a crash between the two is repaired by the redelivery. A process
+writes the mark of a minute at most once per ``refresh`` seconds: a fact applied within
+``refresh`` of that process's last mark is covered by it, because :class:`RollUp` only takes
+marks untouched for ``settle`` seconds (more than ``refresh``) and reads the minute's facts
+after that. The job removes a mark only if no one marked the minute again while it worked
+(the mark's token). Clocks of the processes may differ by less than ``settle - refresh``.
+
+One process at a time runs the job (a lease in the store): an hour is the merge of its minutes
+and a day of its hours, and two jobs merging at once could leave one stale behind a removed mark.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from mercato_analytics.domain import (
+    BucketSize,
+    Figures,
+    floor_time,
+    fold_facts,
+    merge_all,
+)
+from mercato_analytics.domain.events import F_PLACE_TIME, F_TIME
+from mercato_analytics.store import AnalyticsStore
+
+__all__ = ["MarkDirty", "RollUp"]
+
+log = logging.getLogger("mercato_analytics.rollup")
+
+_BACKFILLED = "minutes-backfilled"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class MarkDirty:
+    """Marks minutes dirty, each at most once per ``refresh`` seconds from this process."""
+
+    def __init__(
+        self,
+        store: AnalyticsStore,
+        *,
+        refresh: float,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._store = store
+        self._refresh = timedelta(seconds=refresh)
+        self._clock = clock
+        self._marked: dict[datetime, datetime] = {}
+
+    async def __call__(self, minutes: set[datetime]) -> None:
+        now = self._clock()
+        due = {
+            m for m in minutes if m not in self._marked or now - self._marked[m] >= self._refresh
+        }
+        if not due:
+            return
+        await self._store.rollups.mark_dirty(due, now=now)
+        if len(self._marked) > 4096:
+            self._marked = {m: t for m, t in self._marked.items() if now - t < self._refresh}
+        for minute in due:
+            self._marked[minute] = now
+
+    def forget(self) -> None:
+        """Forget what was marked (the marks were dropped, e.g. by a rebuild)."""
+        self._marked.clear()
+
+
+class RollUp:
+    """Rolls settled dirty minutes up (see the module doc); :meth:`run_once` does one batch."""
+
+    def __init__(
+        self,
+        store: AnalyticsStore,
+        *,
+        settle: float,
+        batch: int = 200,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._store = store
+        self._settle = timedelta(seconds=settle)
+        self._batch = batch
+        self._clock = clock
+
+    async def run_once(self) -> int:
+        """Roll up at most ``batch`` settled dirty minutes; how many were taken."""
+        rollups = self._store.rollups
+        now = self._clock()
+        marks = await rollups.settled_marks(
+            touched_before=now - self._settle,
+            minutes_before=floor_time(now - self._settle, BucketSize.MINUTE),
+            limit=self._batch,
+        )
+        if not marks:
+            return 0
+        minutes = sorted({minute for minute, _ in marks})
+        timed: dict[datetime, list[dict[str, object]]] = defaultdict(list)
+        placed: dict[datetime, list[dict[str, object]]] = defaultdict(list)
+        for fact in await self._store.facts_timed(minutes):
+            timed[floor_time(fact[F_TIME], BucketSize.MINUTE)].append(fact)
+        for fact in await self._store.facts_placed(minutes):
+            placed[floor_time(fact[F_PLACE_TIME], BucketSize.MINUTE)].append(fact)
+        await rollups.replace(
+            BucketSize.MINUTE,
+            {minute: fold_facts(timed[minute], placed[minute]) for minute in minutes},
+        )
+        hours = sorted({floor_time(minute, BucketSize.HOUR) for minute in minutes})
+        await rollups.replace(BucketSize.HOUR, await self._merged(hours, BucketSize.HOUR))
+        days = sorted({floor_time(hour, BucketSize.DAY) for hour in hours})
+        await rollups.replace(BucketSize.DAY, await self._merged(days, BucketSize.DAY))
+        # Last: until now the queries read these minutes from their facts.
+        await rollups.clear_marks(marks)
+        log.debug("rolled up %d minutes (%d hours, %d days)", len(minutes), len(hours), len(days))
+        return len(marks)
+
+    async def _merged(self, starts: list[datetime], level: BucketSize) -> dict[datetime, Figures]:
+        """The figures of these buckets of ``level``, merged from the next finer roll-ups."""
+        finer = BucketSize.MINUTE if level is BucketSize.HOUR else BucketSize.HOUR
+        return {
+            start: merge_all(await self._store.rollups.within(finer, start, start + level.step))
+            for start in starts
+        }
+
+    async def backfill(self, *, batch: int = 1000) -> int:
+        """Once per database: give the facts stored by a version without roll-ups their minutes
+        and mark those minutes dirty, so that the job rolls the old history up too. The facts
+        stay counted meanwhile only where their minutes are dirty. How many were given."""
+        if await self._store.rollups.done(_BACKFILLED):
+            return 0
+        given = 0
+        async for facts in self._store.facts_without_minutes(batch):
+            await self._store.set_minutes(facts)
+            minutes: set[datetime] = set()
+            for fact in facts:
+                minutes.add(floor_time(fact[F_TIME], BucketSize.MINUTE))
+                if fact.get(F_PLACE_TIME) is not None:
+                    minutes.add(floor_time(fact[F_PLACE_TIME], BucketSize.MINUTE))
+            await self._store.rollups.mark_dirty(minutes, now=self._clock())
+            given += len(facts)
+        await self._store.rollups.mark_done(_BACKFILLED, now=self._clock())
+        if given:
+            log.info("gave %d facts of an older version their minutes", given)
+        return given
+
+    async def run_until_clean(self, *, rounds: int = 1000) -> int:
+        """Run batches until none is left (bounded by ``rounds``); minutes taken in all."""
+        total = 0
+        for _ in range(rounds):
+            taken = await self.run_once()
+            total += taken
+            if taken < self._batch:
+                break
+        return total

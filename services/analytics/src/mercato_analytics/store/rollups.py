@@ -1,0 +1,219 @@
+"""Roll-ups, dirty minutes and the roll-up lease (see ``mercato_analytics.domain.rollups``).
+
+Collections
+-----------
+``rollups``
+    One document per (level, bucket start) with the figures of that minute, hour or day:
+    ``_id`` = ``rollup_id(level, start)``, ``level``, ``start``, ``parent`` (the id of the
+    hour of a minute, the day of an hour, the month of a day) and ``f``, the figures as compact
+    JSON bytes. Replaced whole by the roll-up job, never updated in place; a bucket without
+    figures has no document.
+
+    Read by ``_id`` or by ``parent``, both equalities: FerretDB serves an equality from
+    PostgreSQL but filters a range itself over the whole collection, and it decodes one bytes
+    field about seven times faster than the same figures as nested documents (measured: 60 roll-ups
+    by parent in 7.5 ms against 50 ms).
+``dirty_minutes``
+    One document per minute whose facts changed since its roll-up: ``minute``, ``touched`` (when
+    last marked) and a random ``token`` that every mark replaces. The job removes a mark only if
+    its token is still the one it read, so a mark written while it worked survives.
+``leases``
+    ``rollup``: which process runs the roll-up job, and until when (one job at a time);
+    ``minutes-backfilled``: the facts of an older version were given their minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import Binary
+from pymongo import DeleteOne, ReplaceOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from mercato_analytics.domain import BucketSize, bucket_starts, floor_time
+from mercato_analytics.domain.rollups import Figures, Span, rollup_id
+from mercato_analytics.store.mongo import gather_reads, translated
+from mercato_common.mongo import IndexSpec
+
+__all__ = ["DIRTY", "LEASES", "ROLLUPS", "ROLLUP_INDEXES", "DirtyMark", "RollupStore"]
+
+ROLLUPS = "rollups"
+DIRTY = "dirty_minutes"
+LEASES = "leases"
+
+ROLLUP_INDEXES: Mapping[str, list[IndexSpec]] = {
+    ROLLUPS: [IndexSpec.of("by_parent", "parent")],
+    DIRTY: [IndexSpec.of("by_minute", "minute")],
+}
+
+_LEASE_ID = "rollup"
+
+# Buckets of one parent read one by one up to this many; more, and the parent is read whole.
+_BY_ID_AT_MOST = 4
+
+
+def _parent(level: BucketSize, start: datetime) -> str:
+    """The id of what contains a roll-up: the hour of a minute, the day of an hour, the month
+    of a day."""
+    if level is BucketSize.MINUTE:
+        return rollup_id(BucketSize.HOUR, floor_time(start, BucketSize.HOUR))
+    if level is BucketSize.HOUR:
+        return rollup_id(BucketSize.DAY, floor_time(start, BucketSize.DAY))
+    return f"month|{start:%Y-%m}"
+
+
+# A mark as the job read it: the minute and the token to remove it by.
+DirtyMark = tuple[datetime, str]
+
+
+class RollupStore:
+    def __init__(self, db: AsyncDatabase[Any]) -> None:
+        self.rollups: AsyncCollection[Any] = db[ROLLUPS]
+        self.dirty: AsyncCollection[Any] = db[DIRTY]
+        self.leases: AsyncCollection[Any] = db[LEASES]
+
+    # -- dirty minutes ---------------------------------------------------------------------
+
+    async def mark_dirty(self, minutes: Iterable[datetime], *, now: datetime) -> None:
+        # One upsert per minute rather than one bulk write: concurrent upserts of a new minute
+        # make all but one fail with a duplicate key, and then the document exists to update
+        # (FerretDB answers such a bulk write with a reply PyMongo cannot read).
+        for minute in sorted(minutes):
+            for attempt in range(3):
+                try:
+                    async with translated():
+                        await self.dirty.update_one(
+                            {"_id": minute.isoformat()},
+                            {"$set": {"minute": minute, "touched": now, "token": uuid.uuid4().hex}},
+                            upsert=True,
+                        )
+                    break
+                except DuplicateKeyError:
+                    if attempt == 2:
+                        raise
+
+    async def dirty_minutes(self, start: datetime, end: datetime) -> list[datetime]:
+        """The dirty minutes in ``[start, end)``."""
+        async with translated():
+            docs = await self.dirty.find(
+                {"minute": {"$gte": start, "$lt": end}}, {"_id": 0, "minute": 1}
+            ).to_list()
+        return [doc["minute"] for doc in docs]
+
+    async def settled_marks(
+        self, *, touched_before: datetime, minutes_before: datetime, limit: int
+    ) -> list[DirtyMark]:
+        """Marks last touched before ``touched_before`` of minutes before ``minutes_before``,
+        oldest minute first, at most ``limit``."""
+        async with translated():
+            docs = (
+                await self.dirty.find(
+                    {"minute": {"$lt": minutes_before}, "touched": {"$lt": touched_before}},
+                    {"minute": 1, "token": 1},
+                )
+                .sort("minute", 1)
+                .limit(limit)
+                .to_list()
+            )
+        return [(doc["minute"], str(doc["token"])) for doc in docs]
+
+    async def clear_marks(self, marks: Sequence[DirtyMark]) -> None:
+        """Remove the marks whose token is still the one read (a newer mark stays)."""
+        ops = [DeleteOne({"_id": minute.isoformat(), "token": token}) for minute, token in marks]
+        if ops:
+            async with translated():
+                await self.dirty.bulk_write(ops, ordered=False)
+
+    # -- roll-ups --------------------------------------------------------------------------
+
+    async def replace(self, level: BucketSize, figures: Mapping[datetime, Figures]) -> None:
+        """Store the figures of these buckets of ``level``; empty figures remove the document."""
+        ops: list[ReplaceOne[Any] | DeleteOne] = []
+        for start, bucket in sorted(figures.items()):
+            key = rollup_id(level, start)
+            if bucket.empty:
+                ops.append(DeleteOne({"_id": key}))
+                continue
+            packed = json.dumps(bucket.document(), separators=(",", ":")).encode()
+            doc = {
+                "_id": key,
+                "level": level.value,
+                "start": start,
+                "parent": _parent(level, start),
+                "f": Binary(packed),
+            }
+            ops.append(ReplaceOne({"_id": key}, doc, upsert=True))
+        if ops:
+            async with translated():
+                await self.rollups.bulk_write(ops, ordered=False)
+
+    async def read(self, spans: Sequence[Span]) -> list[tuple[datetime, Figures]]:
+        """The roll-ups of the spans: (bucket start, figures). A parent mostly covered by a
+        span is read whole with one query, the few buckets of another one by one; all at once."""
+        parents: set[str] = set()
+        ids: set[str] = set()
+        for span in spans:
+            members: dict[str, list[datetime]] = defaultdict(list)
+            for start in bucket_starts(span.start, span.end, span.level):
+                members[_parent(span.level, start)].append(start)
+            for parent, starts in members.items():
+                if len(starts) > _BY_ID_AT_MOST:
+                    parents.add(parent)
+                else:
+                    ids.update(rollup_id(span.level, start) for start in starts)
+        queries = [{"parent": parent} for parent in sorted(parents)]
+        queries += [{"_id": key} for key in sorted(ids)]
+
+        async def one(query: Mapping[str, Any]) -> list[Any]:
+            async with translated():
+                return await self.rollups.find(query, {"parent": 0}).to_list()
+
+        found = await gather_reads(one, queries)
+        # A parent read whole brings buckets outside the spans, and one read by id may come
+        # again with its parent: keep each wanted bucket once.
+        wanted = [(span.level.value, span.start, span.end) for span in spans]
+        docs = {doc["_id"]: doc for batch in found for doc in batch}
+        return [
+            (doc["start"], Figures.from_document(json.loads(doc["f"])))
+            for doc in docs.values()
+            if any(lv == doc["level"] and a <= doc["start"] < b for lv, a, b in wanted)
+        ]
+
+    async def within(self, level: BucketSize, start: datetime, end: datetime) -> list[Figures]:
+        """The roll-ups of ``level`` starting in ``[start, end)``."""
+        return [figures for _, figures in await self.read([Span(level, start, end)])]
+
+    # -- the job's lease -------------------------------------------------------------------
+
+    async def take_lease(self, holder: str, *, now: datetime, seconds: float) -> bool:
+        """Hold (or renew) the roll-up lease for ``seconds``; False if another holder has it."""
+        try:
+            async with translated():
+                await self.leases.update_one(
+                    {"_id": _LEASE_ID, "$or": [{"holder": holder}, {"until": {"$lt": now}}]},
+                    {"$set": {"holder": holder, "until": now + timedelta(seconds=seconds)}},
+                    upsert=True,
+                )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def done(self, task: str) -> bool:
+        """Whether a one-time ``task`` was done in this database."""
+        async with translated():
+            return await self.leases.find_one({"_id": task}) is not None
+
+    async def mark_done(self, task: str, *, now: datetime) -> None:
+        async with translated():
+            await self.leases.replace_one({"_id": task}, {"at": now}, upsert=True)
+
+    async def release_lease(self, holder: str) -> None:
+        async with translated():
+            await self.leases.delete_one({"_id": _LEASE_ID, "holder": holder})
