@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import statistics
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,47 @@ async def _bare_consume(bootstrap: str, partitions: list[TopicPartition], total:
         await consumer.stop()
 
 
+def bench_settings(
+    backends: Any, db_name: str, topics: Any, names: dict[str, str], **overrides: Any
+) -> AnalyticsSettings:
+    """The service's settings on the bench's fresh database and topics."""
+    return AnalyticsSettings(
+        grpc_port=0,
+        mongo_uri=backends.mongo_uri,
+        mongo_database=db_name,
+        kafka_bootstrap_servers=backends.kafka_bootstrap,
+        auth_events_topic=names["auth"],
+        catalog_events_topic=names["catalog"],
+        orders_events_topic=names["orders"],
+        dead_letter_topic=topics.name("mercato.analytics.dlq.v1"),
+        consumer_group=topics.name("mercato.analytics"),
+        lag_refresh_seconds=0,
+        lag_cache_seconds=0,
+        shutdown_drain_seconds=0,
+        shutdown_grace_seconds=1,
+        **overrides,
+    )
+
+
+@contextlib.asynccontextmanager
+async def bench_environment(
+    **overrides: Any,
+) -> AsyncIterator[tuple[Any, AnalyticsSettings, dict[str, str]]]:
+    """The local stack, a fresh database and fresh topics, and the service's settings on them:
+    (backends, settings, the event topics by source)."""
+    with open_backends() as backends:
+        async with (
+            temporary_mongo_database(backends.mongo_uri, prefix="bench") as db_name,
+            temporary_topics(backends.kafka_bootstrap) as topics,
+        ):
+            await topics.create_declared()
+            names = {
+                source: topics.name(f"mercato.{source}.events.v1")
+                for source in ("auth", "catalog", "orders")
+            }
+            yield backends, bench_settings(backends, db_name, topics, names, **overrides), names
+
+
 async def _caught_up(positions: KafkaPositions, poll: float = 0.02) -> None:
     while True:
         if sum(end - committed for _, _, committed, end in await positions.read()) == 0:
@@ -133,152 +176,123 @@ async def run(
     orders: int, consumers: int, rate: float, seconds: float, query_calls: int
 ) -> dict[str, Any]:
     keys = Keys()
-    with open_backends() as backends:
-        async with (
-            temporary_mongo_database(backends.mongo_uri, prefix="bench") as db_name,
-            temporary_topics(backends.kafka_bootstrap) as topics,
-        ):
-            await topics.create_declared()
-            names = {
-                source: topics.name(f"mercato.{source}.events.v1")
-                for source in ("auth", "catalog", "orders")
-            }
-            settings = AnalyticsSettings(
-                grpc_port=0,
-                mongo_uri=backends.mongo_uri,
-                mongo_database=db_name,
-                kafka_bootstrap_servers=backends.kafka_bootstrap,
-                auth_events_topic=names["auth"],
-                catalog_events_topic=names["catalog"],
-                orders_events_topic=names["orders"],
-                dead_letter_topic=topics.name("mercato.analytics.dlq.v1"),
-                consumer_group=topics.name("mercato.analytics"),
-                consumers=consumers,
-                lag_refresh_seconds=0,
-                lag_cache_seconds=0,
-                shutdown_drain_seconds=0,
-                shutdown_grace_seconds=1,
-            )
-            partitions = [TopicPartition(name, p) for name in names.values() for p in range(6)]
-            # Orders 3 s apart, all in the past (live events come after them).
-            history = timedelta(seconds=3 * orders) + timedelta(hours=2)
-            begin = (datetime.now(UTC) - history).replace(second=0, microsecond=0)
-            published, expected = samples.simulate(orders, users=orders // 10, seed=1, start=begin)
-            facts_expected = sum(1 for item in published if item.source != "catalog")
-            producer = AIOKafkaProducer(
-                bootstrap_servers=backends.kafka_bootstrap, acks="all", linger_ms=5
-            )
-            await producer.start()
-            app = None
-            positions = KafkaPositions(
-                KafkaConnection(bootstrap_servers=backends.kafka_bootstrap),
-                group_id=settings.consumer_group,
-                topics=list(names.values()),
-                cache_seconds=0,
-            )
-            channel: grpc.aio.Channel | None = None
-            try:
-                futures = [
-                    await _send(producer, names[item.source], item.envelope) for item in published
-                ]
-                await asyncio.gather(*futures)
-                records = len(published)
+    async with bench_environment(consumers=consumers) as (backends, settings, names):
+        partitions = [TopicPartition(name, p) for name in names.values() for p in range(6)]
+        # Orders 3 s apart, all in the past (live events come after them).
+        history = timedelta(seconds=3 * orders) + timedelta(hours=2)
+        begin = (datetime.now(UTC) - history).replace(second=0, microsecond=0)
+        published, expected = samples.simulate(orders, users=orders // 10, seed=1, start=begin)
+        facts_expected = sum(1 for item in published if item.source != "catalog")
+        producer = AIOKafkaProducer(
+            bootstrap_servers=backends.kafka_bootstrap, acks="all", linger_ms=5
+        )
+        await producer.start()
+        app = None
+        positions = KafkaPositions(
+            KafkaConnection(bootstrap_servers=backends.kafka_bootstrap),
+            group_id=settings.consumer_group,
+            topics=list(names.values()),
+            cache_seconds=0,
+        )
+        channel: grpc.aio.Channel | None = None
+        try:
+            futures = [
+                await _send(producer, names[item.source], item.envelope) for item in published
+            ]
+            await asyncio.gather(*futures)
+            records = len(published)
 
-                bare_seconds = await _bare_consume(backends.kafka_bootstrap, partitions, records)
+            bare_seconds = await _bare_consume(backends.kafka_bootstrap, partitions, records)
 
-                verifier = JwksTokenVerifier(keys.jwks, issuer=ISSUER, audience=AUDIENCE)
-                app = build_app(settings, token_verifier=verifier, registry=CollectorRegistry())
-                started = time.perf_counter()
-                await start_all(app.parts)
-                await _caught_up(positions)
-                drain_seconds = time.perf_counter() - started
-                facts_after_backlog = await app.store.count_facts()
-                assert facts_after_backlog == facts_expected, (facts_after_backlog, facts_expected)
+            verifier = JwksTokenVerifier(keys.jwks, issuer=ISSUER, audience=AUDIENCE)
+            app = build_app(settings, token_verifier=verifier, registry=CollectorRegistry())
+            started = time.perf_counter()
+            await start_all(app.parts)
+            await _caught_up(positions)
+            drain_seconds = time.perf_counter() - started
+            facts_after_backlog = await app.store.count_facts()
+            assert facts_after_backlog == facts_expected, (facts_after_backlog, facts_expected)
 
-                # Live: events stamped now, published at `rate` per second.
-                live_start = datetime.now(UTC)
-                interval = 1.0 / rate
-                sent = 0
-                deadline = time.perf_counter() + seconds
-                next_at = time.perf_counter()
-                pending = []
-                while time.perf_counter() < deadline:
-                    now = datetime.now(UTC)
-                    order = str(uuid.uuid4())
-                    line = [samples.Line(f"SKU-{sent % 20:03d}", 1, 999)]
-                    envelope = (
-                        samples.order_placed(
-                            order, user_id="u", lines=line, currency="EUR", place_time=now
-                        )
-                        if sent % 2 == 0
-                        else samples.order_paid(
-                            order,
-                            user_id="u",
-                            lines=line,
-                            currency="EUR",
-                            place_time=now - timedelta(seconds=30),
-                            pay_time=now,
-                        )
+            # Live: events stamped now, published at `rate` per second.
+            live_start = datetime.now(UTC)
+            interval = 1.0 / rate
+            sent = 0
+            deadline = time.perf_counter() + seconds
+            next_at = time.perf_counter()
+            pending = []
+            while time.perf_counter() < deadline:
+                now = datetime.now(UTC)
+                order = str(uuid.uuid4())
+                line = [samples.Line(f"SKU-{sent % 20:03d}", 1, 999)]
+                envelope = (
+                    samples.order_placed(
+                        order, user_id="u", lines=line, currency="EUR", place_time=now
                     )
-                    pending.append(await _send(producer, names["orders"], envelope))
-                    sent += 1
-                    next_at += interval
-                    await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-                await asyncio.gather(*pending)
-                await _caught_up(positions)
-                live = await app.store.facts.find(
-                    {"applied_at": {"$gte": live_start}}, {"event_time": 1, "applied_at": 1}
-                ).to_list()
-                assert len(live) == sent, (len(live), sent)
-                latencies = [
-                    (doc["applied_at"] - doc["event_time"]).total_seconds() for doc in live
-                ]
-
-                channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}")
-                stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
-                metadata = [("authorization", f"Bearer {keys.token('analytics:read')}")]
-                assert expected.first_time is not None
-                day = expected.first_time.replace(hour=0, minute=0, second=0, microsecond=0)
-
-                def window(message: Any, **fields: Any) -> Any:
-                    request = message(**fields)
-                    request.start_time.FromDatetime(day)
-                    request.end_time.FromDatetime(day + timedelta(days=2))
-                    return request
-
-                summary = window(
-                    analytics_pb2.GetSalesSummaryRequest, bucket=analytics_pb2.BUCKET_HOUR
+                    if sent % 2 == 0
+                    else samples.order_paid(
+                        order,
+                        user_id="u",
+                        lines=line,
+                        currency="EUR",
+                        place_time=now - timedelta(seconds=30),
+                        pay_time=now,
+                    )
                 )
-                minute_request = analytics_pb2.GetSalesSummaryRequest(
-                    bucket=analytics_pb2.BUCKET_MINUTE
-                )
-                minute_request.start_time.FromDatetime(expected.first_time)
-                minute_request.end_time.FromDatetime(expected.first_time + timedelta(hours=24))
-                top = window(analytics_pb2.ListTopProductsRequest, rank_by=1)
-                funnel = window(analytics_pb2.GetFunnelRequest)
-                facts_total = await app.store.count_facts()
-                queries = {
-                    "GetSalesSummary hour x 48": await _query_latency(
-                        lambda: stub.GetSalesSummary(summary, metadata=metadata), query_calls
-                    ),
-                    "GetSalesSummary minute x 1440": await _query_latency(
-                        lambda: stub.GetSalesSummary(minute_request, metadata=metadata),
-                        query_calls,
-                    ),
-                    "ListTopProducts 2 days": await _query_latency(
-                        lambda: stub.ListTopProducts(top, metadata=metadata), query_calls
-                    ),
-                    "GetFunnel 2 days": await _query_latency(
-                        lambda: stub.GetFunnel(funnel, metadata=metadata), query_calls
-                    ),
-                }
-            finally:
-                if channel is not None:
-                    await channel.close()
-                await positions.stop()
-                await producer.stop()
-                if app is not None:
-                    await stop_all(app.parts)
+                pending.append(await _send(producer, names["orders"], envelope))
+                sent += 1
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+            await asyncio.gather(*pending)
+            await _caught_up(positions)
+            live = await app.store.facts.find(
+                {"applied_at": {"$gte": live_start}}, {"event_time": 1, "applied_at": 1}
+            ).to_list()
+            assert len(live) == sent, (len(live), sent)
+            latencies = [(doc["applied_at"] - doc["event_time"]).total_seconds() for doc in live]
+
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}")
+            stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+            metadata = [("authorization", f"Bearer {keys.token('analytics:read')}")]
+            assert expected.first_time is not None
+            day = expected.first_time.replace(hour=0, minute=0, second=0, microsecond=0)
+
+            def window(message: Any, **fields: Any) -> Any:
+                request = message(**fields)
+                request.start_time.FromDatetime(day)
+                request.end_time.FromDatetime(day + timedelta(days=2))
+                return request
+
+            summary = window(analytics_pb2.GetSalesSummaryRequest, bucket=analytics_pb2.BUCKET_HOUR)
+            minute_request = analytics_pb2.GetSalesSummaryRequest(
+                bucket=analytics_pb2.BUCKET_MINUTE
+            )
+            minute_request.start_time.FromDatetime(expected.first_time)
+            minute_request.end_time.FromDatetime(expected.first_time + timedelta(hours=24))
+            top = window(analytics_pb2.ListTopProductsRequest, rank_by=1)
+            funnel = window(analytics_pb2.GetFunnelRequest)
+            facts_total = await app.store.count_facts()
+            queries = {
+                "GetSalesSummary hour x 48": await _query_latency(
+                    lambda: stub.GetSalesSummary(summary, metadata=metadata), query_calls
+                ),
+                "GetSalesSummary minute x 1440": await _query_latency(
+                    lambda: stub.GetSalesSummary(minute_request, metadata=metadata),
+                    query_calls,
+                ),
+                "ListTopProducts 2 days": await _query_latency(
+                    lambda: stub.ListTopProducts(top, metadata=metadata), query_calls
+                ),
+                "GetFunnel 2 days": await _query_latency(
+                    lambda: stub.GetFunnel(funnel, metadata=metadata), query_calls
+                ),
+            }
+        finally:
+            if channel is not None:
+                await channel.close()
+            await positions.stop()
+            await producer.stop()
+            if app is not None:
+                await stop_all(app.parts)
     return {
         "benchmark": "analytics consumers",
         "time": datetime.now(UTC).isoformat(),

@@ -33,7 +33,15 @@ from typing import Any
 
 import grpc
 from aiokafka import AIOKafkaProducer
-from bench_analytics import AUDIENCE, ISSUER, Keys, _caught_up, _query_latency, _send
+from bench_analytics import (
+    AUDIENCE,
+    ISSUER,
+    Keys,
+    _caught_up,
+    _query_latency,
+    _send,
+    bench_environment,
+)
 from prometheus_client import CollectorRegistry
 
 from mercato.analytics.v1 import analytics_pb2, analytics_pb2_grpc
@@ -41,11 +49,9 @@ from mercato_analytics import samples
 from mercato_analytics.app import build_app
 from mercato_analytics.domain import BucketSize, fold_funnel, fold_sales
 from mercato_analytics.positions import KafkaPositions
-from mercato_analytics.settings import AnalyticsSettings
 from mercato_common.identity import JwksTokenVerifier
 from mercato_common.kafka import KafkaConnection
 from mercato_common.runtime import start_all, stop_all
-from mercato_devstack.testing import open_backends, temporary_mongo_database, temporary_topics
 
 RESULTS = Path(__file__).resolve().parent / "results" / "analytics-history.json"
 SECONDS_APART = 3  # samples.simulate places orders about this far apart
@@ -118,88 +124,66 @@ async def _fold_from_facts(app: Any, calls: int) -> dict[str, float]:
 
 async def run(orders: int, first: int, calls: int) -> dict[str, Any]:
     keys = Keys()
-    with open_backends() as backends:
-        async with (
-            temporary_mongo_database(backends.mongo_uri, prefix="bench") as db_name,
-            temporary_topics(backends.kafka_bootstrap) as topics,
-        ):
-            await topics.create_declared()
-            names = {
-                source: topics.name(f"mercato.{source}.events.v1")
-                for source in ("auth", "catalog", "orders")
-            }
-            settings = AnalyticsSettings(
-                grpc_port=0,
-                mongo_uri=backends.mongo_uri,
-                mongo_database=db_name,
-                kafka_bootstrap_servers=backends.kafka_bootstrap,
-                auth_events_topic=names["auth"],
-                catalog_events_topic=names["catalog"],
-                orders_events_topic=names["orders"],
-                dead_letter_topic=topics.name("mercato.analytics.dlq.v1"),
-                consumer_group=topics.name("mercato.analytics"),
-                lag_refresh_seconds=0,
-                lag_cache_seconds=0,
-                shutdown_drain_seconds=0,
-                shutdown_grace_seconds=1,
-            )
-            end = datetime.now(UTC) - timedelta(hours=1)
-            begin = (end - timedelta(seconds=SECONDS_APART * orders)).replace(
-                second=0, microsecond=0
-            )
-            # One history, published in two parts: the first `first` orders, then the rest.
-            published, _ = samples.simulate(
-                orders, users=orders // 10, seed=3, start=begin, catalog_events=False
-            )
-            # Each order's events are contiguous: cut before the placement of order `first`+1.
-            placements = [
-                index
-                for index, item in enumerate(published)
-                if item.envelope.type.endswith(".OrderPlaced")
-            ]
-            cut = placements[first] if first < len(placements) else len(published)
-            producer = AIOKafkaProducer(
-                bootstrap_servers=backends.kafka_bootstrap, acks="all", linger_ms=20
-            )
-            positions = KafkaPositions(
-                KafkaConnection(bootstrap_servers=backends.kafka_bootstrap),
-                group_id=settings.consumer_group,
-                topics=list(names.values()),
-                cache_seconds=0,
-            )
-            verifier = JwksTokenVerifier(keys.jwks, issuer=ISSUER, audience=AUDIENCE)
-            app = build_app(settings, token_verifier=verifier, registry=CollectorRegistry())
-            await producer.start()
-            channel: grpc.aio.Channel | None = None
-            steps: dict[str, Any] = {}
-            try:
-                await start_all(app.parts)
-                channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}")
-                stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
-                metadata = [("authorization", f"Bearer {keys.token('analytics:read')}")]
-                for label, part in (("small", published[:cut]), ("large", published[cut:])):
-                    began = time.perf_counter()
-                    await _publish(producer, names, part)
-                    await _caught_up(positions, poll=0.5)
-                    consumed = time.perf_counter() - began
-                    rollup_wait = await _rolled_up(app, within=600)
-                    facts = await app.store.count_facts()
-                    steps[label] = {
-                        "events_published": len(part),
-                        "facts": facts,
-                        "consume_seconds": round(consumed, 1),
-                        "rollup_wait_seconds": round(rollup_wait, 1),
-                        "rollup_documents": await app.store.rollups.rollups.count_documents({}),
-                        "queries": await _queries(stub, metadata, calls),
-                        "fold_from_facts": await _fold_from_facts(app, 3),
-                    }
-                    print(f"{label}: {facts} facts, {json.dumps(steps[label]['queries'])}")
-            finally:
-                if channel is not None:
-                    await channel.close()
-                await positions.stop()
-                await producer.stop()
-                await stop_all(app.parts)
+    async with bench_environment() as (backends, settings, names):
+        end = datetime.now(UTC) - timedelta(hours=1)
+        begin = (end - timedelta(seconds=SECONDS_APART * orders)).replace(second=0, microsecond=0)
+        # One history, published in two parts: the first `first` orders, then the rest.
+        published, _ = samples.simulate(
+            orders, users=orders // 10, seed=3, start=begin, catalog_events=False
+        )
+        # Each order's events are contiguous: cut before the placement of order `first`+1.
+        placements = [
+            index
+            for index, item in enumerate(published)
+            if item.envelope.type.endswith(".OrderPlaced")
+        ]
+        cut = placements[first] if first < len(placements) else len(published)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=backends.kafka_bootstrap, acks="all", linger_ms=20
+        )
+        positions = KafkaPositions(
+            KafkaConnection(bootstrap_servers=backends.kafka_bootstrap),
+            group_id=settings.consumer_group,
+            topics=list(names.values()),
+            cache_seconds=0,
+        )
+        verifier = JwksTokenVerifier(keys.jwks, issuer=ISSUER, audience=AUDIENCE)
+        app = build_app(settings, token_verifier=verifier, registry=CollectorRegistry())
+        await producer.start()
+        channel: grpc.aio.Channel | None = None
+        steps: dict[str, Any] = {}
+        try:
+            await start_all(app.parts)
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}")
+            stub = analytics_pb2_grpc.AnalyticsServiceStub(channel)
+            metadata = [("authorization", f"Bearer {keys.token('analytics:read')}")]
+            for label, part in (("small", published[:cut]), ("large", published[cut:])):
+                began = time.perf_counter()
+                await _publish(producer, names, part)
+                await _caught_up(positions, poll=0.5)
+                consumed = time.perf_counter() - began
+                rollup_wait = await _rolled_up(app, within=600)
+                facts = await app.store.facts.estimated_document_count()
+                steps[label] = {
+                    "events_published": len(part),
+                    "facts": facts,
+                    "consume_seconds": round(consumed, 1),
+                    "rollup_wait_seconds": round(rollup_wait, 1),
+                    "rollup_documents": await app.store.rollups.rollups.count_documents({}),
+                    "queries": await _queries(stub, metadata, calls),
+                    "fold_from_facts": await _fold_from_facts(app, 3),
+                }
+                print(
+                    f"{label}: {facts} facts, consumed in {consumed:.0f} s, rolled up"
+                    f" {rollup_wait:.0f} s later; {json.dumps(steps[label]['queries'])}",
+                    flush=True,
+                )
+        finally:
+            if channel is not None:
+                await channel.close()
+            await positions.stop()
+            await producer.stop()
+            await stop_all(app.parts)
     return {
         "benchmark": "analytics queries over history",
         "time": datetime.now(UTC).isoformat(),

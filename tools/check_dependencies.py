@@ -87,8 +87,9 @@ def _opentelemetry_dist(module: str) -> str:
         return "opentelemetry-exporter-otlp-proto-grpc"
     if module.startswith("opentelemetry.sdk"):
         return "opentelemetry-sdk"
-    if module.startswith("opentelemetry.instrumentation.logging"):
-        return "opentelemetry-instrumentation-logging"
+    if module.startswith("opentelemetry.instrumentation."):
+        # opentelemetry.instrumentation.<library> is opentelemetry-instrumentation-<library>.
+        return "opentelemetry-instrumentation-" + module.split(".")[2]
     return "opentelemetry-api"
 
 

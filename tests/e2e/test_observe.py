@@ -337,11 +337,14 @@ TRACE_HOPS: tuple[tuple[str, str, Callable[[str], bool], tuple[str, ...]], ...] 
         lambda name: name.endswith("CatalogService/ReserveStock"),
         ("rpc.system", "rpc.method"),
     ),
-    ("orders", "client", lambda name: True, ("db.system.name",)),
+    # Client spans of the stores from OpenTelemetry's instrumentations (asyncpg, PyMongo).
+    ("orders", "client", lambda name: True, ("db.system.name", "db.query.text")),
+    ("catalog", "client", lambda name: True, ("db.system.name", "db.collection.name")),
     (
         "orders",
         "producer",
-        lambda name: name == f"send {ORDER_EVENTS}",
+        # The aiokafka instrumentation's name for a send.
+        lambda name: name == f"{ORDER_EVENTS} send",
         ("messaging.system", "messaging.destination.name"),
     ),
     (

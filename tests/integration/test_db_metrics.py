@@ -36,7 +36,7 @@ async def test_every_postgres_statement_is_counted_by_kind(postgres_dsn: str) ->
     metrics = DbOperationMetrics.for_registry(registry)
     database = Database(
         postgres_dsn,
-        tracer_name="mercato_test.store",
+        logger_name="mercato_test.store",
         migrations=files("mercato_common"),  # no migrations there
         migrate_on_start=False,
         query_logger=metrics.postgres_logger(),
@@ -44,12 +44,12 @@ async def test_every_postgres_statement_is_counted_by_kind(postgres_dsn: str) ->
     await database.start()
     try:
         async with database.transaction() as tx:
-            await tx.execute("create", "CREATE TABLE counted (id int PRIMARY KEY)")
-            await tx.executemany("insert", "INSERT INTO counted VALUES ($1)", [(1,), (2,), (3,)])
+            await tx.execute("CREATE TABLE counted (id int PRIMARY KEY)")
+            await tx.executemany("INSERT INTO counted VALUES ($1)", [(1,), (2,), (3,)])
         async with database.connection() as conn:
             # The pool's raw connection, as the outbox relay uses it, is counted too.
-            assert await conn.raw.fetchval("SELECT count(*) FROM counted") == 3
-            await conn.raw.execute("\n  WITH gone AS (DELETE FROM counted RETURNING 1) SELECT 1")
+            assert await conn.fetchval("SELECT count(*) FROM counted") == 3
+            await conn.execute("\n  WITH gone AS (DELETE FROM counted RETURNING 1) SELECT 1")
         await _settled()
     finally:
         await database.stop()
@@ -67,7 +67,7 @@ async def test_a_connection_left_in_a_transaction_comes_back_rolled_back(
 ) -> None:
     database = Database(
         postgres_dsn,
-        tracer_name="mercato_test.store",
+        logger_name="mercato_test.store",
         migrations=files("mercato_common"),
         migrate_on_start=False,
         min_size=1,
@@ -76,12 +76,12 @@ async def test_a_connection_left_in_a_transaction_comes_back_rolled_back(
     await database.start()
     try:
         async with database.connection() as conn:
-            await conn.raw.execute("CREATE TABLE kept (id int)")
-            await conn.raw.execute("BEGIN")
-            await conn.raw.execute("INSERT INTO kept VALUES (1)")
+            await conn.execute("CREATE TABLE kept (id int)")
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO kept VALUES (1)")
         async with database.connection() as conn:  # the same, single pooled connection
-            assert not conn.raw.is_in_transaction()
-            assert await conn.raw.fetchval("SELECT count(*) FROM kept") == 0
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM kept") == 0
     finally:
         await database.stop()
 

@@ -48,13 +48,15 @@ def envelope(subject: str = "agg-1") -> Envelope:
 
 
 def msg(i: int, key: str | None = "k", topic: str = "t") -> OutboxMessage:
-    return OutboxMessage(id=str(i), topic=topic, key=key, payload=b"p%d" % i, headers={})
+    return OutboxMessage(
+        id=str(i), topic=topic, key=key, payload=b"p%d" % i, headers={"ce_id": str(i)}
+    )
 
 
 @dataclass
 class FakeProducer:
-    """send_traced() outcomes scripted per message id: None = ack, exception = failure,
-    "hang" = never acknowledged, "send_error" = send() itself raises."""
+    """send_traced() outcomes scripted per message id (the ``ce_id`` header): None = ack,
+    exception = failure, "hang" = never acknowledged, "send_error" = send() itself raises."""
 
     script: Mapping[str, Any] = field(default_factory=dict)
     sent: list[tuple[str, bytes, str | None, dict[str, str]]] = field(default_factory=list)
@@ -71,9 +73,8 @@ class FakeProducer:
         key: str | None,
         headers: Mapping[str, str],
         parent: Any = None,
-        message_id: str | None = None,
     ) -> asyncio.Future[Any]:
-        outcome = self.script.get(message_id or "")
+        outcome = self.script.get(headers.get("ce_id", ""))
         if outcome == "send_error":
             raise KafkaTimeoutError()
         self.sent.append((topic, value, key, dict(headers)))

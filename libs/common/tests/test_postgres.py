@@ -1,4 +1,6 @@
-"""The PostgreSQL plumbing without a database: spans of a traced connection, pool lifecycle."""
+"""The PostgreSQL plumbing without a database: the pool's lifecycle and its errors (the spans of
+statements come from OpenTelemetry's asyncpg instrumentation: see
+tests/integration/test_client_spans.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +11,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
 
 from mercato_common.errors import Unavailable
-from mercato_common.postgres import Database, TracedConnection
+from mercato_common.postgres import Database
 
 
 class FakeConnection:
@@ -75,65 +73,16 @@ class FakePool:
         return acquired()
 
 
-def _traced(conn: FakeConnection) -> tuple[TracedConnection, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return TracedConnection(conn, provider.get_tracer("mercato_test.store")), exporter
-
-
-async def test_each_statement_gets_a_client_span_with_the_text_and_no_values() -> None:
-    conn = FakeConnection()
-    traced, exporter = _traced(conn)
-    sql = "SELECT * FROM users WHERE email = $1"
-    assert await traced.fetch("users.by_email", sql, "secret@example.com") == [1, 2]
-    assert await traced.fetchrow("one", "SELECT 1") == {"a": 1}
-    assert await traced.fetchval("val", "SELECT 7") == 7
-    assert await traced.execute("upd", "UPDATE t SET a = $1", 1) == "UPDATE 1"
-    await traced.executemany("many", "INSERT INTO t VALUES ($1)", [(1,), (2,)])
-    assert [c[0] for c in conn.calls] == ["fetch", "fetchrow", "fetchval", "execute", "executemany"]
-    assert traced.raw is conn
-    spans = exporter.get_finished_spans()
-    assert [s.name for s in spans] == [
-        "postgresql users.by_email",
-        "postgresql one",
-        "postgresql val",
-        "postgresql upd",
-        "postgresql many",
-    ]
-    first = spans[0]
-    assert first.kind is SpanKind.CLIENT
-    assert first.instrumentation_scope is not None
-    assert first.instrumentation_scope.name == "mercato_test.store"
-    assert dict(first.attributes or {}) == {
-        "db.system.name": "postgresql",
-        "db.operation.name": "users.by_email",
-        "db.query.text": sql,
-    }
-    assert "secret@example.com" not in str(dict(first.attributes or {}))
-    assert first.status.status_code is StatusCode.UNSET
-
-
-async def test_a_failed_statement_marks_the_span_with_the_error_type_only() -> None:
-    traced, exporter = _traced(FakeConnection(fail=RuntimeError("password=hunter2")))
-    with pytest.raises(RuntimeError):
-        await traced.execute("boom", "SELECT 1")
-    (span,) = exporter.get_finished_spans()
-    assert span.status.status_code is StatusCode.ERROR
-    assert span.status.description == "RuntimeError"
-    assert not span.events  # the exception (and its message) is not recorded
-
-
 def _database(**options: Any) -> Database:
     return Database(
         "postgresql://u:pa55word@db/x",
-        tracer_name="mercato_test.store",
+        logger_name="mercato_test.store",
         migrations=Path("/nonexistent"),
         **options,
     )
 
 
-async def test_database_hands_out_traced_connections_and_transactions() -> None:
+async def test_database_hands_out_pooled_connections_and_transactions() -> None:
     database = _database()
     assert "pa55word" not in repr(database)
     with pytest.raises(RuntimeError, match="not started"):
@@ -141,11 +90,10 @@ async def test_database_hands_out_traced_connections_and_transactions() -> None:
     conn = FakeConnection()
     pool = FakePool(conn)
     database._pool = pool
-    async with database.connection() as traced:
-        assert isinstance(traced, TracedConnection)
-        assert traced.raw is conn
-    async with database.transaction() as traced:
-        assert traced.raw is conn
+    async with database.connection() as pooled:
+        assert pooled is conn
+    async with database.transaction() as pooled:
+        assert pooled is conn
     assert conn.transactions == 1
     assert pool.timeouts == [None, None]
     await database.stop()
@@ -171,8 +119,8 @@ async def test_database_maps_unreachable_to_the_given_domain_error() -> None:
             pass
     assert isinstance(caught.value.__cause__, ConnectionRefusedError)
     with pytest.raises(StoreUnavailable):
-        async with database.connection() as traced:
-            await traced.fetch("x", "SELECT 1")
+        async with database.connection() as pooled:
+            await pooled.fetch("SELECT 1")
     assert pool.timeouts == [3.0, 3.0]
     # A connection the server dropped mid-operation counts as unreachable too.
     broken = asyncpg.exceptions.InternalClientError("cannot switch to state 12")

@@ -144,7 +144,7 @@ def test_kafka_security_that_cannot_work_is_refused(extra: dict[str, str], messa
     assert "hunter2" not in str(caught.value)
 
 
-def test_a_service_has_one_kafka_connection_and_one_certificate_reload(pki: Path) -> None:
+async def test_a_service_has_one_kafka_connection_and_one_certificate_reload(pki: Path) -> None:
     """Every producer, consumer and probe of a service shares one connection, so the one TLS
     context that the kit's reload job renews is the one they all use."""
 

@@ -8,11 +8,14 @@ import urllib.request
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, Counter
 
 from mercato_common.telemetry import (
     BufferedStreamHandler,
     JsonLogFormatter,
+    ScrubbingSpanExporter,
     _TraceContextFilter,
     setup_telemetry,
 )
@@ -170,3 +173,25 @@ def test_logs_exported_over_otlp_are_redacted(monkeypatch: pytest.MonkeyPatch) -
     assert attributes["password"] == "[REDACTED]"
     assert attributes["order_id"] == "o-9"
     assert "hunter2" not in str(attributes)
+
+
+def test_exported_spans_keep_an_exception_type_but_not_its_message() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(ScrubbingSpanExporter(exporter)))
+    tracer = provider.get_tracer("t")
+    with pytest.raises(ValueError, match="hunter2"), tracer.start_as_current_span("failing"):
+        raise ValueError("invalid input syntax for type uuid: 'hunter2@example.com'")
+    with tracer.start_as_current_span("fine") as span:
+        span.add_event("retry", {"attempt": 2})
+    failing, fine = exporter.get_finished_spans()
+    assert failing.status.status_code is trace.StatusCode.ERROR
+    assert failing.status.description == "ValueError"
+    (event,) = failing.events
+    assert event.name == "exception"
+    assert dict(event.attributes or {}) == {
+        "exception.type": "ValueError",
+        "exception.escaped": "False",
+    }
+    assert "hunter2" not in repr(failing.to_json())
+    assert fine.events[0].attributes == {"attempt": 2}  # other events pass unchanged

@@ -225,7 +225,7 @@ class Service:
 
         database = Database(
             settings.database_url.get_secret_value(),
-            tracer_name=package,
+            logger_name=package,
             migrations=migrations if migrations is not None else files(package) / "migrations",
             min_size=settings.database_pool_min_size,
             max_size=settings.database_pool_max_size,

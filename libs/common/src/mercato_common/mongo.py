@@ -17,6 +17,8 @@ from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
+from mercato_common.telemetry import instrument_client
+
 if TYPE_CHECKING:
     from mercato_common.db_metrics import DbOperationMetrics
     from mercato_common.settings import MongoSettings
@@ -142,6 +144,7 @@ class MongoStore:
         on_connect: Callable[[AsyncMongoClient[Any]], Awaitable[None]] | None = None,
         migrate_on_start: bool = True,
     ) -> None:
+        instrument_client("pymongo")  # before the client: PyMongo's listeners are global
         self.client: AsyncMongoClient[Any] = AsyncMongoClient(
             settings.mongo_uri,
             event_listeners=list(event_listeners),

@@ -1,13 +1,13 @@
 """PostgreSQL plumbing shared by the services that own a PostgreSQL database.
 
-* :class:`TracedConnection` wraps an asyncpg connection: every statement gets a CLIENT span
-  named ``postgresql <name>`` with the statement text (never the values).
 * :class:`Database` is the service's asyncpg pool as a lifecycle part: ``start`` connects and,
   unless told otherwise, applies the service's migrations (:mod:`mercato_common.migrations`);
   ``stop`` closes the pool.
 
-A service passes its own tracer name (``"mercato_orders.store"``, also the logger name) and its
-migrations directory (``files("mercato_orders.store") / "migrations"``).
+A service passes its own logger name (``"mercato_orders.store"``) and its migrations directory
+(``files("mercato_orders.store") / "migrations"``). Every statement gets a CLIENT span from
+OpenTelemetry's asyncpg instrumentation when the process exports traces
+(:func:`mercato_common.telemetry.instrument_client`): the statement text, never the values.
 """
 
 from __future__ import annotations
@@ -20,20 +20,22 @@ from importlib.resources.abc import Traversable
 from typing import Any, Generic, TypeVar
 
 import asyncpg
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from mercato_common.migrations import Migration, load_migrations, migrate
+from mercato_common.telemetry import instrument_client
 
 __all__ = [
     "UNAVAILABLE_ERRORS",
+    "Connection",
     "Database",
     "Store",
-    "TracedConnection",
     "outbox_migration",
     "run_migrations",
     "service_migrations",
 ]
+
+# An asyncpg connection, as the stores receive it (asyncpg ships no type information).
+Connection = Any
 
 # Failures that mean "the database cannot be reached right now", not a bug (see
 # ``Database(unavailable_error=...)``).
@@ -86,55 +88,6 @@ async def run_migrations(
     return applied
 
 
-class TracedConnection:
-    """An asyncpg connection whose queries each get a CLIENT span (statement text, no values)."""
-
-    def __init__(self, conn: Any, tracer: Tracer | None = None) -> None:
-        self.raw = conn
-        self._tracer = tracer if tracer is not None else trace.get_tracer(__name__)
-
-    @asynccontextmanager
-    async def _span(self, name: str, sql: str) -> AsyncIterator[None]:
-        with self._tracer.start_as_current_span(
-            f"postgresql {name}",
-            kind=SpanKind.CLIENT,
-            attributes={
-                "db.system.name": "postgresql",
-                "db.operation.name": name,
-                "db.query.text": sql,
-            },
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            try:
-                yield
-            except Exception as exc:
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
-                raise
-
-    async def fetch(self, name: str, sql: str, *args: Any) -> list[Any]:
-        async with self._span(name, sql):
-            rows: list[Any] = await self.raw.fetch(sql, *args)
-            return rows
-
-    async def fetchrow(self, name: str, sql: str, *args: Any) -> Any:
-        async with self._span(name, sql):
-            return await self.raw.fetchrow(sql, *args)
-
-    async def fetchval(self, name: str, sql: str, *args: Any) -> Any:
-        async with self._span(name, sql):
-            return await self.raw.fetchval(sql, *args)
-
-    async def execute(self, name: str, sql: str, *args: Any) -> str:
-        async with self._span(name, sql):
-            status: str = await self.raw.execute(sql, *args)
-            return status
-
-    async def executemany(self, name: str, sql: str, args: list[tuple[Any, ...]]) -> None:
-        async with self._span(name, sql):
-            await self.raw.executemany(sql, args)
-
-
 async def _keep_session(conn: Any) -> None:
     """A connection goes back to the pool without asyncpg's reset query (advisory unlock all,
     CLOSE ALL, UNLISTEN *, RESET ALL): one round trip less per use. The services keep no
@@ -159,7 +112,7 @@ class Database:
         self,
         dsn: str,
         *,
-        tracer_name: str,
+        logger_name: str,
         migrations: Traversable,
         min_size: int = 2,
         max_size: int = 10,
@@ -180,8 +133,7 @@ class Database:
         self._acquire_timeout = acquire_timeout
         self._unavailable_error = unavailable_error
         self._migrations = migrations
-        self._tracer = trace.get_tracer(tracer_name)
-        self._log = logging.getLogger(tracer_name)
+        self._log = logging.getLogger(logger_name)
         self._pool: Any = None
         self._probe: Any = None
 
@@ -235,6 +187,7 @@ class Database:
             probe.terminate()
 
     async def start(self) -> None:
+        instrument_client("asyncpg")
         self._pool = await asyncpg.create_pool(
             dsn=self._dsn,
             min_size=self._min_size,
@@ -273,18 +226,18 @@ class Database:
             raise self._unavailable_error() from exc
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[TracedConnection]:
+    async def connection(self) -> AsyncIterator[Connection]:
         async with self._unavailable_as_domain_error(), self._acquire() as conn:
-            yield TracedConnection(conn, self._tracer)
+            yield conn
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[TracedConnection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         async with (
             self._unavailable_as_domain_error(),
             self._acquire() as conn,
             conn.transaction(),
         ):
-            yield TracedConnection(conn, self._tracer)
+            yield conn
 
 
 Tx = TypeVar("Tx")
@@ -296,7 +249,7 @@ class Store(Generic[Tx]):
     on the connection; unreachable-database errors become the service's own (see
     :class:`Database`)."""
 
-    def __init__(self, database: Database, tx: Callable[[TracedConnection], Tx]) -> None:
+    def __init__(self, database: Database, tx: Callable[[Connection], Tx]) -> None:
         self.database = database
         self._tx = tx
 

@@ -16,11 +16,14 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from mercato_common.telemetry import instrument_client
+
 __all__ = ["RedisBreaker", "fail_fast_redis"]
 
 
 def fail_fast_redis(url: str, *, timeout_ms: int) -> Redis:
     """A client of ``url`` (nothing connects until the first command)."""
+    instrument_client("redis")
     timeout = timeout_ms / 1000
     return Redis.from_url(
         url,

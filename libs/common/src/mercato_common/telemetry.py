@@ -1,16 +1,20 @@
-"""Telemetry for one process: traces (OpenTelemetry), metrics (Prometheus), JSON logs.
-
-Call :func:`setup_telemetry` once from a service's ``app.py``. Traces propagate
-with W3C trace context and are exported over OTLP/gRPC only when an endpoint is
-configured. Metrics are served on ``/metrics`` of their own port. Logs are one
-JSON object per line on stdout with ``trace_id`` and ``span_id`` of the current
-span, the service name and version; the field list is in docs/observability.md.
+"""Telemetry for one process: traces (OpenTelemetry), metrics (Prometheus), JSON logs. Call
+:func:`setup_telemetry` once from a service's ``app.py``. Traces propagate with W3C trace
+context and are exported over OTLP/gRPC only when an endpoint is configured. The spans of the
+PostgreSQL, MongoDB, Redis and Kafka clients come from OpenTelemetry's instrumentation packages,
+turned on by :func:`instrument_client` where the kit creates each client, only in a process that
+exports traces, with the stable database conventions (``db.system.name``, ``db.query.text``).
+Exported spans carry an exception's type, never its message (:class:`ScrubbingSpanExporter`):
+driver errors can quote values. Metrics are served on ``/metrics`` of their own port. Logs are
+one JSON object per line on stdout with ``trace_id`` and ``span_id`` of the current span, the
+service name and version; the field list is in docs/observability.md.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import os
 import sys
 import threading
 import time
@@ -19,8 +23,9 @@ from typing import Any, Protocol
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import Status
 from prometheus_client import CollectorRegistry, start_http_server
 from pythonjsonlogger.json import JsonFormatter
 
@@ -31,8 +36,10 @@ __all__ = [
     "BufferedStreamHandler",
     "JsonLogFormatter",
     "ProcessSettings",
+    "ScrubbingSpanExporter",
     "Telemetry",
     "configure_logging",
+    "instrument_client",
     "setup_telemetry",
     "telemetry_for",
     "trace_exemplar",
@@ -227,6 +234,96 @@ class Telemetry:
             thread.join(timeout=5)
 
 
+_exporting = False
+
+
+def _instrumentor(library: str) -> Any:
+    """OpenTelemetry's instrumentor of a client library, imported only when used."""
+    if library == "asyncpg":
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+
+        return AsyncPGInstrumentor()  # type: ignore[no-untyped-call]
+    if library == "pymongo":
+        from opentelemetry.instrumentation.pymongo import PymongoInstrumentor
+
+        return PymongoInstrumentor()
+    if library == "redis":
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        return RedisInstrumentor()
+    if library == "aiokafka":
+        from opentelemetry.instrumentation.aiokafka import AIOKafkaInstrumentor
+
+        return AIOKafkaInstrumentor()
+    raise ValueError(f"no instrumentation for {library!r}")
+
+
+def instrument_client(library: str) -> None:
+    """Spans for every call of ``library`` (asyncpg, pymongo, redis, aiokafka), from
+    OpenTelemetry's instrumentation, if this process exports traces. Called where the kit creates
+    the client and before it does: PyMongo's instrumentation only sees clients created after it."""
+    if not _exporting:
+        return
+    instrumentor = _instrumentor(library)
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+
+
+class ScrubbingSpanExporter(SpanExporter):
+    """Exports spans with their exception events and error status reduced to the exception
+    type.
+
+    Instrumentations record an exception's message and stack trace; a driver's message can
+    quote the values of a statement (an email, a token). The type is what tracing needs."""
+
+    _KEEP = frozenset({"exception.type", "exception.escaped"})
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self._inner = inner
+
+    def export(self, spans: Any) -> SpanExportResult:
+        return self._inner.export([self._scrubbed(span) for span in spans])
+
+    def _scrubbed(self, span: ReadableSpan) -> ReadableSpan:
+        status = span.status
+        # The SDK's own status on an exception reads "<Type>: <message>".
+        described = status.description is not None and ": " in status.description
+        if not described and not any(event.name == "exception" for event in span.events):
+            return span
+        if described:
+            status = Status(status.status_code, (status.description or "").split(": ", 1)[0])
+        events = [
+            Event(
+                event.name,
+                {k: v for k, v in (event.attributes or {}).items() if k in self._KEEP},
+                event.timestamp,
+            )
+            if event.name == "exception"
+            else event
+            for event in span.events
+        ]
+        return ReadableSpan(
+            name=span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=span.resource,
+            attributes=span.attributes,
+            events=events,
+            links=span.links,
+            kind=span.kind,
+            status=status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
 def trace_exemplar(span: trace.Span) -> dict[str, str] | None:
     """The exemplar of a latency observation made under ``span``: its trace id when the trace is
     sampled (exported), so a histogram bucket in Prometheus links to a trace in the tracing
@@ -265,8 +362,12 @@ def setup_telemetry(
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
         span_exporter = OTLPSpanExporter(endpoint=otlp_endpoint)
+    global _exporting
+    _exporting = span_exporter is not None
     if span_exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(span_exporter))
+        provider.add_span_processor(BatchSpanProcessor(ScrubbingSpanExporter(span_exporter)))
+        # Before any instrumentor reads it: the stable database attribute names.
+        os.environ.setdefault("OTEL_SEMCONV_STABILITY_OPT_IN", "database")
     trace.set_tracer_provider(provider)
     telemetry = Telemetry(tracer_provider=provider, metrics_port=None)
     if logs_exporter == "otlp" and (otlp_endpoint or log_record_exporter is not None):

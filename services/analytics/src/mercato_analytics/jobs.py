@@ -129,6 +129,8 @@ class RollupJob:
         )
 
     async def start(self) -> None:
+        # Declared before the consumers: a database still without facts needs no backfill.
+        await self.rollup.note_fresh_database()
         await self._periodic.start()
 
     async def stop(self) -> None:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 async def store(postgres_dsn: str) -> AsyncIterator[OrdersStore]:
     database = Database(
         postgres_dsn,
-        tracer_name="mercato_orders.store",
+        logger_name="mercato_orders.store",
         migrations=files("mercato_orders.store") / "migrations",
         outbox_migration=2,
     )
@@ -66,7 +66,7 @@ def _order(order_id: str, user_id: str, key: str) -> Order:
 
 async def _rows(store: OrdersStore, order_id: str) -> tuple[int, int, int, str | None]:
     async with store.read() as tx:
-        raw = tx.conn.raw
+        raw = tx.conn
         orders = await raw.fetchval("SELECT count(*) FROM orders WHERE id = $1::uuid", order_id)
         history = await raw.fetchval(
             "SELECT count(*) FROM order_transitions WHERE order_id = $1::uuid", order_id
@@ -87,7 +87,7 @@ async def test_the_owner_writes_key_order_history_and_event_in_one_statement(
         assert await tx.placements.confirm(
             order, owner=owner, key_ttl=timedelta(hours=1), event=publish.order_placed(order)
         )
-        assert not tx.conn.raw.is_in_transaction()
+        assert not tx.conn.is_in_transaction()
     assert await _rows(store, order_id) == (1, 2, 1, "DONE")
     async with store.read() as tx:
         stored = await tx.orders.get(order_id)

@@ -53,6 +53,7 @@ from mercato_common.kafka.envelope import (
 )
 from mercato_common.metrics_set import MetricsSet
 from mercato_common.redaction import redact, truncate
+from mercato_common.telemetry import instrument_client
 
 __all__ = [
     "ConsumedEvent",
@@ -318,6 +319,7 @@ class ConsumerRunner:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def _new_consumer(self) -> Any:
+        instrument_client("aiokafka")
         if self._consumer_factory is not None:
             return self._consumer_factory()
         return AIOKafkaConsumer(**self._consumer_kwargs)

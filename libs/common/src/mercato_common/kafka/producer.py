@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from opentelemetry import trace
+from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 
 from mercato_common.kafka.connection import KafkaConnection
@@ -23,14 +23,12 @@ from mercato_common.kafka.envelope import (
     Envelope,
     envelope_header_map,
     map_to_headers,
-    trace_context_map,
 )
+from mercato_common.telemetry import instrument_client
 
 __all__ = ["DeliveryFuture", "EventProducer", "KafkaConnection", "ProducerNotStartedError"]
 
 log = logging.getLogger(__name__)
-
-_TRACER_NAME = "mercato_common.kafka"
 
 # aiokafka resolves a send to a RecordMetadata (untyped library, so Any here).
 DeliveryFuture = asyncio.Future[Any]
@@ -64,7 +62,6 @@ class EventProducer:
         max_request_size: int = 1_048_576,
         compression_type: str | None = None,
         close_timeout: float = 10.0,
-        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._connection = (
             connection
@@ -81,7 +78,6 @@ class EventProducer:
             "compression_type": compression_type,
         }
         self._close_timeout = close_timeout
-        self._tracer = trace.get_tracer(_TRACER_NAME, tracer_provider=tracer_provider)
         self._producer: Any = None
         # Delivery futures handed out per client, so a hard close can fail the ones that the
         # abandoned client will never resolve (their awaiters would otherwise hang forever).
@@ -105,6 +101,7 @@ class EventProducer:
 
     def _new_client(self) -> Any:
         """The aiokafka client; a seam for unit tests."""
+        instrument_client("aiokafka")
         return AIOKafkaProducer(**self._connection.client_kwargs(), **self._options)
 
     async def start(self) -> None:
@@ -226,50 +223,26 @@ class EventProducer:
         key: str | None,
         headers: Mapping[str, str],
         parent: Context | None = None,
-        message_id: str | None = None,
     ) -> DeliveryFuture:
-        """Queue a record under a PRODUCER span whose context replaces any trace headers given.
+        """Queue a record in the trace of ``parent`` (the context the event was created in: the
+        outbox stores it at write time), or of the current span.
 
-        ``parent`` is the context the event was created in (the outbox stores it at write time);
-        the consumer's span then becomes a child of this publish span, in the same trace.
+        The PRODUCER span and the trace headers come from OpenTelemetry's aiokafka
+        instrumentation when this process exports traces (any trace headers given are dropped
+        first), so the consumer's span becomes a child of that send span, in the same trace.
         """
-        span = self._tracer.start_span(
-            f"send {topic}",
-            context=parent,
-            kind=trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.operation.type": "send",
-                "messaging.destination.name": topic,
-                **({"messaging.message.id": message_id} if message_id else {}),
-                **({"messaging.kafka.message.key": key} if key else {}),
-            },
-        )
         values = {k: v for k, v in headers.items() if k not in ("traceparent", "tracestate")}
-        values.update(trace_context_map(trace.set_span_in_context(span)))
+        token = otel_context.attach(parent) if parent is not None else None
         try:
-            future = await self.send(
+            return await self.send(
                 topic,
                 value,
                 key=key.encode() if key else None,
                 headers=map_to_headers(values),
             )
-        except BaseException as exc:
-            span.record_exception(exc)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
-            span.end()
-            raise
-
-        def _finish(done: DeliveryFuture) -> None:
-            if done.cancelled():
-                span.set_status(trace.Status(trace.StatusCode.ERROR, "cancelled"))
-            elif (err := done.exception()) is not None:
-                span.record_exception(err)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, type(err).__name__))
-            span.end()
-
-        future.add_done_callback(_finish)
-        return future
+        finally:
+            if token is not None:
+                otel_context.detach(token)
 
     async def publish(
         self,
@@ -290,7 +263,5 @@ class EventProducer:
             envelope.SerializeToString(),
             key=envelope.subject or None,
             headers=headers,
-            parent=None,
-            message_id=envelope.id,
         )
         return await future

@@ -88,7 +88,6 @@ async def publish_messages(
                     key=message.key,
                     headers=message.headers,
                     parent=_extract(message.headers),
-                    message_id=message.id,
                 ),
                 max(deadline - loop.time(), 0.0),
             )

@@ -42,7 +42,7 @@ from mercato_common.kafka.envelope import Envelope
 from mercato_common.kafka.producer import EventProducer
 from mercato_common.migrations import advisory_lock_key, validate_identifier
 from mercato_common.outbox._base import OutboxMessage, OutboxRelay, event_headers
-from mercato_common.postgres import TracedConnection
+from mercato_common.postgres import Connection
 
 __all__ = [
     "Executor",
@@ -347,12 +347,12 @@ class Outbox:
     """Events into the outbox table, in the transaction of the change they announce (a
     service's store hands one to its use cases with the repositories of that transaction)."""
 
-    def __init__(self, conn: TracedConnection, topic: str) -> None:
+    def __init__(self, conn: Connection, topic: str) -> None:
         self._conn = conn
         self._topic = topic
 
     async def add(self, envelope: Envelope) -> None:
-        await enqueue(self._conn.raw, envelope, self._topic)
+        await enqueue(self._conn, envelope, self._topic)
 
     def values(self, envelope: Envelope) -> tuple[Any, ...]:
         """The parameters of ``envelope``'s row, for :meth:`insert_from`."""

@@ -17,6 +17,7 @@ and a day of its hours, and two jobs merging at once could leave one stale behin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -37,6 +38,7 @@ __all__ = ["MarkDirty", "RollUp"]
 log = logging.getLogger("mercato_analytics.rollup")
 
 _BACKFILLED = "minutes-backfilled"
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 def _utc_now() -> datetime:
@@ -57,19 +59,21 @@ class MarkDirty:
         self._refresh = timedelta(seconds=refresh)
         self._clock = clock
         self._marked: dict[datetime, datetime] = {}
+        self._writing = asyncio.Lock()
 
     async def __call__(self, minutes: set[datetime]) -> None:
-        now = self._clock()
-        due = {
-            m for m in minutes if m not in self._marked or now - self._marked[m] >= self._refresh
-        }
-        if not due:
-            return
-        await self._store.rollups.mark_dirty(due, now=now)
-        if len(self._marked) > 4096:
-            self._marked = {m: t for m, t in self._marked.items() if now - t < self._refresh}
-        for minute in due:
-            self._marked[minute] = now
+        # One mark write at a time in this process: consumers applying facts of the same minute
+        # concurrently then write its mark once, not once each.
+        async with self._writing:
+            now = self._clock()
+            due = {m for m in minutes if now - self._marked.get(m, _NEVER) >= self._refresh}
+            if not due:
+                return
+            await self._store.rollups.mark_dirty(due, now=now)
+            if len(self._marked) > 4096:
+                self._marked = {m: t for m, t in self._marked.items() if now - t < self._refresh}
+            for minute in due:
+                self._marked[minute] = now
 
     def forget(self) -> None:
         """Forget what was marked (the marks were dropped, e.g. by a rebuild)."""
@@ -131,26 +135,31 @@ class RollUp:
             for start in starts
         }
 
+    async def note_fresh_database(self) -> None:
+        """Before the consumers start: a database without facts needs no backfill, ever."""
+        if not await self._store.has_facts():
+            await self._store.rollups.mark_done(_BACKFILLED, now=self._clock())
+
     async def backfill(self, *, batch: int = 1000) -> int:
         """Once per database: give the facts stored by a version without roll-ups their minutes
         and mark those minutes dirty, so that the job rolls the old history up too. The facts
         stay counted meanwhile only where their minutes are dirty. How many were given."""
         if await self._store.rollups.done(_BACKFILLED):
             return 0
-        given = 0
-        async for facts in self._store.facts_without_minutes(batch):
-            await self._store.set_minutes(facts)
+        facts = await self._store.facts_without_minutes()
+        for start in range(0, len(facts), batch):
+            chunk = facts[start : start + batch]
+            await self._store.set_minutes(chunk)
             minutes: set[datetime] = set()
-            for fact in facts:
+            for fact in chunk:
                 minutes.add(floor_time(fact[F_TIME], BucketSize.MINUTE))
                 if fact.get(F_PLACE_TIME) is not None:
                     minutes.add(floor_time(fact[F_PLACE_TIME], BucketSize.MINUTE))
             await self._store.rollups.mark_dirty(minutes, now=self._clock())
-            given += len(facts)
         await self._store.rollups.mark_done(_BACKFILLED, now=self._clock())
-        if given:
-            log.info("gave %d facts of an older version their minutes", given)
-        return given
+        if facts:
+            log.info("gave %d facts of an older version their minutes", len(facts))
+        return len(facts)
 
     async def run_until_clean(self, *, rounds: int = 1000) -> int:
         """Run batches until none is left (bounded by ``rounds``); minutes taken in all."""

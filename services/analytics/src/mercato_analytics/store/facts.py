@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -34,7 +34,12 @@ from mercato_analytics.domain.events import (
     F_TIME,
     F_UNITS,
 )
-from mercato_analytics.store.mongo import gather_reads, int64_document, translated
+from mercato_analytics.store.mongo import (
+    bulk_write_in_chunks,
+    gather_reads,
+    int64_document,
+    translated,
+)
 from mercato_analytics.store.rollups import (
     DIRTY,
     LEASES,
@@ -222,26 +227,21 @@ class AnalyticsStore:
         found = await gather_reads(one, queries)
         return [fact for facts in found for fact in facts if fact[minute_key] in wanted]
 
-    async def facts_without_minutes(self, batch: int) -> AsyncIterator[list[Any]]:
-        """Facts stored before facts carried their minutes, ``batch`` at a time (one scan)."""
+    async def facts_without_minutes(self) -> list[Any]:
+        """Facts stored before facts carried their minutes, read at once: a cursor held open
+        on FerretDB while the same collection is written stalls its PostgreSQL pool (seen)."""
         async with translated():
-            cursor = self.facts.find(
-                {MINUTE: {"$exists": False}}, {F_TIME: 1, F_PLACE_TIME: 1}, batch_size=batch
-            )
-            chunk: list[Any] = []
-            async for fact in cursor:
-                chunk.append(fact)
-                if len(chunk) >= batch:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
+            return await self.facts.find(
+                {MINUTE: {"$exists": False}}, {F_TIME: 1, F_PLACE_TIME: 1}
+            ).to_list()
+
+    async def has_facts(self) -> bool:
+        async with translated():
+            return await self.facts.find_one({}, {"_id": 1}) is not None
 
     async def set_minutes(self, facts: Sequence[Mapping[str, Any]]) -> None:
         ops = [UpdateOne({"_id": fact["_id"]}, {"$set": _time_keys(fact)}) for fact in facts]
-        if ops:
-            async with translated():
-                await self.facts.bulk_write(ops, ordered=False)
+        await bulk_write_in_chunks(self.facts, ops)
 
     async def facts_snapshot(self) -> list[dict[str, Any]]:
         """Every fact, sorted by id, without when and from which record it was applied (which

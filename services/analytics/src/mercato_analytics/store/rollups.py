@@ -39,7 +39,7 @@ from pymongo.errors import DuplicateKeyError
 
 from mercato_analytics.domain import BucketSize, bucket_starts, floor_time
 from mercato_analytics.domain.rollups import Figures, Span, rollup_id
-from mercato_analytics.store.mongo import gather_reads, translated
+from mercato_analytics.store.mongo import bulk_write_in_chunks, gather_reads, translated
 from mercato_common.mongo import IndexSpec
 
 __all__ = ["DIRTY", "LEASES", "ROLLUPS", "ROLLUP_INDEXES", "DirtyMark", "RollupStore"]
@@ -82,22 +82,19 @@ class RollupStore:
     # -- dirty minutes ---------------------------------------------------------------------
 
     async def mark_dirty(self, minutes: Iterable[datetime], *, now: datetime) -> None:
-        # One upsert per minute rather than one bulk write: concurrent upserts of a new minute
-        # make all but one fail with a duplicate key, and then the document exists to update
-        # (FerretDB answers such a bulk write with a reply PyMongo cannot read).
+        # An update, else an insert, else (another process inserted meanwhile) the update again:
+        # never an upsert, whose concurrent conflicts on a new minute stall FerretDB 1.24 (its
+        # pool of PostgreSQL connections ran dry under them, seen in the e2e suite and a bench).
         for minute in sorted(minutes):
-            for attempt in range(3):
+            key = minute.isoformat()
+            fields = {"minute": minute, "touched": now, "token": uuid.uuid4().hex}
+            async with translated():
+                if (await self.dirty.update_one({"_id": key}, {"$set": fields})).matched_count:
+                    continue
                 try:
-                    async with translated():
-                        await self.dirty.update_one(
-                            {"_id": minute.isoformat()},
-                            {"$set": {"minute": minute, "touched": now, "token": uuid.uuid4().hex}},
-                            upsert=True,
-                        )
-                    break
+                    await self.dirty.insert_one({"_id": key, **fields})
                 except DuplicateKeyError:
-                    if attempt == 2:
-                        raise
+                    await self.dirty.update_one({"_id": key}, {"$set": fields})
 
     async def dirty_minutes(self, start: datetime, end: datetime) -> list[datetime]:
         """The dirty minutes in ``[start, end)``."""
@@ -127,9 +124,7 @@ class RollupStore:
     async def clear_marks(self, marks: Sequence[DirtyMark]) -> None:
         """Remove the marks whose token is still the one read (a newer mark stays)."""
         ops = [DeleteOne({"_id": minute.isoformat(), "token": token}) for minute, token in marks]
-        if ops:
-            async with translated():
-                await self.dirty.bulk_write(ops, ordered=False)
+        await bulk_write_in_chunks(self.dirty, ops)
 
     # -- roll-ups --------------------------------------------------------------------------
 
@@ -150,9 +145,7 @@ class RollupStore:
                 "f": Binary(packed),
             }
             ops.append(ReplaceOne({"_id": key}, doc, upsert=True))
-        if ops:
-            async with translated():
-                await self.rollups.bulk_write(ops, ordered=False)
+        await bulk_write_in_chunks(self.rollups, ops)
 
     async def read(self, spans: Sequence[Span]) -> list[tuple[datetime, Figures]]:
         """The roll-ups of the spans: (bucket start, figures). A parent mostly covered by a

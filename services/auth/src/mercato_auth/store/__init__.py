@@ -8,7 +8,7 @@ from mercato_auth.store.signing_keys import SigningKeys, StoredSigningKey
 from mercato_auth.store.throttle import Throttle
 from mercato_auth.store.users import Users
 from mercato_common.outbox import Outbox
-from mercato_common.postgres import Database, Store, TracedConnection
+from mercato_common.postgres import Connection, Database, Store
 
 __all__ = [
     "AuthStore",
@@ -22,7 +22,7 @@ __all__ = [
 class Tx:
     """The repositories on one connection (inside a transaction when opened by ``write``)."""
 
-    def __init__(self, conn: TracedConnection, events_topic: str) -> None:
+    def __init__(self, conn: Connection, events_topic: str) -> None:
         self.conn = conn
         self.users = Users(conn)
         self.clients = Clients(conn)

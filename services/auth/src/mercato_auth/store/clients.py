@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mercato_common.postgres import TracedConnection
+from mercato_common.postgres import Connection
 
 __all__ = ["ClientRecord", "Clients"]
 
@@ -22,12 +22,11 @@ class ClientRecord:
 
 
 class Clients:
-    def __init__(self, conn: TracedConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def get(self, client_id: str) -> ClientRecord | None:
         row = await self._conn.fetchrow(
-            "oauth_clients.get",
             "SELECT client_id, secret_hash, scopes, disabled, previous_secret_hashes"
             " FROM oauth_clients"
             " WHERE client_id = $1",
@@ -52,7 +51,6 @@ class Clients:
         previous_secret_hashes: Sequence[str] = (),
     ) -> None:
         await self._conn.execute(
-            "oauth_clients.upsert",
             "INSERT INTO oauth_clients (client_id, secret_hash, scopes, disabled, create_time,"
             " update_time, previous_secret_hashes) VALUES ($1, $2, $3, false, $4, $4, $5)"
             " ON CONFLICT (client_id) DO UPDATE SET secret_hash = EXCLUDED.secret_hash,"
@@ -67,7 +65,6 @@ class Clients:
 
     async def update_scopes(self, client_id: str, scopes: Sequence[str], now: datetime) -> None:
         await self._conn.execute(
-            "oauth_clients.update_scopes",
             "UPDATE oauth_clients SET scopes = $2, disabled = false, update_time = $3"
             " WHERE client_id = $1",
             client_id,

@@ -7,13 +7,13 @@ from datetime import datetime
 
 from mercato_auth.domain.scopes import format_scope, parse_scope
 from mercato_auth.domain.tokens import RefreshTokenRecord
-from mercato_common.postgres import TracedConnection
+from mercato_common.postgres import Connection
 
 __all__ = ["RefreshTokens"]
 
 
 class RefreshTokens:
-    def __init__(self, conn: TracedConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def create_family(
@@ -26,7 +26,6 @@ class RefreshTokens:
         now: datetime,
     ) -> None:
         await self._conn.execute(
-            "refresh_token_families.insert",
             "INSERT INTO refresh_token_families (id, user_id, client_id, scope, create_time)"
             " VALUES ($1, $2, $3, $4, $5)",
             uuid.UUID(family_id),
@@ -40,7 +39,6 @@ class RefreshTokens:
         self, token_id: str, *, family_id: str, token_hash: bytes, now: datetime, expire: datetime
     ) -> None:
         await self._conn.execute(
-            "refresh_tokens.insert",
             "INSERT INTO refresh_tokens (id, family_id, token_hash, create_time, expire_time)"
             " VALUES ($1, $2, $3, $4, $5)",
             uuid.UUID(token_id),
@@ -55,7 +53,6 @@ class RefreshTokens:
     ) -> RefreshTokenRecord | None:
         lock = " FOR UPDATE OF t, f" if for_update else ""
         row = await self._conn.fetchrow(
-            "refresh_tokens.find",
             "SELECT t.id, t.family_id, f.user_id, f.client_id, t.expire_time, t.use_time,"  # noqa: S608
             " f.revoke_time, f.scope FROM refresh_tokens t"
             " JOIN refresh_token_families f ON f.id = t.family_id"
@@ -77,7 +74,6 @@ class RefreshTokens:
 
     async def mark_used(self, token_id: str, *, now: datetime, replaced_by: str) -> None:
         await self._conn.execute(
-            "refresh_tokens.mark_used",
             "UPDATE refresh_tokens SET use_time = $2, replaced_by = $3 WHERE id = $1",
             uuid.UUID(token_id),
             now,
@@ -86,18 +82,16 @@ class RefreshTokens:
 
     async def revoke_family(self, family_id: str, *, now: datetime, reason: str) -> bool:
         status = await self._conn.execute(
-            "refresh_token_families.revoke",
             "UPDATE refresh_token_families SET revoke_time = $2, revoke_reason = $3"
             " WHERE id = $1 AND revoke_time IS NULL",
             uuid.UUID(family_id),
             now,
             reason,
         )
-        return status != "UPDATE 0"
+        return bool(status != "UPDATE 0")
 
     async def revoke_user(self, user_id: str, *, now: datetime, reason: str) -> int:
         status = await self._conn.execute(
-            "refresh_token_families.revoke_user",
             "UPDATE refresh_token_families SET revoke_time = $2, revoke_reason = $3"
             " WHERE user_id = $1 AND revoke_time IS NULL",
             uuid.UUID(user_id),
@@ -109,14 +103,12 @@ class RefreshTokens:
     async def delete_expired(self, before: datetime, limit: int) -> int:
         """Tokens expired before ``before``, then families left without tokens."""
         status = await self._conn.execute(
-            "refresh_tokens.delete_expired",
             "DELETE FROM refresh_tokens WHERE id IN (SELECT id FROM refresh_tokens"
             " WHERE expire_time < $1 LIMIT $2)",
             before,
             limit,
         )
         await self._conn.execute(
-            "refresh_token_families.delete_empty",
             "DELETE FROM refresh_token_families f WHERE f.create_time < $1 AND NOT EXISTS"
             " (SELECT 1 FROM refresh_tokens t WHERE t.family_id = f.id)",
             before,

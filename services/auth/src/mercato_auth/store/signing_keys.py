@@ -9,7 +9,7 @@ from typing import Any
 
 from mercato_auth.domain.keys import KeyState, SigningKeyInfo
 from mercato_common.migrations import advisory_lock_key
-from mercato_common.postgres import TracedConnection
+from mercato_common.postgres import Connection
 
 __all__ = ["SigningKeys", "StoredSigningKey"]
 
@@ -48,19 +48,16 @@ def _stored_key(row: Any) -> StoredSigningKey:
 class SigningKeys:
     _LOCK = advisory_lock_key("mercato_auth", "signing_keys")
 
-    def __init__(self, conn: TracedConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def lock(self) -> None:
         """Serialise key changes across replicas for the rest of the transaction."""
-        await self._conn.execute(
-            "signing_keys.lock", "SELECT pg_advisory_xact_lock($1)", self._LOCK
-        )
+        await self._conn.execute("SELECT pg_advisory_xact_lock($1)", self._LOCK)
 
     async def live(self) -> dict[KeyState, StoredSigningKey]:
         """The active and next keys, by state."""
         rows = await self._conn.fetch(
-            "signing_keys.live",
             f"SELECT {_KEY_COLUMNS} FROM signing_keys WHERE state IN ('active', 'next')",  # noqa: S608
         )
         keys = [_stored_key(row) for row in rows]
@@ -69,7 +66,6 @@ class SigningKeys:
     async def published(self, now: datetime) -> list[StoredSigningKey]:
         """Every key in the JWKS: next, active, and retired ones still covering live tokens."""
         rows = await self._conn.fetch(
-            "signing_keys.published",
             f"SELECT {_KEY_COLUMNS} FROM signing_keys"  # noqa: S608
             " WHERE state IN ('active', 'next') OR publish_until > $1"
             " ORDER BY CASE state WHEN 'active' THEN 0 WHEN 'next' THEN 1 ELSE 2 END,"
@@ -90,7 +86,6 @@ class SigningKeys:
         now: datetime,
     ) -> None:
         await self._conn.execute(
-            "signing_keys.insert",
             "INSERT INTO signing_keys (kid, alg, state, public_jwk, private_key_enc, kek_id,"
             " create_time, activate_time) VALUES ($1, $2, $3, $4::text::jsonb, $5, $6, $7, $8)",
             kid,
@@ -105,7 +100,6 @@ class SigningKeys:
 
     async def retire(self, kid: str, *, now: datetime, publish_until: datetime) -> None:
         await self._conn.execute(
-            "signing_keys.retire",
             "UPDATE signing_keys SET state = 'retired', retire_time = $2, publish_until = $3"
             " WHERE kid = $1",
             kid,
@@ -115,20 +109,16 @@ class SigningKeys:
 
     async def activate(self, kid: str, *, now: datetime) -> None:
         await self._conn.execute(
-            "signing_keys.activate",
             "UPDATE signing_keys SET state = 'active', activate_time = $2 WHERE kid = $1",
             kid,
             now,
         )
 
     async def delete(self, kid: str) -> None:
-        await self._conn.execute(
-            "signing_keys.delete", "DELETE FROM signing_keys WHERE kid = $1", kid
-        )
+        await self._conn.execute("DELETE FROM signing_keys WHERE kid = $1", kid)
 
     async def delete_unpublished(self, before: datetime) -> int:
         status = await self._conn.execute(
-            "signing_keys.delete_unpublished",
             "DELETE FROM signing_keys WHERE state = 'retired' AND publish_until < $1",
             before,
         )

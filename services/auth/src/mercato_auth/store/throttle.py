@@ -6,18 +6,17 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from mercato_auth.domain.throttle import ThrottleKey, ThrottleState
-from mercato_common.postgres import TracedConnection
+from mercato_common.postgres import Connection
 
 __all__ = ["Throttle"]
 
 
 class Throttle:
-    def __init__(self, conn: TracedConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def states(self, keys: Sequence[ThrottleKey]) -> dict[str, ThrottleState]:
         rows = await self._conn.fetch(
-            "login_throttle.get",
             "SELECT key, failures, last_failure_time, locked_until FROM login_throttle"
             " WHERE key = ANY($1::text[]) AND failures > 0",
             [k.key for k in keys],
@@ -34,7 +33,6 @@ class Throttle:
     async def lock_state(self, key: ThrottleKey, now: datetime) -> ThrottleState | None:
         """The key's state, row-locked for this transaction (created empty if missing)."""
         await self._conn.execute(
-            "login_throttle.ensure",
             "INSERT INTO login_throttle (key, kind, failures, last_failure_time)"
             " VALUES ($1, $2, 0, $3) ON CONFLICT (key) DO NOTHING",
             key.key,
@@ -42,7 +40,6 @@ class Throttle:
             now,
         )
         row = await self._conn.fetchrow(
-            "login_throttle.lock",
             "SELECT failures, last_failure_time, locked_until FROM login_throttle"
             " WHERE key = $1 FOR UPDATE",
             key.key,
@@ -57,7 +54,6 @@ class Throttle:
 
     async def save(self, key: ThrottleKey, state: ThrottleState) -> None:
         await self._conn.execute(
-            "login_throttle.save",
             "UPDATE login_throttle SET failures = $2, last_failure_time = $3, locked_until = $4"
             " WHERE key = $1",
             key.key,
@@ -68,14 +64,12 @@ class Throttle:
 
     async def reset(self, keys: Sequence[ThrottleKey]) -> None:
         await self._conn.execute(
-            "login_throttle.reset",
             "DELETE FROM login_throttle WHERE key = ANY($1::text[])",
             [k.key for k in keys],
         )
 
     async def delete_stale(self, before: datetime, now: datetime) -> int:
         status = await self._conn.execute(
-            "login_throttle.delete_stale",
             "DELETE FROM login_throttle WHERE last_failure_time < $1"
             " AND (locked_until IS NULL OR locked_until < $2)",
             before,

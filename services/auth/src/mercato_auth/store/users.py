@@ -10,7 +10,7 @@ import asyncpg
 from mercato_auth.domain.errors import EmailTaken
 from mercato_auth.domain.scopes import Role
 from mercato_auth.domain.users import PageCursor, User, UserFilter, UserState
-from mercato_common.postgres import TracedConnection
+from mercato_common.postgres import Connection
 
 __all__ = ["Users"]
 
@@ -32,13 +32,12 @@ def _user(row: Any) -> User:
 
 
 class Users:
-    def __init__(self, conn: TracedConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def insert(self, user: User, password_hash: str) -> None:
         try:
             await self._conn.execute(
-                "users.insert",
                 "INSERT INTO users (id, email, display_name, password_hash, roles, state,"
                 " create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 uuid.UUID(user.id),
@@ -58,7 +57,6 @@ class Users:
     async def get(self, user_id: str, *, for_update: bool = False) -> User | None:
         lock = " FOR UPDATE" if for_update else ""
         row = await self._conn.fetchrow(
-            "users.get",
             f"SELECT {_USER_COLUMNS} FROM users WHERE id = $1{lock}",  # noqa: S608
             uuid.UUID(user_id),
         )
@@ -69,7 +67,6 @@ class Users:
     ) -> tuple[User, str] | None:
         lock = " FOR UPDATE" if for_update else ""
         row = await self._conn.fetchrow(
-            "users.get_by_email",
             f"SELECT {_USER_COLUMNS}, password_hash FROM users WHERE email = $1{lock}",  # noqa: S608
             email,
         )
@@ -79,7 +76,6 @@ class Users:
         self, user: User, *, reason: str | None = None, actor: str | None = None
     ) -> None:
         await self._conn.execute(
-            "users.update",
             "UPDATE users SET display_name = $2, roles = $3, state = $4, update_time = $5,"
             " disable_time = $6,"
             " disable_reason = COALESCE($7, disable_reason),"
@@ -97,7 +93,6 @@ class Users:
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         await self._conn.execute(
-            "users.set_password_hash",
             "UPDATE users SET password_hash = $2 WHERE id = $1",
             uuid.UUID(user_id),
             password_hash,
@@ -118,7 +113,6 @@ class Users:
         where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
         args.append(limit)
         rows = await self._conn.fetch(
-            "users.list",
             f"SELECT {_USER_COLUMNS} FROM users {where}"  # noqa: S608 (fixed fragments only)
             f"ORDER BY create_time DESC, id DESC LIMIT ${len(args)}",
             *args,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mercato_common.outbox import Outbox
-from mercato_common.postgres import Database, Store, TracedConnection
+from mercato_common.postgres import Connection, Database, Store
 from mercato_orders.store.keys import KeyRow, Keys, KeyState, new_token
 from mercato_orders.store.orders import Orders, StaleOrderError
 from mercato_orders.store.placement import Placements
@@ -23,7 +23,7 @@ __all__ = [
 class Tx:
     """The repositories on one connection (inside a transaction when opened by ``write``)."""
 
-    def __init__(self, conn: TracedConnection, events_topic: str) -> None:
+    def __init__(self, conn: Connection, events_topic: str) -> None:
         self.conn = conn
         self.orders = Orders(conn)
         self.keys = Keys(conn)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from mercato_common.postgres import TracedConnection
+from mercato_common.postgres import Connection
 
 __all__ = ["COMPLETE_KEY", "KeyRow", "KeyState", "Keys"]
 
@@ -72,7 +72,7 @@ def _row(record: object, *, inserted: bool = False) -> KeyRow:
 
 
 class Keys:
-    def __init__(self, conn: TracedConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def claim(
@@ -91,7 +91,6 @@ class Keys:
         this statement's snapshot): just try again.
         """
         record = await self._conn.fetchrow(
-            "claim_idempotency_key",
             f"""
             WITH claimed AS (
                 INSERT INTO idempotency_keys
@@ -121,7 +120,6 @@ class Keys:
     ) -> KeyRow | None:
         """Own a PENDING key whose lease expired (its create died or gave up); None if lost."""
         record = await self._conn.fetchrow(
-            "take_over_idempotency_key",
             f"""
             UPDATE idempotency_keys SET owner = $4::uuid, lease_until = clock_timestamp() + $5
             WHERE user_id = $1 AND key = $2 AND owner = $3::uuid AND state = 'PENDING'
@@ -138,12 +136,11 @@ class Keys:
 
     async def fence(self, *, user_id: str, key: str, owner: str, lease: timedelta) -> bool:
         """Extend the lease if ``owner`` still holds the key: nobody can take it over meanwhile."""
-        return await self._lease("fence_idempotency_key", user_id, key, owner, lease)
+        return await self._lease(user_id, key, owner, lease)
 
     async def rekey(self, *, user_id: str, key: str, owner: str, order_id: str) -> bool:
         """Point the key at a new order id (its old reservation was closed)."""
         status = await self._conn.execute(
-            "rekey_idempotency_key",
             """
             UPDATE idempotency_keys SET order_id = $4::uuid
             WHERE user_id = $1 AND key = $2 AND owner = $3::uuid AND state = 'PENDING'
@@ -153,16 +150,15 @@ class Keys:
             owner,
             order_id,
         )
-        return status == "UPDATE 1"
+        return bool(status == "UPDATE 1")
 
     async def abandon(self, *, user_id: str, key: str, owner: str, retry_after: timedelta) -> None:
         """Give the key up with its reservation not released: reconciliation takes it over."""
-        await self._lease("abandon_idempotency_key", user_id, key, owner, retry_after)
+        await self._lease(user_id, key, owner, retry_after)
 
-    async def _lease(self, name: str, user_id: str, key: str, owner: str, lease: timedelta) -> bool:
+    async def _lease(self, user_id: str, key: str, owner: str, lease: timedelta) -> bool:
         """Let the lease of a PENDING key ``owner`` holds end ``lease`` from now; False if lost."""
         status = await self._conn.execute(
-            name,
             """
             UPDATE idempotency_keys SET lease_until = clock_timestamp() + $4
             WHERE user_id = $1 AND key = $2 AND owner = $3::uuid AND state = 'PENDING'
@@ -172,12 +168,11 @@ class Keys:
             owner,
             lease,
         )
-        return status == "UPDATE 1"
+        return bool(status == "UPDATE 1")
 
     async def forget(self, *, user_id: str, key: str, owner: str) -> bool:
         """Delete a PENDING key that placed and holds nothing (its request may be retried)."""
         status = await self._conn.execute(
-            "forget_idempotency_key",
             """
             DELETE FROM idempotency_keys
             WHERE user_id = $1 AND key = $2 AND owner = $3::uuid AND state = 'PENDING'
@@ -186,12 +181,11 @@ class Keys:
             key,
             owner,
         )
-        return status == "DELETE 1"
+        return bool(status == "DELETE 1")
 
     async def claim_abandoned(self, *, limit: int, lease: timedelta) -> list[KeyRow]:
         """Take over up to ``limit`` PENDING keys whose lease expired (for reconciliation)."""
         records = await self._conn.fetch(
-            "claim_abandoned_keys",
             f"""
             UPDATE idempotency_keys AS k
             SET owner = gen_random_uuid(), lease_until = clock_timestamp() + $2
@@ -212,7 +206,6 @@ class Keys:
     async def pending_order_ids(self, order_ids: list[str]) -> set[str]:
         """Which of ``order_ids`` belong to a create still in progress (a PENDING key)."""
         records = await self._conn.fetch(
-            "pending_key_orders",
             "SELECT order_id::text AS order_id FROM idempotency_keys "
             "WHERE order_id = ANY($1::uuid[]) AND state = 'PENDING'",
             order_ids,
@@ -222,7 +215,6 @@ class Keys:
     async def delete_expired(self, *, limit: int, now: datetime | None = None) -> int:
         """Delete up to ``limit`` DONE keys past their retention; the number deleted."""
         status = await self._conn.execute(
-            "delete_expired_keys",
             """
             DELETE FROM idempotency_keys WHERE (user_id, key) IN (
                 SELECT user_id, key FROM idempotency_keys

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from mercato_common.postgres import TracedConnection
+from mercato_common.postgres import Connection
 from mercato_orders.domain.model import (
     Money,
     Order,
@@ -153,7 +153,7 @@ def _change(record: Any) -> StateChange:
 
 
 class Orders:
-    def __init__(self, conn: TracedConnection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
     async def _insert_history(
@@ -162,7 +162,6 @@ class Orders:
         if not changes:
             return
         await self._conn.execute(
-            "insert_order_transitions",
             f"""
             INSERT INTO order_transitions ({TRANSITION_COLUMNS})
             SELECT $1::uuid, {numbered(TRANSITION_ROWS, 2)}
@@ -173,7 +172,7 @@ class Orders:
 
     async def get(self, order_id: str, *, lock: bool = False) -> Order | None:
         sql = _SELECT + "WHERE id = $1::uuid" + (" FOR UPDATE" if lock else "")
-        record = await self._conn.fetchrow("get_order", sql, order_id)
+        record = await self._conn.fetchrow(sql, order_id)
         if record is None:
             return None
         history = await self._history([order_id])
@@ -181,7 +180,6 @@ class Orders:
 
     async def _history(self, order_ids: list[str]) -> dict[str, list[StateChange]]:
         records = await self._conn.fetch(
-            "get_order_transitions",
             "SELECT order_id::text AS order_id, from_state, to_state, time, actor, reason "
             "FROM order_transitions WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, seq",
             order_ids,
@@ -194,7 +192,6 @@ class Orders:
     async def save(self, before: Order, after: Order) -> None:
         """Write ``after`` over ``before`` (read with ``lock``) and its new history entries."""
         status = await self._conn.execute(
-            "update_order",
             """
             UPDATE orders SET state = $3, payment_id = $4, state_reason = $5,
                 shipment_reference = $6, release_pending = $7, refund_pending = $8,
@@ -244,14 +241,13 @@ class Orders:
         if where:
             sql += "WHERE " + " AND ".join(where)
         sql += f" ORDER BY create_time DESC, id DESC LIMIT {arg(limit)}"
-        records = await self._conn.fetch("list_orders", sql, *args)
+        records = await self._conn.fetch(sql, *args)
         history = await self._history([r["id"] for r in records]) if records else {}
         return [_order(r, history.get(r["id"], ())) for r in records]
 
     async def owed(self, limit: int) -> list[Order]:
         """Orders owing a stock release or a refund, oldest change first."""
         records = await self._conn.fetch(
-            "owed_orders",
             _SELECT + "WHERE release_pending OR refund_pending ORDER BY update_time LIMIT $1",
             limit,
         )
@@ -260,7 +256,6 @@ class Orders:
     async def settle(self, order_id: str, *, released: bool, refunded: bool) -> None:
         """Clear what was owed and is now done."""
         await self._conn.execute(
-            "settle_order",
             """
             UPDATE orders SET
                 release_pending = release_pending AND NOT $2,
@@ -275,7 +270,6 @@ class Orders:
     async def holdings(self, user_id: str, skus: Sequence[str]) -> UserHoldings:
         """What the user's unpaid orders hold (units of ``skus``), and their other creates."""
         record = await self._conn.fetchrow(
-            "user_holdings",
             """
             SELECT
                 (SELECT count(*) FROM orders
@@ -305,7 +299,6 @@ class Orders:
 
     async def states(self, order_ids: list[str]) -> dict[str, OrderState]:
         records = await self._conn.fetch(
-            "order_states",
             "SELECT id::text AS id, state FROM orders WHERE id = ANY($1::uuid[])",
             order_ids,
         )
@@ -314,7 +307,6 @@ class Orders:
     async def confirmed_before(self, when: datetime, limit: int, after: str | None) -> list[Order]:
         """CONFIRMED orders placed before ``when``, oldest first (by id after ``after``)."""
         records = await self._conn.fetch(
-            "confirmed_orders",
             _SELECT
             + "WHERE state = 'CONFIRMED' AND create_time < $1 "
             + "AND ($3::uuid IS NULL OR id > $3::uuid) ORDER BY id LIMIT $2",

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from mercato_common.kafka.envelope import Envelope
 from mercato_common.outbox import Outbox
-from mercato_common.postgres import TracedConnection
+from mercato_common.postgres import Connection
 from mercato_orders.domain.model import Order
 from mercato_orders.store.keys import COMPLETE_KEY
 from mercato_orders.store.orders import (
@@ -47,7 +47,7 @@ SELECT count(*) FROM completed
 
 
 class Placements:
-    def __init__(self, conn: TracedConnection, outbox: Outbox) -> None:
+    def __init__(self, conn: Connection, outbox: Outbox) -> None:
         self._conn = conn
         self._outbox = outbox
 
@@ -57,7 +57,6 @@ class Placements:
         """Complete the order's key and write the order with ``event``; False (and nothing
         written) when the key is no longer ``owner``'s."""
         completed: int = await self._conn.fetchval(
-            "place_order",
             _PLACE,
             order.user_id,
             order.idempotency_key,
