@@ -193,3 +193,16 @@ def test_figures_survive_their_stored_form() -> None:
     assert again.document() == figures.document()
     assert not again.empty
     assert Figures().empty
+
+
+def test_a_range_of_millennia_is_planned_without_walking_its_days() -> None:
+    start = datetime(2026, 12, 5, 18, 14, tzinfo=UTC)
+    end = datetime(8926, 8, 13, 22, 21, tzinfo=UTC)
+    dirty = datetime(2026, 12, 5, 19, 3, tzinfo=UTC)
+    plan = plan_reads(start, end, coarsest=BucketSize.DAY, dirty=[dirty])
+    assert plan.raw == (dirty,)
+    assert len(plan.rollups) <= 8
+    days = [s for s in plan.rollups if s.level is BucketSize.DAY]
+    assert days == [
+        Span(BucketSize.DAY, datetime(2026, 12, 6, tzinfo=UTC), datetime(8926, 8, 13, tzinfo=UTC))
+    ]

@@ -158,10 +158,6 @@ def plan_reads(
     spans: list[Span] = []
     raw: list[datetime] = []
 
-    def has_dirty(a: datetime, b: datetime) -> bool:
-        i = bisect.bisect_left(marks, a)
-        return i < len(marks) and marks[i] < b
-
     def add_span(level: BucketSize, a: datetime, b: datetime) -> None:
         if spans and spans[-1].level is level and spans[-1].end == a:
             spans[-1] = Span(level, spans[-1].start, b)
@@ -187,13 +183,18 @@ def plan_reads(
             cover(a, b, finer)
             return
         cover(a, first, finer)
+        # From one dirty unit to the next (a range may span millennia: never unit by unit).
         unit = first
         while unit < last:
-            following = unit + level.step
-            if has_dirty(unit, following):
-                cover(unit, following, finer)
-            else:
-                add_span(level, unit, following)
+            i = bisect.bisect_left(marks, unit)
+            if i == len(marks) or marks[i] >= last:
+                add_span(level, unit, last)
+                break
+            dirty_unit = floor_time(marks[i], level)
+            if unit < dirty_unit:
+                add_span(level, unit, dirty_unit)
+            following = dirty_unit + level.step
+            cover(dirty_unit, following, finer)
             unit = following
         cover(last, b, finer)
 

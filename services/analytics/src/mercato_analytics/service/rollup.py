@@ -149,13 +149,15 @@ class RollUp:
         facts = await self._store.facts_without_minutes()
         for start in range(0, len(facts), batch):
             chunk = facts[start : start + batch]
-            await self._store.set_minutes(chunk)
             minutes: set[datetime] = set()
             for fact in chunk:
                 minutes.add(floor_time(fact[F_TIME], BucketSize.MINUTE))
                 if fact.get(F_PLACE_TIME) is not None:
                     minutes.add(floor_time(fact[F_PLACE_TIME], BucketSize.MINUTE))
+            # Marks first: a fact given its keys is no longer found here, so a crash between
+            # the two must leave its minutes marked.
             await self._store.rollups.mark_dirty(minutes, now=self._clock())
+            await self._store.set_minutes(chunk)
         await self._store.rollups.mark_done(_BACKFILLED, now=self._clock())
         if facts:
             log.info("gave %d facts of an older version their minutes", len(facts))

@@ -57,6 +57,8 @@ _LEASE_ID = "rollup"
 
 # Buckets of one parent read one by one up to this many; more, and the parent is read whole.
 _BY_ID_AT_MOST = 4
+# Buckets of one span read by their parents up to this many; more, and the level is read whole.
+_BY_PARENT_AT_MOST = 1500
 
 
 def _parent(level: BucketSize, start: datetime) -> str:
@@ -152,7 +154,13 @@ class RollupStore:
         span is read whole with one query, the few buckets of another one by one; all at once."""
         parents: set[str] = set()
         ids: set[str] = set()
+        levels: set[str] = set()
         for span in spans:
+            if (span.end - span.start) / span.level.step > _BY_PARENT_AT_MOST:
+                # A long span (years of days, up to the year 9000): every roll-up of its level,
+                # as many as there are buckets with data, filtered here.
+                levels.add(span.level.value)
+                continue
             members: dict[str, list[datetime]] = defaultdict(list)
             for start in bucket_starts(span.start, span.end, span.level):
                 members[_parent(span.level, start)].append(start)
@@ -161,7 +169,8 @@ class RollupStore:
                     parents.add(parent)
                 else:
                     ids.update(rollup_id(span.level, start) for start in starts)
-        queries = [{"parent": parent} for parent in sorted(parents)]
+        queries: list[dict[str, str]] = [{"level": level} for level in sorted(levels)]
+        queries += [{"parent": parent} for parent in sorted(parents)]
         queries += [{"_id": key} for key in sorted(ids)]
 
         async def one(query: Mapping[str, Any]) -> list[Any]:
