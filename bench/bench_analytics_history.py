@@ -43,6 +43,7 @@ from bench_analytics import (
     bench_environment,
 )
 from prometheus_client import CollectorRegistry
+from pymongo import AsyncMongoClient
 
 from mercato.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from mercato_analytics import samples
@@ -107,19 +108,27 @@ async def _queries(stub: Any, metadata: Any, calls: int) -> dict[str, dict[str, 
     return results
 
 
-async def _fold_from_facts(app: Any, calls: int) -> dict[str, float]:
-    """What a 7-day funnel plus sales summary cost when folded from every fact (the old path)."""
+async def _fold_from_facts(mongo_uri: str, db_name: str) -> dict[str, float]:
+    """What a 7-day funnel plus sales summary cost when folded from every fact (the old path):
+    one call, on a client of its own whose socket timeout allows it."""
     now = datetime.now(UTC)
     start, end = now - timedelta(days=7), now
-    latencies = []
-    for _ in range(calls):
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo_uri, tz_aware=True, socketTimeoutMS=900_000
+    )
+    try:
+        facts = client[db_name]["facts"]
         began = time.perf_counter()
-        timed = await app.store.facts.find({"t": {"$gte": start, "$lt": end}}).to_list()
-        placed = await app.store.facts.find({"place_time": {"$gte": start, "$lt": end}}).to_list()
+        timed = await facts.find({"t": {"$gte": start, "$lt": end}}).to_list()
+        placed = await facts.find({"place_time": {"$gte": start, "$lt": end}}).to_list()
         fold_sales(timed, size=BucketSize.DAY, start=start, end=end)
         fold_funnel(placed)
-        latencies.append(time.perf_counter() - began)
-    return {"mean_ms": round(sum(latencies) / len(latencies) * 1000, 1)}
+        return {
+            "seconds": round(time.perf_counter() - began, 2),
+            "facts_read": len(timed) + len(placed),
+        }
+    finally:
+        await client.close()
 
 
 async def run(orders: int, first: int, calls: int) -> dict[str, Any]:
@@ -163,7 +172,9 @@ async def run(orders: int, first: int, calls: int) -> dict[str, Any]:
                 await _caught_up(positions, poll=0.5)
                 consumed = time.perf_counter() - began
                 rollup_wait = await _rolled_up(app, within=600)
-                facts = await app.store.facts.estimated_document_count()
+                # Every published event feeds a fact (no catalog events): counting them in
+                # FerretDB would scan the collection.
+                facts = cut if label == "small" else len(published)
                 steps[label] = {
                     "events_published": len(part),
                     "facts": facts,
@@ -171,7 +182,9 @@ async def run(orders: int, first: int, calls: int) -> dict[str, Any]:
                     "rollup_wait_seconds": round(rollup_wait, 1),
                     "rollup_documents": await app.store.rollups.rollups.count_documents({}),
                     "queries": await _queries(stub, metadata, calls),
-                    "fold_from_facts": await _fold_from_facts(app, 3),
+                    "fold_from_facts": await _fold_from_facts(
+                        settings.mongo_uri, settings.mongo_database
+                    ),
                 }
                 print(
                     f"{label}: {facts} facts, consumed in {consumed:.0f} s, rolled up"
@@ -212,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         ratio = after / figures["p99_ms"] if figures["p99_ms"] else float("nan")
         print(f"| {name} | {figures['p99_ms']:.1f} ms | {after:.1f} ms | {ratio:.2f} |")
     print(
-        "| 7-day sales + funnel folded from every fact (before roll-ups) | "
-        f"{small['fold_from_facts']['mean_ms']:.1f} ms (mean) | "
-        f"{large['fold_from_facts']['mean_ms']:.1f} ms (mean) | |"
+        "| 7-day sales + funnel folded from every fact (before roll-ups), one call | "
+        f"{small['fold_from_facts']['seconds'] * 1000:.0f} ms | "
+        f"{large['fold_from_facts']['seconds'] * 1000:.0f} ms | |"
     )
     print(f"written to {RESULTS}")
     return 0

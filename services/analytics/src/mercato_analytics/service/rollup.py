@@ -75,10 +75,6 @@ class MarkDirty:
             for minute in due:
                 self._marked[minute] = now
 
-    def forget(self) -> None:
-        """Forget what was marked (the marks were dropped, e.g. by a rebuild)."""
-        self._marked.clear()
-
 
 class RollUp:
     """Rolls settled dirty minutes up (see the module doc); :meth:`run_once` does one batch."""

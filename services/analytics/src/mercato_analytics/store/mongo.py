@@ -73,8 +73,6 @@ def int64_document(doc: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
         elif isinstance(value, int):
             out[key] = Int64(value)
-        elif isinstance(value, Mapping):
-            out[key] = int64_document(value)
         elif isinstance(value, list):
             out[key] = [
                 int64_document(item) if isinstance(item, Mapping) else item for item in value
