@@ -315,7 +315,7 @@ async def run(requests: int, concurrency: int, products: int) -> dict[str, Any]:
                     ),
                 }
                 async with orders.store.read() as tx:
-                    placed = await tx.conn.fetchval("count_orders", "SELECT count(*) FROM orders")
+                    placed = await tx.conn.fetchval("SELECT count(*) FROM orders")
                 results["create_order"]["orders_in_database"] = placed
             finally:
                 for channel in channels:

@@ -66,9 +66,7 @@ class NotesServicer:
     async def AddNote(self, request: Any, context: Any) -> Any:
         async with self._database.transaction() as tx:
             note_id = str(
-                await tx.fetchval(
-                    "add", "INSERT INTO notes (text) VALUES ($1) RETURNING id", request.text
-                )
+                await tx.fetchval("INSERT INTO notes (text) VALUES ($1) RETURNING id", request.text)
             )
             event = new_envelope(StringValue(value=request.text), source="notes", subject=note_id)
             await Outbox(tx, self._topic).add(event)
@@ -86,7 +84,6 @@ class NoteCounter:
         unpack_data(event.envelope, StringValue)
         async with self.database.transaction() as tx:
             await tx.execute(
-                "noted",
                 "INSERT INTO noted VALUES ($1, $2) ON CONFLICT DO NOTHING",
                 event.envelope.id,
                 event.envelope.subject,
