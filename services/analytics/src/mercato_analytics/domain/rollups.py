@@ -16,6 +16,7 @@ the range at any moment, wherever the roll-up work stands.
 from __future__ import annotations
 
 import bisect
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +32,7 @@ from mercato_analytics.domain.aggregates import (
     rows_of,
 )
 from mercato_analytics.domain.buckets import BucketSize, ceil_time, floor_time
-from mercato_analytics.domain.events import OrderEvent, UserRegistered
+from mercato_analytics.domain.events import F_PLACE_TIME, F_TIME, OrderEvent, UserRegistered
 
 __all__ = [
     "Figures",
@@ -39,6 +40,7 @@ __all__ = [
     "Span",
     "dirty_minutes_of",
     "fold_facts",
+    "fold_per_minute",
     "merge_all",
     "plan_reads",
     "rollup_id",
@@ -211,6 +213,19 @@ def fold_facts(timed: Iterable[Mapping[str, Any]], placed: Iterable[Mapping[str,
     for fact in placed:
         figures.add_placed(fact)
     return figures
+
+
+def fold_per_minute(
+    timed: Iterable[Mapping[str, Any]], placed: Iterable[Mapping[str, Any]]
+) -> dict[datetime, Figures]:
+    """The figures of each minute that has facts: ``timed`` counted in the minute of their own
+    time, ``placed`` in the minute of their order's placement."""
+    per_minute: dict[datetime, Figures] = defaultdict(Figures)
+    for fact in timed:
+        per_minute[floor_time(fact[F_TIME], BucketSize.MINUTE)].add_timed(fact)
+    for fact in placed:
+        per_minute[floor_time(fact[F_PLACE_TIME], BucketSize.MINUTE)].add_placed(fact)
+    return dict(per_minute)
 
 
 def merge_all(parts: Sequence[Figures]) -> Figures:

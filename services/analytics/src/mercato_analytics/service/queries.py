@@ -27,13 +27,13 @@ from mercato_analytics.domain import (
     ceil_time,
     check_range,
     floor_time,
+    fold_per_minute,
     freshness,
     merge_all,
     plan_reads,
     rank_products,
     summarize,
 )
-from mercato_analytics.domain.events import F_PLACE_TIME, F_TIME
 from mercato_analytics.store import AnalyticsStore
 
 __all__ = ["DEFAULT_BUCKET", "DEFAULT_RANGE", "PositionReader", "Queries", "default_range"]
@@ -149,16 +149,9 @@ class Queries:
         )
         parts = await rollups.read(plan.rollups)
         if plan.raw:
-            per_minute: dict[datetime, Figures] = {}
-            if timed:
-                for fact in await self._store.facts_timed(plan.raw):
-                    minute = floor_time(fact[F_TIME], BucketSize.MINUTE)
-                    per_minute.setdefault(minute, Figures()).add_timed(fact)
-            if placed:
-                for fact in await self._store.facts_placed(plan.raw):
-                    minute = floor_time(fact[F_PLACE_TIME], BucketSize.MINUTE)
-                    per_minute.setdefault(minute, Figures()).add_placed(fact)
-            parts.extend(per_minute.items())
+            timed_facts = await self._store.facts_timed(plan.raw) if timed else []
+            placed_facts = await self._store.facts_placed(plan.raw) if placed else []
+            parts.extend(fold_per_minute(timed_facts, placed_facts).items())
         return parts
 
     async def freshness(self) -> Freshness:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -27,7 +26,7 @@ from mercato_analytics.domain import (
     BucketSize,
     Figures,
     floor_time,
-    fold_facts,
+    fold_per_minute,
     merge_all,
 )
 from mercato_analytics.domain.events import F_PLACE_TIME, F_TIME
@@ -104,15 +103,12 @@ class RollUp:
         if not marks:
             return 0
         minutes = sorted({minute for minute, _ in marks})
-        timed: dict[datetime, list[dict[str, object]]] = defaultdict(list)
-        placed: dict[datetime, list[dict[str, object]]] = defaultdict(list)
-        for fact in await self._store.facts_timed(minutes):
-            timed[floor_time(fact[F_TIME], BucketSize.MINUTE)].append(fact)
-        for fact in await self._store.facts_placed(minutes):
-            placed[floor_time(fact[F_PLACE_TIME], BucketSize.MINUTE)].append(fact)
+        folded = fold_per_minute(
+            await self._store.facts_timed(minutes), await self._store.facts_placed(minutes)
+        )
+        # A minute left without facts gets empty figures: its roll-up document is removed.
         await rollups.replace(
-            BucketSize.MINUTE,
-            {minute: fold_facts(timed[minute], placed[minute]) for minute in minutes},
+            BucketSize.MINUTE, {minute: folded.get(minute, Figures()) for minute in minutes}
         )
         hours = sorted({floor_time(minute, BucketSize.HOUR) for minute in minutes})
         await rollups.replace(BucketSize.HOUR, await self._merged(hours, BucketSize.HOUR))
