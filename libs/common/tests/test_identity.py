@@ -349,3 +349,14 @@ async def test_the_cache_is_bounded() -> None:
     for n in range(10):
         await verifier.verify(keys.token("k1", jti=f"t-{n}"))
         assert len(verifier._verified) <= 3
+
+
+async def test_the_remembered_tokens_stay_out_of_the_repr() -> None:
+    keys = Keys()
+    keys.add("k1")
+    verifier = _verifier(keys)
+    token = keys.token("k1")
+    await verifier.verify(token)
+    assert token in verifier._verified
+    assert token not in repr(verifier)
+    assert ISSUER in repr(verifier)

@@ -12,7 +12,8 @@ into the same kinds (:func:`mercato_common.client.error_from_rpc`). An error may
 
 An error that always says the same declares its ``default_message`` instead of an ``__init__``.
 The errors every service raises alike (:class:`InvalidRequest`, :class:`InvalidPageToken`,
-:class:`ScopeMissing`, :class:`StoreUnavailable`) are declared here once; a service adds only its
+:class:`ScopeMissing`, :class:`StoreUnavailable`, and :class:`StockUnavailable`, which the
+orders service relays from the catalog) are declared here once; a service adds only its
 root (``class InvalidPageToken(OrdersError, errors.InvalidPageToken)``), which gives the domain.
 
 Messages are shown to callers: never put secrets or internals in them.
@@ -42,6 +43,9 @@ __all__ = [
     "PreconditionViolation",
     "ResourceExhausted",
     "ScopeMissing",
+    "Shortage",
+    "ShortageKind",
+    "StockUnavailable",
     "StoreUnavailable",
     "Unauthenticated",
     "Unavailable",
@@ -233,6 +237,48 @@ class StoreUnavailable(Unavailable):
 
     A service names its reason (``ORDERS_UNAVAILABLE``) and message.
     """
+
+
+class ShortageKind(Enum):
+    """Why one order line cannot be reserved: the type of its PreconditionFailure violation.
+
+    The catalog refuses with these types and the orders service reads them back from the
+    catalog's status, so both name them from here.
+    """
+
+    OUT_OF_STOCK = "OUT_OF_STOCK"
+    NOT_FOUND = "NOT_FOUND"
+    ARCHIVED = "ARCHIVED"
+
+
+@dataclass(frozen=True, slots=True)
+class Shortage:
+    sku: str
+    kind: ShortageKind
+    description: str
+
+
+class StockUnavailable(FailedPrecondition):
+    """Some lines cannot be reserved, so nothing was; ``shortages`` names them.
+
+    Its status carries one ``google.rpc.PreconditionFailure`` violation per refused line and the
+    SKUs and types in the ErrorInfo metadata.
+    """
+
+    default_reason = "STOCK_UNAVAILABLE"
+
+    def __init__(self, shortages: Sequence[Shortage]) -> None:
+        self.shortages = tuple(shortages)
+        super().__init__(
+            "stock is unavailable for " + ", ".join(s.sku for s in self.shortages),
+            metadata={
+                "skus": ",".join(s.sku for s in self.shortages),
+                "types": ",".join(s.kind.value for s in self.shortages),
+            },
+            precondition_violations=[
+                PreconditionViolation(s.kind.value, s.sku, s.description) for s in self.shortages
+            ],
+        )
 
 
 KIND_CLASSES: Mapping[ErrorKind, type[MercatoError]] = {

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextvars import ContextVar, Token
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from enum import Enum
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
@@ -156,6 +156,7 @@ class TokenVerifier(Protocol):
         ...
 
 
+@dataclass(eq=False)
 class JwksTokenVerifier:
     """Verifies RFC 9068 JWT access tokens against a JWKS fetched on demand.
 
@@ -175,37 +176,23 @@ class JwksTokenVerifier:
 
     ALGORITHMS = ("EdDSA", "ES256")
 
-    def __init__(
-        self,
-        fetch_jwks: Callable[[], Awaitable[Mapping[str, Any]]],
-        *,
-        issuer: str,
-        audience: str,
-        leeway_seconds: float = 30.0,
-        min_refresh_seconds: float = 30.0,
-        cache_seconds: float = 60.0,
-        cache_size: int = 10_000,
-        revocations: TokenRevocations | None = None,
-        revocation_cache_seconds: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._fetch_jwks = fetch_jwks
-        self._issuer = issuer
-        self._audience = audience
-        self._leeway = leeway_seconds
-        self._min_refresh = min_refresh_seconds
-        self._clock = clock
-        self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at: float | None = None
-        self._lock = asyncio.Lock()
-        self._cache_seconds = cache_seconds
-        self._cache_size = cache_size
-        self._wall_clock = wall_clock
-        self._revocations = revocations
-        self._revocation_cache_seconds = revocation_cache_seconds
-        # token -> what is known of it (see _Verified)
-        self._verified: dict[str, _Verified] = {}
+    fetch_jwks: Callable[[], Awaitable[Mapping[str, Any]]]
+    _: KW_ONLY
+    issuer: str
+    audience: str
+    leeway_seconds: float = 30.0
+    min_refresh_seconds: float = 30.0
+    cache_seconds: float = 60.0
+    cache_size: int = 10_000
+    revocations: TokenRevocations | None = field(default=None, repr=False)
+    revocation_cache_seconds: float = 1.0
+    clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time
+    _keys: dict[str, jwt.PyJWK] = field(default_factory=dict, init=False, repr=False)
+    _fetched_at: float | None = field(default=None, init=False, repr=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    # token -> what is known of it (see _Verified); the tokens are secrets, never in the repr
+    _verified: dict[str, _Verified] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def from_settings(
@@ -232,16 +219,16 @@ class JwksTokenVerifier:
 
     async def close(self) -> None:
         """Close the revocation list's Redis client (the process is stopping)."""
-        if self._revocations is not None:
-            await self._revocations.close()
+        if self.revocations is not None:
+            await self.revocations.close()
 
     async def _refresh(self) -> None:
         async with self._lock:
-            now = self._clock()
-            if self._fetched_at is not None and now - self._fetched_at < self._min_refresh:
+            now = self.clock()
+            if self._fetched_at is not None and now - self._fetched_at < self.min_refresh_seconds:
                 return
             try:
-                jwks = await self._fetch_jwks()
+                jwks = await self.fetch_jwks()
             except (MercatoError, grpc.aio.AioRpcError, OSError) as error:
                 # Auth unreachable (a restart, a DNS gap): the caller may retry; nothing about
                 # the token is known yet, so neither a refusal nor an internal error.
@@ -258,24 +245,24 @@ class JwksTokenVerifier:
             self._fetched_at = now
 
     async def verify(self, token: str) -> Identity:
-        now = self._clock()
+        now = self.clock()
         known = self._verified.get(token)
-        if known is not None and not (now < known.until and self._wall_clock() <= known.expires):
+        if known is not None and not (now < known.until and self.wall_clock() <= known.expires):
             del self._verified[token]
             known = None
         if known is None:
             identity = await self._verify(token)
-            if self._cache_seconds > 0 and identity.expires_at is not None:
-                if len(self._verified) >= self._cache_size:
+            if self.cache_seconds > 0 and identity.expires_at is not None:
+                if len(self._verified) >= self.cache_size:
                     self._verified.clear()  # bounded without bookkeeping; refills from traffic
                 known = _Verified(
-                    identity, now + self._cache_seconds, identity.expires_at + self._leeway
+                    identity, now + self.cache_seconds, identity.expires_at + self.leeway_seconds
                 )
                 self._verified[token] = known
         else:
             identity = known.identity
-        if self._revocations is not None and (known is None or now >= known.clean_until):
-            revoked = await self._revocations.revoked(
+        if self.revocations is not None and (known is None or now >= known.clean_until):
+            revoked = await self.revocations.revoked(
                 subject=identity.subject,
                 token_id=identity.token_id or "",  # always set: jti is a required claim
                 issued_at=identity.issued_at,
@@ -285,7 +272,7 @@ class JwksTokenVerifier:
                 self._verified.pop(token, None)
                 raise Unauthenticated("the access token has been revoked", reason="TOKEN_REVOKED")
             if known is not None:
-                known.clean_until = now + self._revocation_cache_seconds
+                known.clean_until = now + self.revocation_cache_seconds
         return identity
 
     async def _verify(self, token: str) -> Identity:
@@ -308,9 +295,9 @@ class JwksTokenVerifier:
                 token,
                 key=key,
                 algorithms=list(self.ALGORITHMS),
-                audience=self._audience,
-                issuer=self._issuer,
-                leeway=self._leeway,
+                audience=self.audience,
+                issuer=self.issuer,
+                leeway=self.leeway_seconds,
                 options={"require": ["exp", "iat", "sub", "iss", "aud", "jti"]},
             )
         except jwt.ExpiredSignatureError:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import KW_ONLY, dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any, Generic, TypeVar
@@ -97,6 +98,7 @@ async def _keep_session(conn: Any) -> None:
     del conn
 
 
+@dataclass(eq=False, repr=False)
 class Database:
     """The service's asyncpg pool (a lifecycle part: ``start`` connects and migrates).
 
@@ -108,37 +110,27 @@ class Database:
     installed on every pooled connection (the kit passes the store-operation metrics).
     """
 
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        logger_name: str,
-        migrations: Traversable,
-        min_size: int = 2,
-        max_size: int = 10,
-        command_timeout: float = 10.0,
-        migrate_on_start: bool = True,
-        acquire_timeout: float | None = None,
-        unavailable_error: Callable[[], BaseException] | None = None,
-        outbox_migration: int | None = None,
-        query_logger: Callable[[Any], None] | None = None,
-    ) -> None:
-        self._dsn = dsn
-        self._query_logger = query_logger
-        self._outbox_migration = outbox_migration
-        self._min_size = min_size
-        self._max_size = max_size
-        self._command_timeout = command_timeout
-        self._migrate_on_start = migrate_on_start
-        self._acquire_timeout = acquire_timeout
-        self._unavailable_error = unavailable_error
-        self._migrations = migrations
-        self._log = logging.getLogger(logger_name)
-        self._pool: Any = None
-        self._probe: Any = None
+    dsn: str = field(repr=False)
+    _: KW_ONLY
+    logger_name: str
+    migrations: Traversable
+    min_size: int = 2
+    max_size: int = 10
+    command_timeout: float = 10.0
+    migrate_on_start: bool = True
+    acquire_timeout: float | None = None
+    unavailable_error: Callable[[], BaseException] | None = None
+    outbox_migration: int | None = None
+    query_logger: Callable[[Any], None] | None = None
+    _pool: Any = field(default=None, init=False)
+    _probe: Any = field(default=None, init=False)
 
     def __repr__(self) -> str:  # the DSN may hold a password
-        return f"Database(pool_size={self._min_size}..{self._max_size})"
+        return f"Database(pool_size={self.min_size}..{self.max_size})"
+
+    @property
+    def _log(self) -> logging.Logger:
+        return logging.getLogger(self.logger_name)
 
     @property
     def pool(self) -> Any:
@@ -149,7 +141,7 @@ class Database:
     async def run_migrations(self, conn: Any) -> list[Migration]:
         """Apply this service's migrations on ``conn``."""
         return await run_migrations(
-            conn, self._migrations, outbox_version=self._outbox_migration, logger=self._log
+            conn, self.migrations, outbox_version=self.outbox_migration, logger=self._log
         )
 
     async def migrate(self) -> list[Migration]:
@@ -157,7 +149,7 @@ class Database:
         if self._pool is not None:
             async with self._pool.acquire() as conn:
                 return await self.run_migrations(conn)
-        conn = await asyncpg.connect(dsn=self._dsn, command_timeout=self._command_timeout)
+        conn = await asyncpg.connect(dsn=self.dsn, command_timeout=self.command_timeout)
         try:
             return await self.run_migrations(conn)
         finally:
@@ -172,9 +164,9 @@ class Database:
         try:
             if self._probe is None or self._probe.is_closed():
                 self._probe = await asyncpg.connect(
-                    dsn=self._dsn,
-                    timeout=self._command_timeout,
-                    command_timeout=self._command_timeout,
+                    dsn=self.dsn,
+                    timeout=self.command_timeout,
+                    command_timeout=self.command_timeout,
                 )
             await self._probe.fetchval("SELECT 1")
         except BaseException:
@@ -189,20 +181,20 @@ class Database:
     async def start(self) -> None:
         instrument_client("asyncpg")
         self._pool = await asyncpg.create_pool(
-            dsn=self._dsn,
-            min_size=self._min_size,
-            max_size=self._max_size,
-            command_timeout=self._command_timeout,
+            dsn=self.dsn,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            command_timeout=self.command_timeout,
             init=self._init_connection,
             reset=_keep_session,
         )
-        if self._migrate_on_start:
+        if self.migrate_on_start:
             async with self._pool.acquire() as conn:
                 await self.run_migrations(conn)
 
     async def _init_connection(self, conn: Any) -> None:
-        if self._query_logger is not None:
-            conn.add_query_logger(self._query_logger)
+        if self.query_logger is not None:
+            conn.add_query_logger(self.query_logger)
 
     async def stop(self) -> None:
         await self._close_probe()
@@ -211,19 +203,19 @@ class Database:
             await pool.close()
 
     def _acquire(self) -> Any:
-        if self._acquire_timeout is None:
+        if self.acquire_timeout is None:
             return self.pool.acquire()
-        return self.pool.acquire(timeout=self._acquire_timeout)
+        return self.pool.acquire(timeout=self.acquire_timeout)
 
     @asynccontextmanager
     async def _unavailable_as_domain_error(self) -> AsyncIterator[None]:
-        if self._unavailable_error is None:
+        if self.unavailable_error is None:
             yield
             return
         try:
             yield
         except UNAVAILABLE_ERRORS as exc:
-            raise self._unavailable_error() from exc
+            raise self.unavailable_error() from exc
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -146,38 +146,34 @@ class ServerCertificates:
         )
 
 
+@dataclass(eq=False)
 class ContextCertificates:
     """Takes renewed files into an ``ssl.SSLContext`` in place: whoever holds the context (an
     aiokafka client, uvicorn's listener) uses them for its next handshake; connections already
     open keep theirs. A pair that does not match is checked on a scratch context first and left
     out, so the context never holds half a swap."""
 
-    def __init__(
-        self,
-        context: ssl.SSLContext,
-        *,
-        cert_file: Path | None,
-        key_file: Path | None,
-        ca_file: Path | None = None,
-        what: str = "TLS",
-    ) -> None:
-        self._context = context
-        self._cert_file = cert_file
-        self._key_file = key_file
-        self._ca_file = ca_file
-        self._what = what
-        self._watch = FilesWatch(ca_file, cert_file, key_file)
+    context: ssl.SSLContext
+    _: KW_ONLY
+    cert_file: Path | None
+    key_file: Path | None
+    ca_file: Path | None = None
+    what: str = "TLS"
+    _watch: FilesWatch = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._watch = FilesWatch(self.ca_file, self.cert_file, self.key_file)
 
     def reload_if_changed(self) -> bool:
         """Whether new files were taken."""
-        return self._watch.renewed(self._load_into_context, f"{self._what} certificate") is not None
+        return self._watch.renewed(self._load_into_context, f"{self.what} certificate") is not None
 
     def _load_into_context(self) -> bool:
         # Checked on a scratch context first: a failed load_cert_chain could leave this one
         # holding the new certificate with the old key.
-        if self._cert_file is not None and self._key_file is not None:
-            check_key_pair(self._cert_file, self._key_file)
-            self._context.load_cert_chain(self._cert_file, self._key_file)
-        if self._ca_file is not None:
-            self._context.load_verify_locations(cafile=self._ca_file)
+        if self.cert_file is not None and self.key_file is not None:
+            check_key_pair(self.cert_file, self.key_file)
+            self.context.load_cert_chain(self.cert_file, self.key_file)
+        if self.ca_file is not None:
+            self.context.load_verify_locations(cafile=self.ca_file)
         return True

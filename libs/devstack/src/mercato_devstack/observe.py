@@ -181,12 +181,7 @@ class _Observer(GoProgram):
     """A Go program of `make observe`, its settings written into its folder on every start."""
 
     def _write(self, file_name: str, settings: dict[str, Any]) -> Path:
-        path = self.dir / file_name
-        path.write_text(
-            "# Written by mercato_devstack on every start; edit the code, not this file.\n"
-            + yaml.safe_dump(settings, sort_keys=False)
-        )
-        return path
+        return self.write_generated(file_name, yaml.safe_dump(settings, sort_keys=False))
 
 
 class Prometheus(_Observer):
@@ -211,10 +206,8 @@ class Prometheus(_Observer):
         return self.config.prometheus_port
 
     def prepare(self) -> None:
-        install.go_install(
+        self._go_install(
             f"{PROMETHEUS_MODULE}/cmd/prometheus@{PROMETHEUS_VERSION}",
-            self.binary,
-            cache_dir=self.config.cache_dir / "go",
             ldflags=" ".join(
                 [
                     "-s -w",

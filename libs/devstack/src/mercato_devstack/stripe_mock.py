@@ -14,7 +14,6 @@ import json
 import urllib.error
 import urllib.request
 
-from mercato_devstack import install
 from mercato_devstack.components.base import GoProgram
 
 __all__ = ["STRIPE_MOCK_VERSION", "StripeMock"]
@@ -34,12 +33,7 @@ class StripeMock(GoProgram):
         return self.config.stripe_mock_port
 
     def prepare(self) -> None:
-        install.go_install(
-            f"{STRIPE_MOCK_MODULE}@{STRIPE_MOCK_VERSION}",
-            self.binary,
-            cache_dir=self.config.cache_dir / "go",
-            purpose="stripe-mock",
-        )
+        self._go_install(f"{STRIPE_MOCK_MODULE}@{STRIPE_MOCK_VERSION}", purpose="stripe-mock")
 
     def launch(self) -> None:
         # -verbose logs each request and its parameters: what the tests read back.

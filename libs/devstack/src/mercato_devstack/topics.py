@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +42,7 @@ class TopicSpec:
         config = dict(self.config)
         if "min.insync.replicas" in config:
             config["min.insync.replicas"] = str(min(int(config["min.insync.replicas"]), replicas))
-        return TopicSpec(
-            name=prefix + self.name,
-            partitions=self.partitions,
-            replicas=replicas,
-            config=config,
-            owner=self.owner,
-            producers=self.producers,
-            consumers=self.consumers,
-            key=self.key,
-            description=self.description,
-        )
+        return replace(self, name=prefix + self.name, replicas=replicas, config=config)
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:

@@ -10,6 +10,8 @@ to whole buckets as the contract says.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mercato.analytics.v1 import analytics_pb2, analytics_pb2_grpc
 from mercato_analytics.convert import (
     bucket_size,
@@ -28,15 +30,15 @@ __all__ = ["SERVICE_NAME", "AnalyticsServicer"]
 SERVICE_NAME = "mercato.analytics.v1.AnalyticsService"
 
 
+@dataclass(eq=False)
 class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
-    def __init__(self, queries: Queries) -> None:
-        self._queries = queries
+    queries: Queries
 
     async def GetSalesSummary(
         self, request: analytics_pb2.GetSalesSummaryRequest, context: Context
     ) -> analytics_pb2.GetSalesSummaryResponse:
         size = bucket_size(request.bucket)
-        summary = await self._queries.sales_summary(
+        summary = await self.queries.sales_summary(
             size, *requested_range(request), currency=request.currency_code
         )
         return analytics_pb2.GetSalesSummaryResponse(
@@ -48,7 +50,7 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
         self, request: analytics_pb2.ListTopProductsRequest, context: Context
     ) -> analytics_pb2.ListTopProductsResponse:
         ranking = rank_by(request.rank_by)
-        products = await self._queries.top_products(
+        products = await self.queries.top_products(
             ranking, *requested_range(request), currency=request.currency_code, limit=request.limit
         )
         return top_products_to_proto(products)
@@ -56,9 +58,9 @@ class AnalyticsServicer(analytics_pb2_grpc.AnalyticsServiceServicer):
     async def GetFunnel(
         self, request: analytics_pb2.GetFunnelRequest, context: Context
     ) -> analytics_pb2.GetFunnelResponse:
-        return funnel_to_proto(await self._queries.funnel(*requested_range(request)))
+        return funnel_to_proto(await self.queries.funnel(*requested_range(request)))
 
     async def GetFreshness(
         self, request: analytics_pb2.GetFreshnessRequest, context: Context
     ) -> analytics_pb2.GetFreshnessResponse:
-        return freshness_to_proto(await self._queries.freshness())
+        return freshness_to_proto(await self.queries.freshness())

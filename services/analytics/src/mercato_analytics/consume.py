@@ -13,6 +13,7 @@ contract requires.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from mercato_analytics.convert import envelope_time, to_domain_event
@@ -63,16 +64,16 @@ class EventApplier:
         return await self._apply(origin, domain_event)
 
 
+@dataclass(eq=False)
 class CountingDeadLetterSink:
     """Wraps the dead-letter producer to count what is parked (per source topic and type)."""
 
-    def __init__(self, sink: DeadLetterSink, metrics: AnalyticsMetrics) -> None:
-        self._sink = sink
-        self._metrics = metrics
+    sink: DeadLetterSink
+    metrics: AnalyticsMetrics
 
     async def send_and_wait(self, topic: str, value: bytes, **options: Any) -> Any:
-        result = await self._sink.send_and_wait(topic, value, **options)
+        result = await self.sink.send_and_wait(topic, value, **options)
         values = headers_to_map(options.get("headers", ()))
-        self._metrics.dead_letters.labels(values.get(H_DLQ_TOPIC, "")).inc()
-        self._metrics.events.labels(type_label(values.get("ce_type", "")), "failed").inc()
+        self.metrics.dead_letters.labels(values.get(H_DLQ_TOPIC, "")).inc()
+        self.metrics.events.labels(type_label(values.get("ce_type", "")), "failed").inc()
         return result

@@ -4,6 +4,7 @@ results into response messages. Used by the adapters (``api``, ``consume``) only
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from mercato_analytics.domain import (
     TopProduct,
     UserRegistered,
 )
+from mercato_analytics.domain.aggregates import COUNTERS
 from mercato_analytics.domain.events import (
     AGGREGATED_TYPES,
     AUTH_EVENTS,
@@ -219,12 +221,7 @@ def money(currency: str, amount: int) -> money_pb2.Money:
 def sales_bucket_to_proto(bucket: SalesBucket) -> analytics_pb2.SalesBucket:
     return analytics_pb2.SalesBucket(
         start_time=timestamp(bucket.start),
-        orders_placed=bucket.orders_placed,
-        orders_paid=bucket.orders_paid,
-        orders_cancelled=bucket.orders_cancelled,
-        orders_fulfilled=bucket.orders_fulfilled,
-        orders_failed=bucket.orders_failed,
-        new_users=bucket.new_users,
+        **{counter: getattr(bucket, counter) for counter in COUNTERS},
         sales=[
             analytics_pb2.CurrencySales(
                 revenue=money(sales.currency, sales.revenue),
@@ -252,14 +249,7 @@ def top_products_to_proto(products: list[TopProduct]) -> analytics_pb2.ListTopPr
 
 
 def funnel_to_proto(funnel: Funnel) -> analytics_pb2.GetFunnelResponse:
-    return analytics_pb2.GetFunnelResponse(
-        placed=funnel.placed,
-        paid=funnel.paid,
-        fulfilled=funnel.fulfilled,
-        cancelled=funnel.cancelled,
-        cancelled_after_payment=funnel.cancelled_after_payment,
-        failed=funnel.failed,
-    )
+    return analytics_pb2.GetFunnelResponse(**asdict(funnel))
 
 
 def freshness_to_proto(fresh: Freshness) -> analytics_pb2.GetFreshnessResponse:

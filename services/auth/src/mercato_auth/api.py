@@ -8,6 +8,7 @@ carries ``retry_after``).
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from mercato.auth.v1 import auth_pb2, auth_pb2_grpc
@@ -174,19 +175,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def GetOpenIdConfiguration(  # noqa: N802 (gRPC method names)
         self, request: auth_pb2.GetOpenIdConfigurationRequest, context: Context
     ) -> auth_pb2.GetOpenIdConfigurationResponse:
-        config = self._service.openid_configuration()
-        return auth_pb2.GetOpenIdConfigurationResponse(
-            issuer=config.issuer,
-            jwks_uri=config.jwks_uri,
-            token_endpoint=config.token_endpoint,
-            revocation_endpoint=config.revocation_endpoint,
-            grant_types_supported=config.grant_types_supported,
-            token_endpoint_auth_methods_supported=config.token_endpoint_auth_methods_supported,
-            scopes_supported=config.scopes_supported,
-            response_types_supported=config.response_types_supported,
-            token_signing_alg_values_supported=config.token_signing_alg_values_supported,
-            subject_types_supported=config.subject_types_supported,
-        )
+        # OpenIdConfiguration has the response's fields, by name.
+        config = asdict(self._service.openid_configuration())
+        return auth_pb2.GetOpenIdConfigurationResponse(**config)
 
     async def RotateSigningKey(  # noqa: N802 (gRPC method names)
         self, request: auth_pb2.RotateSigningKeyRequest, context: Context

@@ -9,7 +9,7 @@ every service (saturation metrics, the gRPC server, the health watch).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -49,18 +49,18 @@ class AuthApp(App):
     verifier: JwksTokenVerifier
 
 
+@dataclass(eq=False)
 class Bootstrap:
     """Ensures the bootstrap admin and the configured service clients at start."""
 
-    def __init__(self, service: AuthService, settings: AuthSettings) -> None:
-        self._service = service
-        self._settings = settings
+    service: AuthService
+    settings: AuthSettings = field(repr=False)
 
     async def start(self) -> None:
-        settings = self._settings
+        settings = self.settings
         if settings.bootstrap_admin_email and settings.bootstrap_admin_password:
             try:
-                user, created = await self._service.ensure_admin(
+                user, created = await self.service.ensure_admin(
                     settings.bootstrap_admin_email,
                     settings.bootstrap_admin_password.get_secret_value(),
                 )
@@ -70,7 +70,7 @@ class Bootstrap:
                 "bootstrap admin ensured", extra={"user_id": user.id, "admin_created": created}
             )
         for client in settings.service_clients:
-            await self._service.ensure_client(
+            await self.service.ensure_client(
                 client.client_id,
                 client.secret.get_secret_value(),
                 client.scopes,

@@ -8,6 +8,7 @@ request reaches a query as anything but a string or an integer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC
 
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
@@ -32,24 +33,18 @@ __all__ = ["SERVICE_NAME", "CatalogServicer"]
 SERVICE_NAME = "mercato.catalog.v1.CatalogService"
 
 
+@dataclass(eq=False, kw_only=True)
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(
-        self,
-        *,
-        products: ProductService,
-        categories: CategoryService,
-        reservations: ReservationService,
-    ) -> None:
-        self._products = products
-        self._categories = categories
-        self._reservations = reservations
+    products: ProductService
+    categories: CategoryService
+    reservations: ReservationService
 
     # --- products ----------------------------------------------------------------------------
 
     async def GetProduct(
         self, request: catalog_pb2.GetProductRequest, context: Context
     ) -> catalog_pb2.GetProductResponse:
-        encoded = await self._products.get_encoded(check_sku(request.sku))
+        encoded = await self.products.get_encoded(check_sku(request.sku))
         return catalog_pb2.GetProductResponse(product=catalog_pb2.Product.FromString(encoded))
 
     async def ListProducts(
@@ -72,7 +67,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             ),
             skus=tuple(request.skus),
         )
-        products, token = await self._products.list_page(
+        products, token = await self.products.list_page(
             flt, page_size(request.page_size), request.page_token
         )
         return catalog_pb2.ListProductsResponse(
@@ -83,7 +78,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: catalog_pb2.CreateProductRequest, context: Context
     ) -> catalog_pb2.CreateProductResponse:
         given = request.product
-        product = await self._products.create(
+        product = await self.products.create(
             NewProduct(
                 sku=given.sku,
                 name=given.name,
@@ -107,20 +102,20 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             price=money_from_proto(given.price) if given.HasField("price") else None,
             attributes=dict(given.attributes),
         )
-        product = await self._products.update(check_sku(given.sku), changes, given.etag)
+        product = await self.products.update(check_sku(given.sku), changes, given.etag)
         return catalog_pb2.UpdateProductResponse(product=product_to_proto(product))
 
     async def ArchiveProduct(
         self, request: catalog_pb2.ArchiveProductRequest, context: Context
     ) -> catalog_pb2.ArchiveProductResponse:
-        product = await self._products.archive(check_sku(request.sku), request.etag)
+        product = await self.products.archive(check_sku(request.sku), request.etag)
         return catalog_pb2.ArchiveProductResponse(product=product_to_proto(product))
 
     async def AdjustStock(
         self, request: catalog_pb2.AdjustStockRequest, context: Context
     ) -> catalog_pb2.AdjustStockResponse:
         identity = current_identity()
-        product = await self._products.adjust_stock(
+        product = await self.products.adjust_stock(
             check_sku(request.sku),
             int(request.delta),
             request.reason,
@@ -133,7 +128,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: catalog_pb2.BatchGetProductsRequest, context: Context
     ) -> catalog_pb2.BatchGetProductsResponse:
         skus = [check_sku(sku, "skus") for sku in request.skus]
-        found = await self._products.batch_get(skus)
+        found = await self.products.batch_get(skus)
         return catalog_pb2.BatchGetProductsResponse(
             products=[product_to_proto(found[sku]) for sku in skus if sku in found],
             missing_skus=[sku for sku in skus if sku not in found],
@@ -144,7 +139,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def ListCategories(
         self, request: catalog_pb2.ListCategoriesRequest, context: Context
     ) -> catalog_pb2.ListCategoriesResponse:
-        categories, token = await self._categories.list_page(
+        categories, token = await self.categories.list_page(
             page_size(request.page_size, default=100), request.page_token
         )
         return catalog_pb2.ListCategoriesResponse(
@@ -155,7 +150,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: catalog_pb2.CreateCategoryRequest, context: Context
     ) -> catalog_pb2.CreateCategoryResponse:
         given = request.category
-        category = await self._categories.create(given.id, given.display_name, given.parent_id)
+        category = await self.categories.create(given.id, given.display_name, given.parent_id)
         return catalog_pb2.CreateCategoryResponse(category=category_to_proto(category))
 
     # --- reservations ------------------------------------------------------------------------
@@ -164,7 +159,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
         self, request: catalog_pb2.ReserveStockRequest, context: Context
     ) -> catalog_pb2.ReserveStockResponse:
         lines = check_lines([Line(line.sku, int(line.quantity)) for line in request.lines])
-        reserved = await self._reservations.reserve(request.order_id.lower(), lines)
+        reserved = await self.reservations.reserve(request.order_id.lower(), lines)
         return catalog_pb2.ReserveStockResponse(
             reservation=reservation_to_proto(reserved.reservation),
             products=[product_to_proto(product) for product in reserved.products],
@@ -173,19 +168,19 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     async def ReleaseStock(
         self, request: catalog_pb2.ReleaseStockRequest, context: Context
     ) -> catalog_pb2.ReleaseStockResponse:
-        reservation = await self._reservations.release(request.order_id.lower(), request.reason)
+        reservation = await self.reservations.release(request.order_id.lower(), request.reason)
         return catalog_pb2.ReleaseStockResponse(reservation=reservation_to_proto(reservation))
 
     async def CommitReservation(
         self, request: catalog_pb2.CommitReservationRequest, context: Context
     ) -> catalog_pb2.CommitReservationResponse:
-        reservation = await self._reservations.commit(request.order_id.lower())
+        reservation = await self.reservations.commit(request.order_id.lower())
         return catalog_pb2.CommitReservationResponse(reservation=reservation_to_proto(reservation))
 
     async def GetReservation(
         self, request: catalog_pb2.GetReservationRequest, context: Context
     ) -> catalog_pb2.GetReservationResponse:
-        reservation = await self._reservations.get(request.order_id.lower())
+        reservation = await self.reservations.get(request.order_id.lower())
         return catalog_pb2.GetReservationResponse(reservation=reservation_to_proto(reservation))
 
     async def ListReservations(
@@ -199,7 +194,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
                 else None
             ),
         )
-        reservations, token = await self._reservations.list_page(
+        reservations, token = await self.reservations.list_page(
             flt,
             page_size(request.page_size, default=100),
             request.page_token,

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, fields
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Gauge
@@ -147,34 +147,29 @@ class UpstreamStatus:
             return health
 
 
+@dataclass(eq=False)
 class Readiness:
     """``/readyz``: the gateway's own readiness: not draining, and Redis when it is required
     (the rate limiter fails closed); upstreams are reported by :class:`UpstreamStatus`."""
 
-    def __init__(
-        self, limiter: RateLimiter | None, *, redis_required: bool, draining: Draining
-    ) -> None:
-        self._limiter = limiter
-        self._redis_required = redis_required
-        self._draining = draining
-
-    @property
-    def draining(self) -> bool:
-        return self._draining.active
+    limiter: RateLimiter | None
+    _: KW_ONLY
+    redis_required: bool
+    draining: Draining
 
     def drain(self) -> None:
         """The process is going away (SIGTERM, then lifespan shutdown): not ready from now."""
-        self._draining.active = True
+        self.draining.active = True
 
     async def check(self) -> tuple[bool, dict[str, str]]:
         ready = True
         checks: dict[str, str] = {"gateway": "ok"}
-        if self._limiter is not None:
-            redis_ok = await self._limiter.ping()
+        if self.limiter is not None:
+            redis_ok = await self.limiter.ping()
             checks["redis"] = "ok" if redis_ok else "down"
-            if self._redis_required and not redis_ok:
+            if self.redis_required and not redis_ok:
                 ready = False
-        if self.draining:
+        if self.draining.active:
             ready = False
             checks["gateway"] = "draining"
         return ready, checks
@@ -339,14 +334,12 @@ def build_app(
         routes,
         gate,
         max_body_bytes=settings.max_body_bytes,
+        # Each limit is the setting of its name prefixed ``graphql_`` (graphql_max_depth...).
         limits=GraphLimits(
-            max_depth=settings.graphql_max_depth,
-            max_aliases=settings.graphql_max_aliases,
-            max_root_fields=settings.graphql_max_root_fields,
-            max_cost=settings.graphql_max_cost,
-            max_batch=settings.graphql_max_batch,
-            max_tokens=settings.graphql_max_tokens,
-            introspection=settings.graphql_introspection,
+            **{
+                limit.name: getattr(settings, f"graphql_{limit.name}")
+                for limit in fields(GraphLimits)
+            }
         ),
         persisted_queries=settings.graphql_persisted_queries,
         kafka=kafka,

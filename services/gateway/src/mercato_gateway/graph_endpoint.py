@@ -246,7 +246,7 @@ class GraphEndpoint:
             status, body = error.http_status, {"errors": [_api_error(error)]}
             rate_headers = {**rate_headers, **error.all_headers()}
             if status == 401:
-                challenge = self._gate.auth.challenge_for(error.reason)
+                challenge = self._gate.authenticator.challenge_for(error.reason)
                 rate_headers.setdefault("www-authenticate", challenge)
         headers = {
             "content-type": "application/json",
@@ -422,7 +422,7 @@ class GraphEndpoint:
         started, code = time.perf_counter(), "OK"
         try:
             caller: Caller = info.context.caller
-            self._gate.auth.authorize(route.access, caller.identity)
+            self._gate.authenticator.authorize(route.access, caller.identity)
             request = route.request_class()
             parse_message(arguments, request)
             response = await self._gate.call(route, request, caller)
@@ -469,7 +469,7 @@ class GraphEndpoint:
     ) -> list[dict[str, Any] | None]:
         """One call of the batch RPC for ``keys``; a page (AIP-158 ``page_size``) as large as
         the batch."""
-        self._gate.auth.authorize(route.access, caller.identity)
+        self._gate.authenticator.authorize(route.access, caller.identity)
         request = route.request_class()
         getattr(request, reference.keys).extend(keys)
         if "page_size" in route.request_descriptor.fields_by_name:
@@ -490,7 +490,7 @@ class GraphEndpoint:
         when it differs from what was last sent. The watch starts before the first read, so no
         change between the two is lost."""
         context: _Context = info.context
-        self._gate.auth.authorize(route.access, context.caller.identity)
+        self._gate.authenticator.authorize(route.access, context.caller.identity)
         assert self.live is not None  # the schema has a subscription only for a live RPC
         key_field = route.request_descriptor.fields_by_name[live.key]
         key = str(arguments.get(key_field.json_name) or "")

@@ -260,7 +260,7 @@ class _Connection:
     async def _check_token(self) -> None:
         """Close the connection when its token is no longer accepted (revoked)."""
         try:
-            await self._owner._gate.auth.verify(self._caller.token or "")
+            await self._owner._gate.authenticator.verify(self._caller.token or "")
         except ApiError as error:
             if error.http_status == 401:
                 reason = "token revoked" if error.reason == "TOKEN_REVOKED" else error.message

@@ -40,7 +40,12 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from mercato_common.identity import Audience
 from mercato_gateway.routing import Route
-from mercato_gateway.transcode import is_query_scalar, message_of
+from mercato_gateway.transcode import (
+    INT32_RANGES,
+    INT64_PATTERNS,
+    is_query_scalar,
+    message_of,
+)
 
 __all__ = [
     "ERROR_STATUSES",
@@ -55,20 +60,8 @@ __all__ = [
 NUL_FREE = "^[^\\x00]*$"
 # Error statuses every operation may answer (besides its own 200).
 ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "415", "429", "500", "503", "504")
-_INT32 = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
-}
-_INT64 = {
-    FieldDescriptor.TYPE_INT64: r"^-?[0-9]+$",
-    FieldDescriptor.TYPE_SINT64: r"^-?[0-9]+$",
-    FieldDescriptor.TYPE_SFIXED64: r"^-?[0-9]+$",
-    FieldDescriptor.TYPE_UINT64: r"^[0-9]+$",
-    FieldDescriptor.TYPE_FIXED64: r"^[0-9]+$",
-}
+# int64 is a JSON string: the digits the transcoder accepts, as an anchored pattern.
+_INT64 = {kind: f"^{pattern.pattern}$" for kind, pattern in INT64_PATTERNS.items()}
 _WELL_KNOWN: dict[str, dict[str, Any]] = {
     "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
     "google.protobuf.Duration": {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$"},
@@ -330,8 +323,8 @@ class _SchemaBuilder:
             return schema
         if kind == FieldDescriptor.TYPE_BYTES:
             return {"type": "string", "contentEncoding": "base64"}
-        if kind in _INT32:
-            low, high = _INT32[kind]
+        if kind in INT32_RANGES:
+            low, high = INT32_RANGES[kind]
             schema = {"type": "integer", "format": "int32", "minimum": low, "maximum": high}
             number_rules = _kind_rules(rules, _INT_KINDS)
             if number_rules is not None:

@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -195,29 +195,22 @@ class Caller:
         return f"sub:{self.identity.subject}" if self.identity else f"ip:{self.client.address}"
 
 
+@dataclass(eq=False)
 class Gate:
     """What every public endpoint (REST, GraphQL) does around a call, done once: admit the
     caller (bearer token verified, rate limit) and call an RPC with the caller's token,
     address, request id and the route's deadline, gRPC errors mapped to :class:`ApiError`."""
 
-    def __init__(
-        self,
-        upstreams: Upstreams,
-        authenticator: Authenticator,
-        limiter: RateLimiter | None,
-        *,
-        deadlines: Deadlines,
-        trusted_proxy_hops: int = 0,
-    ) -> None:
-        self.upstreams = upstreams
-        self.auth = authenticator
-        self._limiter = limiter
-        self._deadlines = deadlines
-        self._hops = trusted_proxy_hops
+    upstreams: Upstreams
+    authenticator: Authenticator
+    limiter: RateLimiter | None
+    _: KW_ONLY
+    deadlines: Deadlines
+    trusted_proxy_hops: int = 0
 
     def client(self, scope: Any, headers: Mapping[str, str]) -> ClientAddress:
         peer = (scope.get("client") or ("unknown", 0))[0]
-        client = ClientAddress.of(peer, headers.get("x-forwarded-for"), self._hops)
+        client = ClientAddress.of(peer, headers.get("x-forwarded-for"), self.trusted_proxy_hops)
         scope[CLIENT_KEY] = client.address
         return client
 
@@ -236,10 +229,10 @@ class Gate:
         token once the limit let it through."""
         identity: Identity | None = None
         auth_error: ApiError | None = None
-        token = self.auth.bearer_token(headers.get("authorization")) if bearer else None
+        token = self.authenticator.bearer_token(headers.get("authorization")) if bearer else None
         if token is not None:
             try:
-                identity = await self.auth.verify(token)
+                identity = await self.authenticator.verify(token)
             except ApiError as error:
                 auth_error = error
         if identity is not None:
@@ -252,10 +245,10 @@ class Gate:
 
     async def limit(self, caller: Caller, rate_class: str, rate_headers: dict[str, str]) -> None:
         """One decision of ``rate_class``'s bucket for ``caller``; 429 when it is empty."""
-        if self._limiter is None:
+        if self.limiter is None:
             return
-        decision = await self._limiter.check(rate_class, caller.key)
-        rate_headers.update(decision.headers(self._limiter.window(rate_class)))
+        decision = await self.limiter.check(rate_class, caller.key)
+        rate_headers.update(decision.headers(self.limiter.window(rate_class)))
         if not decision.allowed:
             raise _limited(decision)
 
@@ -269,7 +262,7 @@ class Gate:
             metadata.append(("authorization", f"Bearer {caller.token}"))
         try:
             return await self.upstreams.call(route)(
-                request, timeout=self._deadlines.of(route), metadata=metadata
+                request, timeout=self.deadlines.of(route), metadata=metadata
             )
         except grpc.aio.AioRpcError as error:
             descriptor = route.request_descriptor
@@ -286,7 +279,7 @@ class GatewayEndpoint:
     def __init__(self, router: Router, gate: Gate, *, max_body_bytes: int) -> None:
         self._router = router
         self._gate = gate
-        self._auth = gate.auth
+        self._auth = gate.authenticator
         self._max_body = max_body_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -33,6 +33,8 @@ from mercato_gateway.errors import ApiError, invalid_argument
 from mercato_gateway.routing import Route
 
 __all__ = [
+    "INT32_RANGES",
+    "INT64_PATTERNS",
     "build_request",
     "check_body",
     "json_field_path",
@@ -61,20 +63,19 @@ _WRAPPERS = frozenset(
         "google.protobuf.BytesValue",
     }
 )
-_INTEGER_TYPES = frozenset(
-    {
-        FieldDescriptor.TYPE_INT32,
-        FieldDescriptor.TYPE_INT64,
-        FieldDescriptor.TYPE_UINT32,
-        FieldDescriptor.TYPE_UINT64,
-        FieldDescriptor.TYPE_SINT32,
-        FieldDescriptor.TYPE_SINT64,
-        FieldDescriptor.TYPE_FIXED32,
-        FieldDescriptor.TYPE_FIXED64,
-        FieldDescriptor.TYPE_SFIXED32,
-        FieldDescriptor.TYPE_SFIXED64,
-    }
-)
+#: Each integer type's width in bits and whether it is signed.
+_INTEGER_TYPES = {
+    FieldDescriptor.TYPE_INT32: (32, True),
+    FieldDescriptor.TYPE_SINT32: (32, True),
+    FieldDescriptor.TYPE_SFIXED32: (32, True),
+    FieldDescriptor.TYPE_UINT32: (32, False),
+    FieldDescriptor.TYPE_FIXED32: (32, False),
+    FieldDescriptor.TYPE_INT64: (64, True),
+    FieldDescriptor.TYPE_SINT64: (64, True),
+    FieldDescriptor.TYPE_SFIXED64: (64, True),
+    FieldDescriptor.TYPE_UINT64: (64, False),
+    FieldDescriptor.TYPE_FIXED64: (64, False),
+}
 
 
 def message_of(field: FieldDescriptor) -> Descriptor:
@@ -290,26 +291,20 @@ _NULLABLE = _WRAPPERS | {"google.protobuf.Value"}
 _JSON_STRING_WKT = frozenset(
     {"google.protobuf.Timestamp", "google.protobuf.Duration", "google.protobuf.FieldMask"}
 )
-_INT64_TYPES = {
-    FieldDescriptor.TYPE_INT64: re.compile(r"-?[0-9]+"),
-    FieldDescriptor.TYPE_SINT64: re.compile(r"-?[0-9]+"),
-    FieldDescriptor.TYPE_SFIXED64: re.compile(r"-?[0-9]+"),
-    FieldDescriptor.TYPE_UINT64: re.compile(r"[0-9]+"),
-    FieldDescriptor.TYPE_FIXED64: re.compile(r"[0-9]+"),
+#: The values each integer type accepts.
+_INTEGER_RANGES = {
+    kind: (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    for kind, (bits, signed) in _INTEGER_TYPES.items()
 }
-_INT32_RANGES = {
-    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1),
-    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1),
+#: The 32-bit integer types (JSON numbers): the values each accepts.
+INT32_RANGES = {
+    kind: _INTEGER_RANGES[kind] for kind, (bits, _) in _INTEGER_TYPES.items() if bits == 32
 }
-_INT64_RANGES = {
-    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
-    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
+#: The 64-bit integer types (JSON strings): the digits each accepts (signed or not).
+INT64_PATTERNS = {
+    kind: re.compile(r"-?[0-9]+" if signed else r"[0-9]+")
+    for kind, (bits, signed) in _INTEGER_TYPES.items()
+    if bits == 64
 }
 _MAX_VIOLATIONS = 20
 
@@ -455,23 +450,23 @@ def _check_single(
     elif kind == FieldDescriptor.TYPE_BOOL:
         if not isinstance(value, bool):
             found.add(path, "must be true or false")
-    elif kind in _INT64_TYPES:
-        if not isinstance(value, str) or not _INT64_TYPES[kind].fullmatch(value):
-            unsigned = _INT64_TYPES[kind].pattern == "[0-9]+"
+    elif kind in INT64_PATTERNS:
+        if not isinstance(value, str) or not INT64_PATTERNS[kind].fullmatch(value):
+            unsigned = INT64_PATTERNS[kind].pattern == "[0-9]+"
             found.add(
                 path,
                 "must be a string of decimal digits"
                 + ("" if unsigned else ", optionally signed")
                 + " (a 64-bit integer)",
             )
-        elif not _in_range(int(value), _INT64_RANGES[kind]):
+        elif not _in_range(int(value), _INTEGER_RANGES[kind]):
             found.add(path, "out of range for a 64-bit integer")
-    elif kind in _INT32_RANGES:
+    elif kind in INT32_RANGES:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             found.add(path, "must be an integer (a JSON number)")
         elif isinstance(value, float) and not value.is_integer():
             found.add(path, "must be an integer")
-        elif not _in_range(int(value), _INT32_RANGES[kind]):
+        elif not _in_range(int(value), INT32_RANGES[kind]):
             found.add(path, "out of range for a 32-bit integer")
     elif kind in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT) and (
         isinstance(value, bool) or not isinstance(value, (int, float))

@@ -15,10 +15,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import KW_ONLY, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, TypeVar
+
+from google.protobuf.message import Message
 
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from mercato_common.errors import ErrorKind, MercatoError
@@ -45,7 +47,7 @@ __all__ = [
 
 log = logging.getLogger("mercato_orders.clients")
 
-_T = TypeVar("_T")
+_Response = TypeVar("_Response")
 
 
 # --- the service's own access token -------------------------------------------------------------
@@ -214,40 +216,40 @@ _UNAVAILABLE_KINDS = frozenset(
 )
 
 
+@dataclass(eq=False, repr=False)
 class CatalogClient:
     """The catalog's reservation API, in the orders domain's terms."""
 
-    def __init__(
-        self,
-        stub: catalog_pb2_grpc.CatalogServiceAsyncStub,
-        tokens: ServiceTokens,
-        *,
-        timeout: float = 5.0,
-        busy_retries: int = 3,
-    ) -> None:
-        self._stub = stub
-        self._tokens = tokens
-        self._timeout = timeout
-        self._busy_retries = busy_retries
+    stub: catalog_pb2_grpc.CatalogServiceAsyncStub
+    tokens: ServiceTokens
+    _: KW_ONLY
+    timeout: float = 5.0
+    busy_retries: int = 3
 
     async def _call(
-        self, name: str, call: Callable[[float], Awaitable[_T]], *, within: float | None = None
-    ) -> _T:
-        """One catalog call; refreshes a refused token once, retries a busy reservation."""
+        self,
+        name: str,
+        method: Callable[..., Awaitable[_Response]],
+        request: Message,
+        *,
+        within: float | None = None,
+    ) -> _Response:
+        """``request`` through the stub's ``method`` (``name`` in logs); refreshes a refused token
+        once, retries a busy reservation."""
         refreshed = False
         attempt = 0
         while True:
             try:
                 async with map_rpc_errors():
-                    return await call(within or self._timeout)
+                    return await method(request, timeout=within or self.timeout)
             except OrdersError:
                 raise
             except MercatoError as error:
                 if error.kind is ErrorKind.UNAUTHENTICATED and not refreshed:
                     refreshed = True
-                    self._tokens.invalidate()
+                    self.tokens.invalidate()
                     continue
-                if error.kind is ErrorKind.ABORTED and attempt < self._busy_retries:
+                if error.kind is ErrorKind.ABORTED and attempt < self.busy_retries:
                     # RESERVATION_IN_PROGRESS: another step on the same reservation is half-way.
                     attempt += 1
                     await asyncio.sleep(0.05 * 2**attempt)
@@ -260,11 +262,7 @@ class CatalogClient:
     async def products(self, skus: Sequence[str]) -> dict[str, ProductInfo]:
         """Current name, price, state and availability of ``skus`` (unknown ones are absent)."""
         request = catalog_pb2.BatchGetProductsRequest(skus=list(skus))
-
-        async def call(seconds: float) -> catalog_pb2.BatchGetProductsResponse:
-            return await self._stub.BatchGetProducts(request, timeout=seconds)
-
-        response = await self._call("BatchGetProducts", call)
+        response = await self._call("BatchGetProducts", self.stub.BatchGetProducts, request)
         return _product_infos(response.products)
 
     async def reserve(self, order_id: str, lines: Sequence[RequestedLine]) -> ReservationInfo:
@@ -279,12 +277,8 @@ class CatalogClient:
                 catalog_pb2.ReservationLine(sku=line.sku, quantity=line.quantity) for line in lines
             ],
         )
-
-        async def call(seconds: float) -> catalog_pb2.ReserveStockResponse:
-            return await self._stub.ReserveStock(request, timeout=seconds)
-
         try:
-            response = await self._call("ReserveStock", call)
+            response = await self._call("ReserveStock", self.stub.ReserveStock, request)
         except MercatoError as error:
             if error.reason == "STOCK_UNAVAILABLE":
                 raise StockUnavailable(_shortages(error)) from error
@@ -304,22 +298,14 @@ class CatalogClient:
     ) -> ReservationInfo:
         """Give the order's stock back (idempotent; an unknown order gets a closed record)."""
         request = catalog_pb2.ReleaseStockRequest(order_id=order_id, reason=reason[:200])
-
-        async def call(seconds: float) -> catalog_pb2.ReleaseStockResponse:
-            return await self._stub.ReleaseStock(request, timeout=seconds)
-
-        response = await self._call("ReleaseStock", call, within=within)
+        response = await self._call("ReleaseStock", self.stub.ReleaseStock, request, within=within)
         return _reservation(response.reservation)
 
     async def commit(self, order_id: str) -> ReservationInfo:
         """Turn the held stock into a sale; :class:`ReservationClosedError` if it is gone."""
         request = catalog_pb2.CommitReservationRequest(order_id=order_id)
-
-        async def call(seconds: float) -> catalog_pb2.CommitReservationResponse:
-            return await self._stub.CommitReservation(request, timeout=seconds)
-
         try:
-            response = await self._call("CommitReservation", call)
+            response = await self._call("CommitReservation", self.stub.CommitReservation, request)
         except MercatoError as error:
             if error.reason in ("RESERVATION_CLOSED", "RESERVATION_NOT_FOUND"):
                 raise ReservationClosedError(order_id) from error
@@ -328,12 +314,8 @@ class CatalogClient:
 
     async def reservation(self, order_id: str) -> ReservationInfo | None:
         request = catalog_pb2.GetReservationRequest(order_id=order_id)
-
-        async def call(seconds: float) -> catalog_pb2.GetReservationResponse:
-            return await self._stub.GetReservation(request, timeout=seconds)
-
         try:
-            response = await self._call("GetReservation", call)
+            response = await self._call("GetReservation", self.stub.GetReservation, request)
         except MercatoError as error:
             if error.kind is ErrorKind.NOT_FOUND:
                 return None
@@ -352,10 +334,7 @@ class CatalogClient:
             created_before=before,
         )
 
-        async def call(seconds: float) -> catalog_pb2.ListReservationsResponse:
-            return await self._stub.ListReservations(request, timeout=seconds)
-
-        response = await self._call("ListReservations", call)
+        response = await self._call("ListReservations", self.stub.ListReservations, request)
         return [_reservation(r) for r in response.reservations], response.next_page_token
 
 

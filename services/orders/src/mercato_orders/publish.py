@@ -10,7 +10,9 @@ to use it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -43,76 +45,65 @@ def _lines(order: Order) -> list[events_pb2.OrderLine]:
     ]
 
 
-def _envelope(data: Message, order: Order, when: datetime) -> Envelope:
-    return new_envelope(data, source=SOURCE, subject=order.id, time=when)
-
-
 def _last_change_time(order: Order) -> datetime:
     return order.history[-1].time if order.history else order.update_time
 
 
-def order_placed(order: Order) -> Envelope:
-    when = _last_change_time(order)
-    data = events_pb2.OrderPlaced(
-        order_id=order.id,
-        user_id=order.user_id,
-        lines=_lines(order),
-        total=money_to_proto(order.total),
-        place_time=timestamp(order.place_time),
+def _event(message: Callable[..., Message], order: Order, **fields: Any) -> Envelope:
+    """The event ``message`` of ``order``'s last change, with what every order event carries."""
+    data = message(
+        order_id=order.id, user_id=order.user_id, place_time=timestamp(order.place_time), **fields
     )
-    return _envelope(data, order, when)
+    return new_envelope(data, source=SOURCE, subject=order.id, time=_last_change_time(order))
+
+
+def order_placed(order: Order) -> Envelope:
+    return _event(
+        events_pb2.OrderPlaced, order, lines=_lines(order), total=money_to_proto(order.total)
+    )
 
 
 def order_paid(order: Order) -> Envelope:
-    when = _last_change_time(order)
-    data = events_pb2.OrderPaid(
-        order_id=order.id,
-        user_id=order.user_id,
+    return _event(
+        events_pb2.OrderPaid,
+        order,
         amount=money_to_proto(order.total),
         lines=_lines(order),
         payment_id=order.payment_id,
-        place_time=timestamp(order.place_time),
-        pay_time=timestamp(when),
+        pay_time=timestamp(_last_change_time(order)),
     )
-    return _envelope(data, order, when)
 
 
 def order_cancelled(order: Order, previous: OrderState) -> Envelope:
     change = order.history[-1]
-    data = events_pb2.OrderCancelled(
-        order_id=order.id,
-        user_id=order.user_id,
+    return _event(
+        events_pb2.OrderCancelled,
+        order,
         previous_state=state_to_proto(previous),
         total=money_to_proto(order.total),
         reason=change.reason,
         actor_id=change.actor,
-        place_time=timestamp(order.place_time),
         cancel_time=timestamp(change.time),
     )
-    return _envelope(data, order, change.time)
 
 
 def order_fulfilled(order: Order) -> Envelope:
     change = order.history[-1]
-    data = events_pb2.OrderFulfilled(
-        order_id=order.id,
-        user_id=order.user_id,
+    return _event(
+        events_pb2.OrderFulfilled,
+        order,
         shipment_reference=order.shipment_reference,
         actor_id=change.actor,
-        place_time=timestamp(order.place_time),
         fulfill_time=timestamp(change.time),
     )
-    return _envelope(data, order, change.time)
 
 
 def order_failed(order: Order, previous: OrderState) -> Envelope:
     change = order.history[-1]
-    data = events_pb2.OrderFailed(
-        order_id=order.id,
-        user_id=order.user_id,
+    return _event(
+        events_pb2.OrderFailed,
+        order,
         previous_state=state_to_proto(previous),
         reason=change.reason,
-        place_time=timestamp(order.place_time),
         fail_time=timestamp(change.time),
     )
-    return _envelope(data, order, change.time)

@@ -74,19 +74,21 @@ class ConsumerGroup:
         self._connection = connection
         self.group_id = group_id
         self.topics = tuple(topics)
-        self._handler = handler
         self._count = count
         self._grace = grace
         self._on_stop = on_stop
         self._backoff = backoff if backoff is not None else Backoff(initial=0.2, maximum=10.0)
         self.producer: EventProducer | None = None
-        self._sink: DeadLetterSink | None = None
-        self._dead_letter_topic = dead_letter_topic
+        sink: DeadLetterSink | None = None
         if dead_letter_topic is not None:
             self.producer = producer if producer is not None else EventProducer(connection)
-            self._sink = wrap_dead_letters(self.producer) if wrap_dead_letters else self.producer
+            sink = wrap_dead_letters(self.producer) if wrap_dead_letters else self.producer
         self._runner_options: dict[str, Any] = {
+            "handler": handler,
+            "dead_letter_topic": dead_letter_topic,
+            "dead_letter_producer": sink,
             "max_attempts": max_attempts,
+            "backoff": self._backoff,
             "registry": registry,
             **runner_options,
         }
@@ -96,14 +98,7 @@ class ConsumerGroup:
 
     def _new_runner(self) -> ConsumerRunner:
         return ConsumerRunner(
-            self._connection,
-            group_id=self.group_id,
-            topics=self.topics,
-            handler=self._handler,
-            dead_letter_topic=self._dead_letter_topic,
-            dead_letter_producer=self._sink,
-            backoff=self._backoff,
-            **self._runner_options,
+            self._connection, group_id=self.group_id, topics=self.topics, **self._runner_options
         )
 
     async def start(self) -> None:

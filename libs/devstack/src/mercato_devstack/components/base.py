@@ -8,9 +8,9 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from mercato_devstack import process
+from mercato_devstack import install, process
 from mercato_devstack.config import StackConfig
 from mercato_devstack.errors import ComponentError
 
@@ -90,6 +90,15 @@ class Component(abc.ABC):
         process.terminate(pid, timeout=self.stop_timeout, sig=signal.SIGTERM)
 
     # Operations -------------------------------------------------------------------------------
+
+    def write_generated(self, file_name: str, text: str) -> Path:
+        """Write ``text`` as ``file_name`` in the component's folder, headed by a note that it is
+        rewritten on every start; the file's path."""
+        path = self.dir / file_name
+        path.write_text(
+            "# Written by mercato_devstack on every start; edit the code, not this file.\n" + text
+        )
+        return path
 
     def fail(self, message: str) -> ComponentError:
         return ComponentError(
@@ -202,6 +211,11 @@ class GoProgram(Component):
     @property
     def binary(self) -> Path:
         return self.config.cache_dir / f"{self.name}-{self.version}" / self.name
+
+    def _go_install(self, package: str, **options: Any) -> None:
+        """Build ``package@version`` into :attr:`binary` unless it is there (options: those of
+        :func:`mercato_devstack.install.go_install`)."""
+        install.go_install(package, self.binary, cache_dir=self.config.cache_dir / "go", **options)
 
     def _launch(self, *args: str) -> None:
         pid = process.spawn([str(self.binary), *args], log_path=self.log_path, cwd=self.dir)

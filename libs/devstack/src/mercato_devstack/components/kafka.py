@@ -206,12 +206,9 @@ class Kafka(Component):
             "num.recovery.threads.per.data.dir": "1",
             "background.threads": "4",
         }
-        path = self.dir / "server.properties"
-        path.write_text(
-            "# Written by mercato_devstack on every start; edit the code, not this file.\n"
-            + "".join(f"{key}={value}\n" for key, value in settings.items())
+        return self.write_generated(
+            "server.properties", "".join(f"{key}={value}\n" for key, value in settings.items())
         )
-        return path
 
     def _classpath(self) -> list[str]:
         java = self._java()

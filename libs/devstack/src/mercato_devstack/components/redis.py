@@ -45,12 +45,9 @@ class Redis(Component):
             "save": '""',
             "databases": "16",
         }
-        path = self.dir / "redis.conf"
-        path.write_text(
-            "# Written by mercato_devstack on every start; edit the code, not this file.\n"
-            + "".join(f"{key} {value}\n" for key, value in settings.items())
+        return self.write_generated(
+            "redis.conf", "".join(f"{key} {value}\n" for key, value in settings.items())
         )
-        return path
 
     def launch(self) -> None:
         server = self._server()

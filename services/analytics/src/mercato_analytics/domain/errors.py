@@ -4,9 +4,8 @@ that breaks its contract (never applied: dead-lettered)."""
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-from mercato_common.errors import InvalidArgument, MercatoError, Unavailable
+from mercato_common import errors
+from mercato_common.errors import MercatoError
 
 __all__ = [
     "AnalyticsError",
@@ -21,24 +20,24 @@ __all__ = [
 class AnalyticsError(MercatoError):
     """Root of the analytics service's errors."""
 
-    domain: ClassVar[str] = "analytics.mercato"
+    domain = "analytics.mercato"
 
 
-class InvalidRange(AnalyticsError, InvalidArgument):
+class InvalidRange(AnalyticsError, errors.InvalidArgument):
     default_reason = "INVALID_RANGE"
 
 
-class CurrencyRequired(AnalyticsError, InvalidArgument):
+class CurrencyRequired(AnalyticsError, errors.InvalidArgument):
     default_reason = "CURRENCY_REQUIRED"
 
 
-class KafkaUnavailable(AnalyticsError, Unavailable):
+class KafkaUnavailable(AnalyticsError, errors.Unavailable):
     """Kafka did not answer (the consumer positions cannot be read)."""
 
     default_reason = "KAFKA_UNAVAILABLE"
 
 
-class StoreUnavailable(AnalyticsError, Unavailable):
+class StoreUnavailable(AnalyticsError, errors.Unavailable):
     """The database did not answer (or answered "try again"); nothing was lost, retry."""
 
     default_reason = "STORE_UNAVAILABLE"

@@ -11,6 +11,7 @@ or too-long range is refused, naming the field.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -71,21 +72,16 @@ def default_range(
     return start, end
 
 
+@dataclass(eq=False)
 class Queries:
-    def __init__(
-        self,
-        store: AnalyticsStore,
-        positions: PositionReader,
-        *,
-        clock: Callable[[], datetime] = _utc_now,
-    ) -> None:
-        self._store = store
-        self._positions = positions
-        self._clock = clock
+    store: AnalyticsStore
+    positions: PositionReader
+    _: KW_ONLY
+    clock: Callable[[], datetime] = _utc_now
 
     def _minutes(self, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
         """The range (defaults applied), checked and widened to whole minutes."""
-        start, end = check_range(*default_range(start, end, now=self._clock()))
+        start, end = check_range(*default_range(start, end, now=self.clock()))
         return floor_time(start, BucketSize.MINUTE), ceil_time(end, BucketSize.MINUTE)
 
     async def sales_summary(
@@ -98,7 +94,7 @@ class Queries:
     ) -> SalesSummary:
         """Every bucket of ``size`` over the range widened to whole buckets."""
         size = DEFAULT_BUCKET if size is None else size
-        start, end = default_range(start, end, now=self._clock(), longest=size.max_range)
+        start, end = default_range(start, end, now=self.clock(), longest=size.max_range)
         start, end = check_range(start, end, max_range=size.max_range)
         start, end = floor_time(start, size), ceil_time(end, size)
         parts = await self._figures(start, end, coarsest=size, placed=False)
@@ -143,17 +139,17 @@ class Queries:
     ) -> list[tuple[datetime, Figures]]:
         """The figures covering ``[start, end)`` (whole minutes), each with its start: roll-ups
         no coarser than ``coarsest``, and per-minute folds of the dirty minutes' facts."""
-        rollups = self._store.rollups
+        rollups = self.store.rollups
         plan = plan_reads(
             start, end, coarsest=coarsest, dirty=await rollups.dirty_minutes(start, end)
         )
         parts = await rollups.read(plan.rollups)
         if plan.raw:
-            timed_facts = await self._store.facts_timed(plan.raw) if timed else []
-            placed_facts = await self._store.facts_placed(plan.raw) if placed else []
+            timed_facts = await self.store.facts_timed(plan.raw) if timed else []
+            placed_facts = await self.store.facts_placed(plan.raw) if placed else []
             parts.extend(fold_per_minute(timed_facts, placed_facts).items())
         return parts
 
     async def freshness(self) -> Freshness:
-        positions = await self._positions.read()
-        return freshness(positions, await self._store.progress())
+        positions = await self.positions.read()
+        return freshness(positions, await self.store.progress())

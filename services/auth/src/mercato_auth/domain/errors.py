@@ -11,18 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from mercato_common import errors
-from mercato_common.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    MercatoError,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
-)
+from mercato_common.errors import FieldViolation, MercatoError
 
 __all__ = [
     "AuthError",
@@ -54,17 +43,17 @@ class AuthError(MercatoError):
     domain = "auth.mercato"
 
 
-class EmailTaken(AuthError, AlreadyExists):
+class EmailTaken(AuthError, errors.AlreadyExists):
     default_reason = "EMAIL_TAKEN"
     default_message = "an account with this email already exists"
 
 
-class UserNotFound(AuthError, NotFound):
+class UserNotFound(AuthError, errors.NotFound):
     default_reason = "USER_NOT_FOUND"
     default_message = "no such user"
 
 
-class WeakPassword(AuthError, InvalidArgument):
+class WeakPassword(AuthError, errors.InvalidArgument):
     default_reason = "PASSWORD_POLICY"
 
     def __init__(self, description: str, *, field: str = "password") -> None:
@@ -74,14 +63,14 @@ class WeakPassword(AuthError, InvalidArgument):
         )
 
 
-class InvalidRoles(AuthError, InvalidArgument):
+class InvalidRoles(AuthError, errors.InvalidArgument):
     default_reason = "INVALID_ROLES"
 
     def __init__(self, description: str) -> None:
         super().__init__(description, field_violations=[FieldViolation("user.roles", description)])
 
 
-class InvalidEmail(AuthError, InvalidArgument):
+class InvalidEmail(AuthError, errors.InvalidArgument):
     default_reason = "INVALID_EMAIL"
 
     def __init__(self) -> None:
@@ -99,25 +88,25 @@ class InvalidRequest(AuthError, errors.InvalidRequest):
     """Bad input the API's request validation did not already refuse."""
 
 
-class InvalidCredentials(AuthError, Unauthenticated):
+class InvalidCredentials(AuthError, errors.Unauthenticated):
     """Wrong password or unknown email: one error, so accounts cannot be enumerated."""
 
     default_reason = "INVALID_CREDENTIALS"
     default_message = "the email or the password is wrong"
 
 
-class UserDisabled(AuthError, PermissionDenied):
+class UserDisabled(AuthError, errors.PermissionDenied):
     """Only ever raised after the password was verified, so it reveals nothing new."""
 
     default_reason = "USER_DISABLED"
     default_message = "this account is disabled"
 
 
-class SelfLockout(AuthError, FailedPrecondition):
+class SelfLockout(AuthError, errors.FailedPrecondition):
     default_reason = "SELF_LOCKOUT"
 
 
-class LoginThrottled(AuthError, ResourceExhausted):
+class LoginThrottled(AuthError, errors.ResourceExhausted):
     """Too many failures for an account or a client address; retry after the delay."""
 
     default_reason = "LOGIN_THROTTLED"
@@ -138,7 +127,7 @@ class AuthUnavailable(AuthError, errors.StoreUnavailable):
     default_message = "the auth service's database is unavailable; retry shortly"
 
 
-class SigningKeyUnavailable(AuthError, Unavailable):
+class SigningKeyUnavailable(AuthError, errors.Unavailable):
     default_reason = "SIGNING_KEY_UNAVAILABLE"
     default_message = "no signing key is available; retry shortly"
 
@@ -163,21 +152,21 @@ class OAuthError(AuthError):
         )
 
 
-class InvalidGrant(OAuthError, InvalidArgument):
+class InvalidGrant(OAuthError, errors.InvalidArgument):
     """The refresh token is unknown, expired, revoked, reused or issued to another client."""
 
     oauth_code = "invalid_grant"
     default_message = "the refresh token is invalid, expired or revoked"
 
 
-class InvalidClient(OAuthError, Unauthenticated):
+class InvalidClient(OAuthError, errors.Unauthenticated):
     """Client authentication failed (unknown client, wrong secret, disabled client)."""
 
     oauth_code = "invalid_client"
     default_message = "client authentication failed"
 
 
-class InvalidScope(OAuthError, InvalidArgument):
+class InvalidScope(OAuthError, errors.InvalidArgument):
     oauth_code = "invalid_scope"
 
     def __init__(self, unknown: Sequence[str]) -> None:
@@ -187,11 +176,11 @@ class InvalidScope(OAuthError, InvalidArgument):
         )
 
 
-class UnsupportedGrantType(OAuthError, InvalidArgument):
+class UnsupportedGrantType(OAuthError, errors.InvalidArgument):
     oauth_code = "unsupported_grant_type"
     default_message = "supported grant types: refresh_token, client_credentials"
 
 
-class UnsupportedTokenType(OAuthError, InvalidArgument):
+class UnsupportedTokenType(OAuthError, errors.InvalidArgument):
     oauth_code = "unsupported_token_type"
     default_message = "access tokens cannot be revoked here: no revocation list is configured"

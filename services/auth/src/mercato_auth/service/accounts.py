@@ -39,16 +39,16 @@ class Accounts(ServiceBase):
         """A customer account; EMAIL_TAKEN if the normalised email is in use."""
         check_password_policy(password)
         user = self._new_user(normalize_email(email), display_name, (Role.CUSTOMER,))
-        password_hash = await self._passwords.hash(password)
-        async with self._store.write() as tx:
+        password_hash = await self.passwords.hash(password)
+        async with self.store.write() as tx:
             await tx.users.insert(user, password_hash)
             await tx.outbox.add(publish.user_registered(user))
-        self._metrics.registrations.inc()
+        self.metrics.registrations.inc()
         _log.info("user registered", extra={"user_id": user.id})
         return user
 
     def _new_user(self, email: str, display_name: str, roles: Sequence[Role]) -> User:
-        now = self._clock()
+        now = self.clock()
         return User(
             id=str(uuid.uuid4()),
             email=email,
@@ -68,7 +68,7 @@ class Accounts(ServiceBase):
         return user
 
     async def get_user(self, user_id: str) -> User:
-        async with self._store.read() as tx:
+        async with self.store.read() as tx:
             return await self._user(tx, user_id)
 
     async def current_user(self, identity: Identity) -> User:
@@ -82,7 +82,7 @@ class Accounts(ServiceBase):
     ) -> tuple[list[User], str]:
         cursor = decode_page_token(page_token, filters)
         limit = page_size(size)
-        async with self._store.read() as tx:
+        async with self.store.read() as tx:
             users = await tx.users.list(filters, cursor, limit + 1)
         if len(users) <= limit:
             return users, ""
@@ -98,9 +98,9 @@ class Accounts(ServiceBase):
         roles: Sequence[Role] | None,
         actor_id: str,
     ) -> User:
-        async with self._store.write() as tx:
+        async with self.store.write() as tx:
             user = await self._user(tx, user_id, for_update=True)
-            now = self._clock()
+            now = self.clock()
             update = plan_update(
                 user, display_name=display_name, roles=roles, actor_id=actor_id, now=now
             )
@@ -131,9 +131,9 @@ class Accounts(ServiceBase):
     async def disable_user(self, user_id: str, *, reason: str, actor_id: str) -> User:
         """Disable the account, revoke every refresh token and deny every access token issued
         until now; idempotent (one event; a retry writes the denylist again)."""
-        async with self._store.write() as tx:
+        async with self.store.write() as tx:
             user = await self._user(tx, user_id, for_update=True)
-            now = self._clock()
+            now = self.clock()
             disabled = plan_disable(user, actor_id=actor_id, now=now)
             if disabled is not None:
                 await tx.users.update(disabled, reason=reason, actor=actor_id)
@@ -145,11 +145,11 @@ class Accounts(ServiceBase):
                 )
         # After the commit: a disabled user gets no new token, so every access token it holds
         # was issued by now. If Redis fails the call fails (UNAVAILABLE) and may be repeated.
-        if self._revocations is not None:
-            await self._revocations.revoke_subject(
+        if self.revocations is not None:
+            await self.revocations.revoke_subject(
                 user.id,
                 issued_until=int(now.timestamp()),
-                lifetime=self._tokens.access_token_ttl.total_seconds(),
+                lifetime=self.tokens.access_token_ttl.total_seconds(),
             )
         if disabled is None:
             return user
@@ -171,14 +171,14 @@ class Accounts(ServiceBase):
         if "@" not in email or len(email) > 254 or any(c.isspace() for c in email):
             raise InvalidEmail()
         check_password_policy(password)
-        async with self._store.read() as tx:
+        async with self.store.read() as tx:
             existing = await tx.users.get_with_hash(email)
-        password_hash = None if existing is not None else await self._passwords.hash(password)
-        async with self._store.write() as tx:
+        password_hash = None if existing is not None else await self.passwords.hash(password)
+        async with self.store.write() as tx:
             found = await tx.users.get_with_hash(email, for_update=True)
             if found is None:
                 if password_hash is None:  # deleted meanwhile (not possible today)
-                    password_hash = await self._passwords.hash(password)
+                    password_hash = await self.passwords.hash(password)
                 user = self._new_user(email, display_name, (Role.ADMIN,))
                 await tx.users.insert(user, password_hash)
                 await tx.outbox.add(publish.user_registered(user))
@@ -187,7 +187,7 @@ class Accounts(ServiceBase):
             user = found[0]
             if Role.ADMIN in user.roles:
                 return user, False
-            now = self._clock()
+            now = self.clock()
             promoted = plan_update(
                 user, display_name=None, roles=(*user.roles, Role.ADMIN), actor_id="", now=now
             ).user
@@ -215,18 +215,18 @@ class Accounts(ServiceBase):
         if unknown or not scopes:
             raise ValueError(f"a client needs known scopes; unknown: {sorted(unknown)}")
         wanted = sorted_scopes(scopes)
-        async with self._store.read() as tx:
+        async with self.store.read() as tx:
             existing = await tx.clients.get(client_id)
         if existing is not None and await self._same_secrets(existing, secret, previous_secrets):
             if not existing.disabled and sorted_scopes(existing.scopes) == wanted:
                 return False
-            async with self._store.write() as tx:
-                await tx.clients.update_scopes(client_id, wanted, self._clock())
+            async with self.store.write() as tx:
+                await tx.clients.update_scopes(client_id, wanted, self.clock())
             return True
-        secret_hash = await self._passwords.hash(secret)
-        previous_hashes = [await self._passwords.hash(previous) for previous in previous_secrets]
-        async with self._store.write() as tx:
-            await tx.clients.upsert(client_id, secret_hash, wanted, self._clock(), previous_hashes)
+        secret_hash = await self.passwords.hash(secret)
+        previous_hashes = [await self.passwords.hash(previous) for previous in previous_secrets]
+        async with self.store.write() as tx:
+            await tx.clients.upsert(client_id, secret_hash, wanted, self.clock(), previous_hashes)
         _log.info(
             "service client registered",
             extra={
@@ -249,6 +249,6 @@ class Accounts(ServiceBase):
             *zip(existing.previous_secret_hashes, previous_secrets, strict=True),
         ]
         for stored, given in pairs:
-            if not await self._passwords.verify(stored, given):
+            if not await self.passwords.verify(stored, given):
                 return False
         return True

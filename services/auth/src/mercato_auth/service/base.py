@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import KW_ONLY, dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
 
 import jwt
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
@@ -22,7 +22,7 @@ from mercato_auth.domain.throttle import (
     retry_after,
     throttle_key,
 )
-from mercato_auth.service.keys import KeyRing
+from mercato_auth.service.keys import KeyRing, utcnow
 from mercato_auth.store import AuthStore
 from mercato_common.identity import TokenVerifier
 from mercato_common.revocation import TokenRevocations
@@ -37,12 +37,6 @@ __all__ = [
     "looks_like_access_token",
     "utcnow",
 ]
-
-_log = logging.getLogger("mercato_auth")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,55 +84,40 @@ class AuthMetrics:
     """Business counters of the auth service (Prometheus)."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.logins = Counter(
+        counter = partial(Counter, registry=registry)
+        self.logins = counter(
             "mercato_auth_logins",
             "Password logins, by outcome (success, invalid_credentials, disabled, throttled).",
             ["outcome"],
-            registry=registry,
         )
-        self.tokens_issued = Counter(
+        self.tokens_issued = counter(
             "mercato_auth_tokens_issued",
             "Access tokens issued, by grant (password, refresh_token, client_credentials).",
             ["grant_type"],
-            registry=registry,
         )
-        self.refresh_reuse = Counter(
+        self.refresh_reuse = counter(
             "mercato_auth_refresh_token_reuse_detected",
             "Rotated refresh tokens presented again (their families were revoked).",
-            registry=registry,
         )
-        self.registrations = Counter(
-            "mercato_auth_users_registered", "Accounts created.", registry=registry
-        )
+        self.registrations = counter("mercato_auth_users_registered", "Accounts created.")
 
 
+@dataclass(eq=False, repr=False)
 class ServiceBase:
     """The dependencies of every use case, and the throttling they share."""
 
-    def __init__(
-        self,
-        store: AuthStore,
-        passwords: PasswordHashing,
-        keys: KeyRing,
-        *,
-        tokens: TokenSettings,
-        throttling: ThrottlePolicies,
-        metrics: AuthMetrics,
-        revocations: TokenRevocations | None = None,
-        verifier: TokenVerifier | None = None,
-        clock: Callable[[], datetime] = utcnow,
-    ) -> None:
-        self._store = store
-        self._passwords = passwords
-        self._keys = keys
-        self._tokens = tokens
-        self._throttling = throttling
-        self._metrics = metrics
-        # The access-token denylist (None: no Redis, access tokens cannot be revoked) and the
-        # verifier that reads a token before it is revoked.
-        self._revocations = revocations
-        self._verifier = verifier
-        self._clock = clock
+    store: AuthStore
+    passwords: PasswordHashing
+    keys: KeyRing
+    _: KW_ONLY
+    tokens: TokenSettings
+    throttling: ThrottlePolicies
+    metrics: AuthMetrics
+    # The access-token denylist (None: no Redis, access tokens cannot be revoked) and the
+    # verifier that reads a token before it is revoked.
+    revocations: TokenRevocations | None = None
+    verifier: TokenVerifier | None = None
+    clock: Callable[[], datetime] = utcnow
 
     # Throttling -----------------------------------------------------------------------------
 
@@ -155,23 +134,23 @@ class ServiceBase:
         self, keys: Sequence[ThrottleKey], *, outcome_metric: bool = False
     ) -> bool:
         """Raise LOGIN_THROTTLED while a key is locked; True when any key has failures."""
-        async with self._store.read() as tx:
+        async with self.store.read() as tx:
             states = await tx.throttle.states(keys)
-        now = self._clock()
+        now = self.clock()
         waits = [retry_after(states.get(key.key), now) for key in keys]
         longest = max((wait for wait in waits if wait is not None), default=None)
         if longest is not None:
             if outcome_metric:
-                self._metrics.logins.labels("throttled").inc()
+                self.metrics.logins.labels("throttled").inc()
             raise LoginThrottled(longest)
         return bool(states)
 
     async def _record_failures(self, keys: Sequence[ThrottleKey]) -> None:
-        now = self._clock()
-        async with self._store.write() as tx:
+        now = self.clock()
+        async with self.store.write() as tx:
             for key in sorted(keys, key=lambda k: k.key):  # one lock order: no deadlocks
                 state: ThrottleState | None = await tx.throttle.lock_state(key, now)
-                policy = self._throttling.for_kind(key.kind)
+                policy = self.throttling.for_kind(key.kind)
                 await tx.throttle.save(key, record_failure(state, now, policy))
 
 

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,12 +30,12 @@ from mercato_auth.domain.errors import SigningKeyUnavailable
 from mercato_auth.domain.keys import KeyState, publish_until, rotation_due
 from mercato_auth.store import AuthStore, StoredSigningKey, Tx
 
-__all__ = ["KeyRing", "RotationResult"]
+__all__ = ["KeyRing", "RotationResult", "utcnow"]
 
 _log = logging.getLogger("mercato_auth.keys")
 
 
-def _utcnow() -> datetime:
+def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
@@ -47,41 +47,28 @@ class RotationResult:
     activate_time: datetime
 
 
+@dataclass(eq=False, repr=False)
 class KeyRing:
     """Signing keys of the token issuer; a lifecycle part (``start`` ensures keys exist)."""
 
-    def __init__(
-        self,
-        store: AuthStore,
-        encryption: KeyEncryption,
-        *,
-        algorithm: SigningAlgorithm,
-        token_lifetime: timedelta,
-        verifier_leeway: timedelta,
-        rotation_interval: timedelta,
-        refresh_interval: float,
-        clock: Callable[[], datetime] = _utcnow,
-    ) -> None:
-        self._store = store
-        self._encryption = encryption
-        self._algorithm: SigningAlgorithm = algorithm
-        self._token_lifetime = token_lifetime
-        self._rotation_interval = rotation_interval
-        self._refresh_interval = refresh_interval
-        self._margin = verifier_leeway + timedelta(seconds=2 * refresh_interval)
-        self._clock = clock
-        self._active: SigningKeyMaterial | None = None
-        self._loaded_at = 0.0
-        self._reload_lock = asyncio.Lock()
+    store: AuthStore
+    encryption: KeyEncryption
+    _: KW_ONLY
+    algorithm: SigningAlgorithm
+    token_lifetime: timedelta
+    verifier_leeway: timedelta
+    rotation_interval: timedelta
+    # Seconds between reloads of the active key (and checks whether rotation is due).
+    refresh_interval: float
+    clock: Callable[[], datetime] = utcnow
+    _active: SigningKeyMaterial | None = field(default=None, init=False)
+    _loaded_at: float = field(default=0.0, init=False)
+    _reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     @property
-    def algorithm(self) -> SigningAlgorithm:
-        return self._algorithm
-
-    @property
-    def refresh_interval(self) -> float:
-        """Seconds between reloads of the active key (and checks whether rotation is due)."""
-        return self._refresh_interval
+    def _margin(self) -> timedelta:
+        """The verifier leeway plus the replicas' reload lag."""
+        return self.verifier_leeway + timedelta(seconds=2 * self.refresh_interval)
 
     # Lifecycle ----------------------------------------------------------------------------
 
@@ -100,10 +87,10 @@ class KeyRing:
     # Keys ----------------------------------------------------------------------------------
 
     def _new_key(self) -> SigningKeyMaterial:
-        return generate_signing_key(self._algorithm)
+        return generate_signing_key(self.algorithm)
 
     async def _insert(self, tx: Tx, key: SigningKeyMaterial, state: KeyState) -> None:
-        kek_id, sealed = self._encryption.encrypt(key.kid, key.private_der())
+        kek_id, sealed = self.encryption.encrypt(key.kid, key.private_der())
         await tx.signing_keys.insert(
             kid=key.kid,
             alg=key.alg,
@@ -111,22 +98,22 @@ class KeyRing:
             public_jwk=key.public_jwk,
             private_key_enc=sealed,
             kek_id=kek_id,
-            now=self._clock(),
+            now=self.clock(),
         )
 
     async def ensure(self) -> None:
         """Make sure an active and a next key (of the configured algorithm) exist."""
-        async with self._store.write() as tx:
+        async with self.store.write() as tx:
             await tx.signing_keys.lock()
             live = await tx.signing_keys.live()
             upcoming = live.get(KeyState.NEXT)
-            if upcoming is not None and upcoming.info.alg != self._algorithm:
+            if upcoming is not None and upcoming.info.alg != self.algorithm:
                 # The algorithm setting changed: the unused next key is replaced.
                 await tx.signing_keys.delete(upcoming.info.kid)
                 upcoming = None
             if KeyState.ACTIVE not in live:
                 if upcoming is not None:
-                    await tx.signing_keys.activate(upcoming.info.kid, now=self._clock())
+                    await tx.signing_keys.activate(upcoming.info.kid, now=self.clock())
                     upcoming = None
                 else:
                     await self._insert(tx, self._new_key(), KeyState.ACTIVE)
@@ -140,20 +127,20 @@ class KeyRing:
         A scheduled rotation does nothing unless the active key is older than the rotation
         interval (checked under the lock, so concurrent replicas rotate once).
         """
-        now = self._clock()
-        async with self._store.write() as tx:
+        now = self.clock()
+        async with self.store.write() as tx:
             await tx.signing_keys.lock()
             live = await tx.signing_keys.live()
             active = live.get(KeyState.ACTIVE)
             if scheduled and (
-                active is None or not rotation_due(active.info, now, self._rotation_interval)
+                active is None or not rotation_due(active.info, now, self.rotation_interval)
             ):
                 return None
             upcoming = live.get(KeyState.NEXT)
             if active is not None:
-                until = publish_until(now, self._token_lifetime, self._margin)
+                until = publish_until(now, self.token_lifetime, self._margin)
                 await tx.signing_keys.retire(active.info.kid, now=now, publish_until=until)
-            if upcoming is not None and upcoming.info.alg == self._algorithm:
+            if upcoming is not None and upcoming.info.alg == self.algorithm:
                 new_kid, new_alg = upcoming.info.kid, upcoming.info.alg
                 await tx.signing_keys.activate(new_kid, now=now)
             else:
@@ -173,14 +160,14 @@ class KeyRing:
 
     async def reload(self) -> None:
         async with self._reload_lock:
-            async with self._store.read() as tx:
+            async with self.store.read() as tx:
                 live = await tx.signing_keys.live()
             active = live.get(KeyState.ACTIVE)
             self._active = None if active is None else self._decrypt(active)
             self._loaded_at = time.monotonic()
 
     def _decrypt(self, stored: StoredSigningKey) -> SigningKeyMaterial:
-        der = self._encryption.decrypt(stored.kek_id, stored.info.kid, stored.private_key_enc)
+        der = self.encryption.decrypt(stored.kek_id, stored.info.kid, stored.private_key_enc)
         material = load_signing_key(stored.info.alg, der)
         if material.kid != stored.info.kid:
             raise ValueError(f"stored key {stored.info.kid} does not match its public key")
@@ -188,7 +175,7 @@ class KeyRing:
 
     async def signing_key(self) -> SigningKeyMaterial:
         """The active key, reloaded when the cached copy is older than the refresh interval."""
-        if self._active is None or time.monotonic() - self._loaded_at > self._refresh_interval:
+        if self._active is None or time.monotonic() - self._loaded_at > self.refresh_interval:
             try:
                 await self.reload()
             except Exception:
@@ -201,8 +188,8 @@ class KeyRing:
 
     async def jwks(self) -> list[dict[str, str]]:
         """The published public keys (next, active, and retired ones still needed)."""
-        async with self._store.read() as tx:
-            keys = await tx.signing_keys.published(self._clock())
+        async with self.store.read() as tx:
+            keys = await tx.signing_keys.published(self.clock())
         return [dict(key.public_jwk) for key in keys]
 
     async def jwks_document(self) -> dict[str, Any]:
@@ -210,5 +197,5 @@ class KeyRing:
         return {"keys": await self.jwks()}
 
     async def prune(self, keep_for: timedelta = timedelta(days=1)) -> int:
-        async with self._store.write() as tx:
-            return await tx.signing_keys.delete_unpublished(self._clock() - keep_for)
+        async with self.store.write() as tx:
+            return await tx.signing_keys.delete_unpublished(self.clock() - keep_for)

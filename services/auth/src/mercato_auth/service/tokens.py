@@ -47,24 +47,24 @@ class Tokens(ServiceBase):
         email = normalize_email(email)
         keys = self._throttle_keys(ThrottleKind.ACCOUNT, email, address)
         had_failures = await self._check_throttle(keys, outcome_metric=True)
-        async with self._store.read() as tx:
+        async with self.store.read() as tx:
             found = await tx.users.get_with_hash(email)
         # Unknown email: verified against a dummy hash, so both failures take as long.
-        ok = await self._passwords.verify(found[1] if found else None, password)
+        ok = await self.passwords.verify(found[1] if found else None, password)
         if not ok or found is None:
             await self._record_failures(keys)
-            self._metrics.logins.labels("invalid_credentials").inc()
+            self.metrics.logins.labels("invalid_credentials").inc()
             raise InvalidCredentials()
         user, password_hash = found
         if not user.active:
-            self._metrics.logins.labels("disabled").inc()
+            self.metrics.logins.labels("disabled").inc()
             raise UserDisabled()
         requested = parse_scope(scope)
         granted = grant_scopes(requested, user.scopes)
         new_hash = None
-        if self._passwords.needs_rehash(password_hash):
-            new_hash = await self._passwords.hash(password)
-        async with self._store.write() as tx:
+        if self.passwords.needs_rehash(password_hash):
+            new_hash = await self.passwords.hash(password)
+        async with self.store.write() as tx:
             if had_failures:
                 await tx.throttle.reset(keys)
             if new_hash is not None:
@@ -74,10 +74,10 @@ class Tokens(ServiceBase):
                 user,
                 granted,
                 family_scopes=granted if requested else None,
-                client_id=self._tokens.first_party_client_id,
+                client_id=self.tokens.first_party_client_id,
             )
-        self._metrics.logins.labels("success").inc()
-        self._metrics.tokens_issued.labels("password").inc()
+        self.metrics.logins.labels("success").inc()
+        self.metrics.tokens_issued.labels("password").inc()
         return grant
 
     async def issue_token(
@@ -100,10 +100,10 @@ class Tokens(ServiceBase):
     async def _refresh(self, refresh_token: str, *, client_id: str, scope: str) -> TokenGrant:
         requested = parse_scope(scope)
         token_hash = hash_refresh_token(refresh_token)
-        now = self._clock()
+        now = self.clock()
         failure: str | None = None
         grant: TokenGrant | None = None
-        async with self._store.write() as tx:
+        async with self.store.write() as tx:
             record = await tx.refresh_tokens.find(token_hash, for_update=True)
             check = check_refresh_token(record, now=now, client_id=client_id)
             if check is RefreshCheck.REJECT or record is None:
@@ -137,7 +137,7 @@ class Tokens(ServiceBase):
                     )
         if failure == "reuse":
             assert record is not None
-            self._metrics.refresh_reuse.inc()
+            self.metrics.refresh_reuse.inc()
             _log.warning(
                 "refresh token reuse detected; token family revoked",
                 extra={"user_id": record.user_id, "family_id": record.family_id},
@@ -149,7 +149,7 @@ class Tokens(ServiceBase):
             raise InvalidGrant()
         if grant is None:
             raise InvalidGrant()
-        self._metrics.tokens_issued.labels(GRANT_REFRESH_TOKEN).inc()
+        self.metrics.tokens_issued.labels(GRANT_REFRESH_TOKEN).inc()
         return grant
 
     async def _issue_user_tokens(
@@ -164,7 +164,7 @@ class Tokens(ServiceBase):
         replaces: str | None = None,
     ) -> TokenGrant:
         """A refresh token (new family, or the successor of ``replaces``) and an access token."""
-        now = self._clock()
+        now = self.clock()
         if family_id is None:
             family_id = str(uuid.uuid4())
             await tx.refresh_tokens.create_family(
@@ -177,7 +177,7 @@ class Tokens(ServiceBase):
             family_id=family_id,
             token_hash=hash_refresh_token(refresh_token),
             now=now,
-            expire=now + self._tokens.refresh_token_ttl,
+            expire=now + self.tokens.refresh_token_ttl,
         )
         if replaces is not None:
             await tx.refresh_tokens.mark_used(replaces, now=now, replaced_by=token_id)
@@ -186,7 +186,7 @@ class Tokens(ServiceBase):
         )
         return TokenGrant(
             access_token=access,
-            expires_in=int(self._tokens.access_token_ttl.total_seconds()),
+            expires_in=int(self.tokens.access_token_ttl.total_seconds()),
             scopes=granted,
             refresh_token=refresh_token,
         )
@@ -199,15 +199,15 @@ class Tokens(ServiceBase):
         scopes: frozenset[str],
         session_id: str | None = None,
     ) -> str:
-        key = await self._keys.signing_key()
+        key = await self.keys.signing_key()
         claims = AccessTokenClaims(
-            issuer=self._tokens.issuer,
-            audience=self._tokens.audience,
+            issuer=self.tokens.issuer,
+            audience=self.tokens.audience,
             subject=subject,
             client_id=client_id,
             scopes=scopes,
-            issued_at=self._clock(),
-            lifetime=self._tokens.access_token_ttl,
+            issued_at=self.clock(),
+            lifetime=self.tokens.access_token_ttl,
             token_id=str(uuid.uuid4()),
             session_id=session_id,
         )
@@ -217,17 +217,17 @@ class Tokens(ServiceBase):
         self, client_id: str, client_secret: str, scope: str, address: str
     ) -> TokenGrant:
         await self._authenticate_client(client_id, client_secret, address)
-        async with self._store.read() as tx:
+        async with self.store.read() as tx:
             client = await tx.clients.get(client_id)
         if client is None or client.disabled:  # removed meanwhile
             raise InvalidClient()
         granted = grant_scopes(parse_scope(scope), client.scopes)
         # RFC 9068 section 2.2: with no resource owner, `sub` names the client.
         access = await self._access_token(subject=client_id, client_id=client_id, scopes=granted)
-        self._metrics.tokens_issued.labels(GRANT_CLIENT_CREDENTIALS).inc()
+        self.metrics.tokens_issued.labels(GRANT_CLIENT_CREDENTIALS).inc()
         return TokenGrant(
             access_token=access,
-            expires_in=int(self._tokens.access_token_ttl.total_seconds()),
+            expires_in=int(self.tokens.access_token_ttl.total_seconds()),
             scopes=granted,
         )
 
@@ -236,23 +236,23 @@ class Tokens(ServiceBase):
             raise InvalidClient()
         keys = self._throttle_keys(ThrottleKind.CLIENT, client_id, address)
         had_failures = await self._check_throttle(keys)
-        async with self._store.read() as tx:
+        async with self.store.read() as tx:
             client = await tx.clients.get(client_id)
         usable = client is not None and not client.disabled
-        ok = await self._passwords.verify(
+        ok = await self.passwords.verify(
             client.secret_hash if client is not None and usable else None, client_secret
         )
         if not ok and client is not None and usable:
             # A rotation in progress: callers not yet restarted still present the old secret.
             for previous in client.previous_secret_hashes:
-                if await self._passwords.verify(previous, client_secret):
+                if await self.passwords.verify(previous, client_secret):
                     ok = True
                     break
         if not ok:
             await self._record_failures(keys)
             raise InvalidClient()
         if had_failures:
-            async with self._store.write() as tx:
+            async with self.store.write() as tx:
                 await tx.throttle.reset(keys)
 
     async def revoke(
@@ -268,8 +268,8 @@ class Tokens(ServiceBase):
         access token; unknown tokens succeed silently."""
         if client_secret:
             await self._authenticate_client(client_id, client_secret, address)
-        now = self._clock()
-        async with self._store.write() as tx:
+        now = self.clock()
+        async with self.store.write() as tx:
             record = await tx.refresh_tokens.find(hash_refresh_token(token), for_update=True)
             if record is not None:
                 if client_id and client_id != record.client_id:
@@ -290,41 +290,41 @@ class Tokens(ServiceBase):
 
     async def _revoke_access_token(self, token: str, client_id: str) -> None:
         """Put an access token on the denylist until it expires (logout)."""
-        if self._revocations is None or self._verifier is None:
+        if self.revocations is None or self.verifier is None:
             raise UnsupportedTokenType()
         try:
-            identity = await self._verifier.verify(token)
+            identity = await self.verifier.verify(token)
         except Unauthenticated:
             return  # invalid, expired or revoked already: nothing to revoke (RFC 7009 2.2)
         if client_id and identity.client_id and client_id != identity.client_id:
             raise InvalidGrant("the token was issued to another client")
         if identity.token_id is None or identity.expires_at is None:
             return  # not one of auth's access tokens (they all carry both)
-        await self._revocations.revoke_token(identity.token_id, identity.expires_at)
+        await self.revocations.revoke_token(identity.token_id, identity.expires_at)
         _log.info("access token revoked", extra={"user_id": identity.subject})
 
     async def _revoke_session(self, family_id: str) -> None:
         """Deny the access tokens issued with a refresh token family (their ``sid``)."""
-        if self._revocations is None:
+        if self.revocations is None:
             return  # no Redis: they stay valid until they expire (docs/auth.md)
-        await self._revocations.revoke_session(
-            family_id, lifetime=self._tokens.access_token_ttl.total_seconds()
+        await self.revocations.revoke_session(
+            family_id, lifetime=self.tokens.access_token_ttl.total_seconds()
         )
 
     # Keys and discovery ---------------------------------------------------------------------
 
     async def jwks(self) -> list[dict[str, str]]:
-        return await self._keys.jwks()
+        return await self.keys.jwks()
 
     async def rotate_signing_key(self) -> RotationResult:
-        result = await self._keys.rotate(scheduled=False)
+        result = await self.keys.rotate(scheduled=False)
         assert result is not None  # an unscheduled rotation always happens
         return result
 
     def openid_configuration(self) -> OpenIdConfiguration:
-        base = self._tokens.issuer.rstrip("/")
+        base = self.tokens.issuer.rstrip("/")
         return OpenIdConfiguration(
-            issuer=self._tokens.issuer,
+            issuer=self.tokens.issuer,
             jwks_uri=f"{base}/.well-known/jwks.json",
             token_endpoint=f"{base}/oauth2/token",
             revocation_endpoint=f"{base}/oauth2/revoke",
@@ -336,19 +336,19 @@ class Tokens(ServiceBase):
             ),
             scopes_supported=ALL_SCOPES,
             response_types_supported=("token",),
-            token_signing_alg_values_supported=(self._keys.algorithm,),
+            token_signing_alg_values_supported=(self.keys.algorithm,),
         )
 
     # Housekeeping ---------------------------------------------------------------------------
 
     async def housekeeping(self, *, batch: int = 5_000) -> None:
         """Delete long-expired refresh tokens, stale throttle rows and unpublished keys."""
-        now = self._clock()
-        async with self._store.write() as tx:
+        now = self.clock()
+        async with self.store.write() as tx:
             tokens = await tx.refresh_tokens.delete_expired(now - timedelta(days=1), batch)
-            stale = max(self._throttling.account.window, self._throttling.address.window)
+            stale = max(self.throttling.account.window, self.throttling.address.window)
             throttles = await tx.throttle.delete_stale(now - stale, now)
-        keys = await self._keys.prune()
+        keys = await self.keys.prune()
         if tokens or throttles or keys:
             _log.info(
                 "housekeeping",

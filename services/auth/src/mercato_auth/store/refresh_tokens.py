@@ -81,20 +81,18 @@ class RefreshTokens:
         )
 
     async def revoke_family(self, family_id: str, *, now: datetime, reason: str) -> bool:
-        status = await self._conn.execute(
-            "UPDATE refresh_token_families SET revoke_time = $2, revoke_reason = $3"
-            " WHERE id = $1 AND revoke_time IS NULL",
-            uuid.UUID(family_id),
-            now,
-            reason,
-        )
-        return bool(status != "UPDATE 0")
+        return await self._revoke_families("id", family_id, now, reason) > 0
 
     async def revoke_user(self, user_id: str, *, now: datetime, reason: str) -> int:
+        return await self._revoke_families("user_id", user_id, now, reason)
+
+    async def _revoke_families(self, column: str, value: str, now: datetime, reason: str) -> int:
+        """Revoke the unrevoked families whose ``column`` is ``value``; how many there were."""
+        # ``column`` is one of the two names above, never input.
         status = await self._conn.execute(
-            "UPDATE refresh_token_families SET revoke_time = $2, revoke_reason = $3"
-            " WHERE user_id = $1 AND revoke_time IS NULL",
-            uuid.UUID(user_id),
+            "UPDATE refresh_token_families SET revoke_time = $2, revoke_reason = $3"  # noqa: S608
+            f" WHERE {column} = $1 AND revoke_time IS NULL",
+            uuid.UUID(value),
             now,
             reason,
         )

@@ -3,21 +3,8 @@ subclass per reason, and the constructors of the ones raised in several places."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import Enum
-from typing import ClassVar
-
-from mercato_common.errors import (
-    Aborted,
-    AlreadyExists,
-    FailedPrecondition,
-    FieldViolation,
-    InvalidArgument,
-    MercatoError,
-    NotFound,
-    PreconditionViolation,
-)
+from mercato_common import errors
+from mercato_common.errors import FieldViolation, MercatoError, Shortage, ShortageKind
 
 __all__ = [
     "CatalogError",
@@ -52,107 +39,77 @@ __all__ = [
 class CatalogError(MercatoError):
     """Root of the catalog's errors."""
 
-    domain: ClassVar[str] = "catalog.mercato"
+    domain = "catalog.mercato"
 
 
-class ProductNotFound(CatalogError, NotFound):
+class ProductNotFound(CatalogError, errors.NotFound):
     default_reason = "PRODUCT_NOT_FOUND"
 
 
-class CategoryMissing(CatalogError, FailedPrecondition):
+class CategoryMissing(CatalogError, errors.FailedPrecondition):
     """A write names a category that does not exist."""
 
     default_reason = "CATEGORY_NOT_FOUND"
 
 
-class CategoryTooDeep(CatalogError, FailedPrecondition):
+class CategoryTooDeep(CatalogError, errors.FailedPrecondition):
     default_reason = "CATEGORY_TOO_DEEP"
 
 
-class SkuTaken(CatalogError, AlreadyExists):
+class SkuTaken(CatalogError, errors.AlreadyExists):
     default_reason = "SKU_TAKEN"
 
 
-class CategoryTaken(CatalogError, AlreadyExists):
+class CategoryTaken(CatalogError, errors.AlreadyExists):
     default_reason = "CATEGORY_TAKEN"
 
 
-class EtagMismatch(CatalogError, Aborted):
+class EtagMismatch(CatalogError, errors.Aborted):
     default_reason = "ETAG_MISMATCH"
 
 
-class ConcurrentModification(CatalogError, Aborted):
+class ConcurrentModification(CatalogError, errors.Aborted):
     """Lost an optimistic-concurrency race too many times in a row; re-read and retry."""
 
     default_reason = "CONCURRENT_MODIFICATION"
 
 
-class ProductArchived(CatalogError, FailedPrecondition):
+class ProductArchived(CatalogError, errors.FailedPrecondition):
     default_reason = "PRODUCT_ARCHIVED"
 
 
-class StockLimitExceeded(CatalogError, FailedPrecondition):
+class StockLimitExceeded(CatalogError, errors.FailedPrecondition):
     default_reason = "STOCK_LIMIT_EXCEEDED"
 
 
-class InvalidRequest(CatalogError, InvalidArgument):
+class InvalidRequest(CatalogError, errors.InvalidArgument):
     default_reason = "INVALID_REQUEST"
 
 
-class InvalidPageToken(CatalogError, InvalidArgument):
+class InvalidPageToken(CatalogError, errors.InvalidArgument):
     default_reason = "INVALID_PAGE_TOKEN"
 
 
-class ReservationNotFound(CatalogError, NotFound):
+class ReservationNotFound(CatalogError, errors.NotFound):
     default_reason = "RESERVATION_NOT_FOUND"
 
 
-class ReservationMismatch(CatalogError, AlreadyExists):
+class ReservationMismatch(CatalogError, errors.AlreadyExists):
     default_reason = "RESERVATION_MISMATCH"
 
 
-class ReservationClosed(CatalogError, FailedPrecondition):
+class ReservationClosed(CatalogError, errors.FailedPrecondition):
     default_reason = "RESERVATION_CLOSED"
 
 
-class ReservationBusy(CatalogError, Aborted):
+class ReservationBusy(CatalogError, errors.Aborted):
     """Another operation on the same reservation is half-way; retry shortly."""
 
     default_reason = "RESERVATION_IN_PROGRESS"
 
 
-class ShortageKind(Enum):
-    """Why one reservation line was refused (PreconditionFailure violation type)."""
-
-    OUT_OF_STOCK = "OUT_OF_STOCK"
-    NOT_FOUND = "NOT_FOUND"
-    ARCHIVED = "ARCHIVED"
-
-
-@dataclass(frozen=True, slots=True)
-class Shortage:
-    sku: str
-    kind: ShortageKind
-    description: str
-
-
-class StockUnavailable(CatalogError, FailedPrecondition):
+class StockUnavailable(CatalogError, errors.StockUnavailable):
     """Some lines cannot be reserved; nothing was reserved. ``shortages`` names them."""
-
-    default_reason = "STOCK_UNAVAILABLE"
-
-    def __init__(self, shortages: Sequence[Shortage]) -> None:
-        self.shortages = tuple(shortages)
-        super().__init__(
-            "stock is unavailable for " + ", ".join(s.sku for s in self.shortages),
-            metadata={
-                "skus": ",".join(s.sku for s in self.shortages),
-                "types": ",".join(s.kind.value for s in self.shortages),
-            },
-            precondition_violations=[
-                PreconditionViolation(s.kind.value, s.sku, s.description) for s in self.shortages
-            ],
-        )
 
 
 def invalid(message: str, field: str, description: str) -> InvalidRequest:

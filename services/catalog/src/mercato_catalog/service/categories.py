@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from mercato_catalog.domain.errors import CategoryMissing, CategoryTaken
 from mercato_catalog.domain.products import Category, category_ancestors
 from mercato_catalog.store import CategoryStore, utcnow
@@ -15,14 +17,14 @@ def _missing(category_id: str, what: str = "category") -> CategoryMissing:
     )
 
 
+@dataclass(eq=False)
 class CategoryService:
-    def __init__(self, store: CategoryStore) -> None:
-        self._store = store
+    store: CategoryStore
 
     async def create(self, category_id: str, display_name: str, parent_id: str) -> Category:
         parent = None
         if parent_id:
-            parent = await self._store.get(parent_id)
+            parent = await self.store.get(parent_id)
             if parent is None:
                 raise _missing(parent_id, "parent category")
         category = Category(
@@ -32,20 +34,20 @@ class CategoryService:
             ancestor_ids=category_ancestors(parent),
             create_time=utcnow(),
         )
-        if not await self._store.insert(category):
+        if not await self.store.insert(category):
             raise CategoryTaken(
                 f"category {category_id!r} exists", metadata={"category_id": category_id}
             )
         return category
 
     async def list_page(self, size: int, token: str) -> tuple[list[Category], str]:
-        return await self._store.list_page(size, token)
+        return await self.store.list_page(size, token)
 
     async def path(self, category_id: str) -> list[str]:
         """What a product in ``category_id`` is filed under (none for no category)."""
         if not category_id:
             return []
-        category = await self._store.get(category_id)
+        category = await self.store.get(category_id)
         if category is None:
             raise _missing(category_id)
         return list(category.path)

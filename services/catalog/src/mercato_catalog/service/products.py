@@ -9,7 +9,7 @@ invalidates the read cache.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import KW_ONLY, dataclass, replace
 
 from mercato_catalog import publish
 from mercato_catalog.cache import ProductCache
@@ -37,53 +37,46 @@ _CAS_ATTEMPTS = 8
 Encode = Callable[[Product], bytes]
 
 
+@dataclass(eq=False)
 class ProductService:
-    def __init__(
-        self,
-        store: ProductStore,
-        categories: CategoryService,
-        cache: ProductCache,
-        *,
-        encode: Encode,
-        low_stock_threshold: int,
-    ) -> None:
-        self._store = store
-        self._categories = categories
-        self._cache = cache
-        self._encode = encode
-        self._threshold = low_stock_threshold
+    store: ProductStore
+    categories: CategoryService
+    cache: ProductCache
+    _: KW_ONLY
+    encode: Encode
+    low_stock_threshold: int
 
     # --- reads -------------------------------------------------------------------------------
 
     async def get(self, sku: str) -> Product:
-        product = await self._store.find(sku)
+        product = await self.store.find(sku)
         if product is None:
             raise product_not_found(sku)
         return product
 
     async def get_encoded(self, sku: str) -> bytes:
         """GetProduct: the cached form of the product, from the cache or filled into it."""
-        cached = await self._cache.get(sku)
+        cached = await self.cache.get(sku)
         if cached is not None:
             return cached
         product = await self.get(sku)
-        payload = self._encode(product)
-        await self._cache.fill(sku, product.version, payload)
+        payload = self.encode(product)
+        await self.cache.fill(sku, product.version, payload)
         return payload
 
     async def batch_get(self, skus: Sequence[str]) -> dict[str, Product]:
-        return await self._store.batch_get(skus)
+        return await self.store.batch_get(skus)
 
     async def list_page(
         self, flt: ProductFilter, size: int, token: str
     ) -> tuple[list[Product], str]:
-        return await self._store.list_page(flt, size, token)
+        return await self.store.list_page(flt, size, token)
 
     # --- writes ------------------------------------------------------------------------------
 
     async def _written(self, product: Product | None) -> Product | None:
         if product is not None:
-            await self._cache.invalidate(product.sku, product.version)
+            await self.cache.invalidate(product.sku, product.version)
         return product
 
     async def _until_written(
@@ -97,9 +90,9 @@ class ProductService:
         raise keeps_changing(sku)
 
     async def create(self, new: NewProduct) -> Product:
-        path = await self._categories.path(new.category_id)
-        product = new_product(new, utcnow(), low_stock_threshold=self._threshold)
-        if not await self._store.insert(product, path, [publish.product_created(product)]):
+        path = await self.categories.path(new.category_id)
+        product = new_product(new, utcnow(), low_stock_threshold=self.low_stock_threshold)
+        if not await self.store.insert(product, path, [publish.product_created(product)]):
             raise SkuTaken(f"SKU {new.sku!r} is taken", metadata={"sku": new.sku})
         await self._written(product)
         return product
@@ -112,7 +105,7 @@ class ProductService:
             after = changed(before, changes, now)
             path = None
             if "category_id" in changes.fields:
-                path = await self._categories.path(after.category_id)
+                path = await self.categories.path(after.category_id)
             event = publish.product_updated(
                 sku=sku,
                 changed_fields=sorted(changes.fields),
@@ -124,7 +117,7 @@ class ProductService:
                 when=now,
             )
             return await self._written(
-                await self._store.write_fields(before, after, [event], category_path=path)
+                await self.store.write_fields(before, after, [event], category_path=path)
             )
 
         return await self._until_written(sku, attempt)
@@ -138,7 +131,7 @@ class ProductService:
             now = utcnow()
             event = publish.product_archived(sku, now)
             return await self._written(
-                await self._store.write_fields(before, archived(before, now), [event])
+                await self.store.write_fields(before, archived(before, now), [event])
             )
 
         return await self._until_written(sku, attempt)
@@ -150,7 +143,7 @@ class ProductService:
         threshold."""
 
         async def attempt() -> Product | None:
-            before, applied = await self._store.find_for_adjustment(sku, request_id)
+            before, applied = await self.store.find_for_adjustment(sku, request_id)
             if before is None:
                 raise product_not_found(sku)
             if applied:
@@ -167,7 +160,9 @@ class ProductService:
                     when=now,
                 )
             ]
-            flag = low_stock_transition(before.low_stock, after.stock_available, self._threshold)
+            flag = low_stock_transition(
+                before.low_stock, after.stock_available, self.low_stock_threshold
+            )
             if flag is not None:
                 after = replace(after, low_stock=flag)
                 if flag:
@@ -175,12 +170,12 @@ class ProductService:
                         publish.stock_low(
                             sku=sku,
                             available=after.stock_available,
-                            threshold=self._threshold,
+                            threshold=self.low_stock_threshold,
                             when=now,
                         )
                     )
             return await self._written(
-                await self._store.write_stock_on_hand(before, after, request_id, events)
+                await self.store.write_stock_on_hand(before, after, request_id, events)
             )
 
         return await self._until_written(sku, attempt)

@@ -22,7 +22,7 @@ release and then dropped by the sweeper.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timedelta
 
 from mercato_catalog import publish
@@ -72,26 +72,19 @@ class Reserved:
     products: tuple[Product, ...]
 
 
+@dataclass(eq=False)
 class ReservationService:
-    def __init__(
-        self,
-        sagas: ReservationStore,
-        stock: StockMovements,
-        products: ProductStore,
-        *,
-        ttl: timedelta,
-        return_marker_retention: timedelta = timedelta(hours=1),
-    ) -> None:
-        self._sagas = sagas
-        self._stock = stock
-        self._products = products
-        self._ttl = ttl
-        self._retention = return_marker_retention
+    sagas: ReservationStore
+    stock: StockMovements
+    products: ProductStore
+    _: KW_ONLY
+    ttl: timedelta
+    return_marker_retention: timedelta = timedelta(hours=1)
 
     # --- reads -------------------------------------------------------------------------------
 
     async def get(self, order_id: str) -> Reservation:
-        saga = await self._sagas.find(order_id)
+        saga = await self.sagas.find(order_id)
         if saga is None or saga.state is None:
             raise reservation_not_found(order_id)
         return saga
@@ -99,21 +92,21 @@ class ReservationService:
     async def list_page(
         self, flt: ReservationFilter, size: int, token: str
     ) -> tuple[list[Reservation], str]:
-        return await self._sagas.list_page(flt, size, token)
+        return await self.sagas.list_page(flt, size, token)
 
     # --- ReserveStock ------------------------------------------------------------------------
 
     async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reserved:
         # A new order, the usual case, begins with its insert (no read first); the insert is
         # refused when the order has a saga already, which is then read and resumed.
-        first = begin(order_id, lines, utcnow(), self._ttl)
-        if await self._sagas.insert(first):
+        first = begin(order_id, lines, utcnow(), self.ttl)
+        if await self.sagas.insert(first):
             return await self._run_attempt(first)
         for _ in range(_LOOP):
-            saga = await self._sagas.find(order_id)
+            saga = await self.sagas.find(order_id)
             if saga is None:
-                saga = begin(order_id, lines, utcnow(), self._ttl)
-                if await self._sagas.insert(saga):
+                saga = begin(order_id, lines, utcnow(), self.ttl)
+                if await self.sagas.insert(saga):
                     return await self._run_attempt(saga)
                 continue  # a concurrent call for the same order created it: re-read
             phase = saga.phase
@@ -130,14 +123,14 @@ class ReservationService:
                 await self.finish(saga)
                 continue
             # FAILED: nothing is held; try again as a new attempt with these lines.
-            fresh = await self._sagas.move(retry(saga, lines, utcnow(), self._ttl))
+            fresh = await self.sagas.move(retry(saga, lines, utcnow(), self.ttl))
             if fresh is not None:
                 return await self._run_attempt(fresh)
         raise reservation_busy(order_id)
 
     async def _with_products(self, saga: Reservation) -> Reserved:
         """A reservation held by an earlier call, with its lines' products read now."""
-        found = await self._products.batch_get([line.sku for line in saga.lines])
+        found = await self.products.batch_get([line.sku for line in saga.lines])
         return Reserved(saga, tuple(found[line.sku] for line in saga.lines if line.sku in found))
 
     async def _run_attempt(self, saga: Reservation) -> Reserved:
@@ -146,14 +139,14 @@ class ReservationService:
         shortages, products = await self._hold_lines(saga)
         now = utcnow()
         if shortages:
-            failing = await self._sagas.move(fail(saga, shortages, now))
+            failing = await self.sagas.move(fail(saga, shortages, now))
             if failing is not None:
                 await self.finish(failing)
                 raise StockUnavailable(shortages)
         else:
-            expire_time = saga.expire_time or now + self._ttl
+            expire_time = saga.expire_time or now + self.ttl
             event = publish.stock_reserved(saga.order_id, saga.lines, expire_time, now)
-            held = await self._sagas.move(hold_all(saga, now), [event])
+            held = await self.sagas.move(hold_all(saga, now), [event])
             if held is not None:
                 return Reserved(held, tuple(products))
         won = await self._after_lost_race(saga)
@@ -177,27 +170,27 @@ class ReservationService:
     ) -> tuple[ShortageKind | None, Product | None]:
         """Hold one line for the saga's attempt: why not, if it is refused, else the product."""
         order_id, attempt = saga.order_id, saga.attempt
-        result = await self._stock.hold(line.sku, order_id, line.quantity, attempt)
+        result = await self.stock.hold(line.sku, order_id, line.quantity, attempt)
         if result.outcome is HoldOutcome.CONFLICT:
             # A hold of an older attempt of this order: an orphan (the saga moved on to this
             # attempt). Give it back and take ours.
             if result.other is not None:
                 other = result.other
-                await self._stock.unhold(line.sku, order_id, other.attempt, other.quantity)
-            result = await self._stock.hold(line.sku, order_id, line.quantity, attempt)
+                await self.stock.unhold(line.sku, order_id, other.attempt, other.quantity)
+            result = await self.stock.hold(line.sku, order_id, line.quantity, attempt)
             if result.outcome is HoldOutcome.CONFLICT:
                 raise reservation_busy(order_id)
         return result.refusal, result.product
 
     async def _shortages_of(self, lines: Sequence[Line]) -> list[Shortage]:
-        found = await self._products.batch_get([line.sku for line in lines])
+        found = await self.products.batch_get([line.sku for line in lines])
         shortages = (shortage_of(line.sku, line.quantity, found.get(line.sku)) for line in lines)
         return [s for s in shortages if s is not None]
 
     async def _after_lost_race(self, mine: Reservation) -> Reservation:
         """Our attempt's final move lost: see who won, and undo our holds if needed."""
         order_id = mine.order_id
-        current = await self._sagas.find(order_id)
+        current = await self.sagas.find(order_id)
         if current is None:  # cannot happen: sagas are never deleted
             raise reservation_busy(order_id)
         same_attempt = current.attempt == mine.attempt
@@ -217,7 +210,7 @@ class ReservationService:
 
     async def commit(self, order_id: str) -> Reservation:
         for _ in range(_LOOP):
-            saga = await self._sagas.find(order_id)
+            saga = await self.sagas.find(order_id)
             if saga is None:
                 raise reservation_not_found(order_id)
             phase = saga.phase
@@ -228,7 +221,7 @@ class ReservationService:
                 if saga.expired(now):
                     await self.expire(saga)
                     raise reservation_closed(order_id)
-                committing = await self._sagas.move(start_commit(saga, now))
+                committing = await self.sagas.move(start_commit(saga, now))
                 if committing is not None:
                     return await self.finish(committing)
                 continue
@@ -242,11 +235,11 @@ class ReservationService:
 
     async def release(self, order_id: str, reason: str) -> Reservation:
         for _ in range(_LOOP):
-            saga = await self._sagas.find(order_id)
+            saga = await self.sagas.find(order_id)
             if saga is None:
                 # Record the release, so that a ReserveStock arriving later reserves nothing.
                 closed = released_unreserved(order_id, reason, utcnow())
-                if await self._sagas.insert(closed):
+                if await self.sagas.insert(closed):
                     return closed
                 continue
             phase = saga.phase
@@ -257,7 +250,7 @@ class ReservationService:
             if phase in (Phase.COMMITTING, Phase.FAILING):
                 await self.finish(saga)
                 continue
-            moved = await self._sagas.move(start_release(saga, reason, utcnow()))
+            moved = await self.sagas.move(start_release(saga, reason, utcnow()))
             if moved is not None:
                 return await self.finish(moved)
         raise reservation_busy(order_id)
@@ -266,7 +259,7 @@ class ReservationService:
 
     async def expire(self, saga: Reservation) -> bool:
         """Expire a saga past its deadline (False: it moved on meanwhile)."""
-        moved = await self._sagas.move(start_expiry(saga, utcnow()))
+        moved = await self.sagas.move(start_expiry(saga, utcnow()))
         if moved is None:
             return False
         await self.finish(moved)
@@ -280,17 +273,17 @@ class ReservationService:
         order_id = saga.order_id
         if saga.phase is Phase.COMMITTING:
             for line in saga.lines:
-                await self._stock.sell(line.sku, order_id, saga.attempt, line.quantity)
+                await self.stock.sell(line.sku, order_id, saga.attempt, line.quantity)
         elif saga.returns_sold_units:
             for line in saga.lines:
-                await self._stock.give_back(line.sku, order_id, line.quantity)
+                await self.stock.give_back(line.sku, order_id, line.quantity)
         else:
             await self._give_back_holds(saga)
         now = utcnow()
-        step = settle(saga, now, self._retention)
-        done = await self._sagas.move(step, self._settled_events(saga, step.after.phase, now))
+        step = settle(saga, now, self.return_marker_retention)
+        done = await self.sagas.move(step, self._settled_events(saga, step.after.phase, now))
         if done is None:  # someone else finished it first
-            return await self._sagas.find(order_id) or saga
+            return await self.sagas.find(order_id) or saga
         return done
 
     def _settled_events(self, saga: Reservation, settled: Phase, now: datetime) -> list[Envelope]:
@@ -314,4 +307,4 @@ class ReservationService:
     async def _give_back_holds(self, saga: Reservation) -> None:
         """Release every hold of the saga's attempt (idempotent per product)."""
         for line in saga.lines:
-            await self._stock.unhold(line.sku, saga.order_id, saga.attempt, line.quantity)
+            await self.stock.unhold(line.sku, saga.order_id, saga.attempt, line.quantity)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo.errors import DuplicateKeyError
@@ -27,18 +28,18 @@ def category_from_doc(doc: Mapping[str, Any]) -> Category:
     )
 
 
+@dataclass(eq=False)
 class CategoryStore:
-    def __init__(self, ctx: StoreContext) -> None:
-        self._ctx = ctx
+    ctx: StoreContext
 
     async def get(self, category_id: str) -> Category | None:
-        doc = await self._ctx.categories.find_one({"_id": str(category_id)})
+        doc = await self.ctx.categories.find_one({"_id": str(category_id)})
         return category_from_doc(doc) if doc is not None else None
 
     async def insert(self, category: Category) -> bool:
         """Store a new category; False when its id is taken."""
         try:
-            await self._ctx.categories.insert_one(
+            await self.ctx.categories.insert_one(
                 {
                     "_id": category.id,
                     "display_name": category.display_name,
@@ -56,9 +57,7 @@ class CategoryStore:
         query: dict[str, Any] = {}
         if position is not None:
             query["_id"] = {"$gt": position["after"]}
-        docs = [
-            doc async for doc in self._ctx.categories.find(query).sort("_id", 1).limit(size + 1)
-        ]
+        docs = [doc async for doc in self.ctx.categories.find(query).sort("_id", 1).limit(size + 1)]
         categories = [category_from_doc(doc) for doc in docs[:size]]
         next_token = ""
         if len(docs) > size:

@@ -17,6 +17,7 @@ the same update. Which moves happen, and with which events, is the use cases' (`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -89,18 +90,18 @@ def _from_ms(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+@dataclass(eq=False)
 class ReservationStore:
-    def __init__(self, ctx: StoreContext) -> None:
-        self._ctx = ctx
+    ctx: StoreContext
 
     async def _find_all(self, query: Mapping[str, Any], limit: int) -> list[Reservation]:
-        cursor = self._ctx.reservations.find(query).limit(limit)
+        cursor = self.ctx.reservations.find(query).limit(limit)
         return [reservation_from_doc(doc) async for doc in cursor]
 
     # --- reads -------------------------------------------------------------------------------
 
     async def find(self, order_id: str) -> Reservation | None:
-        doc = await self._ctx.reservations.find_one({"_id": order_id})
+        doc = await self.ctx.reservations.find_one({"_id": order_id})
         return reservation_from_doc(doc) if doc is not None else None
 
     async def list_page(
@@ -129,7 +130,7 @@ class ReservationStore:
         docs: list[Mapping[str, Any]] = []
         for phase in phases_of(flt.state):
             cursor = (
-                self._ctx.reservations.find({"phase": phase.value, **query})
+                self.ctx.reservations.find({"phase": phase.value, **query})
                 .sort([("create_time", 1), ("_id", 1)])
                 .limit(size + 1)
             )
@@ -195,7 +196,7 @@ class ReservationStore:
     async def mark_pending_cleanups(self) -> int:
         """Flag the clean-ups of sagas stored before ``cleanup`` existed. Run once at start,
         before anything else writes (so no write lock): one read of the sagas."""
-        result = await self._ctx.reservations.update_many(
+        result = await self.ctx.reservations.update_many(
             {"cleanup_after": {"$exists": True}, "cleanup": {"$exists": False}},
             {"$set": {"cleanup": True}},
         )
@@ -222,8 +223,8 @@ class ReservationStore:
         if saga.cause is not None:
             doc |= {"cause": saga.cause.value, "reason": saga.reason}
         try:
-            async with self._ctx.locks.hold(RESERVATIONS, saga.order_id):
-                await self._ctx.reservations.insert_one(doc)
+            async with self.ctx.locks.hold(RESERVATIONS, saga.order_id):
+                await self.ctx.reservations.insert_one(doc)
         except DuplicateKeyError:
             return False
         return True
@@ -242,20 +243,20 @@ class ReservationStore:
             "phase": {"$in": [p.value for p in move.from_phases]},
             "attempt": move.saga.attempt,
         }
-        async with self._ctx.locks.hold(RESERVATIONS, move.saga.order_id):
-            doc = await self._ctx.reservations.find_one_and_update(
+        async with self.ctx.locks.hold(RESERVATIONS, move.saga.order_id):
+            doc = await self.ctx.reservations.find_one_and_update(
                 query,
-                self._ctx.with_events(update, events, move.at),
+                self.ctx.with_events(update, events, move.at),
                 return_document=ReturnDocument.AFTER,
             )
         if doc is None:
             return None
-        self._ctx.announce(RESERVATIONS, events)
+        self.ctx.announce(RESERVATIONS, events)
         return reservation_from_doc(doc)
 
     async def clear_cleanup(self, order_id: str) -> None:
         """The saga's return markers are gone: nothing left to clean up."""
-        async with self._ctx.locks.hold(RESERVATIONS, order_id):
-            await self._ctx.reservations.update_one(
+        async with self.ctx.locks.hold(RESERVATIONS, order_id):
+            await self.ctx.reservations.update_one(
                 {"_id": order_id}, {"$unset": {"cleanup_after": "", "cleanup": ""}}
             )

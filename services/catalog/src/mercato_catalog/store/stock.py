@@ -15,6 +15,7 @@ flag is set by the same kind of guarded update, with the events the caller hands
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -48,15 +49,15 @@ def _hold_from_doc(value: Mapping[str, Any]) -> Hold:
     )
 
 
+@dataclass(eq=False)
 class StockStore:
-    def __init__(self, ctx: StoreContext) -> None:
-        self._ctx = ctx
+    ctx: StoreContext
 
     async def _guarded(
         self, sku: str, query: Mapping[str, Any], update: Mapping[str, Any]
     ) -> Product | None:
-        async with self._ctx.locks.hold(PRODUCTS, sku):
-            doc = await self._ctx.products.find_one_and_update(
+        async with self.ctx.locks.hold(PRODUCTS, sku):
+            doc = await self.ctx.products.find_one_and_update(
                 {"_id": sku, **query}, update, return_document=ReturnDocument.AFTER
             )
         return product_from_doc(doc) if doc is not None else None
@@ -85,7 +86,7 @@ class StockStore:
 
     async def find_hold(self, sku: str, order_id: str) -> tuple[Product | None, Hold | None]:
         """The product and the hold it has for the order, if any."""
-        doc = await self._ctx.products.find_one({"_id": str(sku)})
+        doc = await self.ctx.products.find_one({"_id": str(sku)})
         if doc is None:
             return None, None
         hold = (doc.get("holds") or {}).get(hold_key(order_id))
@@ -128,8 +129,8 @@ class StockStore:
     async def forget_return(self, sku: str, order_id: str) -> None:
         """Drop a ``returns`` marker once no retry of that release can still be running."""
         key = hold_key(order_id)
-        async with self._ctx.locks.hold(PRODUCTS, sku):
-            await self._ctx.products.update_one(
+        async with self.ctx.locks.hold(PRODUCTS, sku):
+            await self.ctx.products.update_one(
                 {"_id": sku, f"returns.{key}": {"$exists": True}},
                 {"$unset": {f"returns.{key}": ""}},
             )
@@ -145,16 +146,16 @@ class StockStore:
             query |= {"low_stock": {"$ne": True}, "stock_available": {"$lt": threshold}}
         else:
             query |= {"low_stock": True, "stock_available": {"$gte": threshold}}
-        update = self._ctx.with_events({"$set": {"low_stock": low}}, events, now)
-        async with self._ctx.locks.hold(PRODUCTS, sku):
-            result = await self._ctx.products.update_one(query, update)
+        update = self.ctx.with_events({"$set": {"low_stock": low}}, events, now)
+        async with self.ctx.locks.hold(PRODUCTS, sku):
+            result = await self.ctx.products.update_one(query, update)
         if result.modified_count:
-            self._ctx.announce(PRODUCTS, events)
+            self.ctx.announce(PRODUCTS, events)
 
     async def holds_page(self, after: str, limit: int) -> list[tuple[str, list[Hold]]]:
         """A page of products holding reserved units (SKU after ``after``), with their holds."""
         cursor = (
-            self._ctx.products.find(
+            self.ctx.products.find(
                 {"stock_reserved": {"$gt": 0}, "_id": {"$gt": after}}, projection={"holds": 1}
             )
             .sort("_id", 1)

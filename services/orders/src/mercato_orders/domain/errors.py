@@ -9,21 +9,14 @@ callers: no internals, no secrets.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import Enum
 
 from mercato_common import errors
 from mercato_common.errors import (
-    Aborted,
-    AlreadyExists,
-    FailedPrecondition,
     FieldViolation,
-    InvalidArgument,
     MercatoError,
-    NotFound,
     PreconditionViolation,
-    ResourceExhausted,
-    Unavailable,
+    Shortage,
+    ShortageKind,
 )
 from mercato_orders.domain.states import OrderState
 
@@ -60,7 +53,7 @@ class OrdersError(MercatoError):
     domain = "orders.mercato"
 
 
-class OrderNotFound(OrdersError, NotFound):
+class OrderNotFound(OrdersError, errors.NotFound):
     """No such order, or not one the caller may see (never a hint that it exists)."""
 
     default_reason = "ORDER_NOT_FOUND"
@@ -69,7 +62,7 @@ class OrderNotFound(OrdersError, NotFound):
         super().__init__(f"order {order_id} not found", metadata={"order_id": order_id})
 
 
-class InvalidStateTransition(OrdersError, FailedPrecondition):
+class InvalidStateTransition(OrdersError, errors.FailedPrecondition):
     """The order's state does not allow the requested change; names the current state."""
 
     default_reason = "INVALID_STATE_TRANSITION"
@@ -82,44 +75,11 @@ class InvalidStateTransition(OrdersError, FailedPrecondition):
         )
 
 
-class ShortageKind(Enum):
-    """Why one line was refused (the PreconditionFailure violation type)."""
-
-    OUT_OF_STOCK = "OUT_OF_STOCK"
-    NOT_FOUND = "NOT_FOUND"
-    ARCHIVED = "ARCHIVED"
+class StockUnavailable(OrdersError, errors.StockUnavailable):
+    """Catalog refused some lines; nothing was reserved. ``shortages`` names them."""
 
 
-@dataclass(frozen=True, slots=True)
-class Shortage:
-    sku: str
-    kind: ShortageKind
-    description: str
-
-
-class StockUnavailable(OrdersError, FailedPrecondition):
-    """Catalog refused some lines; nothing was reserved. ``shortages`` names them.
-
-    Its status carries a ``google.rpc.PreconditionFailure`` with one violation per refused line.
-    """
-
-    default_reason = "STOCK_UNAVAILABLE"
-
-    def __init__(self, shortages: Sequence[Shortage]) -> None:
-        self.shortages = tuple(shortages)
-        super().__init__(
-            "stock is unavailable for " + ", ".join(s.sku for s in self.shortages),
-            metadata={
-                "skus": ",".join(s.sku for s in self.shortages),
-                "types": ",".join(s.kind.value for s in self.shortages),
-            },
-            precondition_violations=[
-                PreconditionViolation(s.kind.value, s.sku, s.description) for s in self.shortages
-            ],
-        )
-
-
-class MixedCurrencies(OrdersError, FailedPrecondition):
+class MixedCurrencies(OrdersError, errors.FailedPrecondition):
     default_reason = "MIXED_CURRENCIES"
 
     def __init__(self, currencies: Sequence[str]) -> None:
@@ -129,31 +89,31 @@ class MixedCurrencies(OrdersError, FailedPrecondition):
         )
 
 
-class TotalTooLarge(OrdersError, FailedPrecondition):
+class TotalTooLarge(OrdersError, errors.FailedPrecondition):
     default_reason = "TOTAL_TOO_LARGE"
     default_message = "the order total exceeds the largest representable amount"
 
 
-class IdempotencyKeyReused(OrdersError, AlreadyExists):
+class IdempotencyKeyReused(OrdersError, errors.AlreadyExists):
     """The key already placed (or is placing) an order from another request."""
 
     default_reason = "IDEMPOTENCY_KEY_REUSED"
     default_message = "this idempotency key was already used for a different request"
 
 
-class IdempotencyKeyInUse(OrdersError, Aborted):
+class IdempotencyKeyInUse(OrdersError, errors.Aborted):
     """A request with the same key is still being processed; retry shortly."""
 
     default_reason = "IDEMPOTENCY_KEY_IN_USE"
     default_message = "a request with this idempotency key is in progress; retry shortly"
 
 
-class PaymentDeclined(OrdersError, FailedPrecondition):
+class PaymentDeclined(OrdersError, errors.FailedPrecondition):
     default_reason = "PAYMENT_DECLINED"
     default_message = "the payment was declined"
 
 
-class AmountMismatch(OrdersError, FailedPrecondition):
+class AmountMismatch(OrdersError, errors.FailedPrecondition):
     default_reason = "AMOUNT_MISMATCH"
 
     def __init__(self, expected_currency: str, expected_minor: int) -> None:
@@ -166,7 +126,7 @@ class AmountMismatch(OrdersError, FailedPrecondition):
         )
 
 
-class ReservationExpired(OrdersError, FailedPrecondition):
+class ReservationExpired(OrdersError, errors.FailedPrecondition):
     """Payment found the stock reservation gone: the payment was voided, the order FAILED."""
 
     default_reason = "RESERVATION_EXPIRED"
@@ -178,7 +138,7 @@ class ReservationExpired(OrdersError, FailedPrecondition):
         )
 
 
-class PaymentEventInvalid(OrdersError, InvalidArgument):
+class PaymentEventInvalid(OrdersError, errors.InvalidArgument):
     """A payment event whose signature does not verify (missing, wrong, too old) or whose body
     is not an event; nothing changed."""
 
@@ -191,17 +151,17 @@ class PaymentEventInvalid(OrdersError, InvalidArgument):
         )
 
 
-class PaymentEventsUnsupported(OrdersError, FailedPrecondition):
+class PaymentEventsUnsupported(OrdersError, errors.FailedPrecondition):
     default_reason = "PAYMENT_EVENTS_UNSUPPORTED"
     default_message = "the configured payment provider sends no events"
 
 
-class PaymentUnavailable(OrdersError, Unavailable):
+class PaymentUnavailable(OrdersError, errors.Unavailable):
     default_reason = "PAYMENT_UNAVAILABLE"
     default_message = "the payment provider is unavailable; retry later"
 
 
-class CatalogUnavailable(OrdersError, Unavailable):
+class CatalogUnavailable(OrdersError, errors.Unavailable):
     default_reason = "CATALOG_UNAVAILABLE"
     default_message = "the catalog is unavailable; retry later"
 
@@ -226,7 +186,7 @@ class PermissionRequired(OrdersError, errors.ScopeMissing):
     """An action needs a scope the caller lacks (listing other users' orders: ``orders:admin``)."""
 
 
-class TooManyOpenOrders(OrdersError, ResourceExhausted):
+class TooManyOpenOrders(OrdersError, errors.ResourceExhausted):
     """The user has as many unpaid orders (and creates in progress) as one user may have."""
 
     default_reason = "TOO_MANY_OPEN_ORDERS"
@@ -238,7 +198,7 @@ class TooManyOpenOrders(OrdersError, ResourceExhausted):
         )
 
 
-class ProductLimitExceeded(OrdersError, FailedPrecondition):
+class ProductLimitExceeded(OrdersError, errors.FailedPrecondition):
     """The order would make the user's unpaid orders hold more units of a product than one
     user may; one PreconditionFailure violation (type ``USER_LIMIT``) per product."""
 

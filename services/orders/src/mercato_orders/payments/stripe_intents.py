@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import KW_ONLY, dataclass
 
 import stripe
 
@@ -31,6 +32,7 @@ _EVENT_KINDS = {
 _REFUND_REASON = "requested_by_customer"
 
 
+@dataclass(eq=False, repr=False)  # no repr: the clients and the secret hold credentials
 class StripePaymentProvider:
     """Stripe PaymentIntents, confirmed on the server with the client's PaymentMethod (``pm_…``,
     from Stripe.js or a Stripe test method such as ``pm_card_visa``).
@@ -48,18 +50,11 @@ class StripePaymentProvider:
 
     settles_by_event = True
 
-    def __init__(
-        self,
-        client: stripe.StripeClient,
-        http_client: stripe.HTTPXClient,
-        *,
-        webhook_secret: str,
-        tolerance_seconds: int = 300,
-    ) -> None:
-        self._client = client
-        self._http = http_client
-        self._webhook_secret = webhook_secret
-        self._tolerance = tolerance_seconds
+    client: stripe.StripeClient
+    http_client: stripe.HTTPXClient
+    _: KW_ONLY
+    webhook_secret: str
+    tolerance_seconds: int = 300
 
     @classmethod
     def create(
@@ -89,14 +84,14 @@ class StripePaymentProvider:
         )
 
     async def close(self) -> None:
-        await self._http.close_async()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped
+        await self.http_client.close_async()  # type: ignore[no-untyped-call]  # the SDK leaves it untyped
 
     async def charge(self, *, order_id: str, amount: Money, token: str) -> Charge:
         if amount.amount_minor <= 0:
             raise PaymentDeclined("the amount must be positive")
         method = hashlib.sha256(token.encode()).hexdigest()[:32]
         try:
-            intent = await self._client.v1.payment_intents.create_async(
+            intent = await self.client.v1.payment_intents.create_async(
                 {
                     "amount": amount.amount_minor,
                     "currency": amount.currency_code.lower(),
@@ -133,7 +128,7 @@ class StripePaymentProvider:
 
     async def refund(self, *, charge_id: str, reason: str) -> None:
         try:
-            await self._client.v1.refunds.create_async(
+            await self.client.v1.refunds.create_async(
                 {
                     "payment_intent": charge_id,
                     "reason": _REFUND_REASON,
@@ -156,7 +151,7 @@ class StripePaymentProvider:
             raise PaymentEventInvalid("payload", "not UTF-8 JSON") from None
         try:
             stripe.WebhookSignature.verify_header(
-                text, signature, self._webhook_secret, self._tolerance
+                text, signature, self.webhook_secret, self.tolerance_seconds
             )
         except stripe.SignatureVerificationError:
             raise PaymentEventInvalid(

@@ -7,6 +7,7 @@ import contextvars
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
@@ -42,51 +43,45 @@ class OrdersMetrics:
     """Business counters of the orders service (Prometheus)."""
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.placed = Counter(
+        counter = partial(Counter, registry=registry)
+        self.placed = counter(
             "mercato_orders_placed_total",
             "Orders placed (committed CONFIRMED with their stock reserved).",
             ["currency"],
-            registry=registry,
         )
-        self.revenue = Counter(
+        self.revenue = counter(
             "mercato_orders_revenue_minor_total",
             "Amounts paid, in minor units of the currency.",
             ["currency"],
-            registry=registry,
         )
-        self.transitions = Counter(
+        self.transitions = counter(
             "mercato_orders_transitions_total",
             "Order state transitions committed, by target state.",
             ["to_state"],
-            registry=registry,
         )
-        self.replays = Counter(
+        self.replays = counter(
             "mercato_orders_idempotent_replays_total",
             "CreateOrder requests answered with the order an earlier request of the key placed.",
-            registry=registry,
         )
-        self.compensations = Counter(
+        self.compensations = counter(
             "mercato_orders_saga_compensations_total",
             "Reservations given back after a failed create: released now, or deferred to "
             "reconciliation.",
             ["outcome"],
-            registry=registry,
         )
         for outcome in ("released", "deferred", "skipped"):  # at 0 from the start
             self.compensations.labels(outcome)
-        self.reconciled = Counter(
+        self.reconciled = counter(
             "mercato_orders_reconciled_total",
             "Repairs made by the reconciler, by action.",
             ["action"],
-            registry=registry,
         )
-        self.payment_events = Counter(
+        self.payment_events = counter(
             "mercato_orders_payment_events_total",
             "Events of the payment provider (its webhook), by outcome: paid (the order), "
             "repeated (already paid by it), refunded (it could not pay its order), ignored "
             "(another type, or no order of this deployment), invalid (refused: signature or body).",
             ["outcome"],
-            registry=registry,
         )
         for outcome in PAYMENT_EVENT_OUTCOMES:  # at 0 from the start
             self.payment_events.labels(outcome)

@@ -27,6 +27,9 @@ COMPLETE_KEY = """
       AND state = 'PENDING'
 """
 
+# The PENDING key of user ``$1`` named ``$2``, while ``$3`` owns it.
+_OWNED = "user_id = $1 AND key = $2 AND owner = $3::uuid AND state = 'PENDING'"
+
 
 class KeyState(Enum):
     PENDING = "PENDING"
@@ -122,8 +125,7 @@ class Keys:
         record = await self._conn.fetchrow(
             f"""
             UPDATE idempotency_keys SET owner = $4::uuid, lease_until = clock_timestamp() + $5
-            WHERE user_id = $1 AND key = $2 AND owner = $3::uuid AND state = 'PENDING'
-              AND lease_until < clock_timestamp()
+            WHERE {_OWNED} AND lease_until < clock_timestamp()
             RETURNING {_COLUMNS}
             """,  # noqa: S608
             user_id,
@@ -140,17 +142,7 @@ class Keys:
 
     async def rekey(self, *, user_id: str, key: str, owner: str, order_id: str) -> bool:
         """Point the key at a new order id (its old reservation was closed)."""
-        status = await self._conn.execute(
-            """
-            UPDATE idempotency_keys SET order_id = $4::uuid
-            WHERE user_id = $1 AND key = $2 AND owner = $3::uuid AND state = 'PENDING'
-            """,
-            user_id,
-            key,
-            owner,
-            order_id,
-        )
-        return bool(status == "UPDATE 1")
+        return await self._update_owned(user_id, key, owner, "order_id = $4::uuid", order_id)
 
     async def abandon(self, *, user_id: str, key: str, owner: str, retry_after: timedelta) -> None:
         """Give the key up with its reservation not released: reconciliation takes it over."""
@@ -158,25 +150,27 @@ class Keys:
 
     async def _lease(self, user_id: str, key: str, owner: str, lease: timedelta) -> bool:
         """Let the lease of a PENDING key ``owner`` holds end ``lease`` from now; False if lost."""
+        return await self._update_owned(
+            user_id, key, owner, "lease_until = clock_timestamp() + $4", lease
+        )
+
+    async def _update_owned(
+        self, user_id: str, key: str, owner: str, assignment: str, value: object
+    ) -> bool:
+        """``SET assignment`` (of ``$4``, ``value``) on the key ``owner`` holds; False if lost."""
         status = await self._conn.execute(
-            """
-            UPDATE idempotency_keys SET lease_until = clock_timestamp() + $4
-            WHERE user_id = $1 AND key = $2 AND owner = $3::uuid AND state = 'PENDING'
-            """,
+            f"UPDATE idempotency_keys SET {assignment} WHERE {_OWNED}",  # noqa: S608 (constants)
             user_id,
             key,
             owner,
-            lease,
+            value,
         )
         return bool(status == "UPDATE 1")
 
     async def forget(self, *, user_id: str, key: str, owner: str) -> bool:
         """Delete a PENDING key that placed and holds nothing (its request may be retried)."""
         status = await self._conn.execute(
-            """
-            DELETE FROM idempotency_keys
-            WHERE user_id = $1 AND key = $2 AND owner = $3::uuid AND state = 'PENDING'
-            """,
+            f"DELETE FROM idempotency_keys WHERE {_OWNED}",  # noqa: S608 (constant)
             user_id,
             key,
             owner,
