@@ -9,7 +9,13 @@ from pydantic import SecretStr
 from mercato_common.kafka import kafka_connection
 from mercato_common.kit import Service
 from mercato_common.runtime import Periodic
-from mercato_common.settings import BaseServiceSettings, KafkaSettings, SettingsError, load_settings
+from mercato_common.settings import (
+    BaseServiceSettings,
+    KafkaSettings,
+    PostgresSettings,
+    SettingsError,
+    load_settings,
+)
 
 
 class CatalogSettings(BaseServiceSettings):
@@ -168,3 +174,28 @@ async def test_a_service_has_one_kafka_connection_and_one_certificate_reload(pki
     assert first.client_kwargs()["client_id"] == "mercato-notes"
     reloads = [p for p in kit.parts if isinstance(p, Periodic) and p.name == "kafka-tls-reload"]
     assert len(reloads) == 1
+
+
+def test_a_services_database_comes_from_the_store_package_beside_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layout puts ``store/`` beside ``settings.py``: the kit finds the migrations there."""
+    (tmp_path / "mercato_notes" / "store" / "migrations").mkdir(parents=True)
+    (tmp_path / "mercato_notes" / "__init__.py").touch()
+    (tmp_path / "mercato_notes" / "store" / "__init__.py").touch()
+    monkeypatch.syspath_prepend(tmp_path)
+
+    class Notes(BaseServiceSettings, PostgresSettings):
+        env_prefix = "MERCATO_NOTES_"
+
+    Notes.__module__ = "mercato_notes.settings"  # as if declared in the package's settings.py
+    settings = load_settings(
+        Notes,
+        {
+            "MERCATO_NOTES_SERVICE_NAME": "notes-eu",  # the service's name plays no part
+            "MERCATO_NOTES_DATABASE_URL": "postgresql://u:p@db/notes",
+        },
+    )
+    database = Service(settings, registry=CollectorRegistry()).postgres(settings)
+    assert database.logger_name == "mercato_notes.store"
+    assert Path(str(database.migrations)) == tmp_path / "mercato_notes" / "store" / "migrations"

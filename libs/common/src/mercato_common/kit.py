@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypedDict, TypeVar
 
 import grpc
 from aiokafka.admin import AIOKafkaAdminClient
@@ -43,7 +43,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from mercato_common.client import TLS_CHECK_SECONDS, create_channel, verifier_from_auth
 from mercato_common.db_metrics import DbOperationMetrics
 from mercato_common.health import HealthWatch
-from mercato_common.identity import JwksTokenVerifier, TokenVerifier
+from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
 from mercato_common.kafka import (
     ConsumerGroup,
     EventProducer,
@@ -88,6 +88,7 @@ __all__ = [
     "BrokerProbe",
     "Command",
     "Definition",
+    "KitOptions",
     "Service",
     "main",
 ]
@@ -130,6 +131,18 @@ class BrokerProbe:
         if admin is not None:
             with contextlib.suppress(Exception):
                 await admin.close()
+
+
+class KitOptions(TypedDict, total=False):
+    """What a test or a bench may hand a service's ``build_app`` besides its settings: the
+    verifier of callers' tokens (instead of one fed by auth's JWKS) and the metrics registry.
+
+    Every builder takes them as ``**options: Unpack[KitOptions]`` and passes them on to
+    :class:`Service`.
+    """
+
+    token_verifier: TokenVerifier | None
+    registry: CollectorRegistry
 
 
 class Service:
@@ -188,15 +201,20 @@ class Service:
         if isinstance(verifier, JwksTokenVerifier):
             self.clients.append(CloseOnStop(verifier.close))  # its revocation list's client
 
-    def verify_tokens_with_auth(self, auth_target: str) -> None:
-        """Verify callers' tokens against auth's JWKS, fetched over a channel closed on stop
-        (unless a verifier was given already, as tests do)."""
-        if self._token_verifier is None:
+    def verify_tokens_with_auth(self, auth: str | grpc.aio.Channel) -> None:
+        """Verify callers' tokens against auth's JWKS, fetched over ``auth``: a channel the
+        service already has to auth, or auth's address for a channel of its own, closed on stop.
+        Nothing changes when a verifier was given already (as tests do)."""
+        if self._token_verifier is not None:
+            return
+        if isinstance(auth, str):
             verifier, channel = verifier_from_auth(
-                self.settings, auth_target=auth_target, tls=self.settings.client_tls
+                self.settings, auth_target=auth, tls=self.settings.client_tls
             )
-            self.verify_tokens(verifier)
             self.clients.append(CloseOnStop(channel.close))
+        else:
+            verifier = JwksTokenVerifier.from_settings(auth_jwks_fetcher(auth), self.settings)
+        self.verify_tokens(verifier)
 
     def serve(
         self, add_to_server: Callable[[Any, grpc.aio.Server], None], servicer: Any, name: str
@@ -210,19 +228,21 @@ class Service:
         self,
         settings: PostgresSettings,
         *,
-        package: str,
+        package: str | None = None,
         migrations: Traversable | None = None,
         outbox_migration: int | None = None,
         unavailable_error: Callable[[], BaseException] | None = None,
     ) -> Database:
         """The service's PostgreSQL pool: migrated at start, probed, its pool in the metrics.
 
-        ``package`` is the service's store package (``"mercato_orders.store"``): its
+        ``package`` is the service's store package, by default the ``store`` package beside the
+        module of the settings' class (``mercato_orders.store``), as the layout has it. Its
         ``migrations/`` folder holds the migrations (unless ``migrations`` names another) and its
-        name is the tracer and logger name of the database spans.
+        name is the logger name of the database.
         """
         from mercato_common.postgres import Database
 
+        package = package or type(settings).__module__.rpartition(".")[0] + ".store"
         database = Database(
             settings.database_url.get_secret_value(),
             logger_name=package,

@@ -11,9 +11,8 @@ before the consumers so that it stops after them and their last progress is writ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
-from prometheus_client import REGISTRY, CollectorRegistry
 from pymongo import AsyncMongoClient
 
 from mercato.analytics.v1 import analytics_pb2_grpc
@@ -27,9 +26,8 @@ from mercato_analytics.positions import KafkaPositions
 from mercato_analytics.service import Queries, RollUp
 from mercato_analytics.settings import AnalyticsSettings
 from mercato_analytics.store import INDEXES, AnalyticsStore
-from mercato_common.identity import TokenVerifier
 from mercato_common.kafka import Backoff, ConsumerGroup, DeadLetterSink
-from mercato_common.kit import App, Definition, Service
+from mercato_common.kit import App, Definition, KitOptions, Service
 
 __all__ = ["DEFINITION", "AnalyticsApp", "build_app"]
 
@@ -50,17 +48,12 @@ class AnalyticsApp(App):
     mongo: AsyncMongoClient[Any]
 
 
-def build_app(
-    settings: AnalyticsSettings,
-    *,
-    token_verifier: TokenVerifier | None = None,
-    registry: CollectorRegistry = REGISTRY,
-) -> AnalyticsApp:
+def build_app(settings: AnalyticsSettings, **options: Unpack[KitOptions]) -> AnalyticsApp:
     """Declare every part of analytics from ``settings``; nothing connects until started."""
-    kit = Service(settings, token_verifier=token_verifier, registry=registry)
+    kit = Service(settings, **options)
     mongo = kit.mongo(settings, indexes=INDEXES)
     store = AnalyticsStore(mongo.db)
-    metrics = AnalyticsMetrics(registry)
+    metrics = AnalyticsMetrics(kit.registry)
     for topic in settings.topics:  # at 0 from the start: dashboards show 0, not "no data"
         metrics.dead_letters.labels(topic)
     kit.verify_tokens_with_auth(settings.auth_target)

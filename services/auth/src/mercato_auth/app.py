@@ -11,8 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
-
-from prometheus_client import REGISTRY, CollectorRegistry
+from typing import Unpack
 
 from mercato.auth.v1 import auth_pb2_grpc
 from mercato_auth.api import SERVICE_NAME, AuthServicer
@@ -30,7 +29,7 @@ from mercato_auth.service import (
 from mercato_auth.settings import AuthSettings
 from mercato_auth.store import AuthStore, Database
 from mercato_common.identity import JwksTokenVerifier
-from mercato_common.kit import App, Definition, Service
+from mercato_common.kit import App, Definition, KitOptions, Service
 from mercato_common.revocation import token_revocations
 
 __all__ = ["DEFINITION", "AuthApp", "Bootstrap", "build_app"]
@@ -81,15 +80,10 @@ class Bootstrap:
         return None
 
 
-def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY) -> AuthApp:
+def build_app(settings: AuthSettings, **options: Unpack[KitOptions]) -> AuthApp:
     """Declare every part of auth from ``settings``; nothing connects until started."""
-    kit = Service(settings, registry=registry)
-    database = kit.postgres(
-        settings,
-        package="mercato_auth.store",
-        outbox_migration=2,
-        unavailable_error=AuthUnavailable,
-    )
+    kit = Service(settings, **options)
+    database = kit.postgres(settings, outbox_migration=2, unavailable_error=AuthUnavailable)
     store = AuthStore(database, events_topic=settings.events_topic)
     keys = KeyRing(
         store,
@@ -122,7 +116,7 @@ def build_app(settings: AuthSettings, *, registry: CollectorRegistry = REGISTRY)
             address=settings.throttle_policy(settings.throttle_address_max_failures),
             account_ceiling=settings.throttle_account_ceiling,
         ),
-        metrics=AuthMetrics(registry),
+        metrics=AuthMetrics(kit.registry),
         revocations=revocations,
         verifier=verifier,
     )

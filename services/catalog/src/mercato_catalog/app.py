@@ -16,9 +16,8 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Unpack
 
-from prometheus_client import REGISTRY, CollectorRegistry
 from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
@@ -42,8 +41,7 @@ from mercato_catalog.store import (
     StoreContext,
     WriteLocks,
 )
-from mercato_common.identity import TokenVerifier
-from mercato_common.kit import App, Definition, Service
+from mercato_common.kit import App, Definition, KitOptions, Service
 from mercato_common.outbox import MongoOutboxRelay, RelayRunner
 from mercato_common.redis_client import fail_fast_redis
 from mercato_common.runtime import CloseOnStop
@@ -77,14 +75,9 @@ class CatalogApp(App):
     redis: Redis | None
 
 
-def build_app(
-    settings: CatalogSettings,
-    *,
-    token_verifier: TokenVerifier | None = None,
-    registry: CollectorRegistry = REGISTRY,
-) -> CatalogApp:
+def build_app(settings: CatalogSettings, **options: Unpack[KitOptions]) -> CatalogApp:
     """Declare every part of the catalog from ``settings``; nothing connects until started."""
-    kit = Service(settings, token_verifier=token_verifier, registry=registry)
+    kit = Service(settings, **options)
     locks = WriteLocks(enabled=settings.write_locks == "on")
 
     async def on_connect(client: AsyncMongoClient[Any]) -> None:
@@ -108,7 +101,7 @@ def build_app(
         prefix=settings.redis_prefix,
         ttl_seconds=settings.cache_ttl_seconds,
         breaker_seconds=settings.cache_breaker_seconds,
-        metrics=CacheMetrics(registry),
+        metrics=CacheMetrics(kit.registry),
     )
     product_store, stock_store, sagas = ProductStore(ctx), StockStore(ctx), ReservationStore(ctx)
     categories = CategoryService(CategoryStore(ctx))

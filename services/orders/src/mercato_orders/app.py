@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-
-from prometheus_client import REGISTRY, CollectorRegistry
+from typing import Unpack
 
 from mercato.auth.v1 import auth_pb2_grpc
 from mercato.catalog.v1 import catalog_pb2_grpc
 from mercato.orders.v1 import orders_pb2_grpc
-from mercato_common.identity import JwksTokenVerifier, TokenVerifier, auth_jwks_fetcher
-from mercato_common.kit import App, Definition, Service
+from mercato_common.kit import App, Definition, KitOptions, Service
 from mercato_common.runtime import CloseOnStop
 from mercato_orders.api import SERVICE_NAME, OrdersServicer
 from mercato_orders.clients import CatalogClient, ServiceTokens, issue_with
@@ -55,18 +53,12 @@ class OrdersApp(App):
 def build_app(
     settings: OrdersSettings,
     *,
-    registry: CollectorRegistry = REGISTRY,
-    token_verifier: TokenVerifier | None = None,
     payments: PaymentProvider | None = None,
+    **options: Unpack[KitOptions],
 ) -> OrdersApp:
     """Declare every part of orders from ``settings``; nothing connects until started."""
-    kit = Service(settings, registry=registry)
-    database = kit.postgres(
-        settings,
-        package="mercato_orders.store",
-        outbox_migration=2,
-        unavailable_error=OrdersUnavailable,
-    )
+    kit = Service(settings, **options)
+    database = kit.postgres(settings, outbox_migration=2, unavailable_error=OrdersUnavailable)
     store = OrdersStore(database, events_topic=settings.events_topic)
     auth_channel = kit.client(
         settings.auth_target, services=[AUTH_SERVICE], timeout=settings.auth_timeout_seconds
@@ -81,9 +73,7 @@ def build_app(
         ),
         refresh_margin=settings.service_token_refresh_margin_seconds,
     )
-    kit.verify_tokens(
-        token_verifier or JwksTokenVerifier.from_settings(auth_jwks_fetcher(auth_channel), settings)
-    )
+    kit.verify_tokens_with_auth(auth_channel)
     catalog_channel = kit.client(
         settings.catalog_target,
         services=[CATALOG_SERVICE],
@@ -111,7 +101,7 @@ def build_app(
                 max_units_per_product=settings.max_units_per_product_per_user,
             ),
         ),
-        metrics=OrdersMetrics(registry),
+        metrics=OrdersMetrics(kit.registry),
     )
     # A part: it drains the compensations still running in the background at stop.
     kit.part(service)
