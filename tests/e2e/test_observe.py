@@ -220,6 +220,21 @@ def test_every_target_is_up(observed: ObservedSuite) -> None:
         assert labels["job"] == f"mercato-{labels['component']}"
 
 
+def test_the_targets_page_is_served_by_prometheus_web_ui(observed: ObservedSuite) -> None:
+    """The page a browser opens to see the targets UP: the web UI's index and its script."""
+    page = observed.prometheus.http.get("/targets")
+    assert page.status_code == 200, page.text[:500]
+    assert "text/html" in page.headers["content-type"]
+    assert "<title>Prometheus Time Series Collection and Processing Server</title>" in page.text
+    scripts = re.findall(r'src="\./(assets/index-[\w-]+\.js)"', page.text)
+    assert scripts, f"no ./assets/index-*.js bundle in {page.text[:1000]}"
+    for script in scripts:
+        bundle = observed.prometheus.http.get(f"/{script}")
+        assert bundle.status_code == 200, f"/{script}: {bundle.status_code}"
+        assert "javascript" in bundle.headers["content-type"], bundle.headers
+        assert len(bundle.content) > 100_000, f"/{script}: {len(bundle.content)} bytes"
+
+
 # Panels ----------------------------------------------------------------------------------------
 
 

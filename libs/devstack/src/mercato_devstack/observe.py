@@ -4,10 +4,13 @@ Prometheus scrapes every service's metrics port with the labels the chart's Serv
 in a cluster (``namespace``, ``component``, ``job``, ``pod``, ``container``), so the chart's own
 rule file (deploy/helm/mercato/files/prometheus-rules.yaml, its placeholders filled as the chart
 fills them) and the Grafana dashboards' queries run unchanged on the local suite. Exemplar
-storage is on: latency histograms carry the trace ids of sampled requests.
+storage is on: latency histograms carry the trace ids of sampled requests. Its web UI (the
+targets, query, alerts and rules pages) is built from the module's sources with pnpm and embedded
+in the binary (see :meth:`Prometheus.prepare`).
 
 Jaeger (v2, the OpenTelemetry Collector based all-in-one, in-memory storage) receives the
-services' spans over OTLP/gRPC and serves its UI and query API.
+services' spans over OTLP/gRPC and serves its query API (its Go module carries no built UI: the
+binary serves a placeholder page instead).
 
 Both are components of the local stack's kind (pid file, port, probe, log under
 ``.state/stack/<name>/``), started by the suite when observing and stopped with it
@@ -21,7 +24,9 @@ shipped rules are never changed.
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,14 +36,21 @@ from typing import Any
 
 import yaml
 
-from mercato_devstack import install
-from mercato_devstack.components.base import GoProgram
+from mercato_devstack import install, process
+from mercato_devstack.components.base import BuildSteps, GoProgram, build_key
 from mercato_devstack.config import StackConfig
 
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 #: The Go module version of Prometheus 3.16.0 (Prometheus 3.x is published as v0.3xx.y).
 PROMETHEUS_VERSION = "v0.316.0"
 PROMETHEUS_RELEASE = "3.16.0"
+#: pnpm, which builds Prometheus' web UI (a pnpm workspace in web/ui of the module). 12.x runs on
+#: Node.js 20 (11.x needs Node.js 22).
+PNPM_VERSION = "12.25.1"
+#: Added to the UI workspace's pnpm ``overrides``. The UI's lockfile pins
+#: @mantine/code-highlight 9.7.2, which the npm registry does not serve; 9.6.2 is the newest
+#: release before it. Every other package stays as the lockfile pins it.
+PROMETHEUS_UI_OVERRIDES: dict[str, str] = {"@mantine/code-highlight": "9.6.2"}
 #: Jaeger v2 (cmd/jaeger, the OpenTelemetry Collector based binary) is tagged v1.75.0 as a module.
 JAEGER_MODULE = "github.com/jaegertracing/jaeger"
 JAEGER_VERSION = "v1.75.0"
@@ -168,6 +180,13 @@ class ScrapeTarget:
         }
 
 
+def with_overrides(workspace: str, overrides: Mapping[str, str]) -> str:
+    """The text of a pnpm-workspace.yaml with ``overrides`` added to its ``overrides``."""
+    settings = yaml.safe_load(workspace) or {}
+    settings["overrides"] = {**(settings.get("overrides") or {}), **overrides}
+    return yaml.safe_dump(settings, sort_keys=False)
+
+
 def http_probe(url: str) -> str | None:
     """None when ``url`` answers 200, else why not."""
     try:
@@ -205,20 +224,124 @@ class Prometheus(_Observer):
     def port(self) -> int:
         return self.config.prometheus_port
 
-    def prepare(self) -> None:
-        self._go_install(
-            f"{PROMETHEUS_MODULE}/cmd/prometheus@{PROMETHEUS_VERSION}",
-            ldflags=" ".join(
-                [
-                    "-s -w",
-                    f"-X github.com/prometheus/common/version.Version={PROMETHEUS_RELEASE}",
-                    "-X github.com/prometheus/common/version.Branch=HEAD",
-                ]
-            ),
-            # The cloud service discovery plugins are never used here (half the binary).
-            tags="netgo,remove_all_sd",
-            purpose="Prometheus",
+    #: The cloud service discovery plugins are never used here (half the binary); the web UI's
+    #: assets are embedded (builtinassets).
+    TAGS = "netgo,remove_all_sd,builtinassets"
+    LDFLAGS = " ".join(
+        [
+            "-s -w",
+            f"-X github.com/prometheus/common/version.Version={PROMETHEUS_RELEASE}",
+            "-X github.com/prometheus/common/version.Branch=HEAD",
+        ]
+    )
+
+    @classmethod
+    def build_key(cls) -> str:
+        """Every input of the build: a binary built with other ones is built again."""
+        return build_key(
+            module=f"{PROMETHEUS_MODULE}@{PROMETHEUS_VERSION}",
+            pnpm=PNPM_VERSION,
+            overrides=PROMETHEUS_UI_OVERRIDES,
+            tags=cls.TAGS,
+            ldflags=cls.LDFLAGS,
         )
+
+    def prepare(self) -> None:
+        """Build Prometheus with its web UI, once.
+
+        The module (from the Go module proxy) carries the UI's sources but not its built assets:
+        they are built with pnpm from the npm registry, gzipped and embedded as Prometheus'
+        release build does it. Only the binary is kept: node_modules, the pnpm store (~450 MB) and
+        the Go build cache (~850 MB) are removed after the build, because they would speed up
+        only a rebuild after a pin changes, and by little: installing and building the UI takes
+        under a minute of a ~3 min build, compiling Prometheus the rest (a new version
+        recompiles most of it anyway). The Go module cache is the stack's shared one.
+        """
+        go = install.find_go()
+        if go is None:
+            raise self.fail("Go (1.26 or later) is needed once to build Prometheus")
+        npm = process.which("npm")
+        if npm is None:
+            raise self.fail(
+                "Node.js (20.19 or later) and npm are needed once to build Prometheus' web UI"
+            )
+        self._build_once(
+            self.build_key(),
+            lambda work, steps: self._build(work, steps, go, npm),
+            what=f"Prometheus {PROMETHEUS_RELEASE} with its web UI",
+            steps=8,
+        )
+
+    def _build(self, work: Path, steps: BuildSteps, go: str, npm: str) -> Path:
+        go_env = install.go_env(
+            self.config.cache_dir / "go",
+            GOFLAGS="-modcacherw -buildvcs=false -trimpath",
+            GOCACHE=str(work / "go-build"),
+            # The module's go.work names folders its zip does not carry.
+            GOWORK="off",
+        )
+        module = f"{PROMETHEUS_MODULE}@{PROMETHEUS_VERSION}"
+        info = json.loads(
+            steps.run(
+                "go mod download",
+                [go, "mod", "download", "-json", module],
+                cwd=work,
+                env=go_env,
+                capture=True,
+            )
+        )
+        source = work / "src"
+        with steps.step("copy the module's source", f"{info['Dir']} -> {source}"):
+            shutil.copytree(info["Dir"], source)
+            for path in (source, *source.rglob("*")):
+                path.chmod(path.stat().st_mode | 0o200)
+        tools = work / "tools"
+        steps.run(
+            "install pnpm",
+            [npm, "install", "--no-audit", "--no-fund", "--prefix", str(tools),
+             f"pnpm@{PNPM_VERSION}"],
+            cwd=work,
+            env=os.environ,
+        )  # fmt: skip
+        ui = source / "web" / "ui"
+        workspace = ui / "pnpm-workspace.yaml"
+        with steps.step("add the pnpm overrides", json.dumps(PROMETHEUS_UI_OVERRIDES)):
+            workspace.write_text(with_overrides(workspace.read_text(), PROMETHEUS_UI_OVERRIDES))
+        node_env = {**os.environ, "PATH": f"{tools / 'node_modules' / '.bin'}{os.pathsep}"
+                    f"{os.environ.get('PATH', '')}"}  # fmt: skip
+        pnpm = str(tools / "node_modules" / ".bin" / "pnpm")
+        steps.run(
+            "pnpm install",
+            # The lockfile is rewritten for the overrides (hence not frozen), and its
+            # supply-chain check, which fails on the overridden package's entry, is skipped.
+            [pnpm, "install", "--no-frozen-lockfile", "--trust-lockfile",
+             "--store-dir", str(work / "pnpm-store")],
+            cwd=ui,
+            env=node_env,
+        )  # fmt: skip
+        steps.run(
+            "build the web UI",
+            [pnpm, "run", "build:mantine-ui"],
+            cwd=ui,
+            # A CI variable of the caller's (CI runners set one) is cleared: the UI is built
+            # as on a developer's machine.
+            env={**node_env, "CI": ""},
+        )
+        steps.run(
+            "compress and list the UI's assets",
+            ["bash", "scripts/compress_assets.sh"],
+            cwd=source,
+            env=os.environ,
+        )
+        built = work / "prometheus"
+        steps.run(
+            "go build",
+            [go, "build", "-tags", self.TAGS, "-ldflags", self.LDFLAGS, "-o", str(built),
+             "./cmd/prometheus"],
+            cwd=source,
+            env=go_env,
+        )  # fmt: skip
+        return built
 
     def _write_config(self) -> Path:
         rules = self.dir / "rules.yaml"
@@ -349,7 +472,9 @@ def observers(
 __all__ = [
     "JAEGER_VERSION",
     "LOCAL_NAMESPACE",
+    "PNPM_VERSION",
     "PROMETHEUS_RELEASE",
+    "PROMETHEUS_UI_OVERRIDES",
     "PROMETHEUS_VERSION",
     "Jaeger",
     "PanelQuery",
@@ -361,4 +486,5 @@ __all__ = [
     "local_rules",
     "observers",
     "panel_queries",
+    "with_overrides",
 ]

@@ -487,10 +487,10 @@ class Suite:
         if not self.observers:
             return ""
         jaeger, prometheus = self.observers
-        # Neither Go module carries its web UI's built assets: their HTTP APIs are served.
+        # Prometheus is built with its web UI; Jaeger's Go module has no UI (its API is served).
         return (
-            f"  Prometheus: {prometheus.url}  (API: /api/v1/targets, /api/v1/query,"
-            " /api/v1/alerts)\n"
+            f"  Prometheus: {prometheus.url}  (web UI: /targets, /query, /alerts;"
+            " API: /api/v1/targets, /api/v1/query, /api/v1/alerts)\n"
             f"  Jaeger:     {jaeger.url}  (API: /api/services, /api/traces/<trace id>;"
             f" spans over OTLP to {jaeger.otlp_endpoint})\n"
         )

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import abc
+import contextlib
+import fcntl
+import json
 import logging
+import os
+import shlex
 import signal
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -198,6 +207,81 @@ class Component(abc.ABC):
         )
 
 
+def build_key(**inputs: object) -> str:
+    """One line naming every input of a cached build (recorded beside its output; when an
+    input changes, the build runs again)."""
+    return json.dumps(inputs, sort_keys=True, separators=(",", ":"))
+
+
+class BuildSteps:
+    """The steps of one cold build: each prints a progress line and appends what it does and
+    its output to one log file; a failure names the step and that log."""
+
+    def __init__(self, component: str, what: str, log_path: Path, total: int) -> None:
+        self.component = component
+        self.what = what
+        self.log_path = log_path
+        self.total = total
+        self.done = 0
+
+    def _fail(self, step: str, reason: str) -> ComponentError:
+        return ComponentError(
+            self.component,
+            f"building {self.what} failed at step {step!r}: {reason}",
+            log_path=self.log_path,
+            log_tail=process.tail(self.log_path),
+        )
+
+    @contextlib.contextmanager
+    def step(self, step: str, detail: str = "") -> Iterator[None]:
+        """One step done in Python (an OSError fails it)."""
+        self.done += 1
+        print(f"  {self.component} [{self.done}/{self.total}] {step}", file=sys.stderr, flush=True)
+        with self.log_path.open("a") as log:
+            log.write(f"\n==> [{self.done}/{self.total}] {step}{': ' if detail else ''}{detail}\n")
+        started = time.monotonic()
+        try:
+            yield
+        except OSError as error:
+            raise self._fail(step, str(error)) from error
+        with self.log_path.open("a") as log:
+            log.write(f"<== {step}: {time.monotonic() - started:.0f} s\n")
+
+    def run(
+        self,
+        step: str,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        capture: bool = False,
+        timeout: float = 3600,
+    ) -> str:
+        """Run ``argv`` as one step, its output into the log; its stdout when ``capture``."""
+        with self.step(step, f"{shlex.join(argv)}  (in {cwd})"), self.log_path.open("a") as log:
+            try:
+                done = subprocess.run(  # noqa: S603 - argv is built by the stack, never a shell
+                    list(argv),
+                    cwd=cwd,
+                    env=dict(env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE if capture else log,
+                    stderr=log if capture else subprocess.STDOUT,
+                    text=True,
+                    timeout=timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as error:
+                raise self._fail(step, f"took over {timeout:.0f} s") from error
+            except FileNotFoundError as error:
+                raise self._fail(step, f"command not found: {argv[0]}") from error
+            if capture:
+                log.write(done.stdout)
+        if done.returncode != 0:
+            raise self._fail(step, f"exit {done.returncode} from {shlex.join(argv)}")
+        return done.stdout if capture else ""
+
+
 class GoProgram(Component):
     """A Go program run as one process: built once (by ``prepare``) into the cache as
     ``<cache>/<name>-<version>/<name>``, its state under ``.state/stack/<name>``."""
@@ -216,6 +300,57 @@ class GoProgram(Component):
         """Build ``package@version`` into :attr:`binary` unless it is there (options: those of
         :func:`mercato_devstack.install.go_install`)."""
         install.go_install(package, self.binary, cache_dir=self.config.cache_dir / "go", **options)
+
+    @property
+    def build_stamp(self) -> Path:
+        """The key of the build that made :attr:`binary` (see :meth:`_build_once`)."""
+        return self.binary.with_name(f"{self.name}.build-key")
+
+    @property
+    def build_log(self) -> Path:
+        return self.binary.with_name("build.log")
+
+    def _build_once(
+        self,
+        key: str,
+        build: Callable[[Path, BuildSteps], Path],
+        *,
+        what: str,
+        steps: int,
+    ) -> None:
+        """Make :attr:`binary` with ``build`` unless it was made with ``key`` (see
+        :func:`build_key`). ``build(work, steps)`` runs its ``steps`` steps in a temporary folder
+        ``work`` beside the binary, removed afterwards with all it holds; it returns the built
+        file. A file lock keeps processes started side by side from building it twice."""
+        if install.is_fresh(self.build_stamp, key, self.binary):
+            return
+        folder = self.binary.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".build.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if install.is_fresh(self.build_stamp, key, self.binary):
+                return
+            started = time.monotonic()
+            self.build_log.write_text(f"building {what}\nkey: {key}\n")
+            print(
+                f"building {what} (once, into {folder}; log: {self.build_log})",
+                file=sys.stderr,
+                flush=True,
+            )
+            with tempfile.TemporaryDirectory(prefix="build-", dir=folder) as work:
+                built = build(Path(work), BuildSteps(self.name, what, self.build_log, steps))
+                if not built.is_file():
+                    raise ComponentError(
+                        self.name, f"the build of {what} wrote no {built}", log_path=self.build_log
+                    )
+                self.build_stamp.unlink(missing_ok=True)
+                os.replace(built, self.binary)
+                self.build_stamp.write_text(key + "\n")
+            print(
+                f"built {what} in {time.monotonic() - started:.0f} s: {self.binary}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _launch(self, *args: str) -> None:
         pid = process.spawn([str(self.binary), *args], log_path=self.log_path, cwd=self.dir)
