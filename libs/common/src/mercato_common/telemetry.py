@@ -25,6 +25,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import Status
 from prometheus_client import CollectorRegistry, start_http_server
 from pythonjsonlogger.json import JsonFormatter
@@ -356,7 +357,6 @@ def setup_telemetry(
     """
     configure_logging(service, version, log_level)
     resource = Resource.create({"service.name": service, "service.version": version})
-    provider = TracerProvider(resource=resource)
     if span_exporter is None and otlp_endpoint:
         # Imported lazily: the exporter pulls in grpc channels only when used.
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -364,6 +364,12 @@ def setup_telemetry(
         span_exporter = OTLPSpanExporter(endpoint=otlp_endpoint)
     global _exporting
     _exporting = span_exporter is not None
+    # Spans nobody exports are not recorded: a process that starts a trace then only makes ids
+    # (the trace.id and span.id of its log lines, the traceparent it sends on), and one that
+    # continues a sampled trace still records it, so the next hop's decision stays the caller's.
+    provider = TracerProvider(
+        resource=resource, sampler=None if _exporting else ParentBased(root=ALWAYS_OFF)
+    )
     if span_exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(ScrubbingSpanExporter(span_exporter)))
         # Before any instrumentor reads it: the stable database attribute names.
