@@ -180,7 +180,9 @@ async def run(orders: int, first: int, calls: int) -> dict[str, Any]:
                     "facts": facts,
                     "consume_seconds": round(consumed, 1),
                     "rollup_wait_seconds": round(rollup_wait, 1),
-                    "rollup_documents": await app.store.rollups.rollups.count_documents({}),
+                    "rollup_documents": sum(
+                        [await c.count_documents({}) for c in app.store.rollups.rollups.values()]
+                    ),
                     "queries": await _queries(stub, metadata, calls),
                     "fold_from_facts": await _fold_from_facts(
                         settings.mongo_uri, settings.mongo_database

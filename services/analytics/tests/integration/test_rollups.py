@@ -57,7 +57,8 @@ async def test_queries_read_rollups_and_the_dirty_minutes_facts(harness) -> None
     taken = await rollup.run_until_clean()
     assert taken > 10  # several batches
     assert await store.rollups.dirty.count_documents({}) == 0
-    day_doc = await store.rollups.rollups.find_one({"_id": rollup_id(BucketSize.DAY, start)})
+    days = store.rollups.rollups[BucketSize.DAY]
+    day_doc = await days.find_one({"_id": rollup_id(BucketSize.DAY, start)})
     assert day_doc is not None
     assert await _answers(analytics, start, end) == from_facts
 
@@ -147,3 +148,36 @@ async def test_facts_of_an_older_version_are_rolled_up_after_the_backfill(harnes
     await rollup.run_until_clean()
     await store.facts.delete_many({})
     assert (await analytics.funnel(*day)).placed == 1  # from the roll-ups
+
+
+async def test_the_single_rollup_collection_of_an_earlier_version_is_rolled_up_again(
+    harness,
+) -> None:
+    analytics = await harness.make(consume=False, rollup_interval_seconds=3600)
+    store = analytics.app.store
+    placed_at = datetime(2026, 4, 5, 6, 7, 8, tzinfo=UTC)
+    event = OrderEvent(
+        kind=OrderEventKind.PLACED, order_id="o-single", time=placed_at, place_time=placed_at
+    )
+    await store.rollups.leases.delete_one({"_id": "minutes-backfilled"})
+    await store.facts.insert_one({"_id": "e-single", **fact_document(event)})
+    rollup = RollUp(store, settle=0.0)
+    await rollup.backfill()
+    await rollup.run_until_clean()
+    # The database as an earlier version left it: every level in one collection, no mark.
+    single = store.rollups.dirty.database["rollups"]
+    for collection in store.rollups.rollups.values():
+        docs = await collection.find({}).to_list()
+        assert docs
+        await single.insert_many(docs)
+        await collection.delete_many({})
+    day = (placed_at.replace(hour=0, minute=0, second=0), placed_at.replace(hour=23, minute=59))
+    assert (await analytics.funnel(*day)).placed == 0  # the per-level collections are empty
+
+    await rollup.note_fresh_database()  # what the job does at start, before any query
+    assert (await analytics.funnel(*day)).placed == 1  # marked: read from the fact
+    assert "rollups" not in await single.database.list_collection_names()
+    await rollup.note_fresh_database()  # nothing left to move
+    await rollup.run_until_clean()
+    await store.facts.delete_many({})
+    assert (await analytics.funnel(*day)).placed == 1  # from the per-level roll-ups

@@ -128,9 +128,14 @@ class RollUp:
         }
 
     async def note_fresh_database(self) -> None:
-        """Before the consumers start: a database without facts needs no backfill, ever."""
+        """Before the consumers start and the queries are served: a database without facts needs
+        no backfill, ever; the roll-ups of an earlier version's single collection are marked to
+        be written again into the per-level ones."""
         if not await self._store.has_facts():
             await self._store.rollups.mark_done(_BACKFILLED, now=self._clock())
+        moved = await self._store.rollups.move_single_collection(now=self._clock())
+        if moved:
+            log.info("marked %d minutes of the single roll-up collection to roll up again", moved)
 
     async def backfill(self, *, batch: int = 1000) -> int:
         """Once per database: give the facts stored by a version without roll-ups their minutes

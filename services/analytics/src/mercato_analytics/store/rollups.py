@@ -2,8 +2,8 @@
 
 Collections
 -----------
-``rollups``
-    One document per (level, bucket start) with the figures of that minute, hour or day:
+``rollups_minutes``, ``rollups_hours``, ``rollups_days``
+    One document per bucket start of the level with the figures of that minute, hour or day:
     ``_id`` = ``rollup_id(level, start)``, ``level``, ``start``, ``parent`` (the id of the
     hour of a minute, the day of an hour, the month of a day) and ``f``, the figures as compact
     JSON bytes. Replaced whole by the roll-up job, never updated in place; a bucket without
@@ -12,7 +12,13 @@ Collections
     Read by ``_id`` or by ``parent``, both equalities: FerretDB serves an equality from
     PostgreSQL but filters a range itself over the whole collection, and it decodes one bytes
     field about seven times faster than the same figures as nested documents (measured: 60 roll-ups
-    by parent in 7.5 ms against 50 ms).
+    by parent in 7.5 ms against 50 ms). FerretDB 1.24 answers even an equality with a scan of the
+    whole collection, so each level has its own: reading the hours of a day scans the hours
+    only, not the minutes (about 60 times as many), and the days scan the days.
+``rollups``
+    The single collection of all three levels of earlier versions: its minutes are marked dirty
+    (so the job writes them, their hours and days into the collections above) and it is dropped
+    (:meth:`RollupStore.move_single_collection`).
 ``dirty_minutes``
     One document per minute whose facts changed since its roll-up: ``minute``, ``touched`` (when
     last marked) and a random ``token`` that every mark replaces. The job removes a mark only if
@@ -42,14 +48,27 @@ from mercato_analytics.domain.rollups import Figures, Span, rollup_id
 from mercato_analytics.store.mongo import bulk_write_in_chunks, gather_reads, translated
 from mercato_common.mongo import IndexSpec
 
-__all__ = ["DIRTY", "LEASES", "ROLLUPS", "ROLLUP_INDEXES", "DirtyMark", "RollupStore"]
+__all__ = [
+    "DIRTY",
+    "LEASES",
+    "ROLLUPS",
+    "ROLLUP_INDEXES",
+    "SINGLE_COLLECTION",
+    "DirtyMark",
+    "RollupStore",
+]
 
-ROLLUPS = "rollups"
+ROLLUPS: Mapping[BucketSize, str] = {
+    BucketSize.MINUTE: "rollups_minutes",
+    BucketSize.HOUR: "rollups_hours",
+    BucketSize.DAY: "rollups_days",
+}
+SINGLE_COLLECTION = "rollups"
 DIRTY = "dirty_minutes"
 LEASES = "leases"
 
 ROLLUP_INDEXES: Mapping[str, list[IndexSpec]] = {
-    ROLLUPS: [IndexSpec.of("by_parent", "parent")],
+    **{name: [IndexSpec.of("by_parent", "parent")] for name in ROLLUPS.values()},
     DIRTY: [IndexSpec.of("by_minute", "minute")],
 }
 
@@ -77,7 +96,10 @@ DirtyMark = tuple[datetime, str]
 
 class RollupStore:
     def __init__(self, db: AsyncDatabase[Any]) -> None:
-        self.rollups: AsyncCollection[Any] = db[ROLLUPS]
+        self.rollups: Mapping[BucketSize, AsyncCollection[Any]] = {
+            level: db[name] for level, name in ROLLUPS.items()
+        }
+        self._single: AsyncCollection[Any] = db[SINGLE_COLLECTION]
         self.dirty: AsyncCollection[Any] = db[DIRTY]
         self.leases: AsyncCollection[Any] = db[LEASES]
 
@@ -147,35 +169,36 @@ class RollupStore:
                 "f": Binary(packed),
             }
             ops.append(ReplaceOne({"_id": key}, doc, upsert=True))
-        await bulk_write_in_chunks(self.rollups, ops)
+        await bulk_write_in_chunks(self.rollups[level], ops)
 
     async def read(self, spans: Sequence[Span]) -> list[tuple[datetime, Figures]]:
         """The roll-ups of the spans: (bucket start, figures). A parent mostly covered by a
         span is read whole with one query, the few buckets of another one by one; all at once."""
-        parents: set[str] = set()
-        ids: set[str] = set()
-        levels: set[str] = set()
+        parents: set[tuple[BucketSize, str]] = set()
+        ids: set[tuple[BucketSize, str]] = set()
+        levels: set[BucketSize] = set()
         for span in spans:
             if (span.end - span.start) / span.level.step > _BY_PARENT_AT_MOST:
                 # A long span (years of days, up to the year 9000): every roll-up of its level,
                 # as many as there are buckets with data, filtered here.
-                levels.add(span.level.value)
+                levels.add(span.level)
                 continue
             members: dict[str, list[datetime]] = defaultdict(list)
             for start in bucket_starts(span.start, span.end, span.level):
                 members[_parent(span.level, start)].append(start)
             for parent, starts in members.items():
                 if len(starts) > _BY_ID_AT_MOST:
-                    parents.add(parent)
+                    parents.add((span.level, parent))
                 else:
-                    ids.update(rollup_id(span.level, start) for start in starts)
-        queries: list[dict[str, str]] = [{"level": level} for level in sorted(levels)]
-        queries += [{"parent": parent} for parent in sorted(parents)]
-        queries += [{"_id": key} for key in sorted(ids)]
+                    ids.update((span.level, rollup_id(span.level, start)) for start in starts)
+        queries: list[tuple[BucketSize, dict[str, str]]] = [(level, {}) for level in levels]
+        queries += [(level, {"parent": parent}) for level, parent in parents]
+        queries += [(level, {"_id": key}) for level, key in ids]
 
-        async def one(query: Mapping[str, Any]) -> list[Any]:
+        async def one(query: tuple[BucketSize, Mapping[str, Any]]) -> list[Any]:
+            level, where = query
             async with translated():
-                return await self.rollups.find(query, {"parent": 0}).to_list()
+                return await self.rollups[level].find(where, {"parent": 0}).to_list()
 
         found = await gather_reads(one, queries)
         # A parent read whole brings buckets outside the spans, and one read by id may come
@@ -191,6 +214,22 @@ class RollupStore:
     async def within(self, level: BucketSize, start: datetime, end: datetime) -> list[Figures]:
         """The roll-ups of ``level`` starting in ``[start, end)``."""
         return [figures for _, figures in await self.read([Span(level, start, end)])]
+
+    async def move_single_collection(self, *, now: datetime) -> int:
+        """Mark dirty the minutes of the single roll-up collection of earlier versions, then drop
+        it: the job writes those minutes, their hours and days into the per-level collections,
+        and until then the queries read the facts of those minutes. Idempotent (after a crash
+        between the two, the marks are written again). How many minutes were marked."""
+        async with translated():
+            docs = await self._single.find(
+                {"level": BucketSize.MINUTE.value}, {"_id": 0, "start": 1}
+            ).to_list()
+        minutes = {doc["start"] for doc in docs}
+        if minutes:
+            await self.mark_dirty(minutes, now=now)
+        async with translated():
+            await self._single.drop()
+        return len(minutes)
 
     # -- the job's lease -------------------------------------------------------------------
 
