@@ -148,6 +148,7 @@ class RollupJob:
                 if not self._backfilled:
                     await self.rollup.backfill()
                     self._backfilled = True
+                await self.rollup.move_single_collection()
                 await self.rollup.run_until_clean(rounds=10)
         except AnalyticsError as exc:  # the database is unavailable: next tick
             log.warning("roll-up skipped: %s", exc)

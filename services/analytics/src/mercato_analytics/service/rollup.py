@@ -133,9 +133,17 @@ class RollUp:
         be written again into the per-level ones."""
         if not await self._store.has_facts():
             await self._store.rollups.mark_done(_BACKFILLED, now=self._clock())
+        await self.move_single_collection()
+
+    async def move_single_collection(self) -> int:
+        """Mark the minutes of an earlier version's single roll-up collection dirty and drop it
+        (see :meth:`RollupStore.move_single_collection`). At start, and at every run of the job:
+        during a rolling upgrade a replica of that version may write it again while it holds
+        the lease."""
         moved = await self._store.rollups.move_single_collection(now=self._clock())
         if moved:
             log.info("marked %d minutes of the single roll-up collection to roll up again", moved)
+        return moved
 
     async def backfill(self, *, batch: int = 1000) -> int:
         """Once per database: give the facts stored by a version without roll-ups their minutes

@@ -221,6 +221,9 @@ class RollupStore:
         and until then the queries read the facts of those minutes. Idempotent (after a crash
         between the two, the marks are written again). How many minutes were marked."""
         async with translated():
+            database = self._single.database
+            if not await database.list_collection_names(filter={"name": SINGLE_COLLECTION}):
+                return 0
             docs = await self._single.find(
                 {"level": BucketSize.MINUTE.value}, {"_id": 0, "start": 1}
             ).to_list()
