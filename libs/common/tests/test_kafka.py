@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import IllegalStateError, KafkaConnectionError, KafkaError
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -717,6 +717,34 @@ async def test_commit_failure_keeps_offsets_for_the_next_commit() -> None:
     await runner.stop(grace=5)
     await asyncio.wait_for(task, 5)
     assert consumer.commits == [{tp: 1}]
+
+
+async def test_a_partition_lost_before_the_commit_does_not_cost_the_others_theirs() -> None:
+    """A commit naming a partition no longer assigned fails whole (aiokafka's IllegalStateError):
+    the partitions still owned must be committed anyway, or their lag never reaches 0."""
+    tp0, tp1 = TopicPartition("orders", 0), TopicPartition("orders", 1)
+    consumer = FakeConsumer(
+        [{tp0: [record_for(make_envelope(), 0)], tp1: [record_for(make_envelope(), 0, 1)]}]
+    )
+    original = consumer.commit
+
+    async def strict_commit(offsets: dict[TopicPartition, int]) -> None:
+        if not set(offsets) <= consumer.assigned:
+            raise IllegalStateError("partition is not assigned")
+        await original(offsets)
+
+    consumer.commit = strict_commit  # type: ignore[method-assign]
+
+    async def handler(event: ConsumedEvent) -> None:
+        if event.partition == 1:
+            consumer.assigned = {tp0}  # a rebalance took partition 1 while it was handled
+
+    runner = runner_for(handler, consumer=consumer)
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(consumer.exhausted.wait(), 5)
+    await runner.stop(grace=5)
+    await asyncio.wait_for(task, 5)
+    assert consumer.commits == [{tp0: 1}]
 
 
 async def test_run_raises_on_fatal_errors_after_closing() -> None:

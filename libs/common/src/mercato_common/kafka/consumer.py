@@ -527,15 +527,23 @@ class ConsumerRunner:
             consumer = self._consumer
             if consumer is None or not self._done:
                 return
+            # A partition that moved to another member is its new owner's: it resumes from the
+            # last commit and redoes (idempotently) what we did since. Committing it with the
+            # others would fail them all, and those we still own would keep a committed offset
+            # behind their position until new records came.
+            owned = consumer.assignment()
+            for tp in [tp for tp in self._done if tp not in owned]:
+                del self._done[tp]
             offsets = {tp: off for tp, off in self._done.items() if only is None or tp in only}
             if not offsets:
                 return
             try:
                 await consumer.commit(offsets)
             except (CommitFailedError, IllegalStateError) as exc:
-                # The partitions moved to another member: it resumes from the last commit and
-                # redoes (idempotently) what we did since.
+                # The assignment changed meanwhile: the next commit carries the offsets of the
+                # partitions still ours (the others are dropped above).
                 log.warning("offset commit for %s lost to a rebalance: %s", self.group_id, exc)
+                return
             except KafkaError as exc:
                 # Keep the offsets; the next commit carries them again.
                 log.warning("offset commit for %s failed: %s", self.group_id, exc)
