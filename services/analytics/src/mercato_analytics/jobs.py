@@ -124,6 +124,7 @@ class RollupJob:
         self._clock = clock
         self.holder = uuid.uuid4().hex
         self._backfilled = False
+        self._holding = False
         self._periodic = Periodic(
             "analytics-rollup", self._tick, interval=interval, immediate=False, logger=log
         )
@@ -142,13 +143,18 @@ class RollupJob:
 
     async def _tick(self) -> None:
         try:
-            if await self._store.rollups.take_lease(
+            holding = await self._store.rollups.take_lease(
                 self.holder, now=self._clock(), seconds=self._lease
-            ):
+            )
+            if holding and not self._holding:
+                # Newly taken: an earlier version's replica may have held the lease and written
+                # its single roll-up collection meanwhile (only the holder writes roll-ups).
+                await self.rollup.move_single_collection()
+            self._holding = holding
+            if holding:
                 if not self._backfilled:
                     await self.rollup.backfill()
                     self._backfilled = True
-                await self.rollup.move_single_collection()
                 await self.rollup.run_until_clean(rounds=10)
         except AnalyticsError as exc:  # the database is unavailable: next tick
             log.warning("roll-up skipped: %s", exc)

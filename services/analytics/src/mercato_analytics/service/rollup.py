@@ -137,9 +137,9 @@ class RollUp:
 
     async def move_single_collection(self) -> int:
         """Mark the minutes of an earlier version's single roll-up collection dirty and drop it
-        (see :meth:`RollupStore.move_single_collection`). At start, and at every run of the job:
-        during a rolling upgrade a replica of that version may write it again while it holds
-        the lease."""
+        (see :meth:`RollupStore.move_single_collection`). At start, and whenever the job takes the
+        lease: during a rolling upgrade a replica of that version may have written it again
+        while it held the lease."""
         moved = await self._store.rollups.move_single_collection(now=self._clock())
         if moved:
             log.info("marked %d minutes of the single roll-up collection to roll up again", moved)
