@@ -29,6 +29,9 @@ WORKSPACE = {
     "mercato_common": "mercato-common",
     "mercato_devstack": "mercato-devstack",
 }
+#: Modules that import a package their own distribution leaves optional: importing the module
+#: uses that package too (python-json-logger has no "orjson" extra to declare instead).
+OPTIONAL_IMPORTS = {"pythonjsonlogger.orjson": "orjson"}
 _NAME = re.compile(r"^([A-Za-z0-9._-]+)(\[[^\]]*\])?\s*(.*)$")
 
 
@@ -79,6 +82,8 @@ def distributions_of(modules: set[str], own: set[str]) -> set[str]:
         elif top == "opentelemetry":
             dists = {_opentelemetry_dist(module)}
         out.update(dists)
+        if module in OPTIONAL_IMPORTS:
+            out.add(OPTIONAL_IMPORTS[module])
     return out
 
 

@@ -8,6 +8,7 @@ exception.
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["REDACTED", "is_secret_name", "redact", "truncate"]
@@ -28,6 +29,8 @@ _SECRET_ASSIGNMENT = re.compile(
 )
 
 
+# Names come from code (log extras, record attributes): a few dozen, asked on every log line.
+@functools.lru_cache(maxsize=1024)
 def is_secret_name(name: str) -> bool:
     """Whether a field named ``name`` holds a secret (``password``, ``client_secret``...)."""
     return _SECRET_NAME.search(name) is not None

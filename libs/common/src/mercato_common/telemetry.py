@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import Status
 from prometheus_client import CollectorRegistry, start_http_server
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from mercato_common.redaction import REDACTED, is_secret_name, redact
 
@@ -117,22 +117,52 @@ class _RedactingFilter(logging.Filter):
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
-class JsonLogFormatter(JsonFormatter):
+#: Fields the formatter and _TraceContextFilter write themselves, never from a caller's text.
+_STAMPED_FIELDS = frozenset(
+    FIELD_NAMES[name]
+    for name in (
+        "asctime",
+        "levelname",
+        "name",
+        "service",
+        "version",
+        "dataset",
+        "trace_id",
+        "span_id",
+    )
+)
+
+
+class JsonLogFormatter(OrjsonFormatter):
     """One JSON object per line, ECS / OpenTelemetry field names (FIELD_NAMES), secrets redacted:
     @timestamp (UTC, milliseconds), log.level, log.logger, message, service.name,
-    service.version, event.dataset, trace.id / span.id, then the extras."""
+    service.version, event.dataset, trace.id / span.id, then the extras.
+
+    Encoded with orjson: the gateway writes a line per request, and the standard library's
+    encoder made a third of that line's cost.
+    """
 
     def __init__(self) -> None:
         super().__init__(
             "%(asctime)s %(levelname)s %(name)s %(message)s", rename_fields=FIELD_NAMES
         )
+        # The "YYYY-MM-DDTHH:MM:SS" of the last second formatted: lines come many a second.
+        self._second = -1
+        self._second_text = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
-        moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        second = int(record.created)
+        if second != self._second:
+            moment = datetime.datetime.fromtimestamp(second, datetime.UTC)
+            self._second_text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = second
+        milliseconds = int((record.created - second) * 1000)
+        return f"{self._second_text}.{milliseconds:03d}Z"
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         for key, value in log_data.items():
+            if key in _STAMPED_FIELDS:
+                continue
             if isinstance(value, str):
                 log_data[key] = REDACTED if is_secret_name(key) else redact(value)
             elif value is not None and is_secret_name(key):

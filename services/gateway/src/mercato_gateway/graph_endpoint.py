@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import orjson
 from aiodataloader import DataLoader
 from buf.validate import validate_pb2
 from google.protobuf import json_format
@@ -253,8 +254,7 @@ class GraphEndpoint:
             "cache-control": "no-store",
             **rate_headers,
         }
-        payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        await send_response(send, status, payload, headers)
+        await send_response(send, status, orjson.dumps(body), headers)
 
     async def _handle(
         self, scope: Any, receive: Any, rate_headers: dict[str, str]

@@ -75,7 +75,9 @@ HTTP_BODY_TYPE = "google.api.HttpBody"
 _READ_LEVELS = (descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS,)
 
 
-_LENGTHS_KEPT = 32
+#: Leading path segments the router indexes its templates by, and how many keys it keeps.
+_PREFIX_SEGMENTS = 2
+_PREFIXES_KEPT = 256
 
 
 class RouteError(ValueError):
@@ -300,16 +302,26 @@ class Router:
                     f"{route.http_method} {route.template}"
                 )
             seen[key] = route
-        # The routes a path of N segments can match, in table order, per N (filled on use;
-        # at most _LENGTHS_KEPT lengths are kept, so odd paths cannot grow it without bound).
-        self._by_length: dict[int, tuple[Route, ...]] = {}
+        # The routes a path can match by its length and its leading segments ("v1",
+        # "products"), in table order: most paths are told apart there, so a lookup tries one
+        # or two templates instead of all of them. Filled on use; at most _PREFIXES_KEPT keys
+        # are kept, so odd paths cannot grow it without bound.
+        self._by_prefix: dict[tuple[int, tuple[str, ...]], tuple[Route, ...]] = {}
 
-    def _candidates(self, part_count: int) -> tuple[Route, ...]:
-        routes = self._by_length.get(part_count)
+    def _candidates(self, parts: list[str]) -> tuple[Route, ...]:
+        # The last part may carry a custom verb (":reserve"), so it is never a key.
+        leading = tuple(parts[: min(_PREFIX_SEGMENTS, len(parts) - 1)])
+        key = (len(parts), leading)
+        routes = self._by_prefix.get(key)
         if routes is None:
-            routes = tuple(r for r in self.routes if r.parsed.fits(part_count))
-            if part_count <= _LENGTHS_KEPT:
-                self._by_length[part_count] = routes
+            decoded = [unquote(part) for part in leading]
+            routes = tuple(
+                r
+                for r in self.routes
+                if r.parsed.fits(len(parts)) and _leading_literals_agree(r.parsed, decoded)
+            )
+            if len(self._by_prefix) < _PREFIXES_KEPT:
+                self._by_prefix[key] = routes
         return routes
 
     def match(self, http_method: str, raw_path: str) -> Match | None:
@@ -330,7 +342,7 @@ class Router:
             return []
         best_score: tuple[int, ...] | None = None
         best: list[tuple[Route, dict[str, str]]] = []
-        for route in self._candidates(len(parts)):
+        for route in self._candidates(parts):
             found = self._match(route, parts)
             if found is None:
                 continue
@@ -347,6 +359,17 @@ class Router:
         if not route.parsed.verb and parts[-1].endswith(self._verb_suffixes):
             return None  # the suffix is another route's custom verb, never part of a value
         return _match(route.parsed, parts)
+
+
+def _leading_literals_agree(template: Template, leading: list[str]) -> bool:
+    """Whether the template's literal segments among the first ones equal the path's
+    (decoded) ``leading`` segments; a variable or wildcard segment agrees with anything."""
+    for segment, part in zip(template.segments, leading, strict=False):
+        if segment.kind == "multi":
+            return True
+        if segment.kind == "literal" and segment.literal != part:
+            return False
+    return True
 
 
 def _shape(template: Template) -> str:
