@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from pymongo import AsyncMongoClient, monitoring
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
+from mercato_common.clock import utcnow
 from mercato_common.telemetry import instrument_client
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ __all__ = [
     "MongoCommandMetrics",
     "MongoPoolMonitor",
     "MongoStore",
+    "bson_now",
     "ensure_indexes",
 ]
 
@@ -41,6 +44,13 @@ _CONFLICT_CODES = frozenset({85, 86})
 _UNPORTABLE_OPTIONS = frozenset(
     {"expireAfterSeconds", "partialFilterExpression", "sparse", "weights", "default_language"}
 )
+
+
+def bson_now() -> datetime:
+    """Now in UTC, truncated to milliseconds: what BSON dates keep, so a time written equals the
+    time read back."""
+    now = utcnow()
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class IndexConflictError(RuntimeError):

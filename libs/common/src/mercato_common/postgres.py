@@ -30,6 +30,7 @@ __all__ = [
     "Connection",
     "Database",
     "Store",
+    "affected_rows",
     "outbox_migration",
     "run_migrations",
     "service_migrations",
@@ -51,6 +52,12 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     # switch to state ...; another operation is in progress" instead of a connection error.
     asyncpg.exceptions.InternalClientError,
 )
+
+
+def affected_rows(status: str) -> int:
+    """The number of rows a command touched, from the status ``execute`` returns
+    (``"DELETE 3"``, ``"UPDATE 0"``)."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 def outbox_migration(version: int) -> Migration:

@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypeVar, cast
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from mercato_common.errors import (
@@ -46,17 +46,28 @@ STATUS_CODES: dict[ErrorKind, grpc.StatusCode] = {
 _DETAILS_KEY = "grpc-status-details-bin"
 _KINDS_BY_CODE = {code: kind for kind, code in STATUS_CODES.items()}
 
+_M = TypeVar("_M", bound=Message)
+
+
+def _packed(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _unpacked(detail: any_pb2.Any, message_type: type[_M]) -> _M:
+    message = message_type()
+    detail.Unpack(message)
+    return message
+
 
 def to_rpc_status(error: MercatoError) -> status_pb2.Status:
     """The ``google.rpc.Status`` a caller receives for ``error``."""
     code = STATUS_CODES[error.kind]
-    details = []
     info = error_details_pb2.ErrorInfo(
         reason=error.reason, domain=error.error_domain, metadata=error.metadata
     )
-    packed = any_pb2.Any()
-    packed.Pack(info)
-    details.append(packed)
+    details = [_packed(info)]
     if error.field_violations:
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
@@ -66,9 +77,7 @@ def to_rpc_status(error: MercatoError) -> status_pb2.Status:
                 for violation in error.field_violations
             ]
         )
-        packed = any_pb2.Any()
-        packed.Pack(bad_request)
-        details.append(packed)
+        details.append(_packed(bad_request))
     if error.precondition_violations:
         failure = error_details_pb2.PreconditionFailure(
             violations=[
@@ -80,18 +89,14 @@ def to_rpc_status(error: MercatoError) -> status_pb2.Status:
                 for violation in error.precondition_violations
             ]
         )
-        packed = any_pb2.Any()
-        packed.Pack(failure)
-        details.append(packed)
+        details.append(_packed(failure))
     if error.retry_after is not None:
         seconds = max(0.0, error.retry_after)
         whole = int(seconds)
         retry = error_details_pb2.RetryInfo(
             retry_delay=duration_pb2.Duration(seconds=whole, nanos=round((seconds - whole) * 1e9))
         )
-        packed = any_pb2.Any()
-        packed.Pack(retry)
-        details.append(packed)
+        details.append(_packed(retry))
     return status_pb2.Status(
         code=getattr(code_pb2, code.name), message=error.message, details=details
     )
@@ -143,26 +148,22 @@ def rpc_error_details(error: grpc.aio.AioRpcError) -> RpcErrorDetails:
         return found
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
+            info = _unpacked(detail, error_details_pb2.ErrorInfo)
             found.has_error_info = True
             found.reason, found.domain = info.reason or None, info.domain
             found.metadata = dict(info.metadata)
         elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad_request = error_details_pb2.BadRequest()
-            detail.Unpack(bad_request)
+            bad_request = _unpacked(detail, error_details_pb2.BadRequest)
             found.field_violations.extend(
                 FieldViolation(v.field, v.description) for v in bad_request.field_violations
             )
         elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-            failure = error_details_pb2.PreconditionFailure()
-            detail.Unpack(failure)
+            failure = _unpacked(detail, error_details_pb2.PreconditionFailure)
             found.precondition_violations.extend(
                 PreconditionViolation(v.type, v.subject, v.description) for v in failure.violations
             )
         elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
+            retry = _unpacked(detail, error_details_pb2.RetryInfo)
             delay = retry.retry_delay
             found.retry_after = delay.seconds + delay.nanos / 1e9
     return found

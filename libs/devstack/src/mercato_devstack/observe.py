@@ -366,11 +366,10 @@ class Prometheus(_Observer):
 
     def launch(self) -> None:
         config = self._write_config()
-        data = self.dir / "data"
-        data.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._launch(
             f"--config.file={config}",
-            f"--storage.tsdb.path={data}",
+            f"--storage.tsdb.path={self.data_dir}",
             "--storage.tsdb.retention.time=2d",
             f"--web.listen-address={self.config.host}:{self.port}",
             "--enable-feature=exemplar-storage",

@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 
 from mercato_analytics.domain import AnalyticsError, Progress
 from mercato_analytics.metrics import AnalyticsMetrics
 from mercato_analytics.positions import KafkaPositions
 from mercato_analytics.service import RollUp
 from mercato_analytics.store import AnalyticsStore
+from mercato_common.clock import utcnow
 from mercato_common.runtime import Periodic
 
 __all__ = ["LagMonitor", "ProgressFlush", "RollupJob"]
@@ -116,7 +117,7 @@ class RollupJob:
         *,
         interval: float,
         lease: float,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.rollup = rollup
         self._store = store

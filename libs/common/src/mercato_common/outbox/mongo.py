@@ -60,7 +60,7 @@ from pymongo.errors import BulkWriteError, OperationFailure
 from mercato_common.kafka.backoff import Backoff
 from mercato_common.kafka.envelope import Envelope
 from mercato_common.kafka.producer import EventProducer
-from mercato_common.mongo import IndexSpec
+from mercato_common.mongo import IndexSpec, bson_now
 from mercato_common.outbox._base import OutboxMessage, OutboxRelay, event_headers
 
 __all__ = [
@@ -92,13 +92,6 @@ def _write_id() -> str:
     return uuid.uuid4().hex
 
 
-def _now() -> datetime:
-    # BSON dates have millisecond precision; truncating here keeps what we write equal to what we
-    # read back.
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
 def outbox_event(
     envelope: Envelope,
     topic: str,
@@ -121,7 +114,7 @@ def outbox_event(
         "type": envelope.type,
         "payload": envelope.SerializeToString(),
         "headers": stored_headers,
-        "created_at": now if now is not None else _now(),
+        "created_at": now if now is not None else bson_now(),
     }
 
 
@@ -149,7 +142,7 @@ def with_outbox(
     ``events`` are ``(envelope, topic)`` pairs or elements made by :func:`outbox_event`. Raises if
     ``update`` already touches an outbox field. The result is a new dict; ``update`` is unchanged.
     """
-    when = now if now is not None else _now()
+    when = now if now is not None else bson_now()
     merged: dict[str, Any] = {}
     for operator, fields in update.items():
         if not operator.startswith("$") or not isinstance(fields, Mapping):
@@ -166,7 +159,7 @@ def with_outbox(
 
 def outbox_fields(events: Sequence[EventInput], *, now: datetime | None = None) -> dict[str, Any]:
     """The outbox fields of a new document holding ``events``: ``{**doc, **outbox_fields(...)}``."""
-    when = now if now is not None else _now()
+    when = now if now is not None else bson_now()
     return {
         F_OUTBOX: _events(events, when),
         F_PENDING: True,
@@ -269,7 +262,7 @@ class MongoOutboxRelay(OutboxRelay):
         Four round trips whatever the batch: the candidates, their leases, their documents
         (read after the leases, so what is published is current), and later the release.
         """
-        now = _now()
+        now = bson_now()
         candidates = [
             doc["_id"]
             async for doc in self._collection.find(
@@ -376,7 +369,7 @@ class MongoOutboxRelay(OutboxRelay):
 
     async def housekeeping(self) -> None:
         # Leases left by relays that died are taken over when expired; drop the long-dead ones.
-        await self._leases.delete_many({"until": {"$lt": _now() - timedelta(hours=1)}})
+        await self._leases.delete_many({"until": {"$lt": bson_now() - timedelta(hours=1)}})
         await self.refresh_metrics()
 
     async def refresh_metrics(self) -> None:

@@ -42,7 +42,7 @@ from mercato_common.kafka.envelope import Envelope
 from mercato_common.kafka.producer import EventProducer
 from mercato_common.migrations import advisory_lock_key, validate_identifier
 from mercato_common.outbox._base import OutboxMessage, OutboxRelay, event_headers
-from mercato_common.postgres import Connection
+from mercato_common.postgres import Connection, affected_rows
 
 __all__ = [
     "Executor",
@@ -279,7 +279,7 @@ class PostgresOutboxRelay(OutboxRelay):
         """Delete up to ``cleanup_batch`` sent rows older than ``retention``; the number deleted."""
         async with self._pool.acquire() as conn:
             status: str = await conn.execute(self._cleanup, self._retention, self._cleanup_batch)
-        return int(status.rsplit(" ", 1)[-1]) if status.startswith("DELETE") else 0
+        return affected_rows(status) if status.startswith("DELETE") else 0
 
     async def refresh_metrics(self) -> None:
         async with self._pool.acquire() as conn:

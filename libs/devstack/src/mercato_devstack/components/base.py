@@ -64,6 +64,11 @@ class Component(abc.ABC):
         return self.dir / f"{self.name}.pid"
 
     @property
+    def data_dir(self) -> Path:
+        """Where the server keeps its data, for the components that keep any."""
+        return self.dir / "data"
+
+    @property
     @abc.abstractmethod
     def port(self) -> int: ...
 

@@ -73,10 +73,6 @@ class Kafka(Component):
     def lib_stamp(self) -> Path:
         return self.config.cache_dir / "kafka" / "lib.sha256"
 
-    @property
-    def data_dir(self) -> Path:
-        return self.dir / "data"
-
     def _java(self) -> str | None:
         java_home = os.environ.get("JAVA_HOME")
         extra = [Path(java_home) / "bin"] if java_home else []

@@ -32,10 +32,6 @@ class Postgres(Component):
         return self.config.pg_port
 
     @property
-    def data_dir(self) -> Path:
-        return self.dir / "data"
-
-    @property
     def bin_dir(self) -> Path | None:
         override = os.environ.get("MERCATO_PG_BINDIR")
         candidates = [Path(override)] if override else []

@@ -16,10 +16,6 @@ class Redis(Component):
     def port(self) -> int:
         return self.config.redis_port
 
-    @property
-    def data_dir(self) -> Path:
-        return self.dir / "data"
-
     def _server(self) -> str | None:
         return process.which("redis-server", Path("/usr/bin"))
 

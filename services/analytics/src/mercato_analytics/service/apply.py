@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeVar
 
 from mercato_analytics.domain import (
@@ -28,6 +28,7 @@ from mercato_analytics.domain import (
 from mercato_analytics.metrics import AnalyticsMetrics
 from mercato_analytics.service.rollup import MarkDirty
 from mercato_analytics.store import AnalyticsStore, ApplyOutcome
+from mercato_common.clock import utcnow
 from mercato_common.kafka import Backoff
 
 __all__ = ["ApplyEvent"]
@@ -52,7 +53,7 @@ class ApplyEvent:
         metrics: AnalyticsMetrics,
         progress: Progress,
         backoff: Backoff | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utcnow,
         mark_refresh: float = DEFAULT_MARK_REFRESH,
     ) -> None:
         self._store = store

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from mercato_analytics.domain import (
@@ -36,6 +36,7 @@ from mercato_analytics.domain import (
     summarize,
 )
 from mercato_analytics.store import AnalyticsStore
+from mercato_common.clock import utcnow
 
 __all__ = ["DEFAULT_BUCKET", "DEFAULT_RANGE", "PositionReader", "Queries", "default_range"]
 
@@ -47,10 +48,6 @@ class PositionReader(Protocol):
     """Where the consumer group stands (:class:`mercato_analytics.positions.KafkaPositions`)."""
 
     async def read(self) -> list[Position]: ...
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def default_range(
@@ -77,7 +74,7 @@ class Queries:
     store: AnalyticsStore
     positions: PositionReader
     _: KW_ONLY
-    clock: Callable[[], datetime] = _utc_now
+    clock: Callable[[], datetime] = utcnow
 
     def _minutes(self, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
         """The range (defaults applied), checked and widened to whole minutes."""

@@ -31,6 +31,7 @@ from mercato_analytics.domain import (
 )
 from mercato_analytics.domain.events import F_PLACE_TIME, F_TIME
 from mercato_analytics.store import AnalyticsStore
+from mercato_common.clock import utcnow
 
 __all__ = ["MarkDirty", "RollUp"]
 
@@ -38,10 +39,6 @@ log = logging.getLogger("mercato_analytics.rollup")
 
 _BACKFILLED = "minutes-backfilled"
 _NEVER = datetime.min.replace(tzinfo=UTC)
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 class MarkDirty:
@@ -52,7 +49,7 @@ class MarkDirty:
         store: AnalyticsStore,
         *,
         refresh: float,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
         self._refresh = timedelta(seconds=refresh)
@@ -84,7 +81,7 @@ class RollUp:
         *,
         settle: float,
         batch: int = 200,
-        clock: Callable[[], datetime] = _utc_now,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
         self._settle = timedelta(seconds=settle)

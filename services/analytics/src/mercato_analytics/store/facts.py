@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -47,6 +47,7 @@ from mercato_analytics.store.rollups import (
     ROLLUPS,
     RollupStore,
 )
+from mercato_common.clock import utcnow
 from mercato_common.mongo import IndexSpec, ensure_indexes
 
 __all__ = ["COLLECTIONS", "FACTS", "INDEXES", "PARTITIONS", "AnalyticsStore", "ApplyOutcome"]
@@ -109,7 +110,7 @@ class AnalyticsStore:
         self,
         db: AsyncDatabase[Any],
         *,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.db = db
         self.facts: AsyncCollection[Any] = db[FACTS]

@@ -22,8 +22,9 @@ from mercato_auth.domain.throttle import (
     retry_after,
     throttle_key,
 )
-from mercato_auth.service.keys import KeyRing, utcnow
+from mercato_auth.service.keys import KeyRing
 from mercato_auth.store import AuthStore
+from mercato_common.clock import utcnow
 from mercato_common.identity import TokenVerifier
 from mercato_common.revocation import TokenRevocations
 
@@ -35,7 +36,6 @@ __all__ = [
     "TokenSettings",
     "is_uuid",
     "looks_like_access_token",
-    "utcnow",
 ]
 
 

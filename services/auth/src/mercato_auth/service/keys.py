@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from mercato_auth.crypto import (
@@ -29,14 +29,11 @@ from mercato_auth.crypto import (
 from mercato_auth.domain.errors import SigningKeyUnavailable
 from mercato_auth.domain.keys import KeyState, publish_until, rotation_due
 from mercato_auth.store import AuthStore, StoredSigningKey, Tx
+from mercato_common.clock import utcnow
 
-__all__ = ["KeyRing", "RotationResult", "utcnow"]
+__all__ = ["KeyRing", "RotationResult"]
 
 _log = logging.getLogger("mercato_auth.keys")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

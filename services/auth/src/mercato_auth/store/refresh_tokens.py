@@ -7,7 +7,7 @@ from datetime import datetime
 
 from mercato_auth.domain.scopes import format_scope, parse_scope
 from mercato_auth.domain.tokens import RefreshTokenRecord
-from mercato_common.postgres import Connection
+from mercato_common.postgres import Connection, affected_rows
 
 __all__ = ["RefreshTokens"]
 
@@ -96,7 +96,7 @@ class RefreshTokens:
             now,
             reason,
         )
-        return int(status.rsplit(" ", 1)[-1])
+        return affected_rows(status)
 
     async def delete_expired(self, before: datetime, limit: int) -> int:
         """Tokens expired before ``before``, then families left without tokens."""
@@ -111,4 +111,4 @@ class RefreshTokens:
             " (SELECT 1 FROM refresh_tokens t WHERE t.family_id = f.id)",
             before,
         )
-        return int(status.rsplit(" ", 1)[-1])
+        return affected_rows(status)

@@ -9,7 +9,7 @@ from typing import Any
 
 from mercato_auth.domain.keys import KeyState, SigningKeyInfo
 from mercato_common.migrations import advisory_lock_key
-from mercato_common.postgres import Connection
+from mercato_common.postgres import Connection, affected_rows
 
 __all__ = ["SigningKeys", "StoredSigningKey"]
 
@@ -122,4 +122,4 @@ class SigningKeys:
             "DELETE FROM signing_keys WHERE state = 'retired' AND publish_until < $1",
             before,
         )
-        return int(status.rsplit(" ", 1)[-1])
+        return affected_rows(status)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from mercato_auth.domain.throttle import ThrottleKey, ThrottleState
-from mercato_common.postgres import Connection
+from mercato_common.postgres import Connection, affected_rows
 
 __all__ = ["Throttle"]
 
@@ -75,4 +75,4 @@ class Throttle:
             before,
             now,
         )
-        return int(status.rsplit(" ", 1)[-1])
+        return affected_rows(status)

@@ -13,7 +13,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from mercato_catalog.store.locks import WriteLocks
 from mercato_common.kafka.envelope import Envelope
-from mercato_common.mongo import IndexSpec
+from mercato_common.mongo import IndexSpec, bson_now
 from mercato_common.outbox import outbox_index_specs, with_outbox
 
 __all__ = ["INDEXES", "StoreContext", "as_utc", "hold_key", "utcnow"]
@@ -50,10 +50,8 @@ INDEXES: dict[str, list[IndexSpec]] = {
 }
 
 
-def utcnow() -> datetime:
-    """Now in UTC, truncated to milliseconds (what BSON dates keep)."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+# The catalog's clock: its times go to MongoDB, so they are read back unchanged.
+utcnow = bson_now
 
 
 def as_utc(value: Any) -> datetime:

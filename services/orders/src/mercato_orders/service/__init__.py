@@ -8,7 +8,7 @@ of one reconciliation round). They decide which events a change emits; the store
 them.
 """
 
-from mercato_orders.service.base import OrdersConfig, OrdersMetrics, utcnow
+from mercato_orders.service.base import OrdersConfig, OrdersMetrics
 from mercato_orders.service.payment import Payment
 from mercato_orders.service.placing import Placing
 from mercato_orders.service.reconcile import ReconcileReport, Reconciliation
@@ -19,7 +19,6 @@ __all__ = [
     "OrdersService",
     "ReconcileReport",
     "Reconciliation",
-    "utcnow",
 ]
 
 

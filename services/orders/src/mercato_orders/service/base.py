@@ -6,25 +6,22 @@ import asyncio
 import contextvars
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
+from mercato_common.clock import utcnow
 from mercato_orders.clients import CatalogClient
 from mercato_orders.domain.payments import PaymentProvider
 from mercato_orders.domain.rules import UserLimits
 from mercato_orders.store import OrdersStore
 
-__all__ = ["OrdersConfig", "OrdersMetrics", "ServiceBase", "utcnow"]
+__all__ = ["OrdersConfig", "OrdersMetrics", "ServiceBase"]
 
 _T = TypeVar("_T")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

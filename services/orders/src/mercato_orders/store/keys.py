@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
 
-from mercato_common.postgres import Connection
+from mercato_common.postgres import Connection, affected_rows
 
 __all__ = ["COMPLETE_KEY", "KeyRow", "KeyState", "Keys"]
 
@@ -219,7 +219,7 @@ class Keys:
             limit,
             now,
         )
-        return int(status.rsplit(" ", 1)[-1])
+        return affected_rows(status)
 
 
 def new_token() -> str:
