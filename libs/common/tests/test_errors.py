@@ -83,6 +83,28 @@ def test_a_status_without_details_still_maps_to_its_kind() -> None:
     assert error.message == "gone"
 
 
+def test_a_peers_malformed_reason_is_dropped_and_its_field_violations_kept() -> None:
+    status = to_rpc_status(
+        InvalidArgument("bad", field_violations=[FieldViolation("sku", "too long")])
+    )
+    info = error_details_pb2.ErrorInfo(reason="not-a-reason", domain="peer.example")
+    for detail in status.details:
+        if detail.Is(info.DESCRIPTOR):
+            detail.Pack(info)
+    received = error_from_rpc(
+        grpc.aio.AioRpcError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString())),
+            details=status.message,
+        )
+    )
+    assert isinstance(received, InvalidArgument)
+    assert received.reason == "INVALID_ARGUMENT"
+    assert received.error_domain == "peer.example"
+    assert received.field_violations == (FieldViolation("sku", "too long"),)
+
+
 def test_reason_must_be_upper_snake_case() -> None:
     with pytest.raises(ValueError, match="UPPER_SNAKE_CASE"):
         NotFound("x", reason="not-found")

@@ -49,9 +49,15 @@ __all__ = [
     "StoreUnavailable",
     "Unauthenticated",
     "Unavailable",
+    "is_valid_reason",
 ]
 
 _REASON = re.compile(r"^[A-Z][A-Z0-9_]*[A-Z0-9]$")
+
+
+def is_valid_reason(reason: str) -> bool:
+    """Whether ``reason`` may be an ErrorInfo reason: UPPER_SNAKE_CASE (AIP-193)."""
+    return _REASON.match(reason) is not None
 
 
 class ErrorKind(Enum):
@@ -116,7 +122,7 @@ class MercatoError(Exception):
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
-        if not _REASON.match(self.reason):
+        if not is_valid_reason(self.reason):
             raise ValueError(f"error reason must be UPPER_SNAKE_CASE, got {self.reason!r}")
         self.metadata: dict[str, str] = dict(metadata or {})
         self.field_violations: tuple[FieldViolation, ...] = tuple(field_violations)

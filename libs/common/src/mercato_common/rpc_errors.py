@@ -27,6 +27,7 @@ from mercato_common.errors import (
     FieldViolation,
     MercatoError,
     PreconditionViolation,
+    is_valid_reason,
 )
 
 __all__ = [
@@ -177,24 +178,18 @@ def error_from_rpc(error: grpc.aio.AioRpcError) -> MercatoError:
     kind = _KINDS_BY_CODE.get(error.code(), ErrorKind.INTERNAL)
     details = rpc_error_details(error)
     cls = KIND_CLASSES[kind]
-    try:
-        result = cls(
-            error.details() or error.code().name,
-            reason=details.reason,
-            metadata=details.metadata,
-            field_violations=details.field_violations,
-            domain=details.domain,
-            precondition_violations=details.precondition_violations,
-            retry_after=details.retry_after,
-        )
-    except ValueError:  # a peer sent a reason that is not UPPER_SNAKE_CASE
-        result = cls(
-            error.details() or error.code().name,
-            metadata=details.metadata,
-            domain=details.domain,
-            precondition_violations=details.precondition_violations,
-            retry_after=details.retry_after,
-        )
+    # A peer's reason that is not UPPER_SNAKE_CASE is dropped (the kind's default stands in);
+    # every other detail is kept.
+    reason = details.reason if details.reason and is_valid_reason(details.reason) else None
+    result = cls(
+        error.details() or error.code().name,
+        reason=reason,
+        metadata=details.metadata,
+        field_violations=details.field_violations,
+        domain=details.domain,
+        precondition_violations=details.precondition_violations,
+        retry_after=details.retry_after,
+    )
     result.__cause__ = error
     return result
 
