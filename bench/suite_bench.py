@@ -720,6 +720,32 @@ async def http_loop(
     return result
 
 
+async def http_open_loop(
+    port: int, token: str, path: str, rate: float, seconds: float, connections: int = 64
+) -> dict[str, Any]:
+    """``GET path`` at ``rate``/s (:func:`open_loop`) over a pool of keep-alive connections."""
+    pool: asyncio.Queue[RawHttp] = asyncio.Queue()
+    clients = [
+        RawHttp("127.0.0.1", port, {"Authorization": f"Bearer {token}"}) for _ in range(connections)
+    ]
+    for raw in clients:
+        pool.put_nowait(raw)
+
+    async def call() -> bool:
+        raw = await pool.get()
+        try:
+            status, _ = await raw.get(path)
+        finally:
+            pool.put_nowait(raw)
+        return bool(status == 200)
+
+    try:
+        return await open_loop(call, rate, seconds)
+    finally:
+        for raw in clients:
+            await raw.close()
+
+
 async def http_get_loop(
     port: int, token: str, sku: str, c: int, seconds: float, server_pid: int
 ) -> dict[str, Any]:
@@ -895,10 +921,23 @@ async def get_product(
             return call
 
         direct = await closed_loop(make_grpc, concurrency, seconds)
-    port = int(suite.env["MERCATO_GATEWAY_PORT"])
-    gateway = await http_get_loop(port, token, sku, concurrency, seconds, suite.pid("gateway"))
+        port = int(suite.env["MERCATO_GATEWAY_PORT"])
+        gateway = await http_get_loop(port, token, sku, concurrency, seconds, suite.pid("gateway"))
+        # The latency the gateway adds, at a rate both paths serve without queueing: half the
+        # gateway's closed-loop throughput, open loop (latency from each scheduled send).
+        rate = round(gateway["per_second"] / 2, -1) or 10.0
+        same_rate = {
+            "rate": rate,
+            "grpc_direct": await open_loop(make_grpc(0), rate, seconds),
+            "gateway": await http_open_loop(port, token, f"/v1/products/{sku}", rate, seconds),
+        }
     graphql = await graphql_post_loop(port, token, sku, concurrency, seconds, suite.pid("gateway"))
-    results = {"grpc_direct": direct, "gateway": gateway, "gateway_graphql": graphql}
+    results = {
+        "grpc_direct": direct,
+        "gateway": gateway,
+        "gateway_graphql": graphql,
+        "same_rate": same_rate,
+    }
     results["gateway_workers_2"] = await through_gateway_workers(
         suite, fixture, concurrency, seconds, workers=2
     )
@@ -1148,6 +1187,38 @@ def peer_rows(get_product: dict[str, Any], memory: dict[str, Any], c: int) -> li
     ]
 
 
+def same_rate_rows(get_product: dict[str, Any]) -> list[Row]:
+    """The gateway's latency over direct gRPC at one offered rate (goal: p99 added <= 3 ms)."""
+    same = get_product.get("same_rate")
+    if same is None:
+        return []
+    direct, gateway = same["grpc_direct"], same["gateway"]
+    added = [
+        None if gateway[q] is None or direct[q] is None else round(gateway[q] - direct[q], 2)
+        for q in ("p50_ms", "p99_ms")
+    ]
+    return [
+        (
+            f"open loop at {fmt(same['rate'])}/s: direct gRPC / gateway p50",
+            f"{fmt(direct['p50_ms'])} / {fmt(gateway['p50_ms'])} ms",
+            "added",
+            f"{fmt(added[0])} ms",
+        ),
+        (
+            "  p99",
+            f"{fmt(direct['p99_ms'])} / {fmt(gateway['p99_ms'])} ms",
+            "added (goal <= 3 ms)",
+            f"{fmt(added[1])} ms",
+        ),
+        (
+            "  completed / errors",
+            f"{direct['ok']} / {direct['errors']}, {gateway['ok']} / {gateway['errors']}",
+            "",
+            "",
+        ),
+    ]
+
+
 def graphql_rows(get_product: dict[str, Any], c: int) -> list[Row]:
     """The same lookup as a GraphQL query, against the REST one of the same run (goal >= 0.8)."""
     graphql, rest = get_product.get("gateway_graphql"), get_product["gateway"]
@@ -1202,6 +1273,7 @@ def markdown(report: dict[str, Any]) -> str:
         ("**GET /v1/products/{sku}**", "", "", ""),
         *compared(f"direct gRPC GetProduct (c={c})", direct, echo, "grpc echo"),
         *compared(f"via the gateway (c={c})", gateway, direct, "direct gRPC"),
+        *same_rate_rows(r["get_product"]),
         *graphql_rows(r["get_product"], c),
         *workers_rows(r["get_product"], c),
         *rows_peer,
