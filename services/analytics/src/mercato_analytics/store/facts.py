@@ -56,8 +56,9 @@ log = logging.getLogger("mercato_analytics.store")
 
 # The minute and the hour of a fact's own time and of its order's placement: what the roll-ups
 # and the queries select facts by. Equality, because FerretDB serves an equality from
-# PostgreSQL (a scan of the table) but filters a range itself, decoding every document; the
-# hour lets the roll-up job read many dirty minutes of one hour in one scan.
+# PostgreSQL (an index scan with the local build's GIN twins) but filters a range itself,
+# decoding every document; the hour lets the roll-up job read many dirty minutes of one hour at
+# once.
 MINUTE, HOUR = "m", "h"
 PLACE_MINUTE, PLACE_HOUR = "pm", "ph"
 # Minutes of one hour read one by one up to this many; more, and the hour is read whole.
