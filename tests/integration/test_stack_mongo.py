@@ -8,11 +8,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+
+from mercato_devstack.config import FERRETDB_DATABASE
+from mercato_devstack.testing import Backends
 
 pytestmark = pytest.mark.integration
 
@@ -95,3 +99,43 @@ async def test_each_test_gets_its_own_database(
 ) -> None:
     assert db.name == mongo_db_name
     assert await db.list_collection_names() == []
+
+
+async def test_an_equality_on_an_indexed_field_is_served_by_an_index(
+    backends: Backends, db: AsyncDatabase[Doc]
+) -> None:
+    """FerretDB filters an equality as ``_jsonb->'field' @> value``, which its btree indexes
+    cannot serve; the local build gives each one-field index a GIN twin that does (and drops
+    it with the index)."""
+    if backends.stack is None:
+        pytest.skip("the document store is not the local FerretDB")
+    products = db["products"]
+    await products.create_index([("category", ASCENDING)], name="by_category")
+    await products.insert_many([dict(p) for p in PRODUCTS])
+    connection = await asyncpg.connect(backends.stack.config.postgres_dsn(FERRETDB_DATABASE))
+    try:
+        twins = await connection.fetch(
+            "SELECT tablename, indexname FROM pg_indexes"
+            " WHERE schemaname = $1 AND indexdef LIKE '%USING gin%'",
+            db.name,
+        )
+        assert len(twins) == 2  # _id and category
+        table = twins[0]["tablename"]
+        await connection.execute("SET enable_seqscan = off")
+        for field, value in (("_id", '"A-1"'), ("category", '"kitchen"')):
+            rows = await connection.fetch(
+                f"EXPLAIN SELECT _jsonb FROM {db.name}.{table}"
+                f" WHERE _jsonb->'{field}' @> '{value}'::jsonb"
+            )
+            plan = "\n".join(row[0] for row in rows)
+            assert "_gin" in plan, plan
+        assert await products.count_documents({"category": "kitchen"}) == 2
+
+        await products.drop_index("by_category")
+        left = await connection.fetchval(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = $1 AND indexdef LIKE '%USING gin%'",
+            db.name,
+        )
+        assert left == 1  # the _id twin
+    finally:
+        await connection.close()
