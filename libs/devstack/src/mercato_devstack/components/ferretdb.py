@@ -78,12 +78,14 @@ PATCHES: tuple[tuple[str, str, str], ...] = (
     (
         # The GIN twin above goes with its index.
         "internal/backends/postgresql/metadata/registry.go",
-        """		q := fmt.Sprintf("DROP INDEX %s", pgx.Identifier{dbName, c.Indexes[i].PgIndex}.Sanitize())
+        """\
 		if _, err := p.Exec(ctx, q); err != nil {
 			return lazyerrors.Error(err)
 		}
+
+		c.Indexes = slices.Delete(c.Indexes, i, i+1)
 """,
-        """		q := fmt.Sprintf("DROP INDEX %s", pgx.Identifier{dbName, c.Indexes[i].PgIndex}.Sanitize())
+        """\
 		if _, err := p.Exec(ctx, q); err != nil {
 			return lazyerrors.Error(err)
 		}
@@ -94,6 +96,8 @@ PATCHES: tuple[tuple[str, str, str], ...] = (
 		if _, err := p.Exec(ctx, q); err != nil {
 			return lazyerrors.Error(err)
 		}
+
+		c.Indexes = slices.Delete(c.Indexes, i, i+1)
 """,
     ),
 )
