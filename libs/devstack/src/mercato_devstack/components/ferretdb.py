@@ -42,8 +42,8 @@ PATCHES: tuple[tuple[str, str, str], ...] = (
         # makes for each MongoDB index on `(_jsonb->'field')` cannot serve: every find, update
         # and findAndModify, even by _id, scans the whole table (FerretDB issue #4646; v2 has
         # another storage). A GIN twin on the same expression serves the containment: a lookup
-        # by _id in 5,400 documents of 1.5 KB went from 14 ms to 1 ms. One-field indexes only
-        # (a dotted field is pushed down with #>, which this expression does not serve).
+        # in 5,400 documents of 1.5 KB went from 14 ms to 1 ms. One-field indexes only (a dotted
+        # field is pushed down with #>, which this expression does not serve).
         "internal/backends/postgresql/metadata/registry.go",
         """		if _, err = p.Exec(ctx, q); err != nil {
 			_ = r.indexesDrop(ctx, p, dbName, collectionName, created)
@@ -57,14 +57,16 @@ PATCHES: tuple[tuple[str, str, str], ...] = (
 			return lazyerrors.Error(err)
 		}
 
-		// Patched by mercato_devstack: the GIN twin that serves the pushed-down `@>`.
-		if len(index.Key) == 1 && !strings.Contains(index.Key[0].Field, ".") {
+		// Patched by mercato_devstack: the GIN twin that serves the pushed-down `@>`
+		// (not for _id, whose equality is pushed down as `=`, served by the btree).
+		field := index.Key[0].Field
+		if len(index.Key) == 1 && field != "_id" && !strings.Contains(field, ".") {
 			twin := fmt.Sprintf(
 				"CREATE INDEX IF NOT EXISTS %s ON %s USING gin ((%s->%s))",
 				pgx.Identifier{strings.TrimSuffix(index.PgIndex, "_idx") + "_gin"}.Sanitize(),
 				pgx.Identifier{dbName, c.TableName}.Sanitize(),
 				DefaultColumn,
-				quoteString(index.Key[0].Field),
+				quoteString(field),
 			)
 			if _, err = p.Exec(ctx, twin); err != nil {
 				_ = r.indexesDrop(ctx, p, dbName, collectionName, created)
@@ -98,6 +100,26 @@ PATCHES: tuple[tuple[str, str, str], ...] = (
 		}
 
 		c.Indexes = slices.Delete(c.Indexes, i, i+1)
+""",
+    ),
+    (
+        # With the twins above every indexed equality has an index, but _id needs none: a
+        # MongoDB _id is never an array, so its equality is plain `=`, which the unique btree
+        # index FerretDB makes on _id serves (a GIN twin on every collection would cost each
+        # insert for nothing).
+        "internal/backends/postgresql/query.go",
+        """\
+	// Select if value under the key is equal to provided value.
+	sql := `%[1]s%[2]s%[3]s @> %[4]s`
+""",
+        """\
+	// Select if value under the key is equal to provided value.
+	sql := `%[1]s%[2]s%[3]s @> %[4]s`
+
+	// Patched by mercato_devstack: see the comment of this patch.
+	if k == "_id" {
+		sql = `%[1]s%[2]s%[3]s = %[4]s`
+	}
 """,
     ),
 )
