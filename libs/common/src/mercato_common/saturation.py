@@ -9,8 +9,9 @@ and Kafka producers (:meth:`SaturationMetrics.watch_producer`).
 
 Metrics (Prometheus names):
 
-- ``mercato_event_loop_lag_seconds`` (histogram): how late a timer callback ran. Anything
-  that blocks the loop (CPU-bound work, a synchronous call) delays every request by as much.
+- ``mercato_event_loop_lag_seconds`` (histogram): how late a timer callback ran (one probe a
+  second: an idle process wakes no more often for it). Anything that blocks the loop
+  (CPU-bound work, a synchronous call) delays every request by as much.
 - ``mercato_db_pool_connections{pool, state}`` (gauge, state ``used`` | ``idle``) and
   ``mercato_db_pool_max_connections{pool}``: a pool whose used connections sit at the maximum
   makes callers queue for a connection.
@@ -117,7 +118,7 @@ class SaturationMetrics:
     """The saturation metrics of one process (a lifecycle part: start/stop the lag probe)."""
 
     def __init__(
-        self, registry: CollectorRegistry = REGISTRY, *, lag_interval: float = 0.5
+        self, registry: CollectorRegistry = REGISTRY, *, lag_interval: float = 1.0
     ) -> None:
         if lag_interval <= 0:
             raise ValueError(f"lag_interval must be positive, not {lag_interval}")

@@ -264,8 +264,11 @@ class OutboxSettings(KafkaSettings):
     events_topic: str = Field(min_length=1)
     # False: events stay in the outbox (another replica or process relays them).
     outbox_relay_enabled: bool = True
-    # The relay's fallback poll; new rows also wake it at once where the store can tell it.
-    outbox_poll_interval_seconds: float = Field(default=1.0, gt=0)
+    # The relay's fallback poll, for what no wake-up announced (rows left by a process that
+    # crashed, a missed notification): new rows wake it at once (PostgreSQL LISTEN/NOTIFY, the
+    # MongoDB outbox's in-process wake-up), so this only bounds the repair delay. Each poll is a
+    # query (on FerretDB 1.24 a scan of the collection): kept well above once a second.
+    outbox_poll_interval_seconds: float = Field(default=5.0, gt=0)
 
 
 def _variable_name(model: type[Settings], name: str, alias: object) -> str:

@@ -12,14 +12,17 @@ service name and version; the field list is in docs/observability.md.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
+import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -27,7 +30,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import Status
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 from mercato_common.redaction import REDACTED, is_secret_name, redact
@@ -261,8 +265,54 @@ class Telemetry:
         if self.logger_provider is not None:
             self.logger_provider.shutdown()
         for server, thread in self._servers:
-            server.shutdown()
-            thread.join(timeout=5)
+            _stop_metrics_server(server, thread)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged."""
+
+
+def _start_metrics_server(
+    port: int, host: str, registry: CollectorRegistry
+) -> tuple[ThreadingWSGIServer, threading.Thread]:
+    """``/metrics`` on ``host:port`` in a daemon thread, like prometheus_client's
+    ``start_http_server`` except that the thread sleeps on its socket until a scrape comes
+    (that one wakes twice a second to look for a shutdown request, idle or not);
+    :func:`_stop_metrics_server` wakes it to stop."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    class Server(ThreadingWSGIServer):
+        address_family = family
+
+    server = make_server(host, port, make_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": None},
+        name="metrics-http",
+        daemon=True,
+    )
+    thread.start()
+    return server, thread
+
+
+def _stop_metrics_server(server: ThreadingWSGIServer, thread: threading.Thread) -> None:
+    """Ask ``server`` to stop, then connect to it until its loop has seen the request (a
+    connection is what wakes it), and close it."""
+    stopper = threading.Thread(target=server.shutdown, name="metrics-http-stop", daemon=True)
+    stopper.start()
+    host, port = str(server.server_address[0]), int(server.server_address[1])
+    if host in ("0.0.0.0", ""):  # noqa: S104 - an address to reach, not one to bind
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    deadline = time.monotonic() + 5.0
+    while stopper.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            socket.create_connection((host, port), timeout=0.5).close()
+        stopper.join(0.05)
+    server.server_close()
+    thread.join(timeout=5)
 
 
 _exporting = False
@@ -411,8 +461,9 @@ def setup_telemetry(
             resource, log_record_exporter, otlp_endpoint, log_level
         )
     if metrics_port is not None:
-        kwargs: dict[str, Any] = {} if registry is None else {"registry": registry}
-        server, thread = start_http_server(metrics_port, addr=metrics_host, **kwargs)
+        server, thread = _start_metrics_server(
+            metrics_port, metrics_host, REGISTRY if registry is None else registry
+        )
         telemetry.metrics_port = server.server_port
         telemetry._servers.append((server, thread))
     return telemetry

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from mercato_analytics.domain import AnalyticsError, Progress
 from mercato_analytics.metrics import AnalyticsMetrics
@@ -108,7 +108,8 @@ class LagMonitor:
 
 class RollupJob:
     """Runs :class:`RollUp` every ``interval`` s while holding the lease (``lease`` seconds,
-    renewed every run; released at stop so another replica takes over at once)."""
+    renewed once half of it has passed, so an idle holder writes the lease every ``lease / 2``
+    seconds, not every run; released at stop so another replica takes over at once)."""
 
     def __init__(
         self,
@@ -126,6 +127,8 @@ class RollupJob:
         self.holder = uuid.uuid4().hex
         self._backfilled = False
         self._holding = False
+        # While held: when the lease is renewed next (half of it before it runs out).
+        self._renew_at: datetime | None = None
         self._periodic = Periodic(
             "analytics-rollup", self._tick, interval=interval, immediate=False, logger=log
         )
@@ -144,15 +147,20 @@ class RollupJob:
 
     async def _tick(self) -> None:
         try:
-            holding = await self._store.rollups.take_lease(
-                self.holder, now=self._clock(), seconds=self._lease
-            )
-            if holding and not self._holding:
-                # Newly taken: an earlier version's replica may have held the lease and written
-                # its single roll-up collection meanwhile (only the holder writes roll-ups).
-                await self.rollup.move_single_collection()
-            self._holding = holding
-            if holding:
+            now = self._clock()
+            if not self._holding or self._renew_at is None or now >= self._renew_at:
+                holding = await self._store.rollups.take_lease(
+                    self.holder, now=now, seconds=self._lease
+                )
+                if holding and not self._holding:
+                    # Newly taken: an earlier version's replica may have held the lease and
+                    # written its single roll-up collection meanwhile (only the holder writes
+                    # roll-ups).
+                    await self.rollup.move_single_collection()
+                self._holding = holding
+                # Nobody else takes the lease before it runs out (``now + lease``).
+                self._renew_at = now + timedelta(seconds=self._lease / 2) if holding else None
+            if self._holding:
                 if not self._backfilled:
                     await self.rollup.backfill()
                     self._backfilled = True

@@ -16,6 +16,7 @@ metrics port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -107,21 +108,35 @@ class DrainingServer(uvicorn.Server):
         self._drain_seconds = seconds
         self._loop: asyncio.AbstractEventLoop | None = None
         self._signalled = False
+        self._ticked = asyncio.Event()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
 
+    async def main_loop(self) -> None:
+        # uvicorn's own loop wakes every 0.1 s to see whether to stop; this one once a second
+        # (what its Date header needs: each call below refreshes it) and at once on a stop.
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 10) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ticked.wait(), 1.0)
+
+    def _stop(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._ticked.set)
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         loop = self._loop
         if self._signalled or self._drain_seconds <= 0 or loop is None:
-            super().handle_exit(sig, frame)
+            self._stop(sig, frame)
             return
         self._signalled = True
         self._drain()
         _log.info("draining", extra={"seconds": self._drain_seconds})
-        stop = super().handle_exit
-        loop.call_soon_threadsafe(loop.call_later, self._drain_seconds, stop, sig, None)
+        loop.call_soon_threadsafe(loop.call_later, self._drain_seconds, self._stop, sig, None)
 
 
 def worker_app() -> Any:

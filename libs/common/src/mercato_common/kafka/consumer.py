@@ -251,7 +251,7 @@ class ConsumerRunner:
         dead_letter_timeout: float = 30.0,
         auto_offset_reset: str = "earliest",
         max_poll_records: int = 100,
-        poll_timeout_ms: int = 500,
+        poll_timeout_ms: int = 1_000,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
         max_poll_interval_ms: int = 300_000,
@@ -296,6 +296,12 @@ class ConsumerRunner:
             "session_timeout_ms": session_timeout_ms,
             "heartbeat_interval_ms": heartbeat_interval_ms,
             "max_poll_interval_ms": max_poll_interval_ms,
+            # An idle consumer wakes once a second, not 5 + 2 times: aiokafka's fetch routine
+            # re-checks every consumer_timeout_ms (200 by default) and each fetch waits on the
+            # broker for at most fetch_max_wait_ms (500) before an empty answer. A record that
+            # arrives ends that wait at once (fetch_min_bytes 1), so delivery is not slower.
+            "consumer_timeout_ms": 1_000,
+            "fetch_max_wait_ms": 1_000,
             **(consumer_options or {}),
         }
         self._consumer_factory = consumer_factory

@@ -193,6 +193,10 @@ class Kafka(Component):
             # expired its previous session: keep that short (defaults 9 s / 2 s).
             "broker.session.timeout.ms": "2000",
             "broker.heartbeat.interval.ms": "500",
+            # The active controller appends a no-op record to the metadata log this often when
+            # nothing else changes (default 500 ms: a log append and its replay by the broker,
+            # twice a second forever); one node needs no such liveness signal so often.
+            "metadata.max.idle.interval.ms": "5000",
             # Topics come from deploy/helm/mercato/files/topics.yaml (or a test's fixture).
             "auto.create.topics.enable": "false",
             "delete.topic.enable": "true",

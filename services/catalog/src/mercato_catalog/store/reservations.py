@@ -104,6 +104,17 @@ class ReservationStore:
         doc = await self.ctx.reservations.find_one({"_id": order_id})
         return reservation_from_doc(doc) if doc is not None else None
 
+    async def live_attempts(self) -> dict[str, str]:
+        """The attempt of every saga whose holds are live (RESERVING, HELD, COMMITTING), by
+        order id: one equality query per phase (what FerretDB evaluates in PostgreSQL), reading
+        the open sagas only, whatever the history stored."""
+        found: dict[str, str] = {}
+        for phase in (p for p in Phase if p.holds_are_live):
+            cursor = self.ctx.reservations.find({"phase": phase.value}, projection={"attempt": 1})
+            async for doc in cursor:
+                found[str(doc["_id"])] = str(doc.get("attempt", ""))
+        return found
+
     async def list_page(
         self, flt: ReservationFilter, size: int, token: str
     ) -> tuple[list[Reservation], str]:
