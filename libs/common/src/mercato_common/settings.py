@@ -267,7 +267,7 @@ class OutboxSettings(KafkaSettings):
     # The relay's fallback poll, for what no wake-up announced (rows left by a process that
     # crashed, a missed notification): new rows wake it at once (PostgreSQL LISTEN/NOTIFY, the
     # MongoDB outbox's in-process wake-up), so this only bounds the repair delay. Each poll is a
-    # query (on FerretDB 1.24 a scan of the collection): kept well above once a second.
+    # query of the store: kept well above once a second.
     outbox_poll_interval_seconds: float = Field(default=5.0, gt=0)
 
 

@@ -39,7 +39,7 @@ class ReservationSweeper:
         self._rounds = 0
         # Steps count as abandoned after ``stuck_after``: looking for them once in that time
         # finds each within twice that, and spares the store most of the queries of a sweep
-        # (one per step phase; on FerretDB 1.24 each scans every saga stored).
+        # (one per step phase, each reading every saga in that phase).
         self._slow_every = max(round(stuck_after.total_seconds() / interval), 1)
         # A sweep in progress gets 10 s to finish at stop before it is cancelled.
         self._periodic = Periodic(

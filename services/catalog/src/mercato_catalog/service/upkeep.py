@@ -94,7 +94,7 @@ class ReservationUpkeep:
         by itself: a hold they own is left alone, and only the others (orphans, or a saga that
         moved meanwhile) are checked against their saga's current state before being given
         back. After a load thousands of holds are legitimate, and one read of a saga each was
-        thousands of queries a pass (on FerretDB 1.24 each a scan of every saga).
+        thousands of queries a pass.
         """
         reaped = 0
         after = ""
