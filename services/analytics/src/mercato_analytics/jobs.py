@@ -126,8 +126,7 @@ class RollupJob:
         self._clock = clock
         self.holder = uuid.uuid4().hex
         self._backfilled = False
-        self._holding = False
-        # While held: when the lease is renewed next (half of it before it runs out).
+        # When the lease is renewed next (half of it before it runs out); None while not held.
         self._renew_at: datetime | None = None
         self._periodic = Periodic(
             "analytics-rollup", self._tick, interval=interval, immediate=False, logger=log
@@ -148,19 +147,19 @@ class RollupJob:
     async def _tick(self) -> None:
         try:
             now = self._clock()
-            if not self._holding or self._renew_at is None or now >= self._renew_at:
+            if self._renew_at is None or now >= self._renew_at:
+                newly = self._renew_at is None
                 holding = await self._store.rollups.take_lease(
                     self.holder, now=now, seconds=self._lease
                 )
-                if holding and not self._holding:
+                if holding and newly:
                     # Newly taken: an earlier version's replica may have held the lease and
                     # written its single roll-up collection meanwhile (only the holder writes
                     # roll-ups).
                     await self.rollup.move_single_collection()
-                self._holding = holding
                 # Nobody else takes the lease before it runs out (``now + lease``).
                 self._renew_at = now + timedelta(seconds=self._lease / 2) if holding else None
-            if self._holding:
+            if self._renew_at is not None:
                 if not self._backfilled:
                     await self.rollup.backfill()
                     self._backfilled = True

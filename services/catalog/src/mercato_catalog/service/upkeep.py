@@ -109,14 +109,12 @@ class ReservationUpkeep:
                         live = await self._sagas.live_attempts()
                     if live.get(hold.order_id) == hold.attempt:
                         continue  # owned when the pass began: an orphan only if a step died
-                    reaped += await self._reap(sku, hold, older_than)
+                    reaped += await self._reap(sku, hold)
             if len(page) < limit:
                 return reaped
             after = page[-1][0]
 
-    async def _reap(self, sku: str, hold: Hold, older_than: datetime) -> bool:
-        if not hold.older_than(older_than):
-            return False
+    async def _reap(self, sku: str, hold: Hold) -> bool:
         if owns(await self._sagas.find(hold.order_id), hold):
             return False
         if not await self._stock.unhold(sku, hold.order_id, hold.attempt, hold.quantity):
