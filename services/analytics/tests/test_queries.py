@@ -20,12 +20,14 @@ class RecordingRollups:
 
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
+        self.reads: list[tuple[set[BucketSize], bool]] = []
 
     async def dirty_minutes(self, start: datetime, end: datetime) -> list[datetime]:
         self.calls.append({"start": start, "end": end})
         return []
 
-    async def read(self, spans: Any) -> list[Any]:
+    async def read(self, spans: Any, *, split_days: bool = False) -> list[Any]:
+        self.reads.append(({span.level for span in spans}, split_days))
         return []
 
 
@@ -51,6 +53,17 @@ async def test_a_bare_sales_summary_is_the_last_7_days_by_day() -> None:
         }
     ]
     assert [b.start.day for b in summary.buckets] == [25, 26, 27, 28, 1, 2, 3, 4]
+
+
+async def test_sales_by_hour_read_whole_days_as_their_hours() -> None:
+    queries, store = _queries()
+    await queries.sales_summary(BucketSize.HOUR, None, None)
+    # 7 days ending at 16:00: the whole days from their day roll-ups, split into hours; the
+    # partial days at both ends from their hours.
+    assert store.rollups.reads == [({BucketSize.DAY, BucketSize.HOUR}, True)]
+    await queries.sales_summary(BucketSize.DAY, None, None)
+    await queries.funnel(None, None)
+    assert [split for _, split in store.rollups.reads[1:]] == [False, False]
 
 
 async def test_the_default_start_never_exceeds_the_bucket_limit() -> None:

@@ -185,3 +185,33 @@ async def test_the_single_rollup_collection_of_an_earlier_version_is_rolled_up_a
     await store.facts.delete_many({})
     assert (await analytics.funnel(*day)).placed == 1  # from the per-level roll-ups
 
+
+async def test_sales_by_hour_over_whole_days_read_the_day_rollups(harness) -> None:
+    analytics = await harness.make(rollup_interval_seconds=3600)
+    store = analytics.app.store
+    day = datetime(2026, 4, 5, tzinfo=UTC)
+    published, expected = samples.simulate(
+        60, users=6, seed=13, start=day + timedelta(hours=23, minutes=58), catalog_events=False
+    )
+    await harness.publisher.send_all(published)
+    await harness.wait_caught_up()
+    await RollUp(store, settle=0.0).run_until_clean()
+    await store.facts.delete_many({})
+    whole_days = (day, day + timedelta(days=2))  # the samples run past midnight
+    by_hour = await analytics.summary(*whole_days, HOUR)
+    harness.assert_totals(by_hour.total, expected)
+    assert len({b.start_time.ToDatetime().hour for b in by_hour.buckets if b.orders_placed}) >= 2
+
+    # A day of an earlier version, without its hours' sales: read by its hours instead.
+    days = store.rollups.rollups[BucketSize.DAY]
+    saved = await days.find({}).to_list()
+    assert saved
+    assert all("h" in doc for doc in saved)
+    await days.update_many({}, {"$unset": {"h": ""}})
+    assert await analytics.summary(*whole_days, HOUR) == by_hour
+
+    # With the hours' sales in the days, the hour roll-ups are not read at all.
+    for doc in saved:
+        await days.replace_one({"_id": doc["_id"]}, doc)
+    await store.rollups.rollups[BucketSize.HOUR].delete_many({})
+    assert await analytics.summary(*whole_days, HOUR) == by_hour

@@ -94,7 +94,15 @@ class Queries:
         start, end = default_range(start, end, now=self.clock(), longest=size.max_range)
         start, end = check_range(start, end, max_range=size.max_range)
         start, end = floor_time(start, size), ceil_time(end, size)
-        parts = await self._figures(start, end, coarsest=size, placed=False)
+        # By hour, whole days are read from their day roll-ups, which keep each hour's sales.
+        by_hour = size is BucketSize.HOUR
+        parts = await self._figures(
+            start,
+            end,
+            coarsest=BucketSize.DAY if by_hour else size,
+            placed=False,
+            split_days=by_hour,
+        )
         per_bucket: dict[datetime, Figures] = {}
         for part_start, figures in parts:
             per_bucket.setdefault(floor_time(part_start, size), Figures()).merge(figures)
@@ -133,14 +141,16 @@ class Queries:
         coarsest: BucketSize,
         timed: bool = True,
         placed: bool = True,
+        split_days: bool = False,
     ) -> list[tuple[datetime, Figures]]:
         """The figures covering ``[start, end)`` (whole minutes), each with its start: roll-ups
-        no coarser than ``coarsest``, and per-minute folds of the dirty minutes' facts."""
+        no coarser than ``coarsest`` (days split into their hours' sales with ``split_days``),
+        and per-minute folds of the dirty minutes' facts."""
         rollups = self.store.rollups
         plan = plan_reads(
             start, end, coarsest=coarsest, dirty=await rollups.dirty_minutes(start, end)
         )
-        parts = await rollups.read(plan.rollups)
+        parts = await rollups.read(plan.rollups, split_days=split_days)
         if plan.raw:
             timed_facts = await self.store.facts_timed(plan.raw) if timed else []
             placed_facts = await self.store.facts_placed(plan.raw) if placed else []

@@ -25,6 +25,8 @@ from datetime import UTC, datetime, timedelta
 from mercato_analytics.domain import (
     BucketSize,
     Figures,
+    SalesFigures,
+    Span,
     floor_time,
     fold_per_minute,
     merge_all,
@@ -108,21 +110,29 @@ class RollUp:
             BucketSize.MINUTE, {minute: folded.get(minute, Figures()) for minute in minutes}
         )
         hours = sorted({floor_time(minute, BucketSize.HOUR) for minute in minutes})
-        await rollups.replace(BucketSize.HOUR, await self._merged(hours, BucketSize.HOUR))
+        merged_hours, _ = await self._merged(hours, BucketSize.HOUR)
+        await rollups.replace(BucketSize.HOUR, merged_hours)
         days = sorted({floor_time(hour, BucketSize.DAY) for hour in hours})
-        await rollups.replace(BucketSize.DAY, await self._merged(days, BucketSize.DAY))
+        merged_days, hour_sales = await self._merged(days, BucketSize.DAY)
+        await rollups.replace(BucketSize.DAY, merged_days, hour_sales=hour_sales)
         # Last: until now the queries read these minutes from their facts.
         await rollups.clear_marks(marks)
         log.debug("rolled up %d minutes (%d hours, %d days)", len(minutes), len(hours), len(days))
         return len(marks)
 
-    async def _merged(self, starts: list[datetime], level: BucketSize) -> dict[datetime, Figures]:
-        """The figures of these buckets of ``level``, merged from the next finer roll-ups."""
+    async def _merged(
+        self, starts: list[datetime], level: BucketSize
+    ) -> tuple[dict[datetime, Figures], dict[datetime, dict[datetime, SalesFigures]]]:
+        """The figures of these buckets of ``level``, merged from the next finer roll-ups, and
+        each bucket's sales figures per finer bucket (kept in a day, per hour)."""
         finer = BucketSize.MINUTE if level is BucketSize.HOUR else BucketSize.HOUR
-        return {
-            start: merge_all(await self._store.rollups.within(finer, start, start + level.step))
-            for start in starts
-        }
+        merged: dict[datetime, Figures] = {}
+        per_finer: dict[datetime, dict[datetime, SalesFigures]] = {}
+        for start in starts:
+            parts = await self._store.rollups.read([Span(finer, start, start + level.step)])
+            merged[start] = merge_all([figures for _, figures in parts])
+            per_finer[start] = {part: figures.sales for part, figures in parts}
+        return merged, per_finer
 
     async def note_fresh_database(self) -> None:
         """Before the consumers start and the queries are served: a database without facts needs

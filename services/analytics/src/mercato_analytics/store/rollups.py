@@ -7,7 +7,10 @@ Collections
     ``_id`` = ``rollup_id(level, start)``, ``level``, ``start``, ``parent`` (the id of the
     hour of a minute, the day of an hour, the month of a day) and ``f``, the figures as compact
     JSON bytes. Replaced whole by the roll-up job, never updated in place; a bucket without
-    figures has no document.
+    figures has no document. A day also holds ``h``, the sales figures of each of its hours
+    with any (compact JSON bytes, by the hour's ISO start), so that sales by hour over whole days
+    read one document a day instead of 24; a day written by an earlier version, without ``h``,
+    is read by its hours instead.
 
     Read by ``_id`` or by ``parent``, both equalities: FerretDB serves an equality from
     PostgreSQL but filters a range itself over the whole collection, and it decodes one bytes
@@ -43,7 +46,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from mercato_analytics.domain import BucketSize, bucket_starts, floor_time
+from mercato_analytics.domain import BucketSize, SalesFigures, bucket_starts, floor_time
 from mercato_analytics.domain.rollups import Figures, Span, rollup_id
 from mercato_analytics.store.mongo import bulk_write_in_chunks, gather_reads, translated
 from mercato_common.mongo import IndexSpec
@@ -78,6 +81,13 @@ _LEASE_ID = "rollup"
 _BY_ID_AT_MOST = 4
 # Buckets of one span read by their parents up to this many; more, and the level is read whole.
 _BY_PARENT_AT_MOST = 1500
+
+
+_A_DAY = BucketSize.DAY.step
+
+
+def _packed(document: Mapping[str, Any]) -> Binary:
+    return Binary(json.dumps(document, separators=(",", ":")).encode())
 
 
 def _parent(level: BucketSize, start: datetime) -> str:
@@ -152,28 +162,44 @@ class RollupStore:
 
     # -- roll-ups --------------------------------------------------------------------------
 
-    async def replace(self, level: BucketSize, figures: Mapping[datetime, Figures]) -> None:
-        """Store the figures of these buckets of ``level``; empty figures remove the document."""
+    async def replace(
+        self,
+        level: BucketSize,
+        figures: Mapping[datetime, Figures],
+        *,
+        hour_sales: Mapping[datetime, Mapping[datetime, SalesFigures]] | None = None,
+    ) -> None:
+        """Store the figures of these buckets of ``level``; empty figures remove the document.
+        ``hour_sales``: for days, the sales figures of each of their hours (``h``)."""
         ops: list[ReplaceOne[Any] | DeleteOne] = []
         for start, bucket in sorted(figures.items()):
             key = rollup_id(level, start)
             if bucket.empty:
                 ops.append(DeleteOne({"_id": key}))
                 continue
-            packed = json.dumps(bucket.document(), separators=(",", ":")).encode()
             doc = {
                 "_id": key,
                 "level": level.value,
                 "start": start,
                 "parent": _parent(level, start),
-                "f": Binary(packed),
+                "f": _packed(bucket.document()),
             }
+            if hour_sales is not None:
+                hours = hour_sales.get(start, {})
+                doc["h"] = _packed(
+                    {hour.isoformat(): sales.document() for hour, sales in sorted(hours.items())}
+                )
             ops.append(ReplaceOne({"_id": key}, doc, upsert=True))
         await bulk_write_in_chunks(self.rollups[level], ops)
 
-    async def read(self, spans: Sequence[Span]) -> list[tuple[datetime, Figures]]:
+    async def read(
+        self, spans: Sequence[Span], *, split_days: bool = False
+    ) -> list[tuple[datetime, Figures]]:
         """The roll-ups of the spans: (bucket start, figures). A parent mostly covered by a
-        span is read whole with one query, the few buckets of another one by one; all at once."""
+        span is read whole with one query, the few buckets of another one by one; all at once.
+
+        ``split_days``: a day comes as its hours, each with its sales figures only (the rest of
+        a day's figures is not kept per hour): what a sales summary by hour needs."""
         parents: set[tuple[BucketSize, str]] = set()
         ids: set[tuple[BucketSize, str]] = set()
         levels: set[BucketSize] = set()
@@ -205,15 +231,23 @@ class RollupStore:
         # again with its parent: keep each wanted bucket once.
         wanted = [(span.level.value, span.start, span.end) for span in spans]
         docs = {doc["_id"]: doc for batch in found for doc in batch}
-        return [
-            (doc["start"], Figures.from_document(json.loads(doc["f"])))
-            for doc in docs.values()
-            if any(lv == doc["level"] and a <= doc["start"] < b for lv, a, b in wanted)
-        ]
-
-    async def within(self, level: BucketSize, start: datetime, end: datetime) -> list[Figures]:
-        """The roll-ups of ``level`` starting in ``[start, end)``."""
-        return [figures for _, figures in await self.read([Span(level, start, end)])]
+        parts: list[tuple[datetime, Figures]] = []
+        unsplit: list[Span] = []  # days of an earlier version: read by their hours
+        for doc in docs.values():
+            if not any(lv == doc["level"] and a <= doc["start"] < b for lv, a, b in wanted):
+                continue
+            if not (split_days and doc["level"] == BucketSize.DAY.value):
+                parts.append((doc["start"], Figures.from_document(json.loads(doc["f"]))))
+            elif "h" in doc:
+                parts.extend(
+                    (datetime.fromisoformat(hour), Figures(sales=SalesFigures.from_document(sales)))
+                    for hour, sales in json.loads(doc["h"]).items()
+                )
+            else:
+                unsplit.append(Span(BucketSize.HOUR, doc["start"], doc["start"] + _A_DAY))
+        if unsplit:
+            parts.extend(await self.read(unsplit))
+        return parts
 
     async def move_single_collection(self, *, now: datetime) -> int:
         """Mark dirty the minutes of the single roll-up collection of earlier versions, then drop
