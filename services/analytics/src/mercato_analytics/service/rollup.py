@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from mercato_analytics.domain import (
     BucketSize,
     Figures,
-    SalesFigures,
     Span,
     floor_time,
     fold_per_minute,
@@ -110,29 +109,32 @@ class RollUp:
             BucketSize.MINUTE, {minute: folded.get(minute, Figures()) for minute in minutes}
         )
         hours = sorted({floor_time(minute, BucketSize.HOUR) for minute in minutes})
-        merged_hours, _ = await self._merged(hours, BucketSize.HOUR)
-        await rollups.replace(BucketSize.HOUR, merged_hours)
+        minutes_of = await self._finer_parts(hours, BucketSize.HOUR)
+        await rollups.replace(BucketSize.HOUR, _merged(minutes_of))
         days = sorted({floor_time(hour, BucketSize.DAY) for hour in hours})
-        merged_days, hour_sales = await self._merged(days, BucketSize.DAY)
-        await rollups.replace(BucketSize.DAY, merged_days, hour_sales=hour_sales)
+        hours_of = await self._finer_parts(days, BucketSize.DAY)
+        await rollups.replace(
+            BucketSize.DAY,
+            _merged(hours_of),
+            hour_sales={
+                day: {hour: figures.sales for hour, figures in parts}
+                for day, parts in hours_of.items()
+            },
+        )
         # Last: until now the queries read these minutes from their facts.
         await rollups.clear_marks(marks)
         log.debug("rolled up %d minutes (%d hours, %d days)", len(minutes), len(hours), len(days))
         return len(marks)
 
-    async def _merged(
+    async def _finer_parts(
         self, starts: list[datetime], level: BucketSize
-    ) -> tuple[dict[datetime, Figures], dict[datetime, dict[datetime, SalesFigures]]]:
-        """The figures of these buckets of ``level``, merged from the next finer roll-ups, and
-        each bucket's sales figures per finer bucket (kept in a day, per hour)."""
+    ) -> dict[datetime, list[tuple[datetime, Figures]]]:
+        """The next finer roll-ups of each of these buckets of ``level``, with their starts."""
         finer = BucketSize.MINUTE if level is BucketSize.HOUR else BucketSize.HOUR
-        merged: dict[datetime, Figures] = {}
-        per_finer: dict[datetime, dict[datetime, SalesFigures]] = {}
-        for start in starts:
-            parts = await self._store.rollups.read([Span(finer, start, start + level.step)])
-            merged[start] = merge_all([figures for _, figures in parts])
-            per_finer[start] = {part: figures.sales for part, figures in parts}
-        return merged, per_finer
+        return {
+            start: await self._store.rollups.read([Span(finer, start, start + level.step)])
+            for start in starts
+        }
 
     async def note_fresh_database(self) -> None:
         """Before the consumers start and the queries are served: a database without facts needs
@@ -184,3 +186,8 @@ class RollUp:
             if taken < self._batch:
                 break
         return total
+
+
+def _merged(parts_of: dict[datetime, list[tuple[datetime, Figures]]]) -> dict[datetime, Figures]:
+    """Each bucket's figures: the merge of its finer parts."""
+    return {start: merge_all([f for _, f in parts]) for start, parts in parts_of.items()}

@@ -83,9 +83,6 @@ _BY_ID_AT_MOST = 4
 _BY_PARENT_AT_MOST = 1500
 
 
-_A_DAY = BucketSize.DAY.step
-
-
 def _packed(document: Mapping[str, Any]) -> Binary:
     return Binary(json.dumps(document, separators=(",", ":")).encode())
 
@@ -244,7 +241,8 @@ class RollupStore:
                     for hour, sales in json.loads(doc["h"]).items()
                 )
             else:
-                unsplit.append(Span(BucketSize.HOUR, doc["start"], doc["start"] + _A_DAY))
+                day = doc["start"]
+                unsplit.append(Span(BucketSize.HOUR, day, day + BucketSize.DAY.step))
         if unsplit:
             parts.extend(await self.read(unsplit))
         return parts
