@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 from aiokafka import AIOKafkaProducer
 from bench_analytics import (
@@ -53,6 +54,7 @@ from mercato_analytics.positions import KafkaPositions
 from mercato_common.identity import JwksTokenVerifier
 from mercato_common.kafka import KafkaConnection
 from mercato_common.runtime import start_all, stop_all
+from mercato_devstack.config import FERRETDB_DATABASE
 
 RESULTS = Path(__file__).resolve().parent / "results" / "analytics-history.json"
 SECONDS_APART = 3  # samples.simulate places orders about this far apart
@@ -73,6 +75,41 @@ async def _rolled_up(app: Any, *, within: float) -> float:
             return time.perf_counter() - started
         await asyncio.sleep(0.5)
     raise TimeoutError(f"roll-ups not done within {within} s")
+
+
+async def _quiet_stores(postgres_dsn: str, schema: str, *, within: float) -> dict[str, Any]:
+    """Wait until PostgreSQL has run no autovacuum for 3 s in a row (at most ``within`` s), then
+    tell the seconds waited and the dead rows left in ``schema`` (the local FerretDB's tables of
+    the bench database, in its storage database). Right after a load, autovacuum cleans and
+    analyses the tables it wrote (the facts, the dirty marks inserted and deleted by the
+    thousand): the queries are measured at the steady state a long history settles into, not
+    during that clean-up."""
+    connection = await asyncpg.connect(postgres_dsn, database=FERRETDB_DATABASE)
+    try:
+        started = time.perf_counter()
+        quiet_since = started
+        while time.perf_counter() - started < within:
+            busy = await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
+            )
+            now = time.perf_counter()
+            if busy:
+                quiet_since = now
+            elif now - quiet_since >= 3:
+                break
+            await asyncio.sleep(0.5)
+        dead, live = await connection.fetchrow(
+            "SELECT coalesce(sum(n_dead_tup), 0), coalesce(sum(n_live_tup), 0)"
+            " FROM pg_stat_user_tables WHERE schemaname = $1",
+            schema,
+        )
+        return {
+            "waited_seconds": round(time.perf_counter() - started, 1),
+            "dead_rows": int(dead),
+            "live_rows": int(live),
+        }
+    finally:
+        await connection.close()
 
 
 async def _queries(stub: Any, metadata: Any, calls: int) -> dict[str, dict[str, float]]:
@@ -172,6 +209,11 @@ async def run(orders: int, first: int, calls: int) -> dict[str, Any]:
                 await _caught_up(positions, poll=0.5)
                 consumed = time.perf_counter() - began
                 rollup_wait = await _rolled_up(app, within=600)
+                quiet = (
+                    await _quiet_stores(backends.postgres_dsn, settings.mongo_database, within=300)
+                    if backends.stack is not None  # the local stack: FerretDB on its PostgreSQL
+                    else {"waited_seconds": 0.0}
+                )
                 # Every published event feeds a fact (no catalog events): counting them in
                 # FerretDB would scan the collection.
                 facts = cut if label == "small" else len(published)
@@ -180,6 +222,7 @@ async def run(orders: int, first: int, calls: int) -> dict[str, Any]:
                     "facts": facts,
                     "consume_seconds": round(consumed, 1),
                     "rollup_wait_seconds": round(rollup_wait, 1),
+                    "stores_quiet": quiet,
                     "rollup_documents": sum(
                         [await c.count_documents({}) for c in app.store.rollups.rollups.values()]
                     ),
@@ -190,7 +233,8 @@ async def run(orders: int, first: int, calls: int) -> dict[str, Any]:
                 }
                 print(
                     f"{label}: {facts} facts, consumed in {consumed:.0f} s, rolled up"
-                    f" {rollup_wait:.0f} s later; {json.dumps(steps[label]['queries'])}",
+                    f" {rollup_wait:.0f} s later, stores quiet {quiet['waited_seconds']:.0f} s"
+                    f" after that; {json.dumps(steps[label]['queries'])}",
                     flush=True,
                 )
         finally:

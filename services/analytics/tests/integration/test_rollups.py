@@ -186,7 +186,7 @@ async def test_the_single_rollup_collection_of_an_earlier_version_is_rolled_up_a
     assert (await analytics.funnel(*day)).placed == 1  # from the per-level roll-ups
 
 
-async def test_sales_by_hour_over_whole_days_read_the_day_rollups(harness) -> None:
+async def test_sales_by_hour_read_the_day_rollups(harness) -> None:
     analytics = await harness.make(rollup_interval_seconds=3600)
     store = analytics.app.store
     day = datetime(2026, 4, 5, tzinfo=UTC)
@@ -201,6 +201,21 @@ async def test_sales_by_hour_over_whole_days_read_the_day_rollups(harness) -> No
     by_hour = await analytics.summary(*whole_days, HOUR)
     harness.assert_totals(by_hour.total, expected)
     assert len({b.start_time.ToDatetime().hour for b in by_hour.buckets if b.orders_placed}) >= 2
+    # Parts of days: from noon to noon (every sample), and from noon to midnight (those of the
+    # first day only), read from the hour roll-ups first.
+    noon_to_noon = (day + timedelta(hours=12), day + timedelta(days=1, hours=12))
+    noon_to_midnight = (day + timedelta(hours=12), day + timedelta(days=1))
+    partial = {
+        span: await analytics.summary(*span, HOUR) for span in (noon_to_noon, noon_to_midnight)
+    }
+    harness.assert_totals(partial[noon_to_noon].total, expected)
+    before_midnight = partial[noon_to_midnight].total.orders_placed
+    assert 0 < before_midnight < by_hour.total.orders_placed
+
+    async def unchanged() -> None:
+        assert await analytics.summary(*whole_days, HOUR) == by_hour
+        for span, summary in partial.items():
+            assert await analytics.summary(*span, HOUR) == summary
 
     # A day of an earlier version, without its hours' sales: read by its hours instead.
     days = store.rollups.rollups[BucketSize.DAY]
@@ -208,10 +223,11 @@ async def test_sales_by_hour_over_whole_days_read_the_day_rollups(harness) -> No
     assert saved
     assert all("h" in doc for doc in saved)
     await days.update_many({}, {"$unset": {"h": ""}})
-    assert await analytics.summary(*whole_days, HOUR) == by_hour
+    await unchanged()
 
-    # With the hours' sales in the days, the hour roll-ups are not read at all.
+    # With the hours' sales in the days, the hour roll-ups are not read at all, for whole days
+    # and for parts of days alike.
     for doc in saved:
         await days.replace_one({"_id": doc["_id"]}, doc)
     await store.rollups.rollups[BucketSize.HOUR].delete_many({})
-    assert await analytics.summary(*whole_days, HOUR) == by_hour
+    await unchanged()

@@ -94,7 +94,7 @@ class Queries:
         start, end = default_range(start, end, now=self.clock(), longest=size.max_range)
         start, end = check_range(start, end, max_range=size.max_range)
         start, end = floor_time(start, size), ceil_time(end, size)
-        # By hour, whole days are read from their day roll-ups, which keep each hour's sales.
+        # By hour, the hours are read from their day roll-ups, which keep each hour's sales.
         by_hour = size is BucketSize.HOUR
         parts = await self._figures(
             start,

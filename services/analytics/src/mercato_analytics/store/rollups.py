@@ -8,9 +8,9 @@ Collections
     hour of a minute, the day of an hour, the month of a day) and ``f``, the figures as compact
     JSON bytes. Replaced whole by the roll-up job, never updated in place; a bucket without
     figures has no document. A day also holds ``h``, the sales figures of each of its hours
-    with any (compact JSON bytes, by the hour's ISO start), so that sales by hour over whole days
-    read one document a day instead of 24; a day written by an earlier version, without ``h``,
-    is read by its hours instead.
+    with any (compact JSON bytes, by the hour's ISO start), so that sales by hour read one
+    document a day instead of up to 24, for whole days and parts of days alike; a day written by
+    an earlier version, without ``h``, is read by its hours instead.
 
     Read by ``_id`` or by ``parent``, both equalities: FerretDB serves an equality from
     PostgreSQL but filters a range itself over the whole collection, and it decodes one bytes
@@ -46,7 +46,13 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
-from mercato_analytics.domain import BucketSize, SalesFigures, bucket_starts, floor_time
+from mercato_analytics.domain import (
+    BucketSize,
+    SalesFigures,
+    bucket_starts,
+    ceil_time,
+    floor_time,
+)
 from mercato_analytics.domain.rollups import Figures, Span, rollup_id
 from mercato_analytics.store.mongo import bulk_write_in_chunks, gather_reads, translated
 from mercato_common.mongo import IndexSpec
@@ -195,8 +201,52 @@ class RollupStore:
         """The roll-ups of the spans: (bucket start, figures). A parent mostly covered by a
         span is read whole with one query, the few buckets of another one by one; all at once.
 
-        ``split_days``: a day comes as its hours, each with its sales figures only (the rest of
-        a day's figures is not kept per hour): what a sales summary by hour needs."""
+        ``split_days``: every hour comes from its day's ``h``, with its sales figures only (the
+        rest of a day's figures is not kept per hour): what a sales summary by hour needs. So a
+        span of days comes as their hours, and a span of hours is read from the documents of its
+        days (one a day instead of up to 24; the day's other hours are dropped)."""
+        if not split_days:
+            return [
+                (doc["start"], Figures.from_document(json.loads(doc["f"])))
+                for doc in await self._documents(spans, unread={"parent": 0, "h": 0})
+            ]
+        # The hours wanted of each day: its whole day for a span of days, else those of spans
+        # of hours; other levels (minutes around dirty ones) as they are.
+        windows: dict[datetime, list[tuple[datetime, datetime]]] = defaultdict(list)
+        for span in spans:
+            if span.level is BucketSize.MINUTE:
+                continue
+            first = floor_time(span.start, BucketSize.DAY)
+            for day in bucket_starts(first, ceil_time(span.end, BucketSize.DAY), BucketSize.DAY):
+                windows[day].append(
+                    (max(span.start, day), min(span.end, day + BucketSize.DAY.step))
+                )
+        read = [span for span in spans if span.level is BucketSize.MINUTE]
+        for day in sorted(windows):
+            following = day + BucketSize.DAY.step
+            if read and read[-1].level is BucketSize.DAY and read[-1].end == day:
+                read[-1] = Span(BucketSize.DAY, read[-1].start, following)
+            else:
+                read.append(Span(BucketSize.DAY, day, following))
+        parts: list[tuple[datetime, Figures]] = []
+        unsplit: list[Span] = []  # hours of days written by an earlier version, without h
+        for doc in await self._documents(read, unread={"parent": 0}):
+            if doc["level"] != BucketSize.DAY.value:
+                parts.append((doc["start"], Figures.from_document(json.loads(doc["f"]))))
+            elif "h" in doc:
+                day_windows = windows[doc["start"]]
+                for hour, sales in json.loads(doc["h"]).items():
+                    start = datetime.fromisoformat(hour)
+                    if any(a <= start < b for a, b in day_windows):
+                        parts.append((start, Figures(sales=SalesFigures.from_document(sales))))
+            else:
+                unsplit.extend(Span(BucketSize.HOUR, a, b) for a, b in windows[doc["start"]])
+        if unsplit:
+            parts.extend(await self.read(unsplit))
+        return parts
+
+    async def _documents(self, spans: Sequence[Span], *, unread: Mapping[str, int]) -> list[Any]:
+        """The documents of the spans' buckets (each once), without the ``unread`` fields."""
         parents: set[tuple[BucketSize, str]] = set()
         ids: set[tuple[BucketSize, str]] = set()
         levels: set[BucketSize] = set()
@@ -221,31 +271,18 @@ class RollupStore:
         async def one(query: tuple[BucketSize, Mapping[str, Any]]) -> list[Any]:
             level, where = query
             async with translated():
-                return await self.rollups[level].find(where, {"parent": 0}).to_list()
+                return await self.rollups[level].find(where, unread).to_list()
 
         found = await gather_reads(one, queries)
         # A parent read whole brings buckets outside the spans, and one read by id may come
         # again with its parent: keep each wanted bucket once.
         wanted = [(span.level.value, span.start, span.end) for span in spans]
         docs = {doc["_id"]: doc for batch in found for doc in batch}
-        parts: list[tuple[datetime, Figures]] = []
-        unsplit: list[Span] = []  # days of an earlier version: read by their hours
-        for doc in docs.values():
-            if not any(lv == doc["level"] and a <= doc["start"] < b for lv, a, b in wanted):
-                continue
-            if not (split_days and doc["level"] == BucketSize.DAY.value):
-                parts.append((doc["start"], Figures.from_document(json.loads(doc["f"]))))
-            elif "h" in doc:
-                parts.extend(
-                    (datetime.fromisoformat(hour), Figures(sales=SalesFigures.from_document(sales)))
-                    for hour, sales in json.loads(doc["h"]).items()
-                )
-            else:
-                day = doc["start"]
-                unsplit.append(Span(BucketSize.HOUR, day, day + BucketSize.DAY.step))
-        if unsplit:
-            parts.extend(await self.read(unsplit))
-        return parts
+        return [
+            doc
+            for doc in docs.values()
+            if any(lv == doc["level"] and a <= doc["start"] < b for lv, a, b in wanted)
+        ]
 
     async def move_single_collection(self, *, now: datetime) -> int:
         """Mark dirty the minutes of the single roll-up collection of earlier versions, then drop
