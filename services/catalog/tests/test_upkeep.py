@@ -1,6 +1,6 @@
 """Which sagas the sweeper's expiry reads: the minutes since its last sweep, a full scan at
 start, after a long gap and every ``full_scan_every`` sweeps, and the same window again while
-more is due than one sweep takes."""
+more is due than one sweep takes; when the orphan reaper reads the open sagas."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from mercato_catalog.domain.reservations import expiry_minute
+from mercato_catalog.domain.stock import Hold
 from mercato_catalog.service.upkeep import MAX_WINDOW_MINUTES, ReservationUpkeep
 
 T0 = datetime(2026, 12, 4, 8, 0, 30, tzinfo=UTC)
@@ -77,3 +78,67 @@ async def test_long_gaps_and_every_nth_sweep_scan_everything() -> None:
     await upkeep.expire_due(T0 + timedelta(minutes=MAX_WINDOW_MINUTES + 1), 100)  # 5: window
     m = expiry_minute(T0 + timedelta(minutes=MAX_WINDOW_MINUTES + 1))
     assert sagas.queries == [None, [expiry_minute(T0)], None, None, [m]]
+
+
+class HoldingStore:
+    """Products' holds, one page: ``holds`` by SKU."""
+
+    def __init__(self) -> None:
+        self.holds: dict[str, list[Hold]] = {}
+
+    async def holds_page(self, after: str, limit: int) -> list[tuple[str, list[Hold]]]:
+        return [(sku, holds) for sku, holds in sorted(self.holds.items()) if sku > after][:limit]
+
+
+class OpenSagas:
+    """The open sagas' attempts by order id, counting how often they are read."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, str] = {}
+        self.reads = 0
+
+    async def live_attempts(self) -> dict[str, str]:
+        self.reads += 1
+        return dict(self.live)
+
+    async def find(self, order_id: str) -> None:
+        return None  # no saga: a hold that is not in ``live`` is an orphan
+
+
+class GivingBack:
+    def __init__(self, store: HoldingStore) -> None:
+        self.store = store
+        self.given_back: list[str] = []
+
+    async def unhold(self, sku: str, order_id: str, attempt: str, quantity: int) -> bool:
+        self.store.holds[sku] = [h for h in self.store.holds[sku] if h.order_id != order_id]
+        self.given_back.append(order_id)
+        return True
+
+
+async def test_orphan_passes_read_the_open_sagas_only_for_holds_not_yet_found_owned() -> None:
+    sagas, store = OpenSagas(), HoldingStore()
+    stock = GivingBack(store)
+    upkeep = ReservationUpkeep(
+        cast(Any, sagas), cast(Any, None), cast(Any, stock), cast(Any, store), recheck_owned_every=4
+    )
+    now = T0 + timedelta(minutes=5)
+
+    def hold(order: str, held_at: datetime = T0) -> Hold:
+        return Hold(order_id=order, quantity=1, attempt=f"{order}-a", held_at=held_at)
+
+    sagas.live = {"o1": "o1-a", "o2": "o2-a"}
+    store.holds = {"SKU-1": [hold("o1"), hold("ghost")], "SKU-2": [hold("o2")]}
+    assert await upkeep.reap_orphan_holds(now, 100) == 1  # pass 1: the ghost's hold
+    assert (sagas.reads, stock.given_back) == (1, ["ghost"])
+    assert await upkeep.reap_orphan_holds(now, 100) == 0  # pass 2: every hold known owned
+    assert sagas.reads == 1
+    # A hold written again later (a straggler's, after its saga moved on) is checked afresh.
+    del sagas.live["o2"]
+    store.holds["SKU-2"] = [hold("o2", held_at=T0 + timedelta(minutes=1))]
+    assert await upkeep.reap_orphan_holds(now, 100) == 1  # pass 3
+    assert (sagas.reads, stock.given_back) == (2, ["ghost", "o2"])
+    # Every fourth pass checks every hold again, known or not.
+    del sagas.live["o1"]
+    assert await upkeep.reap_orphan_holds(now, 100) == 1  # pass 4
+    assert (sagas.reads, stock.given_back) == (3, ["ghost", "o2", "o1"])

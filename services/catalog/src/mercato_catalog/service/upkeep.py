@@ -30,6 +30,7 @@ class ReservationUpkeep:
         stock_store: StockStore,
         *,
         full_scan_every: int = 60,
+        recheck_owned_every: int = 10,
     ) -> None:
         self._sagas = sagas
         self._reservations = reservations
@@ -39,6 +40,11 @@ class ReservationUpkeep:
         # The first minute the next sweep reads (None: read everything).
         self._expiry_from: int | None = None
         self._expiry_sweeps = 0
+        # The holds (with their SKU) that the last orphan pass found owned by their saga, and
+        # how often a pass checks every hold again regardless (see reap_orphan_holds).
+        self._owned: set[tuple[str, Hold]] = set()
+        self._recheck_owned_every = max(recheck_owned_every, 1)
+        self._orphan_passes = 0
 
     async def expire_due(self, now: datetime, limit: int) -> int:
         """Expire reservations past their deadline that were never committed.
@@ -95,7 +101,18 @@ class ReservationUpkeep:
         moved meanwhile) are checked against their saga's current state before being given
         back. After a load thousands of holds are legitimate, and one read of a saga each was
         thousands of queries a pass.
+
+        A hold found owned stays known as owned while it lasts, and its saga is not read again:
+        a saga leaves the live phases only through a step (commit, release, expiry, failure)
+        that gives its holds back itself, or that ``finish_stuck`` completes if its caller died;
+        a straggler's hold written later is another hold (its own ``held_at``), checked afresh.
+        So after a load the open sagas are read once, not every pass while they stay open (each
+        read was seconds of the document store's CPU with a few thousand held). Every
+        ``recheck_owned_every``-th pass checks every hold again all the same.
         """
+        self._orphan_passes += 1
+        known = set() if self._orphan_passes % self._recheck_owned_every == 0 else self._owned
+        owned: set[tuple[str, Hold]] = set()
         reaped = 0
         after = ""
         live: dict[str, str] | None = None
@@ -105,12 +122,18 @@ class ReservationUpkeep:
                 for hold in holds:
                     if not hold.older_than(older_than):
                         continue
+                    if (sku, hold) in known:
+                        owned.add((sku, hold))
+                        continue
                     if live is None:
                         live = await self._sagas.live_attempts()
                     if live.get(hold.order_id) == hold.attempt:
-                        continue  # owned when the pass began: an orphan only if a step died
+                        # Owned when the pass began: an orphan only if a step died.
+                        owned.add((sku, hold))
+                        continue
                     reaped += await self._reap(sku, hold)
             if len(page) < limit:
+                self._owned = owned
                 return reaped
             after = page[-1][0]
 
