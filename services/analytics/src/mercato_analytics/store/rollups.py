@@ -221,16 +221,16 @@ class RollupStore:
                 windows[day].append(
                     (max(span.start, day), min(span.end, day + BucketSize.DAY.step))
                 )
-        read = [span for span in spans if span.level is BucketSize.MINUTE]
+        to_read = [span for span in spans if span.level is BucketSize.MINUTE]
         for day in sorted(windows):
             following = day + BucketSize.DAY.step
-            if read and read[-1].level is BucketSize.DAY and read[-1].end == day:
-                read[-1] = Span(BucketSize.DAY, read[-1].start, following)
+            if to_read and to_read[-1].level is BucketSize.DAY and to_read[-1].end == day:
+                to_read[-1] = Span(BucketSize.DAY, to_read[-1].start, following)
             else:
-                read.append(Span(BucketSize.DAY, day, following))
+                to_read.append(Span(BucketSize.DAY, day, following))
         parts: list[tuple[datetime, Figures]] = []
         unsplit: list[Span] = []  # hours of days written by an earlier version, without h
-        for doc in await self._documents(read, unread={"parent": 0}):
+        for doc in await self._documents(to_read, unread={"parent": 0}):
             if doc["level"] != BucketSize.DAY.value:
                 parts.append((doc["start"], Figures.from_document(json.loads(doc["f"]))))
             elif "h" in doc:

@@ -106,8 +106,8 @@ class ReservationUpkeep:
         a saga leaves the live phases only through a step (commit, release, expiry, failure)
         that gives its holds back itself, or that ``finish_stuck`` completes if its caller died;
         a straggler's hold written later is another hold (its own ``held_at``), checked afresh.
-        So after a load the open sagas are read once, not every pass while they stay open (each
-        read was seconds of the document store's CPU with a few thousand held). Every
+        So after a load the open sagas are read once, not every pass while they stay open (a
+        read returns every held saga, thousands after a load, in full from FerretDB). Every
         ``recheck_owned_every``-th pass checks every hold again all the same.
         """
         self._orphan_passes += 1
