@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from mercato_catalog.domain.reservations import expiry_minute
+from mercato_catalog.domain.reservations import minute_bucket
 from mercato_catalog.domain.stock import Hold
 from mercato_catalog.service.upkeep import MAX_WINDOW_MINUTES, ReservationUpkeep
 
@@ -50,7 +50,7 @@ async def test_first_sweep_scans_then_reads_only_the_minutes_since() -> None:
     await upkeep.expire_due(T0, 100)
     await upkeep.expire_due(T0 + timedelta(seconds=5), 100)
     await upkeep.expire_due(T0 + timedelta(seconds=75), 100)
-    m = expiry_minute(T0)
+    m = minute_bucket(T0)
     assert sagas.queries == [None, [m], [m, m + 1]]
 
 
@@ -64,7 +64,7 @@ async def test_a_full_batch_keeps_the_window_until_everything_due_is_expired() -
     sagas.due = 3
     assert await upkeep.expire_due(later, 100) == 3
     await upkeep.expire_due(later, 100)
-    m = expiry_minute(T0)
+    m = minute_bucket(T0)
     assert sagas.queries[1:] == [[m, m + 1, m + 2, m + 3]] * 2 + [[m + 3]]
 
 
@@ -76,8 +76,8 @@ async def test_long_gaps_and_every_nth_sweep_scan_everything() -> None:
     await upkeep.expire_due(T0, 100)  # 3: every third
     await upkeep.expire_due(T0 + timedelta(minutes=MAX_WINDOW_MINUTES + 1), 100)  # 4: gap
     await upkeep.expire_due(T0 + timedelta(minutes=MAX_WINDOW_MINUTES + 1), 100)  # 5: window
-    m = expiry_minute(T0 + timedelta(minutes=MAX_WINDOW_MINUTES + 1))
-    assert sagas.queries == [None, [expiry_minute(T0)], None, None, [m]]
+    m = minute_bucket(T0 + timedelta(minutes=MAX_WINDOW_MINUTES + 1))
+    assert sagas.queries == [None, [minute_bucket(T0)], None, None, [m]]
 
 
 class HoldingStore:

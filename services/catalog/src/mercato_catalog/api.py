@@ -9,17 +9,22 @@ request reaches a query as anything but a string or an integer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC
 
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from mercato_catalog.convert import (
     RESERVATION_STATE_FILTER,
     category_to_proto,
     money_from_proto,
+    optional_time,
     product_to_proto,
     reservation_to_proto,
 )
-from mercato_catalog.domain.listing import ProductFilter, ReservationFilter, page_size
+from mercato_catalog.domain.listing import (
+    MAX_RESERVATIONS_PAGE_SIZE,
+    ProductFilter,
+    ReservationFilter,
+    page_size,
+)
 from mercato_catalog.domain.products import NewProduct, ProductChanges, ProductState, check_sku
 from mercato_catalog.domain.reservations import Line, check_lines
 from mercato_catalog.service.categories import CategoryService
@@ -188,15 +193,12 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
     ) -> catalog_pb2.ListReservationsResponse:
         flt = ReservationFilter(
             state=RESERVATION_STATE_FILTER.get(request.state),
-            created_before=(
-                request.created_before.ToDatetime(tzinfo=UTC)
-                if request.HasField("created_before")
-                else None
-            ),
+            created_before=optional_time(request, "created_before"),
+            created_after=optional_time(request, "created_after"),
         )
         reservations, token = await self.reservations.list_page(
             flt,
-            page_size(request.page_size, default=100),
+            page_size(request.page_size, default=100, maximum=MAX_RESERVATIONS_PAGE_SIZE),
             request.page_token,
         )
         return catalog_pb2.ListReservationsResponse(

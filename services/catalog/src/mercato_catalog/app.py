@@ -88,6 +88,10 @@ def build_app(settings: CatalogSettings, **options: Unpack[KitOptions]) -> Catal
         flagged = await sagas.mark_pending_cleanups()
         if flagged:
             log.info("flagged %d pending reservation clean-ups", flagged)
+        # Sagas stored by an older catalog carry no `create_minute`: add it (a no-op after).
+        dated = await sagas.add_create_minutes()
+        if dated:
+            log.info("added the creation minute of %d reservations", dated)
 
     mongo = kit.mongo(settings, indexes=INDEXES, on_connect=on_connect)
     ctx = StoreContext(db=mongo.db, topic=settings.events_topic, locks=locks)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from mercato.catalog.v1 import catalog_pb2
@@ -18,6 +19,7 @@ __all__ = [
     "encode_product",
     "money_from_proto",
     "money_to_proto",
+    "optional_time",
     "product_to_proto",
     "reservation_to_proto",
     "timestamp",
@@ -28,6 +30,14 @@ def timestamp(when: datetime) -> Timestamp:
     ts = Timestamp()
     ts.FromDatetime(when.astimezone(UTC))
     return ts
+
+
+def optional_time(message: Message, field: str) -> datetime | None:
+    """A message's Timestamp field as an aware UTC time; None when it is not set."""
+    if not message.HasField(field):
+        return None
+    value: Timestamp = getattr(message, field)
+    return value.ToDatetime(tzinfo=UTC)
 
 
 def money_to_proto(money: Money) -> money_pb2.Money:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from mercato.catalog.v1 import catalog_pb2
-from mercato_catalog.domain.reservations import expiry_minute
+from mercato_catalog.domain.reservations import minute_bucket
 from mercato_catalog.store import ReservationStore, utcnow
+from mercato_catalog.store.reservations import MINUTES_LISTED_BY_EQUALITY
 from mercato_common.rpc_errors import error_from_rpc
 
 pytestmark = pytest.mark.integration
@@ -349,7 +350,7 @@ async def test_the_sweeper_reads_due_sagas_by_expiry_minute(make_catalog) -> Non
     await catalog.reserve(bucketed, ("MIN-1", 1))
     stored = await catalog.app.ctx.reservations.find_one({"_id": bucketed})
     assert stored is not None
-    assert stored["expire_minute"] == expiry_minute(stored["expire_time"].replace(tzinfo=UTC))
+    assert stored["expire_minute"] == minute_bucket(stored["expire_time"].replace(tzinfo=UTC))
     # A held saga as an older catalog stored it: a past deadline, no expire_minute.
     legacy = str(uuid.uuid4())
     past = now - timedelta(minutes=5)
@@ -358,11 +359,11 @@ async def test_the_sweeper_reads_due_sagas_by_expiry_minute(make_catalog) -> Non
          "update_time": past, "expire_time": past, "lines": []}
     )  # fmt: skip
     later = now + timedelta(seconds=ttl + 1)
-    window = range(expiry_minute(now), expiry_minute(later) + 1)
+    window = range(minute_bucket(now), minute_bucket(later) + 1)
     found = await sagas.due_for_expiry(later, 100, minutes=window)
     assert bucketed in {saga.order_id for saga in found}
     assert legacy not in {saga.order_id for saga in found}
-    outside = await sagas.due_for_expiry(later, 100, minutes=[expiry_minute(later) + 5])
+    outside = await sagas.due_for_expiry(later, 100, minutes=[minute_bucket(later) + 5])
     assert bucketed not in {saga.order_id for saga in outside}
     scanned = {saga.order_id for saga in await sagas.due_for_expiry(later, 100)}
     assert {bucketed, legacy} <= scanned
@@ -376,3 +377,61 @@ async def test_the_sweeper_reads_due_sagas_by_expiry_minute(make_catalog) -> Non
     assert released["expire_minute"] is None
     again = await sagas.due_for_expiry(later, 100, minutes=window)
     assert bucketed not in {saga.order_id for saga in again}
+
+
+async def test_a_short_creation_range_is_listed_by_creation_minute(catalog) -> None:
+    """Both creation bounds a few minutes apart: the reservations are read by the minute they
+    were created in (an equality), so a saga without ``create_minute`` is missed until the
+    start-up back-fill gives it one; a wide range reads every saga of the phase."""
+    await catalog.create_product("CMIN-1", stock=10)
+    started = utcnow()
+    early, late = str(uuid.uuid4()), str(uuid.uuid4())
+    await catalog.reserve(early, ("CMIN-1", 1))
+    await asyncio.sleep(0.005)  # distinct creation times (milliseconds)
+    await catalog.reserve(late, ("CMIN-1", 1))
+    stored = await catalog.app.ctx.reservations.find_one({"_id": early})
+    assert stored is not None
+    assert stored["create_minute"] == minute_bucket(stored["create_time"].replace(tzinfo=UTC))
+    # A held saga as an older catalog stored it: no create_minute.
+    legacy = str(uuid.uuid4())
+    now = utcnow()
+    await catalog.app.ctx.reservations.insert_one(
+        {"_id": legacy, "phase": "HELD", "attempt": "a", "create_time": now,
+         "update_time": now, "expire_time": now + timedelta(minutes=15), "lines": []}
+    )  # fmt: skip
+    ours = {early, late, legacy}
+
+    async def listed(after: datetime, before: datetime) -> list[str]:
+        request = catalog_pb2.ListReservationsRequest(
+            page_size=2, state=catalog_pb2.RESERVATION_STATE_HELD
+        )
+        request.created_after.FromDatetime(after)
+        request.created_before.FromDatetime(before)
+        seen: list[str] = []
+        for _ in range(500):  # other tests' reservations share the minutes
+            page = await catalog.stub.ListReservations(request, metadata=catalog.service)
+            seen.extend(r.order_id for r in page.reservations if r.order_id in ours)
+            request.page_token = page.next_page_token
+            if not request.page_token:
+                return seen
+        raise AssertionError("more pages than reservations")
+
+    soon = utcnow() + timedelta(seconds=1)
+    wide = started - timedelta(minutes=MINUTES_LISTED_BY_EQUALITY + 1)
+    assert await listed(started, soon) == [early, late]
+    assert await listed(wide, soon) == [early, late, legacy]
+    created = stored["create_time"].replace(tzinfo=UTC)
+    assert await listed(created + timedelta(milliseconds=1), soon) == [late]  # after: inclusive
+    assert await listed(started, created) == []  # before: exclusive
+
+    sagas = ReservationStore(catalog.app.ctx)
+    assert await sagas.add_create_minutes() == 1
+    assert await sagas.add_create_minutes() == 0
+    assert await listed(started, soon) == [early, late, legacy]
+
+    # An empty or inverted range is refused, naming the rule.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await listed(soon, started)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations = error_from_rpc(refused.value).field_violations
+    assert [v.description for v in violations] == ["created_after must be before created_before"]

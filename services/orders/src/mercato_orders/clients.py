@@ -323,16 +323,23 @@ class CatalogClient:
         return _reservation(response.reservation)
 
     async def held_before(
-        self, created_before: datetime, page_token: str = "", page_size: int = 100
+        self,
+        created_before: datetime,
+        page_token: str = "",
+        page_size: int = 1000,
+        *,
+        created_after: datetime | None = None,
     ) -> tuple[list[ReservationInfo], str]:
-        """A page of HELD reservations created before ``created_before``, oldest first."""
-        before = timestamp(created_before)
+        """A page of HELD reservations created before ``created_before`` (and at or after
+        ``created_after``, if given), oldest first."""
         request = catalog_pb2.ListReservationsRequest(
             page_size=page_size,
             page_token=page_token,
             state=catalog_pb2.RESERVATION_STATE_HELD,
-            created_before=before,
+            created_before=timestamp(created_before),
         )
+        if created_after is not None:
+            request.created_after.CopyFrom(timestamp(created_after))
 
         response = await self._call("ListReservations", self.stub.ListReservations, request)
         return [_reservation(r) for r in response.reservations], response.next_page_token

@@ -367,3 +367,31 @@ async def test_caps_per_user_on_unpaid_orders_and_units_of_one_product(make_orde
     # A retry of a placed order answers it even at the cap.
     again = await orders.create(ann, ("CAP-2", 1), key="fourth")
     assert again.id == fourth.id
+
+
+async def test_an_orphan_scan_reads_what_was_created_since_the_previous_one(orders, auth, catalog):
+    """A reservation found owned is not read again until the next full scan: an owned one
+    that became an orphan behind the reconciler's back (its order cancelled without a
+    release owed) waits for it, one created since the previous scan does not."""
+    await catalog.product("INCR-1", stock=10)
+    ann = await auth.customer()
+    reconciler = orders.reconciler(full_orphan_scan_every=2)
+    owned = await orders.create(ann, ("INCR-1", 1))
+    first = await reconciler.run_once(full=True)  # scan 1: every reservation
+    assert first.orphans_released == 0
+    await orders.fetch("UPDATE orders SET state = 'CANCELLED' WHERE id = $1", uuid.UUID(owned.id))
+    orphan = str(uuid.uuid4())
+    await catalog.stub.ReserveStock(
+        catalog_pb2.ReserveStockRequest(
+            order_id=orphan, lines=[catalog_pb2.ReservationLine(sku="INCR-1", quantity=2)]
+        ),
+        metadata=catalog.service,
+    )
+    assert await catalog.stock("INCR-1") == (10, 3, 7)
+
+    second = await reconciler.run_once(full=True)  # scan 2: created since scan 1
+    assert second.orphans_released == 1
+    assert await catalog.stock("INCR-1") == (10, 1, 9)
+    third = await reconciler.run_once(full=True)  # scan 3: every reservation again
+    assert third.orphans_released == 1
+    assert await catalog.stock("INCR-1") == (10, 0, 10)

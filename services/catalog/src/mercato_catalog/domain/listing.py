@@ -27,6 +27,7 @@ from mercato_common.errors import FieldViolation
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_PAGE_SIZE",
+    "MAX_RESERVATIONS_PAGE_SIZE",
     "ProductFilter",
     "ReservationFilter",
     "decode_page_token",
@@ -36,6 +37,9 @@ __all__ = [
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+# ListReservations is internal (the orders reconciler): larger pages, so that a scan after a load
+# reads a minute's reservations in a few pages (each page reads its minute whole, see the store).
+MAX_RESERVATIONS_PAGE_SIZE = 1000
 #: At most this many SKUs in one ``skus`` filter (one page of them).
 MAX_FILTER_SKUS = 100
 
@@ -119,15 +123,19 @@ class ProductFilter:
 
 @dataclass(frozen=True, slots=True)
 class ReservationFilter:
-    """ListReservations filters: a public state (None: any) and a creation time bound."""
+    """ListReservations filters: a public state (None: any) and creation time bounds
+    (``created_after`` inclusive, ``created_before`` exclusive)."""
 
     state: ReservationState | None = None
     created_before: datetime | None = None
+    created_after: datetime | None = None
 
     def fingerprint(self) -> str:
         """Identifies the filters, so a page token cannot be replayed with other ones."""
         before = to_ms(self.created_before) if self.created_before else ""
         filters = f"{self.state.value if self.state else ''}|{before}"
+        if self.created_after:  # appended only when set: tokens of the older filters stay valid
+            filters += f"|{to_ms(self.created_after)}"
         return hashlib.sha256(filters.encode()).hexdigest()[:16]
 
 
@@ -136,15 +144,15 @@ def to_ms(when: datetime) -> int:
     return int(when.timestamp() * 1000)
 
 
-def page_size(requested: int, default: int = DEFAULT_PAGE_SIZE) -> int:
-    """``default`` for 0, at most 100 (a larger request is coerced), negative refused."""
+def page_size(
+    requested: int, default: int = DEFAULT_PAGE_SIZE, maximum: int = MAX_PAGE_SIZE
+) -> int:
+    """``default`` for 0, at most ``maximum`` (a larger request is coerced), negative refused."""
     return paging.page_size(
         requested,
         default=default,
-        maximum=MAX_PAGE_SIZE,
-        invalid=lambda message: invalid(
-            message, "page_size", f"must be between 0 and {MAX_PAGE_SIZE}"
-        ),
+        maximum=maximum,
+        invalid=lambda message: invalid(message, "page_size", f"must be between 0 and {maximum}"),
     )
 
 

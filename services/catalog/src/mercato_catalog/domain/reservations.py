@@ -35,9 +35,9 @@ __all__ = [
     "ReservationState",
     "begin",
     "check_lines",
-    "expiry_minute",
     "fail",
     "hold_all",
+    "minute_bucket",
     "owns",
     "phases_of",
     "public_state",
@@ -189,9 +189,10 @@ class Reservation:
         return self.expire_time is not None and self.expire_time <= now
 
 
-def expiry_minute(when: datetime) -> int:
-    """The minute (since 1970, UTC) ``when`` falls in: the bucket a saga's expiry is stored
-    under, so the sweeper finds what is due by equality instead of by a range over every saga."""
+def minute_bucket(when: datetime) -> int:
+    """The minute (since 1970, UTC) ``when`` falls in: the bucket a saga's expiry and creation
+    are stored under, so the sweeper finds what is due, and a listing what was created in a few
+    minutes, by equality instead of by a range over every saga."""
     return int(when.timestamp()) // 60
 
 

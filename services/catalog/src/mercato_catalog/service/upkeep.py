@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from mercato_catalog.domain.reservations import expiry_minute, owns
+from mercato_catalog.domain.reservations import minute_bucket, owns
 from mercato_catalog.domain.stock import Hold
 from mercato_catalog.service.reservations import ReservationService
 from mercato_catalog.service.stock import StockMovements
@@ -55,7 +55,7 @@ class ReservationUpkeep:
         ``full_scan_every``-th sweep read every held saga instead, which also finds sagas stored
         before ``expire_minute`` existed or by a replica whose clock lags.
         """
-        current = expiry_minute(now)
+        current = minute_bucket(now)
         self._expiry_sweeps += 1
         start = self._expiry_from
         if (

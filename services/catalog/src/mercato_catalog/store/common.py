@@ -40,6 +40,8 @@ INDEXES: dict[str, list[IndexSpec]] = {
     RESERVATIONS: [
         # ListReservations (oldest first, keyset on create_time then _id).
         IndexSpec.of("create_time_id", "create_time", "_id"),
+        # ... and a short creation range, one minute at a time.
+        IndexSpec.of("phase_create_minute", "phase", "create_minute"),
         # The sweeper: due expirations and stuck steps.
         IndexSpec.of("phase_expire", "phase", "expire_time"),
         IndexSpec.of("phase_expire_minute", "phase", "expire_minute"),

@@ -3,7 +3,8 @@
 Reservation document (``reservations``, ``_id`` = order id), the saga record::
 
     {_id, lines: [{sku, quantity}], phase (domain Phase), attempt,
-     create_time, update_time, expire_time, expire_minute (the minute since 1970 of
+     create_time, create_minute (the minute since 1970 of create_time, what a short
+     creation range is listed by), update_time, expire_time, expire_minute (the same of
      expire_time, what the sweeper queries by), was_held, was_committed,
      cause, reason, shortages: [{sku, kind, description}], cleanup_after, cleanup (true while
      cleanup_after is set), version,
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from pymongo import ReturnDocument
+from pymongo import ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
 from mercato_catalog.domain.errors import Shortage, ShortageKind
@@ -38,13 +39,20 @@ from mercato_catalog.domain.reservations import (
     Phase,
     ReleaseCause,
     Reservation,
-    expiry_minute,
+    minute_bucket,
     phases_of,
 )
 from mercato_catalog.store.common import RESERVATIONS, StoreContext, as_utc
 from mercato_common.kafka.envelope import Envelope
 
-__all__ = ["ReservationStore", "reservation_from_doc"]
+__all__ = ["MINUTES_LISTED_BY_EQUALITY", "ReservationStore", "reservation_from_doc"]
+
+# A listing bounded on both sides of its creation time by at most this many minutes reads one
+# equality query per phase and minute (``create_minute``); a wider or open range reads every
+# saga of each phase, since FerretDB evaluates a range by reading them all. Each minute's query
+# still reads that minute's sagas whole (FerretDB evaluates the rest of the filter, the page's
+# position included, after reading them): hence ListReservations' larger pages.
+MINUTES_LISTED_BY_EQUALITY = 15
 
 
 def _optional_time(value: Any) -> datetime | None:
@@ -52,7 +60,7 @@ def _optional_time(value: Any) -> datetime | None:
 
 
 def _expiry_minute(expire_time: datetime | None) -> int | None:
-    return expiry_minute(expire_time) if expire_time is not None else None
+    return minute_bucket(expire_time) if expire_time is not None else None
 
 
 def reservation_from_doc(doc: Mapping[str, Any]) -> Reservation:
@@ -124,6 +132,8 @@ class ReservationStore:
         clauses: list[dict[str, Any]] = []
         if flt.created_before is not None:
             clauses.append({"create_time": {"$lt": flt.created_before}})
+        if flt.created_after is not None:
+            clauses.append({"create_time": {"$gte": flt.created_after}})
         if position is not None:
             after = _from_ms(position["t"])
             clauses.append(
@@ -136,16 +146,27 @@ class ReservationStore:
             )
         if clauses:
             query["$and"] = clauses
-        # One query per phase, each led by the equality FerretDB can evaluate in PostgreSQL (see
-        # the sweeper's queries below), merged into the page's order.
+        # One query per phase (and creation minute, for a short range), each led by the
+        # equalities FerretDB can evaluate in PostgreSQL (see the sweeper's queries below),
+        # merged into the page's order.
+        buckets: list[dict[str, Any]] = [{}]
+        if flt.created_after is not None and flt.created_before is not None:
+            minutes = range(minute_bucket(flt.created_after), minute_bucket(flt.created_before) + 1)
+            if len(minutes) <= MINUTES_LISTED_BY_EQUALITY:
+                if position is not None:  # the minutes before the page's are listed already
+                    minutes = range(
+                        max(minutes.start, minute_bucket(_from_ms(position["t"]))), minutes.stop
+                    )
+                buckets = [{"create_minute": minute} for minute in minutes]
         docs: list[Mapping[str, Any]] = []
         for phase in phases_of(flt.state):
-            cursor = (
-                self.ctx.reservations.find({"phase": phase.value, **query})
-                .sort([("create_time", 1), ("_id", 1)])
-                .limit(size + 1)
-            )
-            docs.extend([doc async for doc in cursor])
+            for bucket in buckets:
+                cursor = (
+                    self.ctx.reservations.find({"phase": phase.value, **bucket, **query})
+                    .sort([("create_time", 1), ("_id", 1)])
+                    .limit(size + 1)
+                )
+                docs.extend([doc async for doc in cursor])
         docs.sort(key=lambda doc: (as_utc(doc["create_time"]), str(doc["_id"])))
         docs = docs[: size + 1]
         items = [reservation_from_doc(doc) for doc in docs[:size]]
@@ -180,7 +201,7 @@ class ReservationStore:
         self, now: datetime, limit: int, *, minutes: Sequence[int] | None = None
     ) -> list[Reservation]:
         """Sagas past their deadline that were never committed: those whose deadline falls in
-        one of ``minutes`` (:func:`expiry_minute`: one equality query per phase and minute,
+        one of ``minutes`` (:func:`minute_bucket`: one equality query per phase and minute,
         whatever the number of sagas held), or all of them (``None``: a scan of the phases)."""
         phases = (Phase.RESERVING, Phase.HELD)
         due = {"expire_time": {"$lte": now}}
@@ -213,6 +234,25 @@ class ReservationStore:
         )
         return int(result.modified_count)
 
+    async def add_create_minutes(self, batch: int = 1000) -> int:
+        """Give sagas stored before ``create_minute`` existed theirs, so that short creation
+        ranges list them. Run once at start, before anything else writes (so no write lock):
+        one read of the sagas, updates only for those that lack it."""
+        cursor = self.ctx.reservations.find(
+            {"create_minute": {"$exists": False}}, projection={"create_time": 1}
+        )
+        updates: list[UpdateOne] = []
+        added = 0
+        async for doc in cursor:
+            minute = minute_bucket(as_utc(doc["create_time"]))
+            updates.append(UpdateOne({"_id": doc["_id"]}, {"$set": {"create_minute": minute}}))
+            if len(updates) >= batch:
+                added += (await self.ctx.reservations.bulk_write(updates)).modified_count
+                updates = []
+        if updates:
+            added += (await self.ctx.reservations.bulk_write(updates)).modified_count
+        return added
+
     # --- writes ------------------------------------------------------------------------------
 
     async def insert(self, saga: Reservation) -> bool:
@@ -223,6 +263,7 @@ class ReservationStore:
             "phase": saga.phase.value,
             "attempt": saga.attempt,
             "create_time": saga.create_time,
+            "create_minute": minute_bucket(saga.create_time),
             "update_time": saga.update_time,
             "expire_time": saga.expire_time,
             "expire_minute": _expiry_minute(saga.expire_time),

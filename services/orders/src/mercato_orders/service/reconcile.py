@@ -13,7 +13,13 @@ Each round:
    happen right after the commit get them now.
 3. Every ``catalog_scan_every`` rounds, **orphan reservations**: HELD reservations in the catalog
    older than the grace period whose order is not committed (no order row and no create in
-   progress, or an order that is CANCELLED/FAILED) are released.
+   progress, or an order that is CANCELLED/FAILED) are released. A scan reads only the
+   reservations created since where the previous one stopped (its bound; the last one it read
+   when it hit ``max_scan_pages``; the oldest release that failed): one found owned (a create
+   in progress, or an order not cancelled or failed) is the create's, step 1's or step 2's to
+   release from then on. The catalog answers such a short range without reading the other
+   HELD reservations. The first scan and every ``full_orphan_scan_every``-th read every HELD
+   reservation past the grace again.
 4. Every ``catalog_scan_every`` rounds, **lapsed reservations**: CONFIRMED orders older than
    ``reservation_check_after`` whose reservation expired or was released become FAILED
    (OrderFailed, actor "system").
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from mercato_orders.clients import ReservationState
 from mercato_orders.domain.model import OrderState
@@ -63,6 +69,7 @@ class Reconciliation:
         catalog_scan_every: int = 12,
         reservation_check_after: timedelta = timedelta(minutes=15),
         max_scan_pages: int = 10,
+        full_orphan_scan_every: int = 10,
     ) -> None:
         self._service = service
         for action in fields(ReconcileReport):  # every action at 0 from the start, not "no data"
@@ -75,6 +82,11 @@ class Reconciliation:
         self._check_after = reservation_check_after
         self._max_pages = max_scan_pages
         self._rounds = 0
+        # Where the next orphan scan starts (the previous complete one's bound; None: from the
+        # oldest), and how often a scan starts from the oldest regardless.
+        self._orphans_from: datetime | None = None
+        self._full_orphan_every = max(full_orphan_scan_every, 1)
+        self._orphan_scans = 0
 
     async def run_once(self, *, full: bool | None = None) -> ReconcileReport:
         """One round; ``full`` forces (or skips) the catalog scans regardless of the count."""
@@ -130,9 +142,19 @@ class Reconciliation:
     async def _orphans(self, report: ReconcileReport) -> None:
         service = self._service
         before = service.now() - self._orphan_grace
+        after = self._orphans_from
+        if self._orphan_scans % self._full_orphan_every == 0:
+            after = None
+        self._orphan_scans += 1
+        if after is not None and after >= before:
+            return  # nothing created since the previous scan is past the grace yet
+        # Where the next scan starts: this one's bound, unless it stopped early or a release
+        # failed (None: from the oldest, for a reservation that does not say when it was made).
+        resume_at: datetime | None = before
+        retry_from: list[datetime | None] = []
         token = ""
         for _ in range(self._max_pages):
-            held, token = await service.catalog.held_before(before, token)
+            held, token = await service.catalog.held_before(before, token, created_after=after)
             if not held:
                 break
             ids = [r.order_id for r in held]
@@ -149,11 +171,17 @@ class Reconciliation:
                     await service.release_stock(reservation.order_id, "no committed order")
                 except Exception as exc:
                     log.warning("orphan reservation %s: %r", reservation.order_id, exc)
+                    retry_from.append(reservation.create_time)
                     continue
                 report.orphans_released += 1
                 log.info("released an orphan reservation", extra={"order_id": reservation.order_id})
             if not token:
                 break
+        else:
+            resume_at = held[-1].create_time  # stopped at max_scan_pages: go on from there
+        if retry_from:
+            resume_at = retry_from[0]  # the oldest failed release (pages are oldest first)
+        self._orphans_from = resume_at
 
     async def _lapsed(self, report: ReconcileReport) -> None:
         service = self._service

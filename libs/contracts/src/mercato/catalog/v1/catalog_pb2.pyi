@@ -1030,8 +1030,9 @@ class ListReservationsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """Maximum number to return, 0-100; 0 means the default (100)."""
+    """Maximum number to return, 0-1000; 0 means the default (100)."""
     page_token: _builtins.str
     """`next_page_token` of the previous page; empty for the first page."""
     state: Global___ReservationState.ValueType
@@ -1040,6 +1041,13 @@ class ListReservationsRequest(_message.Message):
     def created_before(self) -> _timestamp_pb2.Timestamp:
         """Only reservations created before this time, if set."""
 
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only reservations created at or after this time, if set. A range of a few minutes (what a
+        reconciliation pass asks for since its previous one) is answered without reading the
+        reservations outside it.
+        """
+
     def __init__(
         self,
         *,
@@ -1047,10 +1055,11 @@ class ListReservationsRequest(_message.Message):
         page_token: _builtins.str = ...,
         state: Global___ReservationState.ValueType = ...,
         created_before: _timestamp_pb2.Timestamp | None = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_before", b"created_before"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_before", b"created_before", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
