@@ -157,6 +157,45 @@ async def test_periodic_stop_wakes_a_waiting_loop_at_once() -> None:
     assert ticks == 1
 
 
+async def test_periodic_wake_runs_the_next_tick_now_even_when_called_during_a_tick() -> None:
+    ticks = 0
+    release = asyncio.Event()
+
+    async def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        if ticks == 2:
+            await release.wait()
+
+    part = Periodic("woken", tick, interval=3600)
+    await part.start()
+    await _until(lambda: ticks == 1)
+    part.wake()  # the loop waits: the second tick runs at once
+    await _until(lambda: ticks == 2)
+    part.wake()  # during the second tick: the third follows it without a pause
+    release.set()
+    await _until(lambda: ticks == 3)
+    await asyncio.sleep(0.05)
+    assert ticks == 3  # and then the interval holds again
+    await part.stop()
+
+
+async def test_periodic_reads_its_interval_at_each_pause() -> None:
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        ticks += 1
+        part.interval = 3600 if ticks >= 3 else 0.01
+
+    part = Periodic("slowing", tick, interval=3600)
+    await part.start()
+    await _until(lambda: ticks == 3)
+    await asyncio.sleep(0.1)
+    assert ticks == 3
+    await part.stop()
+
+
 async def test_periodic_stop_lets_a_tick_finish_within_the_grace() -> None:
     finished = asyncio.Event()
     running = asyncio.Event()

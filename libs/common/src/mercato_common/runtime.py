@@ -64,7 +64,9 @@ class Periodic:
     The interval counts from the end of one tick to the start of the next, so ticks never
     overlap. With ``immediate`` the first tick runs at start, otherwise one interval later. A
     tick that raises is logged (a warning with the part's ``name``, which also names the task,
-    and the error) and the loop goes on. ``stop`` wakes a waiting loop at once, lets a tick in
+    and the error) and the loop goes on. ``interval`` may be changed between ticks (it is read
+    at each pause), and ``wake`` ends the pause early: at once when the loop waits, right after
+    the tick in progress otherwise. ``stop`` wakes a waiting loop at once, lets a tick in
     progress finish for up to ``grace`` seconds, then cancels the task and waits for it to end.
     """
 
@@ -90,6 +92,7 @@ class Periodic:
         self._log = logger if logger is not None else _log
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._wakeup = asyncio.Event()  # set by wake and stop: ends the pause
 
     @property
     def running(self) -> bool:
@@ -99,10 +102,16 @@ class Periodic:
         if self.running:
             return
         self._stopping.clear()
+        self._wakeup.clear()
         self._task = asyncio.create_task(self._run(), name=self.name)
+
+    def wake(self) -> None:
+        """Run the next tick now rather than at the end of the interval."""
+        self._wakeup.set()
 
     async def stop(self) -> None:
         self._stopping.set()
+        self._wakeup.set()
         task, self._task = self._task, None
         if task is None:
             return
@@ -115,6 +124,7 @@ class Periodic:
         if not self.immediate:
             await self._pause()
         while not self._stopping.is_set():
+            self._wakeup.clear()  # a wake during the tick is for the pause after it
             try:
                 await self._tick()
             except Exception as exc:
@@ -124,9 +134,9 @@ class Periodic:
             await self._pause()
 
     async def _pause(self) -> None:
-        """Wait one interval, or less when ``stop`` is called meanwhile."""
+        """Wait one interval, or less when ``wake`` or ``stop`` is called meanwhile."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), self.interval)
+            await asyncio.wait_for(self._wakeup.wait(), self.interval)
 
 
 async def start_all(parts: Sequence[Lifecycle]) -> list[Lifecycle]:

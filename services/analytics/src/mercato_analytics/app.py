@@ -69,6 +69,7 @@ def build_app(settings: AnalyticsSettings, **options: Unpack[KitOptions]) -> Ana
         RollUp(store, settle=settings.rollup_settle_seconds),
         store,
         interval=settings.rollup_interval_seconds,
+        idle_interval=settings.rollup_idle_interval_seconds,
         lease=settings.rollup_lease_seconds,
     )
     kit.part(rollup)
@@ -81,7 +82,9 @@ def build_app(settings: AnalyticsSettings, **options: Unpack[KitOptions]) -> Ana
         backoff = Backoff(
             initial=settings.retry_initial_seconds, maximum=settings.retry_max_seconds
         )
-        applier = EventApplier(store, metrics=metrics, progress=progress, backoff=backoff)
+        applier = EventApplier(
+            store, metrics=metrics, progress=progress, backoff=backoff, on_marked=rollup.wake
+        )
 
         def counted(sink: DeadLetterSink) -> DeadLetterSink:
             return CountingDeadLetterSink(sink, metrics)

@@ -36,7 +36,8 @@ class EventApplier:
     """The consumer group's handler: one record → its effect, exactly once (see module doc)."""
 
     def __init__(self, store: AnalyticsStore, **options: Any) -> None:
-        """``options`` are those of :class:`ApplyEvent` (metrics, progress, backoff, clock)."""
+        """``options`` are those of :class:`ApplyEvent` (metrics, progress, backoff, clock,
+        on_marked)."""
         self._apply = ApplyEvent(store, **options)
 
     def stop(self) -> None:

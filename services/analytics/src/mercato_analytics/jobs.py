@@ -107,9 +107,15 @@ class LagMonitor:
 
 
 class RollupJob:
-    """Runs :class:`RollUp` every ``interval`` s while holding the lease (``lease`` seconds,
-    renewed once half of it has passed, so an idle holder writes the lease every ``lease / 2``
-    seconds, not every run; released at stop so another replica takes over at once)."""
+    """Runs :class:`RollUp` while holding the lease (``lease`` seconds, renewed once half of it
+    has passed, so an idle holder writes the lease every ``lease / 2`` seconds, not every run;
+    released at stop so another replica takes over at once).
+
+    It runs every ``interval`` s while runs find settled dirty minutes or a mark of this process
+    has yet to settle (:meth:`wake`, called when this process marks minutes dirty), else every
+    ``idle_interval`` s. So an idle suite does not read the marks every second, and a minute
+    marked by another replica is rolled up at most ``idle_interval`` s later than it would be;
+    until then the queries read it from its facts, as they read every dirty minute."""
 
     def __init__(
         self,
@@ -117,10 +123,16 @@ class RollupJob:
         store: AnalyticsStore,
         *,
         interval: float,
+        idle_interval: float,
         lease: float,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.rollup = rollup
+        self._interval = interval
+        self._idle_interval = max(idle_interval, interval)
+        # Until when runs stay ``interval`` apart though they find nothing: this process's
+        # latest mark has settled by then.
+        self._marked_until: datetime | None = None
         self._store = store
         self._lease = lease
         self._clock = clock
@@ -136,6 +148,18 @@ class RollupJob:
         # Declared before the consumers: a database still without facts needs no backfill.
         await self.rollup.note_fresh_database()
         await self._periodic.start()
+
+    @property
+    def interval(self) -> float:
+        """Seconds until the next run (after the one in progress, if any)."""
+        return self._periodic.interval
+
+    def wake(self) -> None:
+        """This process marked minutes dirty: run now, then every ``interval`` at least until
+        the marks have settled."""
+        self._marked_until = self._clock() + self.rollup.settle + timedelta(seconds=self._interval)
+        self._periodic.interval = self._interval
+        self._periodic.wake()
 
     async def stop(self) -> None:
         await self._periodic.stop()
@@ -163,6 +187,13 @@ class RollupJob:
                 if not self._backfilled:
                     await self.rollup.backfill()
                     self._backfilled = True
-                await self.rollup.run_until_clean(rounds=10)
+                taken = await self.rollup.run_until_clean(rounds=10)
+                awaited = self._marked_until is not None and self._clock() < self._marked_until
+                self._periodic.interval = (
+                    self._interval if taken or awaited else self._idle_interval
+                )
+            else:
+                self._periodic.interval = self._idle_interval  # another replica holds it
         except AnalyticsError as exc:  # the database is unavailable: next tick
+            self._periodic.interval = self._interval
             log.warning("roll-up skipped: %s", exc)

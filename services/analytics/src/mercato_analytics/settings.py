@@ -50,6 +50,7 @@ class AnalyticsSettings(BaseServiceSettings, MongoSettings, KafkaSettings):
     # be untouched before it is rolled up (more than the consumers' mark refresh of 1 s, plus
     # the clock skew between replicas), and how long the job's lease lasts without renewal.
     rollup_interval_seconds: float = Field(default=1.0, gt=0)
+    rollup_idle_interval_seconds: float = Field(default=10.0, gt=0)
     rollup_settle_seconds: float = Field(default=3.0, gt=1.0)
     rollup_lease_seconds: float = Field(default=30.0, gt=0)
 

@@ -55,9 +55,10 @@ class ApplyEvent:
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = utcnow,
         mark_refresh: float = DEFAULT_MARK_REFRESH,
+        on_marked: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
-        self._mark_dirty = MarkDirty(store, refresh=mark_refresh, clock=clock)
+        self._mark_dirty = MarkDirty(store, refresh=mark_refresh, clock=clock, on_marked=on_marked)
         self._metrics = metrics
         self.progress = progress
         self._backoff = backoff if backoff is not None else Backoff(initial=0.2, maximum=5.0)

@@ -43,7 +43,8 @@ _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 class MarkDirty:
-    """Marks minutes dirty, each at most once per ``refresh`` seconds from this process."""
+    """Marks minutes dirty, each at most once per ``refresh`` seconds from this process, and
+    calls ``on_marked`` after writing marks (the roll-up job's wake-up)."""
 
     def __init__(
         self,
@@ -51,8 +52,10 @@ class MarkDirty:
         *,
         refresh: float,
         clock: Callable[[], datetime] = utcnow,
+        on_marked: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_marked = on_marked
         self._refresh = timedelta(seconds=refresh)
         self._clock = clock
         self._marked: dict[datetime, datetime] = {}
@@ -71,6 +74,8 @@ class MarkDirty:
                 self._marked = {m: t for m, t in self._marked.items() if now - t < self._refresh}
             for minute in due:
                 self._marked[minute] = now
+        if self._on_marked is not None:
+            self._on_marked()
 
 
 class RollUp:
@@ -85,7 +90,7 @@ class RollUp:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._store = store
-        self._settle = timedelta(seconds=settle)
+        self.settle = timedelta(seconds=settle)
         self._batch = batch
         self._clock = clock
 
@@ -94,8 +99,8 @@ class RollUp:
         rollups = self._store.rollups
         now = self._clock()
         marks = await rollups.settled_marks(
-            touched_before=now - self._settle,
-            minutes_before=floor_time(now - self._settle, BucketSize.MINUTE),
+            touched_before=now - self.settle,
+            minutes_before=floor_time(now - self.settle, BucketSize.MINUTE),
             limit=self._batch,
         )
         if not marks:
