@@ -237,7 +237,7 @@ class ReservationStore:
     async def add_create_minutes(self, batch: int = 1000) -> int:
         """Give sagas stored before ``create_minute`` existed theirs, so that short creation
         ranges list them. Run once at start, before anything else writes (so no write lock):
-        one read of the sagas, updates only for those that lack it."""
+        one query (on FerretDB a read of every saga), updates only for those that lack it."""
         cursor = self.ctx.reservations.find(
             {"create_minute": {"$exists": False}}, projection={"create_time": 1}
         )

@@ -82,8 +82,8 @@ class Reconciliation:
         self._check_after = reservation_check_after
         self._max_pages = max_scan_pages
         self._rounds = 0
-        # Where the next orphan scan starts (the previous complete one's bound; None: from the
-        # oldest), and how often a scan starts from the oldest regardless.
+        # Where the next orphan scan starts (where the previous one stopped, see _orphans; None:
+        # from the oldest), and how often a scan starts from the oldest regardless.
         self._orphans_from: datetime | None = None
         self._full_orphan_every = max(full_orphan_scan_every, 1)
         self._orphan_scans = 0
