@@ -145,7 +145,14 @@ def test_buffered_handler_flushes_warnings_at_once_and_info_lines_within_the_int
             time.sleep(0.05)
         assert stream.flushes == 2  # flushed by the handler's own timer, no further record
         assert json.loads(stream.getvalue().splitlines()[-1])["message"] == "straggler"
+        # Nothing waits: the thread sleeps without a timeout until the next buffered line.
+        assert not handler._waiting.is_set()
+        time.sleep(0.5)
+        assert stream.flushes == 2
+        handler.handle(_record("after a quiet while"))  # the last flush is old: written at once
+        assert stream.flushes == 3
         handler.handle(_record("last"))
+        assert handler._waiting.is_set()  # buffered: the thread is awake for it
     finally:
         handler.close()
     assert json.loads(stream.getvalue().splitlines()[-1])["message"] == "last"  # close flushes

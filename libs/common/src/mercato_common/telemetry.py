@@ -181,9 +181,10 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     A plain StreamHandler writes and flushes every record, one system call per access-log line
     (6 % of the gateway's CPU per request), and more so with ``PYTHONUNBUFFERED``, which the
-    images set. Lines reach the stream within ``flush_seconds`` (a daemon thread flushes
-    stragglers when no further record arrives) and at exit (``logging.shutdown`` flushes every
-    handler).
+    images set. Lines reach the stream about ``flush_seconds`` after they were buffered (a daemon
+    thread flushes stragglers when no further record arrives) and at exit (``logging.shutdown``
+    flushes every handler). The thread sleeps while no line waits: an idle service does not wake
+    for its logs.
     """
 
     def __init__(
@@ -196,7 +197,9 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._size = 0
         self._flushed_at = time.monotonic()
         self._closed = threading.Event()
-        threading.Thread(target=self._flush_periodically, daemon=True).start()
+        # Set while lines wait in the buffer (under the handler's lock, with the buffer).
+        self._waiting = threading.Event()
+        threading.Thread(target=self._flush_stragglers, daemon=True).start()
 
     def emit(self, record: logging.LogRecord) -> None:
         # Called with the handler's lock held (Handler.handle), as flush takes it.
@@ -215,6 +218,8 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             or time.monotonic() - self._flushed_at >= self._flush_seconds
         ):
             self.flush()
+        else:
+            self._waiting.set()
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
@@ -222,16 +227,20 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             if self._lines:
                 lines, self._lines, self._size = self._lines, [], 0
                 self.stream.write("".join(lines))
+            self._waiting.clear()
             super().flush()
 
     def close(self) -> None:
         self._closed.set()
+        self._waiting.set()  # wakes the thread, which then ends
         self.flush()
         super().close()
 
-    def _flush_periodically(self) -> None:
-        while not self._closed.wait(self._flush_seconds):
-            if self._lines and time.monotonic() - self._flushed_at >= self._flush_seconds:
+    def _flush_stragglers(self) -> None:
+        # Asleep until a line is buffered, then gives it flush_seconds for others to join it
+        # (or for a later emit to flush them all) before it writes what still waits.
+        while self._waiting.wait() and not self._closed.wait(self._flush_seconds):
+            if self._waiting.is_set():
                 self.flush()
 
 

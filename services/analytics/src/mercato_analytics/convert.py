@@ -40,6 +40,7 @@ from mercato_analytics.domain.events import (
 )
 from mercato_common.errors import FieldViolation
 from mercato_common.kafka import Envelope, unpack_data
+from mercato_common.timestamps import timestamp
 
 __all__ = [
     "bucket_size",
@@ -206,12 +207,6 @@ def requested_range(request: Any) -> tuple[datetime | None, datetime | None]:
 
 
 # --- domain values → responses --------------------------------------------------------------
-
-
-def timestamp(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when.astimezone(UTC))
-    return ts
 
 
 def money(currency: str, amount: int) -> money_pb2.Money:

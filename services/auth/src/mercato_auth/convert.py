@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from mercato.auth.v1 import auth_pb2
 from mercato_auth.domain.scopes import Role
 from mercato_auth.domain.users import User, UserState
+from mercato_common.timestamps import timestamp
 
 __all__ = [
     "role_from_proto",
@@ -47,12 +45,6 @@ def state_to_proto(state: UserState) -> auth_pb2.UserState.ValueType:
 
 def state_from_proto(value: auth_pb2.UserState.ValueType) -> UserState | None:
     return _STATES_BACK.get(value)
-
-
-def timestamp(when: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
 
 
 def user_to_proto(user: User) -> auth_pb2.User:

@@ -3,15 +3,11 @@ adapters only: the API (api.py), the events (publish.py) and the cache payload (
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from mercato.catalog.v1 import catalog_pb2
 from mercato.type.v1 import money_pb2
 from mercato_catalog.domain.products import Category, Money, Product, ProductState
 from mercato_catalog.domain.reservations import Reservation, ReservationState
+from mercato_common.timestamps import optional_time, timestamp
 
 __all__ = [
     "RESERVATION_STATE_FILTER",
@@ -24,20 +20,6 @@ __all__ = [
     "reservation_to_proto",
     "timestamp",
 ]
-
-
-def timestamp(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when.astimezone(UTC))
-    return ts
-
-
-def optional_time(message: Message, field: str) -> datetime | None:
-    """A message's Timestamp field as an aware UTC time; None when it is not set."""
-    if not message.HasField(field):
-        return None
-    value: Timestamp = getattr(message, field)
-    return value.ToDatetime(tzinfo=UTC)
 
 
 def money_to_proto(money: Money) -> money_pb2.Money:

@@ -24,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from mercato_common.kafka import Backoff, KafkaConnection
+from mercato_common.kafka import QUIET_FETCH_OPTIONS, Backoff, KafkaConnection
 
 __all__ = ["EventFanout", "Watch"]
 
@@ -122,6 +122,7 @@ class EventFanout:
                 group_id=None,  # every process reads every event
                 auto_offset_reset="latest",
                 enable_auto_commit=False,
+                **QUIET_FETCH_OPTIONS,
                 **self._connection.client_kwargs(),
             )
             try:

@@ -10,11 +10,10 @@ relies on. Ownership is a domain rule: another user's order is NOT_FOUND unless 
 
 from __future__ import annotations
 
-from datetime import UTC
-
 from mercato.orders.v1 import orders_pb2, orders_pb2_grpc
 from mercato_common.grpc_types import ServicerContext as Context
 from mercato_common.identity import require_identity
+from mercato_common.timestamps import optional_time
 from mercato_orders.convert import (
     money_from_proto,
     order_to_proto,
@@ -60,16 +59,8 @@ class OrdersServicer(orders_pb2_grpc.OrdersServiceServicer):
             viewer,
             user_id=request.user_id,
             state=state_from_proto(request.state),
-            created_after=(
-                request.created_after.ToDatetime(tzinfo=UTC)
-                if request.HasField("created_after")
-                else None
-            ),
-            created_before=(
-                request.created_before.ToDatetime(tzinfo=UTC)
-                if request.HasField("created_before")
-                else None
-            ),
+            created_after=optional_time(request, "created_after"),
+            created_before=optional_time(request, "created_before"),
         )
         orders, token = await self._service.list_orders(
             viewer, flt, request.page_token, page_size(request.page_size)

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from google.protobuf.message import Message
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from mercato_common.errors import ErrorKind, MercatoError
 from mercato_common.rpc_errors import map_rpc_errors
+from mercato_common.timestamps import optional_time
 from mercato_orders.convert import timestamp
 from mercato_orders.domain.errors import (
     CatalogUnavailable,
@@ -162,9 +163,7 @@ def _reservation(message: catalog_pb2.Reservation) -> ReservationInfo:
         order_id=message.order_id,
         state=_STATES.get(message.state, ReservationState.UNKNOWN),
         lines=tuple(RequestedLine(line.sku, int(line.quantity)) for line in message.lines),
-        create_time=(
-            message.create_time.ToDatetime(tzinfo=UTC) if message.HasField("create_time") else None
-        ),
+        create_time=optional_time(message, "create_time"),
     )
 
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from mercato.orders.v1 import orders_pb2
 from mercato.type.v1 import money_pb2
+from mercato_common.timestamps import timestamp
 from mercato_orders.domain.model import Money, Order, OrderState, RequestedLine
 
 __all__ = [
@@ -28,12 +25,6 @@ _STATES = {
     OrderState.CANCELLED: orders_pb2.ORDER_STATE_CANCELLED,
     OrderState.FAILED: orders_pb2.ORDER_STATE_FAILED,
 }
-
-
-def timestamp(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when.astimezone(UTC))
-    return ts
 
 
 def state_to_proto(state: OrderState | None) -> orders_pb2.OrderState.ValueType:

@@ -9,6 +9,7 @@ from mercato_common.kafka.connection import (
     kafka_tls_reload,
 )
 from mercato_common.kafka.consumer import (
+    QUIET_FETCH_OPTIONS,
     ConsumedEvent,
     ConsumerMetrics,
     ConsumerRunner,
@@ -43,6 +44,7 @@ from mercato_common.kafka.producer import (
 
 __all__ = [
     "CONTENT_TYPE",
+    "QUIET_FETCH_OPTIONS",
     "Backoff",
     "ConsumedEvent",
     "ConsumerGroup",

@@ -33,6 +33,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -56,6 +57,7 @@ from mercato_common.redaction import redact, truncate
 from mercato_common.telemetry import instrument_client
 
 __all__ = [
+    "QUIET_FETCH_OPTIONS",
     "ConsumedEvent",
     "ConsumerMetrics",
     "ConsumerRunner",
@@ -85,6 +87,14 @@ H_DLQ_ATTEMPTS = "dlq_attempts"
 H_DLQ_FAILED_AT = "dlq_failed_at"
 
 MAX_ERROR_MESSAGE = 512
+
+# aiokafka options for every long-lived consumer: an idle one wakes once a second, not 5 + 2
+# times. aiokafka's fetch routine re-checks every consumer_timeout_ms (200 by default) and each
+# fetch waits on the broker for at most fetch_max_wait_ms (500) before an empty answer. A record
+# that arrives ends that wait at once (fetch_min_bytes 1), so delivery is not slower.
+QUIET_FETCH_OPTIONS: Mapping[str, int] = MappingProxyType(
+    {"consumer_timeout_ms": 1_000, "fetch_max_wait_ms": 1_000}
+)
 
 
 class PermanentError(Exception):
@@ -296,12 +306,7 @@ class ConsumerRunner:
             "session_timeout_ms": session_timeout_ms,
             "heartbeat_interval_ms": heartbeat_interval_ms,
             "max_poll_interval_ms": max_poll_interval_ms,
-            # An idle consumer wakes once a second, not 5 + 2 times: aiokafka's fetch routine
-            # re-checks every consumer_timeout_ms (200 by default) and each fetch waits on the
-            # broker for at most fetch_max_wait_ms (500) before an empty answer. A record that
-            # arrives ends that wait at once (fetch_min_bytes 1), so delivery is not slower.
-            "consumer_timeout_ms": 1_000,
-            "fetch_max_wait_ms": 1_000,
+            **QUIET_FETCH_OPTIONS,
             **(consumer_options or {}),
         }
         self._consumer_factory = consumer_factory

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from google.protobuf import message as pb_message
-from google.protobuf.timestamp_pb2 import Timestamp
 from opentelemetry import propagate
 from opentelemetry.context import Context
 
 from mercato.events.v1.envelope_pb2 import Envelope
+from mercato_common.timestamps import timestamp
 
 __all__ = [
     "CE_SPECVERSION",
@@ -91,9 +91,7 @@ def new_envelope(
         subject=subject,
         schema_version=schema_version,
     )
-    ts = Timestamp()
-    ts.FromDatetime(when.astimezone(UTC))
-    envelope.time.CopyFrom(ts)
+    envelope.time.CopyFrom(timestamp(when))
     envelope.data.Pack(data)
     return envelope
 

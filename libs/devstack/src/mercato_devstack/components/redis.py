@@ -40,6 +40,11 @@ class Redis(Component):
             "appendfsync": "everysec",
             "save": '""',
             "databases": "16",
+            # Background chores (active expiry of keys with a TTL, client timeouts, a late AOF
+            # fsync) once a second instead of ten times: an idle Redis stays asleep. A read
+            # still sees an expired key as gone; writes still reach the kernel before the
+            # reply (kill -9 loses nothing); a power cut may lose up to about two seconds.
+            "hz": "1",
         }
         return self.write_generated(
             "redis.conf", "".join(f"{key} {value}\n" for key, value in settings.items())
