@@ -121,6 +121,7 @@ class _CountingStream(io.StringIO):
         super().flush()
 
 
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_buffered_handler_flushes_warnings_at_once_and_info_lines_within_the_interval() -> None:
     stream = _CountingStream()
     handler = BufferedStreamHandler(stream, flush_seconds=0.2)
@@ -156,6 +157,8 @@ def test_buffered_handler_flushes_warnings_at_once_and_info_lines_within_the_int
     finally:
         handler.close()
     assert json.loads(stream.getvalue().splitlines()[-1])["message"] == "last"  # close flushes
+    handler._thread.join(timeout=5)  # close wakes the thread, which ends (without an error)
+    assert not handler._thread.is_alive()
 
 
 def test_logs_exported_over_otlp_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:

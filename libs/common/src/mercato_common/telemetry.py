@@ -196,10 +196,12 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._lines: list[str] = []
         self._size = 0
         self._flushed_at = time.monotonic()
-        self._closed = threading.Event()
+        # Not ``_closed``: logging.Handler.close sets that attribute to True.
+        self._closing = threading.Event()
         # Set while lines wait in the buffer (under the handler's lock, with the buffer).
         self._waiting = threading.Event()
-        threading.Thread(target=self._flush_stragglers, daemon=True).start()
+        self._thread = threading.Thread(target=self._flush_stragglers, daemon=True)
+        self._thread.start()
 
     def emit(self, record: logging.LogRecord) -> None:
         # Called with the handler's lock held (Handler.handle), as flush takes it.
@@ -231,7 +233,7 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
             super().flush()
 
     def close(self) -> None:
-        self._closed.set()
+        self._closing.set()
         self._waiting.set()  # wakes the thread, which then ends
         self.flush()
         super().close()
@@ -239,7 +241,7 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def _flush_stragglers(self) -> None:
         # Asleep until a line is buffered, then gives it flush_seconds for others to join it
         # (or for a later emit to flush them all) before it writes what still waits.
-        while self._waiting.wait() and not self._closed.wait(self._flush_seconds):
+        while self._waiting.wait() and not self._closing.wait(self._flush_seconds):
             if self._waiting.is_set():
                 self.flush()
 
