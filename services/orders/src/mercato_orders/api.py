@@ -13,9 +13,9 @@ from __future__ import annotations
 from mercato.orders.v1 import orders_pb2, orders_pb2_grpc
 from mercato_common.grpc_types import ServicerContext as Context
 from mercato_common.identity import require_identity
-from mercato_common.timestamps import optional_time
 from mercato_orders.convert import (
     money_from_proto,
+    optional_time,
     order_to_proto,
     requested_lines,
     state_from_proto,

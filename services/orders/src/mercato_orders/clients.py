@@ -25,8 +25,7 @@ from google.protobuf.message import Message
 from mercato.catalog.v1 import catalog_pb2, catalog_pb2_grpc
 from mercato_common.errors import ErrorKind, MercatoError
 from mercato_common.rpc_errors import map_rpc_errors
-from mercato_common.timestamps import optional_time
-from mercato_orders.convert import timestamp
+from mercato_orders.convert import optional_time, timestamp
 from mercato_orders.domain.errors import (
     CatalogUnavailable,
     OrdersError,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from mercato.orders.v1 import orders_pb2
 from mercato.type.v1 import money_pb2
-from mercato_common.timestamps import timestamp
+from mercato_common.timestamps import optional_time, timestamp
 from mercato_orders.domain.model import Money, Order, OrderState, RequestedLine
 
 __all__ = [
     "money_from_proto",
     "money_to_proto",
+    "optional_time",
     "order_to_proto",
     "requested_lines",
     "state_from_proto",
