@@ -841,6 +841,8 @@ async def through_grpc_gateway(
                 side: {
                     "per_second": loop["per_second"],
                     "cpu_ms_per_request": cpu_ms_per_request(loop),
+                    "p50_ms": loop["p50_ms"],
+                    "p99_ms": loop["p99_ms"],
                 }
                 for side, loop in pair.items()
             }
@@ -1201,21 +1203,20 @@ def peer_rows(get_product: dict[str, Any], memory: dict[str, Any], c: int) -> li
     for key, label, unit, shown in (
         ("per_second", "throughput", "/s", fmt),
         ("cpu_ms_per_request", "CPU ms per request", " ms", cpu_ms),
+        ("p50_ms", "p50", " ms", fmt),
+        ("p99_ms", "p99", " ms", fmt),
     ):
         median, ratios = _median_ratio(pairs, key)
         values = ", ".join(
             f"{shown(pair['gateway'][key])} / {shown(pair['grpc_gateway'][key])}" for pair in pairs
         )
+        each = ", ".join(f"{r:.2f}" for r in ratios)
         rows.append(
             (
                 f"gateway ÷ grpc-gateway: {label}, {len(pairs)} alternated rounds",
                 f"{values}{unit}",
                 "grpc-gateway",
-                "median "
-                + ("-" if median is None else f"{median:.2f}")
-                + " ("
-                + ", ".join(f"{r:.2f}" for r in ratios)
-                + ")",
+                f"median {'—' if median is None else f'{median:.2f}'} ({each})",
             )
         )
     return rows
