@@ -783,9 +783,9 @@ async def graphql_post_loop(
     )
 
 
-#: Rounds of the gateway and grpc-gateway loops, alternated: their CPU per request and
-#: throughput ratios are the medians of the rounds' ratios. One loop each, minutes apart, gave
-#: ratios from 1.7 to 2.8 for the same code on this kind of shared 2-core machine.
+#: Rounds of the gateway and grpc-gateway loops, alternated: their ratios of CPU per request,
+#: throughput, p50 and p99 are the medians of the rounds' ratios. One loop each, minutes apart,
+#: gave CPU ratios from 1.7 to 2.8 for the same code on this kind of shared 2-core machine.
 PAIRED_ROUNDS = 3
 
 
