@@ -12,7 +12,9 @@ the gateway's rate limits raised out of the way. Then, against that suite and it
    lookup as a GraphQL query (``POST /graphql`` getProduct, every field REST answers) against
    the REST figure, and through the gateway's peer, grpc-gateway (Go;
    tools/grpc_gateway_peer.py builds it, ``--no-peer`` skips it);
-3. ``POST /v1/orders`` (2 lines) at a fixed concurrency, and the highest offered rate (open loop,
+3. ``POST /v1/orders`` (2 lines) at a fixed concurrency, after ``--warmup-seconds`` of the same
+   load reported apart (the broker's JVM is fresh: in the first 30 s of order load its JIT
+   compilers were half of Kafka's CPU per order), and the highest offered rate (open loop,
    latency from the scheduled send time) held with p99 under 100 ms, by a bounded bisection;
 4. order-to-analytics freshness at that rate: analytics' own apply-latency histogram (event time
    to effect applied, read from its /metrics before and after), and from each create response to
@@ -663,6 +665,38 @@ def order_call(
     return call
 
 
+async def orders_with_cpu(
+    client: httpx.AsyncClient,
+    fixture: Fixture,
+    concurrency: int,
+    seconds: float,
+    pids: dict[str, int],
+) -> dict[str, Any]:
+    """The order closed loop, with the CPU cores each process (and the bench client) used."""
+    cpu_before, wall = cpu_seconds(pids), time.perf_counter()
+    own_cpu = time.process_time()
+    result = await closed_loop(lambda w: order_call(client, fixture, w), concurrency, seconds)
+    cpu_after, wall = cpu_seconds(pids), time.perf_counter() - wall
+    result["cpu_cores_used"] = {
+        name: round((cpu_after[name] - cpu_before[name]) / wall, 2) for name in cpu_after
+    }
+    result["cpu_cores_used"]["bench client"] = round((time.process_time() - own_cpu) / wall, 2)
+    return result
+
+
+def cpu_ms_per_order(result: dict[str, Any]) -> dict[str, float] | None:
+    """Milliseconds of CPU per order, each server process and their total (client excluded)."""
+    cores, rate = result.get("cpu_cores_used") or {}, result.get("per_second")
+    if not cores or not rate:
+        return None
+    each = {
+        name: 1000 * used / rate
+        for name, used in cores.items()
+        if used is not None and name != "bench client"
+    }
+    return {"all server processes": sum(each.values()), **each}
+
+
 PEER_READY_TIMEOUT = 15.0
 PEER_STOP_TIMEOUT = 10.0
 
@@ -1287,6 +1321,31 @@ def workers_rows(get_product: dict[str, Any], c: int) -> list[Row]:
     ]
 
 
+def order_cpu_rows(orders: dict[str, Any]) -> list[Row]:
+    """CPU per order in the measured loop, and in the warm-up before it (a fresh JVM)."""
+
+    def text(result: dict[str, Any]) -> str:
+        per_order = cpu_ms_per_order(result) or {}
+        total = per_order.pop("all server processes", None)
+        if total is None:
+            return "—"
+        each = ", ".join(f"{name} {ms:.1f}" for name, ms in per_order.items())
+        return f"{total:.1f} ms ({each})"
+
+    fixed, warmup = orders["fixed_concurrency"], orders.get("warmup")
+    rows: list[Row] = [("  CPU per order, all server processes", text(fixed), "", "")]
+    if warmup and warmup.get("per_second"):
+        rows.append(
+            (
+                f"  the {warmup['seconds']:g} s of orders before the loop (not in its figures)",
+                f"{fmt(warmup['per_second'], ' orders/s')}; CPU per order {text(warmup)}",
+                "closed loop",
+                ratio(warmup["per_second"], fixed["per_second"]),
+            )
+        )
+    return rows
+
+
 def markdown(report: dict[str, Any]) -> str:
     m, lim, r = report["machine"], report["limits"], report["results"]
     echo, pg, kafka = lim["grpc_echo"], lim["postgres_commits"], lim["kafka"]
@@ -1320,6 +1379,7 @@ def markdown(report: dict[str, Any]) -> str:
             ratio(orders["per_second"], pg["per_second"]),
         ),
         ("  p50 / p99", f"{fmt(orders['p50_ms'])} / {fmt(orders['p99_ms'])} ms", "", ""),
+        *order_cpu_rows(r["orders"]),
         (
             "highest rate held, p99 < 100 ms",
             fmt(search["held_per_second"], " orders/s"),
@@ -1508,17 +1568,9 @@ async def run(suite: PrivateSuite, args: argparse.Namespace, report: dict[str, A
                 for name, info in suite.status()["services"].items()
                 if info.get("metrics_port")
             }
+            warmup = await orders_with_cpu(client, fixture, c, args.warmup_seconds, memory.pids)
             scraped = {name: await asyncio.to_thread(scrape, url) for name, url in metrics.items()}
-            cpu_before, wall = cpu_seconds(memory.pids), time.perf_counter()
-            own_cpu = time.process_time()
-            fixed = await closed_loop(lambda w: order_call(client, fixture, w), c, seconds)
-            cpu_after, wall = cpu_seconds(memory.pids), time.perf_counter() - wall
-            fixed["cpu_cores_used"] = {
-                name: round((cpu_after[name] - cpu_before[name]) / wall, 2) for name in cpu_after
-            }
-            fixed["cpu_cores_used"]["bench client"] = round(
-                (time.process_time() - own_cpu) / wall, 2
-            )
+            fixed = await orders_with_cpu(client, fixture, c, seconds, memory.pids)
             rescraped = {
                 name: await asyncio.to_thread(scrape, url) for name, url in metrics.items()
             }
@@ -1526,7 +1578,7 @@ async def run(suite: PrivateSuite, args: argparse.Namespace, report: dict[str, A
                 name: server_means(scraped[name], rescraped[name]) for name in metrics
             }
             fixed["round_trips"] = round_trips(scraped, rescraped)
-            results["orders"] = {"fixed_concurrency": fixed}
+            results["orders"] = {"fixed_concurrency": fixed, "warmup": warmup}
             if args.profile:
                 print("POST /v1/orders: py-spy profiles of every Python service", flush=True)
                 results["orders"]["profiles"] = await profile_services(
@@ -1579,6 +1631,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="rate search steps")
     parser.add_argument("--step-seconds", type=float, default=6.0)
     parser.add_argument("--poll", type=float, default=0.05, help="analytics poll interval, s")
+    parser.add_argument(
+        "--warmup-seconds",
+        type=float,
+        default=20.0,
+        help="orders placed before the measured order loop (reported apart): a fresh broker's "
+        "JVM compiles its produce and fetch paths during the first minutes of load",
+    )
     parser.add_argument("--kafka-messages", type=int, default=20000)
     parser.add_argument(
         "--products",
