@@ -684,17 +684,16 @@ async def orders_with_cpu(
     return result
 
 
-def cpu_ms_per_order(result: dict[str, Any]) -> dict[str, float] | None:
-    """Milliseconds of CPU per order, each server process and their total (client excluded)."""
+def cpu_ms_per_order(result: dict[str, Any]) -> dict[str, float]:
+    """Milliseconds of CPU per order of each server process (the bench client excluded)."""
     cores, rate = result.get("cpu_cores_used") or {}, result.get("per_second")
     if not cores or not rate:
-        return None
-    each = {
+        return {}
+    return {
         name: 1000 * used / rate
         for name, used in cores.items()
         if used is not None and name != "bench client"
     }
-    return {"all server processes": sum(each.values()), **each}
 
 
 PEER_READY_TIMEOUT = 15.0
@@ -1325,12 +1324,11 @@ def order_cpu_rows(orders: dict[str, Any]) -> list[Row]:
     """CPU per order in the measured loop, and in the warm-up before it (a fresh JVM)."""
 
     def text(result: dict[str, Any]) -> str:
-        per_order = cpu_ms_per_order(result) or {}
-        total = per_order.pop("all server processes", None)
-        if total is None:
+        per_order = cpu_ms_per_order(result)
+        if not per_order:
             return "—"
         each = ", ".join(f"{name} {ms:.1f}" for name, ms in per_order.items())
-        return f"{total:.1f} ms ({each})"
+        return f"{sum(per_order.values()):.1f} ms ({each})"
 
     fixed, warmup = orders["fixed_concurrency"], orders.get("warmup")
     rows: list[Row] = [("  CPU per order, all server processes", text(fixed), "", "")]
