@@ -254,6 +254,57 @@ async def test_sweeper_finishes_abandoned_steps_and_reaps_orphan_holds(make_cata
     assert (product.stock_on_hand, product.stock_reserved, product.stock_available) == (7, 0, 7)
 
 
+async def test_a_hold_is_one_string_and_holds_of_the_earlier_form_are_still_given_back(
+    make_catalog,
+) -> None:
+    """A hold is stored as one string; a product still carrying holds written as sub-documents
+    by an earlier version (``{o, q, a, t}``) has them released, sold and reaped all the same."""
+    catalog = await make_catalog(orphan_grace_seconds=0)
+    app = catalog.app
+    await catalog.create_product("FORM-1", stock=10)
+    order = str(uuid.uuid4())
+    await catalog.reserve(order, ("FORM-1", 2))
+    doc = await app.ctx.products.find_one({"_id": "FORM-1"})
+    assert doc is not None
+    [stored] = doc["holds"].values()
+    attempt = (await app.ctx.reservations.find_one({"_id": order}))["attempt"]
+    assert isinstance(stored, str)
+    assert stored.startswith(f"{attempt}:2:")
+    assert stored.endswith(f":{order}")
+
+    # Two holds as an earlier version wrote them: one its saga owns (HELD), one orphan.
+    legacy, orphan = str(uuid.uuid4()), str(uuid.uuid4())
+    await catalog.reserve(legacy, ("FORM-1", 3))
+    legacy_attempt = (await app.ctx.reservations.find_one({"_id": legacy}))["attempt"]
+    old = utcnow() - timedelta(minutes=5)
+    await app.ctx.products.update_one(
+        {"_id": "FORM-1"},
+        {
+            "$set": {
+                f"holds.o_{legacy.replace('-', '')}": {
+                    "o": legacy, "q": 3, "a": legacy_attempt, "t": old
+                },
+                f"holds.o_{orphan.replace('-', '')}": {"o": orphan, "q": 1, "a": "gone", "t": old},
+            },
+            "$inc": {"stock_reserved": 1, "stock_available": -1},
+        },
+    )  # fmt: skip
+    assert (await catalog.get("FORM-1")).stock_reserved == 6
+    assert await app.upkeep.reap_orphan_holds(utcnow(), 100) == 1  # the orphan, not the others
+    await catalog.stub.CommitReservation(
+        catalog_pb2.CommitReservationRequest(order_id=legacy), metadata=catalog.service
+    )
+    await catalog.stub.ReleaseStock(
+        catalog_pb2.ReleaseStockRequest(order_id=order, reason="cancelled"),
+        metadata=catalog.service,
+    )
+    product = await catalog.get("FORM-1")
+    assert (product.stock_on_hand, product.stock_reserved, product.stock_available) == (7, 0, 7)
+    doc = await app.ctx.products.find_one({"_id": "FORM-1"})
+    assert doc is not None
+    assert doc["holds"] == {}
+
+
 async def test_sweeper_drops_the_return_markers_of_a_released_sale(make_catalog) -> None:
     catalog = await make_catalog(return_marker_retention_seconds=0.1)
     app = catalog.app

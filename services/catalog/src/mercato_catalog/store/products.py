@@ -7,7 +7,7 @@ Product document (``products``, ``_id`` = SKU)::
      price_currency, price_minor, attributes: {k: v}, state: "ACTIVE" | "ARCHIVED",
      stock_on_hand, stock_reserved, stock_available,      # available = on_hand - reserved
      low_stock: bool,                                     # StockLow emitted, not yet recovered
-     holds:   {"o_<order>": {o: order_id, q, a: attempt, t}},   # HELD units per order
+     holds:   {"o_<order>": "<attempt>:<q>:<ms>:<order_id>"},  # HELD units per order
      returns: {"o_<order>": t},                           # committed units given back (marker)
      adjustments: {"r_<request_id>": t},                  # applied AdjustStock request ids
      etag_version, version,                               # fields / any change
