@@ -156,7 +156,9 @@ def render(
                 *API_VERSION_ARGS,
                 *extra,
             )  # fmt: skip
-            documents = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+            documents = [
+                doc for doc in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if doc
+            ]
             rendered[key] = documents
         return rendered[key]
 
@@ -165,7 +167,7 @@ def render(
 
 @pytest.fixture(scope="session")
 def topics_declaration() -> dict[str, Any]:
-    return yaml.safe_load((CHART / "files" / "topics.yaml").read_text())
+    return yaml.load((CHART / "files" / "topics.yaml").read_text(), Loader=yaml.CSafeLoader)
 
 
 def crds_tool() -> ModuleType:

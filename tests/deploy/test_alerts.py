@@ -33,7 +33,7 @@ def promtool_tool(helpers: Any) -> ModuleType:
 
 @pytest.fixture(scope="session")
 def rule_file(promtool_tool: ModuleType) -> dict[str, Any]:
-    return yaml.safe_load(promtool_tool.RULES_FILE.read_text())
+    return yaml.load(promtool_tool.RULES_FILE.read_text(), Loader=yaml.CSafeLoader)
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +54,7 @@ def unit_tests(promtool_tool: ModuleType) -> list[dict[str, Any]]:
     assert files, "no prometheus-rules*.test.yaml"
     groups = []
     for path in files:
-        document = yaml.safe_load(path.read_text())
+        document = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
         assert document["rule_files"] == [promtool_tool.RULES_FILE.name], path
         groups.extend(document["tests"])
     return groups
@@ -174,7 +174,7 @@ def test_rules_see_only_their_release_namespace(rule_file: dict[str, Any]) -> No
 
 @pytest.fixture(scope="session")
 def values(helpers: Any) -> dict[str, Any]:
-    return yaml.safe_load((helpers.CHART / "values.yaml").read_text())
+    return yaml.load((helpers.CHART / "values.yaml").read_text(), Loader=yaml.CSafeLoader)
 
 
 def _prometheus_rules(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -198,7 +198,7 @@ def test_chart_ships_the_rule_file(
         promtool_tool.RULES_FILE.read_text(),
         {"__NAMESPACE__": helpers.NAMESPACE, "__RUNBOOK_BASE_URL__": base},
     )
-    assert rule["spec"]["groups"] == yaml.safe_load(filled)["groups"]
+    assert rule["spec"]["groups"] == yaml.load(filled, Loader=yaml.CSafeLoader)["groups"]
     rendered = yaml.safe_dump(rule)
     assert "__NAMESPACE__" not in rendered
     assert "__RUNBOOK_BASE_URL__" not in rendered

@@ -40,7 +40,7 @@ def _template(helm: Any, helpers: Any, *args: str, check: bool = True) -> Any:
 
 
 def _documents(text: str) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(text) if doc]
+    return [doc for doc in yaml.load_all(text, Loader=yaml.CSafeLoader) if doc]
 
 
 def _group(doc: dict[str, Any]) -> str:
@@ -56,7 +56,7 @@ def test_every_optional_api_is_a_crd_of_its_operator(
         pytest.skip("no CRD directory (MERCATO_CRDS_DIR, ../shared/crds, tools/crds.py fetch)")
     served = set()
     for path in crds_dir.glob("*.yaml"):
-        for crd in yaml.safe_load_all(path.read_text()):
+        for crd in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader):
             if crd and crd.get("kind") == "CustomResourceDefinition":
                 spec = crd["spec"]
                 for version in spec["versions"]:
@@ -180,7 +180,7 @@ def notes(helm: Any, helpers: Any, tmp_path_factory: pytest.TempPathFactory) -> 
             "template", helpers.RELEASE, str(chart), "--namespace", helpers.NAMESPACE,
             "--show-only", "templates/zz-notes.yaml", *REQUIRED, *args,
         )  # fmt: skip
-        return str(yaml.safe_load(result.stdout)["data"]["notes"])
+        return str(yaml.load(result.stdout, Loader=yaml.CSafeLoader)["data"]["notes"])
 
     return run
 

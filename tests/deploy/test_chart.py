@@ -122,7 +122,9 @@ def test_values_yaml_satisfies_the_schema(helpers: Any) -> None:
     import jsonschema
 
     schema = json.loads((helpers.CHART / "values.schema.json").read_text())
-    jsonschema.validate(yaml.safe_load((helpers.CHART / "values.yaml").read_text()), schema)
+    jsonschema.validate(
+        yaml.load((helpers.CHART / "values.yaml").read_text(), Loader=yaml.CSafeLoader), schema
+    )
 
 
 EXPECTED_KINDS = {
@@ -523,7 +525,7 @@ def test_chart_defaults_need_the_connection_values(helm: Any, helpers: Any) -> N
         "template", "x", str(helpers.CHART), "--kube-version", KUBE_NEWEST,
         *REQUIRED, *API_VERSION_ARGS,
     )  # fmt: skip
-    kinds = {doc["kind"] for doc in yaml.safe_load_all(result.stdout) if doc}
+    kinds = {doc["kind"] for doc in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if doc}
     assert {"Deployment", "NetworkPolicy", "Job", "ServiceMonitor"} <= kinds
     assert "Ingress" not in kinds
 
@@ -557,7 +559,7 @@ def test_the_in_chart_operators_provide_what_they_replace(helm: Any, helpers: An
         "--set", "payments.provider=dev",
 
     )  # fmt: skip
-    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    docs = [d for d in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if d]
     config = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     assert config["x-mercato-auth"]["data"]["MERCATO_AUTH_KAFKA_BOOTSTRAP_SERVERS"] == (
         "x-mercato-kafka-kafka-bootstrap:9092"
@@ -587,7 +589,7 @@ def test_stripe_payments_read_their_secrets_and_need_them(helm: Any, helpers: An
         "--set-json", 'payments.stripe.existingSecret="{{ .Release.Name }}-stripe"',
         "--set", "payments.stripe.apiBase=http://stripe-mock.test:12111",
     )  # fmt: skip
-    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    docs = [d for d in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if d]
     config = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
     data = config["x-mercato-orders"]["data"]
     assert data["MERCATO_ORDERS_PAYMENT_PROVIDER"] == "stripe"

@@ -124,7 +124,7 @@ def test_topics_are_declared(
 ) -> None:
     """Every topic a service is given is declared (after the release's kafka.prefix)."""
     declared = {topic["name"] for topic in topics_declaration["topics"]}
-    values = yaml.safe_load(helpers.values_file(values_set).read_text())
+    values = yaml.load(helpers.values_file(values_set).read_text(), Loader=yaml.CSafeLoader)
     prefix = values.get("kafka", {}).get("prefix", "")
     prefix = prefix.replace("{{ .Release.Namespace }}", helpers.NAMESPACE).replace(
         "{{ .Release.Name }}", helpers.RELEASE

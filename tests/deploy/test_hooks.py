@@ -123,5 +123,5 @@ def test_no_hook_without_jobs(helm: Any, helpers: Any) -> None:
         *REQUIRED, *API_VERSION_ARGS, "--set", ",".join(args),
         "--set", "kafka.topics.create=false", "--set", "tests.enabled=false",
     )  # fmt: skip
-    documents = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    documents = [doc for doc in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if doc]
     assert [d for d in documents if HOOK in (d["metadata"].get("annotations") or {})] == []

@@ -23,7 +23,7 @@ from mercato_devstack.manifest import ServiceSpec
 from .conftest import CHART, MANIFEST, ROOT, settings_model
 
 SERVICES = {service.name: service for service in MANIFEST.services}
-VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+VALUES = yaml.load((CHART / "values.yaml").read_text(), Loader=yaml.CSafeLoader)
 #: The chart's database kinds, by the manifest's store kinds.
 CHART_DATABASE = {"postgres": "postgres", "mongo": "mongodb", "none": "none"}
 
@@ -129,7 +129,7 @@ def test_chart_schema_names_every_service() -> None:
 
 
 def test_skaffold_builds_and_deploys_every_service() -> None:
-    skaffold = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+    skaffold = yaml.load((ROOT / "skaffold.yaml").read_text(), Loader=yaml.CSafeLoader)
     artifacts = {artifact["image"]: artifact for artifact in skaffold["build"]["artifacts"]}
     images = {f"mercato-{name}": name for name in SERVICES}
     assert not set(images) - set(artifacts), (

@@ -22,7 +22,7 @@ def _template(helm: Any, helpers: Any, *args: str, check: bool = True) -> Any:
 
 
 def _documents(result: Any) -> list[dict[str, Any]]:
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return [doc for doc in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if doc]
 
 
 # The Ingress certificate -------------------------------------------------------------------------
@@ -99,7 +99,9 @@ def _pull_secrets(documents: list[dict[str, Any]]) -> set[tuple[str, ...]]:
 
 
 def test_images_default_to_the_app_version(helm: Any, helpers: Any) -> None:
-    app_version = yaml.safe_load((helpers.CHART / "Chart.yaml").read_text())["appVersion"]
+    app_version = yaml.load((helpers.CHART / "Chart.yaml").read_text(), Loader=yaml.CSafeLoader)[
+        "appVersion"
+    ]
     images = _images(_documents(_template(helm, helpers)))
     assert images == {f"mercato-{c}:{app_version}" for c in helpers.COMPONENTS}
 
@@ -186,8 +188,8 @@ def test_dns_openshift(render: Any) -> None:
 def test_runbook_urls_are_absolute_by_default(render: Any, helpers: Any) -> None:
     """Each alert links to its runbook on the project's published docs (Chart.yaml home), the
     page it names being a file of docs/runbooks/ (test_alerts.py checks each one exists)."""
-    chart = yaml.safe_load((helpers.CHART / "Chart.yaml").read_text())
-    values = yaml.safe_load((helpers.CHART / "values.yaml").read_text())
+    chart = yaml.load((helpers.CHART / "Chart.yaml").read_text(), Loader=yaml.CSafeLoader)
+    values = yaml.load((helpers.CHART / "values.yaml").read_text(), Loader=yaml.CSafeLoader)
     base = values["prometheusRule"]["runbookBaseUrl"]
     assert base == f"{chart['home']}/blob/main/docs/runbooks"
     (rule,) = [d for d in render("default") if d["kind"] == "PrometheusRule"]

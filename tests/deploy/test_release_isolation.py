@@ -48,7 +48,7 @@ def _release(helm: Any, helpers: Any, release: str, values_set: str, *args: str)
         "--kube-version", KUBE_NEWEST, "-f", str(helpers.values_file(values_set)),
         *API_VERSION_ARGS, *args,
     )  # fmt: skip
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return [doc for doc in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if doc]
 
 
 def test_secret_names_carry_the_release(render: Any) -> None:

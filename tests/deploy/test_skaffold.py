@@ -16,7 +16,7 @@ PROFILES = ("dev", "linkerd", "istio", "operators")
 
 @pytest.fixture(scope="module")
 def skaffold(helpers: Any) -> dict[str, Any]:
-    return yaml.safe_load((helpers.ROOT / "skaffold.yaml").read_text())
+    return yaml.load((helpers.ROOT / "skaffold.yaml").read_text(), Loader=yaml.CSafeLoader)
 
 
 def test_artifacts_build_from_the_workspace(skaffold: dict[str, Any]) -> None:
@@ -66,7 +66,7 @@ def test_profiles_render(
         "template", "mercato", chart, "-n", "mercato", "--kube-version", KUBE_NEWEST,
         *API_VERSION_ARGS, *args,
     )  # fmt: skip
-    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    docs = [d for d in yaml.load_all(result.stdout, Loader=yaml.CSafeLoader) if d]
     images = {
         c["image"]
         for d in docs

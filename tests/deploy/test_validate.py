@@ -96,7 +96,7 @@ def crd_schemas(crds_dir: Path | None) -> dict[tuple[str, str, str], dict[str, A
         )
     schemas = {}
     for path in sorted(crds_dir.glob("*.yaml")):
-        for crd in yaml.safe_load_all(path.read_text()):
+        for crd in yaml.load_all(path.read_text(), Loader=yaml.CSafeLoader):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
             group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]

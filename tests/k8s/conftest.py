@@ -114,7 +114,7 @@ def crds(api: client.ApiClient) -> list[str]:
     extensions = client.ApiextensionsV1Api(api)
     names = []
     for path in sorted(folder.glob("*.yaml")):
-        body = yaml.safe_load(path.read_text())
+        body = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
         name = body["metadata"]["name"]
         names.append(name)
         try:
@@ -127,7 +127,10 @@ def crds(api: client.ApiClient) -> list[str]:
     for name in names:
         while True:
             crd = extensions.read_custom_resource_definition(name, _preload_content=False)
-            conditions = yaml.safe_load(crd.data).get("status", {}).get("conditions") or []
+            conditions = (
+                yaml.load(crd.data, Loader=yaml.CSafeLoader).get("status", {}).get("conditions")
+                or []
+            )
             if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
                 break
             assert time.monotonic() < deadline, f"CRD {name} not Established"
@@ -141,7 +144,10 @@ def bare_cluster(api: client.ApiClient) -> None:
     those of an earlier test are deleted, and gone from discovery."""
     extensions = client.ApiextensionsV1Api(api)
     listed = extensions.list_custom_resource_definition(_preload_content=False)
-    names = [item["metadata"]["name"] for item in yaml.safe_load(listed.data)["items"]]
+    names = [
+        item["metadata"]["name"]
+        for item in yaml.load(listed.data, Loader=yaml.CSafeLoader)["items"]
+    ]
     for name in names:
         try:
             extensions.delete_custom_resource_definition(name)

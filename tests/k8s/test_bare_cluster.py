@@ -53,7 +53,7 @@ def manifest_groups(helm: Helm, release: str, namespace: str) -> dict[str, str]:
     groups = {}
     for what in ("manifest", "hooks"):
         text = helm("get", what, release, "--namespace", namespace).stdout
-        for document in yaml.safe_load_all(text):
+        for document in yaml.load_all(text, Loader=yaml.CSafeLoader):
             if document:
                 group = document["apiVersion"].rpartition("/")[0]
                 groups[f"{document['kind']}/{document['metadata']['name']}"] = group

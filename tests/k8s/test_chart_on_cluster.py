@@ -76,7 +76,7 @@ def hook_jobs(helm: Helm, namespace: str, revision: int, event: str) -> dict[str
     with their weight."""
     hooks = helm("get", "hooks", RELEASE, "--namespace", namespace, "--revision", str(revision))
     jobs = {}
-    for document in yaml.safe_load_all(hooks.stdout):
+    for document in yaml.load_all(hooks.stdout, Loader=yaml.CSafeLoader):
         if not document or document["kind"] != "Job":
             continue
         annotations = document["metadata"].get("annotations", {})
@@ -114,7 +114,7 @@ def assert_hooks_in_order(events: list[JobEvent], declared: dict[str, int]) -> N
 
 def release_objects(helm: Helm, namespace: str) -> list[dict[str, Any]]:
     manifest = helm("get", "manifest", RELEASE, "--namespace", namespace).stdout
-    return [document for document in yaml.safe_load_all(manifest) if document]
+    return [document for document in yaml.load_all(manifest, Loader=yaml.CSafeLoader) if document]
 
 
 #: What a ServiceAccount of the chart must not be able to do: the services never call the
@@ -180,8 +180,8 @@ def assert_least_privilege(
     FORBIDDEN; every pod runs as its component's own account, without an API token."""
     hooks = [
         document
-        for document in yaml.safe_load_all(
-            helm("get", "hooks", RELEASE, "--namespace", namespace).stdout
+        for document in yaml.load_all(
+            helm("get", "hooks", RELEASE, "--namespace", namespace).stdout, Loader=yaml.CSafeLoader
         )
         if document
     ]
@@ -271,7 +271,7 @@ def test_values_set_lifecycle(
     )
     assert rolled.warnings() == [], rolled.stderr
     history = helm("history", RELEASE, "--namespace", namespace, "-o", "yaml").stdout
-    last = yaml.safe_load(history)[-1]
+    last = yaml.load(history, Loader=yaml.CSafeLoader)[-1]
     assert (last["revision"], last["status"]) == (3, "deployed"), last
     rolled_back = deployment_state(api, namespace)
     assert {name: state[1] for name, state in rolled_back.items()} == {

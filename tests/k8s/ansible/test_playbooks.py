@@ -99,7 +99,9 @@ def playbook(kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 
 def local_values() -> dict[str, Any]:
-    values: dict[str, Any] = yaml.safe_load(LOCAL_VARS.read_text())["mercato_values"]
+    values: dict[str, Any] = yaml.load(LOCAL_VARS.read_text(), Loader=yaml.CSafeLoader)[
+        "mercato_values"
+    ]
     return values
 
 
@@ -145,7 +147,7 @@ def test_site_from_an_empty_namespace(playbook: Any, api: client.ApiClient, helm
     if folder is not None:
         extensions = client.ApiextensionsV1Api(api)
         for path in sorted(folder.glob("*.yaml")):
-            name = yaml.safe_load(path.read_text())["metadata"]["name"]
+            name = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)["metadata"]["name"]
             extensions.read_custom_resource_definition(name, _preload_content=False)
     labels = client.CoreV1Api(api).read_namespace(NAMESPACE).metadata.labels
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -291,7 +293,9 @@ def test_teardown_keeps_secrets_and_purge_removes_everything(
 ) -> None:
     objects = [
         document
-        for document in yaml.safe_load_all(helm("get", "manifest", RELEASE, "-n", NAMESPACE).stdout)
+        for document in yaml.load_all(
+            helm("get", "manifest", RELEASE, "-n", NAMESPACE).stdout, Loader=yaml.CSafeLoader
+        )
         if document
     ]
     assert_ok(playbook("teardown.yml"))
