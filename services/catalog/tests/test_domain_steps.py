@@ -43,7 +43,6 @@ from mercato_catalog.domain.stock import (
     StockChange,
     adjusted,
     hold_refusal,
-    shortage_of,
 )
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -106,8 +105,6 @@ def test_hold_refusals() -> None:
     )
     assert hold_refusal(_product(), None, "a1", 8) == HoldResult.refused(ShortageKind.OUT_OF_STOCK)
     assert hold_refusal(_product(), None, "a1", 7) is None  # stock changed meanwhile: retry
-    assert shortage_of("SKU-1", 7, _product()) is None
-    assert shortage_of("SKU-1", 8, _product()) is not None
 
 
 def test_product_writes_bump_the_etag() -> None:

@@ -83,7 +83,7 @@ def same_lines(a: Sequence[Line], b: Sequence[Line]) -> bool:
 class Phase(Enum):
     """Where an order's reservation (the saga record) stands (see the module's diagram)."""
 
-    RESERVING = "RESERVING"  # holding the lines one by one
+    RESERVING = "RESERVING"  # holding the lines
     HELD = "HELD"
     COMMITTING = "COMMITTING"  # turning holds into sales
     COMMITTED = "COMMITTED"

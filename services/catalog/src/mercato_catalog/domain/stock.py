@@ -29,7 +29,6 @@ __all__ = [
     "hold_refusal",
     "low_stock_transition",
     "shortage",
-    "shortage_of",
 ]
 
 MAX_STOCK = 2**31 - 1
@@ -169,9 +168,3 @@ _DESCRIPTIONS = {
 def shortage(sku: str, kind: ShortageKind) -> Shortage:
     """The shortage a refused hold reports."""
     return Shortage(sku, kind, _DESCRIPTIONS[kind])
-
-
-def shortage_of(sku: str, quantity: int, product: Product | None) -> Shortage | None:
-    """Whether ``quantity`` units of ``product`` could be held now, without holding them."""
-    kind = _refusal(product, quantity)
-    return shortage(sku, kind) if kind is not None else None
