@@ -11,9 +11,9 @@ applied at most once however often it is retried:
 A hold is one string, ``"<attempt>:<quantity>:<held at, ms since 1970>:<order id>"``, not a
 sub-document: a product carries a hold per unpaid order for as long as the order's reservation
 lasts (up to 15 minutes), and a FerretDB update decodes and rewrites the whole document, at a
-cost per element (measured on the local stack, 16 documents carrying 100 or 400 holds each: 55
-µs of server CPU per hold carried as a sub-document of four fields, 23 µs as one string). Holds
-written as sub-documents ``{o, q, a, t}`` by an earlier version are read and dropped as well.
+cost per element (docs/catalog.md: about 58 µs of server CPU per hold carried as a sub-document
+of four fields, 25 µs as one string). Holds written as sub-documents ``{o, q, a, t}`` by an
+earlier version are read and dropped as well.
 
 What a movement does to the counters is the domain's (:class:`StockChange`); the low-stock
 flag is set by the same kind of guarded update, with the events the caller hands over.
