@@ -171,11 +171,11 @@ class ReservationService:
             async with gate:
                 return await self._hold_line(saga, line)
 
-        outcomes = await asyncio.gather(*map(hold, saga.lines), return_exceptions=True)
-        for outcome in outcomes:
+        held: list[tuple[ShortageKind | None, Product | None]] = []
+        for outcome in await asyncio.gather(*map(hold, saga.lines), return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
-        held = [outcome for outcome in outcomes if not isinstance(outcome, BaseException)]
+            held.append(outcome)
         shortages = [
             shortage(line.sku, refusal)
             for line, (refusal, _) in zip(saga.lines, held, strict=True)
