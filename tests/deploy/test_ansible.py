@@ -109,6 +109,10 @@ def handles_secret(task: dict[str, Any]) -> bool:
             kinds = {arguments.get("kind")}
             if isinstance(definition, dict):
                 kinds.add(definition.get("kind"))
+            template = arguments.get("template")
+            if isinstance(template, str):
+                rendered = (PLAYBOOKS / "roles" / "mercato" / "templates" / template).read_text()
+                kinds.update(re.findall(r"^kind: (\w+)$", rendered, re.M))
             if "Secret" in kinds:
                 return True
     facts = task.get("ansible.builtin.set_fact")
