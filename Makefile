@@ -53,6 +53,10 @@ fmt: sync ## format and autofix
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
+# The suites that need services print their slowest tests, so that a CI log says where the time
+# of `make test` goes.
+SLOWEST ?= --durations=10
+
 .PHONY: test-unit
 test-unit: sync ## unit tests (no services needed)
 	$(RUN) pytest -q -m "not integration" libs services tests/tools
@@ -71,7 +75,7 @@ stack-status: sync ## show the local stack's components and their health
 
 .PHONY: test-integration
 test-integration: stack-up ## integration tests against the real local stack
-	$(RUN) pytest -q -m integration tests/integration libs services
+	$(RUN) pytest -q $(SLOWEST) -m integration tests/integration libs services
 
 .PHONY: bench
 bench: sync ## the whole suite benchmarked in one run: bench/results/<UTC date>.json and .md
@@ -88,7 +92,7 @@ bench-services: stack-up ## per-service micro-benchmarks (in-process servers): b
 
 .PHONY: test-deploy
 test-deploy: sync ## Helm chart, manifests and images: render, lint, validate, scan (offline)
-	$(RUN) pytest -q tests/deploy
+	$(RUN) pytest -q $(SLOWEST) tests/deploy
 
 .PHONY: observe-tools
 observe-tools: sync ## build Prometheus and Jaeger from their Go modules (once; `make observe` and test-e2e use them)
@@ -96,7 +100,7 @@ observe-tools: sync ## build Prometheus and Jaeger from their Go modules (once; 
 
 .PHONY: test-e2e
 test-e2e: stack-up observe-tools ## end-to-end journeys, fault tests and the observability proof against private copies of the suite
-	$(RUN) pytest -q -m e2e tests/e2e
+	$(RUN) pytest -q $(SLOWEST) -m e2e tests/e2e
 
 # The Kubernetes version of the local control plane (tools/k8s.py); another one is built and
 # run the same way, e.g. `make k8s-up K8S_VERSION=1.34.2`.
@@ -125,18 +129,18 @@ k8s-status: sync ## each process of the local Kubernetes control plane (and a re
 .PHONY: test-k8s
 test-k8s: sync ## the Helm chart installed, upgraded, rolled back, uninstalled on the local control plane
 	$(RUN) python tools/k8s.py build
-	$(RUN) pytest -q -s -m k8s tests/k8s --ignore=tests/k8s/ansible
+	$(RUN) pytest -q $(SLOWEST) -s -m k8s tests/k8s --ignore=tests/k8s/ansible
 
 .PHONY: test-iac
 test-iac: sync ## the Ansible playbooks (deploy/ansible) on the local control plane: site, idempotence, drift, rotate, teardown
 	$(RUN) python tools/k8s.py build
-	$(RUN) pytest -q -s -m k8s tests/k8s/ansible
+	$(RUN) pytest -q $(SLOWEST) -s -m k8s tests/k8s/ansible
 
 .PHONY: test-pods
 test-pods: sync ## opt-in: the suite in real pods on a real node (images, chart, helm test, e2e journeys, a pod kill)
 	$(RUN) python tools/k8s.py build
 	$(RUN) python tools/node.py build
-	$(RUN) pytest -q -s -m pods tests/pods
+	$(RUN) pytest -q $(SLOWEST) -s -m pods tests/pods
 
 # Service images without Docker (tools/images.py, docs/images.md): runc, BuildKit, the registry
 # and crane built from pinned Go modules; the registry (127.0.0.1:5000) and buildkitd keep running
@@ -151,7 +155,7 @@ images: sync ## every service image with BuildKit: OCI archives in .state/images
 
 .PHONY: images-smoke
 images-smoke: stack-up ## image checks: numeric non-root user, no build tools, sizes, each started read-only under runc
-	$(RUN) pytest -q -s -m images tests/images
+	$(RUN) pytest -q $(SLOWEST) -s -m images tests/images
 
 .PHONY: images-down
 images-down: sync ## stop the local registry and buildkitd
