@@ -91,8 +91,10 @@ bench-services: stack-up ## per-service micro-benchmarks (in-process servers): b
 	for script in $(wildcard bench/bench_*.py); do $(RUN) python "$$script"; done
 
 .PHONY: test-deploy
+# Rendering is helm's own CPU work in a subprocess per render: two pytest workers keep both
+# cores busy.
 test-deploy: sync ## Helm chart, manifests and images: render, lint, validate, scan (offline)
-	$(RUN) pytest -q $(SLOWEST) tests/deploy
+	$(RUN) pytest -q $(SLOWEST) -n 2 tests/deploy
 
 .PHONY: observe-tools
 observe-tools: sync ## build Prometheus and Jaeger from their Go modules (once; `make observe` and test-e2e use them)
