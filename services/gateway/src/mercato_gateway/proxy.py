@@ -363,7 +363,9 @@ class GatewayEndpoint:
         elif route.form_encoded:
             document = _form_document(route, raw_body, headers.get("authorization"))
             query = []
-        elif raw_body.strip():
+        elif raw_body:
+            # A body that is there must be a JSON text: whitespace alone is 400 MALFORMED_JSON,
+            # as the OpenAPI document says (only an absent body means "no fields").
             document = parse_json_body(raw_body, route)
         request = build_request(
             route,

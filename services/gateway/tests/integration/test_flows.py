@@ -254,6 +254,9 @@ async def test_malformed_requests_are_refused_before_any_service(
     admin = {**bearer(suite.tokens.admin), "content-type": "application/json"}
     cases = [
         (b"{not json", 400, "MALFORMED_JSON", None),
+        # A body of whitespace alone is there but not JSON (no body at all means no fields).
+        (b" ", 400, "MALFORMED_JSON", None),
+        (b"\r\n", 400, "MALFORMED_JSON", None),
         (b'{"sku": "A1", "sku": "A2"}', 400, "MALFORMED_JSON", None),
         (b'{"sku": "ABC", "colour": "red"}', 400, "UNKNOWN_FIELD", "product.colour"),
         (
