@@ -1605,6 +1605,12 @@ async def run(suite: PrivateSuite, args: argparse.Namespace, report: dict[str, A
     print(f"idle, after the load: {args.idle_seconds:.0f} s", flush=True)
     await asyncio.sleep(5.0)  # the relays and consumers drain what the load left
     report["idle"]["after_load"] = await idle_cpu(memory.pids, args.idle_seconds)
+    if args.settle_seconds > 0:
+        # The same once the work the load left behind (roll-ups of its last minutes, the
+        # stores' vacuum and checkpoints) is done: what stays is the idle cost of the data.
+        print(f"idle, {args.settle_seconds:.0f} s later: {args.idle_seconds:.0f} s", flush=True)
+        await asyncio.sleep(args.settle_seconds)
+        report["idle"]["after_load_settled"] = await idle_cpu(memory.pids, args.idle_seconds)
 
 
 def reset_state(env: dict[str, str]) -> None:
@@ -1645,6 +1651,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--idle-seconds", type=float, default=30.0, help="each idle measurement (no traffic)"
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=60.0,
+        help="the wait before idle is measured once more after the load (0: not measured)",
     )
     parser.add_argument(
         "--name", default="", help="results file suffix: bench/results/<date>-<name>.json, .md"

@@ -88,12 +88,16 @@ H_DLQ_FAILED_AT = "dlq_failed_at"
 
 MAX_ERROR_MESSAGE = 512
 
-# aiokafka options for every long-lived consumer: an idle one wakes once a second, not 5 + 2
-# times. aiokafka's fetch routine re-checks every consumer_timeout_ms (200 by default) and each
-# fetch waits on the broker for at most fetch_max_wait_ms (500) before an empty answer. A record
-# that arrives ends that wait at once (fetch_min_bytes 1), so delivery is not slower.
+# aiokafka options for every long-lived consumer: an idle one wakes twice in 5 s, not 5 + 2 times
+# a second. aiokafka's fetch routine re-checks every consumer_timeout_ms (200 by default) and
+# each fetch waits on the broker for at most fetch_max_wait_ms (500) before an empty answer. A
+# record that arrives ends that wait at once (fetch_min_bytes 1), so delivery is not slower;
+# only partitions newly assigned by a rebalance wait for the fetch in flight to end (at most
+# 5 s, on the order of the rebalance itself). Measured on `make run` with no traffic, 1 s -> 5 s:
+# analytics (two consumers) 0.45 -> 0.25 % of a core, the gateway 0.20 -> 0.15 %, Kafka 3.1 ->
+# 2.5 %.
 QUIET_FETCH_OPTIONS: Mapping[str, int] = MappingProxyType(
-    {"consumer_timeout_ms": 1_000, "fetch_max_wait_ms": 1_000}
+    {"consumer_timeout_ms": 5_000, "fetch_max_wait_ms": 5_000}
 )
 
 
