@@ -45,6 +45,7 @@ class FakeCollection:
     def __init__(self, existing: dict[str, Any], fail: OperationFailure | None = None) -> None:
         self.existing = existing
         self.created: list[tuple[list[tuple[str, int]], dict[str, Any]]] = []
+        self.dropped: list[str] = []
         self.fail = fail
 
     async def index_information(self) -> dict[str, Any]:
@@ -54,7 +55,14 @@ class FakeCollection:
         if self.fail is not None:
             raise self.fail
         self.created.append((keys, kwargs))
+        self.existing[kwargs["name"]] = {"key": keys, "unique": kwargs["unique"]}
         return str(kwargs["name"])
+
+    async def drop_index(self, name: str) -> None:
+        if name not in self.existing:
+            raise OperationFailure(f"index not found with name [{name}]", code=27)
+        self.dropped.append(name)
+        del self.existing[name]
 
 
 class FakeDb:
@@ -98,6 +106,22 @@ async def test_ensure_indexes_maps_server_conflicts() -> None:
     db = FakeDb({"p": FakeCollection({}, fail=other)})
     with pytest.raises(OperationFailure):
         await ensure_indexes(db, {"p": [IndexSpec.of("other", "sku")]})  # type: ignore[arg-type]
+
+
+async def test_ensure_indexes_drops_the_retired_indexes_still_there() -> None:
+    sagas = FakeCollection(
+        {"_id_": {"key": [("_id", 1)]}, "phase_minute": {"key": [("phase", 1), ("minute", 1)]}}
+    )
+    db = FakeDb({"sagas": sagas})
+    specs = {"sagas": [IndexSpec.of("minute_phase", "minute", "phase")]}
+    retired = {"sagas": ["phase_minute", "never_created"]}
+    created = await ensure_indexes(db, specs, retired)  # type: ignore[arg-type]
+    assert created == ["sagas.minute_phase"]
+    assert sagas.dropped == ["phase_minute"]  # one that is not there is not dropped
+    assert await ensure_indexes(db, specs, retired) == []  # type: ignore[arg-type]
+    assert sagas.dropped == ["phase_minute"]
+    with pytest.raises(ValueError, match="declared and retired"):
+        await ensure_indexes(db, specs, {"sagas": ["minute_phase"]})  # type: ignore[arg-type]
 
 
 async def test_ensure_indexes_rejects_duplicate_names() -> None:

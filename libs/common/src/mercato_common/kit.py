@@ -266,9 +266,11 @@ class Service:
         settings: MongoSettings,
         *,
         indexes: Mapping[str, Sequence[IndexSpec]],
+        retired_indexes: Mapping[str, Sequence[str]] | None = None,
         on_connect: Callable[[Any], Awaitable[None]] | None = None,
     ) -> MongoStore:
-        """The service's MongoDB database: indexes created at start, probed, pool in metrics."""
+        """The service's MongoDB database: indexes created (and retired ones dropped) at start,
+        probed, pool in metrics."""
         from mercato_common.mongo import MongoCommandMetrics, MongoPoolMonitor, MongoStore
 
         monitor = MongoPoolMonitor()
@@ -277,6 +279,7 @@ class Service:
             settings,
             appname=f"mercato-{self.name}",
             indexes=indexes,
+            retired_indexes=retired_indexes,
             event_listeners=[monitor, commands],
             on_connect=on_connect,
         )

@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Server error codes for "an index with this name/keys exists with another definition".
 _CONFLICT_CODES = frozenset({85, 86})
+# IndexNotFound: dropping an index that is not (or no longer) there.
+_INDEX_NOT_FOUND = 27
 
 # Options FerretDB rejects or ignores; refused here so code that passes locally runs in prod too.
 _UNPORTABLE_OPTIONS = frozenset(
@@ -97,21 +99,36 @@ class IndexSpec:
 
 
 async def ensure_indexes(
-    db: AsyncDatabase[Any], specs: Mapping[str, Sequence[IndexSpec]]
+    db: AsyncDatabase[Any],
+    specs: Mapping[str, Sequence[IndexSpec]],
+    retired: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
     """Create the missing indexes of ``{collection: [IndexSpec, ...]}``; the names created.
 
     Existing identical indexes are left alone, so this is safe at every start and from several
     replicas at once. An index with the same name but another definition raises
-    :class:`IndexConflictError`; indexes not in ``specs`` are not touched.
+    :class:`IndexConflictError`. ``retired`` names, per collection, indexes an earlier version
+    declared: those still there are dropped (each is written on every insert and update); other
+    indexes not in ``specs`` are not touched.
     """
     created: list[str] = []
+    retired = retired or {}
     for collection_name, indexes in specs.items():
         names = [spec.name for spec in indexes]
         if len(set(names)) != len(names):
             raise ValueError(f"{collection_name}: duplicate index names in {names}")
+        dropping = set(retired.get(collection_name, ()))
+        if dropping & set(names):
+            raise ValueError(f"{collection_name}: declared and retired: {sorted(dropping)}")
         collection = db[collection_name]
         existing: Mapping[str, Any] = await collection.index_information()
+        for name in sorted(dropping.intersection(existing)):
+            try:
+                await collection.drop_index(name)
+            except OperationFailure as exc:
+                if exc.code != _INDEX_NOT_FOUND:  # another replica dropped it first
+                    raise
+            log.info("dropped retired index %s.%s", collection_name, name)
         for spec in indexes:
             info = existing.get(spec.name)
             if info is not None:
@@ -153,6 +170,7 @@ class MongoStore:
         event_listeners: Sequence[Any] = (),
         on_connect: Callable[[AsyncMongoClient[Any]], Awaitable[None]] | None = None,
         migrate_on_start: bool = True,
+        retired_indexes: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         instrument_client("pymongo")  # before the client: PyMongo's listeners are global
         self.client: AsyncMongoClient[Any] = AsyncMongoClient(
@@ -167,6 +185,7 @@ class MongoStore:
         )
         self.db: AsyncDatabase[Any] = self.client[settings.mongo_database]
         self._indexes = indexes
+        self._retired_indexes = retired_indexes
         self._on_connect = on_connect
         self._migrate_on_start = migrate_on_start
 
@@ -174,8 +193,8 @@ class MongoStore:
         await self.client.admin.command("ping")
 
     async def migrate(self) -> list[str]:
-        """Create the missing indexes; the names created."""
-        return await ensure_indexes(self.db, self._indexes)
+        """Create the missing indexes and drop the retired ones; the names created."""
+        return await ensure_indexes(self.db, self._indexes, self._retired_indexes)
 
     async def start(self) -> None:
         await self.ping()

@@ -34,6 +34,7 @@ from mercato_catalog.service.upkeep import ReservationUpkeep
 from mercato_catalog.settings import CatalogSettings
 from mercato_catalog.store import (
     INDEXES,
+    RETIRED_INDEXES,
     CategoryStore,
     ProductStore,
     ReservationStore,
@@ -93,7 +94,9 @@ def build_app(settings: CatalogSettings, **options: Unpack[KitOptions]) -> Catal
         if dated:
             log.info("added the creation minute of %d reservations", dated)
 
-    mongo = kit.mongo(settings, indexes=INDEXES, on_connect=on_connect)
+    mongo = kit.mongo(
+        settings, indexes=INDEXES, retired_indexes=RETIRED_INDEXES, on_connect=on_connect
+    )
     ctx = StoreContext(db=mongo.db, topic=settings.events_topic, locks=locks)
     redis: Redis | None = None
     if settings.redis_url:

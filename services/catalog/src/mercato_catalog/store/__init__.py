@@ -3,7 +3,7 @@ sagas, indexes and write locks. Persistence only: the use cases decide what to w
 events go with it."""
 
 from mercato_catalog.store.categories import CategoryStore
-from mercato_catalog.store.common import INDEXES, StoreContext, utcnow
+from mercato_catalog.store.common import INDEXES, RETIRED_INDEXES, StoreContext, utcnow
 from mercato_catalog.store.locks import WriteLocks
 from mercato_catalog.store.products import ProductStore
 from mercato_catalog.store.reservations import ReservationStore
@@ -11,6 +11,7 @@ from mercato_catalog.store.stock import StockStore
 
 __all__ = [
     "INDEXES",
+    "RETIRED_INDEXES",
     "CategoryStore",
     "ProductStore",
     "ReservationStore",

@@ -16,7 +16,7 @@ from mercato_common.kafka.envelope import Envelope
 from mercato_common.mongo import IndexSpec, bson_now
 from mercato_common.outbox import outbox_index_specs, with_outbox
 
-__all__ = ["INDEXES", "StoreContext", "as_utc", "hold_key", "utcnow"]
+__all__ = ["INDEXES", "RETIRED_INDEXES", "StoreContext", "as_utc", "hold_key", "utcnow"]
 
 PRODUCTS = "products"
 CATEGORIES = "categories"
@@ -40,15 +40,25 @@ INDEXES: dict[str, list[IndexSpec]] = {
     RESERVATIONS: [
         # ListReservations (oldest first, keyset on create_time then _id).
         IndexSpec.of("create_time_id", "create_time", "_id"),
-        # ... and a short creation range, one minute at a time.
-        IndexSpec.of("phase_create_minute", "phase", "create_minute"),
+        # ... and a short creation range, one minute at a time. The minute leads here and below:
+        # FerretDB serves a pushed-down equality from an index on the leading field only, and a
+        # phase (HELD) holds every open saga while a minute holds those of that minute. Led by
+        # the phase, each query read every held saga (3,335 rows, 6.7 ms of PostgreSQL per
+        # query, seen after a bench run).
+        IndexSpec.of("create_minute_phase", "create_minute", "phase"),
         # The sweeper: due expirations and stuck steps.
         IndexSpec.of("phase_expire", "phase", "expire_time"),
-        IndexSpec.of("phase_expire_minute", "phase", "expire_minute"),
+        IndexSpec.of("expire_minute_phase", "expire_minute", "phase"),
         IndexSpec.of("phase_update", "phase", "update_time"),
         IndexSpec.of("cleanup_due", "cleanup", "cleanup_after"),
         *outbox_index_specs(),
     ],
+}
+
+
+# Indexes an earlier catalog declared, dropped at start where they are still there.
+RETIRED_INDEXES: dict[str, list[str]] = {
+    RESERVATIONS: ["phase_create_minute", "phase_expire_minute"]
 }
 
 
