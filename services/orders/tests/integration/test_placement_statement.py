@@ -1,7 +1,9 @@
-"""The placed order's one statement, on real PostgreSQL: all of it, or nothing at all."""
+"""The placed order's one statement, on real PostgreSQL: all of it, or nothing at all; and the
+housekeeping of the idempotency keys it claims."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ from mercato_orders import publish
 from mercato_orders.domain.model import Money, Order, OrderLine
 from mercato_orders.domain.rules import new_order
 from mercato_orders.store import OrdersStore, new_token
+from mercato_orders.store.keys import DELETE_EXPIRED_KEYS
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +114,28 @@ async def test_a_key_no_longer_owned_writes_nothing(store: OrdersStore) -> None:
             event=publish.order_placed(order),
         )
     assert await _rows(store, order_id) == (0, 0, 0, "PENDING")
+
+
+async def test_expired_keys_are_deleted_and_found_through_the_expiry_index(
+    store: OrdersStore,
+) -> None:
+    """Housekeeping deletes the DONE keys past their retention and no other, and finds them by
+    the expiry index's condition: with a volatile bound (``clock_timestamp()``) PostgreSQL
+    walks the index over every kept key, a cost that grows with the keys kept."""
+    user = f"housekeeping-{uuid.uuid4()}"
+    async with store.write() as tx:
+        await tx.conn.executemany(
+            "INSERT INTO idempotency_keys (user_id, key, fingerprint, order_id, state, owner,"
+            " lease_until, expire_time) VALUES ($1, $2, 'f', gen_random_uuid(), 'DONE',"
+            " gen_random_uuid(), now(), now() + $3::interval)",
+            [(user, "expired", timedelta(hours=-1)), (user, "kept", timedelta(hours=24))],
+        )
+    async with store.write() as tx:
+        deleted = await tx.keys.delete_expired(limit=10_000)
+        plan = "\n".join(
+            row[0] for row in await tx.conn.fetch(f"EXPLAIN {DELETE_EXPIRED_KEYS}", 100, None)
+        )
+        left = await tx.conn.fetch("SELECT key FROM idempotency_keys WHERE user_id = $1", user)
+    assert deleted >= 1
+    assert [row["key"] for row in left] == ["kept"]
+    assert re.search(r"Index Cond: \(expire_time < ", plan), plan

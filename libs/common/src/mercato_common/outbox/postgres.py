@@ -236,10 +236,13 @@ class PostgresOutboxRelay(OutboxRelay):
             "WHERE sent_at IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
         )
         self._mark = f"UPDATE {table} SET sent_at = clock_timestamp() WHERE id = ANY($1::uuid[])"  # noqa: S608
+        # now(), not clock_timestamp(): a volatile bound cannot be an index condition, and
+        # the sent_at index was walked over every kept row (3,335 after a bench run: 2.3-2.5
+        # ms against 0.14 ms per round).
         self._cleanup = (
             f"DELETE FROM {table} WHERE id IN ("  # noqa: S608 (validated)
             f"SELECT id FROM {table} WHERE sent_at IS NOT NULL "
-            "AND sent_at < clock_timestamp() - $1::interval ORDER BY sent_at LIMIT $2)"
+            "AND sent_at < now() - $1::interval ORDER BY sent_at LIMIT $2)"
         )
         self._stats = (
             "SELECT count(*), "  # noqa: S608 (validated)

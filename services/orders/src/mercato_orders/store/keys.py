@@ -16,7 +16,7 @@ from enum import Enum
 
 from mercato_common.postgres import Connection, affected_rows
 
-__all__ = ["COMPLETE_KEY", "KeyRow", "KeyState", "Keys"]
+__all__ = ["COMPLETE_KEY", "DELETE_EXPIRED_KEYS", "KeyRow", "KeyState", "Keys"]
 
 # Marks a PENDING key DONE with its order, only while the caller still owns it (owner token):
 # parameters user id, key, owner, order id, time to live (from ``$n``, see ``orders.numbered``).
@@ -72,6 +72,18 @@ def _row(record: object, *, inserted: bool = False) -> KeyRow:
         lease_expired=bool(r["lease_expired"]),
         inserted=inserted,
     )
+
+
+# ``now()``, not ``clock_timestamp()``: a volatile bound cannot be an index condition, so the
+# expiry index was walked over every kept key (3,335 after a bench run: 1.2-1.4 ms against
+# 0.14-0.21 ms per round). $1: how many at most; $2: the time to compare with (None: now).
+DELETE_EXPIRED_KEYS = """
+DELETE FROM idempotency_keys WHERE (user_id, key) IN (
+    SELECT user_id, key FROM idempotency_keys
+    WHERE state = 'DONE' AND expire_time < COALESCE($2, now())
+    ORDER BY expire_time LIMIT $1
+)
+"""
 
 
 class Keys:
@@ -208,17 +220,7 @@ class Keys:
 
     async def delete_expired(self, *, limit: int, now: datetime | None = None) -> int:
         """Delete up to ``limit`` DONE keys past their retention; the number deleted."""
-        status = await self._conn.execute(
-            """
-            DELETE FROM idempotency_keys WHERE (user_id, key) IN (
-                SELECT user_id, key FROM idempotency_keys
-                WHERE state = 'DONE' AND expire_time < COALESCE($2, clock_timestamp())
-                ORDER BY expire_time LIMIT $1
-            )
-            """,
-            limit,
-            now,
-        )
+        status = await self._conn.execute(DELETE_EXPIRED_KEYS, limit, now)
         return affected_rows(status)
 
 
