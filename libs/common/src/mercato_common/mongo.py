@@ -118,8 +118,8 @@ async def ensure_indexes(
         if len(set(names)) != len(names):
             raise ValueError(f"{collection_name}: duplicate index names in {names}")
         dropping = set(retired.get(collection_name, ()))
-        if dropping & set(names):
-            raise ValueError(f"{collection_name}: declared and retired: {sorted(dropping)}")
+        if both := dropping.intersection(names):
+            raise ValueError(f"{collection_name}: declared and retired: {sorted(both)}")
         collection = db[collection_name]
         existing: Mapping[str, Any] = await collection.index_information()
         for name in sorted(dropping.intersection(existing)):

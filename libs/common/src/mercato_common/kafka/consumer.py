@@ -93,9 +93,9 @@ MAX_ERROR_MESSAGE = 512
 # each fetch waits on the broker for at most fetch_max_wait_ms (500) before an empty answer. A
 # record that arrives ends that wait at once (fetch_min_bytes 1), so delivery is not slower;
 # only partitions newly assigned by a rebalance wait for the fetch in flight to end (at most
-# 5 s, on the order of the rebalance itself). Measured on `make run` with no traffic, 1 s -> 5 s:
-# analytics (two consumers) 0.45 -> 0.25 % of a core, the gateway 0.20 -> 0.15 %, Kafka 3.1 ->
-# 2.5 %.
+# 5 s, on the order of the rebalance itself). Measured on `make run` with no traffic, 60 s, 1 s
+# -> 5 s: analytics (two consumers) 0.45 -> 0.28 % of a core, the gateway 0.20 -> 0.17 %, Kafka
+# 3.1 -> 2.5 %.
 QUIET_FETCH_OPTIONS: Mapping[str, int] = MappingProxyType(
     {"consumer_timeout_ms": 5_000, "fetch_max_wait_ms": 5_000}
 )
