@@ -592,6 +592,8 @@ def test_runner_validates_its_settings() -> None:
         ConsumerRunner("b", group_id="g", topics=[], handler=handler)
     with pytest.raises(ValueError, match="producer"):
         ConsumerRunner("b", group_id="g", topics=["t"], handler=handler, dead_letter_topic="d")
+    with pytest.raises(ValueError, match="batch_linger_ms"):
+        runner_for(handler, batch_linger_ms=-1)
     runner = runner_for(handler)
     assert runner._consumer_kwargs["enable_auto_commit"] is False
     assert runner._consumer_kwargs["group_id"] == "analytics"
@@ -641,6 +643,123 @@ async def test_run_commits_after_each_batch_and_on_stop() -> None:
     assert consumer.started
     assert consumer.stopped
     assert consumer.subscribed == ["orders"]
+
+
+async def test_prepare_batch_sees_the_decodable_records_of_a_batch_before_the_handler() -> None:
+    tp0, tp1 = TopicPartition("orders", 0), TopicPartition("orders", 1)
+    e = [make_envelope(value=i) for i in range(3)]
+    garbage = Record("orders", 0, 1, b"garbage")
+    consumer = FakeConsumer(
+        [
+            {tp0: [record_for(e[0], 0), garbage], tp1: [record_for(e[1], 7, 1)]},
+            {tp0: [record_for(e[2], 2)]},
+        ]
+    )
+    calls: list[tuple[str, list[tuple[int, int]]]] = []
+
+    async def prepare(events: Sequence[ConsumedEvent]) -> None:
+        calls.append(("prepare", [(event.partition, event.offset) for event in events]))
+
+    async def handler(event: ConsumedEvent) -> None:
+        calls.append(("handle", [(event.partition, event.offset)]))
+
+    sink = FakeSink()
+    runner = runner_for(handler, consumer=consumer, sink=sink, prepare_batch=prepare)
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(consumer.exhausted.wait(), 5)
+    await runner.stop(grace=5)
+    await asyncio.wait_for(task, 5)
+    assert calls == [
+        ("prepare", [(0, 0), (1, 7)]),  # not the undecodable record: it is dead-lettered
+        ("handle", [(0, 0)]),
+        ("handle", [(1, 7)]),
+        ("prepare", [(0, 2)]),
+        ("handle", [(0, 2)]),
+    ]
+    assert [sent[1] for sent in sink.sent] == [b"garbage"]
+
+
+async def test_a_failing_prepare_batch_leaves_every_record_to_the_handler() -> None:
+    tp = TopicPartition("orders", 0)
+    consumer = FakeConsumer(
+        [{tp: [record_for(make_envelope(), 0), record_for(make_envelope(), 1)]}]
+    )
+    handled: list[int] = []
+
+    async def prepare(events: Sequence[ConsumedEvent]) -> None:
+        raise ConnectionError("store away")
+
+    async def handler(event: ConsumedEvent) -> None:
+        handled.append(event.offset)
+
+    runner = runner_for(handler, consumer=consumer, prepare_batch=prepare, commit_interval=0)
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(consumer.exhausted.wait(), 5)
+    await runner.stop(grace=5)
+    await asyncio.wait_for(task, 5)
+    assert handled == [0, 1]
+    assert consumer.commits == [{tp: 2}]
+
+
+async def test_a_short_batch_lingers_once_for_more_records() -> None:
+    tp0, tp1 = TopicPartition("orders", 0), TopicPartition("orders", 1)
+    e = [make_envelope(value=i) for i in range(4)]
+    consumer = FakeConsumer(
+        [
+            {tp0: [record_for(e[0], 0)]},
+            {tp0: [record_for(e[1], 1)], tp1: [record_for(e[2], 0, 1)]},
+            {tp0: [record_for(e[3], 2)]},
+        ]
+    )
+    batches: list[list[tuple[int, int]]] = []
+
+    async def prepare(events: Sequence[ConsumedEvent]) -> None:
+        batches.append([(event.partition, event.offset) for event in events])
+
+    async def handler(event: ConsumedEvent) -> None:
+        return None
+
+    runner = runner_for(
+        handler, consumer=consumer, prepare_batch=prepare, batch_linger_ms=5, commit_interval=0
+    )
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(consumer.exhausted.wait(), 5)
+    await runner.stop(grace=5)
+    await asyncio.wait_for(task, 5)
+    # The first poll and what the linger found make one batch; the third poll lingers and
+    # finds nothing more.
+    assert batches == [[(0, 0), (0, 1), (1, 0)], [(0, 2)]]
+    assert consumer.commits[0] == {tp0: 2, tp1: 1}
+
+
+async def test_a_full_batch_does_not_linger() -> None:
+    tp = TopicPartition("orders", 0)
+    consumer = FakeConsumer(
+        [
+            {tp: [record_for(make_envelope(), 0), record_for(make_envelope(), 1)]},
+            {tp: [record_for(make_envelope(), 2)]},
+        ]
+    )
+    batches: list[list[int]] = []
+
+    async def prepare(events: Sequence[ConsumedEvent]) -> None:
+        batches.append([event.offset for event in events])
+
+    async def handler(event: ConsumedEvent) -> None:
+        return None
+
+    runner = runner_for(
+        handler,
+        consumer=consumer,
+        prepare_batch=prepare,
+        batch_linger_ms=5,
+        max_poll_records=2,
+    )
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(consumer.exhausted.wait(), 5)
+    await runner.stop(grace=5)
+    await asyncio.wait_for(task, 5)
+    assert batches == [[0, 1], [2]]
 
 
 async def test_stop_during_backoff_does_not_commit_the_failing_record() -> None:

@@ -17,6 +17,7 @@ from mercato_analytics.consume import CountingDeadLetterSink, EventApplier
 from mercato_analytics.convert import to_domain_event
 from mercato_analytics.domain import (
     IGNORED,
+    EventOrigin,
     InvalidEvent,
     OrderEvent,
     OrderEventKind,
@@ -179,15 +180,32 @@ class FakeStore:
         self.facts: dict[str, Any] = {}
         self.failures = failures
         self.rollups = FakeMarks()
+        self.single_inserts = 0
+        self.refused_in_bulk: set[str] = set()
 
-    async def apply(self, *, event_id: str, event: Any, **_: Any) -> ApplyOutcome:
+    async def apply(self, origin: EventOrigin, event: Any) -> ApplyOutcome:
         if self.failures:
             self.failures -= 1
             raise StoreUnavailable("down")
-        if event_id in self.facts:
+        self.single_inserts += 1
+        if origin.event_id in self.facts:
             return ApplyOutcome.DUPLICATE
-        self.facts[event_id] = event
+        self.facts[origin.event_id] = event
         return ApplyOutcome.APPLIED
+
+    async def apply_many(self, events: list[tuple[EventOrigin, Any]]) -> list[ApplyOutcome | None]:
+        # Like the real store: a duplicate key is that event's outcome; an event named in
+        # refused_in_bulk fails as another write error would (None), the others are inserted.
+        outcomes: list[ApplyOutcome | None] = []
+        for origin, event in events:
+            if origin.event_id in self.refused_in_bulk:
+                outcomes.append(None)
+            elif origin.event_id in self.facts:
+                outcomes.append(ApplyOutcome.DUPLICATE)
+            else:
+                self.facts[origin.event_id] = event
+                outcomes.append(ApplyOutcome.APPLIED)
+        return outcomes
 
 
 def _applier(store: FakeStore, registry: CollectorRegistry, progress: Progress) -> EventApplier:
@@ -225,6 +243,43 @@ async def test_applier_applies_once_and_counts() -> None:
     latency = _sample(registry, "mercato_analytics_event_apply_latency_seconds_sum", topic="orders")
     assert latency == pytest.approx(2.0)
     assert progress.take() == {("orders", 2): (T, T + timedelta(seconds=2))}
+
+
+async def test_a_prepared_batch_is_inserted_once_and_each_record_uses_its_outcome() -> None:
+    registry, progress, store = CollectorRegistry(), Progress(), FakeStore()
+    applier = _applier(store, registry, progress)
+    paid = [
+        samples.order_paid(
+            f"o-{n}", user_id="u", lines=LINES, currency="EUR", place_time=T, pay_time=T
+        )
+        for n in range(3)
+    ]
+    ignored = samples.stock_reserved("o-1", lines=LINES, reserve_time=T)
+    bad = new_envelope(_paid(place_time=None), source="orders", subject="o-9")
+    store.refused_in_bulk.add(paid[2].id)
+    batch = [
+        _consumed(paid[0], offset=0),
+        _consumed(paid[1], offset=1),
+        _consumed(paid[0], offset=2),  # the same event again within the batch
+        _consumed(ignored, offset=3),
+        _consumed(bad, offset=4),
+        _consumed(paid[2], offset=5),
+    ]
+    await applier.prepare(batch)  # the contract breach is left to its own call
+    assert set(store.facts) == {paid[0].id, paid[1].id}
+    outcomes = [await applier.apply_record(record) for record in batch if record.offset != 4]
+    assert outcomes == ["applied", "applied", "duplicate", "ignored", "applied"]
+    # Only the event the bulk insert refused was inserted by its own call.
+    assert store.single_inserts == 1
+    assert set(store.facts) == {paid[0].id, paid[1].id, paid[2].id}
+    with pytest.raises(PermanentError):
+        await applier.apply_record(batch[4])
+    # A record handled again (a retry) finds no prepared outcome left: its own insert says.
+    assert await applier.apply_record(batch[1]) == "duplicate"
+    assert store.single_inserts == 2
+    labels = {"type": "OrderPaid"}
+    assert _sample(registry, "mercato_analytics_events_total", outcome="applied", **labels) == 3
+    assert _sample(registry, "mercato_analytics_events_total", outcome="duplicate", **labels) == 2
 
 
 async def test_applier_dead_letters_contract_breaches_at_once() -> None:

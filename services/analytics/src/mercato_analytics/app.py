@@ -102,6 +102,8 @@ def build_app(settings: AnalyticsSettings, **options: Unpack[KitOptions]) -> Ana
             # A record waiting for the database is given up (uncommitted) rather than held.
             on_stop=applier.stop,
             max_poll_records=settings.max_poll_records,
+            prepare_batch=applier.prepare,
+            batch_linger_ms=settings.batch_linger_ms,
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=settings.heartbeat_interval_ms,
         )

@@ -37,6 +37,11 @@ class AnalyticsSettings(BaseServiceSettings, MongoSettings, KafkaSettings):
     retry_initial_seconds: float = Field(default=0.2, ge=0)
     retry_max_seconds: float = Field(default=10.0, ge=0)
     max_poll_records: int = Field(default=200, ge=1)
+    # A poll that returned fewer than max_poll_records waits this long once for more, so that
+    # one bulk insert carries more events' facts (an idle consumer never waits: its poll
+    # returned nothing). Off by default: at 28 orders/s, 20 ms cut the inserts per order from
+    # 0.74 to 0.55 but added 33 ms to the median apply latency (docs/analytics.md).
+    batch_linger_ms: int = Field(default=0, ge=0, le=1_000)
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     # How often the consumers' progress (freshness) is written, and the group lag is read for

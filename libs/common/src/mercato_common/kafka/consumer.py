@@ -12,6 +12,14 @@ Delivery is at least once. For each record the runner
 5. commits offsets only for records whose effect (or dead-lettering) is done, after each batch
    and on a clean stop.
 
+A service whose effect can be done for many records at once (one bulk insert keyed by their
+event ids) passes ``prepare_batch``: the runner hands it every decodable record of a polled
+batch before handling them one by one, and the handler then only confirms what the hook did. A
+failing hook is logged and changes nothing else: every record is still handled, retried and
+dead-lettered on its own. ``batch_linger_ms`` lets a batch that came back short wait that long
+once for more records, so batches grow under load; an idle consumer never waits (its poll
+returned nothing).
+
 Idempotency is the handler's job, because only the service can store "event id already applied"
 atomically with its effect. The pattern:
 
@@ -58,6 +66,7 @@ from mercato_common.telemetry import instrument_client
 
 __all__ = [
     "QUIET_FETCH_OPTIONS",
+    "BatchHook",
     "ConsumedEvent",
     "ConsumerMetrics",
     "ConsumerRunner",
@@ -162,6 +171,7 @@ class ConsumedEvent:
 
 
 Handler = Callable[[ConsumedEvent], Awaitable[None]]
+BatchHook = Callable[[Sequence[ConsumedEvent]], Awaitable[None]]
 
 
 class ConsumerMetrics(MetricsSet):
@@ -217,6 +227,15 @@ def dead_letter_headers(
     return kept + [(name, value.encode()) for name, value in added.items()]
 
 
+def _decoded(record: Any) -> tuple[dict[str, str], Envelope | UndecodableMessageError]:
+    """A record's headers, and its envelope or why it cannot be decoded."""
+    headers = headers_to_map(record.headers)
+    try:
+        return headers, decode_envelope(record.value)
+    except UndecodableMessageError as exc:
+        return headers, exc
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
     def __init__(self, runner: ConsumerRunner) -> None:
         self._runner = runner
@@ -270,6 +289,8 @@ class ConsumerRunner:
         heartbeat_interval_ms: int = 3_000,
         max_poll_interval_ms: int = 300_000,
         commit_interval: float = 1.0,
+        prepare_batch: BatchHook | None = None,
+        batch_linger_ms: int = 0,
         consumer_options: Mapping[str, Any] | None = None,
         registry: CollectorRegistry = REGISTRY,
         tracer_provider: trace.TracerProvider | None = None,
@@ -301,6 +322,10 @@ class ConsumerRunner:
         if commit_interval < 0:
             raise ValueError("commit_interval must be >= 0")
         self._commit_interval = commit_interval
+        if batch_linger_ms < 0:
+            raise ValueError("batch_linger_ms must be >= 0")
+        self._prepare_batch = prepare_batch
+        self._batch_linger = batch_linger_ms / 1000
         self._consumer_kwargs: dict[str, Any] = {
             **self._connection.client_kwargs(),
             "group_id": group_id,
@@ -360,6 +385,8 @@ class ConsumerRunner:
                 batch = await self._consumer.getmany(
                     timeout_ms=self._poll_timeout_ms, max_records=self._max_poll_records
                 )
+                if batch and self._batch_linger:
+                    batch = await self._linger_for_more(batch)
                 if not await self._handle_batch(batch):
                     break
                 if loop.time() >= next_commit:
@@ -400,8 +427,32 @@ class ConsumerRunner:
 
     # -- processing --------------------------------------------------------------------------
 
+    async def _linger_for_more(
+        self, batch: Mapping[TopicPartition, Sequence[Any]]
+    ) -> Mapping[TopicPartition, Sequence[Any]]:
+        """A short batch, with what arrived during one wait of ``batch_linger_ms`` added."""
+        count = sum(len(records) for records in batch.values())
+        if count >= self._max_poll_records or await self._sleep_or_stop(self._batch_linger):
+            return batch
+        more = await self._consumer.getmany(
+            timeout_ms=0, max_records=self._max_poll_records - count
+        )
+        if not more:
+            return batch
+        merged = {tp: list(records) for tp, records in batch.items()}
+        for tp, records in more.items():
+            merged.setdefault(tp, []).extend(records)
+        return merged
+
     async def _handle_batch(self, batch: Mapping[TopicPartition, Sequence[Any]]) -> bool:
         """Process a getmany() result; False when stopping interrupted it."""
+        decoded = {
+            (tp, int(record.offset)): _decoded(record)
+            for tp, records in batch.items()
+            for record in records
+        }
+        if self._prepare_batch is not None:
+            await self._prepare(batch, decoded)
         for tp, records in batch.items():
             for record in records:
                 if self._stopping.is_set():
@@ -409,25 +460,74 @@ class ConsumerRunner:
                 if tp not in self._consumer.assignment():
                     # Revoked by a rebalance meanwhile: the new owner will process the rest.
                     break
-                if not await self.process(record):
+                if not await self._process(record, *decoded[tp, int(record.offset)]):
                     return False
                 self._done[tp] = self._last_positions[tp] = int(record.offset) + 1
         return True
+
+    async def _prepare(
+        self,
+        batch: Mapping[TopicPartition, Sequence[Any]],
+        decoded: Mapping[
+            tuple[TopicPartition, int], tuple[dict[str, str], Envelope | UndecodableMessageError]
+        ],
+    ) -> None:
+        """Hand the batch's decodable records to ``prepare_batch``, in one span linked to each
+        record's producer (the messaging convention for work done on a batch)."""
+        assert self._prepare_batch is not None
+        events: list[ConsumedEvent] = []
+        links: list[trace.Link] = []
+        for tp, records in batch.items():
+            for record in records:
+                headers, envelope = decoded[tp, int(record.offset)]
+                if isinstance(envelope, Envelope):
+                    events.append(
+                        ConsumedEvent(envelope=envelope, record=record, headers=headers, attempt=1)
+                    )
+                    producer = trace.get_current_span(extract_trace_context(headers))
+                    if producer.get_span_context().is_valid:
+                        links.append(trace.Link(producer.get_span_context()))
+        if not events:
+            return
+        with self._tracer.start_as_current_span(
+            "process batch",
+            kind=trace.SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.consumer.group.name": self.group_id,
+                "messaging.batch.message_count": len(events),
+            },
+        ) as span:
+            try:
+                await self._prepare_batch(events)
+            except Exception as exc:
+                # Each record is handled (and retried, or dead-lettered) on its own next.
+                span.record_exception(exc)
+                log.warning(
+                    "preparing %d records of %s failed; handling them one by one: %s",
+                    len(events),
+                    self.group_id,
+                    error_text(repr(exc)),
+                )
 
     async def process(self, record: Any) -> bool:
         """Apply the handler to one record (retries, dead-letter). False if stopping cut it short.
 
         Public so that a service can unit-test its handler wiring with hand-made records.
         """
+        return await self._process(record, *_decoded(record))
+
+    async def _process(
+        self, record: Any, headers: dict[str, str], envelope: Envelope | UndecodableMessageError
+    ) -> bool:
         topic = str(record.topic)
-        headers = headers_to_map(record.headers)
-        try:
-            envelope = decode_envelope(record.value)
-        except UndecodableMessageError as exc:
+        if not isinstance(envelope, Envelope):
             log.warning(
-                "undecodable record %s[%s]@%s: %s", topic, record.partition, record.offset, exc
+                "undecodable record %s[%s]@%s: %s", topic, record.partition, record.offset, envelope
             )
-            return await self._dead_letter(record, exc, attempts=0)
+            return await self._dead_letter(record, envelope, attempts=0)
 
         parent = extract_trace_context(headers)
         with self._tracer.start_as_current_span(

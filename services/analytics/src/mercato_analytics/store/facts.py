@@ -14,11 +14,12 @@ from bson import Int64
 from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from mercato_analytics.domain import (
     BucketSize,
     DomainEvent,
+    EventOrigin,
     PartitionProgress,
     ProgressMarks,
     fact_document,
@@ -35,6 +36,7 @@ from mercato_analytics.domain.events import (
     F_UNITS,
 )
 from mercato_analytics.store.mongo import (
+    WRITES_PER_COMMAND,
     bulk_write_in_chunks,
     gather_reads,
     int64_document,
@@ -61,6 +63,8 @@ log = logging.getLogger("mercato_analytics.store")
 # once.
 MINUTE, HOUR = "m", "h"
 PLACE_MINUTE, PLACE_HOUR = "pm", "ph"
+# The server's code of a write refused for a duplicate key.
+_DUPLICATE_KEY = 11000
 # Minutes of one hour read one by one up to this many; more, and the hour is read whole.
 _MINUTES_AT_MOST = 6
 
@@ -131,35 +135,54 @@ class AnalyticsStore:
 
     # -- applying events -------------------------------------------------------------------
 
-    async def apply(
-        self,
-        *,
-        event_id: str,
-        event: DomainEvent,
-        event_type: str,
-        event_time: datetime,
-        topic: str,
-        partition: int,
-        offset: int,
-    ) -> ApplyOutcome:
+    async def apply(self, origin: EventOrigin, event: DomainEvent) -> ApplyOutcome:
         """Insert the event's fact unless it exists: the effect, exactly once (module doc)."""
-        doc = int64_document(fact_document(event))
-        doc.update(_time_keys(doc))
-        doc.update(
-            _id=event_id,
-            type=event_type,
-            topic=topic,
-            partition=partition,
-            offset=Int64(offset),
-            event_time=event_time,
-            applied_at=self._clock(),
-        )
         async with translated():
             try:
-                await self.facts.insert_one(doc)
+                await self.facts.insert_one(self._fact(origin, event))
             except DuplicateKeyError:
                 return ApplyOutcome.DUPLICATE
         return ApplyOutcome.APPLIED
+
+    async def apply_many(
+        self, events: Sequence[tuple[EventOrigin, DomainEvent]]
+    ) -> list[ApplyOutcome | None]:
+        """:meth:`apply` for many events in unordered bulk inserts of at most
+        :data:`WRITES_PER_COMMAND` (one round trip each instead of one per event). The outcome
+        of each event in order; ``None`` for one whose insert failed for another reason than
+        its duplicate key (left to :meth:`apply`, which raises it). A transient failure raises
+        :class:`StoreUnavailable`; facts already inserted by then stay, and count as
+        duplicates when applied again."""
+        facts = [self._fact(origin, event) for origin, event in events]
+        outcomes: list[ApplyOutcome | None] = [ApplyOutcome.APPLIED] * len(facts)
+        for start in range(0, len(facts), WRITES_PER_COMMAND):
+            async with translated():
+                try:
+                    await self.facts.insert_many(
+                        facts[start : start + WRITES_PER_COMMAND], ordered=False
+                    )
+                except BulkWriteError as exc:
+                    for error in exc.details.get("writeErrors", ()):
+                        duplicate = error.get("code") == _DUPLICATE_KEY
+                        outcomes[start + error["index"]] = (
+                            ApplyOutcome.DUPLICATE if duplicate else None
+                        )
+        return outcomes
+
+    def _fact(self, origin: EventOrigin, event: DomainEvent) -> dict[str, Any]:
+        """The fact document of an event: its id is the event's, what makes it exactly once."""
+        doc = int64_document(fact_document(event))
+        doc.update(_time_keys(doc))
+        doc.update(
+            _id=origin.event_id,
+            type=origin.event_type,
+            topic=origin.topic,
+            partition=origin.partition,
+            offset=Int64(origin.offset),
+            event_time=origin.event_time,
+            applied_at=self._clock(),
+        )
+        return doc
 
     # -- progress --------------------------------------------------------------------------
 
