@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from mercato_catalog.domain.reservations import minute_bucket
+from mercato_catalog.domain.reservations import Line, Phase, Reservation, minute_bucket
 from mercato_catalog.domain.stock import Hold
 from mercato_catalog.service.upkeep import MAX_WINDOW_MINUTES, ReservationUpkeep
 
@@ -104,6 +104,9 @@ class OpenSagas:
     async def find(self, order_id: str) -> None:
         return None  # no saga: a hold that is not in ``live`` is an orphan
 
+    async def insert(self, saga: Reservation) -> bool:
+        return True  # the sweeper's FAILED saga for an orphan's order that has none
+
 
 class GivingBack:
     def __init__(self, store: HoldingStore) -> None:
@@ -142,3 +145,70 @@ async def test_orphan_passes_read_the_open_sagas_only_for_holds_not_yet_found_ow
     del sagas.live["o1"]
     assert await upkeep.reap_orphan_holds(now, 100) == 1  # pass 4
     assert (sagas.reads, stock.given_back) == (3, ["ghost", "o2", "o1"])
+
+
+class UnstoredSagas(OpenSagas):
+    """No saga is open; ``late`` is the saga a late ReserveStock stores just before the
+    sweeper's insert (None: nobody does). What happens is recorded in ``log``."""
+
+    def __init__(self, late: Reservation | None = None) -> None:
+        super().__init__()
+        self.late = late
+        self.stored: Reservation | None = None
+        self.log: list[str] = []
+
+    async def find(self, order_id: str) -> Reservation | None:  # type: ignore[override]
+        return self.stored
+
+    async def insert(self, saga: Reservation) -> bool:
+        if self.late is not None:
+            self.stored = self.late
+            self.log.append("insert refused")
+            return False
+        self.stored = saga
+        self.log.append(f"insert {saga.phase.value} {saga.attempt}")
+        return True
+
+
+def _reaper(sagas: OpenSagas, stock: GivingBack, store: HoldingStore) -> ReservationUpkeep:
+    return ReservationUpkeep(cast(Any, sagas), cast(Any, None), cast(Any, stock), cast(Any, store))
+
+
+class LoggedGivingBack(GivingBack):
+    def __init__(self, store: HoldingStore, log: list[str]) -> None:
+        super().__init__(store)
+        self.log = log
+
+    async def unhold(self, sku: str, order_id: str, attempt: str, quantity: int) -> bool:
+        self.log.append(f"unhold {attempt}")
+        return await super().unhold(sku, order_id, attempt, quantity)
+
+
+async def test_a_hold_whose_order_has_no_saga_is_given_back_after_storing_its_attempt_failed() -> (
+    None
+):
+    # A first attempt holds before its saga is stored; its caller died in between. The sweeper
+    # stores the attempt FAILED first, so the caller, were it only late, could not store a saga
+    # claiming the hold given back.
+    sagas, store = UnstoredSagas(), HoldingStore()
+    stock = LoggedGivingBack(store, sagas.log)
+    upkeep = ReservationUpkeep(
+        cast(Any, sagas), cast(Any, None), cast(Any, stock), cast(Any, store)
+    )
+    store.holds = {"SKU-1": [Hold(order_id="o1", quantity=1, attempt="a1", held_at=T0)]}
+    assert await upkeep.reap_orphan_holds(T0 + timedelta(minutes=5), 100) == 1
+    assert sagas.log == ["insert FAILED a1", "unhold a1"]
+    assert sagas.stored is not None
+    assert sagas.stored.lines == ()
+
+
+async def test_a_hold_whose_saga_is_stored_meanwhile_by_its_late_caller_stays() -> None:
+    late = Reservation("o1", (Line("SKU-1", 1),), Phase.HELD, "a1", T0, T0, T0 + timedelta(1))
+    sagas, store = UnstoredSagas(late=late), HoldingStore()
+    stock = LoggedGivingBack(store, sagas.log)
+    upkeep = ReservationUpkeep(
+        cast(Any, sagas), cast(Any, None), cast(Any, stock), cast(Any, store)
+    )
+    store.holds = {"SKU-1": [Hold(order_id="o1", quantity=1, attempt="a1", held_at=T0)]}
+    assert await upkeep.reap_orphan_holds(T0 + timedelta(minutes=5), 100) == 0
+    assert sagas.log == ["insert refused"]

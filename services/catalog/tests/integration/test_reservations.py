@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import grpc
@@ -12,7 +13,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from mercato.catalog.v1 import catalog_pb2
-from mercato_catalog.domain.reservations import minute_bucket
+from mercato_catalog.domain.reservations import Line, Phase, begin, held_first, minute_bucket
 from mercato_catalog.store import ReservationStore, utcnow
 from mercato_catalog.store.reservations import MINUTES_LISTED_BY_EQUALITY
 from mercato_common.rpc_errors import error_from_rpc
@@ -95,6 +96,11 @@ async def test_reservation_answers_its_products_as_held(catalog) -> None:
     assert by_sku["PRICED-2"].price.amount_minor == 399
     assert (by_sku["PRICED-1"].stock_available, by_sku["PRICED-1"].stock_reserved) == (3, 2)
 
+    # A new order's saga is written once, after its holds: inserted HELD (its event with it,
+    # which the relay may have taken already).
+    saga = await catalog.app.ctx.reservations.find_one({"_id": request.order_id})
+    assert (saga["phase"], saga["version"], saga["was_held"]) == ("HELD", 1, True)
+
     replay = await catalog.stub.ReserveStock(request, metadata=catalog.service)
     assert replay.reservation.create_time == first.reservation.create_time
     assert list(replay.products) == list(first.products)  # read again, nothing moved since
@@ -116,6 +122,9 @@ async def test_third_line_out_of_stock_leaves_the_others_untouched(catalog) -> N
         assert (product.stock_available, product.stock_reserved) == (available, 0)
     doc = await catalog.app.ctx.products.find_one({"_id": "LINE-A"})
     assert doc["holds"] == {}
+    # Stored once, FAILED with the shortages, after the holds went back.
+    saga = await catalog.app.ctx.reservations.find_one({"_id": order})
+    assert (saga["phase"], saga["version"], len(saga["shortages"])) == ("FAILED", 1, 2)
     # The order is not reserved; once stock arrives a retry succeeds as a new attempt.
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await catalog.stub.GetReservation(
@@ -255,6 +264,21 @@ async def test_sweeper_finishes_abandoned_steps_and_reaps_orphan_holds(make_cata
     assert await app.upkeep.reap_orphan_holds(utcnow(), 100) == 0
     product = await catalog.get("CRASH-1")
     assert (product.stock_on_hand, product.stock_reserved, product.stock_available) == (7, 0, 7)
+    # The ghost had no saga (a first attempt whose caller died between its holds and its
+    # insert): its attempt was stored FAILED before the hold went back, so the caller, were it
+    # only late, cannot store a saga that claims it; the order can still be reserved afresh.
+    sagas = ReservationStore(app.ctx)
+    abandoned = await sagas.find(ghost)
+    assert abandoned is not None
+    assert (abandoned.phase, abandoned.attempt, abandoned.lines) == (
+        Phase.FAILED,
+        "dead-attempt",
+        (),
+    )
+    late = held_first(begin(ghost, [Line("CRASH-1", 2)], utcnow(), timedelta(minutes=5)), utcnow())
+    assert not await sagas.insert(replace(late, attempt="dead-attempt"))
+    await catalog.reserve(ghost, ("CRASH-1", 2))
+    assert (await catalog.get("CRASH-1")).stock_reserved == 2
 
 
 async def test_a_hold_is_one_string_and_holds_of_the_earlier_form_are_still_given_back(

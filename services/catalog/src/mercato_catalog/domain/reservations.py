@@ -4,6 +4,7 @@ An order's reservation is a saga record. Stable phases: HELD, COMMITTED, RELEASE
 FAILED. The others are a step in progress, finished by whoever finds it (the caller, a retry or
 the sweeper)::
 
+    (first attempt: stored once its lines are held or refused) HELD | FAILED
     RESERVING → HELD → COMMITTING → COMMITTED → RELEASING → RELEASED
     RESERVING | HELD → RELEASING → RELEASED
     RESERVING | HELD → EXPIRING → EXPIRED
@@ -33,9 +34,12 @@ __all__ = [
     "ReleaseCause",
     "Reservation",
     "ReservationState",
+    "abandoned",
     "begin",
     "check_lines",
     "fail",
+    "failed_first",
+    "held_first",
     "hold_all",
     "minute_bucket",
     "owns",
@@ -249,6 +253,36 @@ def released_unreserved(order_id: str, reason: str, now: datetime) -> Reservatio
         expire_time=None,
         cause=ReleaseCause.REQUESTED,
         reason=reason,
+    )
+
+
+def held_first(saga: Reservation, now: datetime) -> Reservation:
+    """A new saga (:func:`begin`) whose lines were all held before it was stored: it is stored
+    HELD at once, one write instead of an insert and a move."""
+    return hold_all(saga, now).after
+
+
+def failed_first(saga: Reservation, shortages: Sequence[Shortage], now: datetime) -> Reservation:
+    """A new saga (:func:`begin`) with a refused line, whose holds were given back before it was
+    stored: it is stored FAILED (a later ReserveStock tries a fresh attempt)."""
+    return replace(
+        saga, phase=Phase.FAILED, shortages=tuple(shortages), expire_time=None, update_time=now
+    )
+
+
+def abandoned(order_id: str, attempt: str, now: datetime) -> Reservation:
+    """The saga the sweeper stores for a hold whose order has none, before giving the hold back:
+    the first attempt of a ReserveStock that died between its holds and its insert. Stored
+    FAILED with that attempt, so the caller, if it is only late, finds its insert refused and
+    cannot claim a hold that is gone; nothing is reserved (no lines)."""
+    return Reservation(
+        order_id=order_id,
+        lines=(),
+        phase=Phase.FAILED,
+        attempt=attempt,
+        create_time=now,
+        update_time=now,
+        expire_time=None,
     )
 
 

@@ -129,6 +129,11 @@ class HoldResult:
     refusal: ShortageKind | None = None  # with REFUSED
     product: Product | None = None  # with HELD: as written; with ALREADY: as read
 
+    @property
+    def holds(self) -> bool:
+        """Whether the attempt holds the units after it (taken now or before)."""
+        return self.outcome in (HoldOutcome.HELD, HoldOutcome.ALREADY)
+
     @classmethod
     def refused(cls, kind: ShortageKind) -> HoldResult:
         return cls(HoldOutcome.REFUSED, refusal=kind)

@@ -1,20 +1,29 @@
 """The reservation use cases: ReserveStock, CommitReservation, ReleaseStock, the reads, expiry.
 
 An order's reservation is a saga of single-document updates, no transactions (the phases and
-steps are in ``domain.reservations``). ReserveStock reads::
+steps are in ``domain.reservations``). ReserveStock of a new order reads::
 
-    store.insert(domain.begin(order))               refused: the order has a saga → store.find
     every line at once: stock.hold(line)            (each one guarded update of one product)
-    all held      → store.move(domain.hold_all, StockReserved)            → HELD, with the
+    all held      → store.insert(domain.held_first, StockReserved)        → HELD, with the
                     products as the holds wrote them (the caller prices the order at them)
-    one refused   → store.move(domain.fail) → give the holds back
-                  → store.move(domain.settle)      → FAILED, STOCK_UNAVAILABLE
+    one refused   → give the holds back → store.insert(domain.failed_first) → FAILED,
+                    STOCK_UNAVAILABLE
+    insert refused (the order has a saga: a retry, a concurrent call, a release, the sweeper's)
+                  → give the holds back → store.find and resume, return, retry or refuse it
+
+A retry after FAILED, and a saga found RESERVING, run an attempt on the stored saga instead::
+
+    store.move(domain.retry) → RESERVING, holds, store.move(domain.hold_all, StockReserved) → HELD
+    one refused   → store.move(domain.fail) → give the holds back → store.move(domain.settle)
 
 Every move is guarded by the phase and attempt it was read in, so exactly one caller makes it;
 the step it starts is idempotent per product, so a retry, a concurrent caller or the sweeper
 (``finish``) completes it after a crash. A product hold is legitimate only while its saga is
 RESERVING, HELD or COMMITTING with the same attempt; anything else is an orphan: callers give
-back their own and the sweeper reaps the rest. Returning committed units is guarded by a
+back their own and the sweeper reaps the rest. A new order's holds have no saga until its
+insert: one whose caller died before the insert is an orphan too, and the sweeper stores a
+FAILED saga for its attempt (``domain.abandoned``) before giving it back, so that a caller that
+was only late finds its insert refused. Returning committed units is guarded by a
 ``returns.<order>`` marker on the product, kept for ``return_marker_retention`` after the
 release and then dropped by the sweeper.
 """
@@ -29,7 +38,6 @@ from datetime import datetime, timedelta
 from mercato_catalog import publish
 from mercato_catalog.domain.errors import (
     Shortage,
-    ShortageKind,
     StockUnavailable,
     reservation_busy,
     reservation_closed,
@@ -45,6 +53,8 @@ from mercato_catalog.domain.reservations import (
     Reservation,
     begin,
     fail,
+    failed_first,
+    held_first,
     hold_all,
     released_unreserved,
     retry,
@@ -54,7 +64,7 @@ from mercato_catalog.domain.reservations import (
     start_expiry,
     start_release,
 )
-from mercato_catalog.domain.stock import HoldOutcome, shortage
+from mercato_catalog.domain.stock import HoldOutcome, HoldResult, shortage
 from mercato_catalog.service.stock import StockMovements
 from mercato_catalog.store import ProductStore, ReservationStore, utcnow
 from mercato_common.kafka.envelope import Envelope
@@ -100,11 +110,12 @@ class ReservationService:
     # --- ReserveStock ------------------------------------------------------------------------
 
     async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reserved:
-        # A new order, the usual case, begins with its insert (no read first); the insert is
-        # refused when the order has a saga already, which is then read and resumed.
-        first = begin(order_id, lines, utcnow(), self.ttl)
-        if await self.sagas.insert(first):
-            return await self._run_attempt(first)
+        # A new order, the usual case, holds its lines and is then stored in one insert (no
+        # read first); the insert is refused when the order has a saga already, which is then
+        # read and resumed.
+        reserved = await self._reserve_new(begin(order_id, lines, utcnow(), self.ttl))
+        if reserved is not None:
+            return reserved
         for _ in range(_LOOP):
             saga = await self.sagas.find(order_id)
             if saga is None:
@@ -136,10 +147,41 @@ class ReservationService:
         found = await self.products.batch_get([line.sku for line in saga.lines])
         return Reserved(saga, tuple(found[line.sku] for line in saga.lines if line.sku in found))
 
+    async def _reserve_new(self, saga: Reservation) -> Reserved | None:
+        """The first attempt of an order with no saga yet (``saga`` is not stored): hold every
+        line, then store the saga HELD with StockReserved, or, when a line is refused, give the
+        holds back and store it FAILED (STOCK_UNAVAILABLE). One insert instead of an insert and
+        a move per order.
+
+        None when the order turns out to have a saga (the insert is refused) or another attempt
+        of it holds a line: every hold this call took is given back first, and the caller reads
+        the saga. A failure or cancellation between the holds and the insert leaves holds that
+        no saga owns: the sweeper reaps them (``ReservationUpkeep``)."""
+        results = await self._hold_lines(saga, take_over=False)
+        held = [line for line, result in zip(saga.lines, results, strict=True) if result.holds]
+        if any(result.outcome is HoldOutcome.CONFLICT for result in results):
+            await self._give_back(saga, held)
+            return None
+        shortages = _shortages(saga.lines, results)
+        now = utcnow()
+        if shortages:
+            await self._give_back(saga, held)
+            if await self.sagas.insert(failed_first(saga, shortages, now)):
+                raise StockUnavailable(shortages)
+            return None
+        stored = held_first(saga, now)
+        expire_time = stored.expire_time or now + self.ttl
+        event = publish.stock_reserved(saga.order_id, saga.lines, expire_time, now)
+        if await self.sagas.insert(stored, [event]):
+            return Reserved(stored, _products(results))
+        await self._give_back(saga, held)
+        return None
+
     async def _run_attempt(self, saga: Reservation) -> Reserved:
-        """Hold every line of the saga's attempt, then HELD (with StockReserved); or, when a line
-        is refused, give back what was held and answer STOCK_UNAVAILABLE."""
-        shortages, products = await self._hold_lines(saga)
+        """Hold every line of the stored saga's attempt, then HELD (with StockReserved); or,
+        when a line is refused, give back what was held and answer STOCK_UNAVAILABLE."""
+        results = await self._hold_lines(saga, take_over=True)
+        shortages, products = _shortages(saga.lines, results), _products(results)
         now = utcnow()
         if shortages:
             failing = await self.sagas.move(fail(saga, shortages, now))
@@ -151,13 +193,13 @@ class ReservationService:
             event = publish.stock_reserved(saga.order_id, saga.lines, expire_time, now)
             held = await self.sagas.move(hold_all(saga, now), [event])
             if held is not None:
-                return Reserved(held, tuple(products))
+                return Reserved(held, products)
         won = await self._after_lost_race(saga)
-        return Reserved(won, tuple(products)) if not shortages else await self._with_products(won)
+        return Reserved(won, products) if not shortages else await self._with_products(won)
 
-    async def _hold_lines(self, saga: Reservation) -> tuple[list[Shortage], list[Product]]:
-        """Hold the lines, :data:`_HOLDS_IN_FLIGHT` at a time: the shortages of the refused ones
-        (in line order), and the products of the others as their holds wrote them.
+    async def _hold_lines(self, saga: Reservation, *, take_over: bool) -> list[HoldResult]:
+        """Hold the lines, :data:`_HOLDS_IN_FLIGHT` at a time: each line's outcome, in line
+        order (HELD, ALREADY, REFUSED; CONFLICT only without ``take_over``).
 
         Each hold is its own guarded update of its own product, so they need no order between
         them, and a two-line order waits for one store round trip instead of two. When a line is
@@ -167,38 +209,31 @@ class ReservationService:
         """
         gate = asyncio.Semaphore(_HOLDS_IN_FLIGHT)
 
-        async def hold(line: Line) -> tuple[ShortageKind | None, Product | None]:
+        async def hold(line: Line) -> HoldResult:
             async with gate:
-                return await self._hold_line(saga, line)
+                return await self._hold_line(saga, line, take_over=take_over)
 
-        held: list[tuple[ShortageKind | None, Product | None]] = []
+        results: list[HoldResult] = []
         for outcome in await asyncio.gather(*map(hold, saga.lines), return_exceptions=True):
             if isinstance(outcome, BaseException):
                 raise outcome
-            held.append(outcome)
-        shortages = [
-            shortage(line.sku, refusal)
-            for line, (refusal, _) in zip(saga.lines, held, strict=True)
-            if refusal is not None
-        ]
-        return shortages, [product for _, product in held if product is not None]
+            results.append(outcome)
+        return results
 
-    async def _hold_line(
-        self, saga: Reservation, line: Line
-    ) -> tuple[ShortageKind | None, Product | None]:
-        """Hold one line for the saga's attempt: why not, if it is refused, else the product."""
+    async def _hold_line(self, saga: Reservation, line: Line, *, take_over: bool) -> HoldResult:
+        """Hold one line for the saga's attempt. A hold of another attempt of the same order
+        (CONFLICT) is an orphan when the saga is stored with this attempt (``take_over``): the
+        saga moved on, so it is given back and ours taken."""
         order_id, attempt = saga.order_id, saga.attempt
         result = await self.stock.hold(line.sku, order_id, line.quantity, attempt)
-        if result.outcome is HoldOutcome.CONFLICT:
-            # A hold of an older attempt of this order: an orphan (the saga moved on to this
-            # attempt). Give it back and take ours.
+        if result.outcome is HoldOutcome.CONFLICT and take_over:
             if result.other is not None:
                 other = result.other
                 await self.stock.unhold(line.sku, order_id, other.attempt, other.quantity)
             result = await self.stock.hold(line.sku, order_id, line.quantity, attempt)
             if result.outcome is HoldOutcome.CONFLICT:
                 raise reservation_busy(order_id)
-        return result.refusal, result.product
+        return result
 
     async def _after_lost_race(self, mine: Reservation) -> Reservation:
         """Our attempt's final move lost: see who won, and undo our holds if needed."""
@@ -319,5 +354,23 @@ class ReservationService:
 
     async def _give_back_holds(self, saga: Reservation) -> None:
         """Release every hold of the saga's attempt (idempotent per product)."""
-        for line in saga.lines:
+        await self._give_back(saga, saga.lines)
+
+    async def _give_back(self, saga: Reservation, lines: Sequence[Line]) -> None:
+        """Release the holds of ``lines`` taken by the saga's attempt (idempotent per product)."""
+        for line in lines:
             await self.stock.unhold(line.sku, saga.order_id, saga.attempt, line.quantity)
+
+
+def _shortages(lines: Sequence[Line], results: Sequence[HoldResult]) -> list[Shortage]:
+    """The refused lines' shortages, in line order."""
+    return [
+        shortage(line.sku, result.refusal)
+        for line, result in zip(lines, results, strict=True)
+        if result.refusal is not None
+    ]
+
+
+def _products(results: Sequence[HoldResult]) -> tuple[Product, ...]:
+    """The products of the held lines, in line order, as their holds wrote (or read) them."""
+    return tuple(result.product for result in results if result.product is not None)

@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from mercato_catalog.domain.reservations import minute_bucket, owns
+from mercato_catalog.domain.reservations import abandoned, minute_bucket, owns
 from mercato_catalog.domain.stock import Hold
 from mercato_catalog.service.reservations import ReservationService
 from mercato_catalog.service.stock import StockMovements
-from mercato_catalog.store import ReservationStore, StockStore
+from mercato_catalog.store import ReservationStore, StockStore, utcnow
 
 __all__ = ["MAX_WINDOW_MINUTES", "ReservationUpkeep"]
 
@@ -138,7 +138,18 @@ class ReservationUpkeep:
             after = page[-1][0]
 
     async def _reap(self, sku: str, hold: Hold) -> bool:
-        if owns(await self._sagas.find(hold.order_id), hold):
+        saga = await self._sagas.find(hold.order_id)
+        if saga is None:
+            # A first attempt's hold whose ReserveStock never stored the saga (it stores it
+            # after its holds). Store the attempt as abandoned first: a caller that is only late
+            # then finds its insert refused, and cannot claim a hold given back here.
+            if await self._sagas.insert(abandoned(hold.order_id, hold.attempt, utcnow())):
+                log.warning(
+                    "abandoned a reservation never stored",
+                    extra={"order_id": hold.order_id},
+                )
+            saga = await self._sagas.find(hold.order_id)
+        if owns(saga, hold):
             return False
         if not await self._stock.unhold(sku, hold.order_id, hold.attempt, hold.quantity):
             return False

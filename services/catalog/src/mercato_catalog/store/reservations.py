@@ -44,6 +44,7 @@ from mercato_catalog.domain.reservations import (
 )
 from mercato_catalog.store.common import RESERVATIONS, StoreContext, as_utc
 from mercato_common.kafka.envelope import Envelope
+from mercato_common.outbox import outbox_fields
 
 __all__ = ["MINUTES_LISTED_BY_EQUALITY", "ReservationStore", "reservation_from_doc"]
 
@@ -255,8 +256,9 @@ class ReservationStore:
 
     # --- writes ------------------------------------------------------------------------------
 
-    async def insert(self, saga: Reservation) -> bool:
-        """Store a new saga; False when the order has one already (a concurrent call)."""
+    async def insert(self, saga: Reservation, events: Sequence[Envelope] = ()) -> bool:
+        """Store a new saga with ``events``; False when the order has one already (a concurrent
+        call, an earlier one, or the sweeper's)."""
         doc: dict[str, Any] = {
             "_id": saga.order_id,
             "lines": _field_doc("lines", saga.lines),
@@ -274,11 +276,14 @@ class ReservationStore:
         }
         if saga.cause is not None:
             doc |= {"cause": saga.cause.value, "reason": saga.reason}
+        if events:
+            doc |= outbox_fields([(e, self.ctx.topic) for e in events], now=saga.update_time)
         try:
             async with self.ctx.locks.hold(RESERVATIONS, saga.order_id):
                 await self.ctx.reservations.insert_one(doc)
         except DuplicateKeyError:
             return False
+        self.ctx.announce(RESERVATIONS, events)
         return True
 
     async def move(self, move: Move, events: Sequence[Envelope] = ()) -> Reservation | None:
