@@ -9,11 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo.errors import DuplicateKeyError
-
 from mercato_catalog.domain.listing import decode_page_token, encode_page_token
 from mercato_catalog.domain.products import Category
-from mercato_catalog.store.common import StoreContext, as_utc
+from mercato_catalog.store.common import CATEGORIES, StoreContext, as_utc
 
 __all__ = ["CategoryStore", "category_from_doc"]
 
@@ -38,19 +36,16 @@ class CategoryStore:
 
     async def insert(self, category: Category) -> bool:
         """Store a new category; False when its id is taken."""
-        try:
-            await self.ctx.categories.insert_one(
-                {
-                    "_id": category.id,
-                    "display_name": category.display_name,
-                    "parent_id": category.parent_id,
-                    "ancestor_ids": list(category.ancestor_ids),
-                    "create_time": category.create_time,
-                }
-            )
-        except DuplicateKeyError:
-            return False
-        return True
+        return await self.ctx.insert_new(
+            CATEGORIES,
+            {
+                "_id": category.id,
+                "display_name": category.display_name,
+                "parent_id": category.parent_id,
+                "ancestor_ids": list(category.ancestor_ids),
+                "create_time": category.create_time,
+            },
+        )
 
     async def list_page(self, size: int, token: str) -> tuple[list[Category], str]:
         position = decode_page_token(token, "categories", {"after": str})

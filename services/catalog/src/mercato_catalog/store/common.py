@@ -10,11 +10,12 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
 
 from mercato_catalog.store.locks import WriteLocks
 from mercato_common.kafka.envelope import Envelope
 from mercato_common.mongo import IndexSpec, bson_now
-from mercato_common.outbox import outbox_index_specs, with_outbox
+from mercato_common.outbox import outbox_fields, outbox_index_specs, with_outbox
 
 __all__ = ["INDEXES", "RETIRED_INDEXES", "StoreContext", "as_utc", "hold_key", "utcnow"]
 
@@ -109,6 +110,25 @@ class StoreContext:
     @property
     def reservations(self) -> AsyncCollection[Any]:
         return self.db[RESERVATIONS]
+
+    async def insert_new(
+        self,
+        collection: str,
+        doc: Mapping[str, Any],
+        events: Sequence[Envelope] = (),
+        now: datetime | None = None,
+    ) -> bool:
+        """Insert a new document with ``events`` in its outbox (written at ``now``); False when
+        its ``_id`` is taken."""
+        if events:
+            doc = {**doc, **outbox_fields([(e, self.topic) for e in events], now=now)}
+        try:
+            async with self.locks.hold(collection, doc["_id"]):
+                await self.db[collection].insert_one(dict(doc))
+        except DuplicateKeyError:
+            return False
+        self.announce(collection, events)
+        return True
 
     def with_events(
         self, update: Mapping[str, Any], events: Sequence[Envelope], now: datetime

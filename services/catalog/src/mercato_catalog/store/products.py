@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
 
 from mercato_catalog.domain.listing import ProductFilter, decode_page_token, encode_page_token
 from mercato_catalog.domain.products import (
@@ -42,7 +41,6 @@ from mercato_catalog.domain.products import (
 )
 from mercato_catalog.store.common import PRODUCTS, StoreContext, as_utc
 from mercato_common.kafka.envelope import Envelope
-from mercato_common.outbox import outbox_fields
 
 __all__ = ["ProductStore", "literal_pattern", "product_from_doc", "product_query"]
 
@@ -182,14 +180,7 @@ class ProductStore:
             "version": product.version,
             "create_time": product.create_time,
         }
-        doc.update(outbox_fields([(e, self.ctx.topic) for e in events], now=product.create_time))
-        try:
-            async with self.ctx.locks.hold(PRODUCTS, product.sku):
-                await self.ctx.products.insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        self.ctx.announce(PRODUCTS, events)
-        return True
+        return await self.ctx.insert_new(PRODUCTS, doc, events, product.create_time)
 
     async def _compare_and_set(self, before: Product, update: Mapping[str, Any]) -> Product | None:
         """Apply ``update`` if the document is still at the version ``before`` was read at."""

@@ -24,7 +24,6 @@ from enum import Enum
 from typing import Any
 
 from pymongo import ReturnDocument, UpdateOne
-from pymongo.errors import DuplicateKeyError
 
 from mercato_catalog.domain.errors import Shortage, ShortageKind
 from mercato_catalog.domain.listing import (
@@ -44,7 +43,6 @@ from mercato_catalog.domain.reservations import (
 )
 from mercato_catalog.store.common import RESERVATIONS, StoreContext, as_utc
 from mercato_common.kafka.envelope import Envelope
-from mercato_common.outbox import outbox_fields
 
 __all__ = ["MINUTES_LISTED_BY_EQUALITY", "ReservationStore", "reservation_from_doc"]
 
@@ -276,15 +274,7 @@ class ReservationStore:
         }
         if saga.cause is not None:
             doc |= {"cause": saga.cause.value, "reason": saga.reason}
-        if events:
-            doc |= outbox_fields([(e, self.ctx.topic) for e in events], now=saga.update_time)
-        try:
-            async with self.ctx.locks.hold(RESERVATIONS, saga.order_id):
-                await self.ctx.reservations.insert_one(doc)
-        except DuplicateKeyError:
-            return False
-        self.ctx.announce(RESERVATIONS, events)
-        return True
+        return await self.ctx.insert_new(RESERVATIONS, doc, events, saga.update_time)
 
     async def move(self, move: Move, events: Sequence[Envelope] = ()) -> Reservation | None:
         """Apply ``move`` with ``events`` if the saga is still where it was read; None if
