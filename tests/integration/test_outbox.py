@@ -242,6 +242,28 @@ async def test_listen_notify_wakes_the_relay_and_housekeeping_cleans_up(
         assert await pool.fetchval("SELECT key FROM outbox") == "pending"
 
 
+async def test_an_exclusive_relay_stands_by_while_another_holds_the_turn(
+    pool: asyncpg.Pool, kafka_bootstrap: str, kafka_topics: TopicFactory
+) -> None:
+    """The turn (the advisory lock its SELECT takes) held elsewhere: the relay publishes
+    nothing and leaves the rows unsent; once the turn is free, it publishes them."""
+    topic = await kafka_topics.create("orders-turn")
+    producer = EventProducer(kafka_bootstrap)
+    await producer.start()
+    try:
+        r = relay(pool, producer)
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue(conn, event("turn", 1), topic)
+        async with pool.acquire() as other, other.transaction():
+            await other.execute("SELECT pg_advisory_xact_lock($1)", r._lock_key)
+            assert await r.run_once() == 0
+            assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 1
+        assert await r.run_once() == 1
+        assert await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
+    finally:
+        await producer.stop()
+
+
 async def test_relay_keeps_publishing_through_a_kafka_kill9(
     stack_faults: Stack,
     pool: asyncpg.Pool,
