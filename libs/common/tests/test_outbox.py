@@ -256,13 +256,11 @@ class FakeRelayConn:
         self.executed: list[tuple[str, tuple[Any, ...]]] = []
         self.committed = False
 
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        assert "pg_try_advisory_xact_lock" in query
-        return self.lock
-
     async def fetch(self, query: str, *args: Any) -> list[dict[str, Any]]:
         assert "FOR UPDATE SKIP LOCKED" in query
         assert "ORDER BY seq" in query
+        if "pg_try_advisory_xact_lock($2)" in query and not self.lock:
+            return []  # another replica has the turn: the lock gates the scan off
         return self.rows[: args[0]]
 
     async def execute(self, query: str, *args: Any) -> str:
