@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from mercato_common.settings import MongoSettings
 
 __all__ = [
+    "DUPLICATE_KEY",
     "IndexConflictError",
     "IndexSpec",
     "MongoCommandMetrics",
@@ -37,6 +38,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The server's code of a write refused for a duplicate key (each entry of a bulk write's
+# ``writeErrors`` carries its own).
+DUPLICATE_KEY = 11000
 # Server error codes for "an index with this name/keys exists with another definition".
 _CONFLICT_CODES = frozenset({85, 86})
 # IndexNotFound: dropping an index that is not (or no longer) there.

@@ -60,7 +60,7 @@ from pymongo.errors import BulkWriteError, OperationFailure
 from mercato_common.kafka.backoff import Backoff
 from mercato_common.kafka.envelope import Envelope
 from mercato_common.kafka.producer import EventProducer
-from mercato_common.mongo import IndexSpec, bson_now
+from mercato_common.mongo import DUPLICATE_KEY, IndexSpec, bson_now
 from mercato_common.outbox._base import OutboxMessage, OutboxRelay, event_headers
 
 __all__ = [
@@ -76,8 +76,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("mercato_common.outbox")
-
-_DUPLICATE_KEY = 11000
 
 F_OUTBOX = "outbox"
 F_PENDING = "outbox_pending"
@@ -233,7 +231,7 @@ class MongoOutboxRelay(OutboxRelay):
             refused = {
                 write_error["index"]
                 for write_error in error.details.get("writeErrors", ())
-                if write_error.get("code") == _DUPLICATE_KEY
+                if write_error.get("code") == DUPLICATE_KEY
             }
             if len(refused) != len(error.details.get("writeErrors", ())):
                 raise  # anything but "leased already" is an error of the store

@@ -50,7 +50,7 @@ from mercato_analytics.store.rollups import (
     RollupStore,
 )
 from mercato_common.clock import utcnow
-from mercato_common.mongo import IndexSpec, ensure_indexes
+from mercato_common.mongo import DUPLICATE_KEY, IndexSpec, ensure_indexes
 
 __all__ = ["COLLECTIONS", "FACTS", "INDEXES", "PARTITIONS", "AnalyticsStore", "ApplyOutcome"]
 
@@ -63,8 +63,6 @@ log = logging.getLogger("mercato_analytics.store")
 # once.
 MINUTE, HOUR = "m", "h"
 PLACE_MINUTE, PLACE_HOUR = "pm", "ph"
-# The server's code of a write refused for a duplicate key.
-_DUPLICATE_KEY = 11000
 # Minutes of one hour read one by one up to this many; more, and the hour is read whole.
 _MINUTES_AT_MOST = 6
 
@@ -163,7 +161,7 @@ class AnalyticsStore:
                     )
                 except BulkWriteError as exc:
                     for error in exc.details.get("writeErrors", ()):
-                        duplicate = error.get("code") == _DUPLICATE_KEY
+                        duplicate = error.get("code") == DUPLICATE_KEY
                         outcomes[start + error["index"]] = (
                             ApplyOutcome.DUPLICATE if duplicate else None
                         )
