@@ -103,6 +103,7 @@ class FakeConsumer:
         for batch in batches:
             self.assigned.update(batch)
         self.exhausted = asyncio.Event()
+        self.timeouts: list[int] = []
 
     def subscribe(self, topics: list[str], listener: Any = None) -> None:
         self.subscribed = topics
@@ -116,6 +117,7 @@ class FakeConsumer:
     async def getmany(
         self, timeout_ms: int = 0, max_records: int | None = None
     ) -> dict[TopicPartition, list[Record]]:
+        self.timeouts.append(timeout_ms)
         if self.batches:
             return self.batches.pop(0)
         self.exhausted.set()
@@ -617,6 +619,25 @@ async def test_run_commits_at_most_once_per_interval_and_on_stop() -> None:
     await asyncio.wait_for(task, 5)
     # The first batch at once; the next two within the interval, committed together on stop.
     assert consumer.commits == [{tp: 1}, {tp: 3}]
+
+
+async def test_an_idle_runner_waits_longer_for_records_and_still_stops_at_once() -> None:
+    tp = TopicPartition("orders", 0)
+    consumer = FakeConsumer([{tp: [record_for(make_envelope(), 0)]}, {}])
+
+    async def handler(event: ConsumedEvent) -> None:
+        return None
+
+    runner = runner_for(handler, consumer=consumer, commit_interval=0, idle_poll_timeout_ms=600_000)
+    task = asyncio.create_task(runner.run())
+    await asyncio.wait_for(consumer.exhausted.wait(), 5)
+    # A record, then an empty poll with everything committed: the next poll is the idle one.
+    assert consumer.timeouts == [10, 10, 600_000]
+    # stop() does not wait for the idle poll's ten minutes.
+    await asyncio.wait_for(runner.stop(grace=60), 5)
+    await asyncio.wait_for(task, 5)
+    assert consumer.commits == [{tp: 1}]
+    assert consumer.stopped
 
 
 async def test_run_commits_after_each_batch_and_on_stop() -> None:

@@ -145,7 +145,10 @@ class EventFanout:
     async def _read(self, consumer: Any) -> None:
         first = True
         while True:
-            batch = await consumer.getmany(timeout_ms=1000)
+            # The first poll is short: it tells the subscriptions that reading has begun. Later
+            # ones wait longer (records end the wait at once; stop cancels it), so an idle
+            # gateway wakes rarely.
+            batch = await consumer.getmany(timeout_ms=1_000 if first else 5_000)
             if first:
                 # Reading from the end now: whatever happened before may have been missed.
                 first = False

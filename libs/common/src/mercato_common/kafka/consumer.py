@@ -266,6 +266,10 @@ class ConsumerRunner:
     (0: after every batch), when partitions are revoked, and on stop; after a crash what was done
     since the last commit is delivered again, which the idempotent handler absorbs. The interval
     spares the broker a commit per small batch under a steady trickle of events.
+
+    A poll waits up to ``poll_timeout_ms`` for records, and ``idle_poll_timeout_ms`` once the
+    last poll was empty and everything done is committed: records end either wait at once, and
+    :meth:`stop` ends the idle one, so the longer wait only spares an idle process its wake-ups.
     """
 
     def __init__(
@@ -285,6 +289,7 @@ class ConsumerRunner:
         auto_offset_reset: str = "earliest",
         max_poll_records: int = 100,
         poll_timeout_ms: int = 1_000,
+        idle_poll_timeout_ms: int = 5_000,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
         max_poll_interval_ms: int = 300_000,
@@ -318,6 +323,7 @@ class ConsumerRunner:
         self._dlq_attempts = dead_letter_attempts
         self._dlq_timeout = dead_letter_timeout
         self._poll_timeout_ms = poll_timeout_ms
+        self._idle_poll_timeout_ms = max(idle_poll_timeout_ms, poll_timeout_ms)
         self._max_poll_records = max_poll_records
         if commit_interval < 0:
             raise ValueError("commit_interval must be >= 0")
@@ -381,10 +387,17 @@ class ConsumerRunner:
             await self.start()
             loop = asyncio.get_running_loop()
             next_commit = loop.time()
+            idle = False
             while not self._stopping.is_set():
-                batch = await self._consumer.getmany(
-                    timeout_ms=self._poll_timeout_ms, max_records=self._max_poll_records
-                )
+                if idle:
+                    idle_batch = await self._idle_poll()
+                    if idle_batch is None:
+                        break
+                    batch = idle_batch
+                else:
+                    batch = await self._consumer.getmany(
+                        timeout_ms=self._poll_timeout_ms, max_records=self._max_poll_records
+                    )
                 if batch and self._batch_linger:
                     batch = await self._linger_for_more(batch)
                 if not await self._handle_batch(batch):
@@ -393,6 +406,9 @@ class ConsumerRunner:
                     await self._commit()
                     next_commit = loop.time() + self._commit_interval
                 self._update_lag()
+                # Nothing came and everything done is committed: wait longer for the next
+                # records (they end the wait at once), so an idle consumer wakes rarely.
+                idle = not batch and not self._done
         finally:
             # Also after a fatal error: what was done before it need not be redone.
             try:
@@ -401,6 +417,29 @@ class ConsumerRunner:
                 log.warning("final offset commit for %s failed: %r", self.group_id, exc)
             await self._close()
             self._stopped.set()
+
+    async def _idle_poll(self) -> Mapping[TopicPartition, Sequence[Any]] | None:
+        """The next batch, waiting up to ``idle_poll_timeout_ms``; None when :meth:`stop`
+        came first (it must not wait for the poll to time out)."""
+        poll = asyncio.ensure_future(
+            self._consumer.getmany(
+                timeout_ms=self._idle_poll_timeout_ms, max_records=self._max_poll_records
+            )
+        )
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({poll, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not poll.done():
+                # Nothing was taken yet: the records stay where the next poll (or the
+                # partitions' next owner) finds them.
+                poll.cancel()
+                await asyncio.wait({poll})
+        if poll.cancelled():
+            return None
+        batch: Mapping[TopicPartition, Sequence[Any]] = poll.result()
+        return batch
 
     async def stop(self, grace: float = 30.0) -> None:
         """Finish the current record, commit, leave the group; bounded by ``grace`` seconds."""
