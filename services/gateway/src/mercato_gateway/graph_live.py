@@ -24,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from mercato_common.kafka import QUIET_FETCH_OPTIONS, Backoff, KafkaConnection
+from mercato_common.kafka import IDLE_POLL_TIMEOUT_MS, QUIET_FETCH_OPTIONS, Backoff, KafkaConnection
 
 __all__ = ["EventFanout", "Watch"]
 
@@ -148,7 +148,7 @@ class EventFanout:
             # The first poll is short: it tells the subscriptions that reading has begun. Later
             # ones wait longer (records end the wait at once; stop cancels it), so an idle
             # gateway wakes rarely.
-            batch = await consumer.getmany(timeout_ms=1_000 if first else 5_000)
+            batch = await consumer.getmany(timeout_ms=1_000 if first else IDLE_POLL_TIMEOUT_MS)
             if first:
                 # Reading from the end now: whatever happened before may have been missed.
                 first = False

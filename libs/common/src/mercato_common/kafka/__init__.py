@@ -9,6 +9,7 @@ from mercato_common.kafka.connection import (
     kafka_tls_reload,
 )
 from mercato_common.kafka.consumer import (
+    IDLE_POLL_TIMEOUT_MS,
     QUIET_FETCH_OPTIONS,
     ConsumedEvent,
     ConsumerMetrics,
@@ -44,6 +45,7 @@ from mercato_common.kafka.producer import (
 
 __all__ = [
     "CONTENT_TYPE",
+    "IDLE_POLL_TIMEOUT_MS",
     "QUIET_FETCH_OPTIONS",
     "Backoff",
     "ConsumedEvent",

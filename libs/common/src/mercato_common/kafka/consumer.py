@@ -65,6 +65,7 @@ from mercato_common.redaction import redact, truncate
 from mercato_common.telemetry import instrument_client
 
 __all__ = [
+    "IDLE_POLL_TIMEOUT_MS",
     "QUIET_FETCH_OPTIONS",
     "BatchHook",
     "ConsumedEvent",
@@ -108,6 +109,9 @@ MAX_ERROR_MESSAGE = 512
 QUIET_FETCH_OPTIONS: Mapping[str, int] = MappingProxyType(
     {"consumer_timeout_ms": 5_000, "fetch_max_wait_ms": 5_000}
 )
+# How long an idle consumer's poll waits for records (``getmany``): as long as the broker holds
+# its empty fetch, so an idle consumer wakes once per fetch, not once a second.
+IDLE_POLL_TIMEOUT_MS = QUIET_FETCH_OPTIONS["fetch_max_wait_ms"]
 
 
 class PermanentError(Exception):
@@ -289,7 +293,7 @@ class ConsumerRunner:
         auto_offset_reset: str = "earliest",
         max_poll_records: int = 100,
         poll_timeout_ms: int = 1_000,
-        idle_poll_timeout_ms: int = 5_000,
+        idle_poll_timeout_ms: int = IDLE_POLL_TIMEOUT_MS,
         session_timeout_ms: int = 10_000,
         heartbeat_interval_ms: int = 3_000,
         max_poll_interval_ms: int = 300_000,
