@@ -12,6 +12,7 @@ import yaml
 
 from mercato_devstack import install, observe
 from mercato_devstack.components.base import BuildSteps, GoProgram, build_key
+from mercato_devstack.components.kafka import Kafka
 from mercato_devstack.components.redis import Redis
 from mercato_devstack.config import StackConfig
 from mercato_devstack.errors import ComponentError
@@ -142,3 +143,18 @@ def test_a_failed_build_step_names_the_step_and_the_log(tmp_path: Path) -> None:
     assert "no luck" in failure.value.log_tail
     assert not program.binary.exists()
     assert not program.build_stamp.exists()
+
+
+def test_the_broker_runs_on_the_c1_compiler_and_extra_jvm_options_override_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MERCATO_KAFKA_JVM_OPTS", raising=False)
+    options = Kafka(_config(tmp_path)).jvm_options()
+    assert options[:2] == ["-Xms128m", "-Xmx512m"]
+    assert "-XX:TieredStopAtLevel=1" in options
+
+    monkeypatch.setenv("MERCATO_KAFKA_JVM_OPTS", "-XX:TieredStopAtLevel=4 -Dextra=1")
+    options = Kafka(_config(tmp_path)).jvm_options()
+    # HotSpot takes a flag's last value: the operator's options must come after ours.
+    assert options[-2:] == ["-XX:TieredStopAtLevel=4", "-Dextra=1"]
+    assert options.index("-XX:TieredStopAtLevel=1") < options.index("-XX:TieredStopAtLevel=4")
