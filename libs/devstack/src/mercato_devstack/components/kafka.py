@@ -297,8 +297,8 @@ class Kafka(Component):
             "-XX:MaxGCPauseMillis=20",
             # The C1 compiler only: this broker lives for a test run or a bench, minutes, and
             # C2's compilations cost more CPU in that time than its faster code gives back
-            # (measured: 2.5-2.9 ms of broker CPU per order against 4.5-6.1 ms with C2, and a
-            # quieter idle; docs/local-stack.md). `-XX:TieredStopAtLevel=4` restores C2.
+            # (less broker CPU per order and a quieter idle in each of three A/B pairs,
+            # docs/local-stack.md). `-XX:TieredStopAtLevel=4` restores C2.
             "-XX:TieredStopAtLevel=1",
             "-XX:+ExitOnOutOfMemoryError",
             "-Djava.awt.headless=true",
