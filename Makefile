@@ -92,8 +92,12 @@ bench-services: stack-up ## per-service micro-benchmarks (in-process servers): b
 
 .PHONY: test-deploy
 # Rendering is helm's own CPU work in a subprocess per render: two pytest workers keep both
-# cores busy.
+# cores busy. The pinned helm and promtool are built first, one after the other (minutes each
+# from a cold Go build cache): built inside the tests, both at once, they ran into the tests'
+# 300 s timeout on a slow machine.
 test-deploy: sync ## Helm chart, manifests and images: render, lint, validate, scan (offline)
+	$(RUN) python tools/helm.py path >/dev/null
+	$(RUN) python tools/promtool.py path >/dev/null
 	$(RUN) pytest -q $(SLOWEST) -n 2 tests/deploy
 
 .PHONY: observe-tools
