@@ -828,9 +828,9 @@ async def graphql_post_loop(
 PAIRED_ROUNDS = 3
 
 #: Rounds of the open loop at one rate, direct gRPC and the gateway alternated. A p99 moves more
-#: between rounds than a throughput: in one make run suite, 6 s rounds at 350/s gave the gateway
-#: p99 added over direct gRPC from -3 to +3.3 ms, and -25 ms in a round whose direct loop met a
-#: 38 ms stall.
+#: between rounds than a throughput: on one make run suite, eight 6 s rounds at 350/s gave the
+#: gateway's p99 added over direct gRPC from -3.0 to +14.6 ms, and -24.9 ms in a round whose
+#: direct loop met a 38 ms stall.
 SAME_RATE_ROUNDS = 5
 
 
@@ -995,7 +995,7 @@ async def get_product(
         gateway = await http_get_loop(port, token, sku, concurrency, seconds, suite.pid("gateway"))
         # The latency the gateway adds, at a rate both paths serve without queueing: half the
         # gateway's closed-loop throughput, open loop (latency from each scheduled send), the
-        # two paths alternated for PAIRED_ROUNDS rounds: one stall of the shared machine (an
+        # two paths alternated for SAME_RATE_ROUNDS rounds: one stall of the shared machine (an
         # expiry sweep, another process's burst) lands in one round's p99, not in the median.
         rate = round(gateway["per_second"] / 2, -1) or 10.0
         rounds = []
