@@ -4,7 +4,7 @@ more is due than one sweep takes; when the orphan reaper reads the open sagas.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -91,15 +91,23 @@ class HoldingStore:
 
 
 class OpenSagas:
-    """The open sagas' attempts by order id, counting how often they are read."""
+    """The open sagas' attempts by order id (each created at T0 unless ``created`` says
+    otherwise), counting how often they are read and recording the minutes asked for."""
 
     def __init__(self) -> None:
         self.live: dict[str, str] = {}
+        self.created: dict[str, datetime] = {}
         self.reads = 0
+        self.asked: list[set[int] | None] = []
 
-    async def live_attempts(self) -> dict[str, str]:
+    async def live_attempts(self, created_in: Collection[int] | None = None) -> dict[str, str]:
         self.reads += 1
-        return dict(self.live)
+        self.asked.append(None if created_in is None else set(created_in))
+        return {
+            order: attempt
+            for order, attempt in self.live.items()
+            if created_in is None or minute_bucket(self.created.get(order, T0)) in created_in
+        }
 
     async def find(self, order_id: str) -> None:
         return None  # no saga: a hold that is not in ``live`` is an orphan
@@ -145,6 +153,58 @@ async def test_orphan_passes_read_the_open_sagas_only_for_holds_not_yet_found_ow
     del sagas.live["o1"]
     assert await upkeep.reap_orphan_holds(now, 100) == 1  # pass 4
     assert (sagas.reads, stock.given_back) == (3, ["ghost", "o2", "o1"])
+
+
+class FoundByItself(OpenSagas):
+    """Open sagas that a read by order id also finds (``find``), counting those reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found_by_id: list[str] = []
+
+    async def find(self, order_id: str) -> Any:
+        self.found_by_id.append(order_id)
+        created = self.created.get(order_id, T0)
+        line = (Line("SKU-1", 1),)
+        saga = Reservation(order_id, line, Phase.HELD, self.live[order_id], created, created, T0)
+        return saga
+
+
+async def test_orphan_passes_read_the_sagas_created_in_the_minutes_of_the_unknown_holds() -> None:
+    sagas, store = FoundByItself(), HoldingStore()
+    stock = GivingBack(store)
+    upkeep = _reaper(sagas, stock, store)
+    later = T0 + timedelta(minutes=10)
+
+    def hold(order: str, held_at: datetime) -> Hold:
+        return Hold(order_id=order, quantity=1, attempt=f"{order}-a", held_at=held_at)
+
+    # o1 and o2 were created with their holds; o3's hold was taken minutes after its saga was
+    # created (a retry's), so the minutes of the holds do not find it.
+    sagas.live = {"o1": "o1-a", "o2": "o2-a", "o3": "o3-a"}
+    sagas.created = {"o2": later, "o3": T0 - timedelta(minutes=5)}
+    store.holds = {"SKU-1": [hold("o1", T0), hold("o3", later)], "SKU-2": [hold("o2", later)]}
+    assert await upkeep.reap_orphan_holds(later + timedelta(minutes=1), 100) == 0
+    m0, m10 = minute_bucket(T0), minute_bucket(later)
+    assert sagas.asked == [{m0 - 1, m0, m10 - 1, m10}]
+    # Only o3 was read by itself, and found owning its hold: nothing was given back.
+    assert (sagas.found_by_id, stock.given_back) == (["o3"], [])
+
+
+async def test_orphan_passes_read_every_open_saga_for_holds_of_many_minutes() -> None:
+    sagas, store = OpenSagas(), HoldingStore()
+    stock = GivingBack(store)
+    upkeep = _reaper(sagas, stock, store)
+    spread = [T0 + timedelta(minutes=2 * i) for i in range(MAX_WINDOW_MINUTES)]
+    orders = [f"o{i}" for i in range(len(spread))]
+    sagas.live = {order: f"{order}-a" for order in orders}
+    sagas.created = dict(zip(orders, spread, strict=True))
+    store.holds = {
+        f"SKU-{i}": [Hold(order_id=order, quantity=1, attempt=f"{order}-a", held_at=at)]
+        for i, (order, at) in enumerate(zip(orders, spread, strict=True))
+    }
+    assert await upkeep.reap_orphan_holds(spread[-1] + timedelta(minutes=1), 100) == 0
+    assert (sagas.asked, stock.given_back) == ([None], [])
 
 
 class UnstoredSagas(OpenSagas):

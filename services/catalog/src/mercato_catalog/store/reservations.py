@@ -17,7 +17,7 @@ the same update. Which moves happen, and with which events, is the use cases' (`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -111,15 +111,23 @@ class ReservationStore:
         doc = await self.ctx.reservations.find_one({"_id": order_id})
         return reservation_from_doc(doc) if doc is not None else None
 
-    async def live_attempts(self) -> dict[str, str]:
+    async def live_attempts(self, created_in: Collection[int] | None = None) -> dict[str, str]:
         """The attempt of every saga whose holds are live (RESERVING, HELD, COMMITTING), by
         order id: one equality query per phase (what FerretDB evaluates in PostgreSQL), reading
-        the open sagas only, whatever the history stored."""
+        the open sagas only, whatever the history stored. With ``created_in``, only the sagas
+        created in those minutes (:func:`minute_bucket`): one equality query per phase and
+        minute, reading those sagas only, however many others are open."""
+        buckets: list[dict[str, int]] = (
+            [{}] if created_in is None else [{"create_minute": m} for m in sorted(created_in)]
+        )
         found: dict[str, str] = {}
         for phase in (p for p in Phase if p.holds_are_live):
-            cursor = self.ctx.reservations.find({"phase": phase.value}, projection={"attempt": 1})
-            async for doc in cursor:
-                found[str(doc["_id"])] = str(doc.get("attempt", ""))
+            for bucket in buckets:
+                cursor = self.ctx.reservations.find(
+                    {"phase": phase.value, **bucket}, projection={"attempt": 1}
+                )
+                async for doc in cursor:
+                    found[str(doc["_id"])] = str(doc.get("attempt", ""))
         return found
 
     async def list_page(
