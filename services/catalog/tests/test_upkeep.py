@@ -89,6 +89,11 @@ class HoldingStore:
     async def holds_page(self, after: str, limit: int) -> list[tuple[str, list[Hold]]]:
         return [(sku, holds) for sku, holds in sorted(self.holds.items()) if sku > after][:limit]
 
+    async def forget_holding(self, sku: str) -> bool:
+        """A product holding nothing any more is no longer listed."""
+        del self.holds[sku]
+        return True
+
 
 class OpenSagas:
     """The open sagas' attempts by order id (each created at T0 unless ``created`` says

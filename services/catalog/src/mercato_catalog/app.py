@@ -93,6 +93,10 @@ def build_app(settings: CatalogSettings, **options: Unpack[KitOptions]) -> Catal
         dated = await sagas.add_create_minutes()
         if dated:
             log.info("added the creation minute of %d reservations", dated)
+        # Products holding units stored by an older catalog carry no `holding` mark: add it.
+        marked = await stock_store.mark_holding()
+        if marked:
+            log.info("marked %d products holding reserved units", marked)
 
     mongo = kit.mongo(
         settings, indexes=INDEXES, retired_indexes=RETIRED_INDEXES, on_connect=on_connect

@@ -14,7 +14,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from mercato.catalog.v1 import catalog_pb2
 from mercato_catalog.domain.reservations import Line, Phase, begin, held_first, minute_bucket
-from mercato_catalog.store import ReservationStore, utcnow
+from mercato_catalog.store import ReservationStore, StockStore, utcnow
 from mercato_catalog.store.reservations import MINUTES_LISTED_BY_EQUALITY
 from mercato_common.rpc_errors import error_from_rpc
 
@@ -279,6 +279,47 @@ async def test_sweeper_finishes_abandoned_steps_and_reaps_orphan_holds(make_cata
     assert not await sagas.insert(replace(late, attempt="dead-attempt"))
     await catalog.reserve(ghost, ("CRASH-1", 2))
     assert (await catalog.get("CRASH-1")).stock_reserved == 2
+
+
+async def test_the_reaper_reads_the_products_marked_holding_and_unmarks_those_holding_nothing(
+    make_catalog,
+) -> None:
+    """A hold marks its product ``holding`` (what the reaper reads, by equality); the reaper
+    unmarks a product left holding nothing; a product holding units stored before the mark
+    existed is marked at start."""
+    catalog = await make_catalog(sweep_interval_seconds=3600, orphan_grace_seconds=0)
+    app = catalog.app
+    stock = StockStore(app.ctx)
+    for sku in ("MARK-1", "MARK-2", "MARK-3"):
+        await catalog.create_product(sku, stock=10)
+    order = str(uuid.uuid4())
+    await catalog.reserve(order, ("MARK-1", 2))
+
+    async def marked() -> list[str]:
+        docs = app.ctx.products.find({"holding": True}, projection={"_id": 1})
+        return sorted([doc["_id"] async for doc in docs])
+
+    assert await marked() == ["MARK-1"]
+    assert [sku for sku, _ in await stock.holds_page("", 100)] == ["MARK-1"]
+    await catalog.stub.ReleaseStock(
+        catalog_pb2.ReleaseStockRequest(order_id=order, reason="cancelled"),
+        metadata=catalog.service,
+    )
+    assert await stock.holds_page("", 100) == [("MARK-1", [])]
+    assert await app.upkeep.reap_orphan_holds(utcnow(), 100) == 0
+    assert await marked() == []
+
+    # A hold stored by an earlier catalog, without the mark: marked once, then read.
+    legacy = str(uuid.uuid4())
+    await catalog.reserve(legacy, ("MARK-2", 1))
+    await app.ctx.products.update_one({"_id": "MARK-2"}, {"$unset": {"holding": ""}})
+    assert await stock.mark_holding() == 1
+    assert await stock.mark_holding() == 0
+    assert await marked() == ["MARK-2"]
+    # The mark stays while the product holds units: the reaper keeps the owned hold and it.
+    assert await app.upkeep.reap_orphan_holds(utcnow(), 100) == 0
+    assert await marked() == ["MARK-2"]
+    assert not await stock.forget_holding("MARK-2")
 
 
 async def test_a_hold_is_one_string_and_holds_of_the_earlier_form_are_still_given_back(

@@ -120,6 +120,9 @@ class ReservationUpkeep:
         hold whose saga was created earlier (a retry's, minutes later) is not found there and
         is checked against its saga by itself, as any other. Holds taken over more than
         :data:`MAX_WINDOW_MINUTES` minutes read every open saga instead.
+
+        The products read are those marked holding (``StockStore.holds_page``); one that holds
+        nothing any more loses the mark.
         """
         self._orphan_passes += 1
         known = set() if self._orphan_passes % self._recheck_owned_every == 0 else self._owned
@@ -131,6 +134,8 @@ class ReservationUpkeep:
             page = await self._stock_store.holds_page(after, limit)
             unknown: list[tuple[str, Hold]] = []
             for sku, holds in page:
+                if not holds:
+                    await self._stock_store.forget_holding(sku)
                 for hold in holds:
                     if not hold.older_than(older_than):
                         continue

@@ -33,8 +33,8 @@ INDEXES: dict[str, list[IndexSpec]] = {
         IndexSpec.of("category_path_sku", "category_path", "_id"),
         # Price range within one currency.
         IndexSpec.of("price", "price_currency", "price_minor"),
-        # Orphan-hold reconciliation scans products with reserved stock.
-        IndexSpec.of("stock_reserved", "stock_reserved"),
+        # The orphan reaper reads the products marked holding (store/stock.py).
+        IndexSpec.of("holding", "holding"),
         *outbox_index_specs(),
     ],
     CATEGORIES: [IndexSpec.of("parent", "parent_id")],
@@ -59,7 +59,8 @@ INDEXES: dict[str, list[IndexSpec]] = {
 
 # Indexes an earlier catalog declared, dropped at start where they are still there.
 RETIRED_INDEXES: dict[str, list[str]] = {
-    RESERVATIONS: ["phase_create_minute", "phase_expire_minute"]
+    PRODUCTS: ["stock_reserved"],
+    RESERVATIONS: ["phase_create_minute", "phase_expire_minute"],
 }
 
 

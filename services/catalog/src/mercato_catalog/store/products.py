@@ -8,6 +8,7 @@ Product document (``products``, ``_id`` = SKU)::
      stock_on_hand, stock_reserved, stock_available,      # available = on_hand - reserved
      low_stock: bool,                                     # StockLow emitted, not yet recovered
      holds:   {"o_<order>": "<attempt>:<q>:<ms>:<order_id>"},  # HELD units per order
+     holding: true,                 # set with a hold, unset once none is left (store/stock.py)
      returns: {"o_<order>": t},                           # committed units given back (marker)
      adjustments: {"r_<request_id>": t},                  # applied AdjustStock request ids
      etag_version, version,                               # fields / any change

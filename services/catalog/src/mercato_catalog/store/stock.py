@@ -4,7 +4,8 @@ read-modify-write.
 Each movement is one single-document update whose filter carries its precondition, so it is
 applied at most once however often it is retried:
 
-* hold: ``state: ACTIVE, stock_available >= q, holds.<order>`` absent → set the hold;
+* hold: ``state: ACTIVE, stock_available >= q, holds.<order>`` absent → set the hold (and
+  ``holding: true``);
 * drop a hold (give back or sell): the hold of that attempt and quantity is present → unset it;
 * return sold units: no ``returns.<order>`` marker → set it.
 
@@ -14,6 +15,12 @@ lasts (up to 15 minutes), and a FerretDB update decodes and rewrites the whole d
 cost per element (docs/catalog.md: about 58 µs of server CPU per hold carried as a sub-document
 of four fields, 25 µs as one string). Holds written as sub-documents ``{o, q, a, t}`` by an
 earlier version are read and dropped as well.
+
+``holding: true`` marks the products the orphan reaper reads: an equality FerretDB evaluates in
+PostgreSQL (with the index on it), where ``stock_reserved > 0`` made it read every product of
+the catalog every pass (measured: 3,000 products, 30 of them holding, 1.27 s per page against
+21 ms). A hold sets it in the same update; it is unset, guarded by ``stock_reserved: 0``, when
+the reaper finds a product holding nothing any more, so a hold taken meanwhile keeps it.
 
 What a movement does to the counters is the domain's (:class:`StockChange`); the low-stock
 flag is set by the same kind of guarded update, with the events the caller hands over.
@@ -117,6 +124,7 @@ class StockStore:
             {
                 "$set": {
                     f"holds.{key}": _hold_value(order_id, attempt, quantity, now),
+                    "holding": True,
                     "update_time": now,
                 },
                 "$inc": _increments(StockChange.hold(quantity)),
@@ -193,10 +201,11 @@ class StockStore:
             self.ctx.announce(PRODUCTS, events)
 
     async def holds_page(self, after: str, limit: int) -> list[tuple[str, list[Hold]]]:
-        """A page of products holding reserved units (SKU after ``after``), with their holds."""
+        """A page of the products marked ``holding`` (SKU after ``after``), with their holds;
+        a product that holds nothing any more comes with none (:meth:`forget_holding`)."""
         cursor = (
             self.ctx.products.find(
-                {"stock_reserved": {"$gt": 0}, "_id": {"$gt": after}}, projection={"holds": 1}
+                {"holding": True, "_id": {"$gt": after}}, projection={"holds": 1}
             )
             .sort("_id", 1)
             .limit(limit)
@@ -212,3 +221,20 @@ class StockStore:
             )
             async for doc in cursor
         ]
+
+    async def forget_holding(self, sku: str) -> bool:
+        """Unset ``holding`` if the product holds no units (a hold taken meanwhile keeps it)."""
+        async with self.ctx.locks.hold(PRODUCTS, sku):
+            result = await self.ctx.products.update_one(
+                {"_id": sku, "holding": True, "stock_reserved": 0}, {"$unset": {"holding": ""}}
+            )
+        return bool(result.modified_count)
+
+    async def mark_holding(self) -> int:
+        """Mark ``holding`` the products holding units stored before the mark existed. Run once
+        at start, before anything else writes (so no write lock): one read of the products."""
+        result = await self.ctx.products.update_many(
+            {"stock_reserved": {"$gt": 0}, "holding": {"$exists": False}},
+            {"$set": {"holding": True}},
+        )
+        return int(result.modified_count)
