@@ -1,6 +1,6 @@
-"""Which sagas the sweeper's expiry reads: the minutes since its last sweep, a full scan at
-start, after a long gap and every ``full_scan_every`` sweeps, and the same window again while
-more is due than one sweep takes; when the orphan reaper reads the open sagas."""
+"""Which sagas the sweeper's expiry (and clean-up) reads: the minutes since its last sweep, a
+full scan at start, after a long gap and every ``full_scan_every`` sweeps, and the same window
+again while more is due than one sweep takes; when the orphan reaper reads the open sagas."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class RecordingSagas:
 
     def __init__(self) -> None:
         self.queries: list[list[int] | None] = []
+        self.cleanup_queries: list[list[int] | None] = []
         self.due = 0
 
     async def due_for_expiry(
@@ -27,6 +28,12 @@ class RecordingSagas:
     ) -> list[Any]:
         self.queries.append(None if minutes is None else list(minutes))
         return [object()] * min(self.due, limit)
+
+    async def due_for_cleanup(
+        self, now: datetime, limit: int, *, minutes: Sequence[int] | None = None
+    ) -> list[Any]:
+        self.cleanup_queries.append(None if minutes is None else list(minutes))
+        return []
 
 
 class ExpiringAll:
@@ -78,6 +85,17 @@ async def test_long_gaps_and_every_nth_sweep_scan_everything() -> None:
     await upkeep.expire_due(T0 + timedelta(minutes=MAX_WINDOW_MINUTES + 1), 100)  # 5: window
     m = minute_bucket(T0 + timedelta(minutes=MAX_WINDOW_MINUTES + 1))
     assert sagas.queries == [None, [minute_bucket(T0)], None, None, [m]]
+
+
+async def test_clean_ups_are_read_by_the_minutes_since_the_last_sweep_like_expiries() -> None:
+    sagas = RecordingSagas()
+    upkeep = _upkeep(sagas, full_scan_every=3)
+    await upkeep.forget_returns(T0, 100)  # first: every pending clean-up
+    await upkeep.forget_returns(T0 + timedelta(seconds=75), 100)  # the minutes since
+    await upkeep.forget_returns(T0 + timedelta(seconds=80), 100)  # every third: all again
+    m = minute_bucket(T0)
+    assert sagas.cleanup_queries == [None, [m, m + 1], None]
+    assert sagas.queries == []  # apart from the expiries' window
 
 
 class HoldingStore:

@@ -37,10 +37,8 @@ class ReservationUpkeep:
         self._reservations = reservations
         self._stock = stock
         self._stock_store = stock_store
-        self._full_scan_every = max(full_scan_every, 1)
-        # The first minute the next sweep reads (None: read everything).
-        self._expiry_from: int | None = None
-        self._expiry_sweeps = 0
+        self._expiries = _MinuteWindow(full_scan_every)
+        self._cleanups = _MinuteWindow(full_scan_every)
         # The holds (with their SKU) that the last orphan pass found owned by their saga, and
         # how often a pass checks every hold again regardless (see reap_orphan_holds).
         self._owned: set[tuple[str, Hold]] = set()
@@ -57,24 +55,13 @@ class ReservationUpkeep:
         before ``expire_minute`` existed or by a replica whose clock lags.
         """
         current = minute_bucket(now)
-        self._expiry_sweeps += 1
-        start = self._expiry_from
-        if (
-            start is None
-            or current - start > MAX_WINDOW_MINUTES
-            or self._expiry_sweeps % self._full_scan_every == 0
-        ):
-            due = await self._sagas.due_for_expiry(now, limit)
-        else:
-            due = await self._sagas.due_for_expiry(now, limit, minutes=range(start, current + 1))
+        due = await self._sagas.due_for_expiry(now, limit, minutes=self._expiries.next(current))
         count = 0
         for saga in due:
             if await self._reservations.expire(saga):
                 count += 1
         if len(due) < limit:
-            # Everything due up to now is expired: later sweeps start at this minute (not the
-            # next: sagas due later in this minute are not due yet).
-            self._expiry_from = current
+            self._expiries.done_until(current)
         return count
 
     async def finish_stuck(self, older_than: datetime, limit: int) -> int:
@@ -85,12 +72,22 @@ class ReservationUpkeep:
         return len(stuck)
 
     async def forget_returns(self, now: datetime, limit: int) -> int:
-        """Drop the ``returns`` markers of releases older than the retention."""
-        due = await self._sagas.due_for_cleanup(now, limit)
+        """Drop the ``returns`` markers of releases older than the retention.
+
+        Read like the expirations: the minutes since the last sweep (``cleanup_minute``, by
+        equality), not every release still within its retention each sweep (the releases of
+        sold units of the last hour, read in full every few seconds); the first sweep, a long
+        gap and every ``full_scan_every``-th sweep read every pending clean-up, which also finds
+        those stored before ``cleanup_minute`` existed.
+        """
+        current = minute_bucket(now)
+        due = await self._sagas.due_for_cleanup(now, limit, minutes=self._cleanups.next(current))
         for saga in due:
             for line in saga.lines:
                 await self._stock.forget_return(line.sku, saga.order_id)
             await self._sagas.clear_cleanup(saga.order_id)
+        if len(due) < limit:
+            self._cleanups.done_until(current)
         return len(due)
 
     async def reap_orphan_holds(self, older_than: datetime, limit: int) -> int:
@@ -203,3 +200,31 @@ class _LiveAttempts:
             return
         self.attempts.update(await self._sagas.live_attempts(wanted))
         self._minutes |= wanted
+
+
+class _MinuteWindow:
+    """Which minutes a sweep reads of something due by minute (expirations, clean-ups): those
+    since the minute everything was last done up to, or everything (None) at the first sweep,
+    after a gap longer than :data:`MAX_WINDOW_MINUTES` and every ``full_scan_every``-th sweep
+    (which also finds what was stored without its minute, or by a replica whose clock lags)."""
+
+    def __init__(self, full_scan_every: int) -> None:
+        self._full_scan_every = max(full_scan_every, 1)
+        self._from: int | None = None
+        self._sweeps = 0
+
+    def next(self, current: int) -> range | None:
+        self._sweeps += 1
+        start = self._from
+        if (
+            start is None
+            or current - start > MAX_WINDOW_MINUTES
+            or self._sweeps % self._full_scan_every == 0
+        ):
+            return None
+        return range(start, current + 1)
+
+    def done_until(self, current: int) -> None:
+        """Everything due up to ``current`` is done: later sweeps start at this minute (not the
+        next: what falls due later in this minute is not due yet)."""
+        self._from = current

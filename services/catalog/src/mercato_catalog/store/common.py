@@ -52,6 +52,7 @@ INDEXES: dict[str, list[IndexSpec]] = {
         IndexSpec.of("expire_minute_phase", "expire_minute", "phase"),
         IndexSpec.of("phase_update", "phase", "update_time"),
         IndexSpec.of("cleanup_due", "cleanup", "cleanup_after"),
+        IndexSpec.of("cleanup_minute", "cleanup_minute"),
         *outbox_index_specs(),
     ],
 }

@@ -7,7 +7,7 @@ Reservation document (``reservations``, ``_id`` = order id), the saga record::
      creation range is listed by), update_time, expire_time, expire_minute (the same of
      expire_time, what the sweeper queries by), was_held, was_committed,
      cause, reason, shortages: [{sku, kind, description}], cleanup_after, cleanup (true while
-     cleanup_after is set), version,
+     cleanup_after is set), cleanup_minute (the minute since 1970 of cleanup_after), version,
      outbox, ...}                      # StockReserved / StockReleased / StockCommitted
 
 The saga moves between phases only by guarded updates (``phase in [...]`` and the attempt it
@@ -228,9 +228,23 @@ class ReservationStore:
         phases = [p for p in Phase if p.in_step]
         return await self._in_phases(phases, {"update_time": {"$lte": older_than}}, limit)
 
-    async def due_for_cleanup(self, now: datetime, limit: int) -> list[Reservation]:
-        """Released sagas whose products' return markers can go."""
-        return await self._find_all({"cleanup": True, "cleanup_after": {"$lte": now}}, limit)
+    async def due_for_cleanup(
+        self, now: datetime, limit: int, *, minutes: Sequence[int] | None = None
+    ) -> list[Reservation]:
+        """Released sagas whose products' return markers can go: those whose clean-up falls in
+        one of ``minutes`` (``cleanup_minute``, one equality query a minute), or all of them
+        (``None``: every pending clean-up read)."""
+        due = {"cleanup_after": {"$lte": now}}
+        if minutes is None:
+            return await self._find_all({"cleanup": True, **due}, limit)
+        found: list[Reservation] = []
+        for minute in minutes:
+            if len(found) >= limit:
+                break
+            found.extend(
+                await self._find_all({"cleanup_minute": minute, **due}, limit - len(found))
+            )
+        return found
 
     async def mark_pending_cleanups(self) -> int:
         """Flag the clean-ups of sagas stored before ``cleanup`` existed. Run once at start,
@@ -289,7 +303,9 @@ class ReservationStore:
         another caller moved it first."""
         sets = {name: _field_doc(name, value) for name, value in move.changes.items()}
         if sets.get("cleanup_after") is not None:
-            sets["cleanup"] = True  # what due_for_cleanup looks for
+            # What due_for_cleanup looks for: every pending one, and those due in a minute.
+            sets["cleanup"] = True
+            sets["cleanup_minute"] = minute_bucket(sets["cleanup_after"])
         if "expire_time" in move.changes:
             sets["expire_minute"] = _expiry_minute(move.changes["expire_time"])  # due_for_expiry
         update = {"$set": {**sets, "update_time": move.at}, "$inc": {"version": 1}}
@@ -313,5 +329,6 @@ class ReservationStore:
         """The saga's return markers are gone: nothing left to clean up."""
         async with self.ctx.locks.hold(RESERVATIONS, order_id):
             await self.ctx.reservations.update_one(
-                {"_id": order_id}, {"$unset": {"cleanup_after": "", "cleanup": ""}}
+                {"_id": order_id},
+                {"$unset": {"cleanup_after": "", "cleanup": "", "cleanup_minute": ""}},
             )
