@@ -212,6 +212,9 @@ async def test_orphan_passes_read_the_sagas_created_in_the_minutes_of_the_unknow
     assert sagas.asked == [{m0 - 1, m0, m10 - 1, m10}]
     # Only o3 was read by itself, and found owning its hold: nothing was given back.
     assert (sagas.found_by_id, stock.given_back) == (["o3"], [])
+    # Every hold is known owned now, o3's too: the next pass reads no saga.
+    assert await upkeep.reap_orphan_holds(later + timedelta(minutes=2), 100) == 0
+    assert (sagas.reads, sagas.found_by_id) == (1, ["o3"])
 
 
 async def test_orphan_passes_read_every_open_saga_for_holds_of_many_minutes() -> None:
